@@ -1,0 +1,54 @@
+"""corral: a control plane for fleets of machines and processes.
+
+The public API is what this module exports; everything else is private and may change.
+"""
+
+from corral._version import __version__ as __version__
+from corral.client import Client as Client
+from corral.config import Config as Config
+from corral.config import load_config as load_config
+from corral.controller import Controller as Controller
+from corral.core.registry import NodeStatus as NodeStatus
+from corral.errors import (
+    AuthError as AuthError,
+)
+from corral.errors import (
+    BusUnavailable as BusUnavailable,
+)
+from corral.errors import (
+    ConfigError as ConfigError,
+)
+from corral.errors import (
+    ControllerUnavailable as ControllerUnavailable,
+)
+from corral.errors import (
+    CorralError as CorralError,
+)
+from corral.errors import (
+    DuplicateName as DuplicateName,
+)
+from corral.errors import (
+    Refused as Refused,
+)
+from corral.errors import (
+    Timeout as Timeout,
+)
+from corral.node import Node as Node
+from corral.wire import NodeView as NodeView
+
+__all__ = [
+    "AuthError",
+    "BusUnavailable",
+    "Client",
+    "ConfigError",
+    "Controller",
+    "ControllerUnavailable",
+    "CorralError",
+    "DuplicateName",
+    "Node",
+    "NodeStatus",
+    "NodeView",
+    "Refused",
+    "Timeout",
+    "__version__",
+]

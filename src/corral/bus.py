@@ -1,0 +1,144 @@
+"""Connecting to NATS with the right credential, TLS and inbox, and translating its errors.
+
+Every corral process connects through :func:`connect`. It waits for the bus when asked (a node
+started before the server), reconnects forever once connected, and turns nats-py's exceptions
+into corral's: an authorization failure is an :class:`~corral.errors.AuthError` saying the
+credential was refused, an unreachable server a :class:`~corral.errors.BusUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from corral import pki, wire
+from corral.config import Config
+from corral.errors import AuthError, BusUnavailable, ConfigError, ControllerUnavailable, Timeout
+
+__all__ = ["NATS", "connect", "request"]
+
+log = logging.getLogger("corral.bus")
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "authorization" in text or "authentication" in text or "revoked" in text
+
+
+async def connect(
+    config: Config,
+    role: str,
+    *,
+    creds: Path | None = None,
+    inbox_prefix: str | None = None,
+    wait: float = 0.0,
+    closed_cb: Callable[[], Awaitable[None]] | None = None,
+    name: str | None = None,
+) -> NATS:
+    """Connect to the bus as ``role``.
+
+    Args:
+        config: where the bus is and how to trust it.
+        role: ``controller``, ``admin``, ``system`` or ``node-<name>``; picks the default
+            credentials file in ``<data_dir>/auth``.
+        creds: an explicit credentials file (overrides the role's default).
+        inbox_prefix: reply-inbox prefix (nodes may only subscribe to their own).
+        wait: keep trying for this many seconds while the server is unreachable.
+        closed_cb: called when the connection is closed for good (e.g. credential revoked).
+        name: connection name shown in NATS monitoring.
+
+    Returns:
+        A connected nats-py client.
+
+    Raises:
+        ConfigError: the credentials or CA file is missing.
+        AuthError: the server refused the credential.
+        BusUnavailable: the server could not be reached within ``wait``.
+    """
+    creds_path = creds or config.creds_path(role)
+    if not creds_path.exists():
+        raise ConfigError(
+            f"credentials file {creds_path} not found: `corral init` makes the controller's and "
+            "admin's, `corral enroll NAME` a node's; pass --creds FILE"
+        )
+    ca = config.ca_path()
+    options: dict[str, Any] = {
+        "servers": [config.bus_url],
+        "user_credentials": str(creds_path),
+        "name": name or f"corral-{role}",
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 2,
+        "allow_reconnect": True,
+        "error_cb": _log_error,
+    }
+    if ca is not None:
+        options["tls"] = pki.client_context(ca)
+    if inbox_prefix:
+        options["inbox_prefix"] = inbox_prefix
+    if closed_cb is not None:
+        options["closed_cb"] = closed_cb
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        try:
+            return await nats.connect(**options)
+        except Exception as exc:  # nats-py raises bare Exception subclasses of many kinds
+            if _is_auth_error(exc):
+                raise AuthError(
+                    f"the bus at {config.bus_url} refused credential {creds_path}: it is not "
+                    "enrolled with this controller's authority, or it was revoked. Ask the "
+                    "operator for a new one (`corral enroll NAME`)"
+                ) from None
+            if time.monotonic() >= deadline:
+                raise BusUnavailable(
+                    f"cannot reach the bus at {config.bus_url}: {exc or type(exc).__name__}. "
+                    "Is the controller's nats-server running (`corral up` / `corral controller`)?"
+                ) from None
+            if not announced:
+                log.info("waiting for the bus", extra={"url": config.bus_url})
+                announced = True
+            await asyncio.sleep(0.5)
+
+
+async def _log_error(exc: Exception) -> None:
+    if isinstance(exc, nats.errors.SlowConsumerError):
+        log.warning("slow consumer: messages dropped", extra={"subject": exc.subject})
+    elif not isinstance(exc, nats.errors.StaleConnectionError | asyncio.CancelledError):
+        log.warning("bus error: %s", exc)
+
+
+async def request(
+    nc: NATS,
+    subject: str,
+    msg: msgspec.Struct,
+    reply_type: Any,
+    *,
+    timeout: float = 5.0,
+) -> Any:
+    """Send ``msg`` to the controller on ``subject`` and decode its reply.
+
+    Raises:
+        ControllerUnavailable: nobody listens on ``subject`` (no controller is running).
+        Timeout: the controller did not answer within ``timeout``.
+        Refused: the controller answered with an error.
+    """
+    try:
+        reply = await nc.request(subject, wire.encode(msg), timeout=timeout, headers=wire.HEADERS)
+    except nats.errors.NoRespondersError:
+        raise ControllerUnavailable(
+            f"no controller answers on {subject}: start one with `corral controller` "
+            "(or `corral up`)"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise Timeout(f"the controller did not answer {subject} within {timeout}s") from None
+    return wire.decode_reply(reply.data, reply_type, reply.headers)

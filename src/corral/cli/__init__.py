@@ -1,0 +1,1 @@
+"""The ``corral`` command line (Typer): one module per command family."""

@@ -1,0 +1,256 @@
+"""Operator commands: init, enroll, revoke, nodes, config show."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from corral import pki, wire
+from corral.cli.app import configure, fail, run
+from corral.client import Client
+from corral.config import FIELDS, Config
+from corral.errors import ControllerUnavailable, CorralError
+from corral.security import Authority
+
+__all__ = ["initialise", "nodes_table", "register"]
+
+out = Console()
+
+
+def initialise(config: Config, *, tls: bool = True, names: list[str] | None = None) -> bool:
+    """Create the authority (and CA) of ``config``'s data directory unless it exists.
+
+    Returns:
+        True if it was created now.
+    """
+    data = config.data_path
+    if Authority.exists(data):
+        return False
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    Authority.create(data)
+    if tls:
+        pki_dir = data / "pki"
+        pki.make_ca(pki_dir)
+        pki.make_server_cert(pki_dir, [config.nats_host, *(names or [])])
+    return True
+
+
+def init(
+    san: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra DNS name or IP the bus is reached by (repeatable)."),
+    ] = None,
+    tls: Annotated[bool, typer.Option(help="Make a CA and serve the bus over TLS.")] = True,
+) -> None:
+    """Create the data directory: operator keys, controller/admin credentials, TLS CA.
+
+    Safe to run twice: an existing authority is kept. For an external nats-server, include
+    `<data_dir>/auth/nats-auth.conf` in its configuration.
+    """
+    config, _ = configure()
+    created = initialise(config, tls=tls, names=san)
+    data = config.data_path
+    verb = "created" if created else "already initialised:"
+    out.print(f"[green]{verb}[/] {data}")
+    out.print(f"  credentials   {data / 'auth'}  (controller.creds, admin.creds)")
+    if (data / "pki" / "ca.pem").exists():
+        out.print(f"  TLS CA        {data / 'pki' / 'ca.pem'}  (give it to nodes: --ca)")
+    out.print(f"  external NATS include {data / 'auth' / 'nats-auth.conf'}")
+    out.print("next: `corral controller`, then `corral enroll NAME` for each node")
+
+
+async def _notify(config: Config, event: wire.AuthEvent) -> bool:
+    """Tell a running controller (audit log, registry); False if none runs."""
+    try:
+        async with await Client.connect(config) as client:
+            await client.auth_event(event)
+    except ControllerUnavailable:
+        return False
+    except CorralError:
+        return False
+    return True
+
+
+def enroll(
+    name: Annotated[str, typer.Argument(help="The node's unique name.")],
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write the credential (default NAME.creds here)."),
+    ] = None,
+) -> None:
+    """Issue a credential file for node NAME (as Salt accepts a minion key).
+
+    Copy the file to the node's machine and start it with
+    `corral node --name NAME --creds NAME.creds --nats URL --ca ca.pem`.
+    """
+    config, _ = configure()
+    try:
+        authority = Authority.load(config.data_path)
+        creds = authority.enroll(name)
+    except CorralError as exc:
+        fail(exc)
+    target = out_file or Path(f"{name}.creds")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(creds)
+    key = authority.enrolled()[name][-1].public_key
+    event = wire.AuthEvent(
+        action="enroll",
+        name=name,
+        actor=_actor(),
+        keys=(key,),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
+    audited = run(_notify(config, event))
+    out.print(f"[green]enrolled[/] {name}: credential written to {target} (mode 0600)")
+    if not audited:
+        out.print("[yellow]note:[/] no controller running; the enrollment is not in its audit log")
+
+
+def _actor() -> str:
+    return f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}"
+
+
+async def _revoke(config: Config, name: str) -> tuple[list[str], bool]:
+    authority = Authority.load(config.data_path)
+    keys = authority.revoke(name)
+    authority.write_server_fragment()
+    pushed = False
+    # Push the re-signed account JWT: the server closes the node's connections at once.
+    from corral import bus
+
+    try:
+        nc = await bus.connect(config, "system", name="corral-revoke")
+    except CorralError:
+        nc = None
+    if nc is not None:
+        try:
+            reply = await nc.request(
+                "$SYS.REQ.CLAIMS.UPDATE", authority.account_jwt().encode(), timeout=5
+            )
+            pushed = b'"code":200' in reply.data
+        finally:
+            await nc.close()
+    event = wire.AuthEvent(
+        action="revoke",
+        name=name,
+        actor=_actor(),
+        keys=tuple(keys),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
+    await _notify(config, event)
+    return keys, pushed
+
+
+def revoke(name: Annotated[str, typer.Argument(help="The node to revoke.")]) -> None:
+    """Revoke every credential of node NAME, effective immediately.
+
+    The bus closes the node's connections and refuses new ones; the controller marks it
+    REVOKED. Nothing restarts. `corral enroll NAME` issues a new credential later.
+    """
+    config, _ = configure()
+    keys, pushed = run(_revoke(config, name))
+    out.print(f"[green]revoked[/] {name} ({len(keys)} credential(s) revoked now)")
+    if not pushed:
+        out.print(
+            "[yellow]note:[/] the bus was not reachable; the revocation takes effect when the "
+            "embedded server next starts (for an external server, re-include nats-auth.conf)"
+        )
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+_STYLE = {"UP": "green", "DOWN": "red", "LEFT": "dim", "REVOKED": "magenta"}
+
+
+def nodes_table(nodes: list[wire.NodeView], now: float | None = None) -> Table:
+    """The registry as a Rich table."""
+    now = time.time() if now is None else now
+    table = Table(title=f"{len(nodes)} node(s)", title_justify="left")
+    for col in ("name", "status", "since", "labels", "interfaces", "sink", "host", "pid"):
+        table.add_column(col)
+    table.add_column("slots", justify="right")
+    table.add_column("serial", justify="right")
+    for n in nodes:
+        style = _STYLE.get(n.status, "")
+        table.add_row(
+            n.name,
+            f"[{style}]{n.status}[/]" if style else n.status,
+            _age(now - n.since),
+            ",".join(n.labels),
+            ",".join(n.interfaces),
+            "yes" if n.attributes.get("sink") else "",
+            n.host,
+            str(n.pid),
+            str(n.slots),
+            str(n.last_serial),
+        )
+    return table
+
+
+async def _nodes(config: Config) -> list[wire.NodeView]:
+    async with await Client.connect(config) as client:
+        return await client.nodes()
+
+
+def nodes(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+    nats: Annotated[str | None, typer.Option("--nats", help="Bus URL.")] = None,
+) -> None:
+    """List the nodes the controller knows, with status and since when."""
+    config, _ = configure(nats_url=nats)
+    views = run(_nodes(config))
+    if as_json:
+        print(json.dumps(msgspec.to_builtins(views), indent=2))
+    else:
+        out.print(nodes_table(views))
+
+
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+
+
+@config_app.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+) -> None:
+    """Print every setting's effective value and where it came from."""
+    config, sources = configure()
+    values = msgspec.to_builtins(config)
+    values["data_dir"] = str(config.data_path)
+    values["store"] = config.store_url
+    if as_json:
+        print(json.dumps(values, indent=2))
+        return
+    table = Table(title="effective configuration (file < CORRAL_* env < flags)")
+    for col in ("setting", "value", "source"):
+        table.add_column(col)
+    for name in FIELDS:
+        table.add_row(name, repr(values[name]), sources.get(name, "default"))
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    app.command()(init)
+    app.command()(enroll)
+    app.command()(revoke)
+    app.command()(nodes)
+    app.add_typer(config_app, name="config")

@@ -1,0 +1,233 @@
+"""Long-running commands: controller, node, up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+
+from corral import procs
+from corral.broker import EmbeddedBroker
+from corral.cli.admin import initialise, nodes_table
+from corral.cli.app import configure, err, run
+from corral.client import Client
+from corral.config import Config
+from corral.controller import Controller
+from corral.errors import CorralError
+from corral.node import Node
+from corral.security import Authority
+
+__all__ = ["register"]
+
+
+async def _until_signalled(main: asyncio.Task[Any]) -> None:
+    """Wait for ``main`` or SIGINT/SIGTERM, whichever comes first; cancel ``main`` on a signal."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({main, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if not main.done():
+        main.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await main  # re-raises the task's own error, if it failed
+
+
+async def _controller(config: Config) -> None:
+    broker = None
+    if config.embedded:
+        authority = Authority.load(config.data_path)
+        broker = EmbeddedBroker(config, authority)
+        await broker.start()
+        err.print(f"nats-server listening on {broker.url} (log {broker.log_path})")
+    try:
+        controller = Controller(config)
+        await _until_signalled(asyncio.create_task(controller.serve_forever()))
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def controller(
+    nats: Annotated[
+        str | None, typer.Option("--nats", help="External NATS URL (default: embedded server).")
+    ] = None,
+    nats_host: Annotated[
+        str | None, typer.Option(help="Embedded server address (0.0.0.0 for other machines).")
+    ] = None,
+    nats_port: Annotated[int | None, typer.Option(help="Embedded server port.")] = None,
+    store: Annotated[
+        str | None, typer.Option(help="Store DSN, e.g. postgresql://user@host/db.")
+    ] = None,
+    creds: Annotated[str | None, typer.Option(help="Controller credentials file.")] = None,
+    ca: Annotated[str | None, typer.Option(help="CA file to verify the bus.")] = None,
+) -> None:
+    """Run the controller (and the embedded nats-server unless --nats is given)."""
+    config, _ = configure(
+        nats_url=nats, nats_host=nats_host, nats_port=nats_port, store=store, creds=creds, ca=ca
+    )
+    run(_controller(config))
+
+
+def _attributes(pairs: list[str], sink: bool) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--attr takes KEY=VALUE, got {pair!r}")
+        attributes[key] = value
+    if sink:
+        attributes["sink"] = True
+    return attributes
+
+
+def node(
+    name: Annotated[str, typer.Option(help="The node's unique name (as enrolled).")],
+    label: Annotated[list[str] | None, typer.Option(help="A label (repeatable).")] = None,
+    interface: Annotated[
+        list[str] | None, typer.Option(help="An interface this node controls (repeatable).")
+    ] = None,
+    sink: Annotated[bool, typer.Option(help="Receive the periodic data updates.")] = False,
+    attr: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE attribute (repeatable).")
+    ] = None,
+    slots: Annotated[int, typer.Option(help="Task worker slots offered.")] = 1,
+    nats: Annotated[str | None, typer.Option("--nats", help="Bus URL.")] = None,
+    creds: Annotated[str | None, typer.Option(help="This node's credentials file.")] = None,
+    ca: Annotated[str | None, typer.Option(help="CA file to verify the bus (TLS).")] = None,
+) -> None:
+    """Run a node daemon: join the controller, heartbeat, wait for work.
+
+    Starts even if the controller is not up yet, and joins when it appears.
+    """
+    config, _ = configure(nats_url=nats, creds=creds, ca=ca)
+    daemon = Node(
+        config,
+        name,
+        labels=tuple(label or ()),
+        interfaces=tuple(interface or ()),
+        attributes=_attributes(attr or [], sink),
+        slots=slots,
+        creds=Path(creds) if creds else None,
+    )
+
+    async def main() -> None:
+        await _until_signalled(asyncio.create_task(daemon.run()))
+        await daemon.stop()
+
+    run(main())
+
+
+# --- up -------------------------------------------------------------------------------------
+
+
+def _local_creds(config: Config, authority: Authority, name: str) -> Path:
+    """The credential of a local node, issued once and reused by later runs."""
+    path = config.creds_path(f"node-{name}")
+    if not (path.exists() and authority.is_enrolled(name)):
+        from corral.security import _write_secret
+
+        _write_secret(path, authority.enroll(name))
+    return path
+
+
+def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes]]) -> Panel:
+    exited = [
+        f"[red]{name} exited ({proc.returncode}): see {name}.log[/]"
+        for name, proc in children.items()
+        if proc.poll() is not None
+    ]
+    lines = [
+        f"bus        {url}",
+        f"store      {config.store_url}",
+        f"data dir   {config.data_path}",
+        f"logs       {config.data_path / 'logs'}",
+        f"processes  {len(children)} children, "
+        f"{sum(1 for p in children.values() if p.poll() is None)} running",
+        *exited,
+        "Ctrl-C stops everything.",
+    ]
+    return Panel("\n".join(lines), title="corral up", title_align="left")
+
+
+async def _up(config: Config, count: int) -> None:
+    initialise(config)
+    authority = Authority.load(config.data_path)
+    broker = EmbeddedBroker(config, authority)
+    await broker.start()
+    logs = config.data_path / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    base = [sys.executable, "-m", "corral", "--data-dir", str(config.data_path)]
+    base += ["--log-format", "json"]
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        children["controller"] = procs.spawn(
+            [*base, "controller", "--nats", broker.url], log=logs / "controller.log"
+        )
+        for i in range(1, count + 1):
+            name = f"node-{i}"
+            creds = _local_creds(config, authority, name)
+            argv = [*base, "node", "--name", name, "--nats", broker.url, "--creds", str(creds)]
+            children[name] = procs.spawn(argv, log=logs / f"{name}.log")
+        await _until_signalled(asyncio.create_task(_live_table(config, broker.url, children)))
+    finally:
+        # Nodes first (they say goodbye to the controller), then the controller, then the bus.
+        nodes = [p for n, p in children.items() if n != "controller"]
+        for proc in nodes:
+            proc.terminate()
+        for proc in nodes:
+            procs.stop(proc)
+        if "controller" in children:
+            procs.stop(children["controller"])
+        broker.stop()
+        err.print("stopped: every child process has exited")
+
+
+async def _live_table(
+    config: Config, url: str, children: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    client = await Client.connect(config, wait=10.0)
+    try:
+        with Live(_header(config, url, children), console=err, refresh_per_second=4) as live:
+            while True:
+                try:
+                    views = await client.nodes()
+                    body: Any = nodes_table(views, time.time())
+                except CorralError as exc:
+                    body = f"[yellow]{exc}[/]"
+                live.update(Group(_header(config, url, children), body))
+                await asyncio.sleep(0.5)
+    finally:
+        await client.close()
+
+
+def up(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", help="Local node daemons to start.")] = 4,
+    nats_port: Annotated[int | None, typer.Option(help="Embedded server port.")] = None,
+) -> None:
+    """Run everything on this machine: nats-server, the controller and N nodes.
+
+    Initialises the data directory on first use (keys, credentials, TLS CA). Shows a live
+    table of the nodes; Ctrl-C or SIGTERM stops every child process.
+    """
+    config, _ = configure(nats_port=nats_port)
+    run(_up(config, nodes))
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    app.command()(up)
+    app.command()(controller)
+    app.command()(node)

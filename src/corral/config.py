@@ -1,0 +1,181 @@
+"""Configuration: one TOML file, then ``CORRAL_*`` environment variables, then flags.
+
+Each later source overrides the earlier ones. The file is ``--config PATH``, else
+``$CORRAL_CONFIG``, else ``<data_dir>/corral.toml`` if it exists. ``corral config show`` prints
+the effective values and where each one came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from corral.errors import ConfigError
+
+__all__ = ["EMBEDDED_PORT", "Config", "default_data_dir", "load_config"]
+
+#: Default port of the embedded nats-server (not 4222, which a system NATS may hold).
+EMBEDDED_PORT = 4333
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/corral``, or ``~/.local/share/corral``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "corral"
+
+
+class Config(msgspec.Struct, kw_only=True):
+    """Every setting, with its default. Field docs are shown by ``corral config show``."""
+
+    #: where keys, credentials, the SQLite store and the embedded server's files live
+    data_dir: str = ""
+    #: URL of an external NATS; empty means the embedded server on nats_host:nats_port
+    nats_url: str = ""
+    #: address the embedded nats-server listens on
+    nats_host: str = "127.0.0.1"
+    #: port the embedded nats-server listens on
+    nats_port: int = EMBEDDED_PORT
+    #: NATS credentials file; empty means the one for this role in <data_dir>/auth
+    creds: str = ""
+    #: CA certificate to verify the NATS server; empty means <data_dir>/pki/ca.pem if present
+    ca: str = ""
+    #: use TLS on bus links when a CA is available
+    tls: bool = True
+    #: store URL or DSN; empty means the SQLite file <data_dir>/corral.db
+    store: str = ""
+    #: seconds between node heartbeats
+    heartbeat_interval: float = 1.0
+    #: seconds of silence after which the controller marks a node DOWN
+    down_after: float = 3.0
+    #: seconds between controller announcements
+    announce_interval: float = 1.0
+    #: largest control message the controller accepts, in bytes
+    max_message_bytes: int = 64 * 1024
+    #: log format: auto (text on a TTY, JSON otherwise), text or json
+    log_format: str = "auto"
+    #: log level: debug, info, warning, error
+    log_level: str = "info"
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as a path (the default when unset)."""
+        return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
+
+    @property
+    def embedded(self) -> bool:
+        """True when corral runs its own nats-server (no external URL given)."""
+        return not self.nats_url
+
+    @property
+    def bus_url(self) -> str:
+        """The URL processes connect to."""
+        if self.nats_url:
+            return self.nats_url
+        scheme = "tls" if self.tls and self.ca_path() else "nats"
+        return f"{scheme}://{self.nats_host}:{self.nats_port}"
+
+    @property
+    def store_url(self) -> str:
+        """The store URL (the SQLite default spelled out)."""
+        return self.store or str(self.data_path / "corral.db")
+
+    def ca_path(self) -> Path | None:
+        """The CA file to trust, or None when TLS is off or no CA exists."""
+        if not self.tls:
+            return None
+        if self.ca:
+            return Path(self.ca).expanduser()
+        default = self.data_path / "pki" / "ca.pem"
+        return default if default.exists() else None
+
+    def creds_path(self, role: str) -> Path:
+        """The credentials file for ``role`` (``controller``, ``admin`` or ``node-<name>``)."""
+        if self.creds:
+            return Path(self.creds).expanduser()
+        return self.data_path / "auth" / f"{role}.creds"
+
+
+FIELDS: dict[str, msgspec.structs.FieldInfo] = {f.name: f for f in msgspec.structs.fields(Config)}
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    kind = FIELDS[name].type
+    try:
+        if isinstance(raw, str) and kind is not str:
+            raw = msgspec.json.decode(raw.lower() if kind is bool else raw)
+        return msgspec.convert(raw, kind)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        raise ConfigError(
+            f"{source}: {name} must be a {getattr(kind, '__name__', kind)}, got {raw!r}"
+        ) from None
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> tuple[Config, dict[str, str]]:
+    """Build the effective configuration.
+
+    Args:
+        flags: values given on the command line (``None`` values are ignored).
+        env: the environment (defaults to ``os.environ``).
+        config_file: an explicit TOML file (``--config``).
+
+    Returns:
+        The configuration and, for each field set by something other than its default, the
+        source that set it (``file:<path>``, ``env:CORRAL_X`` or ``flag``).
+
+    Raises:
+        ConfigError: an unreadable file, an unknown key, or a value of the wrong type.
+    """
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def env_name(field: str) -> str:
+        return "CORRAL_" + field.upper()
+
+    # The data directory decides where the default file is, so resolve it first.
+    data_dir = flags.get("data_dir") or env.get(env_name("data_dir")) or ""
+    path_str = config_file or env.get("CORRAL_CONFIG")
+    path = Path(path_str) if path_str else None
+    if path is None:
+        candidate = (Path(data_dir).expanduser() if data_dir else default_data_dir()) / (
+            "corral.toml"
+        )
+        path = candidate if candidate.exists() else None
+    if path is not None:
+        try:
+            table = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        for key, raw in table.items():
+            name = key.replace("-", "_")
+            if name not in FIELDS:
+                known = ", ".join(sorted(FIELDS))
+                raise ConfigError(f"{path}: unknown setting {key!r}; known settings: {known}")
+            values[name] = _coerce(name, raw, str(path))
+            sources[name] = f"file:{path}"
+    for name in FIELDS:
+        if (raw := env.get(env_name(name))) is not None:
+            values[name] = _coerce(name, raw, env_name(name))
+            sources[name] = f"env:{env_name(name)}"
+    for name, raw in flags.items():
+        if name in FIELDS:
+            values[name] = _coerce(name, raw, f"--{name.replace('_', '-')}")
+            sources[name] = "flag"
+    config = Config(**values)
+    if config.down_after <= config.heartbeat_interval:
+        raise ConfigError(
+            f"down_after ({config.down_after}s) must exceed heartbeat_interval "
+            f"({config.heartbeat_interval}s), or every node flaps DOWN between heartbeats"
+        )
+    return config, sources

@@ -1,0 +1,326 @@
+"""The controller: the I/O shell around the registry core.
+
+It copies bus messages into :class:`~corral.core.registry.Registry` and the registry's
+decisions back out: replies to joins, "join again" to unknown heartbeats, status transitions
+to the store. Writes are batched — transitions are flushed every tick, the heartbeat times of
+live nodes every ``persist_interval`` — so a thousand heartbeats a second cost one transaction,
+not a thousand. It announces itself on ``corral.ctl.announce`` so that nodes started before it
+find it (SEER's ``pingExperiment``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from corral import bus, subjects, wire
+from corral.config import Config
+from corral.core.registry import Change, JoinInfo, NodeRecord, Refusal, Registry
+from corral.errors import CorralError
+from corral.store import AuditEntry, NodeRow, Store, Transition
+
+__all__ = ["Controller"]
+
+log = logging.getLogger("corral.controller")
+
+
+def _row(record: NodeRecord) -> NodeRow:
+    return NodeRow(**msgspec.structs.asdict(record))
+
+
+def _record(row: NodeRow) -> NodeRecord:
+    return NodeRecord(**msgspec.structs.asdict(row))
+
+
+def _view(record: NodeRecord) -> wire.NodeView:
+    fields = msgspec.structs.asdict(record)
+    del fields["instance"]
+    return wire.NodeView(**fields)
+
+
+class Controller:
+    """Registry of nodes over the bus, persisted in the store.
+
+    Args:
+        config: bus, store and timing settings.
+        clock: wall-clock source (seconds since the epoch); injectable for tests.
+    """
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.id = uuid.uuid4().hex
+        self.started = clock()
+        self.registry = Registry(config.down_after)
+        self.counters: Counter[str] = Counter()
+        self.store: Store | None = None
+        self.nc: bus.NATS | None = None
+        self._pending: list[Change] = []
+        self._audit: list[AuditEntry] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._replies: list[tuple[str, bytes]] = []
+        self._wake = asyncio.Event()
+        self._persist_all = False
+        #: seconds between writes of every live node's last-seen time
+        self.persist_interval = 5.0
+
+    def __repr__(self) -> str:
+        return f"<Controller {self.id[:8]} {self.config.bus_url} {self.registry!r}>"
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, load the registry, connect and start serving.
+
+        Raises:
+            StoreError: the store cannot be opened.
+            AuthError, BusUnavailable: the bus refused or could not be reached.
+        """
+        self.store = await Store.open(self.config.store_url)
+        rows = await self.store.load_nodes()
+        self.registry.load([_record(r) for r in rows], self.clock())
+        self.nc = await bus.connect(self.config, "controller", wait=30.0)
+        handlers: dict[str, Callable[[Any], Any]] = {
+            subjects.node_in_wildcard("join"): self._on_join,
+            subjects.node_in_wildcard("hb"): self._on_heartbeat,
+            subjects.node_in_wildcard("leave"): self._on_leave,
+            subjects.ctl("nodes"): self._on_nodes,
+            subjects.ctl("stats"): self._on_stats,
+            subjects.ctl("auth"): self._on_auth,
+        }
+        for subject, handler in handlers.items():
+            await self.nc.subscribe(subject, cb=handler, pending_msgs_limit=100_000)
+        await self.nc.flush()
+        self._tasks = [
+            asyncio.create_task(self._announce_loop(), name="announce"),
+            asyncio.create_task(self._tick_loop(), name="tick"),
+            asyncio.create_task(self._commit_loop(), name="commit"),
+        ]
+        log.info(
+            "controller started",
+            extra={"id": self.id[:8], "bus": self.config.bus_url, "nodes": len(self.registry)},
+        )
+
+    async def stop(self) -> None:
+        """Stop serving, flush what is pending, close the bus and the store."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.drain()
+        await self._flush(all_live=True)
+        if self.store is not None:
+            await self.store.close()
+        log.info("controller stopped", extra={"id": self.id[:8]})
+
+    async def serve_forever(self) -> None:
+        """Start, then run until cancelled."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    # --- loops --------------------------------------------------------------------------
+
+    async def _announce_loop(self) -> None:
+        assert self.nc is not None
+        msg = wire.encode(
+            wire.Announce(
+                controller=self.id,
+                started=self.started,
+                heartbeat_interval=self.config.heartbeat_interval,
+            )
+        )
+        while True:
+            await self.nc.publish(subjects.ANNOUNCE, msg, headers=wire.HEADERS)
+            await asyncio.sleep(self.config.announce_interval)
+
+    async def _tick_loop(self) -> None:
+        # Tick often enough that DOWN is declared within a fraction of a second of the limit.
+        period = min(0.25, self.config.down_after / 4)
+        last_persist = self.clock()
+        while True:
+            await asyncio.sleep(period)
+            now = self.clock()
+            self._record(self.registry.expire(now))
+            if now - last_persist >= self.persist_interval:
+                self._persist_all = True
+                last_persist = now
+            self._wake.set()
+
+    def _record(self, changes: list[Change]) -> None:
+        for change in changes:
+            log.info(
+                f"node {change.new.lower()}",
+                extra={"node": change.node, "was": change.old or "-", "reason": change.reason},
+            )
+        self._pending.extend(changes)
+
+    def _after_commit(self, reply: str, payload: msgspec.Struct) -> None:
+        """Send ``payload`` to ``reply`` once the current state is on disk (group commit)."""
+        self._replies.append((reply, wire.encode(payload)))
+        self._wake.set()
+
+    async def _commit_loop(self) -> None:
+        """The only writer: batches every change since the last commit into one transaction.
+
+        Handlers never wait for the disk themselves (nats-py runs a subscription's handler one
+        message at a time, so waiting would serialise joins into one fsync each); they queue
+        their reply, and it is sent after the commit that made its change durable.
+        """
+        assert self.nc is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            replies, self._replies = self._replies, []
+            try:
+                await self._flush(all_live=self._persist_all)
+                self._persist_all = False
+            except CorralError:
+                log.exception("store write failed; retrying")
+                self._replies[:0] = replies
+                await asyncio.sleep(0.5)
+                self._wake.set()
+                continue
+            for subject, data in replies:
+                await self.nc.publish(subject, data, headers=wire.HEADERS)
+
+    async def _flush(self, *, all_live: bool = False) -> None:
+        """Persist changed records and transitions in one transaction."""
+        if self.store is None:
+            return
+        records = self.registry.all() if all_live else self.registry.take_dirty()
+        if not (records or self._pending or self._audit):
+            return
+        changes, self._pending = self._pending, []
+        audit, self._audit = self._audit, []
+        try:
+            await self.store.commit(
+                nodes=[_row(r) for r in records],
+                transitions=[Transition(c.node, c.old, c.new, c.at, c.reason) for c in changes],
+                audit=audit,
+            )
+        except CorralError:
+            # Keep everything for the next attempt.
+            self._pending[:0] = changes
+            self._audit[:0] = audit
+            self.registry.mark_dirty(r.name for r in records)
+            raise
+
+    # --- handlers -----------------------------------------------------------------------
+
+    async def _reply(self, msg: Any, payload: msgspec.Struct) -> None:
+        if msg.reply:
+            assert self.nc is not None
+            await self.nc.publish(msg.reply, wire.encode(payload), headers=wire.HEADERS)
+
+    async def _reject(self, msg: Any, exc: CorralError) -> None:
+        code = wire.error_code(exc)
+        self.counters[f"rejected.{code}"] += 1
+        log.warning("message rejected", extra={"subject": msg.subject, "error": str(exc)})
+        await self._reply(msg, wire.ErrorReply(code=code, error=str(exc)))
+
+    def _decode(self, msg: Any, kind: type[Any]) -> Any:
+        return wire.decode(msg.data, kind, msg.headers, limit=self.config.max_message_bytes)
+
+    async def _on_join(self, msg: Any) -> None:
+        try:
+            name, _ = subjects.parse_node_in(msg.subject)
+            join: wire.Join = self._decode(msg, wire.Join)
+        except CorralError as exc:
+            await self._reject(msg, exc)
+            return
+        self.counters["join"] += 1
+        info = JoinInfo(**{f: getattr(join, f) for f in JoinInfo.__struct_fields__})
+        outcome = self.registry.join(name, info, self.clock())
+        if isinstance(outcome, Refusal):
+            self.counters[f"rejected.{outcome.code}"] += 1
+            log.warning("join refused", extra={"node": name, "reason": outcome.reason})
+            error = wire.ErrorReply(
+                code=outcome.code, error=outcome.reason, retry_after=outcome.retry_after
+            )
+            await self._reply(msg, error)
+            return
+        self._record(outcome)
+        if msg.reply:
+            # Acknowledge only once persisted: an accepted node survives kill -9.
+            reply = wire.JoinReply(
+                controller=self.id, heartbeat_interval=self.config.heartbeat_interval
+            )
+            self._after_commit(msg.reply, reply)
+
+    async def _on_heartbeat(self, msg: Any) -> None:
+        try:
+            name, _ = subjects.parse_node_in(msg.subject)
+            hb: wire.Heartbeat = self._decode(msg, wire.Heartbeat)
+        except CorralError as exc:
+            await self._reject(msg, exc)
+            return
+        self.counters["heartbeat"] += 1
+        outcome = self.registry.heartbeat(name, hb.instance, hb.last_serial, self.clock())
+        if outcome is None:
+            assert self.nc is not None
+            rejoin = wire.Rejoin(reason="controller does not know this node instance")
+            await self.nc.publish(
+                subjects.node_out(name, "ctl"), wire.encode(rejoin), headers=wire.HEADERS
+            )
+        elif outcome:
+            self._record(outcome)
+
+    async def _on_leave(self, msg: Any) -> None:
+        try:
+            name, _ = subjects.parse_node_in(msg.subject)
+            leave: wire.Leave = self._decode(msg, wire.Leave)
+        except CorralError as exc:
+            await self._reject(msg, exc)
+            return
+        self._record(self.registry.leave(name, leave.instance, self.clock(), leave.reason))
+        if msg.reply:
+            self._after_commit(msg.reply, wire.Ok())
+
+    async def _on_nodes(self, msg: Any) -> None:
+        try:
+            self._decode(msg, wire.NodesRequest)
+        except CorralError as exc:
+            await self._reject(msg, exc)
+            return
+        views = [_view(r) for r in self.registry.all()]
+        await self._reply(msg, wire.NodesReply(nodes=views, controller=self.id))
+
+    async def _on_stats(self, msg: Any) -> None:
+        reply = wire.StatsReply(
+            controller=self.id, started=self.started, counters=dict(self.counters)
+        )
+        await self._reply(msg, reply)
+
+    async def _on_auth(self, msg: Any) -> None:
+        """An operator enrolled or revoked a node: audit it, and mark a revoked node."""
+        try:
+            event: wire.AuthEvent = self._decode(msg, wire.AuthEvent)
+        except CorralError as exc:
+            await self._reject(msg, exc)
+            return
+        now = self.clock()
+        if event.action == "revoke":
+            self._record(self.registry.revoke(event.name, now))
+        detail = {"keys": list(event.keys), "host": event.host, "pid": event.pid}
+        self._audit.append(
+            AuditEntry(
+                at=now, actor=event.actor, action=event.action, target=event.name, detail=detail
+            )
+        )
+        if msg.reply:
+            self._after_commit(msg.reply, wire.Ok())
+        else:
+            self._wake.set()

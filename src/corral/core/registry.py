@@ -1,0 +1,251 @@
+"""The node registry and its liveness state machine, without I/O.
+
+Theory of operation: the controller feeds this class events — a join, a heartbeat, a leave, a
+revocation, and the passing of time (:meth:`Registry.expire`) — each with the current time, and
+gets back decisions: accept or refuse, "ask that node to join again", and the status
+transitions to record. Everything that affects a node's status lives here; the table
+:data:`TRANSITIONS` is the whole state machine and an illegal move raises.
+
+A node is identified by its name (from the subject it published on, which its credential
+restricts) and by the *instance* id its process picked at start. Two processes with one name
+are told apart by instance: while the holder is live, another instance is refused.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+__all__ = ["TRANSITIONS", "Change", "JoinInfo", "NodeRecord", "NodeStatus", "Registry"]
+
+
+class NodeStatus(enum.StrEnum):
+    """Where a node stands."""
+
+    UP = "UP"
+    DOWN = "DOWN"  # silent for longer than down_after
+    LEFT = "LEFT"  # stopped cleanly and said so
+    REVOKED = "REVOKED"  # its credential was revoked
+
+
+S = NodeStatus
+#: Every legal (old, new) move. ``None`` is "not in the registry".
+TRANSITIONS: frozenset[tuple[NodeStatus | None, NodeStatus]] = frozenset(
+    {
+        (None, S.UP),
+        (S.UP, S.DOWN),
+        (S.UP, S.LEFT),
+        (S.UP, S.REVOKED),
+        (S.DOWN, S.UP),
+        (S.DOWN, S.REVOKED),
+        (S.LEFT, S.UP),
+        (S.LEFT, S.REVOKED),
+        (S.REVOKED, S.UP),  # re-enrolled with a new credential
+    }
+)
+
+
+class IllegalTransition(Exception):
+    """A move that :data:`TRANSITIONS` does not allow (a bug, not a user error)."""
+
+
+class JoinInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a node says about itself when it joins."""
+
+    instance: str
+    labels: tuple[str, ...] = ()
+    interfaces: tuple[str, ...] = ()
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+    slots: int = 0
+    last_serial: int = 0
+
+
+class NodeRecord(msgspec.Struct, kw_only=True):
+    """One node as the registry holds it (mutable; the controller persists copies)."""
+
+    name: str
+    status: str
+    since: float
+    last_seen: float
+    joined_at: float
+    labels: tuple[str, ...] = ()
+    interfaces: tuple[str, ...] = ()
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+    slots: int = 0
+    instance: str = ""
+    last_serial: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Node {self.name!r} {self.status} host={self.host!r} pid={self.pid} "
+            f"serial={self.last_serial}>"
+        )
+
+
+class Change(msgspec.Struct, frozen=True):
+    """A status transition to record."""
+
+    node: str
+    old: str
+    new: str
+    at: float
+    reason: str = ""
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """A join the registry refused, with the reason to send back.
+
+    ``code`` is ``duplicate-name`` (final) or ``retry`` (ask again after ``retry_after``).
+    """
+
+    code: str
+    reason: str
+    retry_after: float = 0.0
+
+
+class Registry:
+    """Every known node, its status, and the rules that move it.
+
+    Args:
+        down_after: seconds of silence after which an UP node is DOWN.
+    """
+
+    def __init__(self, down_after: float = 3.0) -> None:
+        self.down_after = down_after
+        self.nodes: dict[str, NodeRecord] = {}
+        # Names whose record changed since the last take_dirty(): persisted in batches.
+        self._dirty: set[str] = set()
+        # Names heard from since this registry started. A record loaded from the store is
+        # UP only on paper until its node speaks: it cannot yet prove it holds its name.
+        self._proven: set[str] = set()
+
+    def __repr__(self) -> str:
+        up = sum(1 for n in self.nodes.values() if n.status == S.UP)
+        return f"<Registry nodes={len(self.nodes)} up={up} down_after={self.down_after}>"
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def load(self, records: Iterable[NodeRecord], now: float) -> None:
+        """Adopt persisted records after a controller (re)start.
+
+        Nodes recorded UP keep that status and get a full ``down_after`` from ``now`` to prove
+        they are alive: the controller's own absence must not mark them DOWN.
+        """
+        for record in records:
+            if record.status == S.UP:
+                record.last_seen = max(record.last_seen, now)
+            self.nodes[record.name] = record
+
+    def _move(self, node: NodeRecord, new: NodeStatus, now: float, reason: str) -> Change:
+        old = NodeStatus(node.status) if node.status else None
+        if (old, new) not in TRANSITIONS:
+            raise IllegalTransition(f"{node.name}: {old} -> {new}")
+        node.status, node.since = new, now
+        self._dirty.add(node.name)
+        return Change(node.name, old or "", new, now, reason)
+
+    def join(self, name: str, info: JoinInfo, now: float) -> Refusal | list[Change]:
+        """A node asks to join.
+
+        Returns:
+            A :class:`Refusal` if another live instance holds the name, else the transitions
+            (empty when an UP node re-joins with the same instance).
+        """
+        node = self.nodes.get(name)
+        if node is not None and node.instance != info.instance and self._live(node, now):
+            if name not in self._proven:
+                wait = self.down_after - (now - node.last_seen)
+                return Refusal(
+                    "retry",
+                    f"node name {name!r} was held by instance {node.instance[:8]} before the "
+                    f"controller restarted; waiting up to {wait:.1f}s for it to re-attach",
+                    retry_after=max(wait, 0.0) + 0.1,
+                )
+            return Refusal(
+                "duplicate-name",
+                f"node name {name!r} is held by a live node on host {node.host or '?'} "
+                f"(pid {node.pid}, instance {node.instance[:8]}); stop that node or choose "
+                "another --name",
+            )
+        fields = msgspec.structs.asdict(info)
+        if node is None:
+            node = NodeRecord(name=name, status="", since=now, last_seen=now, joined_at=now)
+            self.nodes[name] = node
+        restarted = node.instance != info.instance
+        self._proven.add(name)
+        for key, value in fields.items():
+            setattr(node, key, value)
+        node.last_seen = now
+        node.joined_at = now if restarted or node.status != S.UP else node.joined_at
+        self._dirty.add(name)
+        if node.status == S.UP:
+            return []
+        return [self._move(node, S.UP, now, "joined")]
+
+    def _live(self, node: NodeRecord, now: float) -> bool:
+        return node.status == S.UP and now - node.last_seen <= self.down_after
+
+    def heartbeat(
+        self, name: str, instance: str, last_serial: int, now: float
+    ) -> list[Change] | None:
+        """A heartbeat arrived.
+
+        Returns:
+            None if the registry does not know this instance (the node must join again),
+            else the transitions it caused (DOWN -> UP when a silent node comes back).
+        """
+        node = self.nodes.get(name)
+        if node is None or node.instance != instance or node.status in (S.REVOKED, S.LEFT):
+            return None
+        node.last_seen = now
+        node.last_serial = last_serial
+        self._proven.add(name)
+        if node.status == S.DOWN:
+            return [self._move(node, S.UP, now, "heartbeat resumed")]
+        return []
+
+    def leave(self, name: str, instance: str, now: float, reason: str) -> list[Change]:
+        """A node says it is stopping. Ignored if the instance is not the current holder."""
+        node = self.nodes.get(name)
+        if node is None or node.instance != instance or node.status != S.UP:
+            return []
+        return [self._move(node, S.LEFT, now, reason)]
+
+    def revoke(self, name: str, now: float) -> list[Change]:
+        """The node's credential was revoked."""
+        node = self.nodes.get(name)
+        if node is None or node.status == S.REVOKED:
+            return []
+        return [self._move(node, S.REVOKED, now, "credential revoked")]
+
+    def expire(self, now: float) -> list[Change]:
+        """Mark DOWN every UP node silent for longer than ``down_after``."""
+        cutoff = now - self.down_after
+        return [
+            self._move(node, S.DOWN, now, f"silent for {now - node.last_seen:.1f}s")
+            for node in self.nodes.values()
+            if node.status == S.UP and node.last_seen < cutoff
+        ]
+
+    def take_dirty(self) -> list[NodeRecord]:
+        """Records changed (joined, moved) since the last call, for persisting."""
+        names, self._dirty = self._dirty, set()
+        return [self.nodes[n] for n in names if n in self.nodes]
+
+    def mark_dirty(self, names: Iterable[str]) -> None:
+        """Mark records for persisting again (after a failed write)."""
+        self._dirty.update(names)
+
+    def all(self) -> list[NodeRecord]:
+        """Every record, ordered by name."""
+        return [self.nodes[n] for n in sorted(self.nodes)]

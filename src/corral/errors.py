@@ -1,0 +1,125 @@
+"""Every error corral raises, under one root.
+
+Foreign exceptions (nats-py, sqlite3, psycopg, OS errors) are translated at the boundary
+where they happen; a user only ever catches corral's own. The tree::
+
+    CorralError
+    ├── UsageError                  the caller asked for something malformed or impossible
+    │   ├── ConfigError             a configuration value is missing or wrong
+    │   ├── InvalidName             a node name is not a valid subject token
+    │   └── NotInitialized          no data directory / authority yet: run `corral init`
+    ├── ProtocolError               a peer sent something we cannot accept
+    │   ├── MalformedMessage        bytes that do not decode to the expected message
+    │   ├── OversizedMessage        a payload larger than the limit for its subject
+    │   └── VersionMismatch         the peer speaks another major protocol version
+    ├── Refused                     the controller understood and said no (its reason attached)
+    │   ├── DuplicateName           a live node already holds that name
+    │   └── RetryLater              not now; ask again after ``retry_after`` seconds
+    ├── AuthError                   the bus refused our credential (unenrolled, revoked, wrong CA)
+    ├── Unavailable                 something we need is not there (bus, controller, store)
+    │   ├── BusUnavailable          cannot reach NATS
+    │   ├── ControllerUnavailable   no controller answers on the bus
+    │   └── StoreError              the SQL store failed
+    └── Timeout                     a bounded wait ran out
+
+Every message says what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BusUnavailable",
+    "ConfigError",
+    "ControllerUnavailable",
+    "CorralError",
+    "DuplicateName",
+    "InvalidName",
+    "MalformedMessage",
+    "NotInitialized",
+    "OversizedMessage",
+    "ProtocolError",
+    "Refused",
+    "RetryLater",
+    "StoreError",
+    "Timeout",
+    "Unavailable",
+    "UsageError",
+    "VersionMismatch",
+]
+
+
+class CorralError(Exception):
+    """Root of every error corral raises."""
+
+
+class UsageError(CorralError):
+    """The caller asked for something malformed or impossible."""
+
+
+class ConfigError(UsageError):
+    """A configuration value is missing or has the wrong type."""
+
+
+class InvalidName(UsageError):
+    """A node, agent or group name cannot be used as a bus subject token."""
+
+
+class NotInitialized(UsageError):
+    """The data directory has no authority (keys, credentials) yet."""
+
+
+class ProtocolError(CorralError):
+    """A peer sent a message we cannot accept."""
+
+
+class MalformedMessage(ProtocolError):
+    """Bytes that do not decode to the message type expected on a subject."""
+
+
+class OversizedMessage(ProtocolError):
+    """A payload larger than the limit for its subject."""
+
+
+class VersionMismatch(ProtocolError):
+    """The peer speaks another major version of the corral protocol."""
+
+
+class Refused(CorralError):
+    """The controller understood a request and refused it; the reason is the message."""
+
+
+class DuplicateName(Refused):
+    """A live node already holds the requested name."""
+
+
+class RetryLater(Refused):
+    """The controller cannot decide yet; ask again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthError(CorralError):
+    """The bus refused our credential: not enrolled, revoked, or signed by another authority."""
+
+
+class Unavailable(CorralError):
+    """Something corral needs is not reachable."""
+
+
+class BusUnavailable(Unavailable):
+    """The NATS server cannot be reached."""
+
+
+class ControllerUnavailable(Unavailable):
+    """No controller answers on the bus."""
+
+
+class StoreError(Unavailable):
+    """The SQL store failed (connection, migration, or a statement)."""
+
+
+class Timeout(CorralError):
+    """A bounded wait ran out before the awaited event happened."""

@@ -1,0 +1,78 @@
+"""Child processes that die with their parent and stop cleanly.
+
+``corral up`` and the test suite start nats-server, the controller and nodes as children. Each
+child asks the kernel (``PR_SET_PDEATHSIG``) for SIGTERM when its parent dies, so even a
+``kill -9`` of the parent leaves no process behind; :func:`stop` is the orderly path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["spawn", "stop"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    # Ctrl-C goes to the whole foreground process group; children ignore it and let the
+    # parent stop them in order (nodes first, the broker last).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as a child that dies with this process.
+
+    Args:
+        argv: the command.
+        env: extra environment variables (added to this process's).
+        log: a file that receives the child's stdout and stderr; None inherits ours.
+        cwd: working directory.
+    """
+    out: IO[Any] | None = open(log, "ab") if log else None  # noqa: SIM115 - child owns it
+    try:
+        return subprocess.Popen(
+            list(argv),
+            env={**os.environ, **env} if env else None,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            preexec_fn=_die_with_parent,
+        )
+    finally:
+        if out is not None:
+            out.close()
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """Ask ``proc`` to stop with SIGTERM, then SIGKILL after ``timeout`` seconds.
+
+    Returns:
+        The exit status.
+    """
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -1,0 +1,414 @@
+"""The authority: NATS operator keys, per-node credentials, revocation, and the TLS CA.
+
+Theory of operation: corral runs NATS in *operator mode* (decentralised JWT auth). ``corral
+init`` creates an operator, a system account and the ``CORRAL`` account, and signs their JWTs.
+Every process then connects with a ``.creds`` file: a user JWT signed by the account's signing
+key, holding that user's permissions, plus the user's private nkey seed. The server verifies the
+chain of signatures itself, so a credential exists only because this authority signed it (no
+trust on first use), and a node's JWT lets it publish only below its own subjects.
+
+Revoking a node adds its user keys to the account JWT's revocation list; pushing the re-signed
+account JWT to the server (``$SYS.REQ.CLAIMS.UPDATE``) makes the server close that node's live
+connections and refuse new ones, with nothing restarted. An external nats-server trusts the same
+authority by including ``<data_dir>/auth/nats-auth.conf`` in its configuration.
+
+All secrets live in ``<data_dir>/auth`` (mode 0700, files 0600); ``authority.json`` holds the
+seeds and the register of issued node keys, like Salt's ``pki/master`` directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nkeys
+
+from corral import subjects
+from corral.errors import NotInitialized, UsageError
+
+__all__ = ["Authority", "IssuedKey", "Permissions", "node_permissions"]
+
+_UNLIMITED = {
+    "subs": -1,
+    "data": -1,
+    "payload": -1,
+    "imports": -1,
+    "exports": -1,
+    "wildcards": True,
+    "conn": -1,
+    "leaf": -1,
+}
+_JETSTREAM_UNLIMITED = {
+    "mem_storage": -1,
+    "disk_storage": -1,
+    "streams": -1,
+    "consumer": -1,
+    "max_ack_pending": -1,
+    "mem_max_stream_bytes": -1,
+    "disk_max_stream_bytes": -1,
+    "max_bytes_required": False,
+}
+
+
+class Permissions(msgspec.Struct, frozen=True):
+    """What a user may publish and subscribe to (NATS subject patterns)."""
+
+    pub: tuple[str, ...] = ()
+    sub: tuple[str, ...] = ()
+    responses: bool = False
+
+    def claims(self) -> dict[str, Any]:
+        """The ``nats`` claim fragment for a user JWT (empty lists mean no restriction)."""
+        out: dict[str, Any] = {}
+        if self.pub:
+            out["pub"] = {"allow": list(self.pub)}
+        if self.sub:
+            out["sub"] = {"allow": list(self.sub)}
+        if self.responses:
+            out["resp"] = {"max": 1, "ttl": 0}
+        return out
+
+
+def node_permissions(name: str) -> Permissions:
+    """Least privilege for node ``name``: its own subjects, the announcements, its inbox."""
+    return Permissions(
+        pub=(subjects.node_in(name, ">"),),
+        sub=(
+            subjects.node_out(name, ">"),
+            subjects.ANNOUNCE,
+            subjects.inbox_prefix(name) + ".>",
+        ),
+        responses=True,
+    )
+
+
+#: The operator's CLI: requests to the controller, replies to its own inbox.
+ADMIN_PERMISSIONS = Permissions(
+    pub=(subjects.ctl(">"),), sub=("_INBOX.corral-admin.>", subjects.ANNOUNCE)
+)
+ADMIN_INBOX = "_INBOX.corral-admin"
+
+
+class IssuedKey(msgspec.Struct):
+    """One credential issued to a node."""
+
+    public_key: str
+    issued_at: float
+    revoked_at: float | None = None
+
+
+class _State(msgspec.Struct):
+    operator_seed: str
+    system_seed: str
+    account_seed: str
+    signing_seed: str
+    created: float
+    nodes: dict[str, list[IssuedKey]] = msgspec.field(default_factory=dict)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _new_seed(prefix: int) -> str:
+    seed: bytes = nkeys.encode_seed(os.urandom(32), prefix)
+    return seed.decode()
+
+
+def _kp(seed: str) -> Any:
+    return nkeys.from_seed(seed.encode())
+
+
+def _pub(seed: str) -> str:
+    return str(_kp(seed).public_key.decode())
+
+
+def _jwt(signer_seed: str, subject: str, name: str, nats: dict[str, Any]) -> str:
+    """Sign a NATS v2 JWT (header.claims.signature, ed25519-nkey)."""
+    signer = _kp(signer_seed)
+    claims: dict[str, Any] = {
+        "jti": "",
+        "iat": int(time.time()),
+        "iss": signer.public_key.decode(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    }
+    digest = hashlib.sha256(json.dumps(claims, separators=(",", ":")).encode()).digest()
+    claims["jti"] = base64.b32encode(digest).rstrip(b"=").decode()
+    header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    signature = signer.sign(f"{header}.{body}".encode())
+    return f"{header}.{body}.{_b64(signature)}"
+
+
+def _creds(jwt: str, seed: str) -> str:
+    return (
+        "-----BEGIN NATS USER JWT-----\n"
+        f"{jwt}\n"
+        "------END NATS USER JWT------\n\n"
+        "************************* IMPORTANT *************************\n"
+        "NKEY Seed printed below can be used to sign and prove identity.\n"
+        "NKEYs are sensitive and should be treated as secrets.\n\n"
+        "-----BEGIN USER NKEY SEED-----\n"
+        f"{seed}\n"
+        "------END USER NKEY SEED------\n"
+    )
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write atomically with mode 0600 (never a moment with wider permissions)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Authority:
+    """The keys and credential register in ``<data_dir>/auth``.
+
+    Use :meth:`create` once (``corral init``), then :meth:`load`.
+    """
+
+    def __init__(self, directory: Path, state: _State) -> None:
+        self.directory = directory
+        self._state = state
+
+    def __repr__(self) -> str:
+        live = sum(1 for keys in self._state.nodes.values() if any(not k.revoked_at for k in keys))
+        return f"<Authority {str(self.directory)!r} operator={self.operator_key[:8]}… nodes={live}>"
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @staticmethod
+    def exists(data_dir: Path) -> bool:
+        """True if ``corral init`` has run for ``data_dir``."""
+        return (data_dir / "auth" / "authority.json").exists()
+
+    @classmethod
+    def create(cls, data_dir: Path) -> Authority:
+        """Create a new authority and the controller, admin and system credentials.
+
+        Raises:
+            UsageError: an authority already exists there (it is never overwritten).
+        """
+        directory = data_dir / "auth"
+        if cls.exists(data_dir):
+            raise UsageError(
+                f"{directory} already holds an authority; remove it first to start over "
+                "(every issued credential then stops working)"
+            )
+        state = _State(
+            operator_seed=_new_seed(nkeys.PREFIX_BYTE_OPERATOR),
+            system_seed=_new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
+            account_seed=_new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
+            signing_seed=_new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
+            created=time.time(),
+        )
+        authority = cls(directory, state)
+        authority._save()
+        authority.write_role_credentials()
+        return authority
+
+    @classmethod
+    def load(cls, data_dir: Path) -> Authority:
+        """Load the authority of ``data_dir``.
+
+        Raises:
+            NotInitialized: there is none; run ``corral init``.
+        """
+        path = data_dir / "auth" / "authority.json"
+        try:
+            state = msgspec.json.decode(path.read_bytes(), type=_State)
+        except FileNotFoundError:
+            raise NotInitialized(
+                f"no corral authority in {data_dir}: run `corral init --data-dir {data_dir}` "
+                "(or `corral up`, which initialises on first use)"
+            ) from None
+        return cls(data_dir / "auth", state)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise read-modify-write of the register between CLI processes."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.directory / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fresh = msgspec.json.decode(
+                    (self.directory / "authority.json").read_bytes(), type=_State
+                )
+                self._state = fresh
+            except FileNotFoundError:
+                pass
+            yield
+            self._save()
+
+    def _save(self) -> None:
+        _write_secret(self.directory / "authority.json", msgspec.json.encode(self._state).decode())
+
+    # --- keys and JWTs ------------------------------------------------------------------
+
+    @property
+    def operator_key(self) -> str:
+        """The operator's public key."""
+        return _pub(self._state.operator_seed)
+
+    @property
+    def system_account(self) -> str:
+        """The system account's public key."""
+        return _pub(self._state.system_seed)
+
+    @property
+    def account(self) -> str:
+        """The CORRAL account's public key."""
+        return _pub(self._state.account_seed)
+
+    def operator_jwt(self) -> str:
+        """The operator JWT (trusted by the server)."""
+        return _jwt(
+            self._state.operator_seed,
+            self.operator_key,
+            "corral",
+            {"type": "operator", "version": 2, "system_account": self.system_account},
+        )
+
+    def system_account_jwt(self) -> str:
+        """The system account JWT."""
+        nats = {"type": "account", "version": 2, "limits": dict(_UNLIMITED)}
+        return _jwt(self._state.operator_seed, self.system_account, "SYS", nats)
+
+    def revocations(self) -> dict[str, int]:
+        """Every revoked user key with the time of its revocation."""
+        return {
+            # A revocation covers JWTs issued at or before the time; round up so a credential
+            # issued within the same second as its revocation is covered too.
+            key.public_key: int(key.revoked_at) + 1
+            for keys in self._state.nodes.values()
+            for key in keys
+            if key.revoked_at
+        }
+
+    def account_jwt(self) -> str:
+        """The CORRAL account JWT, with JetStream enabled and every revocation."""
+        nats: dict[str, Any] = {
+            "type": "account",
+            "version": 2,
+            "limits": {**_UNLIMITED, **_JETSTREAM_UNLIMITED},
+            "signing_keys": [_pub(self._state.signing_seed)],
+        }
+        if revoked := self.revocations():
+            nats["revocations"] = revoked
+        return _jwt(self._state.operator_seed, self.account, "CORRAL", nats)
+
+    def user_creds(self, name: str, permissions: Permissions, *, system: bool = False) -> str:
+        """A fresh credential (user JWT + seed) with ``permissions``; not registered."""
+        seed = _new_seed(nkeys.PREFIX_BYTE_USER)
+        return self._sign_user(name, seed, permissions, system=system)
+
+    def _sign_user(self, name: str, seed: str, permissions: Permissions, *, system: bool) -> str:
+        nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1}
+        nats["payload"] = -1
+        nats.update(permissions.claims())
+        if system:
+            jwt = _jwt(self._state.system_seed, _pub(seed), name, nats)
+        else:
+            nats["issuer_account"] = self.account
+            jwt = _jwt(self._state.signing_seed, _pub(seed), name, nats)
+        return _creds(jwt, seed)
+
+    def write_role_credentials(self) -> None:
+        """(Re)write controller, admin and system credentials and the server auth fragment."""
+        d = self.directory
+        _write_secret(d / "controller.creds", self.user_creds("controller", Permissions()))
+        _write_secret(d / "admin.creds", self.user_creds("admin", ADMIN_PERMISSIONS))
+        _write_secret(d / "system.creds", self.user_creds("system", Permissions(), system=True))
+        self.write_server_fragment()
+
+    def write_server_fragment(self) -> Path:
+        """Write ``nats-auth.conf`` for an nats-server (``include`` it in an external one)."""
+        (self.directory / "operator.jwt").write_text(self.operator_jwt())
+        text = self.server_fragment(self.directory / "jwt")
+        path = self.directory / "nats-auth.conf"
+        _write_secret(path, text)
+        return path
+
+    def server_fragment(self, resolver_dir: Path) -> str:
+        """nats-server configuration that trusts this authority (operator mode).
+
+        Args:
+            resolver_dir: where the server keeps account JWTs pushed to it.
+        """
+        return (
+            f"operator: {json.dumps(str(self.directory / 'operator.jwt'))}\n"
+            f"system_account: {self.system_account}\n"
+            f"resolver: {{ type: full, dir: {json.dumps(str(resolver_dir))}, "
+            'allow_delete: false, interval: "2m" }\n'
+            "resolver_preload: {\n"
+            f"  {self.system_account}: {self.system_account_jwt()}\n"
+            f"  {self.account}: {self.account_jwt()}\n"
+            "}\n"
+        )
+
+    # --- node register ------------------------------------------------------------------
+
+    def enroll(self, name: str) -> str:
+        """Issue a credential for node ``name`` and record its key (Salt's key accept).
+
+        Returns:
+            The ``.creds`` file text to give to that node.
+
+        Raises:
+            InvalidName: the name cannot be a subject token.
+        """
+        subjects.check_name(name)
+        seed = _new_seed(nkeys.PREFIX_BYTE_USER)
+        with self._locked():
+            self._state.nodes.setdefault(name, []).append(
+                IssuedKey(public_key=_pub(seed), issued_at=time.time())
+            )
+        return self._sign_user(f"node:{name}", seed, node_permissions(name), system=False)
+
+    def revoke(self, name: str) -> list[str]:
+        """Revoke every live credential of node ``name``.
+
+        Returns:
+            The user keys revoked now (empty if all were already revoked).
+
+        Raises:
+            UsageError: the node was never enrolled.
+        """
+        with self._locked():
+            keys = self._state.nodes.get(name)
+            if not keys:
+                raise UsageError(
+                    f"no node named {name!r} was ever enrolled; `corral nodes` lists nodes, "
+                    "`corral enroll NAME` issues a credential"
+                )
+            now = time.time()
+            revoked = []
+            for key in keys:
+                if key.revoked_at is None:
+                    key.revoked_at = now
+                    revoked.append(key.public_key)
+        return revoked
+
+    def enrolled(self) -> dict[str, list[IssuedKey]]:
+        """Every node ever enrolled, with its issued keys."""
+        return {name: list(keys) for name, keys in self._state.nodes.items()}
+
+    def is_enrolled(self, name: str) -> bool:
+        """True if ``name`` holds at least one unrevoked credential."""
+        return any(k.revoked_at is None for k in self._state.nodes.get(name, ()))

@@ -1,0 +1,146 @@
+"""Engines for the store: the sync one migrations run on, and the async one for everything else.
+
+Theory of operation: :meth:`Store.open` first calls :func:`migrate` in a worker thread. It
+opens a short-lived *sync* engine (sqlite3 or psycopg), takes a lock so two controllers
+starting together do not both create tables, and runs Alembic up to head. Only then does it
+build the long-lived *async* engine with :func:`async_engine`. Both engines apply the same
+SQLite PRAGMAs on every new connection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event, pool, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from corral.errors import StoreError
+
+from ._url import sync_url
+
+__all__ = ["MIGRATIONS", "async_engine", "migrate"]
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+# WAL lets readers (CLI, dashboard) run beside the controller's writes; FULL makes a commit
+# durable across power loss; busy_timeout waits out a short lock instead of failing at once.
+_SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA foreign_keys=ON",
+)
+
+# pg_advisory_xact_lock key serialising concurrent migrations ("corral" in ASCII).
+_PG_MIGRATION_LOCK = 0x636F7272616C
+
+# Fail fast on an unreachable PostgreSQL host instead of waiting for the OS TCP timeout.
+_PG_CONNECT_TIMEOUT = 10
+
+
+def _json_dumps(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    parsed = make_url(url)
+    options: dict[str, Any] = {
+        "json_serializer": _json_dumps,
+        "json_deserializer": msgspec.json.decode,
+    }
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        options["connect_args"] = {"connect_timeout": _PG_CONNECT_TIMEOUT}
+    return options
+
+
+def _listen(engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL.
+
+    Args:
+        url: A normalized store URL.
+
+    Returns:
+        The file path, or ``None`` for a PostgreSQL URL.
+
+    Raises:
+        StoreError: The URL names an in-memory SQLite database, which would not persist.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if database in ("", ":memory:") or "mode=memory" in str(parsed.query):
+        raise StoreError(
+            f"an in-memory SQLite store loses everything on close and cannot be migrated: "
+            f"give a file path instead of {url!r}"
+        )
+    return Path(database)
+
+
+def migrate(url: str) -> None:
+    """Create the SQLite file's directory and upgrade the schema to head (blocking).
+
+    Args:
+        url: A normalized store URL; migrations use its sync-driver twin.
+
+    Raises:
+        StoreError: The URL is an in-memory SQLite one.
+        OSError: The directory cannot be created.
+        sqlalchemy.exc.SQLAlchemyError: Connecting or migrating failed.
+        alembic.util.exc.CommandError: The database is at a revision we do not know.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool, **_engine_options(url))
+    _listen(engine)
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                )
+            config = Config()
+            # Config is a ConfigParser: a literal "%" in the path must be doubled.
+            config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+
+
+def async_engine(url: str) -> AsyncEngine:
+    """Build the long-lived async engine for a migrated store.
+
+    Args:
+        url: A normalized store URL naming an async driver.
+
+    Returns:
+        The engine; it connects lazily.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: The URL names a sync-only driver.
+        ImportError: The URL's driver is not installed.
+    """
+    engine = create_async_engine(url, **_engine_options(url))
+    _listen(engine.sync_engine)
+    return engine

@@ -1,0 +1,87 @@
+"""The rows the store reads and writes: nodes, their status transitions, and the audit log.
+
+They are plain frozen ``msgspec`` structs so the controller can build thousands a second and
+hand them to :meth:`corral.store.Store.commit` without any ORM in between. Field names match
+the column names in :mod:`corral.store.schema` one to one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = ["AuditEntry", "NodeRow", "Transition"]
+
+
+class NodeRow(msgspec.Struct, frozen=True):
+    """The persisted state of one node.
+
+    Attributes:
+        name: The node's unique name (primary key).
+        status: ``"UP"``, ``"DOWN"``, ``"LEFT"`` or ``"REVOKED"``; stored as text and not
+            validated here (the liveness state machine owns the legal values).
+        since: Epoch seconds of the last status change.
+        last_seen: Epoch seconds of the last heartbeat.
+        joined_at: Epoch seconds when the node first joined.
+        labels: Free-form labels used to select nodes.
+        interfaces: Names of the interfaces (agents, capabilities) the node serves.
+        attributes: Arbitrary JSON-serialisable facts reported by the node.
+        host: Host name the node runs on.
+        pid: Process id of the node process.
+        version: corral version the node runs.
+        slots: Number of task slots the node offers.
+        instance: Random id of the node process, new on every start.
+        last_serial: Highest command serial the node has acknowledged.
+    """
+
+    name: str
+    status: str
+    since: float
+    last_seen: float
+    joined_at: float
+    labels: tuple[str, ...] = ()
+    interfaces: tuple[str, ...] = ()
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+    slots: int = 0
+    instance: str = ""
+    last_serial: int = 0
+
+
+class Transition(msgspec.Struct, frozen=True):
+    """One change of a node's status, kept as history.
+
+    Attributes:
+        node: Name of the node.
+        old: Status before the change.
+        new: Status after the change.
+        at: Epoch seconds of the change.
+        reason: Why it changed (e.g. ``"heartbeat timeout"``).
+    """
+
+    node: str
+    old: str
+    new: str
+    at: float
+    reason: str = ""
+
+
+class AuditEntry(msgspec.Struct, frozen=True):
+    """One action someone took against the fleet.
+
+    Attributes:
+        at: Epoch seconds of the action.
+        actor: Who did it (user, service, or node name).
+        action: What was done (e.g. ``"revoke"``).
+        target: What it was done to (e.g. a node name).
+        detail: Extra JSON-serialisable context.
+    """
+
+    at: float
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -1,0 +1,85 @@
+"""The SQL schema of the store, as SQLAlchemy Core tables.
+
+This module describes the schema at the *head* migration; the migrations under
+``corral/store/migrations/versions`` are what actually create it, and each one is a frozen
+snapshot that never imports this module. Change both together: add a new migration, then
+update the tables here to match.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+)
+
+__all__ = ["audit_log", "meta", "metadata", "node_transitions", "nodes"]
+
+# Explicit constraint/index names so migrations and metadata agree on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only auto-increments an ``INTEGER PRIMARY KEY``, never a ``BIGINT`` one.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("since", Double, nullable=False),
+    Column("last_seen", Double, nullable=False),
+    Column("joined_at", Double, nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("interfaces", JSON, nullable=False),
+    Column("attributes", JSON, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("slots", Integer, nullable=False),
+    Column("instance", Text, nullable=False),
+    Column("last_serial", BigInteger, nullable=False),
+)
+
+node_transitions = Table(
+    "node_transitions",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("node", Text, nullable=False),
+    Column("old", Text, nullable=False),
+    Column("new", Text, nullable=False),
+    Column("at", Double, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_node_transitions_node", "node"),
+    Index("ix_node_transitions_at", "at"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("at", Double, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("detail", JSON, nullable=False),
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)

@@ -1,0 +1,110 @@
+"""The only place a bus subject is built or parsed.
+
+Theory of operation: identity comes from the subject. A node's credential lets it publish only
+below ``corral.in.<its name>.``, so when the controller receives a heartbeat on
+``corral.in.web1.hb`` it knows that web1 sent it, without trusting anything in the payload.
+The scheme:
+
+==============================  ====================  ================================
+subject                         who publishes         who listens
+==============================  ====================  ================================
+``corral.in.<node>.<verb>``     the node              the controller (join, hb, leave)
+``corral.node.<node>.<verb>``   the controller        that node (ctl, cmd)
+``corral.ctl.announce``         the controller        every node (SEER pingExperiment)
+``corral.ctl.<verb>``           operators (CLI, API)  the controller
+``_INBOX.corral.<node>.>``      repliers              that node (its private inbox)
+==============================  ====================  ================================
+"""
+
+from __future__ import annotations
+
+import re
+
+from corral.errors import InvalidName
+
+__all__ = [
+    "ANNOUNCE",
+    "NODE_VERBS",
+    "check_name",
+    "ctl",
+    "inbox_prefix",
+    "node_in",
+    "node_in_wildcard",
+    "node_out",
+    "parse_node_in",
+]
+
+ROOT = "corral"
+ANNOUNCE = f"{ROOT}.ctl.announce"
+
+#: Verbs a node may publish to the controller.
+NODE_VERBS = frozenset({"join", "hb", "leave"})
+
+# A name is one subject token: no dots, no wildcards, no whitespace. Kept to a portable set so
+# the same name works as a file name (credential files) and a SQL key.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_name(name: str, what: str = "node") -> str:
+    """Return ``name`` if it can be used as a node (or agent, group) name.
+
+    Args:
+        name: the proposed name.
+        what: the kind of thing named, for the error message.
+
+    Returns:
+        The same name.
+
+    Raises:
+        InvalidName: if the name is empty, too long, or has characters other than letters,
+            digits, ``-`` and ``_`` (it must not start with ``-`` or ``_``).
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidName(
+            f"invalid {what} name {name!r}: use 1-64 letters, digits, '-' or '_', "
+            "starting with a letter or digit (dots and wildcards are reserved by the bus)"
+        )
+    return name
+
+
+def node_in(name: str, verb: str) -> str:
+    """Subject on which node ``name`` tells the controller ``verb`` (join, hb, leave)."""
+    return f"{ROOT}.in.{name}.{verb}"
+
+
+def node_in_wildcard(verb: str) -> str:
+    """Subject the controller subscribes to for ``verb`` from every node."""
+    return f"{ROOT}.in.*.{verb}"
+
+
+def node_out(name: str, verb: str) -> str:
+    """Subject on which the controller addresses node ``name`` (``ctl``, later ``cmd``)."""
+    return f"{ROOT}.node.{name}.{verb}"
+
+
+def ctl(verb: str) -> str:
+    """Subject of an operator request to the controller, e.g. ``ctl("nodes")``."""
+    return f"{ROOT}.ctl.{verb}"
+
+
+def inbox_prefix(name: str) -> str:
+    """The private reply-inbox prefix of node ``name`` (only it may subscribe there)."""
+    return f"_INBOX.{ROOT}.{name}"
+
+
+def parse_node_in(subject: str) -> tuple[str, str]:
+    """Split ``corral.in.<node>.<verb>`` into ``(node, verb)``.
+
+    Args:
+        subject: a subject received on a :func:`node_in_wildcard` subscription.
+
+    Returns:
+        The node name and the verb.
+
+    Raises:
+        InvalidName: if the subject is not of that form.
+    """
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != ROOT or parts[1] != "in":
+        raise InvalidName(f"not a node subject: {subject!r} (expected corral.in.<node>.<verb>)")
+    return parts[2], parts[3]

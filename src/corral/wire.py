@@ -1,0 +1,311 @@
+"""Every message that crosses the bus, as msgspec Structs encoded in msgpack.
+
+Theory of operation: each subject carries one message type, so a receiver decodes with a
+decoder built for exactly that type and validation happens in the same pass as parsing. Replies
+are a tagged union of the expected answer and :class:`ErrorReply`. The protocol version travels
+in the ``Corral-Proto`` header of every message; :func:`decode` refuses a missing header or
+another major version with an error that names both versions, before touching the payload.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+from corral._version import __version__
+from corral.errors import (
+    DuplicateName,
+    MalformedMessage,
+    OversizedMessage,
+    ProtocolError,
+    Refused,
+    RetryLater,
+    VersionMismatch,
+)
+
+__all__ = [
+    "HEADERS",
+    "PROTO_HEADER",
+    "PROTOCOL_VERSION",
+    "Announce",
+    "AuthEvent",
+    "ErrorReply",
+    "Heartbeat",
+    "Join",
+    "JoinReply",
+    "Leave",
+    "NodeView",
+    "NodesReply",
+    "NodesRequest",
+    "Ok",
+    "Rejoin",
+    "StatsReply",
+    "StatsRequest",
+    "decode",
+    "decode_reply",
+    "encode",
+    "raise_for_error",
+]
+
+#: Major.minor of the wire protocol. A different major is refused; minors are compatible.
+PROTOCOL_VERSION = "1.0"
+PROTO_HEADER = "Corral-Proto"
+#: Headers to send with every message.
+HEADERS: dict[str, str] = {PROTO_HEADER: PROTOCOL_VERSION}
+
+T = TypeVar("T")
+
+
+class _Msg(msgspec.Struct, kw_only=True, frozen=True, tag=True):
+    """Base of every wire message (tagged with its class name)."""
+
+
+# --- node -> controller ---------------------------------------------------------------------
+
+
+class Join(_Msg, frozen=True):
+    """A node introduces itself (sent on ``corral.in.<name>.join``, request/reply)."""
+
+    instance: str
+    labels: tuple[str, ...] = ()
+    interfaces: tuple[str, ...] = ()
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+    host: str = ""
+    pid: int = 0
+    version: str = __version__
+    slots: int = 1
+    last_serial: int = 0
+
+
+class Heartbeat(_Msg, frozen=True):
+    """A node is alive (published on ``corral.in.<name>.hb`` every heartbeat interval)."""
+
+    instance: str
+    last_serial: int = 0
+    busy: int = 0
+
+
+class Leave(_Msg, frozen=True):
+    """A node is stopping cleanly (``corral.in.<name>.leave``)."""
+
+    instance: str
+    reason: str = "stopped"
+
+
+# --- controller -> node ---------------------------------------------------------------------
+
+
+class Announce(_Msg, frozen=True):
+    """The controller is here (``corral.ctl.announce``, periodic): nodes join when they see it."""
+
+    controller: str
+    started: float
+    version: str = __version__
+    heartbeat_interval: float = 1.0
+
+
+class JoinReply(_Msg, frozen=True):
+    """The controller accepted a join."""
+
+    controller: str
+    heartbeat_interval: float
+    status: str = "UP"
+
+
+class Rejoin(_Msg, frozen=True):
+    """The controller does not know this node instance (it restarted, or forgot): join again."""
+
+    reason: str
+
+
+class ErrorReply(_Msg, frozen=True):
+    """Any request refused. ``code`` is machine-readable, ``error`` says what to do."""
+
+    code: str
+    error: str
+    #: for code ``retry``: ask again after this many seconds
+    retry_after: float = 0.0
+
+
+class Ok(_Msg, frozen=True):
+    """A request that returns nothing succeeded."""
+
+
+# --- operator -> controller -----------------------------------------------------------------
+
+
+class NodesRequest(_Msg, frozen=True):
+    """Ask for the registry (``corral.ctl.nodes``)."""
+
+
+class NodeView(msgspec.Struct, frozen=True, kw_only=True):
+    """One node as the registry sees it."""
+
+    name: str
+    status: str
+    since: float
+    last_seen: float
+    joined_at: float
+    labels: tuple[str, ...] = ()
+    interfaces: tuple[str, ...] = ()
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+    slots: int = 0
+    last_serial: int = 0
+
+
+class NodesReply(_Msg, frozen=True):
+    """The registry, ordered by name."""
+
+    nodes: list[NodeView]
+    controller: str = ""
+
+
+class AuthEvent(_Msg, frozen=True):
+    """An operator enrolled or revoked a node (``corral.ctl.auth``), for the audit log."""
+
+    action: str
+    name: str
+    actor: str
+    keys: tuple[str, ...] = ()
+    host: str = ""
+    pid: int = 0
+
+
+class StatsRequest(_Msg, frozen=True):
+    """Ask for the controller's counters (``corral.ctl.stats``)."""
+
+
+class StatsReply(_Msg, frozen=True):
+    """Counters: messages handled and rejected, by reason."""
+
+    controller: str
+    started: float
+    counters: dict[str, int]
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    """Encode a message to msgpack bytes (send them with :data:`HEADERS`)."""
+    return _encoder.encode(msg)
+
+
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def _decoder(kind: Any) -> msgspec.msgpack.Decoder[Any]:
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.msgpack.Decoder(kind)
+    return decoder
+
+
+def check_version(headers: Mapping[str, str] | None) -> None:
+    """Refuse a message without the protocol header or with another major version.
+
+    Raises:
+        VersionMismatch: naming both versions.
+    """
+    theirs = headers.get(PROTO_HEADER) if headers else None
+    if theirs is None:
+        raise VersionMismatch(
+            f"message has no {PROTO_HEADER} header (ours is {PROTOCOL_VERSION}): "
+            "it was not sent by corral, or by a corral older than 0.1"
+        )
+    if theirs.split(".", 1)[0] != PROTOCOL_VERSION.split(".", 1)[0]:
+        raise VersionMismatch(
+            f"peer speaks corral protocol {theirs}, this process speaks {PROTOCOL_VERSION}: "
+            "upgrade the older side so both share a major version"
+        )
+
+
+def decode(
+    data: bytes,
+    kind: type[T],
+    headers: Mapping[str, str] | None = None,
+    *,
+    limit: int | None = None,
+    check_headers: bool = True,
+) -> T:
+    """Decode ``data`` as a ``kind`` message, validating version, size and shape.
+
+    Args:
+        data: the payload.
+        kind: the expected message type (or a union of them).
+        headers: the message headers (carrying the protocol version).
+        limit: the largest payload accepted, in bytes; ``None`` for no limit.
+        check_headers: verify the protocol header (off only for payloads with no NATS headers).
+
+    Returns:
+        The decoded message.
+
+    Raises:
+        OversizedMessage: the payload is larger than ``limit``.
+        VersionMismatch: the header is missing or names another major version.
+        MalformedMessage: the payload does not decode to ``kind``.
+    """
+    if limit is not None and len(data) > limit:
+        raise OversizedMessage(
+            f"message of {len(data)} bytes exceeds the {limit}-byte limit for this subject: "
+            "send less, or raise max_message_bytes in the controller's configuration"
+        )
+    if check_headers:
+        check_version(headers)
+    try:
+        result: T = _decoder(kind).decode(data)
+    except msgspec.DecodeError as exc:
+        name = getattr(kind, "__name__", str(kind))
+        raise MalformedMessage(f"malformed {name} message: {exc}") from None
+    return result
+
+
+def decode_reply(data: bytes, kind: type[T], headers: Mapping[str, str] | None = None) -> T:
+    """Decode a reply that is either ``kind`` or an :class:`ErrorReply`, raising the latter.
+
+    Raises:
+        Refused: the peer answered with an error (a subclass where the code is known).
+        ProtocolError: the reply is malformed or of another version.
+    """
+    union: Any = kind | ErrorReply
+    msg: Any = decode(data, union, headers)
+    if isinstance(msg, ErrorReply):
+        raise_for_error(msg)
+    return msg  # type: ignore[no-any-return]
+
+
+_ERRORS: dict[str, type[Exception]] = {
+    "duplicate-name": DuplicateName,
+    "malformed": MalformedMessage,
+    "oversized": OversizedMessage,
+    "version": VersionMismatch,
+    "protocol": ProtocolError,
+}
+
+
+def raise_for_error(reply: ErrorReply) -> None:
+    """Raise the corral error that an :class:`ErrorReply` stands for.
+
+    Raises:
+        Refused: or the subclass named by ``reply.code``; always. A ``retry`` refusal is a
+            :class:`~corral.errors.RetryLater` carrying ``retry_after``.
+    """
+    if reply.code == "retry":
+        raise RetryLater(reply.error, reply.retry_after)
+    raise _ERRORS.get(reply.code, Refused)(reply.error)
+
+
+def error_code(exc: Exception) -> str:
+    """The wire code for a corral error (the inverse of :func:`raise_for_error`)."""
+    for code, kind in _ERRORS.items():
+        if type(exc) is kind:
+            return code
+    return "refused"
