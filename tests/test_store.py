@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
-import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,34 +20,6 @@ from sqlalchemy.engine import make_url
 
 from corral.errors import StoreError
 from corral.store import AuditEntry, NodeRow, Store, Transition, normalize_url
-
-PG_DSN_ENV = "CORRAL_TEST_POSTGRES_DSN"
-
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-]
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL for an empty database: a file in tmp_path, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "data" / "corral.db")
-        return
-    dsn = os.environ.get(PG_DSN_ENV)
-    if not dsn:
-        pytest.skip(f"{PG_DSN_ENV} not set: PostgreSQL store tests skipped")
-    name = f"corral_test_{uuid.uuid4().hex}"
-    admin = make_url(dsn).set(drivername="postgresql")
-    conninfo = admin.render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

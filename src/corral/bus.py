@@ -29,6 +29,16 @@ __all__ = ["NATS", "connect", "request"]
 log = logging.getLogger("corral.bus")
 
 
+class _QuietTLSClose(logging.Filter):
+    """Drop asyncio's harmless warning when a TLS peer closes (every NATS-over-TLS close)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTLSClose())
+
+
 def _is_auth_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "authorization" in text or "authentication" in text or "revoked" in text
@@ -78,7 +88,9 @@ async def connect(
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
         "connect_timeout": 2,
-        "allow_reconnect": True,
+        # nats-py retries a failed *first* connect forever when reconnecting is allowed,
+        # even on an authorization error; we retry ourselves below and allow it afterwards.
+        "allow_reconnect": False,
         "error_cb": _log_error,
     }
     if ca is not None:
@@ -91,7 +103,7 @@ async def connect(
     announced = False
     while True:
         try:
-            return await nats.connect(**options)
+            nc = await nats.connect(**options)
         except Exception as exc:  # nats-py raises bare Exception subclasses of many kinds
             if _is_auth_error(exc):
                 raise AuthError(
@@ -108,6 +120,9 @@ async def connect(
                 log.info("waiting for the bus", extra={"url": config.bus_url})
                 announced = True
             await asyncio.sleep(0.5)
+            continue
+        nc.options["allow_reconnect"] = True
+        return nc
 
 
 async def _log_error(exc: Exception) -> None:

@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -115,20 +116,47 @@ class Client:
     async def wait_for(
         self, predicate: Callable[[list[wire.NodeView]], bool], timeout: float
     ) -> list[wire.NodeView]:
-        """Re-read the registry until ``predicate(nodes)`` is true.
+        """Wait until ``predicate(nodes)`` holds for the registry.
+
+        The registry is read now and again each time the controller publishes a node
+        transition, so the wait ends as soon as the condition becomes true.
 
         Raises:
             Timeout: it did not become true within ``timeout`` seconds.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        changed = asyncio.Event()
+
+        async def on_event(_: object) -> None:
+            changed.set()
+
+        sub = await self.nc.subscribe(subjects.node_events(), cb=on_event)
         nodes: list[wire.NodeView] = []
-        while loop.time() < deadline:
-            try:
-                nodes = await self.nodes()
-            except ControllerUnavailable:
-                nodes = []
-            if predicate(nodes):
-                return nodes
-            await asyncio.sleep(0.1)
-        raise Timeout(f"condition not met within {timeout}s; last registry: {nodes!r}")
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    changed.clear()
+                    try:
+                        nodes = await self.nodes()
+                    except ControllerUnavailable:
+                        nodes = []
+                    if predicate(nodes):
+                        return nodes
+                    # Re-read at least every second: a controller that was down publishes
+                    # nothing about the time it was away.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), 1.0)
+        except TimeoutError:
+            raise Timeout(
+                f"condition not met within {timeout}s; last registry: {nodes!r}"
+            ) from None
+        finally:
+            await sub.unsubscribe()
+
+    async def events(self) -> AsyncIterator[wire.NodeEvent]:
+        """Node status transitions as they happen (an endless async iterator)."""
+        sub = await self.nc.subscribe(subjects.node_events())
+        try:
+            async for msg in sub.messages:
+                yield wire.decode(msg.data, wire.NodeEvent, msg.headers)
+        finally:
+            await sub.unsubscribe()

@@ -93,7 +93,8 @@ def node_permissions(name: str) -> Permissions:
 
 #: The operator's CLI: requests to the controller, replies to its own inbox.
 ADMIN_PERMISSIONS = Permissions(
-    pub=(subjects.ctl(">"),), sub=("_INBOX.corral-admin.>", subjects.ANNOUNCE)
+    pub=(subjects.ctl(">"),),
+    sub=("_INBOX.corral-admin.>", subjects.ANNOUNCE, subjects.node_events(">")),
 )
 ADMIN_INBOX = "_INBOX.corral-admin"
 

@@ -12,6 +12,7 @@ subject                         who publishes         who listens
 ``corral.node.<node>.<verb>``   the controller        that node (ctl, cmd)
 ``corral.ctl.announce``         the controller        every node (SEER pingExperiment)
 ``corral.ctl.<verb>``           operators (CLI, API)  the controller
+``corral.events.node.<node>``   the controller        operators (status transitions)
 ``_INBOX.corral.<node>.>``      repliers              that node (its private inbox)
 ==============================  ====================  ================================
 """
@@ -29,6 +30,7 @@ __all__ = [
     "ctl",
     "inbox_prefix",
     "node_in",
+    "node_events",
     "node_in_wildcard",
     "node_out",
     "parse_node_in",
@@ -85,6 +87,11 @@ def node_out(name: str, verb: str) -> str:
 def ctl(verb: str) -> str:
     """Subject of an operator request to the controller, e.g. ``ctl("nodes")``."""
     return f"{ROOT}.ctl.{verb}"
+
+
+def node_events(name: str = "*") -> str:
+    """Subject of node ``name``'s status transitions (``*``: every node's)."""
+    return f"{ROOT}.events.node.{name}"
 
 
 def inbox_prefix(name: str) -> str:

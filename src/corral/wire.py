@@ -37,6 +37,7 @@ __all__ = [
     "Join",
     "JoinReply",
     "Leave",
+    "NodeEvent",
     "NodeView",
     "NodesReply",
     "NodesRequest",
@@ -175,6 +176,16 @@ class AuthEvent(_Msg, frozen=True):
     keys: tuple[str, ...] = ()
     host: str = ""
     pid: int = 0
+
+
+class NodeEvent(_Msg, frozen=True):
+    """A node changed status (``corral.events.node.<name>``), published once persisted."""
+
+    node: str
+    old: str
+    new: str
+    at: float
+    reason: str = ""
 
 
 class StatsRequest(_Msg, frozen=True):

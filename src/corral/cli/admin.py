@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from corral import pki, wire
-from corral.cli.app import configure, fail, run
+from corral.cli.common import configure, fail, run
 from corral.client import Client
 from corral.config import FIELDS, Config
 from corral.errors import ControllerUnavailable, CorralError

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Coroutine
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from corral._version import __version__
-from corral.config import Config, load_config
+from corral.cli import admin, running
+from corral.cli.common import _globals, err
 from corral.errors import CorralError, UsageError
-from corral.log import setup_logging
 
 __all__ = ["app", "main"]
-
-T = TypeVar("T")
 
 app = typer.Typer(
     name="corral",
@@ -32,18 +27,6 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-
-
-class Globals:
-    """Options given before the command (``corral --data-dir D nodes``)."""
-
-    def __init__(self) -> None:
-        self.config_file: str | None = None
-        self.flags: dict[str, Any] = {}
-
-
-_globals = Globals()
 
 
 @app.callback()
@@ -64,43 +47,14 @@ def _root(
     _globals.flags = {"data_dir": data_dir, "log_format": log_format, "log_level": log_level}
 
 
-def configure(**flags: Any) -> tuple[Config, dict[str, str]]:
-    """Effective configuration from file, environment, global and command flags."""
-    cfg, sources = load_config({**_globals.flags, **flags}, config_file=_globals.config_file)
-    setup_logging(cfg.log_format, cfg.log_level)
-    return cfg, sources
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine, turning corral errors into a message and exit status 1."""
-    try:
-        return asyncio.run(coro)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except CorralError as exc:
-        fail(exc)
-
-
-def fail(exc: CorralError) -> NoReturn:
-    """Print ``exc`` as an error line and exit (2 for usage errors, else 1)."""
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(2 if isinstance(exc, UsageError) else 1)
-
-
 @app.command()
 def version() -> None:
     """Print corral's version."""
     print(__version__)
 
 
-def _register() -> None:
-    from corral.cli import admin, running
-
-    admin.register(app)
-    running.register(app)
-
-
-_register()
+admin.register(app)
+running.register(app)
 
 
 def main() -> None:

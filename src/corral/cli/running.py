@@ -19,7 +19,7 @@ from rich.panel import Panel
 from corral import procs
 from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise, nodes_table
-from corral.cli.app import configure, err, run
+from corral.cli.common import configure, err, run
 from corral.client import Client
 from corral.config import Config
 from corral.controller import Controller

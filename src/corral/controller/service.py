@@ -184,6 +184,7 @@ class Controller:
             await self._wake.wait()
             self._wake.clear()
             replies, self._replies = self._replies, []
+            changes = self._pending[:]
             try:
                 await self._flush(all_live=self._persist_all)
                 self._persist_all = False
@@ -195,6 +196,11 @@ class Controller:
                 continue
             for subject, data in replies:
                 await self.nc.publish(subject, data, headers=wire.HEADERS)
+            for c in changes:
+                event = wire.NodeEvent(node=c.node, old=c.old, new=c.new, at=c.at, reason=c.reason)
+                await self.nc.publish(
+                    subjects.node_events(c.node), wire.encode(event), headers=wire.HEADERS
+                )
 
     async def _flush(self, *, all_live: bool = False) -> None:
         """Persist changed records and transitions in one transaction."""

@@ -73,6 +73,7 @@ class Node:
         self.controller: str | None = None
         self.last_serial = 0
         self.joined = asyncio.Event()
+        self._join_changed = asyncio.Condition()
         self.nc: bus.NATS | None = None
         self._need_join = asyncio.Event()
         self._failure: CorralError | None = None
@@ -198,7 +199,22 @@ class Node:
             self.controller = reply.controller
             waiting_logged = False
             self.joined.set()
+            async with self._join_changed:
+                self._join_changed.notify_all()
             log.info("joined", extra={"node": self.name, "controller": reply.controller[:8]})
+
+    async def wait_joined(self, controller: str | None = None) -> str:
+        """Wait until joined (to the controller with id ``controller``, if given).
+
+        Returns:
+            The id of the controller joined.
+        """
+        async with self._join_changed:
+            await self._join_changed.wait_for(
+                lambda: self.joined.is_set() and controller in (None, self.controller)
+            )
+        assert self.controller is not None
+        return self.controller
 
     async def _heartbeat_loop(self) -> None:
         assert self.nc is not None

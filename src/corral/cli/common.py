@@ -1,0 +1,53 @@
+"""What every command shares: global options, configuration, error handling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from corral.config import Config, load_config
+from corral.errors import CorralError, UsageError
+from corral.log import setup_logging
+
+__all__ = ["configure", "err", "fail", "run"]
+
+T = TypeVar("T")
+err = Console(stderr=True)
+
+
+class Globals:
+    """Options given before the command (``corral --data-dir D nodes``)."""
+
+    def __init__(self) -> None:
+        self.config_file: str | None = None
+        self.flags: dict[str, Any] = {}
+
+
+_globals = Globals()
+
+
+def configure(**flags: Any) -> tuple[Config, dict[str, str]]:
+    """Effective configuration from file, environment, global and command flags."""
+    cfg, sources = load_config({**_globals.flags, **flags}, config_file=_globals.config_file)
+    setup_logging(cfg.log_format, cfg.log_level)
+    return cfg, sources
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine, turning corral errors into a message and exit status 1."""
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except CorralError as exc:
+        fail(exc)
+
+
+def fail(exc: CorralError) -> NoReturn:
+    """Print ``exc`` as an error line and exit (2 for usage errors, else 1)."""
+    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(2 if isinstance(exc, UsageError) else 1)

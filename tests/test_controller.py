@@ -1,0 +1,241 @@
+"""The controller and nodes over a real nats-server, in one process (fast paths).
+
+The kill -9 scenarios with real processes are in test_processes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+import pytest
+
+from conftest import scaled
+from corral import bus, subjects, wire
+from corral.broker import EmbeddedBroker
+from corral.client import Client
+from corral.config import Config
+from corral.controller import Controller
+from corral.errors import DuplicateName, MalformedMessage, OversizedMessage, VersionMismatch
+from corral.node import Node
+from corral.security import Authority
+from corral.store import Store
+
+
+@pytest.fixture
+async def client(controller: Controller, config: Config) -> AsyncIterator[Client]:
+    c = await Client.connect(config)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def creds_for(config: Config, name: str) -> str:
+    """Enroll ``name`` with the test authority and write its credential file."""
+    path = config.data_path / f"{name}.creds"
+    path.write_text(Authority.load(config.data_path).enroll(name))
+    return str(path)
+
+
+async def start_node(config: Config, name: str, **kw: object) -> Node:
+    from pathlib import Path
+
+    node = Node(config, name, creds=Path(creds_for(config, name)), **kw)  # type: ignore[arg-type]
+    await node.start(wait_for_bus=scaled(5))
+    return node
+
+
+def status_of(name: str, status: str) -> Callable[[list[wire.NodeView]], bool]:
+    return lambda nodes: any(n.name == name and n.status == status for n in nodes)
+
+
+async def test_node_joins_with_everything_it_says_about_itself(
+    controller: Controller, client: Client, config: Config
+) -> None:
+    node = await start_node(
+        config,
+        "web1",
+        labels=("gpu", "rack1"),
+        interfaces=("eth1",),
+        attributes={"sink": True, "room": "B"},
+        slots=4,
+    )
+    try:
+        await asyncio.wait_for(node.joined.wait(), scaled(5))
+        (view,) = await client.nodes()
+        assert view.name == "web1" and view.status == "UP"
+        assert view.labels == ("gpu", "rack1") and view.interfaces == ("eth1",)
+        assert view.attributes == {"sink": True, "room": "B"}
+        assert view.slots == 4 and view.pid > 0 and view.host and view.version
+        # The join was persisted before it was acknowledged.
+        store = await Store.open(config.store_url)
+        try:
+            row = await store.get_node("web1")
+            assert row is not None and row.status == "UP" and row.labels == ("gpu", "rack1")
+        finally:
+            await store.close()
+    finally:
+        await node.stop()
+
+
+async def test_silent_node_goes_down_then_up_and_every_transition_is_recorded(
+    controller: Controller, client: Client, config: Config
+) -> None:
+    node = await start_node(config, "n1")
+    await asyncio.wait_for(node.joined.wait(), scaled(5))
+    # Cut the node off the bus without a goodbye: its heartbeats stop.
+    hb_task = node._tasks[1]
+    hb_task.cancel()
+    await client.wait_for(status_of("n1", "DOWN"), scaled(config.down_after + 2))
+    node._tasks[1] = asyncio.create_task(node._heartbeat_loop())
+    await client.wait_for(status_of("n1", "UP"), scaled(5))
+    await node.stop()
+    await client.wait_for(status_of("n1", "LEFT"), scaled(5))
+    await controller._flush()
+    assert controller.store is not None
+    history = [(t.old, t.new) for t in reversed(await controller.store.transitions("n1"))]
+    assert history == [("", "UP"), ("UP", "DOWN"), ("DOWN", "UP"), ("UP", "LEFT")]
+
+
+async def test_second_live_node_with_the_same_name_is_refused_naming_the_holder(
+    controller: Controller, config: Config
+) -> None:
+    first = await start_node(config, "dup")
+    await asyncio.wait_for(first.joined.wait(), scaled(5))
+    second = await start_node(config, "dup")
+    try:
+        await asyncio.wait_for(second._done.wait(), scaled(5))
+        assert isinstance(second._failure, DuplicateName)
+        assert f"pid {first._join_message().pid}" in str(second._failure)
+        assert "choose another --name" in str(second._failure)
+        assert first.joined.is_set()
+    finally:
+        await second.stop()
+        await first.stop()
+
+
+async def test_node_started_before_the_controller_joins_when_it_appears(
+    broker: EmbeddedBroker, config: Config
+) -> None:
+    node = await start_node(config, "early")
+    try:
+        assert not node.joined.is_set()
+        controller = Controller(config)
+        await controller.start()
+        try:
+            await asyncio.wait_for(node.joined.wait(), scaled(5))
+            assert controller.registry.nodes["early"].status == "UP"
+        finally:
+            await controller.stop()
+    finally:
+        await node.stop()
+
+
+async def test_nodes_reattach_after_a_controller_restart(
+    broker: EmbeddedBroker, config: Config
+) -> None:
+    first = Controller(config)
+    await first.start()
+    node = await start_node(config, "stay")
+    await asyncio.wait_for(node.joined.wait(), scaled(5))
+    await first.stop()
+    second = Controller(config)
+    await second.start()
+    try:
+        assert second.registry.nodes["stay"].status == "UP"  # loaded from the store
+        async with await Client.connect(config) as c:
+            # The node re-joins on the new controller's announcement, without a restart.
+            await asyncio.wait_for(node.wait_joined(second.id), scaled(5))
+            nodes = await c.nodes()
+            assert [(n.name, n.status) for n in nodes] == [("stay", "UP")]
+    finally:
+        await node.stop()
+        await second.stop()
+
+
+async def _raw_request(
+    config: Config, name: str, verb: str, data: bytes, headers: dict[str, str] | None
+) -> wire.ErrorReply | wire.JoinReply:
+    from pathlib import Path
+
+    nc = await bus.connect(
+        config,
+        f"node-{name}",
+        creds=Path(creds_for(config, name)),
+        inbox_prefix=subjects.inbox_prefix(name),
+    )
+    try:
+        reply = await nc.request(
+            subjects.node_in(name, verb), data, timeout=scaled(5), headers=headers
+        )
+        return msgspec.msgpack.decode(reply.data, type=wire.ErrorReply | wire.JoinReply)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "headers", "code", "error"),
+    [
+        (b"\xc1garbage", wire.HEADERS, "malformed", MalformedMessage),
+        (wire.encode(wire.Heartbeat(instance="x")), wire.HEADERS, "malformed", MalformedMessage),
+        (wire.encode(wire.Join(instance="x")), {"Corral-Proto": "9.0"}, "version", VersionMismatch),
+        (wire.encode(wire.Join(instance="x")), None, "version", VersionMismatch),
+        (b"\x00" * (64 * 1024 + 1), wire.HEADERS, "oversized", OversizedMessage),
+    ],
+    ids=["garbage", "wrong-type", "major-version", "no-header", "oversized"],
+)
+async def test_bad_join_messages_get_a_clear_error_reply_and_a_counter(
+    controller: Controller,
+    config: Config,
+    data: bytes,
+    headers: dict[str, str] | None,
+    code: str,
+    error: type[Exception],
+) -> None:
+    reply = await _raw_request(config, "bad", "join", data, headers)
+    assert isinstance(reply, wire.ErrorReply)
+    assert reply.code == code and reply.error
+    with pytest.raises(error):
+        wire.raise_for_error(reply)
+    assert controller.counters[f"rejected.{code}"] == 1
+    assert "bad" not in controller.registry.nodes
+    # The controller still serves a good join afterwards.
+    good = await _raw_request(
+        config, "bad", "join", wire.encode(wire.Join(instance="i")), wire.HEADERS
+    )
+    assert isinstance(good, wire.JoinReply)
+
+
+async def test_stats_count_handled_and_rejected_messages(
+    controller: Controller, client: Client, config: Config
+) -> None:
+    await _raw_request(config, "s1", "join", b"\xc1", wire.HEADERS)
+    node = await start_node(config, "s2")
+    await asyncio.wait_for(node.joined.wait(), scaled(5))
+    await node.stop()
+    stats = await client.stats()
+    assert stats.controller == controller.id
+    assert stats.counters["join"] >= 1 and stats.counters["rejected.malformed"] == 1
+
+
+async def test_registry_runs_on_every_store_backend(
+    broker: EmbeddedBroker, config: Config, store_url: str
+) -> None:
+    config = msgspec.structs.replace(config, store=store_url)
+    controller = Controller(config)
+    await controller.start()
+    node = await start_node(config, "pg1", labels=("a",))
+    try:
+        await asyncio.wait_for(node.joined.wait(), scaled(5))
+    finally:
+        await node.stop()
+        await controller.stop()
+    store = await Store.open(store_url)
+    try:
+        row = await store.get_node("pg1")
+        assert row is not None and row.status == "LEFT" and row.labels == ("a",)
+        assert [t.new for t in await store.transitions("pg1")] == ["LEFT", "UP"]
+    finally:
+        await store.close()
