@@ -125,7 +125,7 @@ def corral_argv(config: Config, *args: str) -> list[str]:
     ]
 
 
-def test_env(config: Config) -> dict[str, str]:
+def child_env(config: Config) -> dict[str, str]:
     """Environment for child processes: the test's timings."""
     return {
         **os.environ,
@@ -150,7 +150,7 @@ class Procs:
         with open(self.logs / f"{log}.log", "ab") as out:
             proc = subprocess.Popen(
                 corral_argv(self.config, *args),
-                env=test_env(self.config),
+                env=child_env(self.config),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -62,5 +62,5 @@ def main() -> None:
     try:
         app()
     except CorralError as exc:  # raised while parsing configuration, before run()
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2 if isinstance(exc, UsageError) else 1)

@@ -49,5 +49,5 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 def fail(exc: CorralError) -> NoReturn:
     """Print ``exc`` as an error line and exit (2 for usage errors, else 1)."""
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(2 if isinstance(exc, UsageError) else 1)
