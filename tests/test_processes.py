@@ -137,3 +137,6 @@ async def test_revoked_node_process_stops_with_a_clear_error(
         assert node.wait(scaled(10)) == 1
         await client.wait_for(statuses({"rv": "REVOKED"}), scaled(5))
     assert "credential was probably revoked" in procs.log("rv")
+    assert controller.store is not None
+    (entry,) = await controller.store.audit_log()
+    assert (entry.action, entry.target) == ("revoke", "rv")

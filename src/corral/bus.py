@@ -85,11 +85,12 @@ async def connect(
         "servers": [config.bus_url],
         "user_credentials": str(creds_path),
         "name": name or f"corral-{role}",
-        "max_reconnect_attempts": -1,
+        "max_reconnect_attempts": 1,
         "reconnect_time_wait": 0.5,
         "connect_timeout": 2,
-        # nats-py retries a failed *first* connect forever when reconnecting is allowed,
-        # even on an authorization error; we retry ourselves below and allow it afterwards.
+        # nats-py retries a failed *first* connect forever when reconnecting is allowed (or
+        # attempts are unlimited), even on an authorization error; we retry ourselves below
+        # and switch to reconnecting forever once connected.
         "allow_reconnect": False,
         "error_cb": _log_error,
     }
@@ -122,6 +123,7 @@ async def connect(
             await asyncio.sleep(0.5)
             continue
         nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
         return nc
 
 

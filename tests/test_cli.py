@@ -1,0 +1,99 @@
+"""The `corral` command as a user runs it (real processes, real controller)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import child_env, corral_argv, scaled
+from corral.config import Config
+from corral.controller import Controller
+from corral.node import Node
+
+
+def corral(config: Config, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        corral_argv(config, *args),
+        env=child_env(config),
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        cwd=cwd,
+    )
+
+
+def test_help_teaches_the_two_paths(config: Config) -> None:
+    result = corral(config, "--help")
+    assert result.returncode == 0
+    assert "corral up --nodes 4" in result.stdout and "corral enroll NAME" in result.stdout
+    for command in ("up", "init", "controller", "node", "enroll", "revoke", "nodes", "config"):
+        assert command in result.stdout
+    node_help = corral(config, "node", "--help").stdout
+    assert "--interface" in node_help and "--sink" in node_help and "--creds" in node_help
+
+
+def test_init_is_idempotent_and_enroll_writes_a_private_credential(
+    config: Config, tmp_path: Path
+) -> None:
+    again = corral(config, "init")
+    assert again.returncode == 0 and "already initialised" in again.stdout
+    result = corral(config, "enroll", "edge1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    creds = tmp_path / "edge1.creds"
+    assert creds.stat().st_mode & 0o777 == 0o600
+    assert "BEGIN NATS USER JWT" in creds.read_text()
+    assert "no controller running" in result.stdout  # told the audit log missed it
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("enroll", "bad.name"), 2, "invalid node name 'bad.name'"),
+        (("revoke", "nobody"), 2, "was ever enrolled"),
+        (("nodes",), 1, "no controller answers"),
+    ],
+)
+def test_mistakes_exit_non_zero_with_the_fix(
+    config: Config, broker: object, args: tuple[str, ...], code: int, message: str
+) -> None:
+    result = corral(config, *args)
+    assert result.returncode == code
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_uninitialised_data_dir_says_run_init(tmp_path: Path, config: Config) -> None:
+    bare = Config(data_dir=str(tmp_path / "empty"), nats_port=config.nats_port)
+    result = corral(bare, "enroll", "x")
+    assert result.returncode == 2 and "corral init" in result.stderr
+
+
+async def test_nodes_json_for_scripts(controller: Controller, config: Config) -> None:
+    path = config.data_path / "j1.creds"
+    from corral.security import Authority
+
+    path.write_text(Authority.load(config.data_path).enroll("j1"))
+    node = Node(config, "j1", creds=path, labels=("x",), attributes={"sink": True})
+    await node.start()
+    try:
+        await node.wait_joined()
+        # In a thread: the controller runs in this test's event loop and must keep serving.
+        result = await asyncio.to_thread(corral, config, "nodes", "--json")
+        assert result.returncode == 0, result.stderr
+        (entry,) = json.loads(result.stdout)
+        assert entry["name"] == "j1" and entry["status"] == "UP" and entry["labels"] == ["x"]
+        table = await asyncio.to_thread(corral, config, "nodes")
+        assert "j1" in table.stdout and "UP" in table.stdout
+    finally:
+        await node.stop()
+
+
+def test_config_show_names_the_source_of_each_value(config: Config) -> None:
+    result = corral(config, "config", "show", "--json")
+    values = json.loads(result.stdout)
+    assert values["down_after"] == config.down_after and values["data_dir"] == str(config.data_path)
+    table = corral(config, "config", "show").stdout
+    assert "env:CORRAL_DOWN_AFTER" in table and "flag" in table

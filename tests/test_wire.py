@@ -1,0 +1,101 @@
+"""Wire messages, subjects and their parsers: each input parses or raises a documented error."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corral import subjects, wire
+from corral.errors import (
+    DuplicateName,
+    InvalidName,
+    MalformedMessage,
+    OversizedMessage,
+    Refused,
+    RetryLater,
+    VersionMismatch,
+)
+
+
+def test_round_trip_with_version_header() -> None:
+    msg = wire.Join(instance="x", labels=("a",), attributes={"sink": True}, slots=3)
+    assert wire.decode(wire.encode(msg), wire.Join, wire.HEADERS) == msg
+
+
+@pytest.mark.parametrize(
+    ("headers", "match"),
+    [(None, "no Corral-Proto header"), ({"Corral-Proto": "2.0"}, "speaks corral protocol 2.0")],
+)
+def test_version_is_checked_and_both_versions_named(
+    headers: dict[str, str] | None, match: str
+) -> None:
+    with pytest.raises(VersionMismatch, match=match) as err:
+        wire.decode(wire.encode(wire.Ok()), wire.Ok, headers)
+    assert wire.PROTOCOL_VERSION in str(err.value)
+
+
+def test_minor_version_difference_is_accepted() -> None:
+    assert wire.decode(wire.encode(wire.Ok()), wire.Ok, {"Corral-Proto": "1.7"}) == wire.Ok()
+
+
+def test_oversized_is_refused_before_decoding() -> None:
+    with pytest.raises(OversizedMessage, match="max_message_bytes"):
+        wire.decode(b"\x00" * 11, wire.Ok, wire.HEADERS, limit=10)
+
+
+def test_wrong_type_is_malformed_and_names_the_expected_message() -> None:
+    with pytest.raises(MalformedMessage, match="Heartbeat"):
+        wire.decode(wire.encode(wire.Ok()), wire.Heartbeat, wire.HEADERS)
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_decode_or_raise_malformed(data: bytes) -> None:
+    try:
+        wire.decode(data, wire.Heartbeat, wire.HEADERS)
+    except MalformedMessage:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [("duplicate-name", DuplicateName), ("whatever", Refused), ("version", VersionMismatch)],
+)
+def test_error_replies_raise_the_matching_error(code: str, kind: type[Exception]) -> None:
+    reply = wire.encode(wire.ErrorReply(code=code, error="why"))
+    with pytest.raises(kind, match="why"):
+        wire.decode_reply(reply, wire.Ok, wire.HEADERS)
+
+
+def test_retry_reply_carries_retry_after() -> None:
+    reply = wire.encode(wire.ErrorReply(code="retry", error="wait", retry_after=1.5))
+    with pytest.raises(RetryLater) as err:
+        wire.decode_reply(reply, wire.Ok, wire.HEADERS)
+    assert err.value.retry_after == 1.5
+
+
+def test_error_code_inverts_raise_for_error() -> None:
+    for exc in (DuplicateName("x"), MalformedMessage("x"), OversizedMessage("x")):
+        with pytest.raises(type(exc)):
+            wire.raise_for_error(wire.ErrorReply(code=wire.error_code(exc), error="x"))
+
+
+@pytest.mark.parametrize("name", ["web1", "rack-3_a", "A", "9" * 64])
+def test_valid_names(name: str) -> None:
+    assert subjects.check_name(name) == name
+    assert subjects.parse_node_in(subjects.node_in(name, "hb")) == (name, "hb")
+
+
+@pytest.mark.parametrize("name", ["", "a.b", "a*", "a>", "-a", "_a", "a b", "é", "9" * 65])
+def test_invalid_names_say_what_is_allowed(name: str) -> None:
+    with pytest.raises(InvalidName, match="letters, digits"):
+        subjects.check_name(name)
+
+
+@given(st.text(max_size=80))
+def test_any_subject_parses_or_raises_invalid_name(subject: str) -> None:
+    try:
+        name, verb = subjects.parse_node_in(subject)
+    except InvalidName:
+        return
+    assert subject == subjects.node_in(name, verb)
