@@ -24,6 +24,12 @@ from corral.store import Store
 
 
 @pytest.fixture
+def config(config: Config, store_url: str) -> Config:
+    """Every test here runs on SQLite, and on PostgreSQL when CORRAL_TEST_POSTGRES_DSN is set."""
+    return msgspec.structs.replace(config, store=store_url)
+
+
+@pytest.fixture
 async def client(controller: Controller, config: Config) -> AsyncIterator[Client]:
     c = await Client.connect(config)
     try:
@@ -220,22 +226,21 @@ async def test_stats_count_handled_and_rejected_messages(
     assert stats.counters["join"] >= 1 and stats.counters["rejected.malformed"] == 1
 
 
-async def test_registry_runs_on_every_store_backend(
-    broker: EmbeddedBroker, config: Config, store_url: str
+async def test_registry_survives_the_controller_on_its_store(
+    broker: EmbeddedBroker, config: Config
 ) -> None:
-    config = msgspec.structs.replace(config, store=store_url)
     controller = Controller(config)
     await controller.start()
-    node = await start_node(config, "pg1", labels=("a",))
+    node = await start_node(config, "kept", labels=("a",))
     try:
-        await asyncio.wait_for(node.joined.wait(), scaled(5))
+        await asyncio.wait_for(node.wait_joined(), scaled(5))
     finally:
         await node.stop()
         await controller.stop()
-    store = await Store.open(store_url)
+    store = await Store.open(config.store_url)
     try:
-        row = await store.get_node("pg1")
+        row = await store.get_node("kept")
         assert row is not None and row.status == "LEFT" and row.labels == ("a",)
-        assert [t.new for t in await store.transitions("pg1")] == ["LEFT", "UP"]
+        assert [t.new for t in await store.transitions("kept")] == ["LEFT", "UP"]
     finally:
         await store.close()

@@ -22,7 +22,7 @@ from corral.config import Config
 from corral.errors import BusUnavailable, ConfigError
 from corral.security import Authority
 
-__all__ = ["EmbeddedBroker", "find_nats_server", "render_config"]
+__all__ = ["EmbeddedBroker", "find_nats_server", "render_config", "wait_listening"]
 
 #: Largest message the embedded server accepts (bigger values are chunked by their senders).
 MAX_PAYLOAD = 8 * 1024 * 1024
@@ -79,6 +79,31 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+async def wait_listening(
+    proc: subprocess.Popen[bytes], host: str, port: int, timeout: float, log: Path
+) -> None:
+    """Wait until the server ``proc`` accepts connections on ``host:port``.
+
+    Raises:
+        BusUnavailable: it exited, or was not listening after ``timeout`` seconds (the end of
+            its log is quoted).
+    """
+    deadline = time.monotonic() + timeout
+    while not _port_open(host, port):
+        if proc.poll() is not None:
+            raise BusUnavailable(f"nats-server exited at start:\n{_log_tail(log)}")
+        if time.monotonic() > deadline:
+            raise BusUnavailable(f"nats-server not up after {timeout}s:\n{_log_tail(log)}")
+        await asyncio.sleep(0.02)
+
+
 class EmbeddedBroker:
     """A nats-server child process for ``config``'s data directory."""
 
@@ -124,20 +149,11 @@ class EmbeddedBroker:
             )
         conf = self.prepare()
         self.proc = procs.spawn([find_nats_server(), "-c", str(conf)], log=self.log_path)
-        deadline = time.monotonic() + timeout
-        while not _port_open(host, port):
-            if self.proc.poll() is not None:
-                raise BusUnavailable(f"nats-server exited at start:\n{self._log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise BusUnavailable(f"nats-server not up after {timeout}s:\n{self._log_tail()}")
-            await asyncio.sleep(0.02)
-
-    def _log_tail(self, lines: int = 15) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+            await wait_listening(self.proc, host, port, timeout, self.log_path)
+        except BusUnavailable:
+            self.stop()
+            raise
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout``)."""

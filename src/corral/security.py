@@ -353,7 +353,8 @@ class Authority:
             resolver_dir: where the server keeps account JWTs pushed to it.
         """
         return (
-            f"operator: {json.dumps(str(self.directory / 'operator.jwt'))}\n"
+            # The JWT inline, so the fragment is self-contained wherever it is copied.
+            f"operator: {self.operator_jwt()}\n"
             f"system_account: {self.system_account}\n"
             f"resolver: {{ type: full, dir: {json.dumps(str(resolver_dir))}, "
             'allow_delete: false, interval: "2m" }\n'
