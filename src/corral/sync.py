@@ -1,0 +1,118 @@
+"""Blocking twins of the async API, for scripts, Django views and notebooks.
+
+A thin wrapper, never a second implementation: each call is the async method run on one
+background event loop that this module owns (a daemon thread started on first use)::
+
+    from corral.sync import Client
+    with Client.connect(config) as client:
+        for node in client.nodes():
+            print(node.name, node.status)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from corral import client as _async
+from corral import wire
+from corral.config import Config
+
+__all__ = ["Client", "call"]
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _portal() -> asyncio.AbstractEventLoop:
+    """The background loop, started once per process."""
+    global _loop
+    with _lock:
+        if _loop is None or _loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="corral-sync", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
+def call(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """Run ``coro`` on the background loop and return its result (or raise its error).
+
+    Raises:
+        RuntimeError: called from inside the background loop itself (that would deadlock).
+    """
+    loop = _portal()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        coro.close()
+        raise RuntimeError("corral.sync called from its own event loop; await the async API")
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+
+class Client:
+    """Blocking :class:`corral.Client`. Create with :meth:`connect`."""
+
+    def __init__(self, inner: _async.Client) -> None:
+        self._inner = inner
+
+    def __repr__(self) -> str:
+        return repr(self._inner).replace("<Client", "<sync.Client", 1)
+
+    @classmethod
+    def connect(cls, config: Config, *, creds: Path | None = None, wait: float = 0.0) -> Client:
+        """Connect as the admin role; see :meth:`corral.Client.connect`.
+
+        Raises:
+            ConfigError, AuthError, BusUnavailable: as the async twin.
+        """
+        return cls(call(_async.Client.connect(config, creds=creds, wait=wait)))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        call(self._inner.close())
+
+    def nodes(self) -> list[wire.NodeView]:
+        """Every node in the registry; see :meth:`corral.Client.nodes`.
+
+        Raises:
+            ControllerUnavailable, Timeout: as the async twin.
+        """
+        return call(self._inner.nodes())
+
+    def stats(self) -> wire.StatsReply:
+        """The controller's counters; see :meth:`corral.Client.stats`.
+
+        Raises:
+            ControllerUnavailable, Timeout: as the async twin.
+        """
+        return call(self._inner.stats())
+
+    def wait_for(
+        self, predicate: Callable[[list[wire.NodeView]], bool], timeout: float
+    ) -> list[wire.NodeView]:
+        """Block until ``predicate(nodes)`` holds; see :meth:`corral.Client.wait_for`.
+
+        Raises:
+            Timeout: it did not hold within ``timeout`` seconds.
+        """
+        return call(self._inner.wait_for(predicate, timeout))
