@@ -17,7 +17,13 @@ from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
 from corral.controller import Controller
-from corral.errors import DuplicateName, MalformedMessage, OversizedMessage, VersionMismatch
+from corral.errors import (
+    DuplicateName,
+    MalformedMessage,
+    OversizedMessage,
+    Refused,
+    VersionMismatch,
+)
 from corral.node import Node
 from corral.security import Authority
 from corral.store import Store
@@ -244,3 +250,11 @@ async def test_registry_survives_the_controller_on_its_store(
         assert [t.new for t in await store.transitions("kept")] == ["LEFT", "UP"]
     finally:
         await store.close()
+
+
+async def test_a_second_controller_on_the_same_bus_refuses_to_start(
+    controller: Controller, config: Config
+) -> None:
+    second = Controller(config)
+    with pytest.raises(Refused, match=f"another controller \\({controller.id[:8]}"):
+        await second.start()

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from corral import pki, wire
-from corral.cli.common import configure, fail, run
+from corral.cli.common import configure, err, fail, run
 from corral.client import Client
 from corral.config import FIELDS, Config
 from corral.errors import ControllerUnavailable, CorralError
@@ -75,7 +75,8 @@ async def _notify(config: Config, event: wire.AuthEvent) -> bool:
             await client.auth_event(event)
     except ControllerUnavailable:
         return False
-    except CorralError:
+    except CorralError as exc:
+        err.print(f"[yellow]warning:[/] could not tell the controller: {exc}", soft_wrap=True)
         return False
     return True
 

@@ -24,7 +24,7 @@ import msgspec
 from corral import bus, subjects, wire
 from corral.config import Config
 from corral.core.registry import Change, JoinInfo, NodeRecord, Refusal, Registry
-from corral.errors import CorralError
+from corral.errors import ControllerUnavailable, CorralError, Refused, Timeout
 from corral.store import AuditEntry, NodeRow, Store, Transition
 
 __all__ = ["Controller"]
@@ -83,11 +83,13 @@ class Controller:
         Raises:
             StoreError: the store cannot be opened.
             AuthError, BusUnavailable: the bus refused or could not be reached.
+            Refused: another controller already serves this bus.
         """
         self.store = await Store.open(self.config.store_url)
         rows = await self.store.load_nodes()
         self.registry.load([_record(r) for r in rows], self.clock())
         self.nc = await bus.connect(self.config, "controller", wait=30.0)
+        await self._refuse_if_another_controller()
         handlers: dict[str, Callable[[Any], Any]] = {
             subjects.node_in_wildcard("join"): self._on_join,
             subjects.node_in_wildcard("hb"): self._on_heartbeat,
@@ -107,6 +109,24 @@ class Controller:
         log.info(
             "controller started",
             extra={"id": self.id[:8], "bus": self.config.bus_url, "nodes": len(self.registry)},
+        )
+
+    async def _refuse_if_another_controller(self) -> None:
+        """Two controllers on one bus would both answer every join: refuse to be the second."""
+        assert self.nc is not None
+        try:
+            other: wire.StatsReply = await bus.request(
+                self.nc, subjects.ctl("stats"), wire.StatsRequest(), wire.StatsReply, timeout=1.0
+            )
+        except (ControllerUnavailable, Timeout):
+            return
+        await self.nc.close()
+        if self.store is not None:
+            await self.store.close()
+        raise Refused(
+            f"another controller ({other.controller[:8]}, up since "
+            f"{time.strftime('%H:%M:%S', time.localtime(other.started))}) already serves "
+            f"{self.config.bus_url}; stop it first, or use another bus"
         )
 
     async def stop(self) -> None:
@@ -217,8 +237,8 @@ class Controller:
                 transitions=[Transition(c.node, c.old, c.new, c.at, c.reason) for c in changes],
                 audit=audit,
             )
-        except CorralError:
-            # Keep everything for the next attempt.
+        except BaseException:
+            # Failed or cancelled mid-transaction: keep everything for the next attempt.
             self._pending[:0] = changes
             self._audit[:0] = audit
             self.registry.mark_dirty(r.name for r in records)
