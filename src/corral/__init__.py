@@ -3,11 +3,12 @@
 The public API is what this module exports; everything else is private and may change.
 """
 
+from typing import TYPE_CHECKING
+
 from corral._version import __version__ as __version__
 from corral.client import Client as Client
 from corral.config import Config as Config
 from corral.config import load_config as load_config
-from corral.controller import Controller as Controller
 from corral.core.registry import NodeStatus as NodeStatus
 from corral.errors import (
     AuthError as AuthError,
@@ -35,6 +36,20 @@ from corral.errors import (
 )
 from corral.node import Node as Node
 from corral.wire import NodeView as NodeView
+
+if TYPE_CHECKING:
+    from corral.controller import Controller as Controller
+
+
+def __getattr__(name: str) -> object:
+    # The controller pulls in SQLAlchemy and Alembic; node processes never need them, and
+    # importing them would cost every node a third of a second at start.
+    if name == "Controller":
+        from corral.controller import Controller
+
+        return Controller
+    raise AttributeError(f"module 'corral' has no attribute {name!r}")
+
 
 __all__ = [
     "AuthError",

@@ -9,7 +9,9 @@ credential was refused, an unreachable server a :class:`~corral.errors.BusUnavai
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ import msgspec
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.client import RawCredentials
 
 from corral import pki, wire
 from corral.config import Config
@@ -83,7 +86,8 @@ async def connect(
     ca = config.ca_path()
     options: dict[str, Any] = {
         "servers": [config.bus_url],
-        "user_credentials": str(creds_path),
+        # Read once here: nats-py reads a creds path one byte per system call.
+        "user_credentials": RawCredentials(creds_path.read_text()),
         "name": name or f"corral-{role}",
         "max_reconnect_attempts": 1,
         "reconnect_time_wait": 0.5,
@@ -95,7 +99,7 @@ async def connect(
         "error_cb": _log_error,
     }
     if ca is not None:
-        options["tls"] = pki.client_context(ca)
+        options["tls"] = _tls_context(ca)
     if inbox_prefix:
         options["inbox_prefix"] = inbox_prefix
     if closed_cb is not None:
@@ -125,6 +129,12 @@ async def connect(
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
         return nc
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(ca: Path) -> ssl.SSLContext:
+    """One TLS context per CA file per process (building one costs more than a handshake)."""
+    return pki.client_context(ca)
 
 
 async def _log_error(exc: Exception) -> None:

@@ -17,12 +17,10 @@ from rich.live import Live
 from rich.panel import Panel
 
 from corral import procs
-from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise, nodes_table
 from corral.cli.common import configure, err, run
 from corral.client import Client
 from corral.config import Config
-from corral.controller import Controller
 from corral.errors import CorralError
 from corral.node import Node
 from corral.security import Authority
@@ -46,6 +44,10 @@ async def _until_signalled(main: asyncio.Task[Any]) -> None:
 
 
 async def _controller(config: Config) -> None:
+    # Imported here: `corral node` processes should not pay for the store's imports.
+    from corral.broker import EmbeddedBroker
+    from corral.controller import Controller
+
     broker = None
     if config.embedded:
         authority = Authority.load(config.data_path)
@@ -163,6 +165,8 @@ def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes
 
 
 async def _up(config: Config, count: int) -> None:
+    from corral.broker import EmbeddedBroker
+
     initialise(config)
     authority = Authority.load(config.data_path)
     broker = EmbeddedBroker(config, authority)
