@@ -97,3 +97,14 @@ def test_config_show_names_the_source_of_each_value(config: Config) -> None:
     assert values["down_after"] == config.down_after and values["data_dir"] == str(config.data_path)
     table = corral(config, "config", "show").stdout
     assert "env:CORRAL_DOWN_AFTER" in table and "flag" in table
+
+
+async def test_enrolling_with_a_controller_running_is_audited(
+    controller: Controller, config: Config, tmp_path: Path
+) -> None:
+    result = await asyncio.to_thread(corral, config, "enroll", "aud1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "audit" not in result.stdout  # no "not in its audit log" note
+    assert controller.store is not None
+    (entry,) = await controller.store.audit_log()
+    assert (entry.action, entry.target, entry.actor.count("@")) == ("enroll", "aud1", 1)
