@@ -65,3 +65,7 @@ def test_bus_url_uses_tls_when_a_ca_exists(tmp_path: Path) -> None:
     assert Config(data_dir=str(tmp_path)).bus_url == "tls://127.0.0.1:4333"
     assert Config(data_dir=str(tmp_path), tls=False).bus_url == "nats://127.0.0.1:4333"
     assert Config(nats_url="nats://elsewhere:4222").bus_url == "nats://elsewhere:4222"
+
+
+def test_a_bus_on_every_address_is_reached_through_loopback() -> None:
+    assert Config(nats_host="0.0.0.0", tls=False).bus_url == "nats://127.0.0.1:4333"

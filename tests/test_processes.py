@@ -62,6 +62,22 @@ async def test_kill_9_node_is_down_within_silence_plus_one_second_and_up_on_rest
         assert view.labels == ("gpu",) and view.pid != node.pid
 
 
+async def test_a_crashed_node_restarted_at_once_gets_its_name_back(
+    controller: Controller, config: Config, procs: Procs
+) -> None:
+    node = start_node(procs, config, "quick")
+    async with await Client.connect(config) as client:
+        await client.wait_for(statuses({"quick": "UP"}), scaled(15))
+        node.kill()
+        await asyncio.to_thread(node.wait)
+        again = start_node(procs, config, "quick")  # well within down_after
+        (view,) = await client.wait_for(
+            lambda ns: [(n.name, n.status, n.pid) for n in ns] == [("quick", "UP", again.pid)],
+            scaled(config.down_after + 10),
+        )
+        assert again.poll() is None
+
+
 async def test_kill_9_controller_restart_keeps_registry_and_nodes_reattach(
     broker: EmbeddedBroker, config: Config, procs: Procs
 ) -> None:

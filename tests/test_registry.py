@@ -49,23 +49,34 @@ def test_unknown_instance_heartbeat_asks_for_a_join() -> None:
     assert reg.heartbeat("a", "other", 0, now=1) is None
 
 
-def test_live_holder_refuses_another_instance_naming_it() -> None:
+def test_a_holder_that_speaks_keeps_its_name_and_the_newcomer_is_told_who() -> None:
     reg = Registry(down_after=3)
     reg.join("a", info("i1"), now=0)
-    refusal = reg.join("a", info("i2"), now=1)
+    first = reg.join("a", info("i2"), now=1)
+    assert isinstance(first, Refusal) and first.code == "retry"
+    assert first.retry_after == pytest.approx(2.1)
+    assert reg.heartbeat("a", "i1", 0, now=1.5) == []  # the holder is alive
+    refusal = reg.join("a", info("i2"), now=3.1)
     assert isinstance(refusal, Refusal) and refusal.code == "duplicate-name"
     assert "pid 7" in refusal.reason and "host h" in refusal.reason
-    # Once the holder is silent past down_after, the name is free.
-    assert [c.new for c in reg.join("a", info("i2"), now=3.5)] == []  # still UP on paper
+    assert reg.nodes["a"].instance == "i1"
+
+
+def test_a_crashed_holder_gives_its_name_to_a_quick_restart() -> None:
+    reg = Registry(down_after=3)
+    reg.join("a", info("i1"), now=0)
+    reg.heartbeat("a", "i1", 0, now=1)  # then it crashes
+    retry = reg.join("a", info("i2"), now=1.5)
+    assert isinstance(retry, Refusal) and retry.code == "retry"
+    assert retry.retry_after == pytest.approx(2.6)
+    assert reg.join("a", info("i2"), now=4.1) == []  # silent past down_after: name moves
     assert reg.nodes["a"].instance == "i2"
 
 
 def test_restored_holder_gets_down_after_to_reattach_before_the_name_moves() -> None:
     reg = Registry(down_after=3)
-    reg.load(
-        [NodeRecord(name="a", status="UP", since=0, last_seen=0, joined_at=0, instance="old")],
-        now=100,
-    )
+    restored = NodeRecord(name="a", status="UP", since=0, last_seen=0, joined_at=0, instance="old")
+    reg.load([restored], now=100)
     refusal = reg.join("a", info("new"), now=101)
     assert isinstance(refusal, Refusal) and refusal.code == "retry"
     assert refusal.retry_after == pytest.approx(2.1)

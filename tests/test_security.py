@@ -158,3 +158,10 @@ def test_errors_are_wire_codes_and_back() -> None:
     reply = wire.ErrorReply(code="duplicate-name", error="held")
     with pytest.raises(Exception, match="held"):
         wire.raise_for_error(reply)
+
+
+async def test_a_node_started_with_another_nodes_credential_says_so(config: Config) -> None:
+    creds = enroll(config, "alice")
+    node = Node(config, "bob", creds=creds)
+    with pytest.raises(ConfigError, match="is for 'node:alice', not node 'bob'"):
+        await node.start()

@@ -137,11 +137,21 @@ def _tls_context(ca: Path) -> ssl.SSLContext:
     return pki.client_context(ca)
 
 
+_last_logged: dict[str, float] = {}
+
+
 async def _log_error(exc: Exception) -> None:
     if isinstance(exc, nats.errors.SlowConsumerError):
-        log.warning("slow consumer: messages dropped", extra={"subject": exc.subject})
-    elif not isinstance(exc, nats.errors.StaleConnectionError | asyncio.CancelledError):
-        log.warning("bus error: %s", exc)
+        text = f"slow consumer: messages dropped on {exc.subject}"
+    elif isinstance(exc, nats.errors.StaleConnectionError | asyncio.CancelledError):
+        return
+    else:
+        text = f"bus error: {exc}"
+    # The same error repeats on every reconnect attempt: say it once every 30 s.
+    now = time.monotonic()
+    if now - _last_logged.get(text, -1e9) >= 30.0:
+        _last_logged[text] = now
+        log.warning(text)
 
 
 async def request(

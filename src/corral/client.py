@@ -159,4 +159,5 @@ class Client:
             async for msg in sub.messages:
                 yield wire.decode(msg.data, wire.NodeEvent, msg.headers)
         finally:
-            await sub.unsubscribe()
+            if not self.nc.is_closed:
+                await sub.unsubscribe()

@@ -77,7 +77,10 @@ class Config(msgspec.Struct, kw_only=True):
         if self.nats_url:
             return self.nats_url
         scheme = "tls" if self.tls and self.ca_path() else "nats"
-        return f"{scheme}://{self.nats_host}:{self.nats_port}"
+        # A server listening on every address is reached here through loopback (which its
+        # certificate names); other machines use the host's own name.
+        host = "127.0.0.1" if self.nats_host in ("0.0.0.0", "::", "") else self.nats_host
+        return f"{scheme}://{host}:{self.nats_port}"
 
     @property
     def store_url(self) -> str:

@@ -2,7 +2,8 @@
 
 ``corral up`` and the test suite start nats-server, the controller and nodes as children. Each
 child asks the kernel (``PR_SET_PDEATHSIG``) for SIGTERM when its parent dies, so even a
-``kill -9`` of the parent leaves no process behind; :func:`stop` is the orderly path.
+``kill -9`` of the parent leaves no process behind; :func:`stop` is the orderly path. Each child
+runs in its own process group, so a terminal's Ctrl-C reaches only the parent.
 """
 
 from __future__ import annotations
@@ -26,9 +27,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    # Ctrl-C goes to the whole foreground process group; children ignore it and let the
-    # parent stop them in order (nodes first, the broker last).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def spawn(
@@ -56,6 +54,10 @@ def spawn(
             stdin=subprocess.DEVNULL,
             cwd=cwd,
             preexec_fn=_die_with_parent,
+            # Its own process group: Ctrl-C in a terminal reaches only the parent, which then
+            # stops the children in order (nodes first, the broker last). nats-server would
+            # otherwise catch the SIGINT and vanish before the nodes can say goodbye.
+            process_group=0,
         )
     finally:
         if out is not None:

@@ -33,9 +33,16 @@ import msgspec
 import nkeys
 
 from corral import subjects
-from corral.errors import NotInitialized, UsageError
+from corral.errors import ConfigError, NotInitialized, UsageError
 
-__all__ = ["Authority", "IssuedKey", "Permissions", "node_permissions"]
+__all__ = [
+    "Authority",
+    "IssuedKey",
+    "Permissions",
+    "credential_name",
+    "node_permissions",
+    "write_secret",
+]
 
 _UNLIMITED = {
     "subs": -1,
@@ -166,8 +173,8 @@ def _creds(jwt: str, seed: str) -> str:
     )
 
 
-def _write_secret(path: Path, text: str) -> None:
-    """Write atomically with mode 0600 (never a moment with wider permissions)."""
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically with mode 0600 (never a moment with wider access)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -176,6 +183,22 @@ def _write_secret(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def credential_name(creds: str) -> str:
+    """The ``name`` claim of the user JWT in a ``.creds`` text (``node:web1``, ``admin``).
+
+    Raises:
+        ConfigError: the text holds no readable user JWT.
+    """
+    lines = creds.splitlines()
+    try:
+        jwt = lines[lines.index("-----BEGIN NATS USER JWT-----") + 1]
+        body = jwt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        return str(claims["name"])
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise ConfigError(f"not a NATS credentials file (no user JWT): {exc}") from None
 
 
 class Authority:
@@ -258,7 +281,7 @@ class Authority:
             self._save()
 
     def _save(self) -> None:
-        _write_secret(self.directory / "authority.json", msgspec.json.encode(self._state).decode())
+        write_secret(self.directory / "authority.json", msgspec.json.encode(self._state).decode())
 
     # --- keys and JWTs ------------------------------------------------------------------
 
@@ -333,9 +356,9 @@ class Authority:
     def write_role_credentials(self) -> None:
         """(Re)write controller, admin and system credentials and the server auth fragment."""
         d = self.directory
-        _write_secret(d / "controller.creds", self.user_creds("controller", Permissions()))
-        _write_secret(d / "admin.creds", self.user_creds("admin", ADMIN_PERMISSIONS))
-        _write_secret(d / "system.creds", self.user_creds("system", Permissions(), system=True))
+        write_secret(d / "controller.creds", self.user_creds("controller", Permissions()))
+        write_secret(d / "admin.creds", self.user_creds("admin", ADMIN_PERMISSIONS))
+        write_secret(d / "system.creds", self.user_creds("system", Permissions(), system=True))
         self.write_server_fragment()
 
     def write_server_fragment(self) -> Path:
@@ -343,7 +366,7 @@ class Authority:
         (self.directory / "operator.jwt").write_text(self.operator_jwt())
         text = self.server_fragment(self.directory / "jwt")
         path = self.directory / "nats-auth.conf"
-        _write_secret(path, text)
+        write_secret(path, text)
         return path
 
     def server_fragment(self, resolver_dir: Path) -> str:

@@ -10,7 +10,7 @@ subject                         who publishes         who listens
 ==============================  ====================  ================================
 ``corral.in.<node>.<verb>``     the node              the controller (join, hb, leave)
 ``corral.node.<node>.<verb>``   the controller        that node (ctl, cmd)
-``corral.ctl.announce``         the controller        every node (SEER pingExperiment)
+``corral.announce``             the controller        every node (SEER pingExperiment)
 ``corral.ctl.<verb>``           operators (CLI, API)  the controller
 ``corral.events.node.<node>``   the controller        operators (status transitions)
 ``_INBOX.corral.<node>.>``      repliers              that node (its private inbox)
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 ROOT = "corral"
-ANNOUNCE = f"{ROOT}.ctl.announce"
+ANNOUNCE = f"{ROOT}.announce"
 
 #: Verbs a node may publish to the controller.
 NODE_VERBS = frozenset({"join", "hb", "leave"})

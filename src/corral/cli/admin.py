@@ -19,7 +19,7 @@ from corral.cli.common import configure, err, fail, run
 from corral.client import Client
 from corral.config import FIELDS, Config
 from corral.errors import ControllerUnavailable, CorralError
-from corral.security import Authority
+from corral.security import Authority, write_secret
 
 __all__ = ["initialise", "nodes_table", "register"]
 
@@ -59,6 +59,9 @@ def init(
     config, _ = configure()
     created = initialise(config, tls=tls, names=san)
     data = config.data_path
+    if not created and san and (data / "pki" / "ca.pem").exists():
+        pki.make_server_cert(data / "pki", [config.nats_host, *san])
+        out.print(f"re-issued the server certificate for {', '.join(san)} (restart the bus)")
     verb = "created" if created else "already initialised:"
     out.print(f"[green]{verb}[/] {data}")
     out.print(f"  credentials   {data / 'auth'}  (controller.creds, admin.creds)")
@@ -100,9 +103,7 @@ def enroll(
     except CorralError as exc:
         fail(exc)
     target = out_file or Path(f"{name}.creds")
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(creds)
+    write_secret(target, creds)
     key = authority.enrolled()[name][-1].public_key
     event = wire.AuthEvent(
         action="enroll",
@@ -131,7 +132,9 @@ async def _revoke(config: Config, name: str) -> tuple[list[str], bool]:
     from corral import bus
 
     try:
-        nc = await bus.connect(config, "system", name="corral-revoke")
+        nc = await bus.connect(
+            config, "system", creds=authority.directory / "system.creds", name="corral-revoke"
+        )
     except CorralError:
         nc = None
     if nc is not None:

@@ -18,12 +18,12 @@ from rich.panel import Panel
 
 from corral import procs
 from corral.cli.admin import initialise, nodes_table
-from corral.cli.common import configure, err, run
+from corral.cli.common import _globals, configure, err, run
 from corral.client import Client
 from corral.config import Config
 from corral.errors import CorralError
 from corral.node import Node
-from corral.security import Authority
+from corral.security import Authority, write_secret
 
 __all__ = ["register"]
 
@@ -137,11 +137,9 @@ def node(
 
 def _local_creds(config: Config, authority: Authority, name: str) -> Path:
     """The credential of a local node, issued once and reused by later runs."""
-    path = config.creds_path(f"node-{name}")
+    path = authority.directory / f"node-{name}.creds"
     if not (path.exists() and authority.is_enrolled(name)):
-        from corral.security import _write_secret
-
-        _write_secret(path, authority.enroll(name))
+        write_secret(path, authority.enroll(name))
     return path
 
 
@@ -174,7 +172,9 @@ async def _up(config: Config, count: int) -> None:
     logs = config.data_path / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     base = [sys.executable, "-m", "corral", "--data-dir", str(config.data_path)]
-    base += ["--log-format", "json"]
+    base += ["--log-format", "json", "--log-level", config.log_level]
+    if _globals.config_file:
+        base += ["--config", _globals.config_file]
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         children["controller"] = procs.spawn(

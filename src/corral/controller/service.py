@@ -25,6 +25,7 @@ from corral import bus, subjects, wire
 from corral.config import Config
 from corral.core.registry import Change, JoinInfo, NodeRecord, Refusal, Registry
 from corral.errors import ControllerUnavailable, CorralError, Refused, Timeout
+from corral.security import Authority
 from corral.store import AuditEntry, NodeRow, Store, Transition
 
 __all__ = ["Controller"]
@@ -88,6 +89,7 @@ class Controller:
         self.store = await Store.open(self.config.store_url)
         rows = await self.store.load_nodes()
         self.registry.load([_record(r) for r in rows], self.clock())
+        self._reconcile_revocations()
         self.nc = await bus.connect(self.config, "controller", wait=30.0)
         await self._refuse_if_another_controller()
         handlers: dict[str, Callable[[Any], Any]] = {
@@ -110,6 +112,17 @@ class Controller:
             "controller started",
             extra={"id": self.id[:8], "bus": self.config.bus_url, "nodes": len(self.registry)},
         )
+
+    def _reconcile_revocations(self) -> None:
+        """Mark REVOKED the nodes revoked (`corral revoke`) while this controller was away."""
+        if not Authority.exists(self.config.data_path):
+            return  # the authority lives on another host; revocations arrive as events
+        authority = Authority.load(self.config.data_path)
+        enrolled = authority.enrolled()
+        now = self.clock()
+        for name in list(self.registry.nodes):
+            if name in enrolled and not authority.is_enrolled(name):
+                self._record(self.registry.revoke(name, now))
 
     async def _refuse_if_another_controller(self) -> None:
         """Two controllers on one bus would both answer every join: refuse to be the second."""
@@ -325,6 +338,11 @@ class Controller:
         await self._reply(msg, wire.NodesReply(nodes=views, controller=self.id))
 
     async def _on_stats(self, msg: Any) -> None:
+        try:
+            self._decode(msg, wire.StatsRequest)
+        except CorralError as exc:
+            await self._reject(msg, exc)
+            return
         reply = wire.StatsReply(
             controller=self.id, started=self.started, counters=dict(self.counters)
         )

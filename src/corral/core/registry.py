@@ -124,9 +124,9 @@ class Registry:
         self.nodes: dict[str, NodeRecord] = {}
         # Names whose record changed since the last take_dirty(): persisted in batches.
         self._dirty: set[str] = set()
-        # Names heard from since this registry started. A record loaded from the store is
-        # UP only on paper until its node speaks: it cannot yet prove it holds its name.
-        self._proven: set[str] = set()
+        # Contested names: (newcomer instance, name) -> when it first asked. The holder keeps
+        # the name only by speaking after that moment; a crashed holder cannot.
+        self._contests: dict[tuple[str, str], float] = {}
 
     def __repr__(self) -> str:
         up = sum(1 for n in self.nodes.values() if n.status == S.UP)
@@ -163,14 +163,20 @@ class Registry:
         """
         node = self.nodes.get(name)
         if node is not None and node.instance != info.instance and self._live(node, now):
-            if name not in self._proven:
+            asked = self._contests.setdefault((info.instance, name), now)
+            if node.last_seen <= asked:
+                # The holder has not spoken since the newcomer asked: it may have crashed a
+                # moment ago (a node restarted quickly) or be a record restored from the store.
+                # Let it prove itself within down_after.
                 wait = self.down_after - (now - node.last_seen)
                 return Refusal(
                     "retry",
-                    f"node name {name!r} was held by instance {node.instance[:8]} before the "
-                    f"controller restarted; waiting up to {wait:.1f}s for it to re-attach",
+                    f"node name {name!r} is held by instance {node.instance[:8]} (pid "
+                    f"{node.pid}), silent for {now - node.last_seen:.1f}s; waiting up to "
+                    f"{wait:.1f}s for it to speak before giving the name away",
                     retry_after=max(wait, 0.0) + 0.1,
                 )
+            del self._contests[(info.instance, name)]
             return Refusal(
                 "duplicate-name",
                 f"node name {name!r} is held by a live node on host {node.host or '?'} "
@@ -182,7 +188,7 @@ class Registry:
             node = NodeRecord(name=name, status="", since=now, last_seen=now, joined_at=now)
             self.nodes[name] = node
         restarted = node.instance != info.instance
-        self._proven.add(name)
+        self._contests.pop((info.instance, name), None)
         for key, value in fields.items():
             setattr(node, key, value)
         node.last_seen = now
@@ -209,7 +215,6 @@ class Registry:
             return None
         node.last_seen = now
         node.last_serial = last_serial
-        self._proven.add(name)
         if node.status == S.DOWN:
             return [self._move(node, S.UP, now, "heartbeat resumed")]
         return []
@@ -231,6 +236,9 @@ class Registry:
     def expire(self, now: float) -> list[Change]:
         """Mark DOWN every UP node silent for longer than ``down_after``."""
         cutoff = now - self.down_after
+        # Forget contests whose newcomer stopped asking.
+        for key in [k for k, t in self._contests.items() if t < cutoff - self.down_after]:
+            del self._contests[key]
         return [
             self._move(node, S.DOWN, now, f"silent for {now - node.last_seen:.1f}s")
             for node in self.nodes.values()

@@ -26,12 +26,14 @@ from corral._version import __version__
 from corral.config import Config
 from corral.errors import (
     AuthError,
+    ConfigError,
     ControllerUnavailable,
     CorralError,
     Refused,
     RetryLater,
     Timeout,
 )
+from corral.security import credential_name
 
 __all__ = ["Node"]
 
@@ -72,6 +74,8 @@ class Node:
         self.instance = uuid.uuid4().hex
         self.controller: str | None = None
         self.last_serial = 0
+        #: seconds between heartbeats; the controller's value once joined
+        self.heartbeat_interval = config.heartbeat_interval
         self.joined = asyncio.Event()
         self._join_changed = asyncio.Condition()
         self.nc: bus.NATS | None = None
@@ -91,9 +95,11 @@ class Node:
         """Connect and start joining; returns once connected (not necessarily joined).
 
         Raises:
+            ConfigError: the credential is missing or belongs to another node.
             AuthError: the credential was refused.
             BusUnavailable: the bus did not answer within ``wait_for_bus``.
         """
+        self._check_credential()
         self.nc = await bus.connect(
             self.config,
             f"node-{self.name}",
@@ -110,6 +116,19 @@ class Node:
             asyncio.create_task(self._join_loop(), name="join"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
+
+    def _check_credential(self) -> None:
+        path = self.creds or self.config.creds_path(f"node-{self.name}")
+        try:
+            text = path.read_text()
+        except OSError:
+            return  # bus.connect names the missing file and the fix
+        holder = credential_name(text)
+        if holder != f"node:{self.name}":
+            raise ConfigError(
+                f"credential {path} is for {holder!r}, not node {self.name!r}: the bus would "
+                f"refuse everything it sends. Use the file `corral enroll {self.name}` wrote"
+            )
 
     async def run(self) -> None:
         """Start and run until :meth:`stop` or a fatal error.
@@ -197,6 +216,7 @@ class Node:
                 self._fail(exc)
                 return
             self.controller = reply.controller
+            self.heartbeat_interval = reply.heartbeat_interval  # the controller's rhythm
             waiting_logged = False
             self.joined.set()
             async with self._join_changed:
@@ -220,7 +240,7 @@ class Node:
         assert self.nc is not None
         subject = subjects.node_in(self.name, "hb")
         while True:
-            await asyncio.sleep(self.config.heartbeat_interval)
+            await asyncio.sleep(self.heartbeat_interval)
             if self.nc.is_connected:
                 beat = wire.Heartbeat(instance=self.instance, last_serial=self.last_serial)
                 await self.nc.publish(subject, wire.encode(beat), headers=wire.HEADERS)
