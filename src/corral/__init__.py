@@ -6,10 +6,14 @@ The public API is what this module exports; everything else is private and may c
 from typing import TYPE_CHECKING
 
 from corral._version import __version__ as __version__
+from corral.agent import Agent as Agent
+from corral.agent import Message as Message
+from corral.agent import on as on
 from corral.client import Client as Client
 from corral.config import Config as Config
 from corral.config import load_config as load_config
 from corral.core.registry import NodeStatus as NodeStatus
+from corral.errors import AgentError as AgentError
 from corral.errors import (
     AuthError as AuthError,
 )
@@ -28,13 +32,19 @@ from corral.errors import (
 from corral.errors import (
     DuplicateName as DuplicateName,
 )
+from corral.errors import NoSuchAgent as NoSuchAgent
+from corral.errors import Overloaded as Overloaded
 from corral.errors import (
     Refused as Refused,
 )
 from corral.errors import (
     Timeout as Timeout,
 )
+from corral.errors import UnknownMessage as UnknownMessage
 from corral.node import Node as Node
+from corral.sender import Sender as Sender
+from corral.sender import ask as ask
+from corral.sender import send_to as send_to
 from corral.wire import NodeView as NodeView
 
 if TYPE_CHECKING:
@@ -52,6 +62,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Agent",
+    "AgentError",
     "AuthError",
     "BusUnavailable",
     "Client",
@@ -60,10 +72,18 @@ __all__ = [
     "ControllerUnavailable",
     "CorralError",
     "DuplicateName",
+    "Message",
+    "NoSuchAgent",
     "Node",
     "NodeStatus",
     "NodeView",
+    "Overloaded",
     "Refused",
+    "Sender",
     "Timeout",
+    "UnknownMessage",
     "__version__",
+    "ask",
+    "on",
+    "send_to",
 ]

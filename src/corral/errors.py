@@ -12,13 +12,17 @@ where they happen; a user only ever catches corral's own. The tree::
     │   ├── MalformedMessage        bytes that do not decode to the expected message
     │   ├── OversizedMessage        a payload larger than the limit for its subject
     │   └── VersionMismatch         the peer speaks another major protocol version
-    ├── Refused                     the controller understood and said no (its reason attached)
-    │   ├── DuplicateName           a live node already holds that name
+    ├── Refused                     a peer understood and said no (its reason attached)
+    │   ├── DuplicateName           a live node (or agent) already holds that name
+    │   ├── UnknownMessage          the agent has no handler for that message
+    │   ├── AgentError              the agent's handler raised (type and message attached)
+    │   ├── Overloaded              the agent's inbox is full
     │   └── RetryLater              not now; ask again after ``retry_after`` seconds
     ├── AuthError                   the bus refused our credential (unenrolled, revoked, wrong CA)
     ├── Unavailable                 something we need is not there (bus, controller, store)
     │   ├── BusUnavailable          cannot reach NATS
     │   ├── ControllerUnavailable   no controller answers on the bus
+    │   ├── NoSuchAgent             no agent holds that name
     │   └── StoreError              the SQL store failed
     └── Timeout                     a bounded wait ran out
 
@@ -28,6 +32,10 @@ Every message says what to do next.
 from __future__ import annotations
 
 __all__ = [
+    "UnknownMessage",
+    "Overloaded",
+    "NoSuchAgent",
+    "AgentError",
     "AuthError",
     "BusUnavailable",
     "ConfigError",
@@ -101,6 +109,18 @@ class RetryLater(Refused):
         self.retry_after = retry_after
 
 
+class UnknownMessage(Refused):
+    """The agent has no handler for the message; the error names those it has."""
+
+
+class AgentError(Refused):
+    """An agent's handler raised; the error carries the exception's type and message."""
+
+
+class Overloaded(Refused):
+    """The agent's inbox is full: retry later."""
+
+
 class AuthError(CorralError):
     """The bus refused our credential: not enrolled, revoked, or signed by another authority."""
 
@@ -115,6 +135,10 @@ class BusUnavailable(Unavailable):
 
 class ControllerUnavailable(Unavailable):
     """No controller answers on the bus."""
+
+
+class NoSuchAgent(Unavailable):
+    """No live agent holds the name a message was addressed to."""
 
 
 class StoreError(Unavailable):

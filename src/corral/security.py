@@ -39,6 +39,8 @@ __all__ = [
     "Authority",
     "IssuedKey",
     "Permissions",
+    "agent_inbox",
+    "agent_permissions",
     "credential_name",
     "node_permissions",
     "write_secret",
@@ -98,11 +100,31 @@ def node_permissions(name: str) -> Permissions:
     )
 
 
-#: The operator's CLI: requests to the controller, replies to its own inbox.
+#: The operator's CLI: requests to the controller and to agents, replies to its own inbox.
 ADMIN_PERMISSIONS = Permissions(
-    pub=(subjects.ctl(">"),),
+    pub=(subjects.ctl(">"), subjects.agent(">"), subjects.AGENTS_INFO),
     sub=("_INBOX.corral-admin.>", subjects.ANNOUNCE, subjects.node_events(">")),
 )
+
+
+def agent_permissions(name: str) -> Permissions:
+    """Agent ``name`` (``*``: any agent, the data directory's local credential).
+
+    It may hold only its own inbox (or every inbox, for ``*``), send to any agent, answer the
+    listing and the requests it receives.
+    """
+    return Permissions(
+        pub=(subjects.agent(">"), subjects.AGENTS_INFO),
+        sub=(subjects.agent(name), subjects.AGENTS_INFO, agent_inbox(name) + ".>"),
+        responses=True,
+    )
+
+
+def agent_inbox(name: str) -> str:
+    """Reply-inbox prefix of agent (or sender) ``name``; ``*`` allows every agent's."""
+    return f"_INBOX.corral-agent.{name}"
+
+
 ADMIN_INBOX = "_INBOX.corral-admin"
 
 
@@ -247,6 +269,13 @@ class Authority:
         authority.write_role_credentials()
         return authority
 
+    def ensure_role_credentials(self) -> None:
+        """Write role credentials a data directory made by an older corral lacks."""
+        if not (self.directory / "agent.creds").exists():
+            write_secret(
+                self.directory / "agent.creds", self.user_creds("agent:*", agent_permissions("*"))
+            )
+
     @classmethod
     def load(cls, data_dir: Path) -> Authority:
         """Load the authority of ``data_dir``.
@@ -354,8 +383,10 @@ class Authority:
         return _creds(jwt, seed)
 
     def write_role_credentials(self) -> None:
-        """(Re)write controller, admin and system credentials and the server auth fragment."""
+        """(Re)write the controller, admin, system and local agent credentials, and the
+        server auth fragment."""
         d = self.directory
+        write_secret(d / "agent.creds", self.user_creds("agent:*", agent_permissions("*")))
         write_secret(d / "controller.creds", self.user_creds("controller", Permissions()))
         write_secret(d / "admin.creds", self.user_creds("admin", ADMIN_PERMISSIONS))
         write_secret(d / "system.creds", self.user_creds("system", Permissions(), system=True))
@@ -405,6 +436,23 @@ class Authority:
                 IssuedKey(public_key=_pub(seed), issued_at=time.time())
             )
         return self._sign_user(f"node:{name}", seed, node_permissions(name), system=False)
+
+    def enroll_agent(self, name: str) -> str:
+        """Issue a credential for agent ``name``: it may hold that name and talk to any agent.
+
+        Returns:
+            The ``.creds`` file text.
+
+        Raises:
+            InvalidName: the name cannot be a subject token.
+        """
+        subjects.check_name(name, "agent")
+        seed = _new_seed(nkeys.PREFIX_BYTE_USER)
+        with self._locked():
+            self._state.nodes.setdefault(f"agent:{name}", []).append(
+                IssuedKey(public_key=_pub(seed), issued_at=time.time())
+            )
+        return self._sign_user(f"agent:{name}", seed, agent_permissions(name), system=False)
 
     def revoke(self, name: str) -> list[str]:
         """Revoke every live credential of node ``name``.

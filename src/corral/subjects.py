@@ -13,6 +13,9 @@ subject                         who publishes         who listens
 ``corral.announce``             the controller        every node (SEER pingExperiment)
 ``corral.ctl.<verb>``           operators (CLI, API)  the controller
 ``corral.events.node.<node>``   the controller        operators (status transitions)
+``corral.agent.<name>``         anyone with an agent  the agent (its inbox; a queue group
+                                credential            for a pool)
+``corral.agents.info``          operators, agents     every agent (scatter-gather listing)
 ``_INBOX.corral.<node>.>``      repliers              that node (its private inbox)
 ==============================  ====================  ================================
 """
@@ -24,8 +27,10 @@ import re
 from corral.errors import InvalidName
 
 __all__ = [
+    "AGENTS_INFO",
     "ANNOUNCE",
     "NODE_VERBS",
+    "agent",
     "check_name",
     "ctl",
     "inbox_prefix",
@@ -87,6 +92,15 @@ def node_out(name: str, verb: str) -> str:
 def ctl(verb: str) -> str:
     """Subject of an operator request to the controller, e.g. ``ctl("nodes")``."""
     return f"{ROOT}.ctl.{verb}"
+
+
+#: Every agent answers here with what it is (``corral agents``).
+AGENTS_INFO = f"{ROOT}.agents.info"
+
+
+def agent(name: str) -> str:
+    """The inbox subject of agent ``name`` (``*``: every agent's)."""
+    return f"{ROOT}.agent.{name}"
 
 
 def node_events(name: str = "*") -> str:

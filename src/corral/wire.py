@@ -17,16 +17,23 @@ import msgspec
 
 from corral._version import __version__
 from corral.errors import (
+    AgentError,
     DuplicateName,
     MalformedMessage,
+    Overloaded,
     OversizedMessage,
     ProtocolError,
     Refused,
     RetryLater,
+    UnknownMessage,
     VersionMismatch,
 )
 
 __all__ = [
+    "AgentReply",
+    "AgentMessage",
+    "AgentInfoRequest",
+    "AgentInfo",
     "HEADERS",
     "PROTO_HEADER",
     "PROTOCOL_VERSION",
@@ -188,6 +195,39 @@ class NodeEvent(_Msg, frozen=True):
     reason: str = ""
 
 
+class AgentMessage(_Msg, frozen=True):
+    """A message to an agent (``corral.agent.<name>``): its name, data and sender."""
+
+    message: str
+    data: Any = None
+    sender: str = ""
+
+
+class AgentReply(_Msg, frozen=True):
+    """What an agent's handler returned."""
+
+    data: Any = None
+
+
+class AgentInfoRequest(_Msg, frozen=True):
+    """Every agent, say what you are (``corral.agents.info``, scatter-gather)."""
+
+
+class AgentInfo(_Msg, frozen=True):
+    """One agent as it describes itself."""
+
+    name: str
+    host: str
+    pid: int
+    handlers: tuple[str, ...]
+    started: float
+    pool: bool = False
+    handled: int = 0
+    overflow: int = 0
+    waiting: int = 0
+    last_error: str = ""
+
+
 class StatsRequest(_Msg, frozen=True):
     """Ask for the controller's counters (``corral.ctl.stats``)."""
 
@@ -295,6 +335,9 @@ def decode_reply(data: bytes, kind: type[T], headers: Mapping[str, str] | None =
 
 _ERRORS: dict[str, type[Exception]] = {
     "duplicate-name": DuplicateName,
+    "unknown-message": UnknownMessage,
+    "handler-error": AgentError,
+    "overloaded": Overloaded,
     "malformed": MalformedMessage,
     "oversized": OversizedMessage,
     "version": VersionMismatch,

@@ -85,23 +85,30 @@ async def _notify(config: Config, event: wire.AuthEvent) -> bool:
 
 
 def enroll(
-    name: Annotated[str, typer.Argument(help="The node's unique name.")],
+    name: Annotated[str, typer.Argument(help="The node's (or agent's) unique name.")],
     out_file: Annotated[
         Path | None,
         typer.Option("--out", help="Where to write the credential (default NAME.creds here)."),
     ] = None,
+    agent: Annotated[
+        bool, typer.Option("--agent", help="A credential for agent NAME instead of a node.")
+    ] = False,
 ) -> None:
     """Issue a credential file for node NAME (as Salt accepts a minion key).
 
     Copy the file to the node's machine and start it with
-    `corral node --name NAME --creds NAME.creds --nats URL --ca ca.pem`.
+    `corral node --name NAME --creds NAME.creds --nats URL --ca ca.pem`. With `--agent`, the
+    file lets a process on another machine run agent NAME and talk to every agent
+    (`CORRAL_CREDS=NAME.creds`).
     """
     config, _ = configure()
     try:
         authority = Authority.load(config.data_path)
-        creds = authority.enroll(name)
+        creds = authority.enroll_agent(name) if agent else authority.enroll(name)
     except CorralError as exc:
         fail(exc)
+    if agent:
+        name = f"agent:{name}"
     target = out_file or Path(f"{name}.creds")
     write_secret(target, creds)
     key = authority.enrolled()[name][-1].public_key
@@ -157,13 +164,19 @@ async def _revoke(config: Config, name: str) -> tuple[list[str], bool]:
     return keys, pushed
 
 
-def revoke(name: Annotated[str, typer.Argument(help="The node to revoke.")]) -> None:
+def revoke(
+    name: Annotated[str, typer.Argument(help="The node to revoke.")],
+    agent: Annotated[
+        bool, typer.Option("--agent", help="Revoke agent NAME's credentials.")
+    ] = False,
+) -> None:
     """Revoke every credential of node NAME, effective immediately.
 
     The bus closes the node's connections and refuses new ones; the controller marks it
     REVOKED. Nothing restarts. `corral enroll NAME` issues a new credential later.
     """
     config, _ = configure()
+    name = f"agent:{name}" if agent else name
     keys, pushed = run(_revoke(config, name))
     out.print(f"[green]revoked[/] {name} ({len(keys)} credential(s) revoked now)")
     if not pushed:
@@ -228,6 +241,43 @@ def nodes(
         out.print(nodes_table(views))
 
 
+async def _agents(config: Config, wait: float) -> list[wire.AgentInfo]:
+    async with await Client.connect(config) as client:
+        return await client.agents(wait)
+
+
+def agents(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to listen for answers.")] = 0.5,
+    nats: Annotated[str | None, typer.Option("--nats", help="Bus URL.")] = None,
+) -> None:
+    """List the live agents: name, host, pid, handlers, uptime, messages, last error."""
+    config, _ = configure(nats_url=nats)
+    found = run(_agents(config, wait))
+    if as_json:
+        print(json.dumps(msgspec.to_builtins(found), indent=2))
+        return
+    now = time.time()
+    table = Table(title=f"{len(found)} agent(s)", title_justify="left")
+    for col in ("name", "host", "pid", "handlers", "up", "handled", "waiting", "overflow"):
+        table.add_column(col)
+    table.add_column("last error", style="red")
+    for a in found:
+        name = f"{a.name} (pool)" if a.pool else a.name
+        table.add_row(
+            name,
+            a.host,
+            str(a.pid),
+            ", ".join(a.handlers),
+            _age(now - a.started),
+            str(a.handled),
+            str(a.waiting),
+            str(a.overflow),
+            a.last_error,
+        )
+    out.print(table)
+
+
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 
 
@@ -257,4 +307,5 @@ def register(app: typer.Typer) -> None:
     app.command()(enroll)
     app.command()(revoke)
     app.command()(nodes)
+    app.command()(agents)
     app.add_typer(config_app, name="config")
