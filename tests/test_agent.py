@@ -347,3 +347,21 @@ def test_thread_started_agent_stops_cleanly_at_interpreter_exit(
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["hi there", "shutdown ran"]
     assert "Traceback" not in result.stderr
+
+
+async def test_cli_asks_sends_and_lists_agents(agent: Echo, config: Config) -> None:
+    import json as _json
+
+    from test_cli import corral
+
+    reply = await asyncio.to_thread(corral, config, "ask", "echo", "echo", "--data", '{"a": 1}')
+    assert reply.returncode == 0, reply.stderr
+    assert _json.loads(reply.stdout) == {"you said": {"a": 1}, "from": "admin"}
+    sent = await asyncio.to_thread(corral, config, "send-to", "echo", "note", "--data", '"x"')
+    assert sent.returncode == 0, sent.stderr
+    await asyncio.wait_for(agent.arrived.wait(), scaled(5))
+    assert agent.seen[-1] == Message("note", "x", "admin")
+    missing = await asyncio.to_thread(corral, config, "ask", "ghost", "hi")
+    assert missing.returncode == 1 and "no agent named 'ghost'" in missing.stderr
+    listing = await asyncio.to_thread(corral, config, "agents", "--json")
+    assert [a["name"] for a in _json.loads(listing.stdout)] == ["echo"]

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import typer
@@ -20,6 +20,7 @@ from corral.client import Client
 from corral.config import FIELDS, Config
 from corral.errors import ControllerUnavailable, CorralError
 from corral.security import Authority, write_secret
+from corral.sender import Sender
 
 __all__ = ["initialise", "nodes_table", "register"]
 
@@ -278,6 +279,53 @@ def agents(
     out.print(table)
 
 
+def _data(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(
+            f"--data must be JSON ({exc}); quote strings: '\"text\"'"
+        ) from None
+
+
+async def _talk(config: Config, name: str, message: str, data: Any, timeout: float | None) -> Any:
+    async with await Client.connect(config) as client:
+        sender = Sender(client.nc, "admin")
+        if timeout is None:
+            await sender.send_to(name, message, data)
+            await client.nc.flush()
+            return None
+        return await sender.ask(name, message, data, timeout=timeout)
+
+
+def ask(
+    name: Annotated[str, typer.Argument(help="The agent's name.")],
+    message: Annotated[str, typer.Argument(help="The message (a handler's name).")],
+    data: Annotated[str | None, typer.Option(help="JSON data for the handler.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 5.0,
+) -> None:
+    """Send MESSAGE to agent NAME and print its reply as JSON.
+
+    Example: `corral ask scheduler status`, or with data:
+    `corral ask scheduler observe --data '{"target": "M31"}'`.
+    """
+    config, _ = configure()
+    reply = run(_talk(config, name, message, _data(data), timeout))
+    print(json.dumps(reply, indent=2, default=repr))
+
+
+def send_to(
+    name: Annotated[str, typer.Argument(help="The agent's name.")],
+    message: Annotated[str, typer.Argument(help="The message (a handler's name).")],
+    data: Annotated[str | None, typer.Option(help="JSON data for the handler.")] = None,
+) -> None:
+    """Send MESSAGE to agent NAME, fire and forget (`corral send-to scheduler SHUTDOWN`)."""
+    config, _ = configure()
+    run(_talk(config, name, message, _data(data), None))
+
+
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 
 
@@ -308,4 +356,6 @@ def register(app: typer.Typer) -> None:
     app.command()(revoke)
     app.command()(nodes)
     app.command()(agents)
+    app.command()(ask)
+    app.command("send-to")(send_to)
     app.add_typer(config_app, name="config")
