@@ -6,19 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral.core.registry import (
-    TRANSITIONS,
-    IllegalTransition,
-    JoinInfo,
-    NodeRecord,
-    NodeStatus,
-    Refusal,
-    Registry,
-)
+from corral.core.registry import TRANSITIONS, IllegalTransition, NodeStatus, Refusal, Registry
+from corral.records import NodeRecord
+from corral.wire import Join
 
 
-def info(instance: str = "i1", **kw: object) -> JoinInfo:
-    return JoinInfo(instance=instance, host="h", pid=7, **kw)  # type: ignore[arg-type]
+def info(instance: str = "i1", **kw: object) -> Join:
+    return Join(instance=instance, host="h", pid=7, **kw)  # type: ignore[arg-type]
 
 
 def test_join_then_heartbeats_keep_a_node_up() -> None:

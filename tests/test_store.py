@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from corral.errors import StoreError
-from corral.store import AuditEntry, NodeRow, Store, Transition, normalize_url
+from corral.store import AuditEntry, NodeRecord, Store, Transition, normalize_url
 
 
 @pytest.fixture
@@ -41,9 +41,9 @@ def sync_url(url: str) -> str:
     )
 
 
-def node(name: str, **changes: object) -> NodeRow:
+def node(name: str, **changes: object) -> NodeRecord:
     """A node row with every field set to something non-default."""
-    row = NodeRow(
+    row = NodeRecord(
         name=name,
         status="UP",
         since=1700000000.25,

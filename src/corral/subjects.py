@@ -34,6 +34,7 @@ __all__ = [
     "check_name",
     "ctl",
     "inbox_prefix",
+    "is_node_in",
     "node_in",
     "node_events",
     "node_in_wildcard",
@@ -77,6 +78,11 @@ def check_name(name: str, what: str = "node") -> str:
 def node_in(name: str, verb: str) -> str:
     """Subject on which node ``name`` tells the controller ``verb`` (join, hb, leave)."""
     return f"{ROOT}.in.{name}.{verb}"
+
+
+def is_node_in(subject: str) -> bool:
+    """True for a ``corral.in.<node>.<verb>`` subject (sent by a node about itself)."""
+    return subject.startswith(f"{ROOT}.in.")
 
 
 def node_in_wildcard(verb: str) -> str:

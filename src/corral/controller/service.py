@@ -16,29 +16,22 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
 from corral import bus, subjects, wire
 from corral.config import Config
-from corral.core.registry import Change, JoinInfo, NodeRecord, Refusal, Registry
+from corral.core.registry import Refusal, Registry
 from corral.errors import ControllerUnavailable, CorralError, Refused, Timeout
+from corral.records import AuditEntry, NodeRecord, Transition
 from corral.security import Authority
-from corral.store import AuditEntry, NodeRow, Store, Transition
+from corral.store import Store
 
 __all__ = ["Controller"]
 
 log = logging.getLogger("corral.controller")
-
-
-def _row(record: NodeRecord) -> NodeRow:
-    return NodeRow(**msgspec.structs.asdict(record))
-
-
-def _record(row: NodeRow) -> NodeRecord:
-    return NodeRecord(**msgspec.structs.asdict(row))
 
 
 def _view(record: NodeRecord) -> wire.NodeView:
@@ -64,7 +57,7 @@ class Controller:
         self.counters: Counter[str] = Counter()
         self.store: Store | None = None
         self.nc: bus.NATS | None = None
-        self._pending: list[Change] = []
+        self._pending: list[Transition] = []
         self._audit: list[AuditEntry] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._replies: list[tuple[str, bytes]] = []
@@ -88,20 +81,22 @@ class Controller:
         """
         self.store = await Store.open(self.config.store_url)
         rows = await self.store.load_nodes()
-        self.registry.load([_record(r) for r in rows], self.clock())
+        self.registry.load(rows, self.clock())
         self._reconcile_revocations()
         self.nc = await bus.connect(self.config, "controller", wait=30.0)
         await self._refuse_if_another_controller()
-        handlers: dict[str, Callable[[Any], Any]] = {
-            subjects.node_in_wildcard("join"): self._on_join,
-            subjects.node_in_wildcard("hb"): self._on_heartbeat,
-            subjects.node_in_wildcard("leave"): self._on_leave,
-            subjects.ctl("nodes"): self._on_nodes,
-            subjects.ctl("stats"): self._on_stats,
-            subjects.ctl("auth"): self._on_auth,
+        handlers: dict[str, tuple[type[Any], Callable[[Any, str, Any], Awaitable[None]]]] = {
+            subjects.node_in_wildcard("join"): (wire.Join, self._on_join),
+            subjects.node_in_wildcard("hb"): (wire.Heartbeat, self._on_heartbeat),
+            subjects.node_in_wildcard("leave"): (wire.Leave, self._on_leave),
+            subjects.ctl("nodes"): (wire.NodesRequest, self._on_nodes),
+            subjects.ctl("stats"): (wire.StatsRequest, self._on_stats),
+            subjects.ctl("auth"): (wire.AuthEvent, self._on_auth),
         }
-        for subject, handler in handlers.items():
-            await self.nc.subscribe(subject, cb=handler, pending_msgs_limit=100_000)
+        for subject, (kind, handle) in handlers.items():
+            await self.nc.subscribe(
+                subject, cb=self._handler(kind, handle), pending_msgs_limit=100_000
+            )
         await self.nc.flush()
         self._tasks = [
             asyncio.create_task(self._announce_loop(), name="announce"),
@@ -192,7 +187,7 @@ class Controller:
                 last_persist = now
             self._wake.set()
 
-    def _record(self, changes: list[Change]) -> None:
+    def _record(self, changes: list[Transition]) -> None:
         for change in changes:
             log.info(
                 f"node {change.new.lower()}",
@@ -246,8 +241,8 @@ class Controller:
         audit, self._audit = self._audit, []
         try:
             await self.store.commit(
-                nodes=[_row(r) for r in records],
-                transitions=[Transition(c.node, c.old, c.new, c.at, c.reason) for c in changes],
+                nodes=records,
+                transitions=changes,
                 audit=audit,
             )
         except BaseException:
@@ -273,16 +268,32 @@ class Controller:
     def _decode(self, msg: Any, kind: type[Any]) -> Any:
         return wire.decode(msg.data, kind, msg.headers, limit=self.config.max_message_bytes)
 
-    async def _on_join(self, msg: Any) -> None:
-        try:
-            name, _ = subjects.parse_node_in(msg.subject)
-            join: wire.Join = self._decode(msg, wire.Join)
-        except CorralError as exc:
-            await self._reject(msg, exc)
-            return
+    def _handler(
+        self, kind: type[Any], handle: Callable[[Any, str, Any], Awaitable[None]]
+    ) -> Callable[[Any], Awaitable[None]]:
+        """Wrap ``handle(msg, node, body)``: parse the subject, decode and validate the body.
+
+        Anything malformed, oversized or of another protocol version is answered with an
+        error reply and counted before ``handle`` sees it. ``node`` is the sending node's
+        name for ``corral.in.<node>.<verb>`` subjects, else empty.
+        """
+
+        async def receive(msg: Any) -> None:
+            try:
+                node = ""
+                if subjects.is_node_in(msg.subject):
+                    node = subjects.parse_node_in(msg.subject)[0]
+                body = self._decode(msg, kind)
+            except CorralError as exc:
+                await self._reject(msg, exc)
+                return
+            await handle(msg, node, body)
+
+        return receive
+
+    async def _on_join(self, msg: Any, name: str, join: wire.Join) -> None:
         self.counters["join"] += 1
-        info = JoinInfo(**{f: getattr(join, f) for f in JoinInfo.__struct_fields__})
-        outcome = self.registry.join(name, info, self.clock())
+        outcome = self.registry.join(name, join, self.clock())
         if isinstance(outcome, Refusal):
             self.counters[f"rejected.{outcome.code}"] += 1
             log.warning("join refused", extra={"node": name, "reason": outcome.reason})
@@ -299,13 +310,7 @@ class Controller:
             )
             self._after_commit(msg.reply, reply)
 
-    async def _on_heartbeat(self, msg: Any) -> None:
-        try:
-            name, _ = subjects.parse_node_in(msg.subject)
-            hb: wire.Heartbeat = self._decode(msg, wire.Heartbeat)
-        except CorralError as exc:
-            await self._reject(msg, exc)
-            return
+    async def _on_heartbeat(self, msg: Any, name: str, hb: wire.Heartbeat) -> None:
         self.counters["heartbeat"] += 1
         outcome = self.registry.heartbeat(name, hb.instance, hb.last_serial, self.clock())
         if outcome is None:
@@ -317,44 +322,23 @@ class Controller:
         elif outcome:
             self._record(outcome)
 
-    async def _on_leave(self, msg: Any) -> None:
-        try:
-            name, _ = subjects.parse_node_in(msg.subject)
-            leave: wire.Leave = self._decode(msg, wire.Leave)
-        except CorralError as exc:
-            await self._reject(msg, exc)
-            return
+    async def _on_leave(self, msg: Any, name: str, leave: wire.Leave) -> None:
         self._record(self.registry.leave(name, leave.instance, self.clock(), leave.reason))
         if msg.reply:
             self._after_commit(msg.reply, wire.Ok())
 
-    async def _on_nodes(self, msg: Any) -> None:
-        try:
-            self._decode(msg, wire.NodesRequest)
-        except CorralError as exc:
-            await self._reject(msg, exc)
-            return
+    async def _on_nodes(self, msg: Any, _: str, __: wire.NodesRequest) -> None:
         views = [_view(r) for r in self.registry.all()]
         await self._reply(msg, wire.NodesReply(nodes=views, controller=self.id))
 
-    async def _on_stats(self, msg: Any) -> None:
-        try:
-            self._decode(msg, wire.StatsRequest)
-        except CorralError as exc:
-            await self._reject(msg, exc)
-            return
+    async def _on_stats(self, msg: Any, _: str, __: wire.StatsRequest) -> None:
         reply = wire.StatsReply(
             controller=self.id, started=self.started, counters=dict(self.counters)
         )
         await self._reply(msg, reply)
 
-    async def _on_auth(self, msg: Any) -> None:
+    async def _on_auth(self, msg: Any, _: str, event: wire.AuthEvent) -> None:
         """An operator enrolled or revoked a node: audit it, and mark a revoked node."""
-        try:
-            event: wire.AuthEvent = self._decode(msg, wire.AuthEvent)
-        except CorralError as exc:
-            await self._reject(msg, exc)
-            return
         now = self.clock()
         if event.action == "revoke":
             self._record(self.registry.revoke(event.name, now))

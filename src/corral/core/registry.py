@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import Any
 
 import msgspec
 
-__all__ = ["TRANSITIONS", "Change", "JoinInfo", "NodeRecord", "NodeStatus", "Registry"]
+from corral.records import NodeRecord, Transition
+from corral.wire import Join
+
+__all__ = ["TRANSITIONS", "NodeStatus", "Refusal", "Registry"]
 
 
 class NodeStatus(enum.StrEnum):
@@ -52,53 +54,8 @@ class IllegalTransition(Exception):
     """A move that :data:`TRANSITIONS` does not allow (a bug, not a user error)."""
 
 
-class JoinInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """What a node says about itself when it joins."""
-
-    instance: str
-    labels: tuple[str, ...] = ()
-    interfaces: tuple[str, ...] = ()
-    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
-    host: str = ""
-    pid: int = 0
-    version: str = ""
-    slots: int = 0
-    last_serial: int = 0
-
-
-class NodeRecord(msgspec.Struct, kw_only=True):
-    """One node as the registry holds it (mutable; the controller persists copies)."""
-
-    name: str
-    status: str
-    since: float
-    last_seen: float
-    joined_at: float
-    labels: tuple[str, ...] = ()
-    interfaces: tuple[str, ...] = ()
-    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
-    host: str = ""
-    pid: int = 0
-    version: str = ""
-    slots: int = 0
-    instance: str = ""
-    last_serial: int = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"<Node {self.name!r} {self.status} host={self.host!r} pid={self.pid} "
-            f"serial={self.last_serial}>"
-        )
-
-
-class Change(msgspec.Struct, frozen=True):
-    """A status transition to record."""
-
-    node: str
-    old: str
-    new: str
-    at: float
-    reason: str = ""
+#: What a join updates in a node's record: everything it says about itself.
+_JOIN_FIELDS = tuple(f for f in Join.__struct_fields__ if f in NodeRecord.__struct_fields__)
 
 
 class Refusal(msgspec.Struct, frozen=True):
@@ -146,15 +103,15 @@ class Registry:
                 record.last_seen = max(record.last_seen, now)
             self.nodes[record.name] = record
 
-    def _move(self, node: NodeRecord, new: NodeStatus, now: float, reason: str) -> Change:
+    def _move(self, node: NodeRecord, new: NodeStatus, now: float, reason: str) -> Transition:
         old = NodeStatus(node.status) if node.status else None
         if (old, new) not in TRANSITIONS:
             raise IllegalTransition(f"{node.name}: {old} -> {new}")
         node.status, node.since = new, now
         self._dirty.add(node.name)
-        return Change(node.name, old or "", new, now, reason)
+        return Transition(node.name, old or "", new, now, reason)
 
-    def join(self, name: str, info: JoinInfo, now: float) -> Refusal | list[Change]:
+    def join(self, name: str, info: Join, now: float) -> Refusal | list[Transition]:
         """A node asks to join.
 
         Returns:
@@ -183,14 +140,13 @@ class Registry:
                 f"(pid {node.pid}, instance {node.instance[:8]}); stop that node or choose "
                 "another --name",
             )
-        fields = msgspec.structs.asdict(info)
         if node is None:
             node = NodeRecord(name=name, status="", since=now, last_seen=now, joined_at=now)
             self.nodes[name] = node
         restarted = node.instance != info.instance
         self._contests.pop((info.instance, name), None)
-        for key, value in fields.items():
-            setattr(node, key, value)
+        for key in _JOIN_FIELDS:
+            setattr(node, key, getattr(info, key))
         node.last_seen = now
         node.joined_at = now if restarted or node.status != S.UP else node.joined_at
         self._dirty.add(name)
@@ -203,7 +159,7 @@ class Registry:
 
     def heartbeat(
         self, name: str, instance: str, last_serial: int, now: float
-    ) -> list[Change] | None:
+    ) -> list[Transition] | None:
         """A heartbeat arrived.
 
         Returns:
@@ -219,21 +175,21 @@ class Registry:
             return [self._move(node, S.UP, now, "heartbeat resumed")]
         return []
 
-    def leave(self, name: str, instance: str, now: float, reason: str) -> list[Change]:
+    def leave(self, name: str, instance: str, now: float, reason: str) -> list[Transition]:
         """A node says it is stopping. Ignored if the instance is not the current holder."""
         node = self.nodes.get(name)
         if node is None or node.instance != instance or node.status != S.UP:
             return []
         return [self._move(node, S.LEFT, now, reason)]
 
-    def revoke(self, name: str, now: float) -> list[Change]:
+    def revoke(self, name: str, now: float) -> list[Transition]:
         """The node's credential was revoked."""
         node = self.nodes.get(name)
         if node is None or node.status == S.REVOKED:
             return []
         return [self._move(node, S.REVOKED, now, "credential revoked")]
 
-    def expire(self, now: float) -> list[Change]:
+    def expire(self, now: float) -> list[Transition]:
         """Mark DOWN every UP node silent for longer than ``down_after``."""
         cutoff = now - self.down_after
         # Forget contests whose newcomer stopped asking.

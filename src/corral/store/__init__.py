@@ -13,10 +13,11 @@ Every failure is a :class:`corral.errors.StoreError`.
 
 from __future__ import annotations
 
+from corral.records import AuditEntry as AuditEntry
+from corral.records import NodeRecord as NodeRecord
+from corral.records import Transition as Transition
+
 from ._url import normalize_url as normalize_url
-from .rows import AuditEntry as AuditEntry
-from .rows import NodeRow as NodeRow
-from .rows import Transition as Transition
 from .store import Store as Store
 
-__all__ = ["AuditEntry", "NodeRow", "Store", "Transition", "normalize_url"]
+__all__ = ["AuditEntry", "NodeRecord", "Store", "Transition", "normalize_url"]

@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from corral.errors import StoreError
+from corral.records import AuditEntry, NodeRecord, Transition
 
 from ._engine import async_engine, migrate
 from ._errors import FOREIGN, driver_error, open_error, translate
 from ._url import mask_password, normalize_url
-from .rows import AuditEntry, NodeRow, Transition
 from .schema import audit_log, meta, node_transitions, nodes
 
 __all__ = ["Store", "normalize_url"]
@@ -33,7 +33,7 @@ __all__ = ["Store", "normalize_url"]
 # Rows per executemany call: bounds the parameter list held at once, not round trips.
 _BATCH = 1000
 
-_NODE_COLUMNS = [nodes.c[name] for name in NodeRow.__struct_fields__]
+_NODE_COLUMNS = [nodes.c[name] for name in NodeRecord.__struct_fields__]
 _TRANSITION_COLUMNS = [node_transitions.c[name] for name in Transition.__struct_fields__]
 _AUDIT_COLUMNS = [audit_log.c[name] for name in AuditEntry.__struct_fields__]
 
@@ -45,12 +45,12 @@ def _upsert(dialect: str, table: Table, key: str) -> Insert:
     return stmt.on_conflict_do_update(index_elements=[key], set_=changes)
 
 
-def _node(row: Any) -> NodeRow:
+def _node(row: Any) -> NodeRecord:
     # JSON arrays come back as lists; the struct wants tuples.
     values = dict(row)
     values["labels"] = tuple(values["labels"])
     values["interfaces"] = tuple(values["interfaces"])
-    return NodeRow(**values)
+    return NodeRecord(**values)
 
 
 def _check_limit(limit: int) -> None:
@@ -157,7 +157,7 @@ class Store:
 
     async def commit(
         self,
-        nodes: Sequence[NodeRow] = (),
+        nodes: Sequence[NodeRecord] = (),
         transitions: Sequence[Transition] = (),
         audit: Sequence[AuditEntry] = (),
     ) -> None:
@@ -189,7 +189,7 @@ class Store:
                 if audit:
                     await conn.execute(audit_log.insert(), [asdict(row) for row in audit])
 
-    async def load_nodes(self) -> list[NodeRow]:
+    async def load_nodes(self) -> list[NodeRecord]:
         """Every stored node, ordered by name.
 
         Returns:
@@ -204,7 +204,7 @@ class Store:
                 result = await conn.execute(select(*_NODE_COLUMNS).order_by(nodes.c.name))
                 return [_node(row) for row in result.mappings()]
 
-    async def get_node(self, name: str) -> NodeRow | None:
+    async def get_node(self, name: str) -> NodeRecord | None:
         """One node by name.
 
         Args:

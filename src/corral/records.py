@@ -1,8 +1,8 @@
-"""The rows the store reads and writes: nodes, their status transitions, and the audit log.
+"""The records corral keeps: nodes, their status transitions, and the audit log.
 
-They are plain frozen ``msgspec`` structs so the controller can build thousands a second and
-hand them to :meth:`corral.store.Store.commit` without any ORM in between. Field names match
-the column names in :mod:`corral.store.schema` one to one.
+Plain ``msgspec`` structs shared by the registry core (which decides), the controller (which
+moves them) and the store (which persists them, field names matching its columns one to one),
+so a record is never copied field by field between layers.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["AuditEntry", "NodeRow", "Transition"]
+__all__ = ["AuditEntry", "NodeRecord", "Transition"]
 
 
-class NodeRow(msgspec.Struct, frozen=True):
-    """The persisted state of one node.
+class NodeRecord(msgspec.Struct, kw_only=True):
+    """One node: what it said when it joined, and where the registry stands on it.
+
+    Mutable: the registry updates it in place on every heartbeat.
 
     Attributes:
         name: The node's unique name (primary key).
@@ -49,6 +51,12 @@ class NodeRow(msgspec.Struct, frozen=True):
     slots: int = 0
     instance: str = ""
     last_serial: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Node {self.name!r} {self.status} host={self.host!r} pid={self.pid} "
+            f"serial={self.last_serial}>"
+        )
 
 
 class Transition(msgspec.Struct, frozen=True):
