@@ -17,6 +17,7 @@ where they happen; a user only ever catches corral's own. The tree::
     │   ├── UnknownMessage          the agent has no handler for that message
     │   ├── AgentError              the agent's handler raised (type and message attached)
     │   ├── Overloaded              the agent's inbox is full
+    │   └── GroupRefused            the group coordinator refused (out of step, dead, full)
     │   └── RetryLater              not now; ask again after ``retry_after`` seconds
     ├── AuthError                   the bus refused our credential (unenrolled, revoked, wrong CA)
     ├── Unavailable                 something we need is not there (bus, controller, store)
@@ -25,6 +26,7 @@ where they happen; a user only ever catches corral's own. The tree::
     │   ├── NoSuchAgent             no agent holds that name
     │   └── StoreError              the SQL store failed
     └── Timeout                     a bounded wait ran out
+        └── GroupTimeout            a collective timed out (``missing`` names the ranks)
 
 Every message says what to do next.
 """
@@ -32,6 +34,8 @@ Every message says what to do next.
 from __future__ import annotations
 
 __all__ = [
+    "GroupTimeout",
+    "GroupRefused",
     "UnknownMessage",
     "Overloaded",
     "NoSuchAgent",
@@ -121,6 +125,10 @@ class Overloaded(Refused):
     """The agent's inbox is full: retry later."""
 
 
+class GroupRefused(Refused):
+    """The group coordinator refused a request (out of step, declared dead, group full)."""
+
+
 class AuthError(CorralError):
     """The bus refused our credential: not enrolled, revoked, or signed by another authority."""
 
@@ -147,3 +155,11 @@ class StoreError(Unavailable):
 
 class Timeout(CorralError):
     """A bounded wait ran out before the awaited event happened."""
+
+
+class GroupTimeout(Timeout):
+    """A collective did not complete in time; ``missing`` holds the ranks that did not arrive."""
+
+    def __init__(self, message: str, missing: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing

@@ -120,6 +120,14 @@ def agent_permissions(name: str) -> Permissions:
     )
 
 
+#: Members of process groups (``corral launch``, ``Group.join``): group traffic only.
+GROUP_PERMISSIONS = Permissions(
+    pub=(subjects.GROUPS,),
+    sub=(subjects.GROUPS, "_INBOX.corral-group.>"),
+)
+GROUP_INBOX = "_INBOX.corral-group"
+
+
 def agent_inbox(name: str) -> str:
     """Reply-inbox prefix of agent (or sender) ``name``; ``*`` allows every agent's."""
     return f"_INBOX.corral-agent.{name}"
@@ -275,6 +283,10 @@ class Authority:
             write_secret(
                 self.directory / "agent.creds", self.user_creds("agent:*", agent_permissions("*"))
             )
+        if not (self.directory / "group.creds").exists():
+            write_secret(
+                self.directory / "group.creds", self.user_creds("group", GROUP_PERMISSIONS)
+            )
 
     @classmethod
     def load(cls, data_dir: Path) -> Authority:
@@ -387,6 +399,7 @@ class Authority:
         server auth fragment."""
         d = self.directory
         write_secret(d / "agent.creds", self.user_creds("agent:*", agent_permissions("*")))
+        write_secret(d / "group.creds", self.user_creds("group", GROUP_PERMISSIONS))
         write_secret(d / "controller.creds", self.user_creds("controller", Permissions()))
         write_secret(d / "admin.creds", self.user_creds("admin", ADMIN_PERMISSIONS))
         write_secret(d / "system.creds", self.user_creds("system", Permissions(), system=True))

@@ -16,6 +16,9 @@ subject                         who publishes         who listens
 ``corral.agent.<name>``         anyone with an agent  the agent (its inbox; a queue group
                                 credential            for a pool)
 ``corral.agents.info``          operators, agents     every agent (scatter-gather listing)
+``corral.group.<g>.<verb>``     group members         the controller (join, beat, arrive,
+                                                      leave: the coordinator)
+``corral.group.<g>.<id>.<to>``  group members         members of that group instance (data)
 ``_INBOX.corral.<node>.>``      repliers              that node (its private inbox)
 ==============================  ====================  ================================
 """
@@ -28,10 +31,13 @@ from corral.errors import InvalidName
 
 __all__ = [
     "AGENTS_INFO",
+    "GROUPS",
     "ANNOUNCE",
     "NODE_VERBS",
     "agent",
     "check_name",
+    "group",
+    "group_data",
     "ctl",
     "inbox_prefix",
     "is_node_in",
@@ -107,6 +113,20 @@ AGENTS_INFO = f"{ROOT}.agents.info"
 def agent(name: str) -> str:
     """The inbox subject of agent ``name`` (``*``: every agent's)."""
     return f"{ROOT}.agent.{name}"
+
+
+#: Every group subject (what a group member's credential allows).
+GROUPS = f"{ROOT}.group.>"
+
+
+def group(name: str, verb: str) -> str:
+    """Subject of ``verb`` (join, beat, arrive, leave) for group ``name`` (``*``: every group)."""
+    return f"{ROOT}.group.{name}.{verb}"
+
+
+def group_data(name: str, group_id: str, to: str) -> str:
+    """Where values of a formed group travel: ``to`` is ``all`` (distribute) or ``0`` (collect)."""
+    return f"{ROOT}.group.{name}.{group_id}.{to}"
 
 
 def node_events(name: str = "*") -> str:

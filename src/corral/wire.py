@@ -19,6 +19,8 @@ from corral._version import __version__
 from corral.errors import (
     AgentError,
     DuplicateName,
+    GroupRefused,
+    GroupTimeout,
     MalformedMessage,
     Overloaded,
     OversizedMessage,
@@ -30,6 +32,13 @@ from corral.errors import (
 )
 
 __all__ = [
+    "GroupRound",
+    "GroupLeave",
+    "GroupJoin",
+    "GroupFormed",
+    "GroupChunk",
+    "GroupBeat",
+    "GroupArrive",
     "AgentReply",
     "AgentMessage",
     "AgentInfoRequest",
@@ -228,6 +237,72 @@ class AgentInfo(_Msg, frozen=True):
     last_error: str = ""
 
 
+class GroupJoin(_Msg, frozen=True):
+    """A process joins group ``corral.group.<name>.join`` (answered when the group forms)."""
+
+    member: str
+    size: int
+    run: str = ""
+    rank: int | None = None
+    startup_timeout: float = 50.0
+    allow_startup_failures: bool = False
+    host: str = ""
+    pid: int = 0
+
+
+class GroupFormed(_Msg, frozen=True):
+    """The group formed: this member's rank, the size, and the group instance's id."""
+
+    group_id: str
+    rank: int
+    size: int
+    asked: int
+
+
+class GroupBeat(_Msg, frozen=True):
+    """A member is alive (``corral.group.<name>.beat``)."""
+
+    member: str
+    run: str = ""
+
+
+class GroupArrive(_Msg, frozen=True):
+    """A member reached collective ``seq`` (``corral.group.<name>.arrive``, request)."""
+
+    member: str
+    kind: str
+    seq: int
+    timeout: float
+    run: str = ""
+
+
+class GroupRound(_Msg, frozen=True):
+    """A collective completed (or, with ``error``, timed out): who reached it, who was missing."""
+
+    kind: str
+    seq: int
+    reached: tuple[int, ...]
+    missing: tuple[int, ...]
+    error: str = ""
+
+
+class GroupLeave(_Msg, frozen=True):
+    """A member is done (``corral.group.<name>.leave``)."""
+
+    member: str
+    run: str = ""
+
+
+class GroupChunk(_Msg, frozen=True):
+    """A piece of a collect or distribute value (values larger than a message are split)."""
+
+    seq: int
+    src: int
+    index: int
+    total: int
+    data: bytes
+
+
 class StatsRequest(_Msg, frozen=True):
     """Ask for the controller's counters (``corral.ctl.stats``)."""
 
@@ -341,6 +416,8 @@ _ERRORS: dict[str, type[Exception]] = {
     "malformed": MalformedMessage,
     "oversized": OversizedMessage,
     "version": VersionMismatch,
+    "group-timeout": GroupTimeout,
+    "group-refused": GroupRefused,
     "protocol": ProtocolError,
 }
 

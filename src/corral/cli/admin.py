@@ -35,6 +35,7 @@ def initialise(config: Config, *, tls: bool = True, names: list[str] | None = No
     """
     data = config.data_path
     if Authority.exists(data):
+        Authority.load(data).ensure_role_credentials()
         return False
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     Authority.create(data)

@@ -23,6 +23,7 @@ import msgspec
 
 from corral import bus, subjects, wire
 from corral.config import Config
+from corral.controller.groups import GroupService
 from corral.core.registry import Refusal, Registry
 from corral.errors import ControllerUnavailable, CorralError, Refused, Timeout
 from corral.records import AuditEntry, NodeRecord, Transition
@@ -57,6 +58,8 @@ class Controller:
         self.counters: Counter[str] = Counter()
         self.store: Store | None = None
         self.nc: bus.NATS | None = None
+        #: the process-group coordinator (socketComm), once started
+        self.groups: GroupService | None = None
         self._pending: list[Transition] = []
         self._audit: list[AuditEntry] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -85,6 +88,10 @@ class Controller:
         self._reconcile_revocations()
         self.nc = await bus.connect(self.config, "controller", wait=30.0)
         await self._refuse_if_another_controller()
+        self.groups = GroupService(
+            self.nc, self.config.down_after, self.clock, self.config.max_message_bytes
+        )
+        await self.groups.start()
         handlers: dict[str, tuple[type[Any], Callable[[Any, str, Any], Awaitable[None]]]] = {
             subjects.node_in_wildcard("join"): (wire.Join, self._on_join),
             subjects.node_in_wildcard("hb"): (wire.Heartbeat, self._on_heartbeat),
@@ -182,6 +189,8 @@ class Controller:
             await asyncio.sleep(period)
             now = self.clock()
             self._record(self.registry.expire(now))
+            if self.groups is not None:
+                await self.groups.tick()
             if now - last_persist >= self.persist_interval:
                 self._persist_all = True
                 last_persist = now

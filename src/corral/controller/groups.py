@@ -1,0 +1,180 @@
+"""The group coordinator: the I/O shell around :mod:`corral.core.group`.
+
+Members' joins and arrivals are requests whose replies wait until the group forms or the round
+completes; this service keeps their reply subjects and answers them when the core decides. It
+runs inside the controller and shares its tick, so a dead member is noticed within a quarter
+second of its silence limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from corral import bus, subjects, wire
+from corral.core.group import Decision, Formed, Group, GroupFailed, Refuse, RoundDone, RoundFailed
+from corral.errors import CorralError
+
+__all__ = ["GroupService"]
+
+log = logging.getLogger("corral.groups")
+
+Key = tuple[str, str]  # (group name, run)
+
+
+class GroupService:
+    """Every live group, by (name, run).
+
+    Args:
+        nc: the controller's bus connection.
+        silence: seconds without a heartbeat after which a member is dead.
+        clock: wall-clock source.
+        limit: largest request accepted, in bytes.
+    """
+
+    def __init__(
+        self, nc: bus.NATS, silence: float, clock: Callable[[], float], limit: int
+    ) -> None:
+        self.nc = nc
+        self.silence = silence
+        self.clock = clock
+        self.limit = limit
+        self.groups: dict[Key, Group] = {}
+        self.ids: dict[Key, str] = {}
+        self._waiting: dict[tuple[Key, str], str] = {}  # (group, member) -> reply subject
+
+    def __repr__(self) -> str:
+        return f"<GroupService groups={len(self.groups)}>"
+
+    async def start(self) -> None:
+        """Subscribe to every group's requests."""
+        handlers = {
+            "join": self._on_join,
+            "beat": self._on_beat,
+            "arrive": self._on_arrive,
+            "leave": self._on_leave,
+        }
+        for verb, handler in handlers.items():
+            await self.nc.subscribe(subjects.group("*", verb), cb=handler)
+
+    async def tick(self) -> None:
+        """Let time pass for every group (start-up timeouts, deaths, deadlines)."""
+        now = self.clock()
+        for key, g in list(self.groups.items()):
+            await self._carry_out(key, g.tick(now))
+
+    # --- requests -----------------------------------------------------------------------
+
+    def _decode(self, msg: Any, kind: type[Any]) -> Any:
+        return wire.decode(msg.data, kind, msg.headers, limit=self.limit)
+
+    async def _error(self, reply: str, code: str, error: str) -> None:
+        if reply:
+            await self.nc.publish(
+                reply, wire.encode(wire.ErrorReply(code=code, error=error)), headers=wire.HEADERS
+            )
+
+    async def _on_join(self, msg: Any) -> None:
+        try:
+            name = subjects.check_name(msg.subject.split(".")[2], "group")
+            join: wire.GroupJoin = self._decode(msg, wire.GroupJoin)
+        except CorralError as exc:
+            await self._error(msg.reply, wire.error_code(exc), str(exc))
+            return
+        key, now = (name, join.run), self.clock()
+        g = self.groups.get(key)
+        if g is None or g.ended:
+            g = self.groups[key] = Group(
+                name,
+                join.size,
+                startup_timeout=join.startup_timeout,
+                allow_startup_failures=join.allow_startup_failures,
+                silence=self.silence,
+                now=now,
+            )
+            self.ids[key] = uuid.uuid4().hex[:12]
+            log.info("group forming", extra={"group": name, "run": join.run, "size": join.size})
+        self._waiting[(key, join.member)] = msg.reply
+        await self._carry_out(
+            key, g.join(join.member, join.rank, join.size, now, join.host, join.pid)
+        )
+
+    async def _on_beat(self, msg: Any) -> None:
+        try:
+            beat: wire.GroupBeat = self._decode(msg, wire.GroupBeat)
+        except CorralError:
+            return
+        g = self.groups.get((msg.subject.split(".")[2], beat.run))
+        if g is not None:
+            g.beat(beat.member, self.clock())
+
+    async def _on_arrive(self, msg: Any) -> None:
+        try:
+            arrive: wire.GroupArrive = self._decode(msg, wire.GroupArrive)
+        except CorralError as exc:
+            await self._error(msg.reply, wire.error_code(exc), str(exc))
+            return
+        key = (msg.subject.split(".")[2], arrive.run)
+        g = self.groups.get(key)
+        if g is None:
+            await self._error(msg.reply, "group-refused", f"no running group {key[0]!r}")
+            return
+        self._waiting[(key, arrive.member)] = msg.reply
+        decisions = g.arrive(arrive.member, arrive.kind, arrive.seq, arrive.timeout, self.clock())
+        await self._carry_out(key, decisions)
+
+    async def _on_leave(self, msg: Any) -> None:
+        try:
+            leave: wire.GroupLeave = self._decode(msg, wire.GroupLeave)
+        except CorralError:
+            return
+        key = (msg.subject.split(".")[2], leave.run)
+        g = self.groups.get(key)
+        if g is not None:
+            await self._carry_out(key, g.leave(leave.member, self.clock()))
+
+    # --- decisions ----------------------------------------------------------------------
+
+    async def _answer(self, key: Key, member: str, payload: msgspec.Struct) -> None:
+        reply = self._waiting.pop((key, member), "")
+        if reply:
+            await self.nc.publish(reply, wire.encode(payload), headers=wire.HEADERS)
+
+    async def _carry_out(self, key: Key, decisions: list[Decision]) -> None:
+        for d in decisions:
+            if isinstance(d, Formed):
+                log.info("group formed", extra={"group": key[0], "size": d.size, "asked": d.asked})
+                for member, rank in d.ranks.items():
+                    formed = wire.GroupFormed(
+                        group_id=self.ids[key], rank=rank, size=d.size, asked=d.asked
+                    )
+                    await self._answer(key, member, formed)
+            elif isinstance(d, RoundDone):
+                done = wire.GroupRound(kind=d.kind, seq=d.seq, reached=d.reached, missing=d.missing)
+                for member in d.waiters:
+                    await self._answer(key, member, done)
+            elif isinstance(d, RoundFailed):
+                failed = wire.GroupRound(
+                    kind=d.kind, seq=d.seq, reached=(), missing=d.missing, error=d.reason
+                )
+                for member in d.waiters:
+                    await self._answer(key, member, failed)
+            elif isinstance(d, GroupFailed):
+                error = wire.ErrorReply(code="group-timeout", error=d.reason)
+                for member in d.members:
+                    await self._answer(key, member, error)
+            elif isinstance(d, Refuse):
+                await self._answer(
+                    key, d.member, wire.ErrorReply(code="group-refused", error=d.reason)
+                )
+        g = self.groups.get(key)
+        if g is not None and g.ended:
+            del self.groups[key]
+            self.ids.pop(key, None)
+            for waiting in [w for w in self._waiting if w[0] == key]:
+                del self._waiting[waiting]
+            log.info("group ended", extra={"group": key[0], "run": key[1]})

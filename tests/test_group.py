@@ -1,0 +1,129 @@
+"""Process groups over a real nats-server with the controller as coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from conftest import scaled
+from corral.config import Config
+from corral.controller import Controller
+from corral.errors import GroupRefused, GroupTimeout, MalformedMessage
+from corral.group import Group
+
+
+async def members(config: Config, name: str, size: int, **kw: Any) -> list[Group]:
+    groups = await asyncio.gather(
+        *(
+            Group.join(name, size, config=config, startup_timeout=scaled(10), **kw)
+            for _ in range(size)
+        )
+    )
+    return sorted(groups, key=lambda g: g.rank)
+
+
+async def leave_all(groups: list[Group]) -> None:
+    await asyncio.gather(*(g.leave() for g in groups))
+
+
+async def test_barrier_collect_distribute(controller: Controller, config: Config) -> None:
+    gs = await members(config, "trio", 3)
+    try:
+        assert [g.rank for g in gs] == [0, 1, 2] and {g.size for g in gs} == {3}
+        assert len({g.id for g in gs}) == 1
+        reached = await asyncio.gather(*(g.barrier(timeout=scaled(5)) for g in gs))
+        assert reached == [[0, 1, 2]] * 3
+        rows = await asyncio.gather(*(g.collect({"rank": g.rank}) for g in gs))
+        assert rows[0] == [{"rank": 0}, {"rank": 1}, {"rank": 2}] and rows[1:] == [None, None]
+        assert rows[0] is not None and rows[0].missing == ()
+        values = await asyncio.gather(*(g.distribute(f"from {g.rank}") for g in gs))
+        assert values == ["from 0"] * 3
+    finally:
+        await leave_all(gs)
+
+
+async def test_a_20_mb_value_is_distributed_in_chunks(
+    controller: Controller, config: Config
+) -> None:
+    big = bytes(range(256)) * (20 * 1024 * 1024 // 256)
+    gs = await members(config, "big", 2)
+    try:
+        out = await asyncio.gather(*(g.distribute(big if g.rank == 0 else None) for g in gs))
+        assert out[1] == big
+    finally:
+        await leave_all(gs)
+
+
+async def test_a_timeout_names_the_ranks_that_did_not_arrive(
+    controller: Controller, config: Config
+) -> None:
+    gs = await members(config, "late", 3)
+    try:
+        with pytest.raises(GroupTimeout, match=r"ranks \[1, 2\] did not arrive") as err:
+            await gs[0].barrier(timeout=0.5)
+        assert err.value.missing == (1, 2)
+    finally:
+        await leave_all(gs)
+
+
+async def test_a_member_out_of_step_is_refused(controller: Controller, config: Config) -> None:
+    gs = await members(config, "step", 2)
+    try:
+        first = asyncio.create_task(gs[0].barrier(timeout=scaled(5)))
+        with pytest.raises(GroupRefused, match="called collect #1 while the group is at barrier"):
+            await gs[1].collect("x", timeout=scaled(5))
+        first.cancel()
+    finally:
+        await leave_all(gs)
+
+
+async def test_startup_failures_renumber_the_members_that_made_it(
+    controller: Controller, config: Config
+) -> None:
+    gs = await asyncio.gather(
+        *(
+            Group.join(
+                "partial", 8, config=config, startup_timeout=1.0, allow_startup_failures=True
+            )
+            for _ in range(6)
+        )
+    )
+    try:
+        assert sorted(g.rank for g in gs) == list(range(6))
+        assert {(g.size, g.asked) for g in gs} == {(6, 8)}
+    finally:
+        await leave_all(list(gs))
+
+
+async def test_startup_timeout_without_failures_allowed(
+    controller: Controller, config: Config
+) -> None:
+    with pytest.raises(GroupTimeout, match="only 1 of 2 members"):
+        await Group.join("alone", 2, config=config, startup_timeout=0.5)
+
+
+async def test_values_must_be_msgpack_able(controller: Controller, config: Config) -> None:
+    gs = await members(config, "bad", 1)
+    try:
+        with pytest.raises(MalformedMessage, match="msgpack-able"):
+            await gs[0].collect(object())
+    finally:
+        await leave_all(gs)
+
+
+async def test_two_runs_of_one_name_do_not_mix(controller: Controller, config: Config) -> None:
+    a = await members(config, "same", 2, run="run-a")
+    b = await members(config, "same", 2, run="run-b")
+    try:
+        assert {g.id for g in a}.isdisjoint({g.id for g in b})
+        va, vb = await asyncio.gather(
+            asyncio.gather(*(g.distribute("A") for g in a)),
+            asyncio.gather(*(g.distribute("B") for g in b)),
+        )
+        assert va == ["A", "A"] and vb == ["B", "B"]
+        with pytest.raises(GroupRefused, match="already running"):
+            await Group.join("same", 2, run="run-a", config=config, startup_timeout=1)
+    finally:
+        await leave_all(a + b)
