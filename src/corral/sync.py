@@ -19,10 +19,11 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from corral import client as _async
+from corral import group as _group
 from corral import wire
 from corral.config import Config
 
-__all__ = ["Client", "call"]
+__all__ = ["Client", "Group", "call"]
 
 T = TypeVar("T")
 
@@ -116,3 +117,72 @@ class Client:
             Timeout: it did not hold within ``timeout`` seconds.
         """
         return call(self._inner.wait_for(predicate, timeout))
+
+
+class Group:
+    """Blocking :class:`corral.group.Group`, for scripts. Create with :meth:`join`."""
+
+    def __init__(self, inner: _group.Group) -> None:
+        self._inner = inner
+
+    def __repr__(self) -> str:
+        return repr(self._inner).replace("<Group", "<sync.Group", 1)
+
+    @property
+    def rank(self) -> int:
+        """This member's rank."""
+        return self._inner.rank
+
+    @property
+    def size(self) -> int:
+        """How many members the group has."""
+        return self._inner.size
+
+    @classmethod
+    def join(
+        cls,
+        name: str | None = None,
+        size: int | None = None,
+        rank: int | None = None,
+        **options: Any,
+    ) -> Group:
+        """Join and wait for the group to form; see :meth:`corral.group.Group.join`.
+
+        Raises:
+            UsageError, GroupTimeout, GroupRefused, ControllerUnavailable: as the async twin.
+        """
+        return cls(call(_group.Group.join(name, size, rank, **options)))
+
+    def barrier(self, timeout: float = 30.0) -> list[int]:
+        """See :meth:`corral.group.Group.barrier`.
+
+        Raises:
+            GroupTimeout, GroupRefused: as the async twin.
+        """
+        return call(self._inner.barrier(timeout))
+
+    def collect(self, value: Any, timeout: float = 30.0) -> list[Any] | None:
+        """See :meth:`corral.group.Group.collect`.
+
+        Raises:
+            MalformedMessage, GroupTimeout, GroupRefused: as the async twin.
+        """
+        return call(self._inner.collect(value, timeout))
+
+    def distribute(self, value: Any = None, timeout: float = 30.0) -> Any:
+        """See :meth:`corral.group.Group.distribute`.
+
+        Raises:
+            MalformedMessage, GroupTimeout, GroupRefused: as the async twin.
+        """
+        return call(self._inner.distribute(value, timeout))
+
+    def leave(self) -> None:
+        """Leave the group."""
+        call(self._inner.leave())
+
+    def __enter__(self) -> Group:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.leave()

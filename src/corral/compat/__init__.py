@@ -1,0 +1,1 @@
+"""Thin layers that keep older systems' names working on top of corral."""
