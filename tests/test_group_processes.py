@@ -101,3 +101,27 @@ async def test_socketcomm_compat(controller: Controller, config: Config, tmp_pat
     assert "[0] collect [0, 10, 20]" in lines and "[1] collect None" in lines
     assert all(f"[{r}] distribute go" in lines for r in range(3))
     assert all(f"[{r}] barrier [0, 1, 2]" in lines for r in range(3))
+
+
+async def test_two_of_eight_never_start_and_the_six_are_renumbered(
+    controller: Controller, config: Config, tmp_path: Path
+) -> None:
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from corral.sync import Group
+        if int(os.environ["CORRAL_GROUP_RANK"]) in (2, 5):
+            sys.exit(0)                      # these two never start
+        g = Group.join(startup_timeout=2, allow_startup_failures=True)
+        print("member", g.rank, g.size, flush=True)
+        print("barrier", g.barrier(timeout=30), flush=True)
+        g.leave()
+        """
+    )
+    result = await asyncio.to_thread(launch, config, tmp_path, 8, script)
+    assert result.returncode == 0, result.stderr
+    members = sorted(
+        line.split("] ", 1)[1] for line in result.stdout.splitlines() if "] member" in line
+    )
+    assert members == [f"member {r} 6" for r in range(6)]
+    assert result.stdout.count("barrier [0, 1, 2, 3, 4, 5]") == 6
