@@ -127,3 +127,22 @@ async def test_two_runs_of_one_name_do_not_mix(controller: Controller, config: C
             await Group.join("same", 2, run="run-a", config=config, startup_timeout=1)
     finally:
         await leave_all(a + b)
+
+
+async def test_the_coordinator_refuses_nonsense_joins(
+    controller: Controller, config: Config
+) -> None:
+    from corral import bus, subjects, wire
+    from corral.group import _request
+    from corral.security import GROUP_INBOX
+
+    nc = await bus.connect(config, "group", inbox_prefix=GROUP_INBOX)
+    try:
+        bad = wire.GroupJoin(member="m", size=0)
+        with pytest.raises(GroupRefused, match="size must be >= 1"):
+            await _request(nc, subjects.group("x", "join"), bad, wire.GroupFormed, 5)
+        with pytest.raises(MalformedMessage):
+            reply = await nc.request(subjects.group("x", "join"), b"\xc1", headers=wire.HEADERS)
+            wire.decode_reply(reply.data, wire.GroupFormed, reply.headers)
+    finally:
+        await nc.close()

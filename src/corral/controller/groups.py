@@ -85,6 +85,14 @@ class GroupService:
         except CorralError as exc:
             await self._error(msg.reply, wire.error_code(exc), str(exc))
             return
+        if join.size < 1 or not 0 <= join.startup_timeout <= 86400:
+            await self._error(
+                msg.reply,
+                "group-refused",
+                f"size must be >= 1 and startup_timeout within 0..86400 s, got {join.size} "
+                f"and {join.startup_timeout}",
+            )
+            return
         key, now = (name, join.run), self.clock()
         g = self.groups.get(key)
         if g is None or g.ended:
