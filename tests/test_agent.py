@@ -78,12 +78,8 @@ async def agent(broker: EmbeddedBroker, config: Config) -> AsyncIterator[Echo]:
 
 
 async def _until_started(a: Agent, task: asyncio.Task[None]) -> None:
-    """Wait for ``a.run()`` to serve (or fail), without sleeping blindly."""
-    async with asyncio.timeout(scaled(10)):
-        while not a.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
+    """Wait for ``a.run()`` to serve (or raise why it could not)."""
+    await asyncio.wait_for(a.serving(), scaled(10))
 
 
 @pytest.fixture
@@ -365,3 +361,32 @@ async def test_cli_asks_sends_and_lists_agents(agent: Echo, config: Config) -> N
     assert missing.returncode == 1 and "no agent named 'ghost'" in missing.stderr
     listing = await asyncio.to_thread(corral, config, "agents", "--json")
     assert [a["name"] for a in _json.loads(listing.stdout)] == ["echo"]
+
+
+async def test_stopping_answers_the_messages_still_waiting(
+    broker: EmbeddedBroker, config: Config, tx: Sender
+) -> None:
+    release = asyncio.Event()
+    a = Slow(release, config=config)
+    task = asyncio.create_task(a.run())
+    await _until_started(a, task)
+    first = asyncio.create_task(tx.ask("slow", "work", timeout=scaled(30)))
+    await asyncio.wait_for(a.busy.wait(), scaled(5))
+    waiting = asyncio.create_task(tx.ask("slow", "work", timeout=scaled(30)))
+    async with asyncio.timeout(scaled(5)):
+        while a._inbox is None or a._inbox.qsize() < 1:  # the second ask is queued
+            await asyncio.sleep(0.01)
+    a.stop()
+    await asyncio.wait_for(task, scaled(5))
+    for ask in (first, waiting):  # in hand and queued: both answered at once, not after 30 s
+        with pytest.raises(NoSuchAgent, match="stopped before handling this"):
+            await asyncio.wait_for(ask, scaled(5))
+
+
+async def test_serving_raises_why_run_could_not_start(agent: Echo, config: Config) -> None:
+    second = Echo(config=config)
+    task = asyncio.create_task(second.run())
+    with pytest.raises(DuplicateName):
+        await asyncio.wait_for(second.serving(), scaled(5))
+    with pytest.raises(DuplicateName):
+        await task

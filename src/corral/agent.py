@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import msgspec
 import nats.errors
@@ -105,6 +105,7 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
+        self._serving = asyncio.Event()
 
     def __repr__(self) -> str:
         state = "running" if self.nc is not None and self.nc.is_connected else "stopped"
@@ -162,13 +163,29 @@ class Agent:
             DuplicateName: another live agent holds this name.
             AuthError, BusUnavailable, ConfigError: the bus refused or could not be reached.
         """
-        await self._open()
+        try:
+            await self._open()
+        except BaseException as exc:
+            self._start_error = exc
+            self._serving.set()  # serving() raises it
+            raise
         self._ready.set()  # start() returns now
+        self._serving.set()
         try:
             assert self._stopped is not None
             await self._stopped.wait()
         finally:
             await self._close()
+
+    async def serving(self) -> None:
+        """Wait until a ``run()`` task serves messages (for ``create_task(agent.run())``).
+
+        Raises:
+            The error that stopped ``run()`` from starting (``DuplicateName``, ``AuthError``…).
+        """
+        await self._serving.wait()
+        if self._start_error is not None:
+            raise self._start_error
 
     async def _open(self) -> None:
         config = self.config or load_config()[0]
@@ -249,6 +266,7 @@ class Agent:
             consumer.cancel()
             with _suppress_cancel():
                 await consumer
+        await self._refuse_waiting()
         try:
             await self._hook(self.shutdown)
         finally:
@@ -256,9 +274,24 @@ class Agent:
                 await self.nc.drain()
             log.info("agent stopped", extra={"agent": self.name, "handled": self.handled})
 
+    def _stopped_error(self) -> wire.ErrorReply:
+        return wire.ErrorReply(
+            code="agent-stopped", error=f"agent {self.name!r} stopped before handling this"
+        )
+
+    async def _refuse_waiting(self) -> None:
+        """Answer the messages still in the inbox at once rather than let askers time out."""
+        if self._inbox is None or self.nc is None or self.nc.is_closed:
+            return
+        error = self._stopped_error()
+        while not self._inbox.empty():
+            _, reply_to = self._inbox.get_nowait()
+            if reply_to:
+                await self._reply_to(reply_to, error)
+
     # --- running in a background thread -------------------------------------------------
 
-    def start(self, timeout: float = 30.0) -> Agent:
+    def start(self, timeout: float = 30.0) -> Self:
         """Run the agent in a background thread; returns once it serves messages.
 
         The thread stops cleanly at interpreter exit (``atexit``), or with :meth:`stop`.
@@ -320,6 +353,10 @@ class Agent:
                 answer = await self._handle(incoming)
                 if reply_to:
                     await self._reply_to(reply_to, answer)
+            except asyncio.CancelledError:  # stopped mid-handler: say so, then stop
+                if reply_to:
+                    await self._reply_to(reply_to, self._stopped_error())
+                raise
             except Exception:  # a bug or a lost connection must not stop the agent serving
                 log.exception("agent failed on a message", extra={"agent": self.name})
 

@@ -24,7 +24,7 @@ from corral.sender import Sender
 
 __all__ = ["initialise", "nodes_table", "register"]
 
-out = Console()
+out = Console(emoji=False)  # "agent:telescope:" is a name, not an emoji code
 
 
 def initialise(config: Config, *, tls: bool = True, names: list[str] | None = None) -> bool:
@@ -109,21 +109,20 @@ def enroll(
         creds = authority.enroll_agent(name) if agent else authority.enroll(name)
     except CorralError as exc:
         fail(exc)
-    if agent:
-        name = f"agent:{name}"
     target = out_file or Path(f"{name}.creds")
     write_secret(target, creds)
-    key = authority.enrolled()[name][-1].public_key
+    registered = f"agent:{name}" if agent else name
+    key = authority.enrolled()[registered][-1].public_key
     event = wire.AuthEvent(
         action="enroll",
-        name=name,
+        name=registered,
         actor=_actor(),
         keys=(key,),
         host=socket.gethostname(),
         pid=os.getpid(),
     )
     audited = run(_notify(config, event))
-    out.print(f"[green]enrolled[/] {name}: credential written to {target} (mode 0600)")
+    out.print(f"[green]enrolled[/] {registered}: credential written to {target} (mode 0600)")
     if not audited:
         out.print("[yellow]note:[/] no controller running; the enrollment is not in its audit log")
 

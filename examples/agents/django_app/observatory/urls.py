@@ -1,0 +1,5 @@
+from django.urls import path
+
+from alert_manager import views
+
+urlpatterns = [path("status/", views.status)]
