@@ -96,6 +96,11 @@ class Agent:
                 self.actions_by_message[message] = getattr(self, attr)
         self.handled = 0
         self.overflow = 0
+        # Decided per message otherwise; handlers added in a subclass __init__ are found by
+        # _call's own check.
+        self._async_handlers = {
+            h for h in self.actions_by_message.values() if inspect.iscoroutinefunction(h)
+        }
         self.last_error = ""
         self.started = 0.0
         self.nc: bus.NATS | None = None
@@ -339,11 +344,13 @@ class Agent:
             self._inbox.put_nowait((incoming, msg.reply))
         except asyncio.QueueFull:
             self.overflow += 1
-            error = (
-                f"agent {self.name!r} is overloaded: its inbox of {self.inbox_size} messages "
-                "is full; retry later, or make the handlers faster or the agent a pool"
-            )
-            await self._reply(msg, wire.ErrorReply(code="overloaded", error=error))
+            if msg.reply:  # a send_to has nobody to tell
+                error = (
+                    f"agent {self.name!r} is overloaded: its inbox of {self.inbox_size} "
+                    "messages is full; retry later, or make the handlers faster or the agent "
+                    "a pool"
+                )
+                await self._reply(msg, wire.ErrorReply(code="overloaded", error=error))
 
     async def _consume(self) -> None:
         assert self._inbox is not None
@@ -375,7 +382,10 @@ class Agent:
             )
         message = Message(incoming.message, incoming.data, incoming.sender)
         try:
-            result = await self._call(handler, message)
+            if handler in self._async_handlers:
+                result = await handler(message)
+            else:
+                result = await self._call(handler, message)
             return wire.AgentReply(data=result)
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
