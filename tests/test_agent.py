@@ -390,3 +390,17 @@ async def test_serving_raises_why_run_could_not_start(agent: Echo, config: Confi
         await asyncio.wait_for(second.serving(), scaled(5))
     with pytest.raises(DuplicateName):
         await task
+
+
+async def test_the_controller_lists_agents_for_api_clients(
+    controller: object, agent: Echo, config: Config
+) -> None:
+    from corral import bus, subjects, wire
+
+    async with await Client.connect(config) as client:
+        reply = await bus.request(
+            client.nc, subjects.ctl("agents"), wire.AgentsRequest(wait=0.3), wire.AgentsReply
+        )
+    assert [(a.name, a.handlers) for a in reply.agents] == [
+        ("echo", ("echo", "fail", "note", "where"))
+    ]

@@ -12,12 +12,12 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from corral import bus, subjects, wire
 from corral.config import Config
-from corral.errors import ControllerUnavailable, CorralError, Timeout
+from corral.errors import ControllerUnavailable, Timeout
 from corral.security import ADMIN_INBOX
+from corral.sender import gather_agents
 
 __all__ = ["Client"]
 
@@ -111,25 +111,7 @@ class Client:
 
         Agents answer a broadcast; those that answer within ``wait`` seconds are listed.
         """
-        inbox = self.nc.new_inbox()
-        found: list[wire.AgentInfo] = []
-
-        async def collect(msg: Any) -> None:
-            with contextlib.suppress(CorralError):
-                found.append(wire.decode(msg.data, wire.AgentInfo, msg.headers))
-
-        sub = await self.nc.subscribe(inbox, cb=collect)
-        try:
-            await self.nc.publish(
-                subjects.AGENTS_INFO,
-                wire.encode(wire.AgentInfoRequest()),
-                reply=inbox,
-                headers=wire.HEADERS,
-            )
-            await asyncio.sleep(wait)  # a broadcast has no "last reply": listen for a while
-        finally:
-            await sub.unsubscribe()
-        return sorted(found, key=lambda a: (a.name, a.host, a.pid))
+        return await gather_agents(self.nc, wait)
 
     async def auth_event(self, event: wire.AuthEvent) -> None:
         """Tell the controller about an enrollment or revocation (audit log, registry).

@@ -8,18 +8,20 @@ Async code uses :class:`Sender` (or an agent's own ``send_to`` / ``ask``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from typing import Any
 
 import msgspec
 import nats.errors
 
-from corral import bus, subjects, sync, wire
+from corral import bus, subjects, wire
 from corral.config import Config, load_config
-from corral.errors import MalformedMessage, NoSuchAgent, Timeout
+from corral.errors import CorralError, MalformedMessage, NoSuchAgent, Timeout
 from corral.security import agent_inbox, credential_name
 
-__all__ = ["Sender", "ask", "send_to"]
+__all__ = ["Sender", "ask", "gather_agents", "send_to"]
 
 
 def _encode(name: str, message: str, data: Any, sender: str) -> bytes:
@@ -105,11 +107,36 @@ class Sender:
         return answer.data
 
 
+async def gather_agents(nc: bus.NATS, wait: float = 0.5) -> list[wire.AgentInfo]:
+    """Ask every agent what it is; return those that answer within ``wait`` seconds."""
+    inbox = nc.new_inbox()
+    found: list[wire.AgentInfo] = []
+
+    async def collect(msg: Any) -> None:
+        with contextlib.suppress(CorralError):
+            found.append(wire.decode(msg.data, wire.AgentInfo, msg.headers))
+
+    sub = await nc.subscribe(inbox, cb=collect)
+    try:
+        await nc.publish(
+            subjects.AGENTS_INFO,
+            wire.encode(wire.AgentInfoRequest()),
+            reply=inbox,
+            headers=wire.HEADERS,
+        )
+        await asyncio.sleep(wait)  # a broadcast has no "last reply": listen for a while
+    finally:
+        await sub.unsubscribe()
+    return sorted(found, key=lambda a: (a.name, a.host, a.pid))
+
+
 _shared: Sender | None = None
 _shared_lock = threading.Lock()
 
 
 def _process_sender() -> Sender:
+    from corral import sync  # here: corral.sync builds on the client, which uses this module
+
     global _shared
     with _shared_lock:
         if _shared is None or _shared.nc.is_closed:
@@ -123,6 +150,8 @@ def send_to(name: str, message: str, data: Any = None) -> None:
     Raises:
         InvalidName, MalformedMessage: as :meth:`Sender.send_to`.
     """
+    from corral import sync
+
     sync.call(_process_sender().send_to(name, message, data))
 
 
@@ -132,4 +161,6 @@ def ask(name: str, message: str, data: Any = None, timeout: float = 5.0) -> Any:
     Raises:
         NoSuchAgent, UnknownMessage, AgentError, Overloaded, Timeout: as :meth:`Sender.ask`.
     """
+    from corral import sync
+
     return sync.call(_process_sender().ask(name, message, data, timeout))

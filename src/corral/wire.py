@@ -33,6 +33,8 @@ from corral.errors import (
 )
 
 __all__ = [
+    "AgentsRequest",
+    "AgentsReply",
     "GroupRound",
     "GroupLeave",
     "GroupJoin",
@@ -302,6 +304,18 @@ class GroupChunk(_Msg, frozen=True):
     index: int
     total: int
     data: bytes
+
+
+class AgentsRequest(_Msg, frozen=True):
+    """Ask the controller for the live agents (``corral.ctl.agents``)."""
+
+    wait: float = 0.5
+
+
+class AgentsReply(_Msg, frozen=True):
+    """The live agents, as each described itself."""
+
+    agents: list[AgentInfo]
 
 
 class StatsRequest(_Msg, frozen=True):

@@ -28,6 +28,7 @@ from corral.core.registry import Refusal, Registry
 from corral.errors import ControllerUnavailable, CorralError, Refused, Timeout
 from corral.records import AuditEntry, NodeRecord, Transition
 from corral.security import Authority
+from corral.sender import gather_agents
 from corral.store import Store
 
 __all__ = ["Controller"]
@@ -99,6 +100,7 @@ class Controller:
             subjects.ctl("nodes"): (wire.NodesRequest, self._on_nodes),
             subjects.ctl("stats"): (wire.StatsRequest, self._on_stats),
             subjects.ctl("auth"): (wire.AuthEvent, self._on_auth),
+            subjects.ctl("agents"): (wire.AgentsRequest, self._on_agents),
         }
         for subject, (kind, handle) in handlers.items():
             await self.nc.subscribe(
@@ -345,6 +347,12 @@ class Controller:
             controller=self.id, started=self.started, counters=dict(self.counters)
         )
         await self._reply(msg, reply)
+
+    async def _on_agents(self, msg: Any, _: str, request: wire.AgentsRequest) -> None:
+        """The live agents, for API clients (the controller gathers them from the bus)."""
+        assert self.nc is not None
+        found = await gather_agents(self.nc, min(max(request.wait, 0.05), 5.0))
+        await self._reply(msg, wire.AgentsReply(agents=found))
 
     async def _on_auth(self, msg: Any, _: str, event: wire.AuthEvent) -> None:
         """An operator enrolled or revoked a node: audit it, and mark a revoked node."""
