@@ -1,0 +1,92 @@
+"""Addressing commands (SEER): each target parses or raises BadTarget; resolution by calls."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corral.core.addressing import BadTarget, NodeFacts, Target, parse_target, resolve
+
+FLEET = {
+    "web1": NodeFacts(labels=("gpu",)),
+    "web2": NodeFacts(labels=("gpu", "rack1")),
+    "Web3": NodeFacts(),
+    "rack1-a": NodeFacts(interfaces=("eth1",), sink=True),
+    "rack2-b": NodeFacts(interfaces=("eth2",)),
+    "rack4-c": NodeFacts(sink=True),
+    "adb": NodeFacts(),
+    "eth2": NodeFacts(),
+}
+
+
+@pytest.mark.parametrize(
+    ("targets", "nodes", "unknown"),
+    [
+        (["web1"], ["web1"], []),
+        (["web*"], ["web1", "web2"], []),  # case-sensitive: not Web3
+        (["rack[1-3]-*"], ["rack1-a", "rack2-b"], []),
+        (["?db"], ["adb"], []),
+        (["label:gpu"], ["web1", "web2"], []),
+        (["has:eth1"], ["rack1-a"], []),
+        (["has:eth2"], ["eth2"], []),  # the node so named comes first (SEER's order)
+        (["sinks"], ["rack1-a", "rack4-c"], []),
+        (
+            ["web1", "ghost", "rack*", "has:eth9"],
+            ["rack1-a", "rack2-b", "rack4-c", "web1"],
+            ["ghost", "has:eth9"],
+        ),
+        (["zzz*"], [], []),  # a glob that matches nothing is not an error
+    ],
+)
+def test_resolution(targets: list[str], nodes: list[str], unknown: list[str]) -> None:
+    result = resolve(targets, FLEET)
+    assert result.nodes == nodes and result.unknown == unknown and not result.broadcast
+
+
+def test_everyone_is_a_broadcast() -> None:
+    result = resolve(["*"], FLEET)
+    assert result.broadcast and result.nodes == sorted(FLEET)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("", "empty target"),
+        ("web[1", "without its closing"),
+        ("a[b[c]]", "inside a"),
+        ("web[]", "empty"),
+        ("node.1", "letters, digits"),
+        ("color:red", "unknown target kind 'color'"),
+        ("label:", "bad label"),
+        ("has:a b", "bad has"),
+    ],
+)
+def test_malformed_targets_say_what_is_wrong(spec: str, match: str) -> None:
+    with pytest.raises(BadTarget, match=match):
+        parse_target(spec)
+
+
+def test_nothing_to_resolve_is_an_error() -> None:
+    with pytest.raises(BadTarget, match="no target given"):
+        resolve([], FLEET)
+
+
+@given(st.text(max_size=20))
+def test_any_string_parses_or_raises_bad_target(spec: str) -> None:
+    try:
+        target = parse_target(spec)
+    except BadTarget:
+        return
+    assert isinstance(target, Target)
+    assert parse_target(str(target)) == target  # printing a target gives it back
+
+
+@given(st.from_regex(r"[a-c?*]{1,4}", fullmatch=True))
+def test_globs_agree_with_fnmatchcase(pattern: str) -> None:
+    names = ["a", "ab", "abc", "b", "ca", "cab"]
+    registry = {n: NodeFacts() for n in names}
+    expected = sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+    assert resolve([pattern], registry).nodes == expected
