@@ -404,3 +404,19 @@ async def test_the_controller_lists_agents_for_api_clients(
     assert [(a.name, a.handlers) for a in reply.agents] == [
         ("echo", ("echo", "fail", "note", "where"))
     ]
+
+
+class BrokenStart(Agent):
+    name = "broken"
+
+    def work(self) -> None:
+        raise RuntimeError("no telescope attached")
+
+
+async def test_a_failing_work_stops_the_start_and_frees_the_name(
+    broker: EmbeddedBroker, config: Config, tx: Sender
+) -> None:
+    with pytest.raises(RuntimeError, match="no telescope attached"):
+        await BrokenStart(config=config).run()
+    with pytest.raises(NoSuchAgent):
+        await tx.ask("broken", "anything")

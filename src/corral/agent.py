@@ -213,7 +213,14 @@ class Agent:
             raise
         self.started = time.time()
         self._consumer = asyncio.create_task(self._consume(), name=f"agent-{self.name}")
-        await self._hook(self.work)
+        try:
+            await self._hook(self.work)
+        except BaseException:  # work() failed: the agent never served; leave nothing running
+            self._consumer.cancel()
+            with _suppress_cancel():
+                await self._consumer
+            await self.nc.close()
+            raise
         log.info("agent started", extra={"agent": self.name, "pool": self.pool})
 
     def _check_credential(self, config: Config) -> None:
