@@ -85,7 +85,7 @@ async def test_startup_failures_renumber_the_members_that_made_it(
     gs = await asyncio.gather(
         *(
             Group.join(
-                "partial", 8, config=config, startup_timeout=1.0, allow_startup_failures=True
+                "partial", 8, config=config, startup_timeout=scaled(3), allow_startup_failures=True
             )
             for _ in range(6)
         )
