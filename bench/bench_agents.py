@@ -21,13 +21,11 @@ import ctypes
 import ctypes.util
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +38,7 @@ import Pyro5.api
 from rich.console import Console
 from rich.table import Table
 
+from _harness import run_in_tempdir
 from corral import Agent, Message, on, procs
 from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise
@@ -415,14 +414,4 @@ if __name__ == "__main__":
     if arguments.child is not None:
         serve(arguments.child, arguments.spec)
         sys.exit(0)
-    tmp = Path(tempfile.mkdtemp(prefix="corral-bench-"))
-    try:
-        asyncio.run(main(arguments, tmp))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        console.print("interrupted: everything started has been stopped")
-        sys.exit(130)
-    finally:
-        if arguments.keep:
-            console.print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    run_in_tempdir(main, arguments, "corral-bench-", console)

@@ -32,17 +32,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from _harness import free_port, run_in_tempdir
 from corral import procs, subjects
 from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise
@@ -158,7 +157,7 @@ class Bench:
 
     async def start(self) -> None:
         """Data directory, nats-server, controller process; wait until the controller serves."""
-        config = Config(data_dir=str(self.data), nats_port=_free_port())
+        config = Config(data_dir=str(self.data), nats_port=free_port())
         initialise(config, tls=not self.args.no_tls)
         broker = EmbeddedBroker(config, Authority.load(self.data))
         await broker.start()
@@ -318,22 +317,6 @@ def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",")]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 if __name__ == "__main__":
     arguments = parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="corral-bench-groups-"))
-    try:
-        asyncio.run(main(arguments, tmp))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        console.print("interrupted: everything started has been stopped")
-        sys.exit(130)
-    finally:
-        if arguments.keep:
-            console.print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    run_in_tempdir(main, arguments, "corral-bench-groups-", console)

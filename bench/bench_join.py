@@ -22,12 +22,9 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,6 +34,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from _harness import free_port, run_in_tempdir
 from corral import procs, subjects, wire
 from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise
@@ -93,13 +91,6 @@ class EventLog:
         """Controller timestamps (``at``) of moves of ``names`` to ``new`` at or after ``since``."""
         seen = (e.at for e in self.seen if e.node in names and e.new == new)
         return sorted(at for at in seen if at >= since)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def enroll_all(data: Path, names: list[str]) -> dict[str, str]:
@@ -342,14 +333,4 @@ if __name__ == "__main__":
     if arguments.worker is not None:
         asyncio.run(run_worker(json.loads(arguments.worker.read_text())))
         sys.exit(0)
-    tmp = Path(tempfile.mkdtemp(prefix="corral-bench-"))
-    try:
-        asyncio.run(main(arguments, tmp))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        console.print("interrupted: everything started has been stopped")
-        sys.exit(130)
-    finally:
-        if arguments.keep:
-            console.print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    run_in_tempdir(main, arguments, "corral-bench-", console)
