@@ -208,6 +208,7 @@ class Agent:
             await self.nc.subscribe(subject, cb=self._receive, queue="pool" if self.pool else "")
             await self.nc.subscribe(subjects.AGENTS_INFO, cb=self._on_info)
             await self.nc.flush()
+            await self._until_reachable()
         except BaseException:
             await self.nc.close()
             raise
@@ -222,6 +223,30 @@ class Agent:
             await self.nc.close()
             raise
         log.info("agent started", extra={"agent": self.name, "pool": self.pool})
+
+    async def _until_reachable(self, within: float = 5.0) -> None:
+        """Ask ourselves until the bus routes our name to us.
+
+        The server can answer "no responders" for a moment after a new subscription (seen
+        right after the name probe), and serving() must not return before a sender can reach
+        us.
+        """
+        assert self.nc is not None
+        probe = wire.encode(wire.AgentMessage(message=_WHOIS))
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                await self.nc.request(
+                    subjects.agent(self.name), probe, timeout=1.0, headers=wire.HEADERS
+                )
+                return
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise CorralError(
+                        f"agent {self.name!r} subscribed but the bus does not route its name "
+                        f"to it after {within}s; check the bus (nats-server log)"
+                    ) from None
+                await asyncio.sleep(0.02)
 
     def _check_credential(self, config: Config) -> None:
         path = config.creds_path("agent")
