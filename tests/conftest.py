@@ -24,6 +24,7 @@ from corral.cli.admin import initialise
 from corral.config import Config
 from corral.controller import Controller
 from corral.security import Authority
+from corral.sender import Sender
 
 PG_DSN_ENV = "CORRAL_TEST_POSTGRES_DSN"
 FACTOR = float(os.environ.get("CORRAL_TESTS_TIMEOUT_FACTOR", "1"))
@@ -109,6 +110,16 @@ async def controller(config: Config, broker: EmbeddedBroker) -> AsyncIterator[Co
         yield c
     finally:
         await c.stop()
+
+
+@pytest.fixture
+async def tx(broker: EmbeddedBroker, config: Config) -> AsyncIterator[Sender]:
+    """A Sender with the data directory's agent credential, closed after the test."""
+    s = await Sender.connect(config)
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 def corral_argv(config: Config, *args: str) -> list[str]:

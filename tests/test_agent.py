@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import textwrap
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -29,6 +30,8 @@ from corral.errors import (
 )
 from corral.security import Authority
 from corral.sender import Sender
+
+A = TypeVar("A", bound=Agent)
 
 
 class Echo(Agent):
@@ -65,11 +68,11 @@ class Echo(Agent):
         raise ValueError("bad input: " + str(msg.data))
 
 
-@pytest.fixture
-async def agent(broker: EmbeddedBroker, config: Config) -> AsyncIterator[Echo]:
-    a = Echo(config=config)
+@contextlib.asynccontextmanager
+async def running(a: A) -> AsyncIterator[A]:
+    """Run ``a`` on this loop for the block: serving on entry, stopped (shutdown run) on exit."""
     task = asyncio.create_task(a.run())
-    await _until_started(a, task)
+    await asyncio.wait_for(a.serving(), scaled(10))
     try:
         yield a
     finally:
@@ -77,18 +80,10 @@ async def agent(broker: EmbeddedBroker, config: Config) -> AsyncIterator[Echo]:
         await asyncio.wait_for(task, scaled(5))
 
 
-async def _until_started(a: Agent, task: asyncio.Task[None]) -> None:
-    """Wait for ``a.run()`` to serve (or raise why it could not)."""
-    await asyncio.wait_for(a.serving(), scaled(10))
-
-
 @pytest.fixture
-async def tx(broker: EmbeddedBroker, config: Config) -> AsyncIterator[Sender]:
-    s = await Sender.connect(config)
-    try:
-        yield s
-    finally:
-        await s.close()
+async def agent(broker: EmbeddedBroker, config: Config) -> AsyncIterator[Echo]:
+    async with running(Echo(config=config)) as a:
+        yield a
 
 
 async def test_work_runs_first_and_messages_arrive_by_name(agent: Echo, tx: Sender) -> None:
@@ -154,19 +149,11 @@ class Worker(Agent):
 async def test_pool_members_share_the_messages(
     broker: EmbeddedBroker, config: Config, tx: Sender
 ) -> None:
-    members = [Worker(config=config), Worker(config=config)]
-    tasks = [asyncio.create_task(m.run()) for m in members]
-    for m, t in zip(members, tasks, strict=True):
-        await _until_started(m, t)
-    try:
+    async with running(Worker(config=config)) as one, running(Worker(config=config)) as two:
         for _ in range(40):
             await tx.ask("workers", "job")
-        counts = [m.count for m in members]
+        counts = [one.count, two.count]
         assert sum(counts) == 40 and min(counts) > 0, counts  # all-to-one: chance 2**-39
-    finally:
-        for m in members:
-            m.stop()
-        await asyncio.gather(*tasks)
 
 
 async def test_shutdown_message_runs_shutdown_and_ends_run(
@@ -174,9 +161,9 @@ async def test_shutdown_message_runs_shutdown_and_ends_run(
 ) -> None:
     a = Echo(config=config)
     task = asyncio.create_task(a.run())
-    await _until_started(a, task)
+    await asyncio.wait_for(a.serving(), scaled(10))
     assert await tx.ask("echo", Agent.SHUTDOWN) is None
-    await asyncio.wait_for(task, scaled(5))
+    await asyncio.wait_for(task, scaled(5))  # run() ends on the message alone
     assert a.shutdown_ran
 
 
@@ -199,10 +186,7 @@ async def test_a_slow_handler_cannot_grow_the_inbox_past_its_bound(
     broker: EmbeddedBroker, config: Config, tx: Sender
 ) -> None:
     release = asyncio.Event()
-    a = Slow(release, config=config)
-    task = asyncio.create_task(a.run())
-    await _until_started(a, task)
-    try:
+    async with running(Slow(release, config=config)) as a:
         asks = [asyncio.create_task(tx.ask("slow", "work", timeout=scaled(10)))]
         await asyncio.wait_for(a.busy.wait(), scaled(5))
         asks += [asyncio.create_task(tx.ask("slow", "work", timeout=scaled(10))) for _ in range(7)]
@@ -217,9 +201,6 @@ async def test_a_slow_handler_cannot_grow_the_inbox_past_its_bound(
         async with await Client.connect(config) as client:
             (info,) = await client.agents()
         assert (info.name, info.overflow, info.handlers) == ("slow", 5, ("work",))
-    finally:
-        a.stop()
-        await asyncio.wait_for(task, scaled(5))
 
 
 async def test_agents_are_listed_with_what_they_handle(agent: Echo, config: Config) -> None:
@@ -244,14 +225,8 @@ class SeedStyle(Agent):
 
 
 async def test_the_seed_style_works(broker: EmbeddedBroker, config: Config, tx: Sender) -> None:
-    a = SeedStyle(config)
-    task = asyncio.create_task(a.run())
-    await _until_started(a, task)
-    try:
+    async with running(SeedStyle(config)):
         assert await tx.ask("scheduler", SeedStyle.MSG_OBS_FINISHED, 42) == "noted 42"
-    finally:
-        a.stop()
-        await asyncio.wait_for(task, scaled(5))
 
 
 async def test_a_per_name_credential_holds_only_that_name(
@@ -262,10 +237,7 @@ async def test_a_per_name_credential_holds_only_that_name(
     mine = Config(**{**_fields(config), "creds": str(creds)})
     with pytest.raises(ConfigError, match="is for 'agent:solo', not agent 'echo'"):
         await Echo(config=mine).run()
-    a = Agent("solo", config=mine)
-    task = asyncio.create_task(a.run())
-    await _until_started(a, task)
-    try:
+    async with running(Agent("solo", config=mine)):
         s = await Sender.connect(mine)
         try:
             with pytest.raises(UnknownMessage):
@@ -273,9 +245,6 @@ async def test_a_per_name_credential_holds_only_that_name(
             assert s.me == "solo"
         finally:
             await s.close()
-    finally:
-        a.stop()
-        await asyncio.wait_for(task, scaled(5))
 
 
 def _fields(config: Config) -> dict[str, Any]:
@@ -369,7 +338,7 @@ async def test_stopping_answers_the_messages_still_waiting(
     release = asyncio.Event()
     a = Slow(release, config=config)
     task = asyncio.create_task(a.run())
-    await _until_started(a, task)
+    await asyncio.wait_for(a.serving(), scaled(10))
     first = asyncio.create_task(tx.ask("slow", "work", timeout=scaled(30)))
     await asyncio.wait_for(a.busy.wait(), scaled(5))
     waiting = asyncio.create_task(tx.ask("slow", "work", timeout=scaled(30)))

@@ -45,15 +45,6 @@ def example_env(config: Config) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-async def tx(broker: EmbeddedBroker, config: Config) -> AsyncIterator[Sender]:
-    s = await Sender.connect(config)
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 # --- two agents talking -----------------------------------------------------------------
 
 

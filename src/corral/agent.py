@@ -45,6 +45,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: Messages every agent understands.
 SHUTDOWN = "SHUTDOWN"
 _WHOIS = "__whois__"
+# Who holds this name? Answered by the holder's bus callback, never queued behind handlers.
+_WHOIS_PROBE = wire.encode(wire.AgentMessage(message=_WHOIS))
 
 
 def on(message: str) -> Callable[[F], F]:
@@ -232,12 +234,11 @@ class Agent:
         us.
         """
         assert self.nc is not None
-        probe = wire.encode(wire.AgentMessage(message=_WHOIS))
         deadline = time.monotonic() + within
         while True:
             try:
                 await self.nc.request(
-                    subjects.agent(self.name), probe, timeout=1.0, headers=wire.HEADERS
+                    subjects.agent(self.name), _WHOIS_PROBE, timeout=1.0, headers=wire.HEADERS
                 )
                 return
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
@@ -261,10 +262,9 @@ class Agent:
 
     async def _claim_name(self) -> None:
         assert self.nc is not None
-        probe = wire.encode(wire.AgentMessage(message=_WHOIS))
         try:
             reply = await self.nc.request(
-                subjects.agent(self.name), probe, timeout=1.0, headers=wire.HEADERS
+                subjects.agent(self.name), _WHOIS_PROBE, timeout=1.0, headers=wire.HEADERS
             )
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             return
