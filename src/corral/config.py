@@ -56,6 +56,14 @@ class Config(msgspec.Struct, kw_only=True):
     announce_interval: float = 1.0
     #: largest control message the controller accepts, in bytes
     max_message_bytes: int = 64 * 1024
+    #: largest command (with its payload: PUT file, EXECUTE script) accepted, in bytes
+    max_command_bytes: int = 1024 * 1024
+    #: default seconds after which a command a node has not received is expired for it
+    retire_after: float = 120.0
+    #: seconds between report updates pushed to sinks and watchers (SEER doUpdates)
+    report_interval: float = 1.0
+    #: most characters of a command's stdout (and stderr) kept per node
+    output_limit: int = 65_536
     #: log format: auto (text on a TTY, JSON otherwise), text or json
     log_format: str = "auto"
     #: log level: debug, info, warning, error

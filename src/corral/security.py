@@ -74,12 +74,18 @@ class Permissions(msgspec.Struct, frozen=True):
     pub: tuple[str, ...] = ()
     sub: tuple[str, ...] = ()
     responses: bool = False
+    #: subjects refused even where ``pub`` (or no restriction) would allow them
+    deny_pub: tuple[str, ...] = ()
 
     def claims(self) -> dict[str, Any]:
         """The ``nats`` claim fragment for a user JWT (empty lists mean no restriction)."""
         out: dict[str, Any] = {}
+        if self.pub or self.deny_pub:
+            out["pub"] = {}
         if self.pub:
-            out["pub"] = {"allow": list(self.pub)}
+            out["pub"]["allow"] = list(self.pub)
+        if self.deny_pub:
+            out["pub"]["deny"] = list(self.deny_pub)
         if self.sub:
             out["sub"] = {"allow": list(self.sub)}
         if self.responses:
@@ -90,7 +96,7 @@ class Permissions(msgspec.Struct, frozen=True):
 def node_permissions(name: str) -> Permissions:
     """Least privilege for node ``name``: its own subjects, the announcements, its inbox."""
     return Permissions(
-        pub=(subjects.node_in(name, ">"),),
+        pub=(subjects.node_in(name, ">"), subjects.command_acks(name)),
         sub=(
             subjects.node_out(name, ">"),
             subjects.ANNOUNCE,
@@ -103,7 +109,21 @@ def node_permissions(name: str) -> Permissions:
 #: The operator's CLI: requests to the controller and to agents, replies to its own inbox.
 ADMIN_PERMISSIONS = Permissions(
     pub=(subjects.ctl(">"), subjects.agent(">"), subjects.AGENTS_INFO),
-    sub=("_INBOX.corral-admin.>", subjects.ANNOUNCE, subjects.node_events(">")),
+    sub=(
+        "_INBOX.corral-admin.>",
+        subjects.ANNOUNCE,
+        subjects.node_events(">"),
+        subjects.command_events(">"),
+        subjects.report_events(">"),
+    ),
+)
+
+
+#: An operator without the execute role: everything the admin may do except EXECUTE.
+OPERATOR_PERMISSIONS = Permissions(
+    pub=ADMIN_PERMISSIONS.pub,
+    sub=ADMIN_PERMISSIONS.sub,
+    deny_pub=(subjects.ctl("execute"),),
 )
 
 
@@ -283,6 +303,11 @@ class Authority:
             write_secret(
                 self.directory / "agent.creds", self.user_creds("agent:*", agent_permissions("*"))
             )
+        if not (self.directory / "operator.creds").exists():
+            write_secret(
+                self.directory / "operator.creds",
+                self.user_creds("operator", OPERATOR_PERMISSIONS),
+            )
         if not (self.directory / "group.creds").exists():
             write_secret(
                 self.directory / "group.creds", self.user_creds("group", GROUP_PERMISSIONS)
@@ -402,6 +427,7 @@ class Authority:
         write_secret(d / "group.creds", self.user_creds("group", GROUP_PERMISSIONS))
         write_secret(d / "controller.creds", self.user_creds("controller", Permissions()))
         write_secret(d / "admin.creds", self.user_creds("admin", ADMIN_PERMISSIONS))
+        write_secret(d / "operator.creds", self.user_creds("operator", OPERATOR_PERMISSIONS))
         write_secret(d / "system.creds", self.user_creds("system", Permissions(), system=True))
         self.write_server_fragment()
 

@@ -17,7 +17,9 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,10 @@ from corral.errors import (
     Refused,
     RetryLater,
     Timeout,
+    UsageError,
 )
+from corral.node.commands import CommandRunner
+from corral.node.handlers import Handlers
 from corral.security import credential_name
 
 __all__ = ["Node"]
@@ -51,6 +56,11 @@ class Node:
         attributes: free-form attributes; ``sink: True`` makes it a sink.
         slots: task worker slots it offers.
         creds: its credentials file (default ``<data_dir>/auth/node-<name>.creds``).
+        handlers: what it does with commands (default: every handler registered with
+            :func:`corral.command` and friends, nothing dangerous allowed).
+        work_dir: where PUT writes, EXECUTE and shell commands run, and the last applied
+            serial is kept (default ``<data_dir>/nodes/<name>``).
+        on_reports: for a sink, called with every :class:`~corral.wire.ReportUpdate`.
     """
 
     def __init__(
@@ -63,6 +73,9 @@ class Node:
         attributes: dict[str, Any] | None = None,
         slots: int = 1,
         creds: Path | None = None,
+        handlers: Handlers | None = None,
+        work_dir: Path | None = None,
+        on_reports: Callable[[wire.ReportUpdate], Any] | None = None,
     ) -> None:
         self.config = config
         self.name = subjects.check_name(name)
@@ -84,6 +97,23 @@ class Node:
         self._done = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.work_dir = work_dir or config.data_path / "nodes" / self.name
+        self.handlers = handlers or Handlers.collect(
+            self.work_dir, output_limit=config.output_limit
+        )
+        #: the controller's clock minus ours, learned at join
+        self.clock_offset = 0.0
+        self.commands = CommandRunner(
+            self.name,
+            self.handlers,
+            self.work_dir / ".corral-applied",
+            clock_offset=lambda: self.clock_offset,
+            on_applied=self._applied,
+        )
+        self.on_reports = on_reports
+
+    def _applied(self, serial: int) -> None:
+        self.last_serial = serial
 
     def __repr__(self) -> str:
         state = "joined" if self.joined.is_set() else "joining"
@@ -111,6 +141,8 @@ class Node:
         )
         await self.nc.subscribe(subjects.ANNOUNCE, cb=self._on_announce)
         await self.nc.subscribe(subjects.node_out(self.name, "ctl"), cb=self._on_ctl)
+        await self.nc.subscribe(subjects.node_out(self.name, "reports"), cb=self._on_reports)
+        await self.commands.start(self.nc)
         self._need_join.set()
         self._tasks = [
             asyncio.create_task(self._join_loop(), name="join"),
@@ -146,6 +178,7 @@ class Node:
     async def stop(self, reason: str = "stopped") -> None:
         """Tell the controller we leave (best effort), then close the connection."""
         self._stopping = True
+        await self.commands.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -216,6 +249,8 @@ class Node:
                 self._fail(exc)
                 return
             self.controller = reply.controller
+            if reply.now:
+                self.clock_offset = reply.now - time.time()
             self.heartbeat_interval = reply.heartbeat_interval  # the controller's rhythm
             waiting_logged = False
             self.joined.set()
@@ -265,6 +300,35 @@ class Node:
         log.info("asked to join again: %s", ctl.reason, extra={"node": self.name})
         self.joined.clear()
         self._need_join.set()
+
+    async def report(self, topic: str, value: Any) -> None:
+        """Send a data report on ``topic`` (SEER REPORT); the controller keeps the latest.
+
+        Raises:
+            InvalidName: ``topic`` is not a valid name.
+            UsageError: the node is not started.
+        """
+        subjects.check_name(topic, "report topic")
+        if self.nc is None:
+            raise UsageError("start the node before sending reports")
+        report = wire.Report(topic=topic, value=value, at=time.time() + self.clock_offset)
+        await self.nc.publish(
+            subjects.node_in(self.name, "report"), wire.encode(report), headers=wire.HEADERS
+        )
+
+    async def _on_reports(self, msg: Any) -> None:
+        try:
+            update = wire.decode(msg.data, wire.ReportUpdate, msg.headers)
+        except CorralError as exc:
+            log.warning("bad report update ignored: %s", exc)
+            return
+        if self.on_reports is not None:
+            try:
+                result = self.on_reports(update)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("the node's on_reports hook failed", extra={"node": self.name})
 
     async def _on_closed(self) -> None:
         if not self._stopping:

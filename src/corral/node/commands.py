@@ -1,0 +1,272 @@
+"""A node's command runner: receive commands in serial order, apply each once, report back.
+
+Theory of operation: the controller made this node a durable JetStream consumer that pushes
+to ``corral.node.<name>.cmd``. Commands arrive in serial order — live ones, and after an
+absence every one missed. One worker applies them one at a time, in that order, so a SET
+followed by a GET reads what was set. The last applied serial is kept in the work directory,
+so a command that arrives again (redelivered after a crash, or re-published by a restarted
+controller) is acknowledged and skipped: exactly once from this node's point of view. A
+command older than its retire window (judged by the controller's clock, from the offset seen
+at join) is not run: the node reports it *expired*.
+
+Each command's progress goes to ``corral.in.<name>.out``: ``delivered`` when it waits behind
+another, ``running`` (with output as it comes, for processes) when it takes a while, then
+``done`` with the result or ``failed`` with the error. Nothing a handler does can stop the
+runner: errors, timeouts and unencodable results all become a ``failed`` report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from corral import bus, subjects, wire
+from corral.core.serials import Applied
+from corral.errors import CorralError
+from corral.node.handlers import Handlers
+
+__all__ = ["CommandRunner"]
+
+log = logging.getLogger("corral.node.commands")
+
+#: A command still running after this long is reported ``running``.
+_RUNNING_AFTER = 0.2
+#: Seconds between output flushes of a running process, and between in-progress acks.
+_FLUSH_EVERY = 0.25
+_KEEPALIVE_EVERY = 20.0
+
+
+class CommandRunner:
+    """Applies the commands addressed to one node.
+
+    Args:
+        name: the node's name.
+        handlers: what it can do.
+        state_file: where the last applied serial is kept between runs.
+        clock_offset: returns the controller's clock minus ours (seconds).
+        on_applied: called with each newly applied serial (for heartbeats).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        handlers: Handlers,
+        state_file: Path,
+        clock_offset: Callable[[], float] = lambda: 0.0,
+        on_applied: Callable[[int], None] = lambda serial: None,
+    ) -> None:
+        self.name = name
+        self.handlers = handlers
+        self.state_file = state_file
+        self.clock_offset = clock_offset
+        self.on_applied = on_applied
+        self.applied = Applied(self._load())
+        self.nc: bus.NATS | None = None
+        self._queue: asyncio.Queue[tuple[wire.NodeCommand, Any]] = asyncio.Queue()
+        self._inflight: set[int] = set()
+        self._busy = False
+        self._worker: asyncio.Task[None] | None = None
+        self._sub: Any = None
+
+    def __repr__(self) -> str:
+        queued = self._queue.qsize()
+        return f"<CommandRunner {self.name!r} applied={self.applied.last} queued={queued}>"
+
+    def _load(self) -> int:
+        try:
+            return int(self.state_file.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _save(self) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(str(self.applied.last))
+        os.replace(tmp, self.state_file)
+
+    async def start(self, nc: bus.NATS) -> None:
+        """Start receiving commands on the node's own subject."""
+        self.nc = nc
+        self.on_applied(self.applied.last)
+        self._worker = asyncio.create_task(self._work(), name="commands")
+        self._sub = await nc.subscribe(
+            subjects.node_out(self.name, "cmd"),
+            cb=self._on_message,
+            pending_msgs_limit=100_000,
+            pending_bytes_limit=256 * 1024 * 1024,
+        )
+
+    async def stop(self) -> None:
+        """Stop receiving; a command being applied is cancelled (and redelivered later)."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def _on_message(self, msg: Any) -> None:
+        try:
+            command = wire.decode(msg.data, wire.NodeCommand, msg.headers)
+        except CorralError as exc:
+            log.warning("bad command ignored: %s", exc, extra={"node": self.name})
+            await _ack(msg)
+            return
+        if command.serial <= self.applied.last:
+            await _ack(msg)  # applied already: a redelivery or a re-publish
+            return
+        if command.serial in self._inflight:
+            return  # redelivered while still queued or running here
+        self._inflight.add(command.serial)
+        if self._busy or not self._queue.empty():
+            if self._meant_for_me(command):
+                await self._report(command.serial, "delivered")
+        self._queue.put_nowait((command, msg))
+
+    def _meant_for_me(self, command: wire.NodeCommand) -> bool:
+        if command.only and self.name not in command.only:
+            return False
+        return self.name not in command.exclude
+
+    async def _work(self) -> None:
+        while True:
+            command, msg = await self._queue.get()
+            self._busy = True
+            try:
+                await self._apply(command, msg)
+            finally:
+                self._busy = False
+                self._inflight.discard(command.serial)
+
+    async def _apply(self, command: wire.NodeCommand, msg: Any) -> None:
+        if command.serial <= self.applied.last:
+            await _ack(msg)
+            return
+        if self._meant_for_me(command):
+            age = time.time() + self.clock_offset() - command.created
+            if age > command.retire_after:
+                await self._report(
+                    command.serial,
+                    "expired",
+                    error=f"arrived {age:.0f} s after it was sent, past its "
+                    f"{command.retire_after:g} s retire window: not run",
+                )
+            else:
+                await self._run(command, msg)
+        self.applied.skip(command.serial)
+        self._save()
+        self.on_applied(command.serial)
+        await _ack(msg)
+
+    async def _run(self, command: wire.NodeCommand, msg: Any) -> None:
+        output = _Output(self.handlers.output_limit)
+        task = asyncio.create_task(
+            self.handlers.run(
+                command.kind, command.name, dict(command.args), command.data, output.add
+            )
+        )
+        started = time.monotonic()
+        reported_running = False
+        last_keepalive = started
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=_FLUSH_EVERY)
+                if done:
+                    break
+                now = time.monotonic()
+                if now - started > command.timeout:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+                    await self._report(
+                        command.serial,
+                        "failed",
+                        error=f"timed out after {command.timeout:g} s (raise the command's "
+                        "timeout if it needs longer)",
+                        **output.take(),
+                    )
+                    return
+                if now - started >= _RUNNING_AFTER and (not reported_running or output.ready):
+                    await self._report(command.serial, "running", **output.take())
+                    reported_running = True
+                if now - last_keepalive >= _KEEPALIVE_EVERY:
+                    last_keepalive = now
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        try:
+            result, code = task.result()
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, CorralError) else f"{type(exc).__name__}: {exc}"
+            await self._report(command.serial, "failed", error=error, **output.take())
+            return
+        try:
+            msgspec.msgpack.encode(result)
+        except (TypeError, msgspec.EncodeError) as exc:
+            await self._report(
+                command.serial,
+                "failed",
+                error=f"the handler's result is not msgpack-able data ({exc}): return dicts, "
+                "lists, strings, numbers, bytes",
+                **output.take(),
+            )
+            return
+        state = "done" if code in (None, 0) else "failed"
+        error = "" if state == "done" else f"exited with status {code}"
+        await self._report(
+            command.serial, state, result=result, exit_code=code, error=error, **output.take()
+        )
+
+    async def _report(self, serial: int, state: str, **fields: Any) -> None:
+        assert self.nc is not None
+        report = wire.CommandReport(serial=serial, state=state, **fields)
+        try:
+            # While reconnecting, nats-py buffers this and sends it once back.
+            await self.nc.publish(
+                subjects.node_in(self.name, "out"), wire.encode(report), headers=wire.HEADERS
+            )
+        except Exception as exc:  # the connection closed for good: the node is stopping
+            log.warning("report on command #%s lost: %s", serial, exc, extra={"node": self.name})
+
+
+class _Output:
+    """Output of a running process, bounded, handed out in chunks."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent = {"stdout": 0, "stderr": 0}
+        self.pending = {"stdout": "", "stderr": ""}
+
+    @property
+    def ready(self) -> bool:
+        return any(self.pending.values())
+
+    async def add(self, stdout: str, stderr: str) -> None:
+        for key, text in (("stdout", stdout), ("stderr", stderr)):
+            room = self.limit - self.sent[key] - len(self.pending[key])
+            if text and room > 0:
+                self.pending[key] += text[:room]
+
+    def take(self) -> dict[str, str]:
+        out = self.pending
+        self.pending = {"stdout": "", "stderr": ""}
+        for key, text in out.items():
+            self.sent[key] += len(text)
+        return out
+
+
+async def _ack(msg: Any) -> None:
+    if msg.reply:
+        with contextlib.suppress(Exception):
+            await msg.ack()
