@@ -17,7 +17,13 @@ from corral import bus, subjects, wire
 from corral.client import Client
 from corral.config import Config
 from corral.controller import Controller
-from corral.errors import AuthError, OversizedMessage, Refused, UsageError
+from corral.errors import (
+    AuthError,
+    ControllerUnavailable,
+    OversizedMessage,
+    Refused,
+    UsageError,
+)
 from corral.node import Node
 from corral.node.handlers import Handlers, Param
 from corral.security import Authority
@@ -281,7 +287,12 @@ async def test_shell_and_execute_stream_output_with_exit_codes(
         )
         out = shell.outcomes["lab1"]
         assert (out.state, out.exit_code, out.stdout, out.stderr) == ("failed", 3, "out\n", "err\n")
-        script = b"import sys, time\nprint('start', sys.argv[1:], flush=True)\ntime.sleep(0.6)\nprint('end')\n"
+        script = (
+            b"import sys, time\n"
+            b"print('start', sys.argv[1:], flush=True)\n"
+            b"time.sleep(0.6)\n"
+            b"print('end')\n"
+        )
         handle = await client.execute("lab1", script, ["a", "b"])
         running_output = ""
         async for outcomes in handle.updates(scaled(10)):
@@ -388,6 +399,15 @@ async def test_outcomes_are_persisted_and_serials_continue_after_a_controller_re
     second = Controller(config)
     await second.start()
     try:
+        # The bus may briefly answer "no responders" for the new controller's subjects to a
+        # connection that reached the old one: wait until it routes to the new one.
+        async with asyncio.timeout(scaled(5)):
+            while True:
+                try:
+                    if (await client.stats()).controller == second.id:
+                        break
+                except ControllerUnavailable:
+                    await asyncio.sleep(0.05)
         b = await run(client, "r1")
         assert b.serial == a.serial + 1
         detail = await client.command_detail(a.serial)
@@ -396,3 +416,78 @@ async def test_outcomes_are_persisted_and_serials_continue_after_a_controller_re
         await node.stop()
         await client.close()
         await second.stop()
+
+
+async def test_reports_reach_sinks_and_watchers_once_per_interval_with_aggregates(
+    controller: Controller, client: Client, config: Config
+) -> None:
+    controller.reports.aggregators["temp"] = lambda values: max(values.values())
+    got: asyncio.Queue[wire.ReportUpdate] = asyncio.Queue()
+    sink = await start_node(config, "sinkA", attributes={"sink": True}, on_reports=got.put)
+    other_got: list[wire.ReportUpdate] = []
+    other = await start_node(config, "plain", on_reports=other_got.append)
+    watched: asyncio.Queue[wire.ReportUpdate] = asyncio.Queue()
+
+    async def on_watch(msg: Any) -> None:
+        await watched.put(wire.decode(msg.data, wire.ReportUpdate, msg.headers))
+
+    await client.nc.subscribe(subjects.report_events("temp"), cb=on_watch)
+    try:
+        await other.report("temp", 20.5)
+        await sink.report("temp", 30.0)
+        await sink.report("temp", 31.0)  # same interval: only the latest is pushed
+        update = await asyncio.wait_for(got.get(), scaled(5))
+        values = {(e.node, e.topic): e.value for e in update.reports}
+        assert values == {("plain", "temp"): 20.5, ("sinkA", "temp"): 31.0}
+        assert update.aggregates == {"temp": 31.0}
+        seen = await asyncio.wait_for(watched.get(), scaled(5))
+        assert {e.node for e in seen.reports} == {"plain", "sinkA"}
+        assert other_got == []  # not a sink
+        # Nothing changed: the next interval sends nothing; a new value is sent alone.
+        await other.report("temp", 40.0)
+        update = await asyncio.wait_for(got.get(), scaled(5))
+        assert [(e.node, e.value) for e in update.reports] == [("plain", 40.0)]
+        assert update.aggregates == {"temp": 40.0}
+        latest = await client.reports("temp")
+        assert {e.node: e.value for e in latest.reports} == {"plain": 40.0, "sinkA": 31.0}
+        with pytest.raises(Exception, match="invalid report topic"):
+            await sink.report("bad topic", 1)
+    finally:
+        await sink.stop()
+        await other.stop()
+
+
+async def test_corral_send_shows_outcomes_and_exits_nonzero_on_failure(
+    fleet: dict[str, Node], config: Config
+) -> None:
+    from conftest import child_env, corral_argv
+
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *corral_argv(config, *args),
+            env=child_env(config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out.decode()
+
+    code, out = await cli("send", "web*", "whoami", "suffix=-ok", "--wait", str(scaled(20)))
+    assert code == 0, out
+    assert "web1-ok" in out and "web2-ok" in out and "done" in out
+    code, out = await cli("send", "web1,ghost", "whoami")
+    assert code == 1 and "ghost" in out and "unknown" in out
+    code, out = await cli("send", "*", "boom", "--json")
+    assert code == 1
+    import json
+
+    document = json.loads(out[out.index("{") :])
+    assert {o["node"]: o["state"] for o in document["outcomes"]} == dict.fromkeys(
+        ["db1", "sink1", "web1", "web2"], "failed"
+    )
+    code, out = await cli("get", "db1", "gain", "--json")
+    assert code == 0 and json.loads(out[out.index("{") :])["outcomes"][0]["result"] == 1.0
+    code, out = await cli("commands", "--json")
+    assert code == 0 and [c["kind"] for c in json.loads(out)][:2] == ["get", "command"]
+    code, out = await cli("send", "web[", "whoami")
+    assert code == 2 and "bad glob" in out

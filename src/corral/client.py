@@ -321,3 +321,14 @@ class Client:
             timeout=self.timeout,
         )
         return reply.commands
+
+    async def reports(self, topic: str = "") -> wire.ReportUpdate:
+        """The latest report of every node (on ``topic``, if given), with the aggregates."""
+        reply: wire.ReportUpdate = await bus.request(
+            self.nc,
+            subjects.ctl("reports"),
+            wire.ReportsQuery(topic=topic),
+            wire.ReportUpdate,
+            timeout=self.timeout,
+        )
+        return reply

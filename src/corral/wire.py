@@ -34,6 +34,7 @@ from corral.errors import (
 )
 
 __all__ = [
+    "ReportAck",
     "CommandRequest",
     "CommandAccepted",
     "NodeCommand",
@@ -194,6 +195,8 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     version: str = ""
     slots: int = 0
     last_serial: int = 0
+    #: commands addressed to it that it has not answered yet (it is behind when > 0)
+    behind: int = 0
 
 
 class NodesReply(_Msg, frozen=True):
@@ -409,6 +412,12 @@ class CommandReport(_Msg, frozen=True):
     exit_code: int | None = None
     stdout: str = ""
     stderr: str = ""
+
+
+class ReportAck(_Msg, frozen=True):
+    """The controller has a node's final report on command ``serial`` on disk."""
+
+    serial: int
 
 
 class OutcomeView(msgspec.Struct, frozen=True, kw_only=True):

@@ -23,6 +23,7 @@ from corral.client import Client
 from corral.config import Config
 from corral.errors import CorralError
 from corral.node import Node
+from corral.node.handlers import Handlers, load_handlers
 from corral.security import Authority, write_secret
 
 __all__ = ["register"]
@@ -109,12 +110,35 @@ def node(
     nats: Annotated[str | None, typer.Option("--nats", help="Bus URL.")] = None,
     creds: Annotated[str | None, typer.Option(help="This node's credentials file.")] = None,
     ca: Annotated[str | None, typer.Option(help="CA file to verify the bus (TLS).")] = None,
+    handlers: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Python module whose @corral.command / param / message_type handlers this "
+            "node serves (repeatable; also the corral.handlers entry points)."
+        ),
+    ] = None,
+    work_dir: Annotated[
+        str | None,
+        typer.Option(help="Where PUT writes and commands run. Default <data_dir>/nodes/NAME."),
+    ] = None,
+    allow_shell: Annotated[
+        bool, typer.Option(help="Run shell commands (`corral run`). Off by default.")
+    ] = False,
+    allow_execute: Annotated[
+        bool,
+        typer.Option(help="Run uploaded Python files (`corral execute`). Off by default."),
+    ] = False,
 ) -> None:
-    """Run a node daemon: join the controller, heartbeat, wait for work.
+    """Run a node daemon: join the controller, heartbeat, run the commands sent to it.
 
-    Starts even if the controller is not up yet, and joins when it appears.
+    Starts even if the controller is not up yet, and joins when it appears. Commands sent
+    while it was away arrive when it is back, in order, each once.
+
+    Example: `corral node --name web1 --label gpu --handlers myapp.corral_handlers`
     """
     config, _ = configure(nats_url=nats, creds=creds, ca=ca)
+    load_handlers(handlers or ())
+    directory = Path(work_dir).expanduser() if work_dir else config.data_path / "nodes" / name
     daemon = Node(
         config,
         name,
@@ -123,6 +147,13 @@ def node(
         attributes=_attributes(attr or [], sink),
         slots=slots,
         creds=Path(creds) if creds else None,
+        handlers=Handlers.collect(
+            directory,
+            allow_shell=allow_shell,
+            allow_execute=allow_execute,
+            output_limit=config.output_limit,
+        ),
+        work_dir=directory,
     )
 
     async def main() -> None:

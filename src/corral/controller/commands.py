@@ -233,8 +233,11 @@ class CommandService:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.BY_START_TIME,
             opt_start_time=datetime.fromtimestamp(since - 1.0, tz=UTC),
-            ack_wait=60.0,
-            max_ack_pending=10_000,
+            # One at a time, so order survives a delivery lost in a network cut (it is sent
+            # again before anything later); nodes acknowledge on receipt, so this is one
+            # round trip per command, not one execution.
+            ack_wait=2.0,
+            max_ack_pending=1,
         )
         await self.js.add_consumer(subjects.COMMAND_STREAM, config)
 

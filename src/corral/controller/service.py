@@ -25,6 +25,7 @@ from corral import bus, subjects, wire
 from corral.config import Config
 from corral.controller.commands import Batch, CommandService
 from corral.controller.groups import GroupService
+from corral.controller.reports import ReportService
 from corral.core.registry import Refusal, Registry
 from corral.errors import ControllerUnavailable, CorralError, Refused, Timeout
 from corral.records import AuditEntry, NodeRecord, Transition
@@ -37,10 +38,10 @@ __all__ = ["Controller"]
 log = logging.getLogger("corral.controller")
 
 
-def _view(record: NodeRecord) -> wire.NodeView:
+def _view(record: NodeRecord, behind: int = 0) -> wire.NodeView:
     fields = msgspec.structs.asdict(record)
     del fields["instance"]
-    return wire.NodeView(**fields)
+    return wire.NodeView(**fields, behind=behind)
 
 
 class Controller:
@@ -72,6 +73,8 @@ class Controller:
         self.persist_interval = 5.0
         #: the command router (SEER): serials, outcomes, the durable command stream
         self.commands = CommandService(config, self.registry, clock, self._wake.set)
+        #: node reports, aggregated and pushed to sinks (SEER REPORT / doUpdates)
+        self.reports = ReportService(self.registry)
 
     def __repr__(self) -> str:
         return f"<Controller {self.id[:8]} {self.config.bus_url} {self.registry!r}>"
@@ -97,6 +100,7 @@ class Controller:
         )
         await self.groups.start()
         await self.commands.start(self.nc, self.store)
+        self.reports.nc = self.nc
         handlers: dict[str, tuple[type[Any], Callable[[Any, str, Any], Awaitable[None]]]] = {
             subjects.node_in_wildcard("join"): (wire.Join, self._on_join),
             subjects.node_in_wildcard("hb"): (wire.Heartbeat, self._on_heartbeat),
@@ -108,6 +112,8 @@ class Controller:
             subjects.node_in_wildcard("out"): (wire.CommandReport, self._on_command_report),
             subjects.ctl("command"): (wire.CommandQuery, self._on_command),
             subjects.ctl("commands"): (wire.CommandsQuery, self._on_commands),
+            subjects.node_in_wildcard("report"): (wire.Report, self._on_report),
+            subjects.ctl("reports"): (wire.ReportsQuery, self._on_reports),
         }
         for subject, (kind, handle) in handlers.items():
             await self.nc.subscribe(
@@ -123,6 +129,7 @@ class Controller:
             asyncio.create_task(self._announce_loop(), name="announce"),
             asyncio.create_task(self._tick_loop(), name="tick"),
             asyncio.create_task(self._commit_loop(), name="commit"),
+            asyncio.create_task(self._report_loop(), name="reports"),
         ]
         log.info(
             "controller started",
@@ -211,6 +218,14 @@ class Controller:
                 self._persist_all = True
                 last_persist = now
             self._wake.set()
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.report_interval)
+            try:
+                await self.reports.push()
+            except Exception:  # a bus hiccup must not end the updates
+                log.exception("report update failed")
 
     def _record(self, changes: list[Transition]) -> None:
         for change in changes:
@@ -370,7 +385,8 @@ class Controller:
             self._after_commit(msg.reply, wire.Ok())
 
     async def _on_nodes(self, msg: Any, _: str, __: wire.NodesRequest) -> None:
-        views = [_view(r) for r in self.registry.all()]
+        behind = self.commands.book.behind()
+        views = [_view(r, behind.get(r.name, 0)) for r in self.registry.all()]
         await self._reply(msg, wire.NodesReply(nodes=views, controller=self.id))
 
     async def _on_stats(self, msg: Any, _: str, __: wire.StatsRequest) -> None:
@@ -413,8 +429,18 @@ class Controller:
         except CorralError as exc:
             await self._reject(msg, exc)
 
+    async def _on_report(self, msg: Any, node: str, report: wire.Report) -> None:
+        subjects.check_name(report.topic, "report topic")
+        self.reports.add(node, report)
+
+    async def _on_reports(self, msg: Any, _: str, query: wire.ReportsQuery) -> None:
+        await self._reply(msg, self.reports.snapshot(query.topic))
+
     async def _on_command_report(self, msg: Any, node: str, report: wire.CommandReport) -> None:
         self.commands.report(node, report)
+        if msg.reply:
+            # A final report: the node keeps re-sending it until it is on disk here.
+            self._after_commit(msg.reply, wire.ReportAck(serial=report.serial))
 
     async def _on_command(self, msg: Any, _: str, query: wire.CommandQuery) -> None:
         """One command with every outcome: the book's live view over the stored one."""

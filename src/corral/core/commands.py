@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from corral.errors import UsageError
@@ -212,7 +212,8 @@ class CommandBook:
     def take_changes(self) -> list[tuple[int, Outcome]]:
         """The outcomes changed since the last call, for one transaction and one publish."""
         changed, self._changed = self._changed, {}
-        return [(serial, outcome) for (serial, _), outcome in changed.items()]
+        # Copies: the outcome may move again before this batch is written and announced.
+        return [(serial, replace(outcome)) for (serial, _), outcome in changed.items()]
 
     def restore_changes(self, changes: Iterable[tuple[int, Outcome]]) -> None:
         """Put back changes whose write failed, so the next flush retries them."""

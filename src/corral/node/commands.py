@@ -1,18 +1,24 @@
 """A node's command runner: receive commands in serial order, apply each once, report back.
 
 Theory of operation: the controller made this node a durable JetStream consumer that pushes
-to ``corral.node.<name>.cmd``. Commands arrive in serial order — live ones, and after an
-absence every one missed. One worker applies them one at a time, in that order, so a SET
-followed by a GET reads what was set. The last applied serial is kept in the work directory,
-so a command that arrives again (redelivered after a crash, or re-published by a restarted
-controller) is acknowledged and skipped: exactly once from this node's point of view. A
-command older than its retire window (judged by the controller's clock, from the offset seen
-at join) is not run: the node reports it *expired*.
+to ``corral.node.<name>.cmd`` one message at a time (``max_ack_pending=1``), so commands
+arrive in serial order — live ones, and after an absence every one missed — even when a
+delivery is lost in a network cut (the server redelivers it before anything later). The node
+writes each command to a journal in its work directory and acknowledges it at once, so the
+next one can arrive while this one runs; one worker applies the journal in order, one at a
+time, so a SET followed by a GET reads what was set. The last applied serial is kept beside
+the journal: a command that arrives again (redelivered, or re-published by a restarted
+controller) is skipped, and a node killed mid-queue resumes from its journal. Exactly once
+from this node's point of view, in order. A command older than its retire window (judged by
+the controller's clock, from the offset seen at join) is not run: it is reported *expired*.
 
 Each command's progress goes to ``corral.in.<name>.out``: ``delivered`` when it waits behind
 another, ``running`` (with output as it comes, for processes) when it takes a while, then
-``done`` with the result or ``failed`` with the error. Nothing a handler does can stop the
-runner: errors, timeouts and unencodable results all become a ``failed`` report.
+``done`` with the result or ``failed`` with the error. A final report is kept in an outbox
+beside the journal and sent again every second until the controller says it has it on disk,
+so an outcome is not lost when the controller restarts (or is killed) in between. Nothing a
+handler does can stop the runner: errors, timeouts and unencodable results all become a
+``failed`` report.
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ log = logging.getLogger("corral.node.commands")
 
 #: A command still running after this long is reported ``running``.
 _RUNNING_AFTER = 0.2
-#: Seconds between output flushes of a running process, and between in-progress acks.
+#: Seconds between output flushes of a running process.
 _FLUSH_EVERY = 0.25
-_KEEPALIVE_EVERY = 20.0
+#: Seconds between re-sends of final reports the controller has not acknowledged.
+_RESEND_EVERY = 1.0
+_FINAL = frozenset({"done", "failed", "expired"})
 
 
 class CommandRunner:
@@ -70,11 +78,16 @@ class CommandRunner:
         self.on_applied = on_applied
         self.applied = Applied(self._load())
         self.nc: bus.NATS | None = None
-        self._queue: asyncio.Queue[tuple[wire.NodeCommand, Any]] = asyncio.Queue()
+        self.journal = state_file.parent / ".corral-journal"
+        self._queue: asyncio.Queue[wire.NodeCommand] = asyncio.Queue()
         self._inflight: set[int] = set()
         self._busy = False
         self._worker: asyncio.Task[None] | None = None
+        self._resender: asyncio.Task[None] | None = None
         self._sub: Any = None
+        self._ack_sub: Any = None
+        #: final reports not yet acknowledged: serial -> encoded report
+        self.outbox: dict[int, bytes] = {}
 
     def __repr__(self) -> str:
         queued = self._queue.qsize()
@@ -92,11 +105,37 @@ class CommandRunner:
         tmp.write_text(str(self.applied.last))
         os.replace(tmp, self.state_file)
 
+    def _replay_journal(self) -> None:
+        """Queue what was received but not applied before this process started."""
+        self.journal.mkdir(parents=True, exist_ok=True)
+        found = []
+        for path in self.journal.glob("*.cmd"):
+            try:
+                command = msgspec.msgpack.decode(path.read_bytes(), type=wire.NodeCommand)
+            except (OSError, msgspec.DecodeError):
+                path.unlink(missing_ok=True)  # torn by a crash mid-write: redelivered anyway
+                continue
+            if command.serial <= self.applied.last:
+                path.unlink(missing_ok=True)
+            else:
+                found.append(command)
+        for command in sorted(found, key=lambda c: c.serial):
+            self._inflight.add(command.serial)
+            self._queue.put_nowait(command)
+        for path in self.journal.glob("*.out"):
+            try:
+                self.outbox[int(path.stem)] = path.read_bytes()
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)
+
     async def start(self, nc: bus.NATS) -> None:
-        """Start receiving commands on the node's own subject."""
+        """Resume the journal, then start receiving commands on the node's own subject."""
         self.nc = nc
         self.on_applied(self.applied.last)
+        self._replay_journal()
+        self._ack_sub = await nc.subscribe(self._ack_subject, cb=self._on_ack)
         self._worker = asyncio.create_task(self._work(), name="commands")
+        self._resender = asyncio.create_task(self._resend_loop(), name="report-resend")
         self._sub = await nc.subscribe(
             subjects.node_out(self.name, "cmd"),
             cb=self._on_message,
@@ -109,10 +148,11 @@ class CommandRunner:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        for task in (self._worker, self._resender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _on_message(self, msg: Any) -> None:
         try:
@@ -121,16 +161,19 @@ class CommandRunner:
             log.warning("bad command ignored: %s", exc, extra={"node": self.name})
             await _ack(msg)
             return
-        if command.serial <= self.applied.last:
-            await _ack(msg)  # applied already: a redelivery or a re-publish
+        if command.serial <= self.applied.last or command.serial in self._inflight:
+            await _ack(msg)  # applied or queued already: a redelivery or a re-publish
             return
-        if command.serial in self._inflight:
-            return  # redelivered while still queued or running here
-        self._inflight.add(command.serial)
-        if self._busy or not self._queue.empty():
-            if self._meant_for_me(command):
+        if self._meant_for_me(command):
+            path = self.journal / f"{command.serial:020d}.cmd"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(msg.data)
+            os.replace(tmp, path)
+            if self._busy or not self._queue.empty():
                 await self._report(command.serial, "delivered")
-        self._queue.put_nowait((command, msg))
+        self._inflight.add(command.serial)
+        self._queue.put_nowait(command)
+        await _ack(msg)  # journaled: the next command may come while this one waits
 
     def _meant_for_me(self, command: wire.NodeCommand) -> bool:
         if command.only and self.name not in command.only:
@@ -139,17 +182,16 @@ class CommandRunner:
 
     async def _work(self) -> None:
         while True:
-            command, msg = await self._queue.get()
+            command = await self._queue.get()
             self._busy = True
             try:
-                await self._apply(command, msg)
+                await self._apply(command)
             finally:
                 self._busy = False
                 self._inflight.discard(command.serial)
 
-    async def _apply(self, command: wire.NodeCommand, msg: Any) -> None:
+    async def _apply(self, command: wire.NodeCommand) -> None:
         if command.serial <= self.applied.last:
-            await _ack(msg)
             return
         if self._meant_for_me(command):
             age = time.time() + self.clock_offset() - command.created
@@ -161,13 +203,13 @@ class CommandRunner:
                     f"{command.retire_after:g} s retire window: not run",
                 )
             else:
-                await self._run(command, msg)
+                await self._run(command)
         self.applied.skip(command.serial)
         self._save()
+        (self.journal / f"{command.serial:020d}.cmd").unlink(missing_ok=True)
         self.on_applied(command.serial)
-        await _ack(msg)
 
-    async def _run(self, command: wire.NodeCommand, msg: Any) -> None:
+    async def _run(self, command: wire.NodeCommand) -> None:
         output = _Output(self.handlers.output_limit)
         task = asyncio.create_task(
             self.handlers.run(
@@ -176,7 +218,6 @@ class CommandRunner:
         )
         started = time.monotonic()
         reported_running = False
-        last_keepalive = started
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=_FLUSH_EVERY)
@@ -198,10 +239,6 @@ class CommandRunner:
                 if now - started >= _RUNNING_AFTER and (not reported_running or output.ready):
                     await self._report(command.serial, "running", **output.take())
                     reported_running = True
-                if now - last_keepalive >= _KEEPALIVE_EVERY:
-                    last_keepalive = now
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()
         except asyncio.CancelledError:
             task.cancel()
             raise
@@ -228,16 +265,44 @@ class CommandRunner:
             command.serial, state, result=result, exit_code=code, error=error, **output.take()
         )
 
+    @property
+    def _ack_subject(self) -> str:
+        return f"{subjects.inbox_prefix(self.name)}.report-acks"
+
     async def _report(self, serial: int, state: str, **fields: Any) -> None:
+        data = wire.encode(wire.CommandReport(serial=serial, state=state, **fields))
+        reply = ""
+        if state in _FINAL:
+            # Kept until the controller has it on disk (see _on_ack).
+            path = self.journal / f"{serial:020d}.out"
+            path.write_bytes(data)
+            self.outbox[serial] = data
+            reply = self._ack_subject
+        await self._send(data, reply)
+
+    async def _send(self, data: bytes, reply: str) -> None:
         assert self.nc is not None
-        report = wire.CommandReport(serial=serial, state=state, **fields)
         try:
             # While reconnecting, nats-py buffers this and sends it once back.
             await self.nc.publish(
-                subjects.node_in(self.name, "out"), wire.encode(report), headers=wire.HEADERS
+                subjects.node_in(self.name, "out"), data, reply=reply, headers=wire.HEADERS
             )
         except Exception as exc:  # the connection closed for good: the node is stopping
-            log.warning("report on command #%s lost: %s", serial, exc, extra={"node": self.name})
+            log.warning("command report not sent: %s", exc, extra={"node": self.name})
+
+    async def _on_ack(self, msg: Any) -> None:
+        try:
+            ack = wire.decode(msg.data, wire.ReportAck, msg.headers)
+        except CorralError:
+            return
+        if self.outbox.pop(ack.serial, None) is not None:
+            (self.journal / f"{ack.serial:020d}.out").unlink(missing_ok=True)
+
+    async def _resend_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_RESEND_EVERY)
+            for data in list(self.outbox.values()):
+                await self._send(data, self._ack_subject)
 
 
 class _Output:
