@@ -6,6 +6,7 @@ The kill -9 and cut-off scenarios with real processes are in test_commands_proce
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -467,27 +468,36 @@ async def test_corral_send_shows_outcomes_and_exits_nonzero_on_failure(
             *corral_argv(config, *args),
             env=child_env(config),
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        return proc.returncode or 0, out.decode() + err.decode()
+
+    async def cli_json(*args: str) -> tuple[int, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            *corral_argv(config, *args, "--json"),
+            env=child_env(config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         out, _ = await proc.communicate()
-        return proc.returncode or 0, out.decode()
+        return proc.returncode or 0, json.loads(out)
 
     code, out = await cli("send", "web*", "whoami", "suffix=-ok", "--wait", str(scaled(20)))
     assert code == 0, out
     assert "web1-ok" in out and "web2-ok" in out and "done" in out
     code, out = await cli("send", "web1,ghost", "whoami")
     assert code == 1 and "ghost" in out and "unknown" in out
-    code, out = await cli("send", "*", "boom", "--json")
+    code, document = await cli_json("send", "*", "boom")
     assert code == 1
-    import json
-
-    document = json.loads(out[out.index("{") :])
     assert {o["node"]: o["state"] for o in document["outcomes"]} == dict.fromkeys(
         ["db1", "sink1", "web1", "web2"], "failed"
     )
-    code, out = await cli("get", "db1", "gain", "--json")
-    assert code == 0 and json.loads(out[out.index("{") :])["outcomes"][0]["result"] == 1.0
-    code, out = await cli("commands", "--json")
-    assert code == 0 and [c["kind"] for c in json.loads(out)][:2] == ["get", "command"]
+    code, document = await cli_json("get", "db1", "gain")
+    assert code == 0 and document["outcomes"][0]["result"] == 1.0
+    code, document = await cli_json("commands")
+    assert code == 0 and [c["kind"] for c in document][:2] == ["get", "command"]
     code, out = await cli("send", "web[", "whoami")
     assert code == 2 and "bad glob" in out
+    code, out = await cli("command", str(document[0]["serial"]))
+    assert code == 0 and "gain" in out and "db1" in out

@@ -475,7 +475,14 @@ class Controller:
     async def _on_commands(self, msg: Any, _: str, query: wire.CommandsQuery) -> None:
         assert self.store is not None
         rows = await self.store.recent_commands(min(max(query.limit, 1), 1000), query.before)
-        views = [_command_view(row, counts, []) for row, counts in rows]
+        views = []
+        for row, counts in rows:
+            live = self.commands.live_outcomes(row.serial)
+            if live is not None:  # fresher than the last commit
+                counts = {}
+                for o in live:
+                    counts[o.state] = counts.get(o.state, 0) + 1
+            views.append(_command_view(row, counts, []))
         await self._reply(msg, wire.CommandsReply(commands=views))
 
 

@@ -3,20 +3,21 @@
 Theory of operation: the controller made this node a durable JetStream consumer that pushes
 to ``corral.node.<name>.cmd`` one message at a time (``max_ack_pending=1``), so commands
 arrive in serial order — live ones, and after an absence every one missed — even when a
-delivery is lost in a network cut (the server redelivers it before anything later). The node
-writes each command to a journal in its work directory and acknowledges it at once, so the
-next one can arrive while this one runs; one worker applies the journal in order, one at a
-time, so a SET followed by a GET reads what was set. The last applied serial is kept beside
-the journal: a command that arrives again (redelivered, or re-published by a restarted
-controller) is skipped, and a node killed mid-queue resumes from its journal. Exactly once
-from this node's point of view, in order. A command older than its retire window (judged by
-the controller's clock, from the offset seen at join) is not run: it is reported *expired*.
+delivery is lost in a network cut (the server redelivers it before anything later). One
+worker applies them in that order, one at a time, so a SET followed by a GET reads what was
+set. A quick command is acknowledged once applied. One still running after a moment is first
+written to a journal in the work directory and acknowledged, so the next can arrive (and be
+reported *delivered*, waiting behind it); a node killed then resumes from its journal. The
+last applied serial is kept beside the journal: a command that arrives again (redelivered,
+or re-published by a restarted controller) is skipped. Exactly once from this node's point of
+view, in order. A command older than its retire window (judged by the controller's clock,
+from the offset seen at join) is not run: it is reported *expired*.
 
 Each command's progress goes to ``corral.in.<name>.out``: ``delivered`` when it waits behind
 another, ``running`` (with output as it comes, for processes) when it takes a while, then
-``done`` with the result or ``failed`` with the error. A final report is kept in an outbox
-beside the journal and sent again every second until the controller says it has it on disk,
-so an outcome is not lost when the controller restarts (or is killed) in between. Nothing a
+``done`` with the result or ``failed`` with the error. A final report is kept in an outbox and
+sent again every second until the controller says it has it on disk, so an outcome is not
+lost when the controller restarts (or is killed) in between. Nothing a
 handler does can stop the runner: errors, timeouts and unencodable results all become a
 ``failed`` report.
 """
@@ -79,7 +80,8 @@ class CommandRunner:
         self.applied = Applied(self._load())
         self.nc: bus.NATS | None = None
         self.journal = state_file.parent / ".corral-journal"
-        self._queue: asyncio.Queue[wire.NodeCommand] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[wire.NodeCommand, Any]] = asyncio.Queue()
+        self._state_fd = -1
         self._inflight: set[int] = set()
         self._busy = False
         self._worker: asyncio.Task[None] | None = None
@@ -100,10 +102,21 @@ class CommandRunner:
             return 0
 
     def _save(self) -> None:
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(str(self.applied.last))
-        os.replace(tmp, self.state_file)
+        # One fixed-width write at offset 0: never truncated, never half old and half new.
+        if self._state_fd < 0:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            self._state_fd = os.open(self.state_file, os.O_RDWR | os.O_CREAT, 0o600)
+        os.pwrite(self._state_fd, b"%020d" % self.applied.last, 0)
+
+    def _journal_path(self, serial: int) -> Path:
+        return self.journal / f"{serial:020d}.cmd"
+
+    def _journal(self, command: wire.NodeCommand) -> None:
+        self.journal.mkdir(parents=True, exist_ok=True)
+        path = self._journal_path(command.serial)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(wire.encode(command))
+        os.replace(tmp, path)
 
     def _replay_journal(self) -> None:
         """Queue what was received but not applied before this process started."""
@@ -121,12 +134,7 @@ class CommandRunner:
                 found.append(command)
         for command in sorted(found, key=lambda c: c.serial):
             self._inflight.add(command.serial)
-            self._queue.put_nowait(command)
-        for path in self.journal.glob("*.out"):
-            try:
-                self.outbox[int(path.stem)] = path.read_bytes()
-            except (OSError, ValueError):
-                path.unlink(missing_ok=True)
+            self._queue.put_nowait((command, None))
 
     async def start(self, nc: bus.NATS) -> None:
         """Resume the journal, then start receiving commands on the node's own subject."""
@@ -153,6 +161,9 @@ class CommandRunner:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._state_fd >= 0:
+            os.close(self._state_fd)
+            self._state_fd = -1
 
     async def _on_message(self, msg: Any) -> None:
         try:
@@ -164,16 +175,14 @@ class CommandRunner:
         if command.serial <= self.applied.last or command.serial in self._inflight:
             await _ack(msg)  # applied or queued already: a redelivery or a re-publish
             return
-        if self._meant_for_me(command):
-            path = self.journal / f"{command.serial:020d}.cmd"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(msg.data)
-            os.replace(tmp, path)
-            if self._busy or not self._queue.empty():
-                await self._report(command.serial, "delivered")
         self._inflight.add(command.serial)
-        self._queue.put_nowait(command)
-        await _ack(msg)  # journaled: the next command may come while this one waits
+        if (self._busy or not self._queue.empty()) and self._meant_for_me(command):
+            # Behind a slow one: journal it, so the next can come, and say it waits.
+            self._journal(command)
+            await _ack(msg)
+            await self._report(command.serial, "delivered")
+            msg = None
+        self._queue.put_nowait((command, msg))
 
     def _meant_for_me(self, command: wire.NodeCommand) -> bool:
         if command.only and self.name not in command.only:
@@ -182,16 +191,17 @@ class CommandRunner:
 
     async def _work(self) -> None:
         while True:
-            command = await self._queue.get()
+            command, msg = await self._queue.get()
             self._busy = True
             try:
-                await self._apply(command)
+                await self._apply(command, msg)
             finally:
                 self._busy = False
                 self._inflight.discard(command.serial)
 
-    async def _apply(self, command: wire.NodeCommand) -> None:
+    async def _apply(self, command: wire.NodeCommand, msg: Any) -> None:
         if command.serial <= self.applied.last:
+            await _ack(msg)
             return
         if self._meant_for_me(command):
             age = time.time() + self.clock_offset() - command.created
@@ -203,13 +213,21 @@ class CommandRunner:
                     f"{command.retire_after:g} s retire window: not run",
                 )
             else:
-                await self._run(command)
+                msg = await self._run(command, msg)
         self.applied.skip(command.serial)
         self._save()
-        (self.journal / f"{command.serial:020d}.cmd").unlink(missing_ok=True)
+        if msg is None:  # it was journaled
+            self._journal_path(command.serial).unlink(missing_ok=True)
+        else:
+            await _ack(msg)
         self.on_applied(command.serial)
 
-    async def _run(self, command: wire.NodeCommand) -> None:
+    async def _run(self, command: wire.NodeCommand, msg: Any) -> Any:
+        """Run ``command`` and report its outcome.
+
+        Returns:
+            ``msg`` if it is still to be acknowledged, ``None`` if the command was journaled.
+        """
         output = _Output(self.handlers.output_limit)
         task = asyncio.create_task(
             self.handlers.run(
@@ -219,51 +237,35 @@ class CommandRunner:
         started = time.monotonic()
         reported_running = False
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=_FLUSH_EVERY)
-                if done:
-                    break
+            while not task.done():
+                await asyncio.wait({task}, timeout=_FLUSH_EVERY)
                 now = time.monotonic()
+                if task.done():
+                    break
                 if now - started > command.timeout:
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
-                    await self._report(
-                        command.serial,
-                        "failed",
-                        error=f"timed out after {command.timeout:g} s (raise the command's "
-                        "timeout if it needs longer)",
-                        **output.take(),
+                    error = (
+                        f"timed out after {command.timeout:g} s (raise the command's timeout "
+                        "if it needs longer)"
                     )
-                    return
+                    await self._report(command.serial, "failed", error=error, **output.take())
+                    return msg
                 if now - started >= _RUNNING_AFTER and (not reported_running or output.ready):
+                    if msg is not None:
+                        # Slow: journal it and let the next command come (it waits behind).
+                        self._journal(command)
+                        await _ack(msg)
+                        msg = None
                     await self._report(command.serial, "running", **output.take())
                     reported_running = True
         except asyncio.CancelledError:
             task.cancel()
             raise
-        try:
-            result, code = task.result()
-        except Exception as exc:
-            error = str(exc) if isinstance(exc, CorralError) else f"{type(exc).__name__}: {exc}"
-            await self._report(command.serial, "failed", error=error, **output.take())
-            return
-        try:
-            msgspec.msgpack.encode(result)
-        except (TypeError, msgspec.EncodeError) as exc:
-            await self._report(
-                command.serial,
-                "failed",
-                error=f"the handler's result is not msgpack-able data ({exc}): return dicts, "
-                "lists, strings, numbers, bytes",
-                **output.take(),
-            )
-            return
-        state = "done" if code in (None, 0) else "failed"
-        error = "" if state == "done" else f"exited with status {code}"
-        await self._report(
-            command.serial, state, result=result, exit_code=code, error=error, **output.take()
-        )
+        state, fields = _outcome(task)
+        await self._report(command.serial, state, **fields, **output.take())
+        return msg
 
     @property
     def _ack_subject(self) -> str:
@@ -273,10 +275,7 @@ class CommandRunner:
         data = wire.encode(wire.CommandReport(serial=serial, state=state, **fields))
         reply = ""
         if state in _FINAL:
-            # Kept until the controller has it on disk (see _on_ack).
-            path = self.journal / f"{serial:020d}.out"
-            path.write_bytes(data)
-            self.outbox[serial] = data
+            self.outbox[serial] = data  # re-sent until the controller has it (see _on_ack)
             reply = self._ack_subject
         await self._send(data, reply)
 
@@ -295,14 +294,32 @@ class CommandRunner:
             ack = wire.decode(msg.data, wire.ReportAck, msg.headers)
         except CorralError:
             return
-        if self.outbox.pop(ack.serial, None) is not None:
-            (self.journal / f"{ack.serial:020d}.out").unlink(missing_ok=True)
+        self.outbox.pop(ack.serial, None)
 
     async def _resend_loop(self) -> None:
         while True:
             await asyncio.sleep(_RESEND_EVERY)
             for data in list(self.outbox.values()):
                 await self._send(data, self._ack_subject)
+
+
+def _outcome(task: asyncio.Task[tuple[Any, int | None]]) -> tuple[str, dict[str, Any]]:
+    """The final state and report fields of a finished handler task."""
+    try:
+        result, code = task.result()
+    except Exception as exc:
+        error = str(exc) if isinstance(exc, CorralError) else f"{type(exc).__name__}: {exc}"
+        return "failed", {"error": error}
+    try:
+        msgspec.msgpack.encode(result)
+    except (TypeError, msgspec.EncodeError) as exc:
+        return "failed", {
+            "error": f"the handler's result is not msgpack-able data ({exc}): return dicts, "
+            "lists, strings, numbers, bytes"
+        }
+    if code in (None, 0):
+        return "done", {"result": result, "exit_code": code}
+    return "failed", {"result": result, "exit_code": code, "error": f"exited with status {code}"}
 
 
 class _Output:
