@@ -23,6 +23,7 @@ from corral.errors import (
     ControllerUnavailable,
     OversizedMessage,
     Refused,
+    Unavailable,
     UsageError,
 )
 from corral.node import Node
@@ -501,3 +502,31 @@ async def test_corral_send_shows_outcomes_and_exits_nonzero_on_failure(
     assert code == 2 and "bad glob" in out
     code, out = await cli("command", str(document[0]["serial"]))
     assert code == 0 and "gain" in out and "db1" in out
+
+
+async def test_a_slow_stream_subscriber_keeps_the_node_bounded_and_sees_drops(
+    fleet: dict[str, Node], client: Client
+) -> None:
+    node = fleet["web1"]
+    samples = node.stream("samples", buffer=50)
+    async with client.stream("web1", "samples", window=10) as reader:
+        # Wait until the node knows the subscriber, then produce far faster than it reads.
+        async with asyncio.timeout(scaled(5)):
+            while not samples.subscribers:
+                await asyncio.sleep(0.01)
+        for i in range(10_000):
+            samples.write(i)
+            assert samples.buffered <= 50  # never more than the buffer, however slow
+            if i % 100 == 0:
+                await asyncio.sleep(0)  # a real producer yields now and then
+        got = [await reader.next(scaled(5)) for _ in range(60)]
+    assert got == sorted(set(got))  # in order, none twice; the gaps are what was dropped
+    assert got[-50:] == list(range(9950, 10_000))  # the buffer kept the newest
+    assert samples.dropped == 10_000 - 60  # a window of 10 in flight, 50 buffered
+    assert reader.dropped == samples.dropped  # the subscriber is told how many it lost
+    with pytest.raises(Refused, match="has no stream 'nope'"):
+        async with client.stream("web1", "nope"):
+            pass
+    with pytest.raises(Unavailable, match="node ghost does not answer"):
+        async with client.stream("ghost", "samples"):
+            pass

@@ -22,6 +22,7 @@ from corral.errors import AuthError, ConfigError, ControllerUnavailable, Timeout
 from corral.outcomes import CommandHandle
 from corral.security import ADMIN_INBOX, credential_name
 from corral.sender import gather_agents
+from corral.streams import StreamReader
 
 __all__ = ["Client"]
 
@@ -332,3 +333,12 @@ class Client:
             timeout=self.timeout,
         )
         return reply
+
+    def stream(self, node: str, stream: str, window: int = 100) -> StreamReader:
+        """Read ``node``'s data stream ``stream`` with flow control (``async with`` it).
+
+        Raises:
+            InvalidName: a bad node or stream name.
+            UsageError: ``window`` is less than 1.
+        """
+        return StreamReader(self.nc, node, stream, window)

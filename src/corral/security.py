@@ -108,9 +108,15 @@ def node_permissions(name: str) -> Permissions:
 
 #: The operator's CLI: requests to the controller and to agents, replies to its own inbox.
 ADMIN_PERMISSIONS = Permissions(
-    pub=(subjects.ctl(">"), subjects.agent(">"), subjects.AGENTS_INFO),
+    pub=(
+        subjects.ctl(">"),
+        subjects.agent(">"),
+        subjects.AGENTS_INFO,
+        subjects.node_out("*", "stream"),
+    ),
     sub=(
         "_INBOX.corral-admin.>",
+        subjects.stream_items("*", "*", "*"),
         subjects.ANNOUNCE,
         subjects.node_events(">"),
         subjects.command_events(">"),

@@ -24,6 +24,7 @@ subject                         who publishes         who listens
 ``corral.cmd.all``              the controller        the command stream: every node
 ``corral.events.cmd.<serial>``  the controller        operators (outcomes of a command)
 ``corral.events.report.<t>``    the controller        operators (reports on topic t)
+``corral.in.<n>.stream.<s>.<i>`` the node             subscriber i of its stream s
 ``_INBOX.corral.<node>.>``      repliers              that node (its private inbox)
 ==============================  ====================  ================================
 """
@@ -48,6 +49,7 @@ __all__ = [
     "command_events",
     "commands_for",
     "report_events",
+    "stream_items",
     "check_name",
     "group",
     "group_data",
@@ -201,3 +203,8 @@ def command_events(serial: int | str = "*") -> str:
 def report_events(topic: str = "*") -> str:
     """Subject of report updates on ``topic`` (``*``: every topic's)."""
     return f"{ROOT}.events.report.{topic}"
+
+
+def stream_items(node: str, stream: str, sid: str) -> str:
+    """Where node ``node`` sends stream ``stream``'s items to subscriber ``sid``."""
+    return f"{ROOT}.in.{node}.stream.{stream}.{sid}"

@@ -34,6 +34,8 @@ from corral.errors import (
 )
 
 __all__ = [
+    "StreamControl",
+    "StreamItems",
     "ReportAck",
     "CommandRequest",
     "CommandAccepted",
@@ -507,6 +509,32 @@ class ReportsQuery(_Msg, frozen=True):
     """Ask for the latest reports (``corral.ctl.reports``), optionally of one topic."""
 
     topic: str = ""
+
+
+class StreamControl(_Msg, frozen=True):
+    """A subscriber opens, credits or closes a node's data stream (``corral.node.<n>.stream``).
+
+    ``credit`` is how many more items the subscriber can take (flow control): the node sends
+    no more than that and keeps at most its buffer of the rest, dropping the oldest.
+    """
+
+    action: str
+    stream: str
+    sid: str
+    credit: int = 0
+
+
+class StreamItems(_Msg, frozen=True):
+    """Items of a node's stream for one subscriber (``corral.in.<n>.stream.<stream>.<sid>``).
+
+    ``seq`` is the number of the first item; ``dropped`` how many items this subscriber has
+    lost so far because it was slower than the node (its buffer was full).
+    """
+
+    seq: int
+    items: list[Any]
+    dropped: int = 0
+    closed: bool = False
 
 
 # --- encoding -------------------------------------------------------------------------------

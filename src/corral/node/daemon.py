@@ -38,6 +38,7 @@ from corral.errors import (
 )
 from corral.node.commands import CommandRunner
 from corral.node.handlers import Handlers
+from corral.node.streams import NodeStream, StreamHub
 from corral.security import credential_name
 
 __all__ = ["Node"]
@@ -111,6 +112,7 @@ class Node:
             on_applied=self._applied,
         )
         self.on_reports = on_reports
+        self.streams = StreamHub(self.name)
 
     def _applied(self, serial: int) -> None:
         self.last_serial = serial
@@ -143,6 +145,7 @@ class Node:
         await self.nc.subscribe(subjects.node_out(self.name, "ctl"), cb=self._on_ctl)
         await self.nc.subscribe(subjects.node_out(self.name, "reports"), cb=self._on_reports)
         await self.commands.start(self.nc)
+        await self.streams.start(self.nc)
         self._need_join.set()
         self._tasks = [
             asyncio.create_task(self._join_loop(), name="join"),
@@ -179,6 +182,7 @@ class Node:
         """Tell the controller we leave (best effort), then close the connection."""
         self._stopping = True
         await self.commands.stop()
+        await self.streams.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -315,6 +319,17 @@ class Node:
         await self.nc.publish(
             subjects.node_in(self.name, "report"), wire.encode(report), headers=wire.HEADERS
         )
+
+    def stream(self, name: str, buffer: int = 1000) -> NodeStream:
+        """A data stream subscribers read with flow control (SEER STREAM).
+
+        ``write`` items to it; each subscriber gets them as fast as it reads, and at most
+        ``buffer`` wait for a slow one (the oldest are dropped and counted).
+
+        Raises:
+            InvalidName: ``name`` is not a valid name.
+        """
+        return self.streams.stream(name, buffer)
 
     async def _on_reports(self, msg: Any) -> None:
         try:
