@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from conftest import scaled
@@ -29,6 +30,12 @@ from corral.errors import (
 from corral.node import Node
 from corral.node.handlers import Handlers, Param
 from corral.security import Authority
+
+
+@pytest.fixture
+def config(config: Config, store_url: str) -> Config:
+    """Every test here runs on SQLite, and on PostgreSQL when CORRAL_TEST_POSTGRES_DSN is set."""
+    return msgspec.structs.replace(config, store=store_url)
 
 
 def creds_for(config: Config, name: str) -> Path:
