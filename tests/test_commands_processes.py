@@ -184,3 +184,50 @@ async def test_controller_kill_9_mid_broadcast_serials_continue_and_nothing_runs
     assert len(per_pid) == 3
     for values in per_pid.values():
         assert values == sent  # every accepted command once, in order, none twice
+
+
+async def test_corral_up_then_corral_send_ping_reaches_every_local_node(
+    config: Config, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import signal
+
+    from conftest import child_env, corral_argv
+
+    env = child_env(config)
+    with open(tmp_path / "up.log", "wb") as out:
+        up = subprocess.Popen(
+            corral_argv(config, "up", "--nodes", "2", "--handlers", "sample_handlers"),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        async with await Client.connect(config, wait=scaled(15)) as client:
+            await client.wait_for(
+                lambda ns: sorted(n.name for n in ns if n.status == "UP") == ["node-1", "node-2"],
+                scaled(20),
+            )
+
+        async def cli(*args: str) -> tuple[int, bytes]:
+            proc = await asyncio.create_subprocess_exec(
+                *corral_argv(config, *args),
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            stdout, _ = await proc.communicate()
+            return proc.returncode or 0, stdout
+
+        code, stdout = await cli("send", "*", "ping", "--json")
+        document = json.loads(stdout)
+        assert code == 0, document
+        assert sorted(o["node"] for o in document["outcomes"]) == ["node-1", "node-2"]
+        assert all(o["state"] == "done" and o["result"]["pid"] for o in document["outcomes"])
+        code, stdout = await cli("get", "node-*", "gain", "--json")  # from --handlers
+        assert code == 0 and [o["result"] for o in json.loads(stdout)["outcomes"]] == [1.0, 1.0]
+    finally:
+        os.kill(up.pid, signal.SIGINT)
+        up.wait(timeout=scaled(20))

@@ -193,7 +193,7 @@ def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes
     return Panel("\n".join(lines), title="corral up", title_align="left")
 
 
-async def _up(config: Config, count: int) -> None:
+async def _up(config: Config, count: int, node_args: list[str]) -> None:
     from corral.broker import EmbeddedBroker
 
     initialise(config)
@@ -215,6 +215,7 @@ async def _up(config: Config, count: int) -> None:
             name = f"node-{i}"
             creds = _local_creds(config, authority, name)
             argv = [*base, "node", "--name", name, "--nats", broker.url, "--creds", str(creds)]
+            argv += node_args
             children[name] = procs.spawn(argv, log=logs / f"{name}.log")
         await _until_signalled(asyncio.create_task(_live_table(config, broker.url, children)))
     finally:
@@ -251,14 +252,25 @@ async def _live_table(
 def up(
     nodes: Annotated[int, typer.Option("--nodes", "-n", help="Local node daemons to start.")] = 4,
     nats_port: Annotated[int | None, typer.Option(help="Embedded server port.")] = None,
+    handlers: Annotated[
+        list[str] | None,
+        typer.Option(help="Handler module every local node loads (repeatable); see `node`."),
+    ] = None,
+    allow_shell: Annotated[
+        bool, typer.Option(help="Let the local nodes run shell commands (`corral run`).")
+    ] = False,
 ) -> None:
     """Run everything on this machine: nats-server, the controller and N nodes.
 
     Initialises the data directory on first use (keys, credentials, TLS CA). Shows a live
-    table of the nodes; Ctrl-C or SIGTERM stops every child process.
+    table of the nodes; Ctrl-C or SIGTERM stops every child process. In another terminal:
+    `corral send '*' ping`, `corral nodes`.
     """
     config, _ = configure(nats_port=nats_port)
-    run(_up(config, nodes))
+    node_args = [arg for module in handlers or () for arg in ("--handlers", module)]
+    if allow_shell:
+        node_args.append("--allow-shell")
+    run(_up(config, nodes, node_args))
 
 
 def register(app: typer.Typer) -> None:

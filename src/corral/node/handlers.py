@@ -27,6 +27,7 @@ import asyncio
 import importlib
 import inspect
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable
@@ -57,6 +58,11 @@ OutputSink = Callable[[str, str], Awaitable[None]]
 _COMMANDS: dict[str, Callable[..., Any]] = {}
 _TYPES: dict[str, Callable[..., Any]] = {}
 _PARAMS: dict[str, Param] = {}
+
+
+def ping() -> dict[str, Any]:
+    """The built-in COMMAND ``ping``: this node's host and process, to check it answers."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "python": sys.version.split()[0]}
 
 
 class Refusal(UsageError):
@@ -164,10 +170,11 @@ class Handlers:
 
     @classmethod
     def collect(cls, work_dir: Path, **options: Any) -> Handlers:
-        """Every handler and parameter registered so far (see :func:`load_handlers`)."""
+        """Every handler and parameter registered so far (see :func:`load_handlers`), and the
+        built-in ``ping``."""
         return cls(
             work_dir,
-            commands=dict(_COMMANDS),
+            commands={"ping": ping, **_COMMANDS},
             types=dict(_TYPES),
             params=dict(_PARAMS),
             **options,
