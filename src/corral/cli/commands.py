@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 import typer
@@ -154,6 +154,22 @@ def _handle_json(handle: CommandHandle) -> dict[str, Any]:
     }
 
 
+def _go(
+    targets: str,
+    kind: str,
+    name: str = "",
+    *,
+    wait: float,
+    as_json: bool,
+    creds: str | None,
+    nats: str | None,
+    **kwargs: Any,
+) -> NoReturn:
+    """Configure, send, show the outcomes and exit with the verdict (0 only if all done)."""
+    config, _ = configure(nats_url=nats)
+    raise typer.Exit(run(_send(config, creds, wait, as_json, targets, kind, name, **kwargs)))
+
+
 def send(
     targets: Targets,
     command: Annotated[str, typer.Argument(help="The command handler's name.")],
@@ -172,22 +188,18 @@ def send(
     Examples: `corral send 'web*' restart service=nginx`, `corral send label:gpu calibrate`,
     `corral send '*' ping`. Exits 1 if any node failed, expired or did not answer.
     """
-    config, _ = configure(nats_url=nats)
-    code = run(
-        _send(
-            config,
-            creds,
-            wait,
-            as_json,
-            targets,
-            "command",
-            command,
-            args=_kwargs(args or []),
-            timeout=timeout,
-            retire_after=retire,
-        )
+    _go(
+        targets,
+        "command",
+        command,
+        args=_kwargs(args or []),
+        timeout=timeout,
+        retire_after=retire,
+        wait=wait,
+        as_json=as_json,
+        creds=creds,
+        nats=nats,
     )
-    raise typer.Exit(code)
 
 
 def run_shell(
@@ -204,21 +216,17 @@ def run_shell(
 
     Example: `corral run 'rack1-*' -- df -h /data`.
     """
-    config, _ = configure(nats_url=nats)
-    code = run(
-        _send(
-            config,
-            creds,
-            wait,
-            as_json,
-            targets,
-            "shell",
-            args={"cmd": " ".join(cmd)},
-            timeout=timeout,
-            retire_after=retire,
-        )
+    _go(
+        targets,
+        "shell",
+        args={"cmd": " ".join(cmd)},
+        timeout=timeout,
+        retire_after=retire,
+        wait=wait,
+        as_json=as_json,
+        creds=creds,
+        nats=nats,
     )
-    raise typer.Exit(code)
 
 
 def get(
@@ -230,8 +238,7 @@ def get(
     nats: Nats = None,
 ) -> None:
     """GET a node parameter from each target (`corral get 'web*' gain`)."""
-    config, _ = configure(nats_url=nats)
-    raise typer.Exit(run(_send(config, creds, wait, as_json, targets, "get", param)))
+    _go(targets, "get", param, wait=wait, as_json=as_json, creds=creds, nats=nats)
 
 
 def set_(
@@ -244,22 +251,18 @@ def set_(
     nats: Nats = None,
 ) -> None:
     """SET a node parameter on each target (`corral set 'web*' gain=2.5`)."""
-    config, _ = configure(nats_url=nats)
     ((param, value),) = _kwargs([assignment]).items()
-    code = run(
-        _send(
-            config,
-            creds,
-            wait,
-            as_json,
-            targets,
-            "set",
-            param,
-            args={"value": value},
-            retire_after=retire,
-        )
+    _go(
+        targets,
+        "set",
+        param,
+        args={"value": value},
+        retire_after=retire,
+        wait=wait,
+        as_json=as_json,
+        creds=creds,
+        nats=nats,
     )
-    raise typer.Exit(code)
 
 
 def put(
@@ -278,24 +281,18 @@ def put(
 
     A destination that leaves the work directory is refused by the node.
     """
-    config, _ = configure(nats_url=nats)
-    data = source.read_bytes()
-    mode = source.stat().st_mode & 0o777
-    code = run(
-        _send(
-            config,
-            creds,
-            wait,
-            as_json,
-            targets,
-            "put",
-            dest or source.name,
-            args={"mode": mode},
-            data=data,
-            retire_after=retire,
-        )
+    _go(
+        targets,
+        "put",
+        dest or source.name,
+        args={"mode": source.stat().st_mode & 0o777},
+        data=source.read_bytes(),
+        retire_after=retire,
+        wait=wait,
+        as_json=as_json,
+        creds=creds,
+        nats=nats,
     )
-    raise typer.Exit(code)
 
 
 def execute(
@@ -315,22 +312,18 @@ def execute(
     admin credential). Every EXECUTE is in the audit log. Example:
     `corral execute 'lab*' collect.py -- --since 1h`.
     """
-    config, _ = configure(nats_url=nats)
-    code = run(
-        _send(
-            config,
-            creds,
-            wait,
-            as_json,
-            targets,
-            "execute",
-            args={"argv": list(argv or [])},
-            data=script.read_bytes(),
-            timeout=timeout,
-            retire_after=retire,
-        )
+    _go(
+        targets,
+        "execute",
+        args={"argv": list(argv or [])},
+        data=script.read_bytes(),
+        timeout=timeout,
+        retire_after=retire,
+        wait=wait,
+        as_json=as_json,
+        creds=creds,
+        nats=nats,
     )
-    raise typer.Exit(code)
 
 
 async def _history(config: Config, limit: int, before: int | None) -> list[wire.CommandView]:

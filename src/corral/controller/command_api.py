@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from corral import subjects, wire
-from corral.controller.commands import CommandService
+from corral.controller.commands import CommandService, counts
 from corral.controller.reports import ReportService
 from corral.errors import CorralError, Refused
 from corral.store import Store
@@ -92,22 +92,16 @@ class CommandEndpoints:
             )
             for o in stored
         ]
-        counts: dict[str, int] = {}
-        for o in outcomes:
-            counts[o.state] = counts.get(o.state, 0) + 1
-        await self._reply(msg, _command_view(row, counts, outcomes))
+        await self._reply(msg, _command_view(row, counts(outcomes), outcomes))
 
     async def _on_commands(self, msg: Any, _: str, query: wire.CommandsQuery) -> None:
         assert self.store is not None
         rows = await self.store.recent_commands(min(max(query.limit, 1), 1000), query.before)
         views = []
-        for row, counts in rows:
+        for row, stored_counts in rows:
             live = self.commands.live_outcomes(row.serial)
-            if live is not None:  # fresher than the last commit
-                counts = {}
-                for o in live:
-                    counts[o.state] = counts.get(o.state, 0) + 1
-            views.append(_command_view(row, counts, []))
+            # The book is fresher than the last commit.
+            views.append(_command_view(row, stored_counts if live is None else counts(live), []))
         await self._reply(msg, wire.CommandsReply(commands=views))
 
 

@@ -18,6 +18,7 @@ the next commit persists it, and the change is published on ``corral.events.cmd.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from corral.core.registry import NodeStatus, Registry
 from corral.errors import CorralError, Refused, UsageError
 from corral.records import AuditEntry, CommandRow, OutcomeRow
 
-__all__ = ["BUILTIN_KINDS", "CommandService"]
+__all__ = ["BUILTIN_KINDS", "CommandService", "counts"]
 
 log = logging.getLogger("corral.controller.commands")
 
@@ -59,31 +60,26 @@ _KEEP = 7 * 86_400.0
 _DEDUP = 3600.0
 
 
+def _fields(o: Outcome) -> dict[str, Any]:
+    fields = dataclasses.asdict(o)
+    fields["state"] = o.state.value
+    return fields
+
+
 def _view(serial: int, o: Outcome) -> wire.OutcomeView:
-    return wire.OutcomeView(
-        node=o.node,
-        state=o.state.value,
-        at=o.at,
-        result=o.result,
-        error=o.error,
-        exit_code=o.exit_code,
-        stdout=o.stdout,
-        stderr=o.stderr,
-    )
+    return wire.OutcomeView(**_fields(o))
 
 
 def _row(serial: int, o: Outcome) -> OutcomeRow:
-    return OutcomeRow(
-        serial=serial,
-        node=o.node,
-        state=o.state.value,
-        at=o.at,
-        result=o.result,
-        error=o.error,
-        exit_code=o.exit_code,
-        stdout=o.stdout,
-        stderr=o.stderr,
-    )
+    return OutcomeRow(serial=serial, **_fields(o))
+
+
+def counts(outcomes: list[wire.OutcomeView]) -> dict[str, int]:
+    """How many outcomes are in each state."""
+    out: dict[str, int] = {}
+    for o in outcomes:
+        out[o.state] = out.get(o.state, 0) + 1
+    return out
 
 
 @dataclass
