@@ -58,9 +58,18 @@ def handlers_for(name: str, work: Path, **options: Any) -> Handlers:
     def not_data() -> object:
         return object()
 
+    def big(n: int) -> str:
+        return "x" * n
+
     return Handlers(
         work,
-        commands={"whoami": whoami, "boom": boom, "slow": slow, "not_data": not_data},
+        commands={
+            "whoami": whoami,
+            "boom": boom,
+            "slow": slow,
+            "not_data": not_data,
+            "big": big,
+        },
         params={"gain": Param("gain", float, 1.0, "amplifier gain")},
         types={"PING": lambda args, data: {"pong": name, "n": args.get("n")}},
         **options,
@@ -537,3 +546,44 @@ async def test_a_slow_stream_subscriber_keeps_the_node_bounded_and_sees_drops(
     with pytest.raises(Unavailable, match="node ghost does not answer"):
         async with client.stream("ghost", "samples"):
             pass
+
+
+async def test_a_result_too_large_to_report_fails_with_a_clear_error(
+    fleet: dict[str, Node], client: Client, config: Config
+) -> None:
+    fine = await run(client, "web1", "big", n=200_000)  # above a control message's limit
+    assert fine.results == {"web1": "x" * 200_000}
+    too_big = await run(client, "web1", "big", n=config.max_command_bytes + 10)
+    assert "over the 1048576-byte limit" in too_big.failed["web1"]
+    assert (await run(client, "web1")).ok  # and it keeps serving
+
+
+async def test_a_node_joining_after_a_broadcast_does_not_run_it(
+    fleet: dict[str, Node], controller: Controller, client: Client, config: Config
+) -> None:
+    handle = await client.send("*", "whoami")
+    late = await start_node(config, "late1")
+    try:
+        await handle.wait(scaled(10))
+        assert "late1" not in handle.nodes and handle.ok
+        await _wait_consumers(controller, ["late1"])
+        after = await run(client, "*")
+        assert "late1" in after.results
+        assert late.last_serial == after.serial
+        assert controller.commands.counters.get("rejected.unknown-command", 0) == 0
+    finally:
+        await late.stop()
+
+
+async def test_your_own_message_types_from_the_cli(fleet: dict[str, Node], config: Config) -> None:
+    from conftest import child_env, corral_argv
+
+    proc = await asyncio.create_subprocess_exec(
+        *corral_argv(config, "send", "db1", "ignored", "n=7", "--type", "PING", "--json"),
+        env=child_env(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert json.loads(out)["outcomes"][0]["result"] == {"pong": "db1", "n": 7}

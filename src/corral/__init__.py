@@ -44,6 +44,7 @@ from corral.errors import UnknownMessage as UnknownMessage
 from corral.node import Node as Node
 from corral.node.handlers import command as command
 from corral.node.handlers import message_type as message_type
+from corral.node.handlers import on_reports as on_reports
 from corral.node.handlers import param as param
 from corral.outcomes import CommandHandle as CommandHandle
 from corral.sender import Sender as Sender
@@ -98,6 +99,7 @@ __all__ = [
     "command",
     "message_type",
     "on",
+    "on_reports",
     "param",
     "send_to",
 ]

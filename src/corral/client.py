@@ -221,7 +221,6 @@ class Client:
         Raises:
             UsageError: a malformed target, kind or limit.
             Refused: no node matched, or the controller refused the command.
-            OversizedMessage: the command is larger than ``max_command_bytes``.
             AuthError: EXECUTE with a credential that lacks the execute role.
             ControllerUnavailable, Timeout: no controller answered.
         """

@@ -184,9 +184,26 @@ def load_config(
             values[name] = _coerce(name, raw, f"--{name.replace('_', '-')}")
             sources[name] = "flag"
     config = Config(**values)
+    _check(config, sources)
+    return config, sources
+
+
+def _check(config: Config, sources: dict[str, str]) -> None:
+    """Refuse settings that cannot work, naming the setting and where it came from."""
     if config.down_after <= config.heartbeat_interval:
         raise ConfigError(
             f"down_after ({config.down_after}s) must exceed heartbeat_interval "
             f"({config.heartbeat_interval}s), or every node flaps DOWN between heartbeats"
         )
-    return config, sources
+    for name, low, strict in (
+        ("retire_after", 0, False),
+        ("report_interval", 0, True),
+        ("max_command_bytes", 0, True),
+        ("output_limit", 0, False),
+    ):
+        value = getattr(config, name)
+        if value < low or (strict and value == low):
+            bound = "more than" if strict else "at least"
+            raise ConfigError(
+                f"{name} must be {bound} {low}, got {value} (from {sources.get(name, 'default')})"
+            )

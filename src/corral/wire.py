@@ -396,12 +396,10 @@ class NodeCommand(_Msg, frozen=True):
     created: float = 0.0
     retire_after: float = 120.0
     actor: str = ""
-    #: sent once on ``corral.cmd.all`` (every node receives it; see ``only``/``exclude``)
+    #: sent once on ``corral.cmd.all``: every node receives it, and runs it if in ``only``
     to_all: bool = False
-    #: when not empty: the only nodes it is for (a large resolved list, sent once to all)
+    #: for ``to_all``: the nodes it was resolved to, the only ones that run it
     only: tuple[str, ...] = ()
-    #: for a broadcast: nodes that hold a copy but were not addressed (they had left)
-    exclude: tuple[str, ...] = ()
 
 
 class CommandReport(_Msg, frozen=True):

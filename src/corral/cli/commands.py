@@ -41,8 +41,8 @@ _STYLE = {
 Targets = Annotated[
     str,
     typer.Argument(
-        help="Who: a name, a glob ('web*', 'rack[1-3]-*'), label:L, has:X, sinks, '*', or "
-        "several separated by commas (web1,db*).",
+        help="Who: a name, a glob (`web*`, `rack[1-3]-*`), `label:L`, `has:X`, `sinks`, `*` "
+        "(every node), or several separated by commas (`web1,db*`).",
         show_default=False,
     ),
 ]
@@ -176,6 +176,12 @@ def send(
     args: Annotated[
         list[str] | None, typer.Argument(help="KEY=VALUE arguments (VALUE: JSON or a word).")
     ] = None,
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--type", help="A message type of your own (@corral.message_type) instead of COMMAND."
+        ),
+    ] = "command",
     wait: Wait = 60.0,
     timeout: Timeout_ = 60.0,
     retire: Retire = None,
@@ -186,11 +192,12 @@ def send(
     """COMMAND: run a handler registered on the nodes, and show each node's outcome live.
 
     Examples: `corral send 'web*' restart service=nginx`, `corral send label:gpu calibrate`,
-    `corral send '*' ping`. Exits 1 if any node failed, expired or did not answer.
+    `corral send '*' ping`, `corral send 'cam*' dark --type CALIBRATE seconds=5`.
+    Exits 1 if any node failed, expired or did not answer.
     """
     _go(
         targets,
-        "command",
+        kind,
         command,
         args=_kwargs(args or []),
         timeout=timeout,

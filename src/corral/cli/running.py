@@ -76,11 +76,19 @@ def controller(
     ] = None,
     creds: Annotated[str | None, typer.Option(help="Controller credentials file.")] = None,
     ca: Annotated[str | None, typer.Option(help="CA file to verify the bus.")] = None,
+    aggregators: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Python module with @corral.aggregator functions for node reports "
+            "(repeatable; also the corral.aggregators entry points)."
+        ),
+    ] = None,
 ) -> None:
     """Run the controller (and the embedded nats-server unless --nats is given)."""
     config, _ = configure(
         nats_url=nats, nats_host=nats_host, nats_port=nats_port, store=store, creds=creds, ca=ca
     )
+    load_handlers(aggregators or (), entry_point_group="corral.aggregators")
     run(_controller(config))
 
 
@@ -193,7 +201,7 @@ def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes
     return Panel("\n".join(lines), title="corral up", title_align="left")
 
 
-async def _up(config: Config, count: int, node_args: list[str]) -> None:
+async def _up(config: Config, count: int, node_args: list[str], controller_args: list[str]) -> None:
     from corral.broker import EmbeddedBroker
 
     initialise(config)
@@ -209,7 +217,8 @@ async def _up(config: Config, count: int, node_args: list[str]) -> None:
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         children["controller"] = procs.spawn(
-            [*base, "controller", "--nats", broker.url], log=logs / "controller.log"
+            [*base, "controller", "--nats", broker.url, *controller_args],
+            log=logs / "controller.log",
         )
         for i in range(1, count + 1):
             name = f"node-{i}"
@@ -259,6 +268,10 @@ def up(
     allow_shell: Annotated[
         bool, typer.Option(help="Let the local nodes run shell commands (`corral run`).")
     ] = False,
+    aggregators: Annotated[
+        list[str] | None,
+        typer.Option(help="Module with @corral.aggregator functions for the controller."),
+    ] = None,
 ) -> None:
     """Run everything on this machine: nats-server, the controller and N nodes.
 
@@ -270,7 +283,8 @@ def up(
     node_args = [arg for module in handlers or () for arg in ("--handlers", module)]
     if allow_shell:
         node_args.append("--allow-shell")
-    run(_up(config, nodes, node_args))
+    controller_args = [arg for module in aggregators or () for arg in ("--aggregators", module)]
+    run(_up(config, nodes, node_args, controller_args))
 
 
 def register(app: typer.Typer) -> None:

@@ -346,14 +346,10 @@ class CommandService:
         nodes: list[str],
         broadcast: bool,
     ) -> bytes:
-        only: tuple[str, ...] = ()
-        exclude: tuple[str, ...] = ()
-        to_all = broadcast or len(nodes) > _DIRECT_MAX
-        if broadcast:
-            # Nodes that left still hold a consumer: they skip what was not meant for them.
-            exclude = tuple(sorted(n for n in self._consumers if n not in command.outcomes))
-        elif to_all:
-            only = tuple(nodes)
+        # Sent once to every node's consumer, the resolved list says who it is for: nodes
+        # that left, or joined since, skip it. A file or script goes only to its targets.
+        to_all = (broadcast or len(nodes) > _DIRECT_MAX) and not request.data
+        only = tuple(nodes) if to_all else ()
         return wire.encode(
             wire.NodeCommand(
                 serial=command.serial,
@@ -367,7 +363,6 @@ class CommandService:
                 actor=request.actor,
                 to_all=to_all,
                 only=only,
-                exclude=exclude,
             )
         )
 
@@ -405,7 +400,8 @@ class CommandService:
     def tick(self) -> None:
         """Expire overdue outcomes and stop following old settled commands."""
         now = self.clock()
-        if self.book.expire(now):
+        nodes = self.registry.nodes
+        if self.book.expire(now, lambda n: n in nodes and nodes[n].status == NodeStatus.UP):
             self.wake()
         self.book.forget(now, keep=300.0)
 

@@ -110,17 +110,20 @@ class Controller(CommandEndpoints):
             subjects.ctl("stats"): (wire.StatsRequest, self._on_stats),
             subjects.ctl("auth"): (wire.AuthEvent, self._on_auth),
             subjects.ctl("agents"): (wire.AgentsRequest, self._on_agents),
-            **self.endpoints(),
         }
         for subject, (kind, handle) in handlers.items():
             await self.nc.subscribe(
                 subject, cb=self._handler(kind, handle), pending_msgs_limit=100_000
             )
-        for verb in ("send", "execute"):
-            handler = self._handler(
-                wire.CommandRequest, self._on_send, limit=self.config.max_command_bytes
-            )
-            await self.nc.subscribe(subjects.ctl(verb), cb=handler, pending_msgs_limit=100_000)
+        # Commands, their reports and results may be as large as max_command_bytes.
+        commands: dict[str, tuple[type[Any], Any]] = {
+            subjects.ctl("send"): (wire.CommandRequest, self._on_send),
+            subjects.ctl("execute"): (wire.CommandRequest, self._on_send),
+            **self.endpoints(),
+        }
+        for subject, (kind, handle) in commands.items():
+            handler = self._handler(kind, handle, limit=self.config.max_command_bytes)
+            await self.nc.subscribe(subject, cb=handler, pending_msgs_limit=100_000)
         await self.nc.flush()
         self._tasks = [
             asyncio.create_task(self._announce_loop(), name="announce"),

@@ -17,7 +17,7 @@ them (group commit: one transaction and one publish per batch, not per report).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,7 +54,8 @@ S = CommandState
 TRANSITIONS: dict[CommandState, frozenset[CommandState]] = {
     S.PENDING: frozenset({S.DELIVERED, S.RUNNING, S.DONE, S.FAILED, S.EXPIRED}),
     S.DELIVERED: frozenset({S.RUNNING, S.DONE, S.FAILED, S.EXPIRED}),
-    S.RUNNING: frozenset({S.RUNNING, S.DONE, S.FAILED}),  # RUNNING→RUNNING carries output
+    # RUNNING→RUNNING carries output; RUNNING→EXPIRED: its node went away meanwhile.
+    S.RUNNING: frozenset({S.RUNNING, S.DONE, S.FAILED, S.EXPIRED}),
     # A node whose clock was behind may have run it after all: its report is the truth.
     S.EXPIRED: frozenset({S.DONE, S.FAILED}),
     S.DONE: frozenset(),
@@ -187,8 +188,14 @@ class CommandBook:
         self._changed[(serial, node)] = outcome
         return outcome
 
-    def expire(self, now: float) -> list[tuple[int, Outcome]]:
-        """Mark ``expired`` every outcome still pending or delivered past its retire window.
+    def expire(
+        self, now: float, live: Callable[[str], bool] = lambda node: True
+    ) -> list[tuple[int, Outcome]]:
+        """Mark ``expired`` what will not be answered.
+
+        An outcome still pending or delivered past its retire window; and one running at a
+        node that is not ``live`` and has not been heard of for a retire window (if that node
+        comes back and reports, its report replaces ``expired``).
 
         Returns:
             ``(serial, outcome)`` for each outcome expired now.
@@ -198,7 +205,21 @@ class CommandBook:
             if now - command.created <= command.retire_after:
                 continue
             for outcome in command.outcomes.values():
-                if outcome.state in (S.PENDING, S.DELIVERED):
+                if (
+                    outcome.state is S.RUNNING
+                    and not live(outcome.node)
+                    and now - outcome.at > command.retire_after
+                ):
+                    outcome.state = S.EXPIRED
+                    outcome.at = now
+                    outcome.error = (
+                        f"node {outcome.node} went away while running it and has not come "
+                        f"back within {command.retire_after:g} s; its report will replace "
+                        "this if it does"
+                    )
+                    self._changed[(command.serial, outcome.node)] = outcome
+                    out.append((command.serial, outcome))
+                elif outcome.state in (S.PENDING, S.DELIVERED):
                     outcome.state = S.EXPIRED
                     outcome.at = now
                     outcome.error = (

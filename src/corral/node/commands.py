@@ -62,6 +62,7 @@ class CommandRunner:
         state_file: where the last applied serial is kept between runs.
         clock_offset: returns the controller's clock minus ours (seconds).
         on_applied: called with each newly applied serial (for heartbeats).
+        max_report_bytes: the largest report sent; a larger result is replaced by an error.
     """
 
     def __init__(
@@ -71,12 +72,14 @@ class CommandRunner:
         state_file: Path,
         clock_offset: Callable[[], float] = lambda: 0.0,
         on_applied: Callable[[int], None] = lambda serial: None,
+        max_report_bytes: int = 1024 * 1024,
     ) -> None:
         self.name = name
         self.handlers = handlers
         self.state_file = state_file
         self.clock_offset = clock_offset
         self.on_applied = on_applied
+        self.max_report_bytes = max_report_bytes
         self.applied = Applied(self._load())
         self.nc: bus.NATS | None = None
         self.journal = state_file.parent / ".corral-journal"
@@ -185,9 +188,7 @@ class CommandRunner:
         self._queue.put_nowait((command, msg))
 
     def _meant_for_me(self, command: wire.NodeCommand) -> bool:
-        if command.only and self.name not in command.only:
-            return False
-        return self.name not in command.exclude
+        return not command.to_all or self.name in command.only
 
     async def _work(self) -> None:
         while True:
@@ -273,6 +274,14 @@ class CommandRunner:
 
     async def _report(self, serial: int, state: str, **fields: Any) -> None:
         data = wire.encode(wire.CommandReport(serial=serial, state=state, **fields))
+        if len(data) > self.max_report_bytes:
+            error = (
+                f"the {state} report is {len(data)} bytes, over the {self.max_report_bytes}-byte "
+                "limit (max_command_bytes): return less, or write it to a file and return its "
+                "path"
+            )
+            state = "failed" if state in _FINAL else state
+            data = wire.encode(wire.CommandReport(serial=serial, state=state, error=error))
         reply = ""
         if state in _FINAL:
             self.outbox[serial] = data  # re-sent until the controller has it (see _on_ack)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -98,7 +99,9 @@ class Node:
         self._done = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self.work_dir = work_dir or config.data_path / "nodes" / self.name
+        self.work_dir = work_dir or (
+            handlers.work_dir if handlers else config.data_path / "nodes" / self.name
+        )
         self.handlers = handlers or Handlers.collect(
             self.work_dir, output_limit=config.output_limit
         )
@@ -110,6 +113,7 @@ class Node:
             self.work_dir / ".corral-applied",
             clock_offset=lambda: self.clock_offset,
             on_applied=self._applied,
+            max_report_bytes=config.max_command_bytes,
         )
         self.on_reports = on_reports
         self.streams = StreamHub(self.name)
@@ -202,6 +206,10 @@ class Node:
                     )
             with contextlib.suppress(Exception):
                 await nc.drain()
+        if nc is not None and not nc.is_closed:
+            # Closed by the server (revoked) or still reconnecting: release its sockets.
+            with contextlib.suppress(Exception):
+                await nc.close()
         self._done.set()
 
     def _fail(self, error: CorralError) -> None:
@@ -337,13 +345,19 @@ class Node:
         except CorralError as exc:
             log.warning("bad report update ignored: %s", exc)
             return
-        if self.on_reports is not None:
+        hooks = [self.on_reports] if self.on_reports is not None else []
+        for hook in [*hooks, *self.handlers.report_hooks]:
             try:
-                result = self.on_reports(update)
-                if asyncio.iscoroutine(result):
-                    await result
+                if inspect.iscoroutinefunction(hook):
+                    await hook(update)
+                elif hook is self.on_reports:
+                    result = hook(update)
+                    if asyncio.iscoroutine(result):
+                        await result
+                else:
+                    await asyncio.to_thread(hook, update)
             except Exception:
-                log.exception("the node's on_reports hook failed", extra={"node": self.name})
+                log.exception("a report hook failed", extra={"node": self.name})
 
     async def _on_closed(self) -> None:
         if not self._stopping:

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -47,6 +47,7 @@ __all__ = [
     "command",
     "load_handlers",
     "message_type",
+    "on_reports",
     "param",
 ]
 
@@ -58,6 +59,7 @@ OutputSink = Callable[[str, str], Awaitable[None]]
 _COMMANDS: dict[str, Callable[..., Any]] = {}
 _TYPES: dict[str, Callable[..., Any]] = {}
 _PARAMS: dict[str, Param] = {}
+_REPORT_HOOKS: list[Callable[..., Any]] = []
 
 
 def ping() -> dict[str, Any]:
@@ -94,7 +96,15 @@ class Param:
         return self.value
 
 
-def command(fn: F | None = None, *, name: str | None = None) -> Any:
+@overload
+def command(fn: F, *, name: str | None = None) -> F: ...
+
+
+@overload
+def command(fn: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def command(fn: F | None = None, *, name: str | None = None) -> F | Callable[[F], F]:
     """Register ``fn`` as a COMMAND handler, under its own name or ``name``.
 
     Use as ``@command`` or ``@command(name="restart-all")``. Keyword arguments of the command
@@ -116,6 +126,16 @@ def message_type(kind: str) -> Callable[[F], F]:
         return f
 
     return register
+
+
+def on_reports(fn: F) -> F:
+    """Register ``fn(update)`` to receive the report updates a sink node is sent.
+
+    ``update`` is a :class:`~corral.wire.ReportUpdate`: the reports that changed and the
+    aggregates. Plain functions run in a worker thread, coroutines in the node's loop.
+    """
+    _REPORT_HOOKS.append(fn)
+    return fn
 
 
 def param(name: str, type: Any = str, default: Any = None, doc: str = "") -> Param:
@@ -167,6 +187,7 @@ class Handlers:
     commands: dict[str, Callable[..., Any]] = field(default_factory=dict)
     types: dict[str, Callable[..., Any]] = field(default_factory=dict)
     params: dict[str, Param] = field(default_factory=dict)
+    report_hooks: list[Callable[..., Any]] = field(default_factory=list)
 
     @classmethod
     def collect(cls, work_dir: Path, **options: Any) -> Handlers:
@@ -177,6 +198,7 @@ class Handlers:
             commands={"ping": ping, **_COMMANDS},
             types=dict(_TYPES),
             params=dict(_PARAMS),
+            report_hooks=list(_REPORT_HOOKS),
             **options,
         )
 
