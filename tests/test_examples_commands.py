@@ -16,7 +16,7 @@ def test_the_commands_demo_runs_and_every_outcome_is_as_documented() -> None:
         [sys.executable, str(DEMO)],
         capture_output=True,
         text=True,
-        timeout=scaled(120),
+        timeout=scaled(60),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
