@@ -147,21 +147,18 @@ class CommandService:
         await self._ensure_stream()
         self.book.last_serial = await store.last_command_serial()
         now = self.clock()
-        for row, outcomes in await store.open_commands(now - _DEDUP):
+        # Follow every unsettled command the stream may still hold (the next tick expires
+        # the overdue); re-publish those the stream would drop a second copy of.
+        for row, outcomes in await store.open_commands(now - _KEEP):
             command = TrackedCommand(row.serial, row.created, row.retire_after)
             for o in outcomes:
-                command.outcomes[o.node] = Outcome(
-                    node=o.node,
-                    state=CommandState(o.state),
-                    at=o.at,
-                    result=o.result,
-                    error=o.error,
-                    exit_code=o.exit_code,
-                    stdout=o.stdout,
-                    stderr=o.stderr,
-                )
+                fields = msgspec.structs.asdict(o)
+                del fields["serial"]
+                fields["state"] = CommandState(o.state)
+                command.outcomes[o.node] = Outcome(**fields)
             self.book.track(command)
-            await self._publish(row)
+            if now - row.created < _DEDUP:
+                await self._publish(row)
         self._worker = asyncio.create_task(self._consumer_loop(), name="consumers")
         for name, record in self.registry.nodes.items():
             if record.status in (NodeStatus.UP, NodeStatus.DOWN, NodeStatus.LEFT):
