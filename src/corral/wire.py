@@ -21,8 +21,10 @@ from corral.errors import (
     DuplicateName,
     GroupRefused,
     GroupTimeout,
+    GuardianRefused,
     MalformedMessage,
     NoSuchAgent,
+    NoSuchGuardian,
     Overloaded,
     OversizedMessage,
     ProtocolError,
@@ -435,6 +437,8 @@ _ERRORS: dict[str, type[Exception]] = {
     "group-timeout": GroupTimeout,
     "group-refused": GroupRefused,
     "protocol": ProtocolError,
+    "guardian-refused": GuardianRefused,
+    "no-guardian": NoSuchGuardian,
 }
 
 
