@@ -42,6 +42,7 @@ __all__ = [
     "agent_inbox",
     "agent_permissions",
     "credential_name",
+    "guardian_permissions",
     "node_permissions",
     "write_secret",
 ]
@@ -134,6 +135,47 @@ def agent_inbox(name: str) -> str:
 
 
 ADMIN_INBOX = "_INBOX.corral-admin"
+
+_KV_STREAM = f"KV_{subjects.GUARDIAN_BUCKET}"
+#: Reading and watching the guardian bucket (JetStream API subjects nats-py's KV uses).
+GUARDIAN_KV_READ = (
+    f"$JS.API.STREAM.INFO.{_KV_STREAM}",
+    f"$JS.API.STREAM.MSG.GET.{_KV_STREAM}",
+    f"$JS.API.DIRECT.GET.{_KV_STREAM}.>",
+    f"$JS.API.CONSUMER.CREATE.{_KV_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{_KV_STREAM}.>",
+    f"$JS.API.CONSUMER.DELETE.{_KV_STREAM}.>",
+    f"$JS.API.CONSUMER.INFO.{_KV_STREAM}.>",
+    f"$JS.FC.{_KV_STREAM}.>",
+)
+
+
+def guardian_inbox(name: str) -> str:
+    """Reply-inbox prefix of guardian ``name`` (``*``: every guardian's)."""
+    return f"_INBOX.corral-guardian.{name}"
+
+
+def guardian_permissions(name: str) -> Permissions:
+    """Guardian ``name`` (``*``: any, the data directory's local credential).
+
+    It answers requests on its own subjects, writes only its own key of the guardian bucket
+    (and may create the bucket), reads and watches every key, and sends requests to other
+    guardians (a manager).
+    """
+    return Permissions(
+        pub=(
+            subjects.guardian("*", ">"),
+            subjects.guardian_kv(name),
+            f"$JS.API.STREAM.CREATE.{_KV_STREAM}",
+            *GUARDIAN_KV_READ,
+        ),
+        sub=(subjects.guardian(name, ">"), guardian_inbox(name) + ".>"),
+        responses=True,
+    )
+
+
+#: What the operator's CLI needs for guardians (`corral guardian ...`): requests and watching.
+ADMIN_GUARDIAN_PUB = (subjects.guardian("*", ">"), *GUARDIAN_KV_READ)
 
 
 class IssuedKey(msgspec.Struct):
@@ -287,6 +329,11 @@ class Authority:
             write_secret(
                 self.directory / "group.creds", self.user_creds("group", GROUP_PERMISSIONS)
             )
+        if not (self.directory / "guardian.creds").exists():
+            write_secret(
+                self.directory / "guardian.creds",
+                self.user_creds("guardian:*", guardian_permissions("*")),
+            )
 
     @classmethod
     def load(cls, data_dir: Path) -> Authority:
@@ -400,8 +447,9 @@ class Authority:
         d = self.directory
         write_secret(d / "agent.creds", self.user_creds("agent:*", agent_permissions("*")))
         write_secret(d / "group.creds", self.user_creds("group", GROUP_PERMISSIONS))
+        write_secret(d / "guardian.creds", self.user_creds("guardian:*", guardian_permissions("*")))
         write_secret(d / "controller.creds", self.user_creds("controller", Permissions()))
-        write_secret(d / "admin.creds", self.user_creds("admin", ADMIN_PERMISSIONS))
+        write_secret(d / "admin.creds", self.user_creds("admin", _admin_permissions()))
         write_secret(d / "system.creds", self.user_creds("system", Permissions(), system=True))
         self.write_server_fragment()
 
@@ -498,3 +546,12 @@ class Authority:
     def is_enrolled(self, name: str) -> bool:
         """True if ``name`` holds at least one unrevoked credential."""
         return any(k.revoked_at is None for k in self._state.nodes.get(name, ()))
+
+
+def _admin_permissions() -> Permissions:
+    """The admin credential's permissions: :data:`ADMIN_PERMISSIONS` plus guardian access."""
+    return Permissions(
+        pub=(*ADMIN_PERMISSIONS.pub, *ADMIN_GUARDIAN_PUB),
+        sub=ADMIN_PERMISSIONS.sub,
+        responses=ADMIN_PERMISSIONS.responses,
+    )

@@ -19,6 +19,9 @@ subject                         who publishes         who listens
 ``corral.group.<g>.<verb>``     group members         the controller (join, beat, arrive,
                                                       leave: the coordinator)
 ``corral.group.<g>.<id>.<to>``  group members         members of that group instance (data)
+``corral.guardian.<g>.<verb>``  people, managers      guardian g (request, mode, revive,
+                                                      pause, reload, view, graph)
+``$KV.corral_guardians.<g>``    guardian g            viewers, managers (KV watch)
 ``_INBOX.corral.<node>.>``      repliers              that node (its private inbox)
 ==============================  ====================  ================================
 """
@@ -38,6 +41,10 @@ __all__ = [
     "check_name",
     "group",
     "group_data",
+    "GUARDIAN_BUCKET",
+    "GUARDIAN_VERBS",
+    "guardian",
+    "guardian_kv",
     "ctl",
     "inbox_prefix",
     "is_node_in",
@@ -155,3 +162,20 @@ def parse_node_in(subject: str) -> tuple[str, str]:
     if len(parts) != 4 or parts[0] != ROOT or parts[1] != "in":
         raise InvalidName(f"not a node subject: {subject!r} (expected corral.in.<node>.<verb>)")
     return parts[2], parts[3]
+
+
+#: The JetStream key-value bucket holding every guardian's view (key: the guardian's name).
+GUARDIAN_BUCKET = "corral_guardians"
+
+#: Verbs a guardian answers on ``corral.guardian.<name>.<verb>``.
+GUARDIAN_VERBS = frozenset({"request", "mode", "revive", "pause", "reload", "view", "graph"})
+
+
+def guardian(name: str, verb: str) -> str:
+    """Subject of ``verb`` addressed to guardian ``name`` (``*``/``>`` wildcards allowed)."""
+    return f"{ROOT}.guardian.{name}.{verb}"
+
+
+def guardian_kv(name: str) -> str:
+    """The subject a put of guardian ``name``'s key goes to (``*``: every guardian's)."""
+    return f"$KV.{GUARDIAN_BUCKET}.{name}"

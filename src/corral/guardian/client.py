@@ -1,0 +1,276 @@
+"""Talking to guardians over the bus: requests, views, the key-value bucket, watching.
+
+Used by the CLI, by :class:`~corral.guardian.NodeManager`, and by Python scripts::
+
+    async with await GuardianClient.connect() as g:
+        await g.request("SUS_MC1", "ALIGNED")
+        async for view in g.watch("SUS_MC1"):
+            print(view.state, view.status)
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import api
+from nats.js.kv import KeyValue
+
+from corral import bus, subjects, wire
+from corral.config import Config, load_config
+from corral.errors import BusUnavailable, CorralError, NoSuchGuardian, Timeout
+from corral.security import ADMIN_INBOX
+
+__all__ = ["GuardianClient", "decode_view", "open_bucket", "person", "send"]
+
+#: Entries kept per key: enough for `watch` to show the recent past of a guardian.
+HISTORY = 32
+
+
+def person() -> str:
+    """The name a request from a person carries (the login name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+
+
+async def open_bucket(nc: bus.NATS, *, create: bool) -> KeyValue:
+    """The guardian key-value bucket, created if missing and ``create`` is true.
+
+    The bucket is held in memory: it holds live status that every guardian republishes each
+    heartbeat (and after a reconnect), and a file-backed bucket fsyncs every put.
+
+    Raises:
+        NoSuchGuardian: the bucket does not exist and ``create`` is false.
+        BusUnavailable: JetStream is not enabled on the bus.
+    """
+    js = nc.jetstream()
+    try:
+        return await js.key_value(subjects.GUARDIAN_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        if not create:
+            raise NoSuchGuardian(
+                "no guardian has ever run on this bus (no guardian bucket): start one with "
+                "`corral guardian run SYSTEM.py --name NAME`"
+            ) from None
+    except nats.errors.NoRespondersError:
+        raise BusUnavailable("JetStream is not enabled on the bus; guardians need it") from None
+    config = api.KeyValueConfig(
+        bucket=subjects.GUARDIAN_BUCKET,
+        history=HISTORY,
+        storage=api.StorageType.MEMORY,
+        description="corral guardians: one key per guardian, its latest view",
+    )
+    return await js.create_key_value(config)
+
+
+def decode_view(data: bytes) -> wire.GuardianView:
+    """Decode a guardian view stored in the bucket (no NATS headers there).
+
+    Raises:
+        MalformedMessage: the bytes are not a view.
+    """
+    return wire.decode(data, wire.GuardianView, check_headers=False)
+
+
+async def send(
+    nc: bus.NATS, name: str, verb: str, msg: msgspec.Struct, reply_type: Any, timeout: float
+) -> Any:
+    """Send ``msg`` to guardian ``name``'s ``verb`` subject and decode its reply.
+
+    Raises:
+        NoSuchGuardian: no guardian of that name answers.
+        Timeout: it did not answer in time.
+        GuardianRefused: it refused (the reason says why and what to do).
+    """
+    subject = subjects.guardian(subjects.check_name(name, "guardian"), verb)
+    try:
+        reply = await nc.request(subject, wire.encode(msg), timeout=timeout, headers=wire.HEADERS)
+    except nats.errors.NoRespondersError:
+        raise NoSuchGuardian(
+            f"no guardian named {name!r} is running: start it with "
+            f"`corral guardian run SYSTEM.py --name {name}` (`corral guardian list` shows them)"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise Timeout(f"guardian {name!r} did not answer {verb} within {timeout}s") from None
+    return wire.decode_reply(reply.data, reply_type, reply.headers)
+
+
+class GuardianClient:
+    """A connection for asking guardians things and watching them.
+
+    Args:
+        nc: a connected client whose credential may publish ``corral.guardian.>``.
+        by: who the requests come from (default: the login name, a person).
+        manager: the requests come from a manager guardian named ``by``.
+        timeout: seconds to wait for each answer.
+    """
+
+    def __init__(
+        self, nc: bus.NATS, *, by: str | None = None, manager: bool = False, timeout: float = 5.0
+    ) -> None:
+        self.nc = nc
+        self.by = by or person()
+        self.manager = manager
+        self.timeout = timeout
+        self._owned = False
+
+    @classmethod
+    async def connect(cls, config: Config | None = None, *, by: str | None = None) -> Self:
+        """Connect with the data directory's admin credential (a person's requests).
+
+        Raises:
+            ConfigError, AuthError, BusUnavailable: the bus refused or could not be reached.
+        """
+        config = config or load_config()[0]
+        nc = await bus.connect(config, "admin", inbox_prefix=ADMIN_INBOX, name="corral-guardian")
+        client = cls(nc, by=by)
+        client._owned = True
+        return client
+
+    async def close(self) -> None:
+        """Close the connection if this client opened it."""
+        if self._owned:
+            await self.nc.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<GuardianClient by={self.by!r} manager={self.manager}>"
+
+    async def _send(self, name: str, verb: str, msg: msgspec.Struct) -> wire.GuardianView:
+        view: wire.GuardianView = await send(
+            self.nc, name, verb, msg, wire.GuardianView, self.timeout
+        )
+        return view
+
+    async def request(self, name: str, state: str) -> wire.GuardianView:
+        """Ask guardian ``name`` to walk to ``state``.
+
+        Returns:
+            Its view right after it took the request.
+
+        Raises:
+            NoSuchGuardian, Timeout, GuardianRefused: see :func:`send`.
+        """
+        return await self._send(
+            name, "request", wire.GuardianRequest(state=state, by=self.by, manager=self.manager)
+        )
+
+    async def set_mode(self, name: str, mode: str) -> wire.GuardianView:
+        """Set guardian ``name``'s mode (MANAGED records the requester as its manager).
+
+        Raises:
+            NoSuchGuardian, Timeout, GuardianRefused: see :func:`send`.
+        """
+        msg = wire.GuardianMode(mode=mode.upper(), by=self.by, manager=self.manager)
+        return await self._send(name, "mode", msg)
+
+    async def revive(self, name: str) -> wire.GuardianView:
+        """Re-request guardian ``name``'s last request (clears a stall).
+
+        Raises:
+            NoSuchGuardian, Timeout, GuardianRefused: see :func:`send`.
+        """
+        return await self._send(name, "revive", wire.GuardianRevive(by=self.by, manager=self.manager))
+
+    async def pause(self, name: str, paused: bool = True) -> wire.GuardianView:
+        """Pause (or resume) guardian ``name``.
+
+        Raises:
+            NoSuchGuardian, Timeout, GuardianRefused: see :func:`send`.
+        """
+        return await self._send(name, "pause", wire.GuardianPause(paused=paused, by=self.by))
+
+    async def reload(self, name: str) -> wire.GuardianView:
+        """Reload guardian ``name``'s system module (a failing import keeps the old code).
+
+        Raises:
+            NoSuchGuardian, Timeout: see :func:`send`.
+            Refused: the new module failed to load (the traceback is the message).
+        """
+        return await self._send(name, "reload", wire.GuardianReload(by=self.by))
+
+    async def view(self, name: str) -> wire.GuardianView:
+        """Guardian ``name``'s current view, from the guardian itself.
+
+        Raises:
+            NoSuchGuardian, Timeout: see :func:`send`.
+        """
+        return await self._send(name, "view", wire.GuardianViewRequest())
+
+    async def graph(self, name: str) -> wire.GuardianGraph:
+        """Guardian ``name``'s states and edges, with its view.
+
+        Raises:
+            NoSuchGuardian, Timeout: see :func:`send`.
+        """
+        graph: wire.GuardianGraph = await send(
+            self.nc, name, "graph", wire.GuardianGraphRequest(), wire.GuardianGraph, self.timeout
+        )
+        return graph
+
+    async def list(self) -> list[wire.GuardianView]:
+        """The latest view of every guardian that ever published one, by name.
+
+        Raises:
+            NoSuchGuardian: no guardian ever ran on this bus.
+        """
+        kv = await open_bucket(self.nc, create=False)
+        views: list[wire.GuardianView] = []
+        watcher = await kv.watchall()
+        try:
+            while True:
+                entry = await watcher.updates(timeout=self.timeout)
+                if entry is None:
+                    break
+                if entry.value and entry.operation is None:
+                    try:
+                        views.append(decode_view(entry.value))
+                    except CorralError:
+                        continue
+        except nats.errors.TimeoutError:
+            raise Timeout("the guardian bucket did not answer in time") from None
+        finally:
+            await watcher.stop()
+        return sorted(views, key=lambda v: v.name)
+
+    async def watch(
+        self, name: str = ">", *, history: bool = True
+    ) -> AsyncIterator[wire.GuardianView | None]:
+        """Every view guardian ``name`` publishes (``>``: every guardian's), live.
+
+        Yields ``None`` once, after the stored past has been replayed.
+
+        Raises:
+            NoSuchGuardian: no guardian ever ran on this bus.
+        """
+        kv = await open_bucket(self.nc, create=False)
+        watcher = await kv.watch(name, include_history=history)
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=3600)
+                except nats.errors.TimeoutError:
+                    continue  # a quiet hour; keep watching
+                if entry is None:
+                    yield None
+                elif entry.value and entry.operation is None:
+                    try:
+                        yield decode_view(entry.value)
+                    except CorralError:
+                        continue
+        finally:
+            await watcher.stop()

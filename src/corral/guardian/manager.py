@@ -1,0 +1,399 @@
+"""Managing guardians from a guardian: :class:`NodeManager` and :class:`Node` (the seed's API).
+
+Theory of operation: a system module creates ``nodes = NodeManager([...])`` at import; the
+runtime that loads the module *attaches* it to its connection and event loop. From then on the
+manager watches each subordinate's key in the guardian bucket, so reading ``nodes['X'].state``,
+``nodes.arrived`` or ``node.stalled`` is a look at a local copy, never a round trip. Writing
+(``nodes['X'] = 'ALIGNED'``, ``set_managed()``, ``revive()``) is a request to the subordinate;
+its reply carries its new view, which replaces the copy at once, so ``arrived`` never answers
+from before the request.
+
+A subordinate whose view has not been refreshed for ``stale_after`` seconds (the bus
+configuration's ``down_after``; guardians republish every ``heartbeat_interval``) reports
+CONNECTION_ERROR, as does one that said goodbye.
+
+Every method here blocks: call them from a state's ``main``/``run`` (the guardian's worker
+thread), never from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import Any, TypeVar
+
+import nats.errors
+
+from corral import bus, subjects, wire
+from corral.config import Config
+from corral.errors import CorralError, UsageError
+from corral.guardian.client import GuardianClient, decode_view, open_bucket
+from corral.guardian.core import Mode, Status
+from corral.guardian.state import notify
+
+__all__ = ["Node", "NodeManager"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Node:
+    """One subordinate guardian as its manager sees it. Compare it with a state name."""
+
+    def __init__(self, manager: NodeManager, name: str) -> None:
+        self.manager = manager
+        self.name = subjects.check_name(name, "guardian")
+        self._view: wire.GuardianView | None = None
+        self._heard = float("-inf")  # monotonic time of the last view
+
+    def __repr__(self) -> str:
+        v = self._view
+        if v is None:
+            return f"<Node {self.name!r} never seen>"
+        return (
+            f"<Node {self.name!r} {v.state} request={v.request} mode={v.mode} "
+            f"status={self.status}>"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return self.state == other
+        if isinstance(other, Node):
+            return self.name == other.name
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __str__(self) -> str:
+        return self.name
+
+    # --- what the copy says ----------------------------------------------------------------
+
+    def _update(self, view: wire.GuardianView, age: float = 0.0) -> None:
+        with self.manager._lock:
+            old = self._view
+            if old is None or old.instance != view.instance or view.seq >= old.seq:
+                self._view = view
+            self._heard = max(self._heard, time.monotonic() - max(0.0, age))
+
+    @property
+    def view(self) -> wire.GuardianView | None:
+        """The latest view of this node (``None`` before the first)."""
+        return self._view
+
+    @property
+    def state(self) -> str:
+        """Its current state ("" if never seen)."""
+        return self._view.state if self._view else ""
+
+    @property
+    def request(self) -> str:
+        """Its current request."""
+        return self._view.request if self._view else ""
+
+    @property
+    def mode(self) -> str:
+        """AUTO, MANAGED or MANUAL."""
+        return self._view.mode if self._view else ""
+
+    @property
+    def managed_by(self) -> str:
+        """The manager holding it in MANAGED mode ("" if none)."""
+        return self._view.manager if self._view else ""
+
+    @property
+    def notifications(self) -> tuple[str, ...]:
+        """Its current notifications."""
+        return self._view.notifications if self._view else ()
+
+    @property
+    def connected(self) -> bool:
+        """Its view is fresh (refreshed within the manager's ``stale_after``) and alive."""
+        v = self._view
+        return (
+            v is not None
+            and v.alive
+            and time.monotonic() - self._heard <= self.manager.stale_after
+        )
+
+    @property
+    def status(self) -> str:
+        """OK, ERROR, NOTIFICATION, STALLED, or CONNECTION_ERROR when it went silent."""
+        if not self.connected or self._view is None:
+            return Status.CONNECTION_ERROR.value
+        return self._view.status
+
+    @property
+    def stalled(self) -> bool:
+        """It jumped while MANAGED and holds there (revive it or request again)."""
+        return bool(self._view and self._view.stalled and self.connected)
+
+    @property
+    def arrived(self) -> bool:
+        """It reached its request and that state's ``run`` returned True."""
+        return bool(self._view and self._view.arrived and self.connected)
+
+    @property
+    def OK(self) -> bool:  # noqa: N802 - the seed's spelling
+        """Its status is OK."""
+        return self.status == Status.OK.value
+
+    # --- asking it things ------------------------------------------------------------------
+
+    def set_request(self, state: str) -> None:
+        """Ask it to walk to ``state``.
+
+        Raises:
+            NoSuchGuardian, Timeout, GuardianRefused: it is not running or refused.
+        """
+        self._update(self.manager._call(self.manager._client().request(self.name, state)))
+
+    def set_managed(self) -> None:
+        """Take it into MANAGED mode, held by this manager.
+
+        Raises:
+            GuardianRefused: another manager holds it (the error names it), or a person put it
+                in MANUAL.
+        """
+        client = self.manager._client()
+        self._update(self.manager._call(client.set_mode(self.name, Mode.MANAGED.value)))
+
+    def release(self) -> None:
+        """Give it back: AUTO mode.
+
+        Raises:
+            GuardianRefused: this manager does not hold it.
+        """
+        client = self.manager._client()
+        self._update(self.manager._call(client.set_mode(self.name, Mode.AUTO.value)))
+
+    def revive(self) -> None:
+        """Re-request its last request (clears a stall).
+
+        Raises:
+            NoSuchGuardian, Timeout, GuardianRefused: it is not running or refused.
+        """
+        self._update(self.manager._call(self.manager._client().revive(self.name)))
+
+
+class NodeManager:
+    """Manage subordinate guardians from a guardian's system module.
+
+    Args:
+        nodes: the subordinates' names.
+        stale_after: seconds without news before a node is a connection error (default: the
+            configuration's ``down_after``).
+        timeout: seconds to wait for a subordinate to answer a request.
+    """
+
+    def __init__(
+        self, nodes: Iterable[str], *, stale_after: float | None = None, timeout: float = 5.0
+    ) -> None:
+        self._lock = threading.Lock()
+        self.nodes: list[Node] = [Node(self, n) for n in nodes]
+        self._by_name = {n.name: n for n in self.nodes}
+        self._stale_after = stale_after
+        self.timeout = timeout
+        #: the managing guardian's name (set when attached)
+        self.name = ""
+        self._managing = False
+        self._nc: bus.NATS | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._config: Config | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._watching = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<NodeManager of {self.name or '?'} nodes={[str(n) for n in self.nodes]}>"
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without news before a node is a connection error."""
+        if self._stale_after is not None:
+            return self._stale_after
+        return self._config.down_after if self._config else 3.0
+
+    # --- the seed's interface ----------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Node:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UsageError(
+                f"{name!r} is not one of this manager's nodes: {', '.join(self._by_name)}"
+            ) from None
+
+    def __setitem__(self, name: str, state: str) -> None:
+        self[name].set_request(state)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def set_managed(self) -> None:
+        """Take every node into MANAGED mode, held by this manager.
+
+        Raises:
+            GuardianRefused: a node is held by another manager (named) or in MANUAL.
+        """
+        self._managing = True
+        for node in self.nodes:
+            node.set_managed()
+
+    def release(self) -> None:
+        """Give every node back (AUTO mode).
+
+        Raises:
+            GuardianRefused: this manager does not hold a node.
+        """
+        self._managing = False
+        for node in self.nodes:
+            node.release()
+
+    @property
+    def arrived(self) -> bool:
+        """True when every node has arrived at its requested state."""
+        return all(node.arrived for node in self.nodes)
+
+    def get_stalled_nodes(self) -> list[Node]:
+        """The nodes that jumped while MANAGED and hold there."""
+        return [node for node in self.nodes if node.stalled]
+
+    def faults(self) -> list[str]:
+        """What is wrong with the nodes: connection errors, node errors, notifications, and
+        (once :meth:`set_managed` was called) nodes no longer held by this manager."""
+        found: list[str] = []
+        for node in self.nodes:
+            status = node.status
+            if status == Status.CONNECTION_ERROR:
+                found.append(f"{node.name}: connection error (no news for {self._age(node)})")
+                continue
+            if status == Status.ERROR:
+                found.append(f"{node.name}: ERROR in state {node.state}")
+            found.extend(f"{node.name}: {note}" for note in node.notifications)
+            if self._managing and (node.mode != Mode.MANAGED or node.managed_by != self.name):
+                who = node.managed_by or "a person"
+                found.append(f"{node.name}: mode changed to {node.mode} (by {who})")
+        return found
+
+    def checker(self, fail_return: str | None = None) -> Callable[[F], F]:
+        """Decorate a state's ``main`` or ``run`` to check the nodes first.
+
+        Each fault is raised as a notification (:func:`~corral.guardian.notify`). With
+        ``fail_return``, a fault makes the method return that state instead of running: a
+        jump there.
+
+        Args:
+            fail_return: the state to jump to on a fault (``None``: only notify).
+
+        Returns:
+            The decorator.
+        """
+
+        def decorate(func: F) -> F:
+            @functools.wraps(func)
+            def checked(*args: Any, **kwargs: Any) -> Any:
+                faults = self.faults()
+                for fault in faults:
+                    notify(fault)
+                if faults and fail_return is not None:
+                    return fail_return
+                return func(*args, **kwargs)
+
+            return checked  # type: ignore[return-value]
+
+        return decorate
+
+    # --- wiring (done by the runtime) -------------------------------------------------------
+
+    def _age(self, node: Node) -> str:
+        if node.view is None:
+            return "ever"
+        if not node.view.alive:
+            return "it since it stopped"
+        return f"{time.monotonic() - node._heard:.1f}s"
+
+    def _client(self) -> GuardianClient:
+        if self._nc is None:
+            raise UsageError(
+                "this NodeManager is not attached to a running guardian: create it in a system "
+                "module run by `corral guardian run` (or corral.guardian.Guardian)"
+            )
+        return GuardianClient(self._nc, by=self.name, manager=True, timeout=self.timeout)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            self._client()  # raises the not-attached error
+            raise AssertionError("unreachable")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            coro.close()
+            raise UsageError(
+                "NodeManager methods block: call them from a state's main()/run(), not from "
+                "the event loop"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(self.timeout + 1)
+
+    async def _attach(
+        self, nc: bus.NATS, loop: asyncio.AbstractEventLoop, name: str, config: Config
+    ) -> None:
+        self._nc, self._loop, self.name, self._config = nc, loop, name, config
+        self._watching = asyncio.Event()
+        self._watch = asyncio.create_task(self._follow(), name=f"manager-{name}")
+        ready = asyncio.ensure_future(self._watching.wait())
+        await asyncio.wait({ready, self._watch}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if self._watch.done():
+            self._watch.result()  # raises what stopped it
+
+    async def _detach(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch
+        self._watch = None
+
+    async def _follow(self) -> None:
+        """Keep the local copies of every node's view up to date (a KV watch per manager)."""
+        assert self._nc is not None
+        kv = await open_bucket(self._nc, create=True)
+        # One watch of the whole bucket, filtered here: one consumer however many nodes.
+        watcher = await kv.watchall()
+        try:
+            replaying = True
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=3600)
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:
+                    replaying = False
+                    self._watching.set()
+                    continue
+                node = self._by_name.get(entry.key)
+                if node is None or not entry.value or entry.operation is not None:
+                    continue
+                try:
+                    view = decode_view(entry.value)
+                except CorralError:
+                    continue
+                # A stored view's age counts only while replaying; a live one is news now.
+                node._update(view, age=time.time() - view.beat if replaying else 0.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()

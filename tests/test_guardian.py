@@ -1,0 +1,186 @@
+"""Guardians on a real nats-server, hosted in the test's process: walks, jumps, managers."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import scaled
+from corral import wire
+from corral.broker import EmbeddedBroker
+from corral.config import Config
+from corral.errors import GuardianRefused, NoSuchGuardian, Refused
+from corral.guardian import Guardian, GuardianClient
+
+SUS = textwrap.dedent(
+    """
+    from corral.guardian import GuardState, notify
+
+    class DOWN(GuardState):
+        goto = True
+
+    class SAFE(GuardState):
+        pass
+
+    class DAMPED(GuardState):
+        pass
+
+    class ALIGNED(GuardState):
+        def run(self):
+            if FAULT["on"]:
+                return "TRIPPED"
+            return True
+
+    class TRIPPED(GuardState):
+        request = False
+        def main(self):
+            FAULT["on"] = False
+            notify("watchdog tripped")
+
+    class BROKEN(GuardState):
+        def main(self):
+            raise ValueError("coil driver unplugged")
+
+    FAULT = {"on": False}
+    edges = [("DOWN", "SAFE"), ("SAFE", "DAMPED"), ("DAMPED", "ALIGNED"), ("TRIPPED", "DOWN"),
+             ("SAFE", "BROKEN")]
+    """
+)
+
+
+def system(tmp: Path, text: str = SUS, name: str = "sus.py") -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+async def client(broker: EmbeddedBroker, config: Config) -> AsyncIterator[GuardianClient]:
+    c = await GuardianClient.connect(config, by="alice")
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+async def hosted(broker: EmbeddedBroker, config: Config) -> AsyncIterator[list[Guardian]]:
+    """Guardians started by a test, stopped at its end."""
+    started: list[Guardian] = []
+    try:
+        yield started
+    finally:
+        for g in started:
+            await g.stop()
+
+
+async def start(hosted: list[Guardian], config: Config, path: Path, name: str) -> Guardian:
+    g = Guardian(path, name, config=config, cycle=0.01)
+    await g.start()
+    hosted.append(g)
+    return g
+
+
+async def until(
+    client: GuardianClient,
+    name: str,
+    ok: Callable[[wire.GuardianView], bool],
+    timeout: float = 10,
+) -> list[wire.GuardianView]:
+    """Watch ``name`` until a view satisfies ``ok``; return the views seen (live ones)."""
+    seen: list[wire.GuardianView] = []
+
+    async def watch() -> None:
+        async for view in client.watch(name, history=False):
+            if view is None:
+                continue
+            seen.append(view)
+            if ok(view):
+                return
+
+    try:
+        await asyncio.wait_for(watch(), scaled(timeout))
+    except TimeoutError:
+        raise AssertionError(f"{name}: condition not met; last views {seen[-3:]}") from None
+    return seen
+
+
+async def test_request_walks_the_shortest_path(
+    hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
+) -> None:
+    await start(hosted, config, system(tmp_path), "SUS1")
+    await until(client, "SUS1", lambda v: v.arrived and v.state == "DOWN")
+    view = await client.request("SUS1", "ALIGNED")
+    assert view.request == "ALIGNED"
+    seen = await until(client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED")
+    states = [v.state for v in seen]
+    walked = [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
+    assert walked[-3:] == ["SAFE", "DAMPED", "ALIGNED"] or walked == ["DAMPED", "ALIGNED"] or (
+        walked == ["ALIGNED"]
+    )
+    assert "BROKEN" not in states and "TRIPPED" not in states
+    assert (await client.view("SUS1")).status == "OK"
+
+
+async def test_user_code_raising_is_error_and_the_runtime_stays_alive(
+    hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
+) -> None:
+    await start(hosted, config, system(tmp_path), "SUS1")
+    await client.request("SUS1", "BROKEN")
+    view = (await until(client, "SUS1", lambda v: v.status == "ERROR"))[-1]
+    assert view.state == "BROKEN" and "ValueError: coil driver unplugged" in view.error
+    assert "Traceback" in view.error
+    # Still serving: a new request clears the error and walks on.
+    await client.request("SUS1", "DOWN")
+    view = (await until(client, "SUS1", lambda v: v.arrived and v.state == "DOWN"))[-1]
+    assert view.status == "OK" and view.error == ""
+
+
+async def test_unknown_guardian_and_bad_requests_are_refused_clearly(
+    hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
+) -> None:
+    with pytest.raises(NoSuchGuardian, match="no guardian named 'NOBODY' is running"):
+        await client.request("NOBODY", "DOWN")
+    await start(hosted, config, system(tmp_path), "SUS1")
+    with pytest.raises(GuardianRefused, match="no state 'UP'.*states: DOWN, SAFE"):
+        await client.request("SUS1", "UP")
+    with pytest.raises(GuardianRefused, match="no mode 'SLEEPY'"):
+        await client.set_mode("SUS1", "SLEEPY")
+
+
+async def test_reload_with_a_broken_module_keeps_the_old_one(
+    hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
+) -> None:
+    path = system(tmp_path)
+    await start(hosted, config, path, "SUS1")
+    await client.request("SUS1", "DAMPED")
+    await until(client, "SUS1", lambda v: v.arrived and v.state == "DAMPED")
+    path.write_text(SUS + "\nthis is not python(\n")
+    with pytest.raises(Refused, match="(?s)failed to import.*SyntaxError"):
+        await client.reload("SUS1")
+    view = await client.view("SUS1")
+    assert view.state == "DAMPED" and "SyntaxError" in view.load_error
+    await client.request("SUS1", "ALIGNED")  # the old code still runs
+    await until(client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED")
+    # A good module loads, keeping state and request, and clears the error.
+    path.write_text(SUS.replace("class SAFE(GuardState):", "class SAFE(GuardState):\n    index = 7"))
+    view = await client.reload("SUS1")
+    assert (view.state, view.request, view.load_error) == ("ALIGNED", "ALIGNED", "")
+    graph = await client.graph("SUS1")
+    assert {s.name: s.index for s in graph.states}["SAFE"] == 7
+
+
+async def test_a_second_guardian_with_the_same_name_is_refused(
+    hosted: list[Guardian], config: Config, tmp_path: Path
+) -> None:
+    from corral.errors import DuplicateName
+
+    g = await start(hosted, config, system(tmp_path), "SUS1")
+    twin = Guardian(system(tmp_path), "SUS1", config=config)
+    with pytest.raises(DuplicateName, match="'SUS1' is held by a live guardian on host"):
+        await twin.start()
+    assert g.view().alive
