@@ -39,13 +39,14 @@ SUS = textwrap.dedent(
         request = False
         def main(self):
             FAULT["on"] = False
+            FAULT["trips"] += 1
             notify("watchdog tripped")
 
     class BROKEN(GuardState):
         def main(self):
             raise ValueError("coil driver unplugged")
 
-    FAULT = {"on": False}
+    FAULT = {"on": False, "trips": 0}
     edges = [("DOWN", "SAFE"), ("SAFE", "DAMPED"), ("DAMPED", "ALIGNED"), ("TRIPPED", "DOWN"),
              ("SAFE", "BROKEN")]
     """
@@ -90,13 +91,15 @@ async def until(
     name: str,
     ok: Callable[[wire.GuardianView], bool],
     timeout: float = 10,
+    since: int = -1,
 ) -> list[wire.GuardianView]:
-    """Watch ``name`` until a view satisfies ``ok``; return the views seen (live ones)."""
+    """Watch ``name`` until a view newer than seq ``since`` satisfies ``ok``; return the
+    views seen (the publisher coalesces: a state passed through quickly may not be seen)."""
     seen: list[wire.GuardianView] = []
 
     async def watch() -> None:
         async for view in client.watch(name, history=False):
-            if view is None:
+            if view is None or view.seq <= since:
                 continue
             seen.append(view)
             if ok(view):
@@ -119,8 +122,10 @@ async def test_request_walks_the_shortest_path(
     seen = await until(client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED")
     states = [v.state for v in seen]
     walked = [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
-    assert walked[-3:] == ["SAFE", "DAMPED", "ALIGNED"] or walked == ["DAMPED", "ALIGNED"] or (
-        walked == ["ALIGNED"]
+    assert (
+        walked[-3:] == ["SAFE", "DAMPED", "ALIGNED"]
+        or walked == ["DAMPED", "ALIGNED"]
+        or (walked == ["ALIGNED"])
     )
     assert "BROKEN" not in states and "TRIPPED" not in states
     assert (await client.view("SUS1")).status == "OK"
@@ -167,7 +172,9 @@ async def test_reload_with_a_broken_module_keeps_the_old_one(
     await client.request("SUS1", "ALIGNED")  # the old code still runs
     await until(client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED")
     # A good module loads, keeping state and request, and clears the error.
-    path.write_text(SUS.replace("class SAFE(GuardState):", "class SAFE(GuardState):\n    index = 7"))
+    path.write_text(
+        SUS.replace("class SAFE(GuardState):", "class SAFE(GuardState):\n    index = 7")
+    )
     view = await client.reload("SUS1")
     assert (view.state, view.request, view.load_error) == ("ALIGNED", "ALIGNED", "")
     graph = await client.graph("SUS1")
@@ -184,3 +191,131 @@ async def test_a_second_guardian_with_the_same_name_is_refused(
     with pytest.raises(DuplicateName, match="'SUS1' is held by a live guardian on host"):
         await twin.start()
     assert g.view().alive
+
+
+async def test_jump_in_auto_recovers_to_the_request(
+    hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
+) -> None:
+    g = await start(hosted, config, system(tmp_path), "SUS1")
+    await client.request("SUS1", "ALIGNED")
+    await until(client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED")
+    before = await client.view("SUS1")
+    g.system.module.FAULT["on"] = True  # the next ALIGNED.run() jumps to TRIPPED
+    seen = await until(
+        client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED", since=before.seq
+    )
+    assert g.system.module.FAULT["trips"] == 1  # it went through TRIPPED...
+    assert not any(v.stalled for v in seen) and seen[-1].status == "OK"  # ...and came back
+
+
+async def test_jump_in_managed_stalls_then_revive_and_re_request_recover(
+    hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
+) -> None:
+    g = await start(hosted, config, system(tmp_path), "SUS1")
+    boss = GuardianClient(client.nc, by="BOSS", manager=True)
+    view = await boss.set_mode("SUS1", "MANAGED")
+    assert (view.mode, view.manager) == ("MANAGED", "BOSS")
+    await boss.request("SUS1", "ALIGNED")
+    await until(client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED")
+    for recover in (boss.revive, lambda name: boss.request(name, "ALIGNED")):
+        g.system.module.FAULT["on"] = True
+        view = (await until(client, "SUS1", lambda v: v.stalled))[-1]
+        assert view.state == "TRIPPED" and view.status == "STALLED"
+        # It holds there: TRIPPED is done (its run returns True) but no edge is followed.
+        view = (await until(client, "SUS1", lambda v: v.phase == "DONE", since=view.seq - 1))[-1]
+        assert view.state == "TRIPPED" and view.path == ()
+        view = await recover("SUS1")
+        view = (
+            await until(
+                client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED", since=view.seq
+            )
+        )[-1]
+        assert view.status == "OK" and not view.stalled
+
+
+async def test_managed_ownership_refuses_another_manager_and_a_person_takes_it_back(
+    hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
+) -> None:
+    await start(hosted, config, system(tmp_path), "SUS1")
+    boss = GuardianClient(client.nc, by="BOSS", manager=True)
+    rival = GuardianClient(client.nc, by="RIVAL", manager=True)
+    await boss.set_mode("SUS1", "MANAGED")
+    with pytest.raises(GuardianRefused, match="managed by BOSS; RIVAL cannot take it"):
+        await rival.set_mode("SUS1", "MANAGED")
+    with pytest.raises(GuardianRefused, match="MANAGED by BOSS.*alice"):
+        await client.request("SUS1", "SAFE")
+    view = await client.set_mode("SUS1", "AUTO")  # a person takes it back
+    assert (view.mode, view.manager) == ("AUTO", "")
+    assert (await rival.set_mode("SUS1", "MANAGED")).manager == "RIVAL"
+
+
+async def test_pause_holds_and_resume_walks_on(
+    hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
+) -> None:
+    await start(hosted, config, system(tmp_path), "SUS1")
+    await until(client, "SUS1", lambda v: v.arrived)
+    assert (await client.pause("SUS1")).paused
+    view = await client.request("SUS1", "DAMPED")
+    assert view.state == "SAFE" and view.phase == "ENTER"  # took the request, ran nothing
+    assert (await client.view("SUS1")).state == "SAFE"
+    await client.pause("SUS1", False)
+    await until(client, "SUS1", lambda v: v.arrived and v.state == "DAMPED")
+
+
+MANAGER = textwrap.dedent(
+    """
+    from corral.guardian import GuardState, NodeManager
+
+    nodes = NodeManager(["A", "B", "C"])
+    request = "IDLE"
+
+    class INIT(GuardState):
+        request = False
+        def main(self):
+            nodes.set_managed()
+            return True
+
+    class IDLE(GuardState):
+        goto = True
+
+    class DOWN(GuardState):
+        goto = True
+        @nodes.checker()
+        def run(self):
+            return not nodes.faults()  # hold here while anything is wrong
+
+    class ALIGNED(GuardState):
+        def main(self):
+            for name in ("A", "B", "C"):
+                nodes[name] = "ALIGNED"
+            assert nodes["A"].request == "ALIGNED"  # the reply updated the copy at once
+
+        @nodes.checker(fail_return="DOWN")
+        def run(self):
+            return nodes.arrived and all(nodes[n] == "ALIGNED" for n in ("A", "B", "C"))
+
+    edges = [("INIT", "IDLE"), ("IDLE", "ALIGNED")]
+    """
+)
+
+
+async def test_manager_drives_three_nodes_until_arrived_and_jumps_on_a_mode_change(
+    hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
+) -> None:
+    sus = system(tmp_path)
+    for name in ("A", "B", "C"):
+        await start(hosted, config, sus, name)
+    await start(hosted, config, system(tmp_path, MANAGER, "mgr.py"), "MGR")
+    await until(client, "MGR", lambda v: v.arrived and v.state == "IDLE")
+    for name in ("A", "B", "C"):
+        view = await client.view(name)
+        assert (view.mode, view.manager) == ("MANAGED", "MGR")
+    await client.request("MGR", "ALIGNED")
+    view = (await until(client, "MGR", lambda v: v.arrived and v.state == "ALIGNED"))[-1]
+    assert view.status == "OK"
+    for name in ("A", "B", "C"):
+        assert (await client.view(name)).state == "ALIGNED"
+    # A person takes B back: the checker reports it and fail_return jumps to DOWN.
+    await client.set_mode("B", "MANUAL")
+    view = (await until(client, "MGR", lambda v: v.state == "DOWN" and v.notifications))[-1]
+    assert "B: mode changed to MANUAL (by a person)" in view.notifications

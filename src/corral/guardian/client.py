@@ -184,7 +184,9 @@ class GuardianClient:
         Raises:
             NoSuchGuardian, Timeout, GuardianRefused: see :func:`send`.
         """
-        return await self._send(name, "revive", wire.GuardianRevive(by=self.by, manager=self.manager))
+        return await self._send(
+            name, "revive", wire.GuardianRevive(by=self.by, manager=self.manager)
+        )
 
     async def pause(self, name: str, paused: bool = True) -> wire.GuardianView:
         """Pause (or resume) guardian ``name``.
@@ -233,7 +235,7 @@ class GuardianClient:
         watcher = await kv.watchall()
         try:
             while True:
-                entry = await watcher.updates(timeout=self.timeout)
+                entry = await watcher.updates(timeout=self.timeout)  # type: ignore[no-untyped-call]
                 if entry is None:
                     break
                 if entry.value and entry.operation is None:
@@ -244,7 +246,7 @@ class GuardianClient:
         except nats.errors.TimeoutError:
             raise Timeout("the guardian bucket did not answer in time") from None
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return sorted(views, key=lambda v: v.name)
 
     async def watch(
@@ -262,7 +264,7 @@ class GuardianClient:
         try:
             while True:
                 try:
-                    entry = await watcher.updates(timeout=3600)
+                    entry = await watcher.updates(timeout=3600)  # type: ignore[no-untyped-call]
                 except nats.errors.TimeoutError:
                     continue  # a quiet hour; keep watching
                 if entry is None:
@@ -273,4 +275,4 @@ class GuardianClient:
                     except CorralError:
                         continue
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]

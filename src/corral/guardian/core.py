@@ -242,7 +242,7 @@ class Automaton:
             return False
         self._last_method = step.method
         self._set_notes(step, notes)
-        if isinstance(result, str) and result and result is not True:
+        if isinstance(result, str) and result:
             self._jump(result, step)
         elif result is True:
             self._apply(Event.DONE)
@@ -433,7 +433,9 @@ class Automaton:
 
     def _set_notes(self, step: Step, notes: tuple[str, ...]) -> None:
         # main()'s notifications last into the first run(); a run() replaces them.
-        merged = tuple(dict.fromkeys((*self.notifications, *notes))) if step.method == "main" else notes
+        merged = (
+            tuple(dict.fromkeys((*self.notifications, *notes))) if step.method == "main" else notes
+        )
         if merged != self.notifications:
             self.notifications = merged
             self._changed()

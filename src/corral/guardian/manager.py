@@ -55,8 +55,7 @@ class Node:
         if v is None:
             return f"<Node {self.name!r} never seen>"
         return (
-            f"<Node {self.name!r} {v.state} request={v.request} mode={v.mode} "
-            f"status={self.status}>"
+            f"<Node {self.name!r} {v.state} request={v.request} mode={v.mode} status={self.status}>"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -116,9 +115,7 @@ class Node:
         """Its view is fresh (refreshed within the manager's ``stale_after``) and alive."""
         v = self._view
         return (
-            v is not None
-            and v.alive
-            and time.monotonic() - self._heard <= self.manager.stale_after
+            v is not None and v.alive and time.monotonic() - self._heard <= self.manager.stale_after
         )
 
     @property
@@ -270,28 +267,38 @@ class NodeManager:
         return [node for node in self.nodes if node.stalled]
 
     def faults(self) -> list[str]:
-        """What is wrong with the nodes: connection errors, node errors, notifications, and
-        (once :meth:`set_managed` was called) nodes no longer held by this manager."""
-        found: list[str] = []
+        """What is wrong with the nodes: connection errors, node errors, and (once
+        :meth:`set_managed` was called) nodes no longer held by this manager."""
+        return [text for text, fault in self._check() if fault]
+
+    def reports(self) -> list[str]:
+        """Every fault, and every node's notifications (passed on, not faults)."""
+        return [text for text, _ in self._check()]
+
+    def _check(self) -> list[tuple[str, bool]]:
+        found: list[tuple[str, bool]] = []
         for node in self.nodes:
             status = node.status
             if status == Status.CONNECTION_ERROR:
-                found.append(f"{node.name}: connection error (no news for {self._age(node)})")
+                found.append(
+                    (f"{node.name}: connection error (no news for {self._age(node)})", True)
+                )
                 continue
             if status == Status.ERROR:
-                found.append(f"{node.name}: ERROR in state {node.state}")
-            found.extend(f"{node.name}: {note}" for note in node.notifications)
+                found.append((f"{node.name}: ERROR in state {node.state}", True))
             if self._managing and (node.mode != Mode.MANAGED or node.managed_by != self.name):
                 who = node.managed_by or "a person"
-                found.append(f"{node.name}: mode changed to {node.mode} (by {who})")
+                found.append((f"{node.name}: mode changed to {node.mode} (by {who})", True))
+            found.extend((f"{node.name}: {note}", False) for note in node.notifications)
         return found
 
     def checker(self, fail_return: str | None = None) -> Callable[[F], F]:
         """Decorate a state's ``main`` or ``run`` to check the nodes first.
 
-        Each fault is raised as a notification (:func:`~corral.guardian.notify`). With
-        ``fail_return``, a fault makes the method return that state instead of running: a
-        jump there.
+        Each fault (connection error, node error, mode changed by someone else) and each
+        node notification is raised as a notification (:func:`~corral.guardian.notify`).
+        With ``fail_return``, a fault (not a mere notification) makes the method return that
+        state instead of running: a jump there.
 
         Args:
             fail_return: the state to jump to on a fault (``None``: only notify).
@@ -303,10 +310,10 @@ class NodeManager:
         def decorate(func: F) -> F:
             @functools.wraps(func)
             def checked(*args: Any, **kwargs: Any) -> Any:
-                faults = self.faults()
-                for fault in faults:
-                    notify(fault)
-                if faults and fail_return is not None:
+                found = self._check()
+                for text, _ in found:
+                    notify(text)
+                if fail_return is not None and any(fault for _, fault in found):
                     return fail_return
                 return func(*args, **kwargs)
 
@@ -378,7 +385,7 @@ class NodeManager:
             replaying = True
             while True:
                 try:
-                    entry = await watcher.updates(timeout=3600)
+                    entry = await watcher.updates(timeout=3600)  # type: ignore[no-untyped-call]
                 except nats.errors.TimeoutError:
                     continue
                 if entry is None:
@@ -396,4 +403,4 @@ class NodeManager:
                 node._update(view, age=time.time() - view.beat if replaying else 0.0)
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]

@@ -158,7 +158,11 @@ class Guardian:
         self._worker.start()
         log.info(
             "guardian started",
-            extra={"guardian": self.name, "system": str(self.system.path), "state": self.core.state},
+            extra={
+                "guardian": self.name,
+                "system": str(self.system.path),
+                "state": self.core.state,
+            },
         )
 
     async def stop(self) -> None:
