@@ -9,9 +9,11 @@ Run the three suspensions, then the manager::
 INIT takes the nodes into MANAGED mode (refused if another manager holds one). ALIGNED revives
 a node that stalled after a watchdog trip, and jumps DOWN on any fault the checker finds: a
 node that stopped answering (CONNECTION_ERROR), a node in ERROR, or a node a person took back.
+DOWN holds while a fault lasts; request INIT to take the nodes back after a person had one.
 """
 
-from corral.guardian import GuardState, NodeManager
+from corral.errors import NoSuchGuardian, Timeout
+from corral.guardian import GuardState, NodeManager, notify
 
 nodes = NodeManager(["SUS_MC1", "SUS_MC2", "SUS_MC3"])
 
@@ -21,12 +23,16 @@ request = "DOWN"
 def request_all(state):
     """Ask every node that answers for ``state``."""
     for node in nodes:
-        if node.status != "CONNECTION_ERROR":
+        if node.status == "CONNECTION_ERROR":
+            continue
+        try:
             nodes[node.name] = state
+        except (NoSuchGuardian, Timeout) as exc:  # it died just now: the checker will say so
+            notify(f"{node.name}: {exc}")
 
 
 class INIT(GuardState):
-    request = False
+    goto = True
 
     def main(self):
         nodes.set_managed()
@@ -42,7 +48,7 @@ class DOWN(GuardState):
 
     @nodes.checker()
     def run(self):
-        return nodes.arrived
+        return nodes.arrived and not nodes.faults()  # hold here while anything is wrong
 
 
 class DAMPED(GuardState):

@@ -129,6 +129,8 @@ def list_cmd(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> 
 
     views = run(main())
     table = Table("name", "state", "request", "mode", "status", "notifications", "host/pid")
+    for column in table.columns[:5]:
+        column.no_wrap = True  # names and statuses are grepped; let notifications wrap
     for v in views:
         mode = v.mode + (f" ({v.manager})" if v.manager else "")
         state = v.state + (" *" if v.arrived else "")

@@ -10,6 +10,7 @@ Used by the CLI, by :class:`~corral.guardian.NodeManager`, and by Python scripts
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -254,12 +255,15 @@ class GuardianClient:
     ) -> AsyncIterator[wire.GuardianView | None]:
         """Every view guardian ``name`` publishes (``>``: every guardian's), live.
 
-        Yields ``None`` once, after the stored past has been replayed.
-
-        Raises:
-            NoSuchGuardian: no guardian ever ran on this bus.
+        Yields ``None`` once, after the stored past has been replayed. If no guardian ever
+        ran on this bus, it waits for the first to start.
         """
-        kv = await open_bucket(self.nc, create=False)
+        while True:
+            try:
+                kv = await open_bucket(self.nc, create=False)
+                break
+            except NoSuchGuardian:
+                await asyncio.sleep(0.25)  # nothing to subscribe to until the bucket exists
         watcher = await kv.watch(name, include_history=history)
         try:
             while True:
