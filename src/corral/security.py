@@ -515,6 +515,23 @@ class Authority:
             )
         return self._sign_user(f"agent:{name}", seed, agent_permissions(name), system=False)
 
+    def enroll_guardian(self, name: str) -> str:
+        """Issue a credential for guardian ``name``: its own subjects and bucket key only.
+
+        Returns:
+            The ``.creds`` file text.
+
+        Raises:
+            InvalidName: the name cannot be a subject token.
+        """
+        subjects.check_name(name, "guardian")
+        seed = _new_seed(nkeys.PREFIX_BYTE_USER)
+        with self._locked():
+            self._state.nodes.setdefault(f"guardian:{name}", []).append(
+                IssuedKey(public_key=_pub(seed), issued_at=time.time())
+            )
+        return self._sign_user(f"guardian:{name}", seed, guardian_permissions(name), system=False)
+
     def revoke(self, name: str) -> list[str]:
         """Revoke every live credential of node ``name``.
 

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from corral import wire
-from corral.cli.common import configure, err, run
+from corral.cli.common import configure, err, fail, run
 from corral.config import Config
-from corral.errors import UsageError
+from corral.errors import CorralError, UsageError
 from corral.guardian.client import GuardianClient
 from corral.guardian.core import Mode
 from corral.guardian.graph import Graph, StateInfo
@@ -317,6 +317,27 @@ def graph(
     if output is not None:
         render(dot, output)
         err.print(f"wrote {output}")
+
+
+@guardian_app.command()
+def enroll(
+    name: NameArg,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Where to write it (default NAME.creds).")
+    ] = None,
+) -> None:
+    """Issue a credential for guardian NAME: it may answer only its own subjects and write
+    only its own key of the guardian bucket. Give it to `corral guardian run --creds`."""
+    from corral.security import Authority, write_secret
+
+    config, _ = configure()
+    try:
+        text = Authority.load(config.data_path).enroll_guardian(name)
+    except CorralError as exc:
+        fail(exc)
+    path = out_file or Path(f"{name}.creds")
+    write_secret(path, text)
+    err.print(f"wrote {path} (keep it secret; revoke with `corral revoke guardian:{name}`)")
 
 
 def render(dot: str, output: Path) -> None:
