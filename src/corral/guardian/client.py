@@ -11,6 +11,7 @@ Used by the CLI, by :class:`~corral.guardian.NodeManager`, and by Python scripts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -247,7 +248,8 @@ class GuardianClient:
         except nats.errors.TimeoutError:
             raise Timeout("the guardian bucket did not answer in time") from None
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(nats.errors.Error):  # the connection may be closed by now
+                await watcher.stop()  # type: ignore[no-untyped-call]
         return sorted(views, key=lambda v: v.name)
 
     async def watch(
@@ -279,4 +281,5 @@ class GuardianClient:
                     except CorralError:
                         continue
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(nats.errors.Error):  # the connection may be closed by now
+                await watcher.stop()  # type: ignore[no-untyped-call]

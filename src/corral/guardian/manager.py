@@ -79,6 +79,7 @@ class Node:
             if old is None or old.instance != view.instance or view.seq >= old.seq:
                 self._view = view
             self._heard = max(self._heard, time.monotonic() - max(0.0, age))
+            self.manager._news.notify_all()
 
     @property
     def view(self) -> wire.GuardianView | None:
@@ -192,6 +193,7 @@ class NodeManager:
         self, nodes: Iterable[str], *, stale_after: float | None = None, timeout: float = 5.0
     ) -> None:
         self._lock = threading.Lock()
+        self._news = threading.Condition(self._lock)
         self.nodes: list[Node] = [Node(self, n) for n in nodes]
         self._by_name = {n.name: n for n in self.nodes}
         self._stale_after = stale_after
@@ -261,6 +263,30 @@ class NodeManager:
     def arrived(self) -> bool:
         """True when every node has arrived at its requested state."""
         return all(node.arrived for node in self.nodes)
+
+    def wait(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``condition()`` holds, re-checking on every node update.
+
+        For a state that wants to react at once rather than at its next cycle, e.g.
+        ``nodes.wait(lambda: nodes.arrived, 10)``.
+
+        Args:
+            condition: checked with the node copies unchanging (do not call requests in it).
+            timeout: seconds to wait at most.
+
+        Returns:
+            Whether the condition holds (False: timed out).
+        """
+        deadline = time.monotonic() + timeout
+        with self._news:  # node updates wait while the condition is checked: none is missed
+            while True:
+                if condition():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                # Wake at least every 0.1 s: staleness changes without an update.
+                self._news.wait(min(left, 0.1))
 
     def get_stalled_nodes(self) -> list[Node]:
         """The nodes that jumped while MANAGED and hold there."""
