@@ -129,6 +129,22 @@ async def host(args: argparse.Namespace) -> None:
     await nc.close()
 
 
+def spawn_hosts(
+    args: argparse.Namespace, config: Config, root: Path, names: list[str]
+) -> list[subprocess.Popen[bytes]]:
+    """Start the host processes, each with every ``hosts``-th name (they start at once)."""
+    return [
+        subprocess.Popen(
+            [sys.executable, __file__, "--host", "--data-dir", str(config.data_path)]
+            + ["--port", str(config.nats_port), "--system", str(root / "sub.py")]
+            + ["--names", ",".join(names[h :: args.hosts])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for h in range(args.hosts)
+    ]
+
+
 def quantile(values: list[float], q: float) -> float:
     """The q-quantile (nearest rank) of ``values``."""
     ordered = sorted(values)
@@ -147,17 +163,7 @@ async def main(args: argparse.Namespace, root: Path) -> None:
         (root / "mgr.py").write_text(MANAGER)
         names = [f"SUS{i:03d}" for i in range(args.nodes)]
         started = time.perf_counter()
-        for h in range(args.hosts):
-            share = names[h :: args.hosts]
-            hosts.append(
-                subprocess.Popen(
-                    [sys.executable, __file__, "--host", "--data-dir", str(data)]
-                    + ["--port", str(config.nats_port), "--system", str(root / "sub.py")]
-                    + ["--names", ",".join(share)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                )
-            )
+        hosts.extend(spawn_hosts(args, config, root, names))
         for proc in hosts:
             assert proc.stdout is not None
             line = await asyncio.to_thread(proc.stdout.readline)
