@@ -186,6 +186,10 @@ def test_managed_ownership_is_recorded_and_defended() -> None:
         a.set_request("SAFE", PERSON)
     with pytest.raises(GuardianRefused, match="MANAGED by BOSS"):
         a.set_request("SAFE", OTHER)
+    a.set_mode(Mode.MANAGED, PERSON)  # a person may hold it too, and request as its holder
+    with pytest.raises(GuardianRefused, match="MANAGED by alice.*manager BOSS"):
+        a.set_request("SAFE", BOSS)
+    a.set_request("SAFE", PERSON)
     a.set_mode(Mode.AUTO, PERSON)  # a person takes it back
     assert a.manager == "" and a.mode is Mode.AUTO
     a.set_mode(Mode.MANUAL, PERSON)

@@ -99,3 +99,15 @@ def test_enrolling_a_bad_guardian_name_is_refused(config: Config, name: str) -> 
 
     with pytest.raises(InvalidName, match="invalid guardian name"):
         Authority.load(config.data_path).enroll_guardian(name)
+
+
+def test_an_old_admin_credential_gains_guardian_access(config: Config) -> None:
+    from corral.security import ADMIN_PERMISSIONS, _allows_publish
+
+    authority = Authority.load(config.data_path)
+    admin = config.data_path / "auth" / "admin.creds"
+    write_secret(admin, authority.user_creds("admin", ADMIN_PERMISSIONS))  # before guardians
+    assert not _allows_publish(admin.read_text(), "corral.guardian.*.>")
+    authority.ensure_role_credentials()  # what `corral init` / `corral up` run on old dirs
+    assert _allows_publish(admin.read_text(), "corral.guardian.*.>")
+    assert credential_name(admin.read_text()) == "admin"

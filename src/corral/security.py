@@ -329,6 +329,10 @@ class Authority:
             write_secret(
                 self.directory / "group.creds", self.user_creds("group", GROUP_PERMISSIONS)
             )
+        admin = self.directory / "admin.creds"
+        if admin.exists() and not _allows_publish(admin.read_text(), ADMIN_GUARDIAN_PUB[0]):
+            # Written before guardians existed: the same role, with guardian access added.
+            write_secret(admin, self.user_creds("admin", _admin_permissions()))
         if not (self.directory / "guardian.creds").exists():
             write_secret(
                 self.directory / "guardian.creds",
@@ -572,3 +576,15 @@ def _admin_permissions() -> Permissions:
         sub=ADMIN_PERMISSIONS.sub,
         responses=ADMIN_PERMISSIONS.responses,
     )
+
+
+def _allows_publish(creds: str, subject: str) -> bool:
+    """True if the user JWT in ``creds`` lists ``subject`` among its publish permissions."""
+    lines = creds.splitlines()
+    try:
+        jwt = lines[lines.index("-----BEGIN NATS USER JWT-----") + 1]
+        body = jwt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        return subject in claims["nats"].get("pub", {}).get("allow", [])
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError):
+        return False

@@ -48,9 +48,10 @@ def _config(nats: str | None, creds: str | None, ca: str | None) -> Config:
     return config
 
 
-def _status(view: wire.GuardianView, config: Config) -> str:
-    """The status a viewer should show: CONNECTION_ERROR for a silent or stopped guardian."""
-    if not view.alive or time.time() - view.beat > config.down_after:
+def _status(view: wire.GuardianView, config: Config, *, past: bool = False) -> str:
+    """The status a viewer should show: CONNECTION_ERROR for a silent or stopped guardian
+    (``past``: a view from the stored history, shown as it was)."""
+    if not view.alive or (not past and time.time() - view.beat > config.down_after):
         return "CONNECTION_ERROR"
     return view.status
 
@@ -59,8 +60,8 @@ def _styled(status: str) -> str:
     return f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
-def _line(view: wire.GuardianView, config: Config) -> str:
-    status = _status(view, config)
+def _line(view: wire.GuardianView, config: Config, *, past: bool = False) -> str:
+    status = _status(view, config, past=past)
     text = (
         f"{view.name}: {view.state} -> {view.request}  {view.mode}"
         + (f" by {view.manager}" if view.manager else "")
@@ -271,10 +272,12 @@ def watch(
 
     async def main() -> None:
         shown = 0
+        live = False
         last: dict[str, tuple[str, int, bool]] = {}
         async with await GuardianClient.connect(config) as client:
             async for view in client.watch(name, history=history):
                 if view is None:
+                    live = True
                     out.print("-- live --", style="dim")
                     continue
                 key = (view.instance, view.seq, view.alive)
@@ -282,7 +285,7 @@ def watch(
                     continue  # a heartbeat
                 last[view.name] = key
                 stamp = time.strftime("%H:%M:%S", time.localtime(view.beat))
-                out.print(f"[dim]{stamp}[/] " + _line(view, config), highlight=False)
+                out.print(f"[dim]{stamp}[/] " + _line(view, config, past=not live), highlight=False)
                 shown += 1
                 if count and shown >= count:
                     return

@@ -367,7 +367,7 @@ class Automaton:
             )
 
     def _check_requester(self, who: Requester) -> None:
-        if self.mode is Mode.MANAGED and (not who.manager or who.name != self.manager):
+        if self.mode is Mode.MANAGED and who.name != self.manager:
             raise GuardianRefused(
                 f"guardian {self.name!r} is MANAGED by {self.manager or 'a manager'}: it "
                 f"takes requests only from it, not from {who}. Take it back with "

@@ -49,6 +49,7 @@ class Node:
         self.name = subjects.check_name(name, "guardian")
         self._view: wire.GuardianView | None = None
         self._heard = float("-inf")  # monotonic time of the last view
+        self._held_instance = ""  # the node's run (instance) this manager took into MANAGED
 
     def __repr__(self) -> str:
         v = self._view
@@ -159,7 +160,9 @@ class Node:
                 in MANUAL.
         """
         client = self.manager._client()
-        self._update(self.manager._call(client.set_mode(self.name, Mode.MANAGED.value)))
+        view = self.manager._call(client.set_mode(self.name, Mode.MANAGED.value))
+        self._held_instance = view.instance
+        self._update(view)
 
     def release(self) -> None:
         """Give it back: AUTO mode.
@@ -312,7 +315,10 @@ class NodeManager:
                 continue
             if status == Status.ERROR:
                 found.append((f"{node.name}: ERROR in state {node.state}", True))
-            if self._managing and (node.mode != Mode.MANAGED or node.managed_by != self.name):
+            view = node.view
+            if self._managing and view is not None and view.instance != node._held_instance:
+                found.append((f"{node.name}: restarted (now {node.mode}); request INIT", True))
+            elif self._managing and (node.mode != Mode.MANAGED or node.managed_by != self.name):
                 who = node.managed_by or "a person"
                 found.append((f"{node.name}: mode changed to {node.mode} (by {who})", True))
             found.extend((f"{node.name}: {note}", False) for note in node.notifications)
