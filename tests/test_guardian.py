@@ -270,7 +270,7 @@ MANAGER = textwrap.dedent(
     request = "IDLE"
 
     class INIT(GuardState):
-        request = False
+        goto = True
         def main(self):
             nodes.set_managed()
             return True
@@ -319,3 +319,33 @@ async def test_manager_drives_three_nodes_until_arrived_and_jumps_on_a_mode_chan
     await client.set_mode("B", "MANUAL")
     view = (await until(client, "MGR", lambda v: v.state == "DOWN" and v.notifications))[-1]
     assert "B: mode changed to MANUAL (by a person)" in view.notifications
+
+
+async def test_manager_reports_a_restarted_node_and_takes_it_back_on_init(
+    hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
+) -> None:
+    sus = system(tmp_path)
+    for name in ("A", "B", "C"):
+        await start(hosted, config, sus, name)
+    await start(hosted, config, system(tmp_path, MANAGER, "mgr.py"), "MGR")
+    await until(client, "MGR", lambda v: v.arrived and v.state == "IDLE")
+    await client.request("MGR", "DOWN")
+    # A stops cleanly (its last view says so): a connection error at once, not after down_after.
+    a = hosted[0]
+    await a.stop()
+    hosted.remove(a)
+    seen = await until(
+        client, "MGR", lambda v: any("A: connection error" in n for n in v.notifications)
+    )
+    assert "A: connection error (it stopped)" in seen[-1].notifications
+    # A new A (a restart: AUTO, another instance) is reported as such...
+    await start(hosted, config, sus, "A")
+    seen = await until(client, "MGR", lambda v: any("A: restarted" in n for n in v.notifications))
+    assert "A: restarted (now AUTO); request INIT" in seen[-1].notifications
+    # ...and INIT takes it back: the fault clears.
+    await client.request("MGR", "INIT")
+    await until(client, "MGR", lambda v: v.arrived and v.state == "INIT")
+    assert (await client.view("A")).manager == "MGR"
+    await client.request("MGR", "DOWN")
+    seen = await until(client, "MGR", lambda v: v.arrived and v.state == "DOWN")
+    assert seen[-1].notifications == () and seen[-1].status == "OK"

@@ -309,9 +309,7 @@ class NodeManager:
         for node in self.nodes:
             status = node.status
             if status == Status.CONNECTION_ERROR:
-                found.append(
-                    (f"{node.name}: connection error (no news for {self._age(node)})", True)
-                )
+                found.append((f"{node.name}: connection error ({self._silence(node)})", True))
                 continue
             if status == Status.ERROR:
                 found.append((f"{node.name}: ERROR in state {node.state}", True))
@@ -355,12 +353,12 @@ class NodeManager:
 
     # --- wiring (done by the runtime) -------------------------------------------------------
 
-    def _age(self, node: Node) -> str:
+    def _silence(self, node: Node) -> str:
         if node.view is None:
-            return "ever"
+            return "never heard from"
         if not node.view.alive:
-            return "it since it stopped"
-        return f"{time.monotonic() - node._heard:.1f}s"
+            return "it stopped"
+        return f"no news for {time.monotonic() - node._heard:.1f}s"
 
     def _client(self) -> GuardianClient:
         if self._nc is None:
