@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,16 +21,22 @@ SUS = textwrap.dedent(
     """
     from corral.guardian import GuardState, notify
 
-    class DOWN(GuardState):
+    VISITED = []
+
+    class _Tracked(GuardState):  # a base class, not a state (its name starts with "_")
+        def main(self):
+            VISITED.append(type(self).__name__)
+
+    class DOWN(_Tracked):
         goto = True
 
-    class SAFE(GuardState):
+    class SAFE(_Tracked):
         pass
 
-    class DAMPED(GuardState):
+    class DAMPED(_Tracked):
         pass
 
-    class ALIGNED(GuardState):
+    class ALIGNED(_Tracked):
         def run(self):
             if FAULT["on"]:
                 return "TRIPPED"
@@ -98,12 +105,13 @@ async def until(
     seen: list[wire.GuardianView] = []
 
     async def watch() -> None:
-        async for view in client.watch(name, history=False):
-            if view is None or view.seq <= since:
-                continue
-            seen.append(view)
-            if ok(view):
-                return
+        async with contextlib.aclosing(client.watch(name, history=False)) as views:
+            async for view in views:
+                if view is None or view.seq <= since:
+                    continue
+                seen.append(view)
+                if ok(view):
+                    return
 
     try:
         await asyncio.wait_for(watch(), scaled(timeout))
@@ -115,19 +123,14 @@ async def until(
 async def test_request_walks_the_shortest_path(
     hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
 ) -> None:
-    await start(hosted, config, system(tmp_path), "SUS1")
+    g = await start(hosted, config, system(tmp_path), "SUS1")
     await until(client, "SUS1", lambda v: v.arrived and v.state == "DOWN")
+    assert [s.name for s in g.core.graph.states][:2] == ["DOWN", "SAFE"]  # _Tracked is no state
     view = await client.request("SUS1", "ALIGNED")
     assert view.request == "ALIGNED"
-    seen = await until(client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED")
-    states = [v.state for v in seen]
-    walked = [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
-    assert (
-        walked[-3:] == ["SAFE", "DAMPED", "ALIGNED"]
-        or walked == ["DAMPED", "ALIGNED"]
-        or (walked == ["ALIGNED"])
-    )
-    assert "BROKEN" not in states and "TRIPPED" not in states
+    await until(client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED")
+    # Every state entered, in order (a viewer may miss the quick ones: views are coalesced).
+    assert g.system.module.VISITED == ["DOWN", "SAFE", "DAMPED", "ALIGNED"]
     assert (await client.view("SUS1")).status == "OK"
 
 
@@ -172,9 +175,7 @@ async def test_reload_with_a_broken_module_keeps_the_old_one(
     await client.request("SUS1", "ALIGNED")  # the old code still runs
     await until(client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED")
     # A good module loads, keeping state and request, and clears the error.
-    path.write_text(
-        SUS.replace("class SAFE(GuardState):", "class SAFE(GuardState):\n    index = 7")
-    )
+    path.write_text(SUS.replace("class SAFE(_Tracked):", "class SAFE(_Tracked):\n    index = 7"))
     view = await client.reload("SUS1")
     assert (view.state, view.request, view.load_error) == ("ALIGNED", "ALIGNED", "")
     graph = await client.graph("SUS1")
@@ -227,7 +228,7 @@ async def test_jump_in_managed_stalls_then_revive_and_re_request_recover(
         view = await recover("SUS1")
         view = (
             await until(
-                client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED", since=view.seq
+                client, "SUS1", lambda v: v.arrived and v.state == "ALIGNED", since=view.seq - 1
             )
         )[-1]
         assert view.status == "OK" and not view.stalled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import time
@@ -52,9 +53,10 @@ async def until(
     """Watch ``name`` (its stored view first) until a view satisfies ``ok``."""
 
     async def watch() -> wire.GuardianView:
-        async for view in client.watch(name, history=False):
-            if view is not None and ok(view):
-                return view
+        async with contextlib.aclosing(client.watch(name, history=False)) as views:
+            async for view in views:
+                if view is not None and ok(view):
+                    return view
         raise AssertionError("watch ended")
 
     return await asyncio.wait_for(watch(), scaled(timeout))

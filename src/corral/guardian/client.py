@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import time
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
@@ -25,10 +26,18 @@ from nats.js.kv import KeyValue
 
 from corral import bus, subjects, wire
 from corral.config import Config, load_config
-from corral.errors import BusUnavailable, CorralError, NoSuchGuardian, Timeout
+from corral.errors import BusUnavailable, CorralError, DuplicateName, NoSuchGuardian, Timeout
 from corral.security import ADMIN_INBOX
 
-__all__ = ["GuardianClient", "decode_view", "open_bucket", "person", "send"]
+__all__ = [
+    "GuardianClient",
+    "claim_name",
+    "decode_view",
+    "open_bucket",
+    "person",
+    "send",
+    "until_reachable",
+]
 
 #: Entries kept per key: enough for `watch` to show the recent past of a guardian.
 HISTORY = 32
@@ -102,6 +111,62 @@ async def send(
     except nats.errors.TimeoutError:
         raise Timeout(f"guardian {name!r} did not answer {verb} within {timeout}s") from None
     return wire.decode_reply(reply.data, reply_type, reply.headers)
+
+
+_VIEW_PROBE = wire.encode(wire.GuardianViewRequest())
+
+
+async def claim_name(nc: bus.NATS, name: str) -> None:
+    """Refuse to start guardian ``name`` if a live one answers to it.
+
+    Raises:
+        DuplicateName: a live guardian holds the name (the error says where).
+    """
+    try:
+        reply = await nc.request(
+            subjects.guardian(name, "view"), _VIEW_PROBE, timeout=1.0, headers=wire.HEADERS
+        )
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        return
+    try:
+        other = wire.decode_reply(reply.data, wire.GuardianView, reply.headers)
+        where = f"on host {other.host} (pid {other.pid})"
+    except CorralError:
+        where = "elsewhere"
+    raise DuplicateName(
+        f"guardian name {name!r} is held by a live guardian {where}; stop it or choose another name"
+    )
+
+
+async def until_reachable(nc: bus.NATS, name: str, within: float = 5.0) -> None:
+    """Ask guardian ``name`` (ourselves) until the bus routes its subjects to it.
+
+    The server can answer "no responders" for a moment after a new subscription, right after
+    :func:`claim_name` probed the same subject (see the Agent's self-probe).
+
+    Raises:
+        CorralError: still not routed after ``within`` seconds.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await nc.request(
+                subjects.guardian(name, "view"), _VIEW_PROBE, timeout=1.0, headers=wire.HEADERS
+            )
+            return
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if time.monotonic() > deadline:
+                raise CorralError(
+                    f"guardian {name!r} subscribed but the bus does not route its subjects to "
+                    f"it after {within}s; check the bus (nats-server log)"
+                ) from None
+            await asyncio.sleep(0.02)
+
+
+async def _stop(watcher: Any) -> None:
+    """Stop a KV watcher, bounded: its connection may be closed or reconnecting by now."""
+    with contextlib.suppress(nats.errors.Error, TimeoutError):
+        await asyncio.wait_for(watcher.stop(), 2.0)
 
 
 class GuardianClient:
@@ -248,8 +313,7 @@ class GuardianClient:
         except nats.errors.TimeoutError:
             raise Timeout("the guardian bucket did not answer in time") from None
         finally:
-            with contextlib.suppress(nats.errors.Error):  # the connection may be closed by now
-                await watcher.stop()  # type: ignore[no-untyped-call]
+            await _stop(watcher)
         return sorted(views, key=lambda v: v.name)
 
     async def watch(
@@ -281,5 +345,4 @@ class GuardianClient:
                     except CorralError:
                         continue
         finally:
-            with contextlib.suppress(nats.errors.Error):  # the connection may be closed by now
-                await watcher.stop()  # type: ignore[no-untyped-call]
+            await _stop(watcher)

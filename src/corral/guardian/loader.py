@@ -1,7 +1,8 @@
 """Loading a guardian system module from a file, and loading it again.
 
 A system module defines :class:`~corral.guardian.GuardState` subclasses (each one a state,
-named by its class name) and ``edges``, a list of ``(from, to)`` pairs. Optional module
+named by its class name; a name starting with ``_`` is a shared base class, not a state) and
+``edges``, a list of ``(from, to)`` pairs. Optional module
 attributes: ``initial`` (the state to start in: default ``INIT`` if defined, else the first
 ``goto`` state, else the first state), ``request`` (the first request: default ``initial``).
 
@@ -55,6 +56,7 @@ def _state_classes(module: ModuleType) -> dict[str, type[GuardState]]:
             and issubclass(value, GuardState)
             and value is not GuardState
             and name == value.__name__
+            and not name.startswith("_")  # a shared base class, not a state
         ):
             found[name] = value
     return found

@@ -34,8 +34,8 @@ from nats.js.kv import KeyValue
 
 from corral import bus, subjects, wire
 from corral.config import Config, load_config
-from corral.errors import CorralError, DuplicateName, GuardianRefused, SystemLoadError
-from corral.guardian.client import open_bucket
+from corral.errors import CorralError, GuardianRefused, SystemLoadError
+from corral.guardian.client import claim_name, open_bucket, until_reachable
 from corral.guardian.core import Automaton, Mode, Requester, Step
 from corral.guardian.loader import System, load_system
 from corral.guardian.state import GuardState, _notes
@@ -136,13 +136,13 @@ class Guardian:
                 name=f"corral-guardian-{self.name}",
             )
         try:
-            await self._claim_name()
+            await claim_name(self.nc, self.name)
             self._kv = await open_bucket(self.nc, create=True)
             self._subs.append(
                 await self.nc.subscribe(subjects.guardian(self.name, "*"), cb=self._on_message)
             )
             await self.nc.flush()
-            await self._until_reachable()
+            await until_reachable(self.nc, self.name)
             await self._attach_managers(self.system)
             await self._put(self.view())
         except BaseException:
@@ -203,44 +203,6 @@ class Guardian:
             await asyncio.Event().wait()
         finally:
             await asyncio.shield(self.stop())
-
-    async def _claim_name(self) -> None:
-        assert self.nc is not None
-        probe = wire.encode(wire.GuardianViewRequest())
-        try:
-            reply = await self.nc.request(
-                subjects.guardian(self.name, "view"), probe, timeout=1.0, headers=wire.HEADERS
-            )
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            return
-        try:
-            other = wire.decode_reply(reply.data, wire.GuardianView, reply.headers)
-            where = f"on host {other.host} (pid {other.pid})"
-        except CorralError:
-            where = "elsewhere"
-        raise DuplicateName(
-            f"guardian name {self.name!r} is held by a live guardian {where}; stop it or "
-            "choose another name"
-        )
-
-    async def _until_reachable(self, within: float = 5.0) -> None:
-        """Ask ourselves until the bus routes our subjects to us (see Agent's self-probe)."""
-        assert self.nc is not None
-        deadline = time.monotonic() + within
-        probe = wire.encode(wire.GuardianViewRequest())
-        while True:
-            try:
-                await self.nc.request(
-                    subjects.guardian(self.name, "view"), probe, timeout=1.0, headers=wire.HEADERS
-                )
-                return
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                if time.monotonic() > deadline:
-                    raise CorralError(
-                        f"guardian {self.name!r} subscribed but the bus does not route its "
-                        f"subjects to it after {within}s; check the bus (nats-server log)"
-                    ) from None
-                await asyncio.sleep(0.02)
 
     async def _attach_managers(self, system: System) -> None:
         assert self.nc is not None and self._loop is not None and self.config is not None
