@@ -45,6 +45,8 @@ __all__ = ["Guardian", "DEFAULT_CYCLE"]
 
 log = logging.getLogger("corral.guardian")
 
+_HOST = socket.gethostname()
+
 #: Seconds between repeated ``run()`` calls in one state (LIGO Guardian's 16 Hz).
 DEFAULT_CYCLE = 1 / 16
 
@@ -236,7 +238,7 @@ class Guardian:
                 error=c.error,
                 load_error=self.load_error,
                 system=str(self.system.path),
-                host=socket.gethostname(),
+                host=_HOST,
                 pid=os.getpid(),
                 beat=time.time(),
             )
