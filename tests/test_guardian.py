@@ -350,3 +350,19 @@ async def test_manager_reports_a_restarted_node_and_takes_it_back_on_init(
     await client.request("MGR", "DOWN")
     seen = await until(client, "MGR", lambda v: v.arrived and v.state == "DOWN")
     assert seen[-1].notifications == () and seen[-1].status == "OK"
+
+
+async def test_the_blocking_client_requests_and_waits(
+    hosted: list[Guardian], config: Config, tmp_path: Path
+) -> None:
+    from corral.guardian.sync import GuardianClient as SyncClient
+
+    await start(hosted, config, system(tmp_path), "SUS1")
+
+    def script() -> tuple[str, bool, list[str]]:
+        with SyncClient.connect(config, by="bob") as g:
+            view = g.request("SUS1", "DAMPED", wait=scaled(10))
+            return view.state, view.arrived, [v.name for v in g.list()]
+
+    # In a thread: the guardian runs in this test's event loop and must keep serving.
+    assert await asyncio.to_thread(script) == ("DAMPED", True, ["SUS1"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import time
@@ -176,9 +177,10 @@ async def _until_arrived(
     client: GuardianClient, name: str, state: str, wait: float
 ) -> wire.GuardianView:
     async def watch() -> wire.GuardianView:
-        async for view in client.watch(name, history=False):
-            if view is not None and view.request == state and (view.arrived or view.error):
-                return view
+        async with contextlib.aclosing(client.watch(name, history=False)) as views:
+            async for view in views:
+                if view is not None and view.request == state and (view.arrived or view.error):
+                    return view
         raise UsageError(f"guardian {name} stopped publishing")
 
     try:
