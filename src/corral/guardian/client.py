@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import getpass
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Any, Self
 
@@ -318,7 +318,7 @@ class GuardianClient:
 
     async def watch(
         self, name: str = ">", *, history: bool = True
-    ) -> AsyncIterator[wire.GuardianView | None]:
+    ) -> AsyncGenerator[wire.GuardianView | None, None]:
         """Every view guardian ``name`` publishes (``>``: every guardian's), live.
 
         Yields ``None`` once, after the stored past has been replayed. If no guardian ever
