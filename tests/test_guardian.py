@@ -366,3 +366,38 @@ async def test_the_blocking_client_requests_and_waits(
 
     # In a thread: the guardian runs in this test's event loop and must keep serving.
     assert await asyncio.to_thread(script) == ("DAMPED", True, ["SUS1"])
+
+
+async def test_guardians_and_their_manager_recover_after_the_server_restarts(
+    config: Config, tmp_path: Path
+) -> None:
+    from corral.security import Authority
+
+    broker = EmbeddedBroker(config, Authority.load(config.data_path))
+    await broker.start(timeout=scaled(15))
+    guardians: list[Guardian] = []
+    try:
+        sus = system(tmp_path)
+        for name in ("A", "B", "C"):
+            await start(guardians, config, sus, name)
+        mgr = await start(guardians, config, system(tmp_path, MANAGER, "mgr.py"), "MGR")
+        nodes = mgr.system.module.nodes
+
+        def held() -> bool:
+            return nodes.arrived and all(n.managed_by == "MGR" for n in nodes)
+
+        assert await asyncio.to_thread(nodes.wait, held, scaled(10))
+        # The server goes away (and with it the in-memory bucket), then comes back.
+        broker.stop()
+        assert await asyncio.to_thread(nodes.wait, lambda: not nodes.arrived, scaled(10))
+        broker = EmbeddedBroker(config, Authority.load(config.data_path))
+        await broker.start(timeout=scaled(15))
+        # The guardians reconnect and publish again; the manager's watch is made again.
+        assert await asyncio.to_thread(nodes.wait, held, scaled(30))
+        assert nodes.faults() == [] and mgr.core.status == "OK"
+        async with await GuardianClient.connect(config) as client:
+            assert (await client.view("A")).manager == "MGR"  # answering again, still held
+    finally:
+        for g in guardians:
+            await g.stop()
+        broker.stop()

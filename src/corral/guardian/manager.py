@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -37,6 +38,8 @@ from corral.guardian.node import Node
 from corral.guardian.state import notify
 
 __all__ = ["Node", "NodeManager"]
+
+log = logging.getLogger("corral.guardian")
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -266,7 +269,20 @@ class NodeManager:
         self._watch = None
 
     async def _follow(self) -> None:
-        """Keep the local copies of every node's view up to date (a KV watch per manager)."""
+        """Keep the local copies of every node's view up to date (a KV watch per manager).
+
+        Every live guardian republishes each heartbeat, so a watch that delivers nothing for
+        three times ``stale_after`` is broken (e.g. a restarted server lost the in-memory
+        bucket and its consumer): it is made again. Meanwhile the nodes turn CONNECTION_ERROR.
+        """
+        while True:
+            try:
+                await self._watch_once()
+            except (nats.errors.Error, CorralError, OSError) as exc:
+                log.warning("manager watch failed: %s", exc, extra={"guardian": self.name})
+                await asyncio.sleep(min(1.0, self.stale_after))
+
+    async def _watch_once(self) -> None:
         assert self._nc is not None
         kv = await open_bucket(self._nc, create=True)
         # One watch of the whole bucket, filtered here: one consumer however many nodes.
@@ -275,9 +291,11 @@ class NodeManager:
             replaying = True
             while True:
                 try:
-                    entry = await watcher.updates(timeout=3600)  # type: ignore[no-untyped-call]
+                    entry = await watcher.updates(  # type: ignore[no-untyped-call]
+                        timeout=max(5.0, 3 * self.stale_after)
+                    )
                 except nats.errors.TimeoutError:
-                    continue
+                    return  # silence from every guardian, ourselves included: watch again
                 if entry is None:
                     replaying = False
                     self._watching.set()

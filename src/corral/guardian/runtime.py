@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
@@ -108,6 +109,7 @@ class Guardian:
         self._subs: list[Any] = []
         self._dirty = asyncio.Event()
         self._published_seq = -1
+        self._failing = False
         self._current: tuple[int, str, GuardState] | None = None
         self._managers: list[Any] = []
 
@@ -258,19 +260,30 @@ class Guardian:
             view = self.view()
             if view.seq == self._published_seq:
                 continue
-            try:
-                await self._put(view)
-            except (CorralError, nats.errors.Error, OSError) as exc:
-                log.warning("guardian view not published: %s", exc, extra={"guardian": self.name})
+            await self._try_put(view)
 
     async def _heartbeat(self) -> None:
         assert self.config is not None
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
-            try:
-                await self._put(self.view())
-            except (CorralError, nats.errors.Error, OSError) as exc:
-                log.warning("guardian heartbeat failed: %s", exc, extra={"guardian": self.name})
+            await self._try_put(self.view())
+
+    async def _try_put(self, view: wire.GuardianView) -> None:
+        """Publish, logging once when publishing starts failing and once when it works again."""
+        try:
+            await self._put(view)
+        except (CorralError, nats.errors.Error, OSError) as exc:
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "guardian views not published (retrying every heartbeat): %s",
+                    exc,
+                    extra={"guardian": self.name},
+                )
+            return
+        if self._failing:
+            self._failing = False
+            log.info("guardian views published again", extra={"guardian": self.name})
 
     async def _put(self, view: wire.GuardianView) -> None:
         assert self.nc is not None
@@ -278,7 +291,7 @@ class Guardian:
             self._kv = await open_bucket(self.nc, create=True)
         try:
             await self._kv.put(self.name, msgspec.msgpack.encode(view))
-        except nats.errors.NoRespondersError:
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
             # The bucket is in memory: a restarted server lost it. Make it again.
             self._kv = await open_bucket(self.nc, create=True)
             await self._kv.put(self.name, msgspec.msgpack.encode(view))
