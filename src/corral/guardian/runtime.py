@@ -18,10 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import threading
-import time
 import traceback
 import uuid
 from pathlib import Path
@@ -40,13 +37,12 @@ from corral.guardian.client import claim_name, open_bucket, until_reachable
 from corral.guardian.core import Automaton, Mode, Requester, Step
 from corral.guardian.loader import System, load_system
 from corral.guardian.state import GuardState, _notes
+from corral.guardian.views import graph_of, view_of
 from corral.security import guardian_inbox
 
 __all__ = ["Guardian", "DEFAULT_CYCLE"]
 
 log = logging.getLogger("corral.guardian")
-
-_HOST = socket.gethostname()
 
 #: Seconds between repeated ``run()`` calls in one state (LIGO Guardian's 16 Hz).
 DEFAULT_CYCLE = 1 / 16
@@ -221,29 +217,7 @@ class Guardian:
     def view(self) -> wire.GuardianView:
         """What viewers see now (taken under the lock)."""
         with self._lock:
-            c = self.core
-            return wire.GuardianView(
-                name=self.name,
-                instance=self.instance,
-                seq=c.seq,
-                state=c.state,
-                request=c.request,
-                mode=str(c.mode),
-                status=str(c.status),
-                phase=str(c.phase),
-                manager=c.manager,
-                path=tuple(c.path),
-                arrived=c.arrived,
-                stalled=c.stalled,
-                paused=c.paused,
-                notifications=c.notifications,
-                error=c.error,
-                load_error=self.load_error,
-                system=str(self.system.path),
-                host=_HOST,
-                pid=os.getpid(),
-                beat=time.time(),
-            )
+            return view_of(self.core, self.instance, str(self.system.path), self.load_error)
 
     def _changed(self) -> None:
         """From any thread: a new view is due."""
@@ -349,12 +323,9 @@ class Guardian:
         return self.view()
 
     def _graph(self) -> wire.GuardianGraph:
-        g = self.core.graph
-        states = tuple(
-            wire.GuardianState(name=s.name, goto=s.goto, request=s.request, index=s.index)
-            for s in g.states
-        )
-        return wire.GuardianGraph(states=states, edges=g.edges, view=self.view())
+        with self._lock:
+            graph = self.core.graph
+        return graph_of(graph, self.view())
 
     async def reload(self) -> None:
         """Load the system module again, keeping state, request and mode.
