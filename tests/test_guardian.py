@@ -401,3 +401,21 @@ async def test_guardians_and_their_manager_recover_after_the_server_restarts(
         for g in guardians:
             await g.stop()
         broker.stop()
+
+
+async def test_malformed_and_unknown_requests_get_error_replies(
+    hosted: list[Guardian], config: Config, client: GuardianClient, tmp_path: Path
+) -> None:
+    from corral.errors import MalformedMessage
+    from corral.subjects import guardian
+
+    await start(hosted, config, system(tmp_path), "SUS1")
+    reply = await client.nc.request(
+        guardian("SUS1", "request"), b"\xc1 not msgpack", headers=wire.HEADERS, timeout=5
+    )
+    with pytest.raises(MalformedMessage, match="malformed GuardianRequest"):
+        wire.decode_reply(reply.data, wire.GuardianView, reply.headers)
+    reply = await client.nc.request(guardian("SUS1", "explode"), b"", headers=wire.HEADERS)
+    with pytest.raises(GuardianRefused, match="no verb 'explode'"):
+        wire.decode_reply(reply.data, wire.GuardianView, reply.headers)
+    assert (await client.view("SUS1")).status == "OK"  # and it keeps serving

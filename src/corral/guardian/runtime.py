@@ -314,9 +314,16 @@ class Guardian:
                 c.revive(Requester(req.by, req.manager))
             elif isinstance(req, wire.GuardianPause):
                 c.set_paused(req.paused)
+        # Who asked what, in the process's log (the controller's audit log is for commands).
         log.info(
             "guardian request",
-            extra={"guardian": self.name, "request": type(req).__name__, "by": req.by},
+            extra={
+                "guardian": self.name,
+                "request": type(req).__name__,
+                "by": req.by,
+                "as_manager": getattr(req, "manager", False),
+                "target": getattr(req, "state", None) or getattr(req, "mode", None),
+            },
         )
         self._wake.set()
         self._changed()
