@@ -111,3 +111,16 @@ def test_an_old_admin_credential_gains_guardian_access(config: Config) -> None:
     authority.ensure_role_credentials()  # what `corral init` / `corral up` run on old dirs
     assert _allows_publish(admin.read_text(), "corral.guardian.*.>")
     assert credential_name(admin.read_text()) == "admin"
+
+
+async def test_another_guardians_credential_is_refused_clearly(
+    broker: EmbeddedBroker, config: Config, tmp_path: Path
+) -> None:
+    from corral.errors import ConfigError
+
+    (tmp_path / "sys.py").write_text(SYSTEM)
+    other = msgspec.structs.replace(config, creds=str(enroll(config, "SUS2", tmp_path)))
+    g = Guardian(tmp_path / "sys.py", "SUS1", config=other)
+    with pytest.raises(ConfigError, match="is for 'guardian:SUS2', not guardian 'SUS1'"):
+        await g.start()
+    await g.stop()  # harmless: it never started
