@@ -26,11 +26,19 @@ from nats.js.kv import KeyValue
 
 from corral import bus, subjects, wire
 from corral.config import Config, load_config
-from corral.errors import BusUnavailable, CorralError, DuplicateName, NoSuchGuardian, Timeout
-from corral.security import ADMIN_INBOX
+from corral.errors import (
+    BusUnavailable,
+    ConfigError,
+    CorralError,
+    DuplicateName,
+    NoSuchGuardian,
+    Timeout,
+)
+from corral.security import ADMIN_INBOX, credential_name
 
 __all__ = [
     "GuardianClient",
+    "check_credential",
     "claim_name",
     "decode_view",
     "open_bucket",
@@ -114,6 +122,24 @@ async def send(
 
 
 _VIEW_PROBE = wire.encode(wire.GuardianViewRequest())
+
+
+def check_credential(config: Config, name: str) -> None:
+    """Refuse another guardian's credential for guardian ``name``, clearly (the bus would
+    refuse its subscriptions quietly).
+
+    Raises:
+        ConfigError: the role's credential belongs to someone else.
+    """
+    path = config.creds_path("guardian")
+    if not path.exists():
+        return  # bus.connect names the missing file and the fix
+    holder = credential_name(path.read_text())
+    if holder not in ("guardian:*", f"guardian:{name}"):
+        raise ConfigError(
+            f"credential {path} is for {holder!r}, not guardian {name!r}: use the file "
+            f"`corral guardian enroll {name}` wrote, or the data directory's auth/guardian.creds"
+        )
 
 
 async def claim_name(nc: bus.NATS, name: str) -> None:

@@ -32,13 +32,13 @@ from nats.js.kv import KeyValue
 
 from corral import bus, subjects, wire
 from corral.config import Config, load_config
-from corral.errors import ConfigError, CorralError, GuardianRefused, SystemLoadError
-from corral.guardian.client import claim_name, open_bucket, until_reachable
+from corral.errors import CorralError, GuardianRefused, SystemLoadError
+from corral.guardian.client import check_credential, claim_name, open_bucket, until_reachable
 from corral.guardian.core import Automaton, Mode, Requester, Step
 from corral.guardian.loader import System, load_system
 from corral.guardian.state import GuardState, _notes
 from corral.guardian.views import graph_of, view_of
-from corral.security import credential_name, guardian_inbox
+from corral.security import guardian_inbox
 
 __all__ = ["Guardian", "DEFAULT_CYCLE"]
 
@@ -129,7 +129,7 @@ class Guardian:
         self.config = config
         self._loop = asyncio.get_running_loop()
         if self.nc is None:
-            self._check_credential(config)
+            check_credential(config, self.name)
             self.nc = await bus.connect(
                 config,
                 "guardian",
@@ -165,19 +165,6 @@ class Guardian:
                 "state": self.core.state,
             },
         )
-
-    def _check_credential(self, config: Config) -> None:
-        """Refuse another guardian's credential here, clearly (the bus would refuse quietly)."""
-        path = config.creds_path("guardian")
-        if not path.exists():
-            return  # bus.connect names the missing file and the fix
-        holder = credential_name(path.read_text())
-        if holder not in ("guardian:*", f"guardian:{self.name}"):
-            raise ConfigError(
-                f"credential {path} is for {holder!r}, not guardian {self.name!r}: use the file "
-                f"`corral guardian enroll {self.name}` wrote, or the data directory's "
-                "auth/guardian.creds"
-            )
 
     async def stop(self) -> None:
         """Stop running user code, publish a last view (not alive), and disconnect."""
