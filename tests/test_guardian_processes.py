@@ -176,3 +176,47 @@ async def test_graph_renders_svg_with_graphviz(
     result = await asyncio.to_thread(cli, config, "guardian", "graph", "S1", "-o", str(svg))
     assert result.returncode == 0, result.stderr
     assert "<svg" in svg.read_text()
+
+
+BROKEN_STATE = """
+
+class BROKEN(GuardState):
+    def main(self):
+        raise RuntimeError("coil driver unplugged")
+
+
+edges.append(("SAFE", "BROKEN"))
+"""
+
+
+async def test_a_guardian_process_walks_survives_its_code_raising_and_a_bad_reload(
+    procs: Procs, client: GuardianClient, config: Config, tmp_path: Path
+) -> None:
+    path = tmp_path / "suspension.py"
+    path.write_text((EXAMPLES / "suspension.py").read_text() + BROKEN_STATE)
+    procs.start("guardian", "run", str(path), "--name", "S1", log="S1")
+    await until(client, "S1", lambda v: v.alive and v.arrived and v.state == "DOWN")
+    # The shortest path, walked by the process: the CLI waits until it arrived.
+    result = await asyncio.to_thread(
+        cli, config, "guardian", "request", "S1", "ALIGNED", "--wait", str(scaled(20))
+    )
+    assert result.returncode == 0, result.stderr
+    assert "S1: ALIGNED -> ALIGNED  AUTO  OK  arrived" in result.stdout
+    # State code raising: ERROR with the traceback; the process keeps serving.
+    await client.request("S1", "BROKEN")
+    view = await until(client, "S1", lambda v: v.status == "ERROR")
+    assert view.state == "BROKEN" and "RuntimeError: coil driver unplugged" in view.error
+    # A module that fails to import: the old code keeps running, the error is shown.
+    path.write_text(path.read_text() + "\nimport no_such_module_here\n")
+    result = await asyncio.to_thread(cli, config, "guardian", "reload", "S1")
+    assert result.returncode == 1
+    assert "No module named 'no_such_module_here'" in result.stderr
+    view = await client.view("S1")
+    assert view.state == "BROKEN" and "no_such_module_here" in view.load_error
+    result = await asyncio.to_thread(
+        cli, config, "guardian", "request", "S1", "DOWN", "--wait", str(scaled(20))
+    )
+    assert result.returncode == 0, result.stderr
+    assert "S1: DOWN -> DOWN  AUTO  OK  arrived" in result.stdout
+    assert "reload failed (previous code running)" in result.stdout
+    assert procs.started[0].poll() is None  # alive throughout
