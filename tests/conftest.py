@@ -140,6 +140,10 @@ def child_env(config: Config) -> dict[str, str]:
     """Environment for child processes: the test's timings."""
     return {
         **os.environ,
+        # Handler modules in tests/ (`corral node --handlers sample_handlers`).
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p
+        ),
         "CORRAL_HEARTBEAT_INTERVAL": str(config.heartbeat_interval),
         "CORRAL_DOWN_AFTER": str(config.down_after),
         "CORRAL_ANNOUNCE_INTERVAL": str(config.announce_interval),

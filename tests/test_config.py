@@ -44,6 +44,11 @@ def test_explicit_file_wins_over_the_data_dir_file(tmp_path: Path) -> None:
     [
         ({"CORRAL_NATS_PORT": "many"}, "CORRAL_NATS_PORT: nats_port must be a int"),
         ({"CORRAL_DOWN_AFTER": "0.5"}, "down_after .* must exceed heartbeat_interval"),
+        (
+            {"CORRAL_RETIRE_AFTER": "-1"},
+            r"retire_after must be at least 0, got -1.0 \(from env:CORRAL_RETIRE_AFTER\)",
+        ),
+        ({"CORRAL_REPORT_INTERVAL": "0"}, "report_interval must be more than 0"),
     ],
 )
 def test_bad_values_name_the_source_and_the_fix(env: dict[str, str], match: str) -> None:

@@ -72,6 +72,11 @@ async def test_a_member_out_of_step_is_refused(controller: Controller, config: C
     gs = await members(config, "step", 2)
     try:
         first = asyncio.create_task(gs[0].barrier(timeout=scaled(5)))
+        # The controller must have started the barrier before the other member is out of step.
+        assert controller.groups is not None
+        async with asyncio.timeout(scaled(5)):
+            while not any(g.round is not None for g in controller.groups.groups.values()):
+                await asyncio.sleep(0.01)
         with pytest.raises(GroupRefused, match="called collect #1 while the group is at barrier"):
             await gs[1].collect("x", timeout=scaled(5))
         first.cancel()

@@ -14,7 +14,7 @@ from conftest import scaled
 from corral import wire
 from corral.broker import EmbeddedBroker
 from corral.config import Config
-from corral.errors import GuardianRefused, NoSuchGuardian, Refused
+from corral.errors import GuardianRefused, NoSuchGuardian
 from corral.guardian import Guardian, GuardianClient
 
 SUS = textwrap.dedent(
@@ -168,7 +168,7 @@ async def test_reload_with_a_broken_module_keeps_the_old_one(
     await client.request("SUS1", "DAMPED")
     await until(client, "SUS1", lambda v: v.arrived and v.state == "DAMPED")
     path.write_text(SUS + "\nthis is not python(\n")
-    with pytest.raises(Refused, match="(?s)failed to import.*SyntaxError"):
+    with pytest.raises(GuardianRefused, match="(?s)failed to import.*SyntaxError.*keeps running"):
         await client.reload("SUS1")
     view = await client.view("SUS1")
     assert view.state == "DAMPED" and "SyntaxError" in view.load_error

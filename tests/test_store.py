@@ -82,7 +82,21 @@ async def test_open_migrates_and_is_idempotent(store_url: str) -> None:
     finally:
         engine.dispose()
     assert {"nodes", "node_transitions", "audit_log", "meta", "alembic_version"} <= tables
-    assert version == "0001"
+    assert {"commands", "command_outcomes"} <= tables
+    assert version == _head_revision()
+
+
+def _head_revision() -> str:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    from corral.store._engine import MIGRATIONS
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
 
 
 async def test_sqlite_pragmas_and_parent_dir(tmp_path: Path) -> None:

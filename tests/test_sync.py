@@ -33,3 +33,32 @@ async def test_calling_sync_from_its_own_loop_is_refused() -> None:
             sync.call(asyncio.sleep(0))
 
     sync.call(inner())
+
+
+async def test_sync_client_sends_a_command_and_blocks_until_settled(
+    controller: Controller, config: Config
+) -> None:
+    from pathlib import Path
+
+    from corral.node import Node
+    from corral.node.handlers import Handlers
+    from corral.security import Authority
+
+    creds = config.data_path / "s1.creds"
+    creds.write_text(Authority.load(config.data_path).enroll("s1"))
+    work = config.data_path / "nodes" / "s1"
+    handlers = Handlers(work, commands={"double": lambda x: 2 * x})
+    node = Node(config, "s1", creds=Path(creds), handlers=handlers, work_dir=work)
+    await node.start(wait_for_bus=5)
+    await node.wait_joined()
+
+    def script() -> tuple[dict[str, object], int]:
+        with sync.Client.connect(config) as client:
+            handle = client.send("s1", "double", x=21)
+            return handle.results, client.commands(limit=1)[0].serial
+
+    try:
+        results, last = await asyncio.to_thread(script)
+    finally:
+        await node.stop()
+    assert results == {"s1": 42} and last == 1

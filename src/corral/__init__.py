@@ -42,6 +42,11 @@ from corral.errors import (
 )
 from corral.errors import UnknownMessage as UnknownMessage
 from corral.node import Node as Node
+from corral.node.handlers import command as command
+from corral.node.handlers import message_type as message_type
+from corral.node.handlers import on_reports as on_reports
+from corral.node.handlers import param as param
+from corral.outcomes import CommandHandle as CommandHandle
 from corral.sender import Sender as Sender
 from corral.sender import ask as ask
 from corral.sender import send_to as send_to
@@ -49,6 +54,7 @@ from corral.wire import NodeView as NodeView
 
 if TYPE_CHECKING:
     from corral.controller import Controller as Controller
+    from corral.controller.reports import aggregator as aggregator
 
 
 def __getattr__(name: str) -> object:
@@ -58,6 +64,10 @@ def __getattr__(name: str) -> object:
         from corral.controller import Controller
 
         return Controller
+    if name == "aggregator":
+        from corral.controller.reports import aggregator
+
+        return aggregator
     raise AttributeError(f"module 'corral' has no attribute {name!r}")
 
 
@@ -67,6 +77,7 @@ __all__ = [
     "AuthError",
     "BusUnavailable",
     "Client",
+    "CommandHandle",
     "ConfigError",
     "Controller",
     "ControllerUnavailable",
@@ -83,7 +94,12 @@ __all__ = [
     "Timeout",
     "UnknownMessage",
     "__version__",
+    "aggregator",
     "ask",
+    "command",
+    "message_type",
     "on",
+    "on_reports",
+    "param",
     "send_to",
 ]

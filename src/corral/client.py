@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import getpass
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from corral import bus, subjects, wire
 from corral.config import Config
-from corral.errors import ControllerUnavailable, Timeout
-from corral.security import ADMIN_INBOX
+from corral.errors import AuthError, ConfigError, ControllerUnavailable, Timeout, UsageError
+from corral.outcomes import CommandHandle
+from corral.security import ADMIN_INBOX, credential_name
 from corral.sender import gather_agents
+from corral.streams import StreamReader
 
 __all__ = ["Client"]
 
@@ -28,10 +33,15 @@ class Client:
     Create with :meth:`connect`; use as an async context manager or call :meth:`close`.
     """
 
-    def __init__(self, nc: bus.NATS, config: Config, timeout: float = 5.0) -> None:
+    def __init__(
+        self, nc: bus.NATS, config: Config, timeout: float = 5.0, identity: str = "admin"
+    ) -> None:
         self.nc = nc
         self.config = config
         self.timeout = timeout
+        #: the credential's role (``admin``, ``operator``): who the audit log names
+        self.identity = identity
+        self.actor = f"{getpass.getuser()}@{socket.gethostname()} ({identity})"
 
     def __repr__(self) -> str:
         state = "connected" if self.nc.is_connected else "closed"
@@ -53,10 +63,15 @@ class Client:
             AuthError: the credential was refused.
             BusUnavailable: the bus could not be reached.
         """
+        path = creds or config.creds_path("admin")
         nc = await bus.connect(
             config, "admin", creds=creds, inbox_prefix=ADMIN_INBOX, wait=wait, name="corral-cli"
         )
-        return cls(nc, config)
+        try:
+            identity = credential_name(path.read_text())
+        except (OSError, ConfigError):
+            identity = "admin"
+        return cls(nc, config, identity=identity)
 
     async def __aenter__(self) -> Client:
         return self
@@ -169,3 +184,160 @@ class Client:
         finally:
             if not self.nc.is_closed:
                 await sub.unsubscribe()
+
+    # --- commands (SEER) ----------------------------------------------------------------
+
+    async def command(
+        self,
+        targets: str | Sequence[str],
+        kind: str = "command",
+        name: str = "",
+        *,
+        args: dict[str, Any] | None = None,
+        data: bytes = b"",
+        timeout: float = 60.0,
+        retire_after: float | None = None,
+        follow: bool = True,
+    ) -> CommandHandle:
+        """Send a command of any kind; the general form behind :meth:`send` and friends.
+
+        Args:
+            targets: a name, a shell glob (``web*``, ``rack[1-3]-*``), ``label:L``, ``has:X``
+                (the node so named or controlling interface X), ``sinks``, ``*`` (every
+                node), or a list of these (or one string of them separated by commas).
+            kind: ``command``, ``shell``, ``get``, ``set``, ``put``, ``execute`` or a message
+                type the nodes registered.
+            name: the command, parameter or path.
+            args: keyword arguments of the command.
+            data: bytes carried with it (PUT file, EXECUTE script).
+            timeout: seconds each node may take to run it.
+            retire_after: seconds after which a node that has not received it (it was away)
+                skips it and reports ``expired`` (default: the ``retire_after`` setting).
+            follow: start following outcome updates now.
+
+        Returns:
+            A handle with the serial, the resolved nodes, the unknown targets and outcomes.
+
+        Raises:
+            UsageError: a malformed target, kind or limit.
+            Refused: no node matched, or the controller refused the command.
+            AuthError: EXECUTE with a credential that lacks the execute role.
+            ControllerUnavailable, Timeout: no controller answered.
+        """
+        if isinstance(targets, str):
+            targets = [t for t in targets.split(",") if t.strip()]
+        if kind == "execute" and self.identity not in ("admin", "controller"):
+            raise AuthError(
+                f"credential {self.identity!r} lacks the execute role: send EXECUTE with the "
+                "admin credential (<data_dir>/auth/admin.creds)"
+            )
+        limit = self.config.max_command_bytes
+        if len(data) > limit:
+            raise UsageError(
+                f"payload of {len(data)} bytes exceeds max_command_bytes ({limit}): send a "
+                "smaller file, or raise max_command_bytes on the controller and the client"
+            )
+        request = wire.CommandRequest(
+            targets=list(targets),
+            kind=kind,
+            name=name,
+            args=args or {},
+            data=data,
+            timeout=timeout,
+            retire_after=self.config.retire_after if retire_after is None else retire_after,
+            actor=self.actor,
+        )
+        verb = "execute" if kind == "execute" else "send"
+        accepted: wire.CommandAccepted = await bus.request(
+            self.nc, subjects.ctl(verb), request, wire.CommandAccepted, timeout=self.timeout
+        )
+        handle = CommandHandle(self.nc, accepted, self.timeout)
+        if follow:
+            await handle.follow()
+        return handle
+
+    async def send(
+        self, targets: str | Sequence[str], command: str, /, **args: Any
+    ) -> CommandHandle:
+        """COMMAND: run the handler registered as ``command`` on the targets with ``args``."""
+        return await self.command(targets, "command", command, args=args)
+
+    async def shell(
+        self, targets: str | Sequence[str], cmd: str, *, timeout: float = 60.0
+    ) -> CommandHandle:
+        """Run a shell command on nodes started with ``--allow-shell``."""
+        return await self.command(targets, "shell", args={"cmd": cmd}, timeout=timeout)
+
+    async def get(self, targets: str | Sequence[str], param: str = "") -> CommandHandle:
+        """GET a node parameter (every parameter when ``param`` is empty)."""
+        return await self.command(targets, "get", param)
+
+    async def set(self, targets: str | Sequence[str], param: str, value: Any) -> CommandHandle:
+        """SET a node parameter (converted to its declared type by the node)."""
+        return await self.command(targets, "set", param, args={"value": value})
+
+    async def put(
+        self, targets: str | Sequence[str], path: str, data: bytes, mode: int | None = None
+    ) -> CommandHandle:
+        """PUT ``data`` into ``path`` inside each node's work directory."""
+        args = {} if mode is None else {"mode": mode}
+        return await self.command(targets, "put", path, args=args, data=data)
+
+    async def execute(
+        self,
+        targets: str | Sequence[str],
+        source: bytes,
+        argv: Sequence[str] = (),
+        *,
+        timeout: float = 60.0,
+    ) -> CommandHandle:
+        """EXECUTE: run a Python file as its own process on nodes that allow it."""
+        return await self.command(
+            targets, "execute", args={"argv": list(argv)}, data=source, timeout=timeout
+        )
+
+    async def command_detail(self, serial: int) -> wire.CommandView:
+        """One command with every node's outcome.
+
+        Raises:
+            Refused: no command has that serial.
+        """
+        view: wire.CommandView = await bus.request(
+            self.nc,
+            subjects.ctl("command"),
+            wire.CommandQuery(serial=serial),
+            wire.CommandView,
+            timeout=self.timeout,
+        )
+        return view
+
+    async def commands(self, limit: int = 50, before: int | None = None) -> list[wire.CommandView]:
+        """Recent commands, newest first, with per-state counts (``before``: next page)."""
+        reply: wire.CommandsReply = await bus.request(
+            self.nc,
+            subjects.ctl("commands"),
+            wire.CommandsQuery(limit=limit, before=before),
+            wire.CommandsReply,
+            timeout=self.timeout,
+        )
+        return reply.commands
+
+    async def reports(self, topic: str = "") -> wire.ReportUpdate:
+        """The latest report of every node (on ``topic``, if given), with the aggregates."""
+        reply: wire.ReportUpdate = await bus.request(
+            self.nc,
+            subjects.ctl("reports"),
+            wire.ReportsQuery(topic=topic),
+            wire.ReportUpdate,
+            timeout=self.timeout,
+        )
+        return reply
+
+    def stream(self, node: str, stream: str, window: int = 100) -> StreamReader:
+        """Read ``node``'s data stream ``stream`` with flow control (``async with`` it).
+
+        Raises:
+            InvalidName: a bad node or stream name.
+            UsageError: ``window`` is less than 1.
+        """
+        return StreamReader(self.nc, node, stream, window)

@@ -56,6 +56,14 @@ class Config(msgspec.Struct, kw_only=True):
     announce_interval: float = 1.0
     #: largest control message the controller accepts, in bytes
     max_message_bytes: int = 64 * 1024
+    #: largest command (with its payload: PUT file, EXECUTE script) accepted, in bytes
+    max_command_bytes: int = 1024 * 1024
+    #: default seconds after which a command a node has not received is expired for it
+    retire_after: float = 120.0
+    #: seconds between report updates pushed to sinks and watchers (SEER doUpdates)
+    report_interval: float = 1.0
+    #: most characters of a command's stdout (and stderr) kept per node
+    output_limit: int = 65_536
     #: log format: auto (text on a TTY, JSON otherwise), text or json
     log_format: str = "auto"
     #: log level: debug, info, warning, error
@@ -176,9 +184,26 @@ def load_config(
             values[name] = _coerce(name, raw, f"--{name.replace('_', '-')}")
             sources[name] = "flag"
     config = Config(**values)
+    _check(config, sources)
+    return config, sources
+
+
+def _check(config: Config, sources: dict[str, str]) -> None:
+    """Refuse settings that cannot work, naming the setting and where it came from."""
     if config.down_after <= config.heartbeat_interval:
         raise ConfigError(
             f"down_after ({config.down_after}s) must exceed heartbeat_interval "
             f"({config.heartbeat_interval}s), or every node flaps DOWN between heartbeats"
         )
-    return config, sources
+    for name, low, strict in (
+        ("retire_after", 0, False),
+        ("report_interval", 0, True),
+        ("max_command_bytes", 0, True),
+        ("output_limit", 0, False),
+    ):
+        value = getattr(config, name)
+        if value < low or (strict and value == low):
+            bound = "more than" if strict else "at least"
+            raise ConfigError(
+                f"{name} must be {bound} {low}, got {value} (from {sources.get(name, 'default')})"
+            )

@@ -93,3 +93,45 @@ class AuditEntry(msgspec.Struct, frozen=True):
     action: str
     target: str
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class CommandRow(msgspec.Struct, frozen=True):
+    """A command as the store keeps it.
+
+    Attributes:
+        serial: Its serial (strictly increasing, never reused).
+        created: Epoch seconds when the controller accepted it.
+        actor: Who sent it.
+        kind: command, shell, get, set, put, execute, or a user's message type.
+        name: The handler, parameter or path it names.
+        targets: The targets as given (names, globs, ``label:L``, ``has:X``, ``sinks``, ``*``).
+        nodes: The nodes they resolved to at send time.
+        unknown: Exact targets that matched no node.
+        retire_after: Seconds after which it is expired for a node that has not received it.
+        body: The message the nodes receive (msgpack), kept to re-publish after a crash.
+    """
+
+    serial: int
+    created: float
+    actor: str
+    kind: str
+    name: str
+    targets: list[str]
+    nodes: list[str]
+    unknown: list[str]
+    retire_after: float
+    body: bytes = b""
+
+
+class OutcomeRow(msgspec.Struct, frozen=True):
+    """One node's outcome of one command, as the store keeps it."""
+
+    serial: int
+    node: str
+    state: str
+    at: float
+    result: Any = None
+    error: str = ""
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""

@@ -75,12 +75,18 @@ class Permissions(msgspec.Struct, frozen=True):
     pub: tuple[str, ...] = ()
     sub: tuple[str, ...] = ()
     responses: bool = False
+    #: subjects refused even where ``pub`` (or no restriction) would allow them
+    deny_pub: tuple[str, ...] = ()
 
     def claims(self) -> dict[str, Any]:
         """The ``nats`` claim fragment for a user JWT (empty lists mean no restriction)."""
         out: dict[str, Any] = {}
+        if self.pub or self.deny_pub:
+            out["pub"] = {}
         if self.pub:
-            out["pub"] = {"allow": list(self.pub)}
+            out["pub"]["allow"] = list(self.pub)
+        if self.deny_pub:
+            out["pub"]["deny"] = list(self.deny_pub)
         if self.sub:
             out["sub"] = {"allow": list(self.sub)}
         if self.responses:
@@ -91,7 +97,7 @@ class Permissions(msgspec.Struct, frozen=True):
 def node_permissions(name: str) -> Permissions:
     """Least privilege for node ``name``: its own subjects, the announcements, its inbox."""
     return Permissions(
-        pub=(subjects.node_in(name, ">"),),
+        pub=(subjects.node_in(name, ">"), subjects.command_acks(name)),
         sub=(
             subjects.node_out(name, ">"),
             subjects.ANNOUNCE,
@@ -103,8 +109,28 @@ def node_permissions(name: str) -> Permissions:
 
 #: The operator's CLI: requests to the controller and to agents, replies to its own inbox.
 ADMIN_PERMISSIONS = Permissions(
-    pub=(subjects.ctl(">"), subjects.agent(">"), subjects.AGENTS_INFO),
-    sub=("_INBOX.corral-admin.>", subjects.ANNOUNCE, subjects.node_events(">")),
+    pub=(
+        subjects.ctl(">"),
+        subjects.agent(">"),
+        subjects.AGENTS_INFO,
+        subjects.node_out("*", "stream"),
+    ),
+    sub=(
+        "_INBOX.corral-admin.>",
+        subjects.stream_items("*", "*", "*"),
+        subjects.ANNOUNCE,
+        subjects.node_events(">"),
+        subjects.command_events(">"),
+        subjects.report_events(">"),
+    ),
+)
+
+
+#: An operator without the execute role: everything the admin may do except EXECUTE.
+OPERATOR_PERMISSIONS = Permissions(
+    pub=ADMIN_PERMISSIONS.pub,
+    sub=ADMIN_PERMISSIONS.sub,
+    deny_pub=(subjects.ctl("execute"),),
 )
 
 
@@ -325,14 +351,20 @@ class Authority:
             write_secret(
                 self.directory / "agent.creds", self.user_creds("agent:*", agent_permissions("*"))
             )
+        if not (self.directory / "operator.creds").exists():
+            write_secret(
+                self.directory / "operator.creds",
+                self.user_creds("operator", _with_guardians(OPERATOR_PERMISSIONS)),
+            )
         if not (self.directory / "group.creds").exists():
             write_secret(
                 self.directory / "group.creds", self.user_creds("group", GROUP_PERMISSIONS)
             )
-        admin = self.directory / "admin.creds"
-        if admin.exists() and not _allows_publish(admin.read_text(), ADMIN_GUARDIAN_PUB[0]):
-            # Written before guardians existed: the same role, with guardian access added.
-            write_secret(admin, self.user_creds("admin", _admin_permissions()))
+        for role, base in (("admin", ADMIN_PERMISSIONS), ("operator", OPERATOR_PERMISSIONS)):
+            path = self.directory / f"{role}.creds"
+            if path.exists() and not _allows_publish(path.read_text(), ADMIN_GUARDIAN_PUB[0]):
+                # Written before guardians existed: the same role, with guardian access added.
+                write_secret(path, self.user_creds(role, _with_guardians(base)))
         if not (self.directory / "guardian.creds").exists():
             write_secret(
                 self.directory / "guardian.creds",
@@ -454,6 +486,10 @@ class Authority:
         write_secret(d / "guardian.creds", self.user_creds("guardian:*", guardian_permissions("*")))
         write_secret(d / "controller.creds", self.user_creds("controller", Permissions()))
         write_secret(d / "admin.creds", self.user_creds("admin", _admin_permissions()))
+        write_secret(
+            d / "operator.creds",
+            self.user_creds("operator", _with_guardians(OPERATOR_PERMISSIONS)),
+        )
         write_secret(d / "system.creds", self.user_creds("system", Permissions(), system=True))
         self.write_server_fragment()
 
@@ -569,13 +605,14 @@ class Authority:
         return any(k.revoked_at is None for k in self._state.nodes.get(name, ()))
 
 
+def _with_guardians(base: Permissions) -> Permissions:
+    """``base`` (an operator's CLI role) plus sending requests to guardians and reading them."""
+    return msgspec.structs.replace(base, pub=(*base.pub, *ADMIN_GUARDIAN_PUB))
+
+
 def _admin_permissions() -> Permissions:
     """The admin credential's permissions: :data:`ADMIN_PERMISSIONS` plus guardian access."""
-    return Permissions(
-        pub=(*ADMIN_PERMISSIONS.pub, *ADMIN_GUARDIAN_PUB),
-        sub=ADMIN_PERMISSIONS.sub,
-        responses=ADMIN_PERMISSIONS.responses,
-    )
+    return _with_guardians(ADMIN_PERMISSIONS)
 
 
 def _allows_publish(creds: str, subject: str) -> bool:

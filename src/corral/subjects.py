@@ -19,6 +19,12 @@ subject                         who publishes         who listens
 ``corral.group.<g>.<verb>``     group members         the controller (join, beat, arrive,
                                                       leave: the coordinator)
 ``corral.group.<g>.<id>.<to>``  group members         members of that group instance (data)
+``corral.cmd.node.<node>``      the controller        the command stream (JetStream),
+                                                      read by that node's durable consumer
+``corral.cmd.all``              the controller        the command stream: every node
+``corral.events.cmd.<serial>``  the controller        operators (outcomes of a command)
+``corral.events.report.<t>``    the controller        operators (reports on topic t)
+``corral.in.<n>.stream.<s>.<i>`` the node             subscriber i of its stream s
 ``corral.guardian.<g>.<verb>``  people, managers      guardian g (request, mode, revive,
                                                       pause, reload, view, graph)
 ``$KV.corral_guardians.<g>``    guardian g            viewers, managers (KV watch)
@@ -38,6 +44,15 @@ __all__ = [
     "ANNOUNCE",
     "NODE_VERBS",
     "agent",
+    "COMMANDS",
+    "COMMANDS_ALL",
+    "COMMAND_STREAM",
+    "command_acks",
+    "command_consumer",
+    "command_events",
+    "commands_for",
+    "report_events",
+    "stream_items",
     "check_name",
     "group",
     "group_data",
@@ -59,7 +74,7 @@ ROOT = "corral"
 ANNOUNCE = f"{ROOT}.announce"
 
 #: Verbs a node may publish to the controller.
-NODE_VERBS = frozenset({"join", "hb", "leave"})
+NODE_VERBS = frozenset({"join", "hb", "leave", "out", "report"})
 
 # A name is one subject token: no dots, no wildcards, no whitespace. Kept to a portable set so
 # the same name works as a file name (credential files) and a SQL key.
@@ -162,6 +177,44 @@ def parse_node_in(subject: str) -> tuple[str, str]:
     if len(parts) != 4 or parts[0] != ROOT or parts[1] != "in":
         raise InvalidName(f"not a node subject: {subject!r} (expected corral.in.<node>.<verb>)")
     return parts[2], parts[3]
+
+
+#: The JetStream stream holding every command (SEER's stored messages, replayed on return).
+COMMAND_STREAM = "CORRAL_CMDS"
+#: Every subject of the command stream.
+COMMANDS = f"{ROOT}.cmd.>"
+#: Commands for every node: one publish that the server fans out to each node's consumer.
+COMMANDS_ALL = f"{ROOT}.cmd.all"
+
+
+def commands_for(name: str) -> str:
+    """Stream subject of commands addressed to node ``name`` alone."""
+    return f"{ROOT}.cmd.node.{name}"
+
+
+def command_consumer(name: str) -> str:
+    """Name of node ``name``'s durable consumer on :data:`COMMAND_STREAM`."""
+    return f"node-{name}"
+
+
+def command_acks(name: str) -> str:
+    """Subjects node ``name`` publishes to acknowledge commands from its consumer."""
+    return f"$JS.ACK.{COMMAND_STREAM}.{command_consumer(name)}.>"
+
+
+def command_events(serial: int | str = "*") -> str:
+    """Subject of outcome updates of command ``serial`` (``*``: every command's)."""
+    return f"{ROOT}.events.cmd.{serial}"
+
+
+def report_events(topic: str = "*") -> str:
+    """Subject of report updates on ``topic`` (``*``: every topic's)."""
+    return f"{ROOT}.events.report.{topic}"
+
+
+def stream_items(node: str, stream: str, sid: str) -> str:
+    """Where node ``node`` sends stream ``stream``'s items to subscriber ``sid``."""
+    return f"{ROOT}.in.{node}.stream.{stream}.{sid}"
 
 
 #: The JetStream key-value bucket holding every guardian's view (key: the guardian's name).

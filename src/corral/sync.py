@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -22,6 +22,7 @@ from corral import client as _async
 from corral import group as _group
 from corral import wire
 from corral.config import Config
+from corral.outcomes import CommandHandle
 
 __all__ = ["Client", "Group", "call"]
 
@@ -117,6 +118,62 @@ class Client:
             Timeout: it did not hold within ``timeout`` seconds.
         """
         return call(self._inner.wait_for(predicate, timeout))
+
+    def command(
+        self,
+        targets: str | Sequence[str],
+        kind: str = "command",
+        name: str = "",
+        *,
+        args: dict[str, Any] | None = None,
+        data: bytes = b"",
+        timeout: float = 60.0,
+        retire_after: float | None = None,
+        wait: float = 60.0,
+    ) -> CommandHandle:
+        """Send a command and block until every node's outcome is settled.
+
+        See :meth:`corral.Client.command` for the arguments. Returns the handle, settled:
+        ``ok``, ``results``, ``failed``, ``outcomes``.
+
+        Raises:
+            Timeout: not every node settled within ``wait`` seconds.
+            UsageError, Refused, OversizedMessage, AuthError, ControllerUnavailable: as the
+                async twin.
+        """
+
+        async def send_and_wait() -> CommandHandle:
+            handle = await self._inner.command(
+                targets,
+                kind,
+                name,
+                args=args,
+                data=data,
+                timeout=timeout,
+                retire_after=retire_after,
+            )
+            try:
+                return await handle.wait(wait)
+            finally:
+                await handle.close()
+
+        return call(send_and_wait())
+
+    def send(self, targets: str | Sequence[str], command: str, /, **args: Any) -> CommandHandle:
+        """COMMAND ``command`` with ``args`` on the targets, waiting up to 60 s for outcomes.
+
+        Raises:
+            Timeout, UsageError, Refused, ControllerUnavailable: as :meth:`command`.
+        """
+        return self.command(targets, "command", command, args=args)
+
+    def commands(self, limit: int = 50, before: int | None = None) -> list[wire.CommandView]:
+        """Recent commands, newest first; see :meth:`corral.Client.commands`.
+
+        Raises:
+            ControllerUnavailable, Timeout: as the async twin.
+        """
+        return call(self._inner.commands(limit, before))
 
 
 class Group:

@@ -31,10 +31,28 @@ from corral.errors import (
     Refused,
     RetryLater,
     UnknownMessage,
+    UsageError,
     VersionMismatch,
 )
 
 __all__ = [
+    "StreamControl",
+    "StreamItems",
+    "ReportAck",
+    "CommandRequest",
+    "CommandAccepted",
+    "NodeCommand",
+    "CommandReport",
+    "OutcomeView",
+    "CommandView",
+    "CommandUpdate",
+    "CommandQuery",
+    "CommandsQuery",
+    "CommandsReply",
+    "Report",
+    "ReportEntry",
+    "ReportUpdate",
+    "ReportsQuery",
     "AgentsRequest",
     "AgentsReply",
     "GroupRound",
@@ -145,6 +163,8 @@ class JoinReply(_Msg, frozen=True):
     controller: str
     heartbeat_interval: float
     status: str = "UP"
+    #: the controller's clock when it answered: nodes judge command ages by it
+    now: float = 0.0
 
 
 class Rejoin(_Msg, frozen=True):
@@ -189,6 +209,8 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     version: str = ""
     slots: int = 0
     last_serial: int = 0
+    #: commands addressed to it that it has not answered yet (it is behind when > 0)
+    behind: int = 0
 
 
 class NodesReply(_Msg, frozen=True):
@@ -340,6 +362,189 @@ class StatsReply(_Msg, frozen=True):
     controller: str
     started: float
     counters: dict[str, int]
+
+
+# --- commands (SEER) ------------------------------------------------------------------------
+
+
+class CommandRequest(_Msg, frozen=True):
+    """An operator sends a command (``corral.ctl.send``; EXECUTE on ``corral.ctl.execute``).
+
+    ``kind`` is ``command`` (a handler registered on the node under ``name``), ``shell``
+    (``args["cmd"]``), ``get`` / ``set`` (parameter ``name``, ``args["value"]``), ``put``
+    (``data`` to the work-directory path ``name``), ``execute`` (``data`` is a Python file run
+    as its own process with ``args["argv"]``) or a user's own message type.
+    """
+
+    targets: list[str]
+    kind: str = "command"
+    name: str = ""
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    data: bytes = b""
+    timeout: float = 60.0
+    retire_after: float = 120.0
+    actor: str = ""
+
+
+class CommandAccepted(_Msg, frozen=True):
+    """The controller recorded a command: its serial and the nodes it resolved to."""
+
+    serial: int
+    created: float
+    nodes: list[str]
+    unknown: list[str] = msgspec.field(default_factory=list)
+    broadcast: bool = False
+
+
+class NodeCommand(_Msg, frozen=True):
+    """A command as a node receives it (from the durable command stream)."""
+
+    serial: int
+    kind: str
+    name: str = ""
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    data: bytes = b""
+    timeout: float = 60.0
+    created: float = 0.0
+    retire_after: float = 120.0
+    actor: str = ""
+    #: sent once on ``corral.cmd.all``: every node receives it, and runs it if in ``only``
+    to_all: bool = False
+    #: for ``to_all``: the nodes it was resolved to, the only ones that run it
+    only: tuple[str, ...] = ()
+
+
+class CommandReport(_Msg, frozen=True):
+    """A node says where a command stands (``corral.in.<node>.out``)."""
+
+    serial: int
+    state: str
+    result: Any = None
+    error: str = ""
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+
+class ReportAck(_Msg, frozen=True):
+    """The controller has a node's final report on command ``serial`` on disk."""
+
+    serial: int
+
+
+class OutcomeView(msgspec.Struct, frozen=True, kw_only=True):
+    """One node's outcome of one command."""
+
+    node: str
+    state: str
+    at: float
+    result: Any = None
+    error: str = ""
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+
+class CommandView(_Msg, frozen=True):
+    """A command and (in detail views) every target's outcome."""
+
+    serial: int
+    created: float
+    actor: str
+    kind: str
+    name: str
+    targets: list[str]
+    nodes: list[str]
+    unknown: list[str] = msgspec.field(default_factory=list)
+    retire_after: float = 120.0
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
+    outcomes: list[OutcomeView] = msgspec.field(default_factory=list)
+
+
+class CommandUpdate(_Msg, frozen=True):
+    """Outcomes that changed (``corral.events.cmd.<serial>``), published once persisted."""
+
+    serial: int
+    outcomes: list[OutcomeView]
+
+
+class CommandQuery(_Msg, frozen=True):
+    """Ask for one command with every outcome (``corral.ctl.command``)."""
+
+    serial: int
+
+
+class CommandsQuery(_Msg, frozen=True):
+    """Ask for recent commands, newest first (``corral.ctl.commands``), ``before`` a serial."""
+
+    limit: int = 50
+    before: int | None = None
+
+
+class CommandsReply(_Msg, frozen=True):
+    """Recent commands with per-state counts (no outcome details)."""
+
+    commands: list[CommandView]
+
+
+class Report(_Msg, frozen=True):
+    """A node's data report on ``topic`` (``corral.in.<node>.report``, SEER REPORT)."""
+
+    topic: str
+    value: Any
+    at: float = 0.0
+
+
+class ReportEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """The latest value of one topic from one node."""
+
+    node: str
+    topic: str
+    value: Any
+    at: float
+
+
+class ReportUpdate(_Msg, frozen=True):
+    """Reports that changed since the last update, and the aggregates over them.
+
+    Pushed to every sink node (``corral.node.<sink>.reports``) and to watchers
+    (``corral.events.report.<topic>``) every update interval (SEER ``doUpdates``).
+    """
+
+    reports: list[ReportEntry]
+    aggregates: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ReportsQuery(_Msg, frozen=True):
+    """Ask for the latest reports (``corral.ctl.reports``), optionally of one topic."""
+
+    topic: str = ""
+
+
+class StreamControl(_Msg, frozen=True):
+    """A subscriber opens, credits or closes a node's data stream (``corral.node.<n>.stream``).
+
+    ``credit`` is how many more items the subscriber can take (flow control): the node sends
+    no more than that and keeps at most its buffer of the rest, dropping the oldest.
+    """
+
+    action: str
+    stream: str
+    sid: str
+    credit: int = 0
+
+
+class StreamItems(_Msg, frozen=True):
+    """Items of a node's stream for one subscriber (``corral.in.<n>.stream.<stream>.<sid>``).
+
+    ``seq`` is the number of the first item; ``dropped`` how many items this subscriber has
+    lost so far because it was slower than the node (its buffer was full).
+    """
+
+    seq: int
+    items: list[Any]
+    dropped: int = 0
+    closed: bool = False
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -542,6 +747,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "group-timeout": GroupTimeout,
     "group-refused": GroupRefused,
     "protocol": ProtocolError,
+    "usage": UsageError,
     "guardian-refused": GuardianRefused,
     "no-guardian": NoSuchGuardian,
 }
@@ -564,4 +770,6 @@ def error_code(exc: Exception) -> str:
     for code, kind in _ERRORS.items():
         if type(exc) is kind:
             return code
+    if isinstance(exc, UsageError):
+        return "usage"  # a caller's mistake (bad target, kind, limit), in any subclass
     return "refused"

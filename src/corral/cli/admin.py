@@ -207,6 +207,7 @@ def nodes_table(nodes: list[wire.NodeView], now: float | None = None) -> Table:
         table.add_column(col)
     table.add_column("slots", justify="right")
     table.add_column("serial", justify="right")
+    table.add_column("behind", justify="right")
     for n in nodes:
         style = _STYLE.get(n.status, "")
         table.add_row(
@@ -220,6 +221,7 @@ def nodes_table(nodes: list[wire.NodeView], now: float | None = None) -> Table:
             str(n.pid),
             str(n.slots),
             str(n.last_serial),
+            f"[yellow]{n.behind}[/]" if n.behind else "",
         )
     return table
 

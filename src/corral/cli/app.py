@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from corral._version import __version__
-from corral.cli import admin, launch, running
+from corral.cli import admin, commands, launch, running
 from corral.cli import guardian as guardian_cli
 from corral.cli.common import _globals, err
 from corral.errors import CorralError, UsageError
@@ -57,6 +57,7 @@ def version() -> None:
 admin.register(app)
 running.register(app)
 launch.register(app)
+commands.register(app)
 guardian_cli.register(app)
 
 

@@ -23,6 +23,7 @@ from corral.client import Client
 from corral.config import Config
 from corral.errors import CorralError
 from corral.node import Node
+from corral.node.handlers import Handlers, load_handlers
 from corral.security import Authority, write_secret
 
 __all__ = ["register"]
@@ -75,11 +76,19 @@ def controller(
     ] = None,
     creds: Annotated[str | None, typer.Option(help="Controller credentials file.")] = None,
     ca: Annotated[str | None, typer.Option(help="CA file to verify the bus.")] = None,
+    aggregators: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Python module with @corral.aggregator functions for node reports "
+            "(repeatable; also the corral.aggregators entry points)."
+        ),
+    ] = None,
 ) -> None:
     """Run the controller (and the embedded nats-server unless --nats is given)."""
     config, _ = configure(
         nats_url=nats, nats_host=nats_host, nats_port=nats_port, store=store, creds=creds, ca=ca
     )
+    load_handlers(aggregators or (), entry_point_group="corral.aggregators")
     run(_controller(config))
 
 
@@ -109,12 +118,35 @@ def node(
     nats: Annotated[str | None, typer.Option("--nats", help="Bus URL.")] = None,
     creds: Annotated[str | None, typer.Option(help="This node's credentials file.")] = None,
     ca: Annotated[str | None, typer.Option(help="CA file to verify the bus (TLS).")] = None,
+    handlers: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Python module whose @corral.command / param / message_type handlers this "
+            "node serves (repeatable; also the corral.handlers entry points)."
+        ),
+    ] = None,
+    work_dir: Annotated[
+        str | None,
+        typer.Option(help="Where PUT writes and commands run. Default <data_dir>/nodes/NAME."),
+    ] = None,
+    allow_shell: Annotated[
+        bool, typer.Option(help="Run shell commands (`corral run`). Off by default.")
+    ] = False,
+    allow_execute: Annotated[
+        bool,
+        typer.Option(help="Run uploaded Python files (`corral execute`). Off by default."),
+    ] = False,
 ) -> None:
-    """Run a node daemon: join the controller, heartbeat, wait for work.
+    """Run a node daemon: join the controller, heartbeat, run the commands sent to it.
 
-    Starts even if the controller is not up yet, and joins when it appears.
+    Starts even if the controller is not up yet, and joins when it appears. Commands sent
+    while it was away arrive when it is back, in order, each once.
+
+    Example: `corral node --name web1 --label gpu --handlers myapp.corral_handlers`
     """
     config, _ = configure(nats_url=nats, creds=creds, ca=ca)
+    load_handlers(handlers or ())
+    directory = Path(work_dir).expanduser() if work_dir else config.data_path / "nodes" / name
     daemon = Node(
         config,
         name,
@@ -123,6 +155,13 @@ def node(
         attributes=_attributes(attr or [], sink),
         slots=slots,
         creds=Path(creds) if creds else None,
+        handlers=Handlers.collect(
+            directory,
+            allow_shell=allow_shell,
+            allow_execute=allow_execute,
+            output_limit=config.output_limit,
+        ),
+        work_dir=directory,
     )
 
     async def main() -> None:
@@ -162,7 +201,7 @@ def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes
     return Panel("\n".join(lines), title="corral up", title_align="left")
 
 
-async def _up(config: Config, count: int) -> None:
+async def _up(config: Config, count: int, node_args: list[str], controller_args: list[str]) -> None:
     from corral.broker import EmbeddedBroker
 
     initialise(config)
@@ -178,12 +217,14 @@ async def _up(config: Config, count: int) -> None:
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         children["controller"] = procs.spawn(
-            [*base, "controller", "--nats", broker.url], log=logs / "controller.log"
+            [*base, "controller", "--nats", broker.url, *controller_args],
+            log=logs / "controller.log",
         )
         for i in range(1, count + 1):
             name = f"node-{i}"
             creds = _local_creds(config, authority, name)
             argv = [*base, "node", "--name", name, "--nats", broker.url, "--creds", str(creds)]
+            argv += node_args
             children[name] = procs.spawn(argv, log=logs / f"{name}.log")
         await _until_signalled(asyncio.create_task(_live_table(config, broker.url, children)))
     finally:
@@ -220,14 +261,30 @@ async def _live_table(
 def up(
     nodes: Annotated[int, typer.Option("--nodes", "-n", help="Local node daemons to start.")] = 4,
     nats_port: Annotated[int | None, typer.Option(help="Embedded server port.")] = None,
+    handlers: Annotated[
+        list[str] | None,
+        typer.Option(help="Handler module every local node loads (repeatable); see `node`."),
+    ] = None,
+    allow_shell: Annotated[
+        bool, typer.Option(help="Let the local nodes run shell commands (`corral run`).")
+    ] = False,
+    aggregators: Annotated[
+        list[str] | None,
+        typer.Option(help="Module with @corral.aggregator functions for the controller."),
+    ] = None,
 ) -> None:
     """Run everything on this machine: nats-server, the controller and N nodes.
 
     Initialises the data directory on first use (keys, credentials, TLS CA). Shows a live
-    table of the nodes; Ctrl-C or SIGTERM stops every child process.
+    table of the nodes; Ctrl-C or SIGTERM stops every child process. In another terminal:
+    `corral send '*' ping`, `corral nodes`.
     """
     config, _ = configure(nats_port=nats_port)
-    run(_up(config, nodes))
+    node_args = [arg for module in handlers or () for arg in ("--handlers", module)]
+    if allow_shell:
+        node_args.append("--allow-shell")
+    controller_args = [arg for module in aggregators or () for arg in ("--aggregators", module)]
+    run(_up(config, nodes, node_args, controller_args))
 
 
 def register(app: typer.Typer) -> None:

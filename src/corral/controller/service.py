@@ -23,7 +23,10 @@ import msgspec
 
 from corral import bus, subjects, wire
 from corral.config import Config
+from corral.controller.command_api import CommandEndpoints
+from corral.controller.commands import Batch, CommandService
 from corral.controller.groups import GroupService
+from corral.controller.reports import ReportService
 from corral.core.registry import Refusal, Registry
 from corral.errors import ControllerUnavailable, CorralError, Refused, Timeout
 from corral.records import AuditEntry, NodeRecord, Transition
@@ -36,13 +39,13 @@ __all__ = ["Controller"]
 log = logging.getLogger("corral.controller")
 
 
-def _view(record: NodeRecord) -> wire.NodeView:
+def _view(record: NodeRecord, behind: int = 0) -> wire.NodeView:
     fields = msgspec.structs.asdict(record)
     del fields["instance"]
-    return wire.NodeView(**fields)
+    return wire.NodeView(**fields, behind=behind)
 
 
-class Controller:
+class Controller(CommandEndpoints):
     """Registry of nodes over the bus, persisted in the store.
 
     Args:
@@ -69,6 +72,10 @@ class Controller:
         self._persist_all = False
         #: seconds between writes of every live node's last-seen time
         self.persist_interval = 5.0
+        #: the command router (SEER): serials, outcomes, the durable command stream
+        self.commands = CommandService(config, self.registry, clock, self._wake.set)
+        #: node reports, aggregated and pushed to sinks (SEER REPORT / doUpdates)
+        self.reports = ReportService(self.registry)
 
     def __repr__(self) -> str:
         return f"<Controller {self.id[:8]} {self.config.bus_url} {self.registry!r}>"
@@ -93,6 +100,8 @@ class Controller:
             self.nc, self.config.down_after, self.clock, self.config.max_message_bytes
         )
         await self.groups.start()
+        await self.commands.start(self.nc, self.store)
+        self.reports.nc = self.nc
         handlers: dict[str, tuple[type[Any], Callable[[Any, str, Any], Awaitable[None]]]] = {
             subjects.node_in_wildcard("join"): (wire.Join, self._on_join),
             subjects.node_in_wildcard("hb"): (wire.Heartbeat, self._on_heartbeat),
@@ -106,11 +115,21 @@ class Controller:
             await self.nc.subscribe(
                 subject, cb=self._handler(kind, handle), pending_msgs_limit=100_000
             )
+        # Commands, their reports and results may be as large as max_command_bytes.
+        commands: dict[str, tuple[type[Any], Any]] = {
+            subjects.ctl("send"): (wire.CommandRequest, self._on_send),
+            subjects.ctl("execute"): (wire.CommandRequest, self._on_send),
+            **self.endpoints(),
+        }
+        for subject, (kind, handle) in commands.items():
+            handler = self._handler(kind, handle, limit=self.config.max_command_bytes)
+            await self.nc.subscribe(subject, cb=handler, pending_msgs_limit=100_000)
         await self.nc.flush()
         self._tasks = [
             asyncio.create_task(self._announce_loop(), name="announce"),
             asyncio.create_task(self._tick_loop(), name="tick"),
             asyncio.create_task(self._commit_loop(), name="commit"),
+            asyncio.create_task(self._report_loop(), name="reports"),
         ]
         log.info(
             "controller started",
@@ -148,6 +167,7 @@ class Controller:
 
     async def stop(self) -> None:
         """Stop serving, flush what is pending, close the bus and the store."""
+        await self.commands.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -155,7 +175,7 @@ class Controller:
                 await task
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.drain()
-        await self._flush(all_live=True)
+        await self._flush(all_live=True, batch=self.commands.take_batch())
         if self.store is not None:
             await self.store.close()
         log.info("controller stopped", extra={"id": self.id[:8]})
@@ -191,12 +211,21 @@ class Controller:
             await asyncio.sleep(period)
             now = self.clock()
             self._record(self.registry.expire(now))
+            self.commands.tick()
             if self.groups is not None:
                 await self.groups.tick()
             if now - last_persist >= self.persist_interval:
                 self._persist_all = True
                 last_persist = now
             self._wake.set()
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.report_interval)
+            try:
+                await self.reports.push()
+            except Exception:  # a bus hiccup must not end the updates
+                log.exception("report update failed")
 
     def _record(self, changes: list[Transition]) -> None:
         for change in changes:
@@ -224,8 +253,9 @@ class Controller:
             self._wake.clear()
             replies, self._replies = self._replies, []
             changes = self._pending[:]
+            batch = self.commands.take_batch()
             try:
-                await self._flush(all_live=self._persist_all)
+                await self._flush(all_live=self._persist_all, batch=batch)
                 self._persist_all = False
             except CorralError:
                 log.exception("store write failed; retrying")
@@ -240,13 +270,15 @@ class Controller:
                 await self.nc.publish(
                     subjects.node_events(c.node), wire.encode(event), headers=wire.HEADERS
                 )
+            await self.commands.committed(batch)
 
-    async def _flush(self, *, all_live: bool = False) -> None:
-        """Persist changed records and transitions in one transaction."""
+    async def _flush(self, *, all_live: bool = False, batch: Batch | None = None) -> None:
+        """Persist changed records, transitions and commands in one transaction."""
         if self.store is None:
             return
+        batch = batch or Batch()
         records = self.registry.all() if all_live else self.registry.take_dirty()
-        if not (records or self._pending or self._audit):
+        if not (records or self._pending or self._audit or batch.commands or batch.outcomes):
             return
         changes, self._pending = self._pending, []
         audit, self._audit = self._audit, []
@@ -254,13 +286,16 @@ class Controller:
             await self.store.commit(
                 nodes=records,
                 transitions=changes,
-                audit=audit,
+                audit=audit + batch.audit,
+                commands=batch.commands,
+                outcomes=batch.outcome_rows,
             )
         except BaseException:
             # Failed or cancelled mid-transaction: keep everything for the next attempt.
             self._pending[:0] = changes
             self._audit[:0] = audit
             self.registry.mark_dirty(r.name for r in records)
+            self.commands.restore(batch)
             raise
 
     # --- handlers -----------------------------------------------------------------------
@@ -276,11 +311,11 @@ class Controller:
         log.warning("message rejected", extra={"subject": msg.subject, "error": str(exc)})
         await self._reply(msg, wire.ErrorReply(code=code, error=str(exc)))
 
-    def _decode(self, msg: Any, kind: type[Any]) -> Any:
-        return wire.decode(msg.data, kind, msg.headers, limit=self.config.max_message_bytes)
-
     def _handler(
-        self, kind: type[Any], handle: Callable[[Any, str, Any], Awaitable[None]]
+        self,
+        kind: type[Any],
+        handle: Callable[[Any, str, Any], Awaitable[None]],
+        limit: int | None = None,
     ) -> Callable[[Any], Awaitable[None]]:
         """Wrap ``handle(msg, node, body)``: parse the subject, decode and validate the body.
 
@@ -294,11 +329,19 @@ class Controller:
                 node = ""
                 if subjects.is_node_in(msg.subject):
                     node = subjects.parse_node_in(msg.subject)[0]
-                body = self._decode(msg, kind)
+                body = wire.decode(
+                    msg.data, kind, msg.headers, limit=limit or self.config.max_message_bytes
+                )
             except CorralError as exc:
                 await self._reject(msg, exc)
                 return
-            await handle(msg, node, body)
+            try:
+                await handle(msg, node, body)
+            except CorralError as exc:
+                await self._reject(msg, exc)
+            except Exception as exc:  # a bug: answer, log it whole, keep serving
+                log.exception("handler failed", extra={"subject": msg.subject})
+                await self._reject(msg, Refused(f"internal error in the controller: {exc!r}"))
 
         return receive
 
@@ -314,10 +357,13 @@ class Controller:
             await self._reply(msg, error)
             return
         self._record(outcome)
+        self.commands.node_joined(name)
         if msg.reply:
             # Acknowledge only once persisted: an accepted node survives kill -9.
             reply = wire.JoinReply(
-                controller=self.id, heartbeat_interval=self.config.heartbeat_interval
+                controller=self.id,
+                heartbeat_interval=self.config.heartbeat_interval,
+                now=self.clock(),
             )
             self._after_commit(msg.reply, reply)
 
@@ -339,13 +385,15 @@ class Controller:
             self._after_commit(msg.reply, wire.Ok())
 
     async def _on_nodes(self, msg: Any, _: str, __: wire.NodesRequest) -> None:
-        views = [_view(r) for r in self.registry.all()]
+        behind = self.commands.book.behind()
+        views = [_view(r, behind.get(r.name, 0)) for r in self.registry.all()]
         await self._reply(msg, wire.NodesReply(nodes=views, controller=self.id))
 
     async def _on_stats(self, msg: Any, _: str, __: wire.StatsRequest) -> None:
-        reply = wire.StatsReply(
-            controller=self.id, started=self.started, counters=dict(self.counters)
-        )
+        counters = dict(self.counters)
+        for key, value in self.commands.counters.items():
+            counters[f"commands.{key}"] = value
+        reply = wire.StatsReply(controller=self.id, started=self.started, counters=counters)
         await self._reply(msg, reply)
 
     async def _on_agents(self, msg: Any, _: str, request: wire.AgentsRequest) -> None:
@@ -359,6 +407,7 @@ class Controller:
         now = self.clock()
         if event.action == "revoke":
             self._record(self.registry.revoke(event.name, now))
+            await self.commands.node_removed(event.name)
         detail = {"keys": list(event.keys), "host": event.host, "pid": event.pid}
         self._audit.append(
             AuditEntry(

@@ -294,7 +294,8 @@ class GuardianClient:
 
         Raises:
             NoSuchGuardian, Timeout: see :func:`send`.
-            Refused: the new module failed to load (the traceback is the message).
+            GuardianRefused: the new module failed to load (the traceback is the message) or
+                lacks the current state; the old code keeps running.
         """
         return await self._send(name, "reload", wire.GuardianReload(by=self.by))
 

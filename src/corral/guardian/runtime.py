@@ -299,7 +299,10 @@ class Guardian:
         if isinstance(req, wire.GuardianGraphRequest):
             return self._graph()
         if isinstance(req, wire.GuardianReload):
-            await self.reload()
+            try:
+                await self.reload()
+            except SystemLoadError as exc:  # the asker's answer: refused, old code running
+                raise GuardianRefused(f"{exc}\n(the previous code keeps running)") from None
             return self.view()
         with self._lock:
             c = self.core

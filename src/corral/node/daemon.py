@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,11 @@ from corral.errors import (
     Refused,
     RetryLater,
     Timeout,
+    UsageError,
 )
+from corral.node.commands import CommandRunner
+from corral.node.handlers import Handlers
+from corral.node.streams import NodeStream, StreamHub
 from corral.security import credential_name
 
 __all__ = ["Node"]
@@ -51,6 +58,11 @@ class Node:
         attributes: free-form attributes; ``sink: True`` makes it a sink.
         slots: task worker slots it offers.
         creds: its credentials file (default ``<data_dir>/auth/node-<name>.creds``).
+        handlers: what it does with commands (default: every handler registered with
+            :func:`corral.command` and friends, nothing dangerous allowed).
+        work_dir: where PUT writes, EXECUTE and shell commands run, and the last applied
+            serial is kept (default ``<data_dir>/nodes/<name>``).
+        on_reports: for a sink, called with every :class:`~corral.wire.ReportUpdate`.
     """
 
     def __init__(
@@ -63,6 +75,9 @@ class Node:
         attributes: dict[str, Any] | None = None,
         slots: int = 1,
         creds: Path | None = None,
+        handlers: Handlers | None = None,
+        work_dir: Path | None = None,
+        on_reports: Callable[[wire.ReportUpdate], Any] | None = None,
     ) -> None:
         self.config = config
         self.name = subjects.check_name(name)
@@ -84,6 +99,27 @@ class Node:
         self._done = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.work_dir = work_dir or (
+            handlers.work_dir if handlers else config.data_path / "nodes" / self.name
+        )
+        self.handlers = handlers or Handlers.collect(
+            self.work_dir, output_limit=config.output_limit
+        )
+        #: the controller's clock minus ours, learned at join
+        self.clock_offset = 0.0
+        self.commands = CommandRunner(
+            self.name,
+            self.handlers,
+            self.work_dir / ".corral-applied",
+            clock_offset=lambda: self.clock_offset,
+            on_applied=self._applied,
+            max_report_bytes=config.max_command_bytes,
+        )
+        self.on_reports = on_reports
+        self.streams = StreamHub(self.name)
+
+    def _applied(self, serial: int) -> None:
+        self.last_serial = serial
 
     def __repr__(self) -> str:
         state = "joined" if self.joined.is_set() else "joining"
@@ -111,6 +147,9 @@ class Node:
         )
         await self.nc.subscribe(subjects.ANNOUNCE, cb=self._on_announce)
         await self.nc.subscribe(subjects.node_out(self.name, "ctl"), cb=self._on_ctl)
+        await self.nc.subscribe(subjects.node_out(self.name, "reports"), cb=self._on_reports)
+        await self.commands.start(self.nc)
+        await self.streams.start(self.nc)
         self._need_join.set()
         self._tasks = [
             asyncio.create_task(self._join_loop(), name="join"),
@@ -146,6 +185,8 @@ class Node:
     async def stop(self, reason: str = "stopped") -> None:
         """Tell the controller we leave (best effort), then close the connection."""
         self._stopping = True
+        await self.commands.stop()
+        await self.streams.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -165,6 +206,10 @@ class Node:
                     )
             with contextlib.suppress(Exception):
                 await nc.drain()
+        if nc is not None and not nc.is_closed:
+            # Closed by the server (revoked) or still reconnecting: release its sockets.
+            with contextlib.suppress(Exception):
+                await nc.close()
         self._done.set()
 
     def _fail(self, error: CorralError) -> None:
@@ -216,6 +261,8 @@ class Node:
                 self._fail(exc)
                 return
             self.controller = reply.controller
+            if reply.now:
+                self.clock_offset = reply.now - time.time()
             self.heartbeat_interval = reply.heartbeat_interval  # the controller's rhythm
             waiting_logged = False
             self.joined.set()
@@ -265,6 +312,52 @@ class Node:
         log.info("asked to join again: %s", ctl.reason, extra={"node": self.name})
         self.joined.clear()
         self._need_join.set()
+
+    async def report(self, topic: str, value: Any) -> None:
+        """Send a data report on ``topic`` (SEER REPORT); the controller keeps the latest.
+
+        Raises:
+            InvalidName: ``topic`` is not a valid name.
+            UsageError: the node is not started.
+        """
+        subjects.check_name(topic, "report topic")
+        if self.nc is None:
+            raise UsageError("start the node before sending reports")
+        report = wire.Report(topic=topic, value=value, at=time.time() + self.clock_offset)
+        await self.nc.publish(
+            subjects.node_in(self.name, "report"), wire.encode(report), headers=wire.HEADERS
+        )
+
+    def stream(self, name: str, buffer: int = 1000) -> NodeStream:
+        """A data stream subscribers read with flow control (SEER STREAM).
+
+        ``write`` items to it; each subscriber gets them as fast as it reads, and at most
+        ``buffer`` wait for a slow one (the oldest are dropped and counted).
+
+        Raises:
+            InvalidName: ``name`` is not a valid name.
+        """
+        return self.streams.stream(name, buffer)
+
+    async def _on_reports(self, msg: Any) -> None:
+        try:
+            update = wire.decode(msg.data, wire.ReportUpdate, msg.headers)
+        except CorralError as exc:
+            log.warning("bad report update ignored: %s", exc)
+            return
+        hooks = [self.on_reports] if self.on_reports is not None else []
+        for hook in [*hooks, *self.handlers.report_hooks]:
+            try:
+                if inspect.iscoroutinefunction(hook):
+                    await hook(update)
+                elif hook is self.on_reports:
+                    result = hook(update)
+                    if asyncio.iscoroutine(result):
+                        await result
+                else:
+                    await asyncio.to_thread(hook, update)
+            except Exception:
+                log.exception("a report hook failed", extra={"node": self.name})
 
     async def _on_closed(self) -> None:
         if not self._stopping:

@@ -15,12 +15,22 @@ from sqlalchemy import (
     Double,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
 )
 
-__all__ = ["audit_log", "meta", "metadata", "node_transitions", "nodes"]
+__all__ = [
+    "audit_log",
+    "command_outcomes",
+    "commands",
+    "meta",
+    "metadata",
+    "node_transitions",
+    "nodes",
+]
 
 # Explicit constraint/index names so migrations and metadata agree on every backend.
 NAMING_CONVENTION = {
@@ -82,4 +92,36 @@ meta = Table(
     metadata,
     Column("key", Text, primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+commands = Table(
+    "commands",
+    metadata,
+    Column("serial", BigInteger, primary_key=True, autoincrement=False),
+    Column("created", Double, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("targets", JSON, nullable=False),
+    Column("nodes", JSON, nullable=False),
+    Column("unknown", JSON, nullable=False),
+    Column("retire_after", Double, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Index("ix_commands_created", "created"),
+)
+
+command_outcomes = Table(
+    "command_outcomes",
+    metadata,
+    Column("serial", BigInteger, nullable=False),
+    Column("node", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("at", Double, nullable=False),
+    Column("result", JSON, nullable=True),
+    Column("error", Text, nullable=False),
+    Column("exit_code", Integer, nullable=True),
+    Column("stdout", Text, nullable=False),
+    Column("stderr", Text, nullable=False),
+    PrimaryKeyConstraint("serial", "node", name="pk_command_outcomes"),
+    Index("ix_command_outcomes_node", "node"),
 )

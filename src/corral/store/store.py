@@ -21,11 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from corral.errors import StoreError
-from corral.records import AuditEntry, NodeRecord, Transition
+from corral.records import AuditEntry, CommandRow, NodeRecord, OutcomeRow, Transition
 
 from ._engine import async_engine, migrate
 from ._errors import FOREIGN, driver_error, open_error, translate
 from ._url import mask_password, normalize_url
+from .commands import CommandQueries, write_commands
 from .schema import audit_log, meta, node_transitions, nodes
 
 __all__ = ["Store", "normalize_url"]
@@ -58,7 +59,7 @@ def _check_limit(limit: int) -> None:
         raise StoreError(f"limit must be zero or more, got {limit}: pass how many rows to return")
 
 
-class Store:
+class Store(CommandQueries):
     """Persistent state of the fleet in SQLite or PostgreSQL.
 
     Build one with :meth:`Store.open`, not the constructor. Every method raises
@@ -160,8 +161,11 @@ class Store:
         nodes: Sequence[NodeRecord] = (),
         transitions: Sequence[Transition] = (),
         audit: Sequence[AuditEntry] = (),
+        commands: Sequence[CommandRow] = (),
+        outcomes: Sequence[OutcomeRow] = (),
     ) -> None:
-        """Write a batch in one transaction: upsert nodes, append transitions and audit rows.
+        """Write a batch in one transaction: upsert nodes, append transitions and audit rows,
+        insert new commands and upsert changed command outcomes.
 
         Either everything is written or nothing is. A node already stored is replaced whole;
         if a name appears twice in ``nodes`` the later row wins.
@@ -170,11 +174,13 @@ class Store:
             nodes: Node rows to insert or replace, keyed by name.
             transitions: Status transitions to append.
             audit: Audit entries to append.
+            commands: New commands (each gets a ``pending`` outcome per resolved node).
+            outcomes: Command outcomes to insert or replace, keyed by serial and node.
 
         Raises:
             StoreError: The transaction failed; nothing was written.
         """
-        if not (nodes or transitions or audit):
+        if not (nodes or transitions or audit or commands or outcomes):
             return
         self._usable("commit")
         asdict = msgspec.structs.asdict
@@ -188,6 +194,8 @@ class Store:
                     await conn.execute(node_transitions.insert(), rows)
                 if audit:
                     await conn.execute(audit_log.insert(), [asdict(row) for row in audit])
+                if commands or outcomes:
+                    await write_commands(conn, commands, outcomes)
 
     async def load_nodes(self) -> list[NodeRecord]:
         """Every stored node, ordered by name.

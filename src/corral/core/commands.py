@@ -1,0 +1,262 @@
+"""What became of each command at each node it was sent to, without I/O (SEER's command book).
+
+Theory of operation: the controller resolves a command's targets at send time
+(:mod:`corral.core.addressing`) and gives it the next serial. From then on every target node
+has exactly one :class:`Outcome` for it, moved by the node's reports along
+:data:`TRANSITIONS`: ``pending`` (did not answer yet) → ``delivered`` (queued on the node
+behind earlier commands) → ``running`` → ``done`` or ``failed``. A node that does not answer
+within the command's retire window is marked ``expired``, and a node that returns later skips
+the command and says so; if it ran the command anyway (its clock was behind) its own report
+is the truth and replaces ``expired``. ``done`` and ``failed`` are final.
+
+:class:`CommandBook` holds the commands still of interest, applies reports, expires the
+overdue, and keeps the rows to persist and the updates to publish until the I/O shell takes
+them (group commit: one transaction and one publish per batch, not per report).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from corral.errors import UsageError
+
+__all__ = [
+    "CommandBook",
+    "CommandState",
+    "IllegalOutcome",
+    "Outcome",
+    "TRANSITIONS",
+    "TrackedCommand",
+]
+
+
+class CommandState(enum.StrEnum):
+    """Where a command stands at one node."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    @property
+    def final(self) -> bool:
+        """True for ``done`` and ``failed``: nothing changes it any more."""
+        return self in (CommandState.DONE, CommandState.FAILED)
+
+
+S = CommandState
+#: Every legal move of one node's outcome. Anything else is a stale or bogus report.
+TRANSITIONS: dict[CommandState, frozenset[CommandState]] = {
+    S.PENDING: frozenset({S.DELIVERED, S.RUNNING, S.DONE, S.FAILED, S.EXPIRED}),
+    S.DELIVERED: frozenset({S.RUNNING, S.DONE, S.FAILED, S.EXPIRED}),
+    # RUNNING→RUNNING carries output; RUNNING→EXPIRED: its node went away meanwhile.
+    S.RUNNING: frozenset({S.RUNNING, S.DONE, S.FAILED, S.EXPIRED}),
+    # A node whose clock was behind may have run it after all: its report is the truth.
+    S.EXPIRED: frozenset({S.DONE, S.FAILED}),
+    S.DONE: frozenset(),
+    S.FAILED: frozenset(),
+}
+
+
+class IllegalOutcome(UsageError):
+    """A report that would move an outcome backwards (e.g. ``done`` → ``running``)."""
+
+
+@dataclass
+class Outcome:
+    """One node's outcome of one command."""
+
+    node: str
+    state: CommandState = CommandState.PENDING
+    at: float = 0.0
+    result: Any = None
+    error: str = ""
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+
+@dataclass
+class TrackedCommand:
+    """A command the book still follows: its serial, when it was sent, and per-node outcomes."""
+
+    serial: int
+    created: float
+    retire_after: float
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for o in self.outcomes.values():
+            counts[o.state] = counts.get(o.state, 0) + 1
+        return f"<TrackedCommand #{self.serial} {counts}>"
+
+    @property
+    def settled(self) -> bool:
+        """True once every node is done, failed or expired."""
+        return all(o.state.final or o.state is S.EXPIRED for o in self.outcomes.values())
+
+
+class CommandBook:
+    """The controller's live record of commands and their per-node outcomes.
+
+    Args:
+        last_serial: the highest serial ever issued (from the store), so serials continue
+            after a restart and are never reused.
+        output_limit: the most characters of stdout (and of stderr) kept per outcome.
+    """
+
+    def __init__(self, last_serial: int = 0, output_limit: int = 65_536) -> None:
+        self.last_serial = last_serial
+        self.output_limit = output_limit
+        self.commands: dict[int, TrackedCommand] = {}
+        #: outcomes changed since the I/O shell last took them (to persist and to publish)
+        self._changed: dict[tuple[int, str], Outcome] = {}
+
+    def __repr__(self) -> str:
+        return f"<CommandBook last={self.last_serial} tracked={len(self.commands)}>"
+
+    def issue(self, nodes: Iterable[str], now: float, retire_after: float) -> TrackedCommand:
+        """Give a new command the next serial and a ``pending`` outcome per target node.
+
+        Raises:
+            UsageError: ``retire_after`` is negative.
+        """
+        if retire_after < 0:
+            raise UsageError(f"retire_after must be 0 or more seconds, got {retire_after}")
+        self.last_serial += 1
+        command = TrackedCommand(self.last_serial, now, retire_after)
+        for node in nodes:
+            command.outcomes[node] = Outcome(node, at=now)
+        self.commands[command.serial] = command
+        return command
+
+    def track(self, command: TrackedCommand) -> None:
+        """Follow a command loaded from the store (after a controller restart)."""
+        self.commands[command.serial] = command
+        self.last_serial = max(self.last_serial, command.serial)
+
+    def report(
+        self,
+        serial: int,
+        node: str,
+        state: CommandState,
+        now: float,
+        **details: Any,
+    ) -> Outcome | None:
+        """Apply a node's report on command ``serial``.
+
+        Args:
+            serial: the command.
+            node: the reporting node (from the subject: it cannot speak for another).
+            state: its new state.
+            now: the controller's clock.
+            details: ``result``, ``error``, ``exit_code``, ``stdout``, ``stderr``; output of
+                successive ``running`` reports is appended (bounded by ``output_limit``).
+
+        Returns:
+            The updated outcome, or ``None`` if the book does not follow this command or the
+            node was not one of its targets (a report for a forgotten command).
+
+        Raises:
+            IllegalOutcome: the report would move the outcome backwards.
+        """
+        command = self.commands.get(serial)
+        outcome = command.outcomes.get(node) if command is not None else None
+        if outcome is None:
+            return None
+        if state not in TRANSITIONS[outcome.state]:
+            raise IllegalOutcome(
+                f"node {node} reported {state} for command #{serial}, "
+                f"which it had already reported {outcome.state}"
+            )
+        outcome.state = state
+        outcome.at = now
+        for key in ("result", "error", "exit_code"):
+            if key in details and details[key] is not None:
+                setattr(outcome, key, details[key])
+        for key in ("stdout", "stderr"):
+            text = details.get(key) or ""
+            if text:
+                joined = getattr(outcome, key) + text
+                setattr(outcome, key, joined[-self.output_limit :])
+        self._changed[(serial, node)] = outcome
+        return outcome
+
+    def expire(
+        self, now: float, live: Callable[[str], bool] = lambda node: True
+    ) -> list[tuple[int, Outcome]]:
+        """Mark ``expired`` what will not be answered.
+
+        An outcome still pending or delivered past its retire window; and one running at a
+        node that is not ``live`` and has not been heard of for a retire window (if that node
+        comes back and reports, its report replaces ``expired``).
+
+        Returns:
+            ``(serial, outcome)`` for each outcome expired now.
+        """
+        out = []
+        for command in self.commands.values():
+            if now - command.created <= command.retire_after:
+                continue
+            for outcome in command.outcomes.values():
+                if (
+                    outcome.state is S.RUNNING
+                    and not live(outcome.node)
+                    and now - outcome.at > command.retire_after
+                ):
+                    outcome.state = S.EXPIRED
+                    outcome.at = now
+                    outcome.error = (
+                        f"node {outcome.node} went away while running it and has not come "
+                        f"back within {command.retire_after:g} s; its report will replace "
+                        "this if it does"
+                    )
+                    self._changed[(command.serial, outcome.node)] = outcome
+                    out.append((command.serial, outcome))
+                elif outcome.state in (S.PENDING, S.DELIVERED):
+                    outcome.state = S.EXPIRED
+                    outcome.at = now
+                    outcome.error = (
+                        f"not delivered within the {command.retire_after:g} s retire window "
+                        "(the node was away); it will not run there. Send it again if still wanted"
+                    )
+                    self._changed[(command.serial, outcome.node)] = outcome
+                    out.append((command.serial, outcome))
+        return out
+
+    def take_changes(self) -> list[tuple[int, Outcome]]:
+        """The outcomes changed since the last call, for one transaction and one publish."""
+        changed, self._changed = self._changed, {}
+        # Copies: the outcome may move again before this batch is written and announced.
+        return [(serial, replace(outcome)) for (serial, _), outcome in changed.items()]
+
+    def restore_changes(self, changes: Iterable[tuple[int, Outcome]]) -> None:
+        """Put back changes whose write failed, so the next flush retries them."""
+        for serial, outcome in changes:
+            self._changed.setdefault((serial, outcome.node), outcome)
+
+    def forget(self, now: float, keep: float) -> list[int]:
+        """Stop following settled commands older than ``keep`` seconds (the store has them).
+
+        Returns:
+            The serials forgotten.
+        """
+        gone = [s for s, c in self.commands.items() if c.settled and now - c.created > keep]
+        for serial in gone:
+            del self.commands[serial]
+        return gone
+
+    def behind(self) -> dict[str, int]:
+        """How many commands each node has not answered yet (pending or delivered)."""
+        out: dict[str, int] = {}
+        for command in self.commands.values():
+            for outcome in command.outcomes.values():
+                if outcome.state in (S.PENDING, S.DELIVERED):
+                    out[outcome.node] = out.get(outcome.node, 0) + 1
+        return out

@@ -1,0 +1,177 @@
+"""The store's side of commands: their rows, per-node outcomes, history queries.
+
+A mixin of :class:`~corral.store.Store`, kept apart so the store module stays about nodes.
+Commands and outcomes are written by :meth:`Store.commit` in the controller's group commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from sqlalchemy import Table, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import Insert
+
+from corral.records import CommandRow, OutcomeRow
+
+from ._errors import translate
+from .schema import command_outcomes, commands
+
+__all__ = ["CommandQueries", "write_commands"]
+
+_LIST_COLUMNS = [commands.c[n] for n in CommandRow.__struct_fields__ if n != "body"]
+_OUTCOME_COLUMNS = [command_outcomes.c[n] for n in OutcomeRow.__struct_fields__]
+_FINAL = ("done", "failed", "expired")
+
+
+def _upsert(dialect: str, table: Table, keys: list[str]) -> Insert:
+    stmt = sqlite_insert(table) if dialect == "sqlite" else pg_insert(table)
+    changes = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+    return stmt.on_conflict_do_update(index_elements=keys, set_=changes)
+
+
+async def write_commands(
+    conn: AsyncConnection,
+    rows: Sequence[CommandRow],
+    outcomes: Sequence[OutcomeRow],
+) -> None:
+    """Insert new commands with a ``pending`` outcome per node, then upsert changed outcomes."""
+    asdict = msgspec.structs.asdict
+    if rows:
+        await conn.execute(commands.insert(), [asdict(r) for r in rows])
+        pending = [
+            {
+                "serial": r.serial,
+                "node": n,
+                "state": "pending",
+                "at": r.created,
+                "result": None,
+                "error": "",
+                "exit_code": None,
+                "stdout": "",
+                "stderr": "",
+            }
+            for r in rows
+            for n in r.nodes
+        ]
+        for start in range(0, len(pending), 1000):
+            await conn.execute(command_outcomes.insert(), pending[start : start + 1000])
+    if outcomes:
+        stmt = _upsert(conn.dialect.name, command_outcomes, ["serial", "node"])
+        params = [asdict(o) for o in outcomes]
+        for start in range(0, len(params), 1000):
+            await conn.execute(stmt, params[start : start + 1000])
+
+
+def _row(row: Any, body: bytes = b"") -> CommandRow:
+    values = dict(row)
+    values.setdefault("body", body)
+    return CommandRow(**values)
+
+
+class CommandQueries:
+    """Read commands back: history pages, one command in detail, the ones still open."""
+
+    _engine: AsyncEngine
+    _masked: str
+
+    def _usable(self, action: str) -> None:  # pragma: no cover - provided by Store
+        raise NotImplementedError
+
+    async def last_command_serial(self) -> int:
+        """The highest serial ever issued (0 if none), so serials continue after a restart.
+
+        Raises:
+            StoreError: The query failed.
+        """
+        self._usable("read the last serial")
+        with translate("read the last command serial", self._masked):
+            async with self._engine.connect() as conn:
+                value = (await conn.execute(select(func.max(commands.c.serial)))).scalar()
+        return int(value or 0)
+
+    async def recent_commands(
+        self, limit: int = 50, before: int | None = None
+    ) -> list[tuple[CommandRow, dict[str, int]]]:
+        """Commands newest first, each with how many of its nodes are in each state.
+
+        Args:
+            limit: At most this many.
+            before: Only serials below this one (the next page).
+
+        Raises:
+            StoreError: The query failed.
+        """
+        self._usable("list commands")
+        query = select(*_LIST_COLUMNS).order_by(commands.c.serial.desc()).limit(max(limit, 0))
+        if before is not None:
+            query = query.where(commands.c.serial < before)
+        o = command_outcomes
+        with translate("list commands", self._masked):
+            async with self._engine.connect() as conn:
+                rows = [_row(r) for r in (await conn.execute(query)).mappings()]
+                counts: dict[int, dict[str, int]] = {r.serial: {} for r in rows}
+                if rows:
+                    tally = (
+                        select(o.c.serial, o.c.state, func.count())
+                        .where(o.c.serial.in_(list(counts)))
+                        .group_by(o.c.serial, o.c.state)
+                    )
+                    for serial, state, n in await conn.execute(tally):
+                        counts[serial][state] = n
+        return [(r, counts[r.serial]) for r in rows]
+
+    async def get_command(self, serial: int) -> tuple[CommandRow, list[OutcomeRow]] | None:
+        """One command and every node's outcome, or ``None`` if no command has that serial.
+
+        Raises:
+            StoreError: The query failed.
+        """
+        self._usable("read a command")
+        with translate(f"read command #{serial}", self._masked):
+            async with self._engine.connect() as conn:
+                query = select(*_LIST_COLUMNS).where(commands.c.serial == serial)
+                row = (await conn.execute(query)).mappings().first()
+                if row is None:
+                    return None
+                o = command_outcomes
+                found = await conn.execute(
+                    select(*_OUTCOME_COLUMNS).where(o.c.serial == serial).order_by(o.c.node)
+                )
+                outcomes = [OutcomeRow(**r) for r in found.mappings()]
+        return _row(row), outcomes
+
+    async def open_commands(self, since: float) -> list[tuple[CommandRow, list[OutcomeRow]]]:
+        """Commands created after ``since`` with a node that has not finished, oldest first.
+
+        The controller follows these again after a restart and re-publishes their bodies
+        (the stream drops a duplicate by its message id).
+
+        Raises:
+            StoreError: The query failed.
+        """
+        self._usable("read open commands")
+        o = command_outcomes
+        with translate("read open commands", self._masked):
+            async with self._engine.connect() as conn:
+                open_serials = (
+                    select(o.c.serial).where(o.c.state.not_in(_FINAL)).distinct().subquery()
+                )
+                query = (
+                    select(commands)
+                    .where(commands.c.created > since)
+                    .where(commands.c.serial.in_(select(open_serials.c.serial)))
+                    .order_by(commands.c.serial)
+                )
+                rows = [_row(r) for r in (await conn.execute(query)).mappings()]
+                out = []
+                for row in rows:
+                    found = await conn.execute(
+                        select(*_OUTCOME_COLUMNS).where(o.c.serial == row.serial)
+                    )
+                    out.append((row, [OutcomeRow(**r) for r in found.mappings()]))
+        return out

@@ -1,0 +1,86 @@
+"""The store's commands and outcomes, on SQLite and (given a DSN) PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from corral.records import CommandRow, OutcomeRow
+from corral.store import Store
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s = await Store.open(store_url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def command(serial: int, nodes: list[str], created: float = 100.0) -> CommandRow:
+    return CommandRow(
+        serial=serial,
+        created=created,
+        actor="me@host (admin)",
+        kind="command",
+        name="restart",
+        targets=["web*"],
+        nodes=nodes,
+        unknown=[],
+        retire_after=120.0,
+        body=b"\x81\xa1x\x01",
+    )
+
+
+def outcome(serial: int, node: str, state: str, **kw: object) -> OutcomeRow:
+    return OutcomeRow(serial=serial, node=node, state=state, at=101.0, **kw)  # type: ignore[arg-type]
+
+
+async def test_commands_start_pending_and_outcomes_replace_by_serial_and_node(store: Store) -> None:
+    assert await store.last_command_serial() == 0
+    await store.commit(commands=[command(1, ["a", "b"]), command(2, ["a"])])
+    assert await store.last_command_serial() == 2
+    found = await store.get_command(1)
+    assert found is not None
+    row, outcomes = found
+    assert (row.name, row.nodes, row.body) == ("restart", ["a", "b"], b"")  # bodies stay put
+    assert [(o.node, o.state) for o in outcomes] == [("a", "pending"), ("b", "pending")]
+    await store.commit(
+        outcomes=[
+            outcome(1, "a", "done", result={"ok": [1, 2]}),
+            outcome(1, "b", "failed", error="boom", exit_code=3, stderr="trace"),
+        ]
+    )
+    _, outcomes = await store.get_command(1)  # type: ignore[misc]
+    assert [(o.node, o.state, o.result, o.error, o.exit_code) for o in outcomes] == [
+        ("a", "done", {"ok": [1, 2]}, "", None),
+        ("b", "failed", None, "boom", 3),
+    ]
+    assert await store.get_command(99) is None
+
+
+async def test_history_pages_newest_first_with_counts(store: Store) -> None:
+    await store.commit(commands=[command(s, ["a", "b", "c"]) for s in range(1, 6)])
+    await store.commit(outcomes=[outcome(5, "a", "done"), outcome(5, "b", "done")])
+    page = await store.recent_commands(limit=2)
+    assert [(r.serial, counts) for r, counts in page] == [
+        (5, {"done": 2, "pending": 1}),
+        (4, {"pending": 3}),
+    ]
+    rest = await store.recent_commands(limit=10, before=4)
+    assert [r.serial for r, _ in rest] == [3, 2, 1]
+    assert await store.recent_commands(limit=0) == []
+
+
+async def test_open_commands_are_those_with_a_node_not_finished(store: Store) -> None:
+    await store.commit(
+        commands=[command(1, ["a"], 10.0), command(2, ["a", "b"], 20.0), command(3, ["a"], 30.0)]
+    )
+    await store.commit(
+        outcomes=[outcome(2, "a", "done"), outcome(2, "b", "expired"), outcome(3, "a", "running")]
+    )
+    open_ = await store.open_commands(since=0.0)
+    assert [(r.serial, r.body) for r, _ in open_] == [(1, b"\x81\xa1x\x01"), (3, b"\x81\xa1x\x01")]
+    assert [r.serial for r, _ in await store.open_commands(since=15.0)] == [3]
