@@ -7,7 +7,8 @@ where they happen; a user only ever catches corral's own. The tree::
     ├── UsageError                  the caller asked for something malformed or impossible
     │   ├── ConfigError             a configuration value is missing or wrong
     │   ├── InvalidName             a node name is not a valid subject token
-    │   └── NotInitialized          no data directory / authority yet: run `corral init`
+    │   ├── NotInitialized          no data directory / authority yet: run `corral init`
+    │   └── SystemLoadError         a guardian system module failed to import or is malformed
     ├── ProtocolError               a peer sent something we cannot accept
     │   ├── MalformedMessage        bytes that do not decode to the expected message
     │   ├── OversizedMessage        a payload larger than the limit for its subject
@@ -19,11 +20,13 @@ where they happen; a user only ever catches corral's own. The tree::
     │   ├── Overloaded              the agent's inbox is full
     │   └── GroupRefused            the group coordinator refused (out of step, dead, full)
     │   └── RetryLater              not now; ask again after ``retry_after`` seconds
+    │   └── GuardianRefused         a guardian refused a request (mode, holder, no such state)
     ├── AuthError                   the bus refused our credential (unenrolled, revoked, wrong CA)
     ├── Unavailable                 something we need is not there (bus, controller, store)
     │   ├── BusUnavailable          cannot reach NATS
     │   ├── ControllerUnavailable   no controller answers on the bus
     │   ├── NoSuchAgent             no agent holds that name
+    │   ├── NoSuchGuardian          no live guardian holds that name
     │   └── StoreError              the SQL store failed
     └── Timeout                     a bounded wait ran out
         └── GroupTimeout            a collective timed out (``missing`` names the ranks)
@@ -35,6 +38,9 @@ from __future__ import annotations
 
 __all__ = [
     "GroupTimeout",
+    "GuardianRefused",
+    "NoSuchGuardian",
+    "SystemLoadError",
     "GroupRefused",
     "UnknownMessage",
     "Overloaded",
@@ -163,3 +169,15 @@ class GroupTimeout(Timeout):
     def __init__(self, message: str, missing: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.missing = missing
+
+
+class GuardianRefused(Refused):
+    """A guardian refused a request: wrong mode, held by another manager, no such state."""
+
+
+class NoSuchGuardian(Unavailable):
+    """No live guardian holds the name a request was addressed to."""
+
+
+class SystemLoadError(UsageError):
+    """A guardian system module failed to import, or defines no usable states and edges."""

@@ -42,6 +42,7 @@ __all__ = [
     "agent_inbox",
     "agent_permissions",
     "credential_name",
+    "guardian_permissions",
     "node_permissions",
     "write_secret",
 ]
@@ -160,6 +161,47 @@ def agent_inbox(name: str) -> str:
 
 
 ADMIN_INBOX = "_INBOX.corral-admin"
+
+_KV_STREAM = f"KV_{subjects.GUARDIAN_BUCKET}"
+#: Reading and watching the guardian bucket (JetStream API subjects nats-py's KV uses).
+GUARDIAN_KV_READ = (
+    f"$JS.API.STREAM.INFO.{_KV_STREAM}",
+    f"$JS.API.STREAM.MSG.GET.{_KV_STREAM}",
+    f"$JS.API.DIRECT.GET.{_KV_STREAM}.>",
+    f"$JS.API.CONSUMER.CREATE.{_KV_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{_KV_STREAM}.>",
+    f"$JS.API.CONSUMER.DELETE.{_KV_STREAM}.>",
+    f"$JS.API.CONSUMER.INFO.{_KV_STREAM}.>",
+    f"$JS.FC.{_KV_STREAM}.>",
+)
+
+
+def guardian_inbox(name: str) -> str:
+    """Reply-inbox prefix of guardian ``name`` (``*``: every guardian's)."""
+    return f"_INBOX.corral-guardian.{name}"
+
+
+def guardian_permissions(name: str) -> Permissions:
+    """Guardian ``name`` (``*``: any, the data directory's local credential).
+
+    It answers requests on its own subjects, writes only its own key of the guardian bucket
+    (and may create the bucket), reads and watches every key, and sends requests to other
+    guardians (a manager).
+    """
+    return Permissions(
+        pub=(
+            subjects.guardian("*", ">"),
+            subjects.guardian_kv(name),
+            f"$JS.API.STREAM.CREATE.{_KV_STREAM}",
+            *GUARDIAN_KV_READ,
+        ),
+        sub=(subjects.guardian(name, ">"), guardian_inbox(name) + ".>"),
+        responses=True,
+    )
+
+
+#: What the operator's CLI needs for guardians (`corral guardian ...`): requests and watching.
+ADMIN_GUARDIAN_PUB = (subjects.guardian("*", ">"), *GUARDIAN_KV_READ)
 
 
 class IssuedKey(msgspec.Struct):
@@ -312,11 +354,21 @@ class Authority:
         if not (self.directory / "operator.creds").exists():
             write_secret(
                 self.directory / "operator.creds",
-                self.user_creds("operator", OPERATOR_PERMISSIONS),
+                self.user_creds("operator", _with_guardians(OPERATOR_PERMISSIONS)),
             )
         if not (self.directory / "group.creds").exists():
             write_secret(
                 self.directory / "group.creds", self.user_creds("group", GROUP_PERMISSIONS)
+            )
+        for role, base in (("admin", ADMIN_PERMISSIONS), ("operator", OPERATOR_PERMISSIONS)):
+            path = self.directory / f"{role}.creds"
+            if path.exists() and not _allows_publish(path.read_text(), ADMIN_GUARDIAN_PUB[0]):
+                # Written before guardians existed: the same role, with guardian access added.
+                write_secret(path, self.user_creds(role, _with_guardians(base)))
+        if not (self.directory / "guardian.creds").exists():
+            write_secret(
+                self.directory / "guardian.creds",
+                self.user_creds("guardian:*", guardian_permissions("*")),
             )
 
     @classmethod
@@ -431,9 +483,13 @@ class Authority:
         d = self.directory
         write_secret(d / "agent.creds", self.user_creds("agent:*", agent_permissions("*")))
         write_secret(d / "group.creds", self.user_creds("group", GROUP_PERMISSIONS))
+        write_secret(d / "guardian.creds", self.user_creds("guardian:*", guardian_permissions("*")))
         write_secret(d / "controller.creds", self.user_creds("controller", Permissions()))
-        write_secret(d / "admin.creds", self.user_creds("admin", ADMIN_PERMISSIONS))
-        write_secret(d / "operator.creds", self.user_creds("operator", OPERATOR_PERMISSIONS))
+        write_secret(d / "admin.creds", self.user_creds("admin", _admin_permissions()))
+        write_secret(
+            d / "operator.creds",
+            self.user_creds("operator", _with_guardians(OPERATOR_PERMISSIONS)),
+        )
         write_secret(d / "system.creds", self.user_creds("system", Permissions(), system=True))
         self.write_server_fragment()
 
@@ -499,6 +555,23 @@ class Authority:
             )
         return self._sign_user(f"agent:{name}", seed, agent_permissions(name), system=False)
 
+    def enroll_guardian(self, name: str) -> str:
+        """Issue a credential for guardian ``name``: its own subjects and bucket key only.
+
+        Returns:
+            The ``.creds`` file text.
+
+        Raises:
+            InvalidName: the name cannot be a subject token.
+        """
+        subjects.check_name(name, "guardian")
+        seed = _new_seed(nkeys.PREFIX_BYTE_USER)
+        with self._locked():
+            self._state.nodes.setdefault(f"guardian:{name}", []).append(
+                IssuedKey(public_key=_pub(seed), issued_at=time.time())
+            )
+        return self._sign_user(f"guardian:{name}", seed, guardian_permissions(name), system=False)
+
     def revoke(self, name: str) -> list[str]:
         """Revoke every live credential of node ``name``.
 
@@ -530,3 +603,25 @@ class Authority:
     def is_enrolled(self, name: str) -> bool:
         """True if ``name`` holds at least one unrevoked credential."""
         return any(k.revoked_at is None for k in self._state.nodes.get(name, ()))
+
+
+def _with_guardians(base: Permissions) -> Permissions:
+    """``base`` (an operator's CLI role) plus sending requests to guardians and reading them."""
+    return msgspec.structs.replace(base, pub=(*base.pub, *ADMIN_GUARDIAN_PUB))
+
+
+def _admin_permissions() -> Permissions:
+    """The admin credential's permissions: :data:`ADMIN_PERMISSIONS` plus guardian access."""
+    return _with_guardians(ADMIN_PERMISSIONS)
+
+
+def _allows_publish(creds: str, subject: str) -> bool:
+    """True if the user JWT in ``creds`` lists ``subject`` among its publish permissions."""
+    lines = creds.splitlines()
+    try:
+        jwt = lines[lines.index("-----BEGIN NATS USER JWT-----") + 1]
+        body = jwt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        return subject in claims["nats"].get("pub", {}).get("allow", [])
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError):
+        return False

@@ -25,6 +25,9 @@ subject                         who publishes         who listens
 ``corral.events.cmd.<serial>``  the controller        operators (outcomes of a command)
 ``corral.events.report.<t>``    the controller        operators (reports on topic t)
 ``corral.in.<n>.stream.<s>.<i>`` the node             subscriber i of its stream s
+``corral.guardian.<g>.<verb>``  people, managers      guardian g (request, mode, revive,
+                                                      pause, reload, view, graph)
+``$KV.corral_guardians.<g>``    guardian g            viewers, managers (KV watch)
 ``_INBOX.corral.<node>.>``      repliers              that node (its private inbox)
 ==============================  ====================  ================================
 """
@@ -53,6 +56,10 @@ __all__ = [
     "check_name",
     "group",
     "group_data",
+    "GUARDIAN_BUCKET",
+    "GUARDIAN_VERBS",
+    "guardian",
+    "guardian_kv",
     "ctl",
     "inbox_prefix",
     "is_node_in",
@@ -208,3 +215,20 @@ def report_events(topic: str = "*") -> str:
 def stream_items(node: str, stream: str, sid: str) -> str:
     """Where node ``node`` sends stream ``stream``'s items to subscriber ``sid``."""
     return f"{ROOT}.in.{node}.stream.{stream}.{sid}"
+
+
+#: The JetStream key-value bucket holding every guardian's view (key: the guardian's name).
+GUARDIAN_BUCKET = "corral_guardians"
+
+#: Verbs a guardian answers on ``corral.guardian.<name>.<verb>``.
+GUARDIAN_VERBS = frozenset({"request", "mode", "revive", "pause", "reload", "view", "graph"})
+
+
+def guardian(name: str, verb: str) -> str:
+    """Subject of ``verb`` addressed to guardian ``name`` (``*``/``>`` wildcards allowed)."""
+    return f"{ROOT}.guardian.{name}.{verb}"
+
+
+def guardian_kv(name: str) -> str:
+    """The subject a put of guardian ``name``'s key goes to (``*``: every guardian's)."""
+    return f"$KV.{GUARDIAN_BUCKET}.{name}"

@@ -21,8 +21,10 @@ from corral.errors import (
     DuplicateName,
     GroupRefused,
     GroupTimeout,
+    GuardianRefused,
     MalformedMessage,
     NoSuchAgent,
+    NoSuchGuardian,
     Overloaded,
     OversizedMessage,
     ProtocolError,
@@ -60,6 +62,16 @@ __all__ = [
     "GroupChunk",
     "GroupBeat",
     "GroupArrive",
+    "GuardianGraph",
+    "GuardianGraphRequest",
+    "GuardianMode",
+    "GuardianPause",
+    "GuardianReload",
+    "GuardianRequest",
+    "GuardianRevive",
+    "GuardianState",
+    "GuardianView",
+    "GuardianViewRequest",
     "AgentReply",
     "AgentMessage",
     "AgentInfoRequest",
@@ -540,6 +552,101 @@ class StreamItems(_Msg, frozen=True):
 _encoder = msgspec.msgpack.Encoder()
 
 
+# --- guardians (corral.guardian.<name>.<verb>; views in the corral_guardians KV bucket) ---------
+
+
+class GuardianView(_Msg, frozen=True):
+    """What a guardian publishes (its key in the KV bucket) and answers every request with."""
+
+    name: str
+    instance: str
+    #: bumped on every change; a heartbeat republishes the same seq with a new ``beat``
+    seq: int
+    state: str
+    request: str
+    mode: str
+    status: str
+    phase: str = ""
+    manager: str = ""
+    path: tuple[str, ...] = ()
+    arrived: bool = False
+    stalled: bool = False
+    paused: bool = False
+    notifications: tuple[str, ...] = ()
+    #: the traceback of user code that raised (status ERROR)
+    error: str = ""
+    #: why the last reload failed (the previous code keeps running)
+    load_error: str = ""
+    system: str = ""
+    host: str = ""
+    pid: int = 0
+    #: wall-clock time of this publication (heartbeats refresh it)
+    beat: float = 0.0
+    #: False in the last view a guardian publishes when it stops
+    alive: bool = True
+
+
+class GuardianRequest(_Msg, frozen=True):
+    """Walk to ``state`` (``corral.guardian.<name>.request``)."""
+
+    state: str
+    by: str
+    manager: bool = False
+
+
+class GuardianMode(_Msg, frozen=True):
+    """Change the mode (``corral.guardian.<name>.mode``); MANAGED records ``by``."""
+
+    mode: str
+    by: str
+    manager: bool = False
+
+
+class GuardianRevive(_Msg, frozen=True):
+    """Re-request the last request (``corral.guardian.<name>.revive``)."""
+
+    by: str
+    manager: bool = False
+
+
+class GuardianPause(_Msg, frozen=True):
+    """Pause or resume (``corral.guardian.<name>.pause``)."""
+
+    paused: bool
+    by: str
+
+
+class GuardianReload(_Msg, frozen=True):
+    """Load the system module again (``corral.guardian.<name>.reload``)."""
+
+    by: str
+
+
+class GuardianViewRequest(_Msg, frozen=True):
+    """Ask for the current view (``corral.guardian.<name>.view``)."""
+
+
+class GuardianGraphRequest(_Msg, frozen=True):
+    """Ask for the state graph (``corral.guardian.<name>.graph``)."""
+
+
+class GuardianState(msgspec.Struct, frozen=True, kw_only=True):
+    """One state of a guardian's graph."""
+
+    name: str
+    goto: bool = False
+    request: bool = True
+    index: int | None = None
+
+
+class GuardianGraph(_Msg, frozen=True):
+    """A guardian's states and edges, with its view (to highlight state and path)."""
+
+    states: tuple[GuardianState, ...]
+    edges: tuple[tuple[str, str], ...]
+    view: GuardianView
+
+
 def encode(msg: msgspec.Struct) -> bytes:
     """Encode a message to msgpack bytes (send them with :data:`HEADERS`)."""
     return _encoder.encode(msg)
@@ -641,6 +748,8 @@ _ERRORS: dict[str, type[Exception]] = {
     "group-refused": GroupRefused,
     "protocol": ProtocolError,
     "usage": UsageError,
+    "guardian-refused": GuardianRefused,
+    "no-guardian": NoSuchGuardian,
 }
 
 

@@ -9,6 +9,7 @@ import typer
 
 from corral._version import __version__
 from corral.cli import admin, commands, launch, running
+from corral.cli import guardian as guardian_cli
 from corral.cli.common import _globals, err
 from corral.errors import CorralError, UsageError
 
@@ -57,6 +58,7 @@ admin.register(app)
 running.register(app)
 launch.register(app)
 commands.register(app)
+guardian_cli.register(app)
 
 
 def main() -> None:

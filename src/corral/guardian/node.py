@@ -1,0 +1,159 @@
+"""One subordinate guardian as its manager sees it: :class:`Node` (part of the seed's API).
+
+A node holds the manager's local copy of the subordinate's view (kept fresh by the manager's
+watch of the guardian bucket) and sends it requests through its manager's connection.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from corral import subjects, wire
+from corral.guardian.machine import Mode, Status
+
+if TYPE_CHECKING:
+    from corral.guardian.manager import NodeManager
+
+__all__ = ["Node"]
+
+
+class Node:
+    """One subordinate guardian as its manager sees it. Compare it with a state name."""
+
+    def __init__(self, manager: NodeManager, name: str) -> None:
+        self.manager = manager
+        self.name = subjects.check_name(name, "guardian")
+        self._view: wire.GuardianView | None = None
+        self._heard = float("-inf")  # monotonic time of the last view
+        self._held_instance = ""  # the node's run (instance) this manager took into MANAGED
+
+    def __repr__(self) -> str:
+        v = self._view
+        if v is None:
+            return f"<Node {self.name!r} never seen>"
+        return (
+            f"<Node {self.name!r} {v.state} request={v.request} mode={v.mode} status={self.status}>"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return self.state == other
+        if isinstance(other, Node):
+            return self.name == other.name
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __str__(self) -> str:
+        return self.name
+
+    # --- what the copy says ----------------------------------------------------------------
+
+    def _update(self, view: wire.GuardianView, age: float = 0.0) -> None:
+        with self.manager._lock:
+            old = self._view
+            if old is None or old.instance != view.instance or view.seq >= old.seq:
+                self._view = view
+            self._heard = max(self._heard, time.monotonic() - max(0.0, age))
+            self.manager._news.notify_all()
+
+    @property
+    def view(self) -> wire.GuardianView | None:
+        """The latest view of this node (``None`` before the first)."""
+        return self._view
+
+    @property
+    def state(self) -> str:
+        """Its current state ("" if never seen)."""
+        return self._view.state if self._view else ""
+
+    @property
+    def request(self) -> str:
+        """Its current request."""
+        return self._view.request if self._view else ""
+
+    @property
+    def mode(self) -> str:
+        """AUTO, MANAGED or MANUAL."""
+        return self._view.mode if self._view else ""
+
+    @property
+    def managed_by(self) -> str:
+        """The manager holding it in MANAGED mode ("" if none)."""
+        return self._view.manager if self._view else ""
+
+    @property
+    def notifications(self) -> tuple[str, ...]:
+        """Its current notifications."""
+        return self._view.notifications if self._view else ()
+
+    @property
+    def connected(self) -> bool:
+        """Its view is fresh (refreshed within the manager's ``stale_after``) and alive."""
+        v = self._view
+        return (
+            v is not None and v.alive and time.monotonic() - self._heard <= self.manager.stale_after
+        )
+
+    @property
+    def status(self) -> str:
+        """OK, ERROR, NOTIFICATION, STALLED, or CONNECTION_ERROR when it went silent."""
+        if not self.connected or self._view is None:
+            return Status.CONNECTION_ERROR.value
+        return self._view.status
+
+    @property
+    def stalled(self) -> bool:
+        """It jumped while MANAGED and holds there (revive it or request again)."""
+        return bool(self._view and self._view.stalled and self.connected)
+
+    @property
+    def arrived(self) -> bool:
+        """It reached its request and that state's ``run`` returned True."""
+        return bool(self._view and self._view.arrived and self.connected)
+
+    @property
+    def OK(self) -> bool:  # noqa: N802 - the seed's spelling
+        """Its status is OK."""
+        return self.status == Status.OK.value
+
+    # --- asking it things ------------------------------------------------------------------
+
+    def set_request(self, state: str) -> None:
+        """Ask it to walk to ``state``.
+
+        Raises:
+            NoSuchGuardian, Timeout, GuardianRefused: it is not running or refused.
+        """
+        self._update(self.manager._call(self.manager._client().request(self.name, state)))
+
+    def set_managed(self) -> None:
+        """Take it into MANAGED mode, held by this manager.
+
+        Raises:
+            GuardianRefused: another manager holds it (the error names it), or a person put it
+                in MANUAL.
+        """
+        client = self.manager._client()
+        view = self.manager._call(client.set_mode(self.name, Mode.MANAGED.value))
+        self._held_instance = view.instance
+        self._update(view)
+
+    def release(self) -> None:
+        """Give it back: AUTO mode.
+
+        Raises:
+            GuardianRefused: this manager does not hold it.
+        """
+        client = self.manager._client()
+        self._update(self.manager._call(client.set_mode(self.name, Mode.AUTO.value)))
+
+    def revive(self) -> None:
+        """Re-request its last request (clears a stall).
+
+        Raises:
+            NoSuchGuardian, Timeout, GuardianRefused: it is not running or refused.
+        """
+        self._update(self.manager._call(self.manager._client().revive(self.name)))
