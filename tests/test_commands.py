@@ -15,6 +15,7 @@ import pytest
 
 from conftest import scaled
 from corral import bus, subjects, wire
+from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
 from corral.controller import Controller
@@ -501,3 +502,24 @@ async def test_corral_send_shows_outcomes_and_exits_nonzero_on_failure(
     assert code == 2 and "bad glob" in out
     code, out = await cli("command", str(document[0]["serial"]))
     assert code == 0 and "gain" in out and "db1" in out
+
+
+async def test_consumers_are_made_again_after_the_server_restarts(
+    controller: Controller, config: Config, client: Client, broker: EmbeddedBroker
+) -> None:
+    # Consumers live in the server's memory; the controller's audit notices they are gone.
+    controller.commands.audit_every = 0.1
+    node = await start_node(config, "again1")
+    try:
+        await _wait_consumers(controller, ["again1"])
+        first = await run(client, "again1")
+        assert first.results == {"again1": "again1"}
+        broker.stop()
+        await broker.start(timeout=scaled(15))
+        await _wait_consumers(controller, ["again1"])
+        second = await run(client, "again1", suffix="-back")
+        assert second.results == {"again1": "again1-back"}
+        # The re-made consumer replayed the first command too: the node skipped it.
+        assert node.last_serial == second.serial
+    finally:
+        await node.stop()
