@@ -90,6 +90,8 @@ class CommandRunner:
         self._ack_sub: Any = None
         #: final reports not yet acknowledged: serial -> encoded report
         self.outbox: dict[int, bytes] = {}
+        #: when each report in the outbox was last sent (monotonic seconds)
+        self._sent: dict[int, float] = {}
 
     def __repr__(self) -> str:
         queued = self._queue.qsize()
@@ -237,6 +239,9 @@ class CommandRunner:
         started = time.monotonic()
         reported_running = False
         try:
+            # A quick coroutine handler is done after its first step, which runs before this
+            # task resumes: then no timer and no wait() are needed.
+            await asyncio.sleep(0)
             while not task.done():
                 await asyncio.wait({task}, timeout=_FLUSH_EVERY)
                 now = time.monotonic()
@@ -276,6 +281,7 @@ class CommandRunner:
         reply = ""
         if state in _FINAL:
             self.outbox[serial] = data  # re-sent until the controller has it (see _on_ack)
+            self._sent[serial] = time.monotonic()
             reply = self._ack_subject
         await self._send(data, reply)
 
@@ -295,12 +301,18 @@ class CommandRunner:
         except CorralError:
             return
         self.outbox.pop(ack.serial, None)
+        self._sent.pop(ack.serial, None)
 
     async def _resend_loop(self) -> None:
         while True:
-            await asyncio.sleep(_RESEND_EVERY)
-            for data in list(self.outbox.values()):
-                await self._send(data, self._ack_subject)
+            await asyncio.sleep(_RESEND_EVERY / 2)
+            # Only what has waited a whole period: a report sent a moment ago is most likely
+            # being written to disk by the controller right now.
+            due = time.monotonic() - _RESEND_EVERY
+            for serial, data in list(self.outbox.items()):
+                if self._sent.get(serial, 0.0) <= due:
+                    self._sent[serial] = time.monotonic()
+                    await self._send(data, self._ack_subject)
 
 
 def _outcome(task: asyncio.Task[tuple[Any, int | None]]) -> tuple[str, dict[str, Any]]:
