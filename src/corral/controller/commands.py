@@ -18,6 +18,7 @@ the next commit persists it, and the change is published on ``corral.events.cmd.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -59,6 +60,9 @@ _KEEP = 7 * 86_400.0
 _DEDUP = 3600.0
 #: Seconds between checks that the server still holds every node's consumer.
 _AUDIT_EVERY = 5.0
+#: Seconds a stopping controller waits for committed commands to be published (the next
+#: start re-publishes any left).
+_DRAIN = 2.0
 
 
 def _view(serial: int, o: Outcome) -> wire.OutcomeView:
@@ -133,6 +137,9 @@ class CommandService:
         self._consumers: set[str] = set()
         self._consumer_queue: asyncio.Queue[str] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        #: committed commands waiting to be published, in serial order
+        self._outgoing: asyncio.Queue[CommandRow] = asyncio.Queue()
+        self._publisher: asyncio.Task[None] | None = None
         #: seconds between checks that the server still holds every node's consumer
         self.audit_every = _AUDIT_EVERY
 
@@ -171,18 +178,21 @@ class CommandService:
             self.book.track(command)
             await self._publish(row)
         self._worker = asyncio.create_task(self._consumer_loop(), name="consumers")
+        self._publisher = asyncio.create_task(self._publish_loop(), name="publisher")
         for name, record in self.registry.nodes.items():
             if record.status in (NodeStatus.UP, NodeStatus.DOWN, NodeStatus.LEFT):
                 self.node_joined(name)
 
     async def stop(self) -> None:
-        """Stop creating consumers."""
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
+        """Publish what is committed (for a moment at most), stop creating consumers."""
+        if self._publisher is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outgoing.join(), _DRAIN)
+        for task in (self._publisher, self._worker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _ensure_stream(self) -> None:
         config = StreamConfig(
@@ -484,18 +494,33 @@ class CommandService:
         self.book.restore_changes(batch.outcomes)
 
     async def committed(self, batch: Batch) -> None:
-        """The batch is durable: answer senders, publish the commands, announce outcomes."""
+        """The batch is durable: answer senders, queue its commands, announce outcomes."""
         assert self.nc is not None
         for subject, data in batch.replies:
             await self.nc.publish(subject, data, headers=wire.HEADERS)
         for row in batch.commands:
-            await self._publish(row)
+            self._outgoing.put_nowait(row)
         by_serial: dict[int, list[wire.OutcomeView]] = {}
         for serial, outcome in batch.outcomes:
             by_serial.setdefault(serial, []).append(_view(serial, outcome))
         for serial, views in by_serial.items():
             update = wire.encode(wire.CommandUpdate(serial=serial, outcomes=views))
             await self.nc.publish(subjects.command_events(serial), update, headers=wire.HEADERS)
+
+    async def _publish_loop(self) -> None:
+        """Publish committed commands in serial order, each once the stream has the previous.
+
+        Apart from the commit loop, so that waiting for the stream (it writes each command to
+        disk before it answers) does not hold up the next commit, its replies and outcomes.
+        """
+        while True:
+            row = await self._outgoing.get()
+            try:
+                await self._publish(row)
+            except Exception:  # not the bus: a bug; the next start re-publishes it
+                log.exception("publishing command #%s failed", row.serial)
+            finally:
+                self._outgoing.task_done()
 
     async def _publish(self, row: CommandRow) -> None:
         body = msgspec.msgpack.decode(row.body, type=wire.NodeCommand)

@@ -48,8 +48,10 @@ log = logging.getLogger("corral.node.commands")
 _RUNNING_AFTER = 0.2
 #: Seconds between output flushes of a running process.
 _FLUSH_EVERY = 0.25
-#: Seconds between re-sends of final reports the controller has not acknowledged.
+#: Seconds before a final report the controller has not acknowledged is sent again; the wait
+#: doubles after each re-send up to _RESEND_MAX, so an overloaded controller is not flooded.
 _RESEND_EVERY = 1.0
+_RESEND_MAX = 4.0
 _FINAL = frozenset({"done", "failed", "expired"})
 
 
@@ -90,8 +92,8 @@ class CommandRunner:
         self._ack_sub: Any = None
         #: final reports not yet acknowledged: serial -> encoded report
         self.outbox: dict[int, bytes] = {}
-        #: when each report in the outbox was last sent (monotonic seconds)
-        self._sent: dict[int, float] = {}
+        #: when each report in the outbox is due again (monotonic seconds), and the wait after
+        self._due: dict[int, tuple[float, float]] = {}
 
     def __repr__(self) -> str:
         queued = self._queue.qsize()
@@ -281,7 +283,7 @@ class CommandRunner:
         reply = ""
         if state in _FINAL:
             self.outbox[serial] = data  # re-sent until the controller has it (see _on_ack)
-            self._sent[serial] = time.monotonic()
+            self._due[serial] = (time.monotonic() + _RESEND_EVERY, _RESEND_EVERY)
             reply = self._ack_subject
         await self._send(data, reply)
 
@@ -301,17 +303,19 @@ class CommandRunner:
         except CorralError:
             return
         self.outbox.pop(ack.serial, None)
-        self._sent.pop(ack.serial, None)
+        self._due.pop(ack.serial, None)
 
     async def _resend_loop(self) -> None:
         while True:
             await asyncio.sleep(_RESEND_EVERY / 2)
-            # Only what has waited a whole period: a report sent a moment ago is most likely
+            # Only what has waited its whole period: a report sent a moment ago is most likely
             # being written to disk by the controller right now.
-            due = time.monotonic() - _RESEND_EVERY
+            now = time.monotonic()
             for serial, data in list(self.outbox.items()):
-                if self._sent.get(serial, 0.0) <= due:
-                    self._sent[serial] = time.monotonic()
+                due, wait = self._due.get(serial, (0.0, _RESEND_EVERY))
+                if due <= now:
+                    wait = min(2 * wait, _RESEND_MAX)
+                    self._due[serial] = (now + wait, wait)
                     await self._send(data, self._ack_subject)
 
 
