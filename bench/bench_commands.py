@@ -39,6 +39,7 @@ import json
 import os
 import signal
 import ssl
+import statistics
 import subprocess
 import sys
 import time
@@ -156,6 +157,9 @@ class Samples:
     """One stack's measurements at one size."""
 
     times: list[float] = field(default_factory=list)  # seconds per broadcast / round
+    accepted: list[float] = field(default_factory=list)  # of which until command() returned
+    #: with --timeline: when the command was published, the first and the last report seen
+    timeline: list[tuple[float, float, float]] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind, summed
     rate: float = 0.0  # broadcasts (rounds) per second, sustained
     errors: list[str] = field(default_factory=list)
@@ -222,6 +226,8 @@ class Bench:
         self.done_target = 0
         self.done_total = 0
         self.done_reached = asyncio.Event()
+        self.reports: list[float] = []  # when each node's report was seen (--timeline)
+        self.published = 0.0  # when the last command was seen published (--timeline)
 
     async def start(self) -> None:
         """Data directory, credentials, nats-server, controller, driver connections, workers."""
@@ -260,6 +266,16 @@ class Bench:
         self.floor = Floor(nc)
         await self.floor.start()
 
+        if a.timeline:
+
+            async def seen(msg: Any) -> None:
+                self.reports.append(time.perf_counter())
+
+            async def published(msg: Any) -> None:
+                self.published = time.perf_counter()
+
+            await nc.subscribe(subjects.node_in_wildcard("out"), cb=seen)
+            await nc.subscribe(subjects.COMMANDS_ALL, cb=published)
         ready = await nc.subscribe(READY)
         await nc.flush()
         shared = {**settings, "nats_url": broker.url}
@@ -313,15 +329,25 @@ class Bench:
             await self.floor.rounds(1, a.timeout)
         console.log(f"{size} nodes UP and warmed up after {time.monotonic() - t:.1f}s")
 
-    async def broadcast(self, size: int, timeout: float) -> float:
-        """One no-op COMMAND to every node; seconds until every node is done."""
+    async def broadcast(self, size: int, timeout: float, samples: Samples | None = None) -> float:
+        """One no-op COMMAND to every node; seconds until every node is done.
+
+        ``samples.accepted`` gets the part until ``command`` returned: the controller's
+        commit and answer, and the handle's subscription and first read of the outcomes.
+        """
         start = time.perf_counter()
+        self.reports.clear()
         handle = await self.client.command("*", "command", "noop")
+        if samples is not None:
+            samples.accepted.append(time.perf_counter() - start)
         try:
             await handle.wait(timeout)
         finally:
             await handle.close()
         took = time.perf_counter() - start
+        if samples is not None and self.args.timeline and self.reports:
+            times = (self.published - start, self.reports[0] - start, self.reports[-1] - start)
+            samples.timeline.append(times)
         if len(handle.nodes) != size or not handle.ok:
             raise RuntimeError(f"broadcast #{handle.serial} to {size} nodes: {handle.counts()}")
         self.last_serial = handle.serial
@@ -371,7 +397,7 @@ class Bench:
         for turn in range(a.turns):
             n = per_turn if turn < a.turns - 1 else a.rounds - per_turn * (a.turns - 1)
             before = self.snapshot()
-            corral.times += [await self.broadcast(size, a.timeout) for _ in range(n)]
+            corral.times += [await self.broadcast(size, a.timeout, corral) for _ in range(n)]
             corral.add_cpu(self.since(before))
             before = self.snapshot()
             floor.times += [await self.floor.rounds(1, a.timeout) for _ in range(n)]
@@ -379,6 +405,9 @@ class Bench:
         console.log(f"{size} nodes: {a.burst} broadcasts back to back per stack")
         corral.rate = a.burst / await self.burst(size, a.burst)
         floor.rate = a.burst / await self.floor.rounds(a.burst, a.timeout)
+        stats = await self.client.stats()
+        counters = {k: v for k, v in stats.counters.items() if k.startswith("commands.")}
+        console.log(f"{size} nodes: controller counters {counters}")
         return corral, floor
 
 
@@ -405,6 +434,12 @@ def rows_for(size: int, corral: Samples, floor: Samples, rounds: int) -> list[tu
             ok = ok and c < P99_GOAL
         metric = f"{size} nodes: {name} time to all done"
         out.append((metric, _ms(c), _ms(f), f"{ratio:.1f}x", goal, _verdict(ok)))
+    accepted = percentile(corral.accepted, 50.0)
+    out.append((f"{size} nodes: p50 until command() returned", _ms(accepted), "", "", "", ""))
+    if corral.timeline:
+        text = " / ".join(_ms(statistics.median(t[i] for t in corral.timeline)) for i in range(3))
+        metric = f"{size} nodes: p50 published / first / last report"
+        out.append((metric, text, "", "", "", ""))
     ratio = floor.rate / corral.rate
     out.append(
         (
@@ -492,6 +527,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--burst", type=int, default=50, help="broadcasts (rounds) sent back to back, sustained")
     add("--warmup", type=int, default=3, help="untimed broadcasts after each growth")
     add("--timeout", type=float, default=120.0, help="give up on any one wait after this long")
+    add(
+        "--timeline",
+        action="store_true",
+        help="also see every node's reports (one more subscriber: adds load) and show when "
+        "the first and the last arrived",
+    )
     add("--json", type=Path, help="also write the raw samples to this file")
     add("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     add("--worker", type=Path, help=argparse.SUPPRESS)  # internal: run as a worker process
