@@ -517,6 +517,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "publish fanned out to as many subscriber connections in the same worker processes, "
         "each answering with one publish. Prints p50/p99 time to all done, the sustained "
         "rate, and CPU per broadcast, with the ratio corral / floor.",
+        epilog="Reading the table: the ratio is corral / floor for times and floor / corral "
+        "for rates, so above 1 means corral is slower; p99 of 50 samples is the largest. "
+        "'until command() returned' is the part spent before the handle exists (the "
+        "controller's commit and answer, the handle's first read of the outcomes). CPU is "
+        "psutil's user+system time of the driver, the controller, nats-server and all workers "
+        "during the sequential turns, divided by the broadcasts. Other jobs on the machine "
+        "slow both stacks: the caption gives the load average. To profile, run with --keep "
+        "and attach py-spy (pip install py-spy) to the controller or a worker.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
@@ -530,8 +538,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--timeline",
         action="store_true",
-        help="also see every node's reports (one more subscriber: adds load) and show when "
-        "the first and the last arrived",
+        help="also subscribe to the commands and to every node's reports (adds load) and "
+        "show when the command was published and the first and the last report arrived",
     )
     add("--json", type=Path, help="also write the raw samples to this file")
     add("--keep", action="store_true", help="keep the temporary directory (logs, data)")
