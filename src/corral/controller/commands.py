@@ -8,6 +8,8 @@ stream ``CORRAL_CMDS`` — on ``corral.cmd.node.<name>`` for one node, else once
 ``corral.cmd.all`` with the resolved list, so the server fans it out and each node keeps what
 is addressed to it. Every node has a durable consumer on that stream that pushes to its own
 subject; a node that was away finds every command it missed waiting, in serial order. The
+consumers keep their state in the server's memory (the commands themselves are on disk), and
+an audit makes them again if the server restarts. The
 stream drops a second copy with the same serial (its message id), so re-publishing the open
 commands after a controller crash delivers nothing twice.
 
