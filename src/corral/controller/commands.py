@@ -9,9 +9,9 @@ stream ``CORRAL_CMDS`` — on ``corral.cmd.node.<name>`` for one node, else once
 is addressed to it. Every node has a durable consumer on that stream that pushes to its own
 subject; a node that was away finds every command it missed waiting, in serial order. The
 consumers keep their state in the server's memory (the commands themselves are on disk), and
-an audit makes them again if the server restarts. The
-stream drops a second copy with the same serial (its message id), so re-publishing the open
-commands after a controller crash delivers nothing twice.
+an audit makes them again if the server restarts. The stream drops a second copy with the
+same serial (its message id), so re-publishing the open commands after a controller crash
+delivers nothing twice.
 
 Nodes report each command's progress on ``corral.in.<node>.out``; the book moves the outcome,
 the next commit persists it, and the change is published on ``corral.events.cmd.<serial>``.
