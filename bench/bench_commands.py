@@ -43,7 +43,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -553,9 +552,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _worker_main(spec_file: Path) -> None:
-    spec = json.loads(spec_file.read_text())
-    run: Callable[[], Awaitable[None]] = Worker(spec).run
-    asyncio.run(run())
+    """Run as a worker process until the driver kills it."""
+    asyncio.run(Worker(json.loads(spec_file.read_text())).run())
 
 
 if __name__ == "__main__":
