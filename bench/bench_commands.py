@@ -461,7 +461,7 @@ def rows_for(size: int, corral: Samples, floor: Samples, rounds: int) -> list[tu
             f"{size} nodes: CPU ms per broadcast (driver/ctl/nats/workers)",
             cpu(corral, KINDS),
             cpu(floor, KINDS),
-            f"{c_total / f_total:.1f}x",
+            f"{c_total / f_total:.1f}x" if f_total > 0 else "-",
             "-",
             "",
         )
