@@ -16,6 +16,7 @@ import pytest
 
 from conftest import scaled
 from corral import bus, subjects, wire
+from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
 from corral.controller import Controller
@@ -587,3 +588,24 @@ async def test_your_own_message_types_from_the_cli(fleet: dict[str, Node], confi
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     assert json.loads(out)["outcomes"][0]["result"] == {"pong": "db1", "n": 7}
+
+
+async def test_consumers_are_made_again_after_the_server_restarts(
+    controller: Controller, config: Config, client: Client, broker: EmbeddedBroker
+) -> None:
+    # Consumers live in the server's memory; the controller's audit notices they are gone.
+    controller.commands.audit_every = 0.1
+    node = await start_node(config, "again1")
+    try:
+        await _wait_consumers(controller, ["again1"])
+        first = await run(client, "again1")
+        assert first.results == {"again1": "again1"}
+        broker.stop()
+        await broker.start(timeout=scaled(15))
+        await _wait_consumers(controller, ["again1"])
+        second = await run(client, "again1", suffix="-back")
+        assert second.results == {"again1": "again1-back"}
+        # The re-made consumer replayed the first command too: the node skipped it.
+        assert node.last_serial == second.serial
+    finally:
+        await node.stop()

@@ -83,23 +83,54 @@ class Outcome:
 
 @dataclass
 class TrackedCommand:
-    """A command the book still follows: its serial, when it was sent, and per-node outcomes."""
+    """A command the book still follows: its serial, when it was sent, and per-node outcomes.
+
+    ``outcomes`` may be filled directly before the command is given to
+    :meth:`CommandBook.track`; from then on only the book moves them, and keeps a tally of how
+    many are in each state, so that asking whether a command is settled does not walk a
+    thousand outcomes on every tick.
+    """
 
     serial: int
     created: float
     retire_after: float
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    _tally: dict[CommandState, int] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __repr__(self) -> str:
-        counts: dict[str, int] = {}
-        for o in self.outcomes.values():
-            counts[o.state] = counts.get(o.state, 0) + 1
+        counts = {state.value: n for state, n in self.tally().items() if n}
         return f"<TrackedCommand #{self.serial} {counts}>"
+
+    def tally(self) -> dict[CommandState, int]:
+        """How many of its outcomes are in each state."""
+        if self._tally is None:
+            self._tally = dict.fromkeys(CommandState, 0)
+            for o in self.outcomes.values():
+                self._tally[o.state] += 1
+        return self._tally
+
+    def recount(self) -> None:
+        """Count the outcomes afresh (after they were changed other than through the book)."""
+        self._tally = None
+
+    def moved(self, old: CommandState, new: CommandState) -> None:
+        """Count one outcome moved from ``old`` to ``new`` (the book calls this)."""
+        if self._tally is not None:
+            self._tally[old] -= 1
+            self._tally[new] += 1
+
+    @property
+    def waiting(self) -> int:
+        """How many nodes have not answered yet (``pending`` or ``delivered``)."""
+        tally = self.tally()
+        return tally[S.PENDING] + tally[S.DELIVERED]
 
     @property
     def settled(self) -> bool:
         """True once every node is done, failed or expired."""
-        return all(o.state.final or o.state is S.EXPIRED for o in self.outcomes.values())
+        return self.waiting + self.tally()[S.RUNNING] == 0
 
 
 class CommandBook:
@@ -138,6 +169,7 @@ class CommandBook:
 
     def track(self, command: TrackedCommand) -> None:
         """Follow a command loaded from the store (after a controller restart)."""
+        command.recount()  # its outcomes were filled from outside
         self.commands[command.serial] = command
         self.last_serial = max(self.last_serial, command.serial)
 
@@ -167,7 +199,9 @@ class CommandBook:
             IllegalOutcome: the report would move the outcome backwards.
         """
         command = self.commands.get(serial)
-        outcome = command.outcomes.get(node) if command is not None else None
+        if command is None:
+            return None
+        outcome = command.outcomes.get(node)
         if outcome is None:
             return None
         if state not in TRANSITIONS[outcome.state]:
@@ -175,6 +209,7 @@ class CommandBook:
                 f"node {node} reported {state} for command #{serial}, "
                 f"which it had already reported {outcome.state}"
             )
+        command.moved(outcome.state, state)
         outcome.state = state
         outcome.at = now
         for key in ("result", "error", "exit_code"):
@@ -202,7 +237,7 @@ class CommandBook:
         """
         out = []
         for command in self.commands.values():
-            if now - command.created <= command.retire_after:
+            if now - command.created <= command.retire_after or command.settled:
                 continue
             for outcome in command.outcomes.values():
                 if (
@@ -210,6 +245,7 @@ class CommandBook:
                     and not live(outcome.node)
                     and now - outcome.at > command.retire_after
                 ):
+                    command.moved(outcome.state, S.EXPIRED)
                     outcome.state = S.EXPIRED
                     outcome.at = now
                     outcome.error = (
@@ -220,6 +256,7 @@ class CommandBook:
                     self._changed[(command.serial, outcome.node)] = outcome
                     out.append((command.serial, outcome))
                 elif outcome.state in (S.PENDING, S.DELIVERED):
+                    command.moved(outcome.state, S.EXPIRED)
                     outcome.state = S.EXPIRED
                     outcome.at = now
                     outcome.error = (
@@ -256,6 +293,8 @@ class CommandBook:
         """How many commands each node has not answered yet (pending or delivered)."""
         out: dict[str, int] = {}
         for command in self.commands.values():
+            if not command.waiting:
+                continue
             for outcome in command.outcomes.values():
                 if outcome.state in (S.PENDING, S.DELIVERED):
                     out[outcome.node] = out.get(outcome.node, 0) + 1

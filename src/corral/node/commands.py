@@ -48,8 +48,10 @@ log = logging.getLogger("corral.node.commands")
 _RUNNING_AFTER = 0.2
 #: Seconds between output flushes of a running process.
 _FLUSH_EVERY = 0.25
-#: Seconds between re-sends of final reports the controller has not acknowledged.
+#: Seconds before a final report the controller has not acknowledged is sent again; the wait
+#: doubles after each re-send up to _RESEND_MAX, so an overloaded controller is not flooded.
 _RESEND_EVERY = 1.0
+_RESEND_MAX = 4.0
 _FINAL = frozenset({"done", "failed", "expired"})
 
 
@@ -93,6 +95,8 @@ class CommandRunner:
         self._ack_sub: Any = None
         #: final reports not yet acknowledged: serial -> encoded report
         self.outbox: dict[int, bytes] = {}
+        #: when each report in the outbox is due again (monotonic seconds), and the wait after
+        self._due: dict[int, tuple[float, float]] = {}
 
     def __repr__(self) -> str:
         queued = self._queue.qsize()
@@ -238,6 +242,9 @@ class CommandRunner:
         started = time.monotonic()
         reported_running = False
         try:
+            # A quick coroutine handler is done after its first step, which runs before this
+            # task resumes: then no timer and no wait() are needed.
+            await asyncio.sleep(0)
             while not task.done():
                 await asyncio.wait({task}, timeout=_FLUSH_EVERY)
                 now = time.monotonic()
@@ -285,6 +292,7 @@ class CommandRunner:
         reply = ""
         if state in _FINAL:
             self.outbox[serial] = data  # re-sent until the controller has it (see _on_ack)
+            self._due[serial] = (time.monotonic() + _RESEND_EVERY, _RESEND_EVERY)
             reply = self._ack_subject
         await self._send(data, reply)
 
@@ -304,12 +312,20 @@ class CommandRunner:
         except CorralError:
             return
         self.outbox.pop(ack.serial, None)
+        self._due.pop(ack.serial, None)
 
     async def _resend_loop(self) -> None:
         while True:
-            await asyncio.sleep(_RESEND_EVERY)
-            for data in list(self.outbox.values()):
-                await self._send(data, self._ack_subject)
+            await asyncio.sleep(_RESEND_EVERY / 2)
+            # Only what has waited its whole period: a report sent a moment ago is most likely
+            # being written to disk by the controller right now.
+            now = time.monotonic()
+            for serial, data in list(self.outbox.items()):
+                due, wait = self._due.get(serial, (0.0, _RESEND_EVERY))
+                if due <= now:
+                    wait = min(2 * wait, _RESEND_MAX)
+                    self._due[serial] = (now + wait, wait)
+                    await self._send(data, self._ack_subject)
 
 
 def _outcome(task: asyncio.Task[tuple[Any, int | None]]) -> tuple[str, dict[str, Any]]:

@@ -2,6 +2,9 @@
 
 A mixin of :class:`~corral.store.Store`, kept apart so the store module stays about nodes.
 Commands and outcomes are written by :meth:`Store.commit` in the controller's group commit.
+A command's row lists the nodes it resolved to; a node has an outcome row once it answered
+(or was expired). A target without a row is ``pending``: the readers below fill those in, so
+sending to 1,000 nodes writes one row, not 1,001.
 """
 
 from __future__ import annotations
@@ -39,27 +42,11 @@ async def write_commands(
     rows: Sequence[CommandRow],
     outcomes: Sequence[OutcomeRow],
 ) -> None:
-    """Insert new commands with a ``pending`` outcome per node, then upsert changed outcomes."""
+    """Insert new commands (their targets are ``pending`` until they have an outcome row),
+    then upsert changed outcomes."""
     asdict = msgspec.structs.asdict
     if rows:
         await conn.execute(commands.insert(), [asdict(r) for r in rows])
-        pending = [
-            {
-                "serial": r.serial,
-                "node": n,
-                "state": "pending",
-                "at": r.created,
-                "result": None,
-                "error": "",
-                "exit_code": None,
-                "stdout": "",
-                "stderr": "",
-            }
-            for r in rows
-            for n in r.nodes
-        ]
-        for start in range(0, len(pending), 1000):
-            await conn.execute(command_outcomes.insert(), pending[start : start + 1000])
     if outcomes:
         stmt = _upsert(conn.dialect.name, command_outcomes, ["serial", "node"])
         params = [asdict(o) for o in outcomes]
@@ -71,6 +58,27 @@ def _row(row: Any, body: bytes = b"") -> CommandRow:
     values = dict(row)
     values.setdefault("body", body)
     return CommandRow(**values)
+
+
+def _with_pending(row: CommandRow, stored: list[OutcomeRow]) -> list[OutcomeRow]:
+    """``stored`` plus a ``pending`` outcome for every target without a row, by node."""
+    have = {o.node for o in stored}
+    pending = [
+        OutcomeRow(
+            serial=row.serial,
+            node=n,
+            state="pending",
+            at=row.created,
+            result=None,
+            error="",
+            exit_code=None,
+            stdout="",
+            stderr="",
+        )
+        for n in row.nodes
+        if n not in have
+    ]
+    return sorted(stored + pending, key=lambda o: o.node) if pending else stored
 
 
 class CommandQueries:
@@ -123,6 +131,10 @@ class CommandQueries:
                     )
                     for serial, state, n in await conn.execute(tally):
                         counts[serial][state] = n
+        for r in rows:
+            missing = len(set(r.nodes)) - sum(counts[r.serial].values())
+            if missing > 0:
+                counts[r.serial]["pending"] = counts[r.serial].get("pending", 0) + missing
         return [(r, counts[r.serial]) for r in rows]
 
     async def get_command(self, serial: int) -> tuple[CommandRow, list[OutcomeRow]] | None:
@@ -143,7 +155,8 @@ class CommandQueries:
                     select(*_OUTCOME_COLUMNS).where(o.c.serial == serial).order_by(o.c.node)
                 )
                 outcomes = [OutcomeRow(**r) for r in found.mappings()]
-        return _row(row), outcomes
+        command = _row(row)
+        return command, _with_pending(command, outcomes)
 
     async def open_commands(self, since: float) -> list[tuple[CommandRow, list[OutcomeRow]]]:
         """Commands created after ``since`` with a node that has not finished, oldest first.
@@ -158,20 +171,25 @@ class CommandQueries:
         o = command_outcomes
         with translate("read open commands", self._masked):
             async with self._engine.connect() as conn:
-                open_serials = (
-                    select(o.c.serial).where(o.c.state.not_in(_FINAL)).distinct().subquery()
+                # Open: fewer final outcome rows than targets (a target without a row is
+                # pending). SQLite and PostgreSQL both have json_array_length.
+                finished = (
+                    select(func.count())
+                    .where(o.c.serial == commands.c.serial, o.c.state.in_(_FINAL))
+                    .scalar_subquery()
                 )
                 query = (
                     select(commands)
                     .where(commands.c.created > since)
-                    .where(commands.c.serial.in_(select(open_serials.c.serial)))
+                    .where(func.json_array_length(commands.c.nodes) > finished)
                     .order_by(commands.c.serial)
                 )
-                rows = [_row(r) for r in (await conn.execute(query)).mappings()]
                 out = []
-                for row in rows:
+                for found_row in (await conn.execute(query)).mappings():
+                    row = _row(found_row)
                     found = await conn.execute(
                         select(*_OUTCOME_COLUMNS).where(o.c.serial == row.serial)
                     )
-                    out.append((row, [OutcomeRow(**r) for r in found.mappings()]))
+                    stored = [OutcomeRow(**r) for r in found.mappings()]
+                    out.append((row, _with_pending(row, stored)))
         return out
