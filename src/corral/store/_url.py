@@ -59,6 +59,8 @@ def normalize_url(url_or_path: str) -> str:
         raise StoreError(f"the store URL is empty: give {ACCEPTED}")
     scheme, sep, rest = text.partition("://")
     if not sep:
+        if "\x00" in text:
+            raise StoreError(f"the store path {text!r} holds a NUL character: give {ACCEPTED}")
         return f"sqlite+aiosqlite:///{os.path.expanduser(text)}"
     base, _, driver = scheme.lower().partition("+")
     base = "postgresql" if base == "postgres" else base
