@@ -30,6 +30,9 @@ import re
 from corral.errors import InvalidName
 
 __all__ = [
+    "TASK_HELLO_VERB",
+    "TASK_REPORT_VERB",
+    "node_tasks",
     "AGENTS_INFO",
     "GROUPS",
     "ANNOUNCE",
@@ -155,3 +158,18 @@ def parse_node_in(subject: str) -> tuple[str, str]:
     if len(parts) != 4 or parts[0] != ROOT or parts[1] != "in":
         raise InvalidName(f"not a node subject: {subject!r} (expected corral.in.<node>.<verb>)")
     return parts[2], parts[3]
+
+
+# --- tasks (issue #4) -----------------------------------------------------------------------
+# ``corral.in.<node>.tasks``    node -> controller: progress and results (TaskReport)
+# ``corral.in.<node>.workers``  node -> controller: its task keys and slots (TaskHello, request)
+# ``corral.node.<node>.tasks``  controller -> node: runs, stops, acks
+
+#: Verbs a node's task workers publish to the controller.
+TASK_REPORT_VERB = "tasks"
+TASK_HELLO_VERB = "workers"
+
+
+def node_tasks(name: str) -> str:
+    """Where the controller sends node ``name`` its task runs, stops and acks."""
+    return node_out(name, "tasks")

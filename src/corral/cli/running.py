@@ -24,6 +24,7 @@ from corral.config import Config
 from corral.errors import CorralError
 from corral.node import Node
 from corral.security import Authority, write_secret
+from corral.tokens import admin_token_path, ensure_admin_token
 
 __all__ = ["register"]
 
@@ -106,6 +107,10 @@ def node(
         list[str] | None, typer.Option(help="KEY=VALUE attribute (repeatable).")
     ] = None,
     slots: Annotated[int, typer.Option(help="Task worker slots offered.")] = 1,
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(help="Python module with @task functions for the workers (repeatable)."),
+    ] = None,
     nats: Annotated[str | None, typer.Option("--nats", help="Bus URL.")] = None,
     creds: Annotated[str | None, typer.Option(help="This node's credentials file.")] = None,
     ca: Annotated[str | None, typer.Option(help="CA file to verify the bus (TLS).")] = None,
@@ -123,6 +128,7 @@ def node(
         attributes=_attributes(attr or [], sink),
         slots=slots,
         creds=Path(creds) if creds else None,
+        tasks=tuple(tasks or ()),
     )
 
     async def main() -> None:
@@ -154,6 +160,7 @@ def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes
         f"store      {config.store_url}",
         f"data dir   {config.data_path}",
         f"logs       {config.data_path / 'logs'}",
+        f"HTTP API   {config.api_url}/docs  (token in {admin_token_path(config)})",
         f"processes  {len(children)} children, "
         f"{sum(1 for p in children.values() if p.poll() is None)} running",
         *exited,
@@ -162,10 +169,13 @@ def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes
     return Panel("\n".join(lines), title="corral up", title_align="left")
 
 
-async def _up(config: Config, count: int) -> None:
+async def _up(config: Config, count: int, tasks: list[str]) -> None:
     from corral.broker import EmbeddedBroker
+    from corral.store import Store
 
     initialise(config)
+    async with await Store.open(config.store_url) as store:
+        await ensure_admin_token(config, store)
     authority = Authority.load(config.data_path)
     broker = EmbeddedBroker(config, authority)
     await broker.start()
@@ -184,6 +194,7 @@ async def _up(config: Config, count: int) -> None:
             name = f"node-{i}"
             creds = _local_creds(config, authority, name)
             argv = [*base, "node", "--name", name, "--nats", broker.url, "--creds", str(creds)]
+            argv += [arg for module in tasks for arg in ("--tasks", module)]
             children[name] = procs.spawn(argv, log=logs / f"{name}.log")
         await _until_signalled(asyncio.create_task(_live_table(config, broker.url, children)))
     finally:
@@ -220,6 +231,10 @@ async def _live_table(
 def up(
     nodes: Annotated[int, typer.Option("--nodes", "-n", help="Local node daemons to start.")] = 4,
     nats_port: Annotated[int | None, typer.Option(help="Embedded server port.")] = None,
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(help="Task module every local node's workers load (repeatable)."),
+    ] = None,
 ) -> None:
     """Run everything on this machine: nats-server, the controller and N nodes.
 
@@ -227,7 +242,7 @@ def up(
     table of the nodes; Ctrl-C or SIGTERM stops every child process.
     """
     config, _ = configure(nats_port=nats_port)
-    run(_up(config, nodes))
+    run(_up(config, nodes, tasks or []))
 
 
 def register(app: typer.Typer) -> None:

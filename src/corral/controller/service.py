@@ -23,7 +23,9 @@ import msgspec
 
 from corral import bus, subjects, wire
 from corral.config import Config
+from corral.controller.api import ApiServer
 from corral.controller.groups import GroupService
+from corral.controller.tasks import TaskService
 from corral.core.registry import Refusal, Registry
 from corral.errors import ControllerUnavailable, CorralError, Refused, Timeout
 from corral.records import AuditEntry, NodeRecord, Transition
@@ -61,6 +63,9 @@ class Controller:
         self.nc: bus.NATS | None = None
         #: the process-group coordinator (socketComm), once started
         self.groups: GroupService | None = None
+        #: the task scheduler and the HTTP API (issue #4), once started
+        self.tasks: TaskService | None = None
+        self.api: ApiServer | None = None
         self._pending: list[Transition] = []
         self._audit: list[AuditEntry] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -93,6 +98,8 @@ class Controller:
             self.nc, self.config.down_after, self.clock, self.config.max_message_bytes
         )
         await self.groups.start()
+        self.tasks = TaskService(self)
+        await self.tasks.start()
         handlers: dict[str, tuple[type[Any], Callable[[Any, str, Any], Awaitable[None]]]] = {
             subjects.node_in_wildcard("join"): (wire.Join, self._on_join),
             subjects.node_in_wildcard("hb"): (wire.Heartbeat, self._on_heartbeat),
@@ -107,6 +114,9 @@ class Controller:
                 subject, cb=self._handler(kind, handle), pending_msgs_limit=100_000
             )
         await self.nc.flush()
+        if self.config.api_port >= 0:
+            self.api = ApiServer(self)
+            await self.api.start()
         self._tasks = [
             asyncio.create_task(self._announce_loop(), name="announce"),
             asyncio.create_task(self._tick_loop(), name="tick"),
@@ -153,6 +163,10 @@ class Controller:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.api is not None:
+            await self.api.stop()
+        if self.tasks is not None:
+            await self.tasks.stop()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.drain()
         await self._flush(all_live=True)

@@ -19,7 +19,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral import bus, subjects, wire
 from corral._version import __version__
@@ -34,6 +34,9 @@ from corral.errors import (
     Timeout,
 )
 from corral.security import credential_name
+
+if TYPE_CHECKING:
+    from corral.node.workers import WorkerPool
 
 __all__ = ["Node"]
 
@@ -51,6 +54,7 @@ class Node:
         attributes: free-form attributes; ``sink: True`` makes it a sink.
         slots: task worker slots it offers.
         creds: its credentials file (default ``<data_dir>/auth/node-<name>.creds``).
+        tasks: task modules to load into ``slots`` worker processes (``corral.tasks``).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class Node:
         attributes: dict[str, Any] | None = None,
         slots: int = 1,
         creds: Path | None = None,
+        tasks: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.name = subjects.check_name(name)
@@ -84,6 +89,10 @@ class Node:
         self._done = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        #: task modules its workers load (``--tasks``), the worker pool, and joins so far
+        self.task_modules = tasks
+        self.workers: WorkerPool | None = None
+        self.joins = 0
 
     def __repr__(self) -> str:
         state = "joined" if self.joined.is_set() else "joining"
@@ -111,6 +120,11 @@ class Node:
         )
         await self.nc.subscribe(subjects.ANNOUNCE, cb=self._on_announce)
         await self.nc.subscribe(subjects.node_out(self.name, "ctl"), cb=self._on_ctl)
+        if self.task_modules:
+            from corral.node.workers import WorkerPool
+
+            self.workers = WorkerPool(self, self.task_modules, self.slots)
+            await self.workers.start()
         self._need_join.set()
         self._tasks = [
             asyncio.create_task(self._join_loop(), name="join"),
@@ -152,6 +166,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self.workers is not None:
+            await self.workers.stop()
         nc, self.nc = self.nc, None
         if nc is not None and nc.is_connected:
             if self.joined.is_set():
@@ -219,6 +235,7 @@ class Node:
             self.heartbeat_interval = reply.heartbeat_interval  # the controller's rhythm
             waiting_logged = False
             self.joined.set()
+            self.joins += 1
             async with self._join_changed:
                 self._join_changed.notify_all()
             log.info("joined", extra={"node": self.name, "controller": reply.controller[:8]})
