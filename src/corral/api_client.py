@@ -76,7 +76,7 @@ def _check_args(args: dict[str, Any]) -> None:
     try:
         msgspec.msgpack.encode(args)
         msgspec.json.encode(args)
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise NotSerializable(
             f"task arguments must be msgpack-able data (dicts, lists, str, numbers, bool, "
             f"None): {exc}"

@@ -91,7 +91,7 @@ def encode_args(args: dict[str, Any]) -> bytes:
     """
     try:
         return _encode(args)
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise NotSerializable(f"task arguments are not msgpack-able data: {exc}") from None
 
 

@@ -117,7 +117,7 @@ def _execute(
         ]
     try:
         result = _encode(value)
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         error = f"result of type {type(value).__name__} is not msgpack-able data: {exc}"
         return ["done", lease, "failed", None, error, ""]
     return ["done", lease, "complete", result, "", ""]
