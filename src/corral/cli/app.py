@@ -9,6 +9,8 @@ import typer
 
 from corral._version import __version__
 from corral.cli import admin, launch, running
+from corral.cli import tasks as task_commands
+from corral.cli import token as token_commands
 from corral.cli.common import _globals, err
 from corral.errors import CorralError, UsageError
 
@@ -56,6 +58,8 @@ def version() -> None:
 admin.register(app)
 running.register(app)
 launch.register(app)
+task_commands.register(app)
+token_commands.register(app)
 
 
 def main() -> None:
