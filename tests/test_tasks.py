@@ -129,3 +129,26 @@ async def test_worker_slots_show_in_node_status(api: AsyncController, node: Node
     keys = {v.key for v in await api.list_tasks()}
     assert {"echo", "add", "boom"} <= keys and "square" not in keys  # a subtask
     assert "square" in {v.key for v in await api.list_tasks(toplevel=False)}
+
+
+async def test_parallel_map_returns_results_in_item_order(
+    api: AsyncController,  # noqa: F811
+    controller: Controller,
+) -> None:
+    assert await api.run("squares", n=12, timeout=scaled(30)) == [x * x for x in range(12)]
+    parent = (await api.task_history("squares")).items[0]
+    children = (await api.call("task_history", key="square", per_page=100))["items"]
+    assert sorted(c["item"] for c in children) == list(range(12))
+    assert {c["parent"] for c in children} == {parent.id}
+    assert controller.tasks is not None and controller.tasks.maps == {}
+    assert all(n.lent == 0 for n in controller.tasks.core.nodes.values())
+
+
+async def test_one_failing_item_fails_the_parent_with_its_error(api: AsyncController) -> None:  # noqa: F811
+    ident = await api.queue_task("squares", n=20)
+    final = await api.wait(ident, scaled(30))
+    assert final.status == "failed"
+    assert "item 13 of square" in final.error and "13 is unlucky" in final.error
+    assert "TaskFailed" in final.traceback
+    caught = await api.run("squares_or_none", n=14, timeout=scaled(30))
+    assert caught.startswith("caught: item 13 of square")

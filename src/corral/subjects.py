@@ -31,6 +31,7 @@ from corral.errors import InvalidName
 
 __all__ = [
     "TASK_HELLO_VERB",
+    "TASK_MAP_VERB",
     "TASK_REPORT_VERB",
     "node_tasks",
     "AGENTS_INFO",
@@ -168,6 +169,8 @@ def parse_node_in(subject: str) -> tuple[str, str]:
 #: Verbs a node's task workers publish to the controller.
 TASK_REPORT_VERB = "tasks"
 TASK_HELLO_VERB = "workers"
+#: A running task maps a subtask over items (``corral.in.<node>.map``, request).
+TASK_MAP_VERB = "map"
 
 
 def node_tasks(name: str) -> str:

@@ -31,15 +31,26 @@ import contextvars
 import inspect
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from corral.errors import TaskStopped, UsageError
+import msgspec
 
-__all__ = ["REGISTRY", "TaskContext", "TaskDef", "current", "task"]
+from corral.errors import NotSerializable, TaskFailed, TaskStopped, UsageError
+
+__all__ = [
+    "REGISTRY",
+    "TaskContext",
+    "TaskDef",
+    "TaskFailed",
+    "TaskStopped",
+    "current",
+    "task",
+]
 
 log = logging.getLogger("corral.task")
+_encode = msgspec.msgpack.Encoder().encode
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -128,6 +139,8 @@ class TaskContext:
         key: The task key.
         attempt: Which attempt this is (2 after a lost worker).
         emit: Sends a frame to the node (set by the worker process).
+        lease: The lease this run holds.
+        mapper: Runs a map through the node and the controller (set by the worker process).
     """
 
     def __init__(
@@ -137,12 +150,14 @@ class TaskContext:
         attempt: int = 1,
         emit: Callable[[list[Any]], None] | None = None,
         lease: str = "",
+        mapper: Callable[[TaskContext, str, list[bytes]], list[Any]] | None = None,
     ) -> None:
         self.id = id
         self.key = key
         self.attempt = attempt
         self.lease = lease
         self._emit = emit or (lambda frame: None)
+        self._mapper = mapper
         self._stop = threading.Event()
 
     def __repr__(self) -> str:
@@ -187,3 +202,39 @@ class TaskContext:
             level: A ``logging`` level.
         """
         log.log(level, message, *args, extra={"task": self.key, "instance": self.id})
+
+    def map(self, subtask: str | Callable[..., Any], items: Iterable[dict[str, Any]]) -> list[Any]:
+        """Run ``subtask`` once per item (its keyword arguments) on free workers of any node.
+
+        Blocks until every item has finished; the worker slot of this task is lent to the
+        subtasks meanwhile, so a map never waits for its own slot. Results come back in item
+        order. The first failed item fails the map (the others are cancelled); catch
+        :class:`TaskFailed` to carry on without it.
+
+        Args:
+            subtask: A task key, or a function decorated with :func:`task`.
+            items: One mapping of keyword arguments per item.
+
+        Returns:
+            The subtasks' results, in the order of ``items``.
+
+        Raises:
+            NotSerializable: an item is not msgpack-able data (nothing is queued).
+            TaskFailed: an item failed; the message names it and its error.
+            TaskStopped: this task was asked to stop while waiting.
+            UsageError: called outside a worker process.
+        """
+        key = subtask if isinstance(subtask, str) else getattr(subtask, "__corral_task__", "")
+        if not key:
+            raise UsageError(f"{subtask!r} is not a task: decorate it with @task")
+        encoded = []
+        for n, item in enumerate(items):
+            try:
+                encoded.append(_encode(dict(item)))
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise NotSerializable(f"map item {n} is not msgpack-able data: {exc}") from None
+        if not encoded:
+            return []
+        if self._mapper is None:
+            raise UsageError("ctx.map() works only inside a task run by a node worker")
+        return self._mapper(self, key, encoded)

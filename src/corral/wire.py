@@ -37,6 +37,8 @@ __all__ = [
     "TaskAck",
     "TaskAssign",
     "TaskHello",
+    "TaskMap",
+    "TaskMapped",
     "TaskProgress",
     "TaskReport",
     "TaskResult",
@@ -414,8 +416,27 @@ class TaskHello(_Msg, frozen=True):
     subtasks: list[str] = msgspec.field(default_factory=list)
 
 
+class TaskMap(_Msg, frozen=True):
+    """Node -> controller (``corral.in.<node>.map``, request): the task under ``lease`` maps
+    subtask ``key`` over ``args`` (one msgpack mapping per item)."""
+
+    lease: str
+    key: str
+    args: list[bytes]
+
+
+class TaskMapped(_Msg, frozen=True):
+    """Controller -> node: the map of the task under ``lease`` is done: every result in item
+    order, or (``ok`` false) the first failed item's error."""
+
+    lease: str
+    ok: bool
+    results: list[bytes | None] = msgspec.field(default_factory=list)
+    error: str = ""
+
+
 #: What a node receives on its tasks subject.
-NodeTaskMessage = TaskAssign | TaskStop | TaskAck
+NodeTaskMessage = TaskAssign | TaskStop | TaskAck | TaskMapped
 
 
 # --- encoding -------------------------------------------------------------------------------

@@ -59,3 +59,20 @@ def square(x: int) -> int:
     if x == 13:
         raise ValueError("13 is unlucky")
     return x * x
+
+
+@task(key="squares")
+def squares(n: int, ctx: TaskContext) -> list[int]:
+    """Map the subtask ``square`` over 0..n-1."""
+    return ctx.map(square, [{"x": x} for x in range(n)])
+
+
+@task(key="squares_or_none")
+def squares_or_none(n: int, ctx: TaskContext) -> object:
+    """Map, and survive a failed item by catching the error."""
+    from corral.tasks import TaskFailed
+
+    try:
+        return ctx.map("square", [{"x": x} for x in range(n)])
+    except TaskFailed as exc:
+        return f"caught: {exc}"

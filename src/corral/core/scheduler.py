@@ -53,6 +53,8 @@ class NodeWorkers:
     leases: dict[str, int] = field(default_factory=dict)
     #: keys among ``keys`` that are subtasks
     subtasks: frozenset[str] = frozenset()
+    #: capacity lent to it while tasks there wait for their maps
+    lent: int = 0
 
     @property
     def free(self) -> int:
@@ -247,7 +249,7 @@ class Scheduler:
             )
         else:
             node.keys, node.labels = frozenset(keys), frozenset(labels)
-            node.slots, node.capacity = slots, max(1, slots) * self.prefetch
+            node.slots, node.capacity = slots, max(1, slots) * self.prefetch + node.lent
         node.subtasks = frozenset(subtasks)
         self.known_keys.update(node.keys)
         held = set(running)
@@ -265,6 +267,14 @@ class Scheduler:
                 self._orphans.pop(ident, None)
                 self._lose(inst, now, f"node {name} no longer holds it")
         self._fill_all(now)
+
+    def lend(self, name: str, slots: int) -> None:
+        """Lend node ``name`` extra capacity (a task there waits for its map's subtasks, so
+        its slot runs them meanwhile); a negative number takes it back."""
+        node = self.nodes.get(name)
+        if node is not None:
+            node.lent += slots
+            node.capacity += slots
 
     def node_gone(self, name: str, now: float, reason: str) -> None:
         """Node ``name`` is DOWN, LEFT or restarted: every lease it held is lost."""

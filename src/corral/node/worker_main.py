@@ -8,9 +8,11 @@ works through in order; a stop sets the flag of the task it names (or marks a ta
 waiting in the queue, which is then never started). Being a process of its own is what lets a
 forced cancel kill a task that ignores its stop flag.
 
-Frames in: ``["run", lease, id, key, args, attempt]``, ``["stop", lease]``.
-Frames out: ``["ready", keys, pid]``, ``["progress", lease, percent, message]``,
-``["done", lease, outcome, result, error, traceback]``, ``["error", message]``.
+Frames in: ``["run", lease, id, key, args, attempt]``, ``["stop", lease]``,
+``["mapped", lease, ok, results, error]``.
+Frames out: ``["ready", keys, pid, subtask keys]``, ``["progress", lease, percent, message]``,
+``["map", lease, key, args]``, ``["done", lease, outcome, result, error, traceback]``,
+``["error", message]``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from corral.errors import TaskStopped
+from corral.errors import TaskFailed, TaskStopped
 from corral.tasks import REGISTRY, TaskContext, TaskDef, _current
 
 __all__ = ["main", "read_frame", "frame"]
@@ -123,6 +125,66 @@ def _execute(
     return ["done", lease, "complete", result, "", ""]
 
 
+class _Serve:
+    """The worker's state: the run queue, the stop marks, the task running now."""
+
+    def __init__(self, send: _Out) -> None:
+        self.send = send
+        self.runs: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+        self.mapped: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+        self.stopped: set[str] = set()
+        self.current: TaskContext | None = None
+
+    def reader(self) -> None:
+        """Take frames off stdin (a thread of its own, so stops arrive while a task runs)."""
+        while (message := read_frame(0)) is not None:
+            kind = message[0]
+            if kind == "run":
+                self.runs.put(message)
+            elif kind == "mapped":
+                self.mapped.put(message)
+            elif kind == "stop":
+                self.stopped.add(message[1])
+                ctx = self.current
+                if ctx is not None and ctx.lease == message[1]:
+                    ctx.request_stop()
+        self.runs.put(None)
+
+    def mapper(self, ctx: TaskContext, key: str, args: list[bytes]) -> list[Any]:
+        """Ask the node to run a map, and wait for its results (or a stop)."""
+        self.send(["map", ctx.lease, key, args])
+        while True:
+            try:
+                reply = self.mapped.get(timeout=0.05)
+            except queue.Empty:
+                ctx.check_stop()  # a cancel of the parent also cancels its subtasks
+                continue
+            if reply[1] != ctx.lease:
+                continue  # a late reply for an earlier run
+            _, _, ok, results, error = reply
+            if not ok:
+                raise TaskFailed(error)
+            return [None if r is None else _decode(r) for r in results]
+
+    def serve(self) -> None:
+        """Run the queued runs one at a time until the node closes the pipe."""
+        loop = asyncio.new_event_loop()
+        while (run := self.runs.get()) is not None:
+            lease = run[1]
+            if lease in self.stopped:
+                self.send(["done", lease, "stopped", None, "cancelled before it started", ""])
+                continue
+            ctx = TaskContext(run[2], run[3], run[5], self.send, lease, self.mapper)
+            self.current = ctx
+            if lease in self.stopped:  # the stop arrived between the check above and now
+                ctx.request_stop()
+            reply = _execute(run, self.send, loop, ctx)
+            self.current = None
+            self.stopped.discard(lease)
+            self.send(reply)
+        loop.close()
+
+
 def main(modules: list[str]) -> int:
     """Serve task runs on the pipes until stdin closes.
 
@@ -143,37 +205,9 @@ def main(modules: list[str]) -> int:
             return 3
     subtasks = sorted(k for k, t in REGISTRY.items() if not t.toplevel)
     send(["ready", sorted(REGISTRY), os.getpid(), subtasks])
-    runs: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
-    stopped: set[str] = set()
-    current: list[TaskContext | None] = [None]
-
-    def reader() -> None:
-        while (message := read_frame(0)) is not None:
-            if message[0] == "run":
-                runs.put(message)
-            elif message[0] == "stop":
-                stopped.add(message[1])
-                ctx = current[0]
-                if ctx is not None and ctx.lease == message[1]:
-                    ctx.request_stop()
-        runs.put(None)
-
-    threading.Thread(target=reader, name="corral-worker-reader", daemon=True).start()
-    loop = asyncio.new_event_loop()
-    while (run := runs.get()) is not None:
-        lease = run[1]
-        if lease in stopped:
-            send(["done", lease, "stopped", None, "cancelled before it started", ""])
-            continue
-        ctx = TaskContext(run[2], run[3], run[5], send, lease)
-        current[0] = ctx
-        if lease in stopped:  # the stop arrived between the check above and now
-            ctx.request_stop()
-        reply = _execute(run, send, loop, ctx)
-        current[0] = None
-        stopped.discard(lease)
-        send(reply)
-    loop.close()
+    worker = _Serve(send)
+    threading.Thread(target=worker.reader, name="corral-worker-reader", daemon=True).start()
+    worker.serve()
     return 0
 
 

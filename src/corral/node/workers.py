@@ -51,6 +51,8 @@ class _Worker:
         self.proc = proc
         self.pending: dict[str, list[Any]] = {}
         self.killing: str | None = None
+        #: its running task waits for a map (the worker takes no new runs meanwhile)
+        self.blocked = False
         self.reader: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -170,12 +172,46 @@ class WorkerPool:
                 worker.pending.pop(lease, None)
                 self._where.pop(lease, None)
                 self._result(wire.TaskResult(lease, outcome, result, error, tb, worker.index))
+            elif kind == "map":
+                await self._map(worker, message[1], message[2], message[3])
             elif kind == "progress":
                 self._progress.append(
                     wire.TaskProgress(message[1], message[2], message[3], worker.index)
                 )
                 self._flush.set()
         await self._worker_died(worker)
+
+    async def _map(self, worker: _Worker, lease: str, key: str, args: list[bytes]) -> None:
+        """A task maps a subtask: lend its slot (a spare worker if all are blocked), then ask
+        the controller to queue the items."""
+        worker.blocked = True
+        if all(w.blocked for w in self.workers):
+            try:
+                spare = await self._spawn(len(self.workers))
+            except CorralError as exc:
+                log.error("cannot start a spare worker for a map: %s", exc)
+            else:
+                self.workers.append(spare)
+        nc = self.node.nc
+        assert nc is not None
+        subject = subjects.node_in(self.node.name, subjects.TASK_MAP_VERB)
+        request = wire.TaskMap(lease=lease, key=key, args=args)
+        try:
+            reply = await nc.request(
+                subject, wire.encode(request), timeout=30.0, headers=wire.HEADERS
+            )
+            wire.decode_reply(reply.data, wire.Ok, reply.headers)
+        except Exception as exc:  # refused, or no controller: the map fails at once
+            worker.blocked = False
+            error = f"map of {key!r} refused: {exc or type(exc).__name__}"
+            worker.write(frame(["mapped", lease, False, None, error]))
+
+    def _mapped(self, done: wire.TaskMapped) -> None:
+        worker = self._where.get(done.lease)
+        if worker is None:
+            return  # the parent is gone (killed, finished)
+        worker.blocked = False
+        worker.write(frame(["mapped", done.lease, done.ok, done.results, done.error]))
 
     def _result(self, result: wire.TaskResult) -> None:
         self._unacked[result.lease] = (time.monotonic(), result)
@@ -240,6 +276,8 @@ class WorkerPool:
             self._assign(body.runs)
         elif isinstance(body, wire.TaskStop):
             self._stop(body.lease, body.force)
+        elif isinstance(body, wire.TaskMapped):
+            self._mapped(body)
         else:
             for lease in body.leases:
                 self._unacked.pop(lease, None)
@@ -249,7 +287,7 @@ class WorkerPool:
         for run in runs:
             if run.lease in self._where:
                 continue  # a repeat
-            worker = min(self.workers, key=lambda w: len(w.pending))
+            worker = min(self.workers, key=lambda w: (w.blocked, len(w.pending)))
             message = ["run", run.lease, run.id, run.key, run.args, run.attempt]
             worker.pending[run.lease] = message
             self._where[run.lease] = worker
