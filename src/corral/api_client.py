@@ -285,14 +285,42 @@ class AsyncController:
             raise TaskFailed(f"task {view.id} ({view.key}) {view.status}: {view.error}", view)
         return view.result
 
+    async def run_task(
+        self,
+        task_key: str,
+        args: dict[str, Any] | None = None,
+        /,
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> m.TaskView:
+        """Queue a task and wait until it has finished, in one call; returns the instance.
+
+        Raises:
+            NotSerializable: an argument is not msgpack-able data.
+            Timeout: it did not finish within ``timeout`` seconds.
+        """
+        values = {**(args or {}), **kwargs}
+        _check_args(values)
+        return await self._get(
+            "run_task",
+            m.TaskView,
+            timeout + self.timeout,
+            task_key=task_key,
+            args=values,
+            timeout=timeout,
+        )
+
     async def run(self, task_key: str, /, timeout: float = 60.0, **kwargs: Any) -> Any:
-        """Queue a task, wait for it, and return its result.
+        """Run a task (queue it and wait, in one call) and return its result.
 
         Raises:
             TaskFailed: it failed or was cancelled.
             Timeout: it did not finish within ``timeout`` seconds.
         """
-        return await self.result(await self.queue_task(task_key, **kwargs), timeout)
+        view = await self.run_task(task_key, timeout=timeout, **kwargs)
+        if view.status != "complete":
+            raise TaskFailed(f"task {view.id} ({view.key}) {view.status}: {view.error}", view)
+        return view.result
 
     async def list_queue(self, page: int = 1, per_page: int | None = None) -> m.TaskPage:
         """Queued instances, oldest first."""

@@ -26,6 +26,7 @@ __all__ = [
     "QueueTask",
     "QueueTasks",
     "QueueTasksReply",
+    "RunTask",
     "TaskDetail",
     "TaskHistory",
     "TaskKeyView",
@@ -67,6 +68,12 @@ class QueueTask(_Body):
     priority: Priority = 5
     labels: list[Key] = []
     max_attempts: Attempts | None = None
+
+
+class RunTask(QueueTask):
+    """``run_task``: queue one instance and wait at most ``timeout`` seconds for it."""
+
+    timeout: Seconds = 60.0
 
 
 class QueueTasks(_Body):

@@ -71,6 +71,7 @@ FUNCTIONS: dict[str, tuple[type[Any] | None, Any, Role]] = {
     "list_tasks": (m.ListTasks, list[m.TaskKeyView], Role.READ),
     "queue_task": (m.QueueTask, m.QueueReply, Role.OPERATE),
     "queue_tasks": (m.QueueTasks, m.QueueTasksReply, Role.OPERATE),
+    "run_task": (m.RunTask, m.TaskView, Role.OPERATE),
     "cancel_task": (m.CancelTask, m.TaskView, Role.OPERATE),
     "wait": (m.Wait, list[m.TaskView], Role.READ),
     "list_queue": (m.PageRequest, m.TaskPage, Role.READ),
@@ -279,7 +280,9 @@ class ApiServer:
         checker = TokenChecker(self.ctl.store)
         app = build_app(ApiCalls(self.ctl), checker)
         family = socket.AF_INET6 if ":" in config.api_host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP,
+        # and without it every reply waits ~40 ms for the client's delayed ACK (Nagle).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((config.api_host, config.api_port))

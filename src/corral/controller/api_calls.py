@@ -157,6 +157,19 @@ class ApiCalls:
         )
         return m.QueueReply(task_key=inst.key, instance_id=inst.id, time=inst.queued_at)
 
+    async def run_task(self, req: m.RunTask) -> m.TaskView:
+        """Queue one instance and wait until it has finished (one round trip)."""
+        (inst,) = await self.tasks.queue(
+            req.task_key,
+            [encode_args(req.args)],
+            priority=req.priority,
+            labels=req.labels,
+            max_attempts=req.max_attempts,
+            durable=False,  # its final state's commit includes it
+        )
+        (done,) = await self.tasks.wait([inst.id], req.timeout)
+        return task_view(done)
+
     async def queue_tasks(self, req: m.QueueTasks) -> m.QueueTasksReply:
         """Queue one instance per argument mapping, in one transaction."""
         encoded = [encode_args(a) for a in req.args]

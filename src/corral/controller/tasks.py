@@ -112,6 +112,8 @@ class TaskService:
         self._tasks = []
         with contextlib.suppress(CorralError):
             await self._commit()
+        if self.store is not None:
+            self.store.close()
 
     # --- the API's calls ----------------------------------------------------------------
 
@@ -124,10 +126,12 @@ class TaskService:
         labels: Iterable[str] = (),
         max_attempts: int | None = None,
         parent: int | None = None,
+        durable: bool = True,
     ) -> list[TaskInstance]:
         """Queue one instance of task ``key`` per msgpack-encoded argument mapping.
 
-        Returns once every instance is on disk.
+        Returns once every instance is on disk (at once with ``durable=False``, for a caller
+        that waits for the result next: the commit of a result includes its instance).
 
         Returns:
             The instances, in the order of ``args``.
@@ -157,7 +161,8 @@ class TaskService:
         self.core.queue(batch, now)
         self._next_id += len(batch)
         await self._pump()
-        await self._until_durable()
+        if durable:
+            await self._until_durable()
         return batch
 
     async def cancel(self, ident: int, *, force: bool = False) -> TaskInstance:

@@ -124,6 +124,11 @@ class Store:
         return self._engine
 
     @property
+    def url(self) -> str:
+        """The normalized URL (with its password, if any)."""
+        return self._url
+
+    @property
     def masked_url(self) -> str:
         """The URL with any password hidden, for error messages."""
         return self._masked

@@ -8,16 +8,20 @@ than one page; an out-of-range page is clamped to the last one (Pydra's behaviou
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, func, select
+from sqlalchemy import Engine, Select, create_engine, func, pool, select
 
 from corral.core.taskstate import TaskInstance, TaskStatus
 
+from ._engine import _engine_options, _listen
 from ._errors import translate
+from ._url import sync_url
 from .schema import task_instances as t
 from .store import Store, _upsert
 
@@ -53,6 +57,26 @@ class TaskStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._upsert = _upsert(store.backend, t, "id")
+        # SQLite: commits run whole in one thread of their own on a sync connection (one
+        # thread hop per commit instead of one per statement through aiosqlite).
+        self._sync: Engine | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        if store.backend == "sqlite":
+            self._sync = create_engine(
+                sync_url(store.url),
+                poolclass=pool.StaticPool,
+                connect_args={"check_same_thread": False},
+                **_engine_options(store.url),
+            )
+            _listen(self._sync)
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, "corral-task-store")
+
+    def close(self) -> None:
+        """Close the commit thread's connection (the store itself stays open)."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+        if self._sync is not None:
+            self._sync.dispose()
 
     def __repr__(self) -> str:
         return f"<TaskStore {self.store!r}>"
@@ -66,9 +90,19 @@ class TaskStore:
         if not rows:
             return
         with translate(f"write {len(rows)} task instance(s)", self.store.masked_url):
+            if self._sync is not None:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._thread, self._commit_sync, rows)
+                return
             async with self.store.engine.begin() as conn:
                 for start in range(0, len(rows), _BATCH):
                     await conn.execute(self._upsert, list(rows[start : start + _BATCH]))
+
+    def _commit_sync(self, rows: Sequence[dict[str, Any]]) -> None:
+        assert self._sync is not None
+        with self._sync.begin() as conn:
+            for start in range(0, len(rows), _BATCH):
+                conn.execute(self._upsert, list(rows[start : start + _BATCH]))
 
     async def _all(self, query: Select[Any], what: str) -> list[TaskInstance]:
         with translate(what, self.store.masked_url):
