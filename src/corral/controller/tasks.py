@@ -217,10 +217,11 @@ class TaskService:
                 for ident, fut in futures.items():
                     done[ident] = await fut
         except TimeoutError:
-            self._forget(futures)
             left = [i for i, f in futures.items() if not f.done()]
+            self._forget(futures)
             raise Timeout(
-                f"{len(left)} task instance(s) not finished within {timeout}s (first: {left[0]})"
+                f"{len(left)} task instance(s) not finished within {timeout}s "
+                f"(first: {left[0] if left else '-'})"
             ) from None
         return [done[i] for i in ids]
 
@@ -406,13 +407,20 @@ class TaskService:
     async def _on_map(self, msg: Any) -> None:
         """A running task maps a subtask over items: queue them as its children."""
         assert self.ctl.nc is not None
+        group: _Map | None = None
         try:
             node = subjects.parse_node_in(msg.subject)[0]
             request = wire.decode(msg.data, wire.TaskMap, msg.headers)
             parent = self.core.lease_of(request.lease)
             if parent is None or parent.node != node:
                 raise NotFound(f"no running task holds lease {request.lease}")
-            children = await self.queue(
+            # Registered before queueing: a child may finish before the queue is durable.
+            first = self._next_id
+            ids = list(range(first, first + len(request.args)))
+            group = _Map(parent.id, node, request.lease, request.key, ids)
+            self.maps[parent.id] = group
+            self.core.lend(node, +1)
+            await self.queue(
                 request.key,
                 request.args,
                 priority=parent.priority,
@@ -420,12 +428,11 @@ class TaskService:
                 parent=parent.id,
             )
         except CorralError as exc:
+            if group is not None and self.maps.get(group.parent) is group:
+                del self.maps[group.parent]
+                self.core.lend(group.node, -1)
             reply: Any = wire.ErrorReply(code=wire.error_code(exc), error=str(exc))
         else:
-            group = _Map(parent.id, node, request.lease, request.key, [c.id for c in children])
-            self.maps[parent.id] = group
-            self.core.lend(node, +1)
-            await self._pump()
             reply = wire.Ok()
         if msg.reply:
             await self.ctl.nc.publish(msg.reply, wire.encode(reply), headers=wire.HEADERS)
