@@ -79,7 +79,9 @@ def env_with_bench() -> dict[str, str]:
 # --- corral ---------------------------------------------------------------------------------
 
 
-async def bench_corral(args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack) -> Result:
+async def bench_corral(
+    args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
+) -> Result:
     data = root / "data"
     config = Config(data_dir=str(data), nats_port=free_port(), api_port=free_port())
     initialise(config)
@@ -122,7 +124,9 @@ async def bench_corral(args: argparse.Namespace, root: Path, stack: contextlib.A
 # --- Celery ---------------------------------------------------------------------------------
 
 
-async def bench_celery(args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack) -> Result:
+async def bench_celery(
+    args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
+) -> Result:
     queue = f"corral-bench-{uuid.uuid4().hex[:8]}"
     env = {**env_with_bench(), "BENCH_REDIS": args.redis, "BENCH_QUEUE": queue}
     os.environ.update(env)
@@ -171,7 +175,9 @@ def _sync_trips(one: Callable[[], Any], n: int, warmup: int) -> list[float]:
 # --- Dask -----------------------------------------------------------------------------------
 
 
-async def bench_dask(args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack) -> Result:
+async def bench_dask(
+    args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
+) -> Result:
     from dask.distributed import Client, LocalCluster
 
     sys.path.insert(0, str(HERE))
@@ -225,7 +231,14 @@ async def main(args: argparse.Namespace, root: Path) -> None:
         caption="corral persists every task (SQLite, fsync); Celery keeps results in Redis "
         "memory; Dask persists nothing",
     )
-    for column in ("stack", "throughput (tasks/s)", "10k wall (s)", "round trip p50", "p99", "vs corral"):
+    for column in (
+        "stack",
+        "throughput (tasks/s)",
+        "10k wall (s)",
+        "round trip p50",
+        "p99",
+        "vs corral",
+    ):
         table.add_column(column, justify="right" if column != "stack" else "left")
     base = results.get("corral", {}).get("elapsed")
     for name, r in results.items():

@@ -67,8 +67,14 @@ class TaskService:
         self._durable: list[asyncio.Future[None]] = []
         self._waiters: dict[int, list[asyncio.Future[TaskInstance]]] = {}
         self._wake = asyncio.Event()
+        #: someone waits on the next commit (a durable queue, a result, an ack)
+        self._urgent = asyncio.Event()
+        #: seconds a commit that nobody waits on is held back to gather more changes
+        self.commit_delay = 0.005
         self._tasks: list[asyncio.Task[None]] = []
         self.commits = 0
+        #: results on disk, to acknowledge to their nodes on the next tick
+        self._ack_due: dict[str, list[str]] = {}
         #: parent id -> its running map
         self.maps: dict[int, _Map] = {}
 
@@ -112,6 +118,7 @@ class TaskService:
         self._tasks = []
         with contextlib.suppress(CorralError):
             await self._commit()
+            await self._send_acks()
         if self.store is not None:
             self.store.close()
 
@@ -250,6 +257,8 @@ class TaskService:
             self._settling[inst.id] = inst
         if changed or finished:
             self._wake.set()
+        if finished:
+            self._urgent.set()
         nc = self.ctl.nc
         if nc is None:
             return
@@ -266,6 +275,7 @@ class TaskService:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._durable.append(fut)
         self._wake.set()
+        self._urgent.set()
         await fut
 
     async def _commit(self) -> None:
@@ -298,16 +308,31 @@ class TaskService:
                 await self._child_done(inst)
             elif inst.id in self.maps:  # the parent ended before its map
                 await self._end_map(self.maps[inst.id], cancel=True)
+        for node, leases in acks.items():
+            self._ack_due.setdefault(node, []).extend(leases)
+
+    async def _send_acks(self) -> None:
+        """Tell nodes which results are on disk. Not urgent (a node re-sends a result only
+        after a second), so acks go out in batches on the tick, not one message per result."""
+        due, self._ack_due = self._ack_due, {}
         nc = self.ctl.nc
-        if nc is not None and not nc.is_closed:
-            for node, leases in acks.items():
-                ack = wire.encode(wire.TaskAck(leases=leases))
-                await nc.publish(subjects.node_tasks(node), ack, headers=wire.HEADERS)
+        if nc is None or nc.is_closed:
+            return
+        for node, leases in due.items():
+            ack = wire.encode(wire.TaskAck(leases=leases))
+            await nc.publish(subjects.node_tasks(node), ack, headers=wire.HEADERS)
 
     async def _commit_loop(self) -> None:
+        """Commit whenever something changed; at once if someone waits on it, else after
+        ``commit_delay`` (a fast task's queued, running and complete states then cost one
+        write, and progress reports are batched)."""
         while True:
             await self._wake.wait()
+            if not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self.commit_delay)
             self._wake.clear()
+            self._urgent.clear()
             try:
                 await self._commit()
             except CorralError:
@@ -316,9 +341,10 @@ class TaskService:
                 self._wake.set()
 
     async def _tick_loop(self) -> None:
-        period = min(0.25, self.ctl.config.down_after / 4)
+        period = min(0.1, self.ctl.config.down_after / 4)
         while True:
             await asyncio.sleep(period)
+            await self._send_acks()
             now = self.clock()
             nodes = self.ctl.registry.nodes
             for name, workers in list(self.core.nodes.items()):
@@ -361,6 +387,7 @@ class TaskService:
         if report.results:
             self._results(node, report.results, self.clock())
             self._wake.set()
+            self._urgent.set()
         await self._pump()
 
     async def _on_hello(self, msg: Any) -> None:

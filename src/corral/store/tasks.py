@@ -29,6 +29,7 @@ __all__ = ["Page", "TaskStore"]
 
 _COLUMNS = [t.c[name] for name in TaskInstance.__struct_fields__]
 _BATCH = 2000
+_INLINE = 8
 
 
 class Page(msgspec.Struct, kw_only=True):
@@ -91,6 +92,11 @@ class TaskStore:
             return
         with translate(f"write {len(rows)} task instance(s)", self.store.masked_url):
             if self._sync is not None:
+                if len(rows) <= _INLINE:
+                    # A handful of rows: a fraction of a millisecond (one fsync); handing it
+                    # to a thread would cost more than that in wake-ups on a busy machine.
+                    self._commit_sync(rows)
+                    return
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._thread, self._commit_sync, rows)
                 return
