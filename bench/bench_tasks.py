@@ -1,11 +1,12 @@
 """Task cluster benchmark: corral next to Celery 5 (Redis) and Dask distributed, side by side.
 
-Theory of operation: the driver (this process) starts each stack with two worker processes on
-this machine and measures, for each:
+Theory of operation: the driver (this process) starts the three stacks, each with two worker
+processes on this machine, and measures, for each:
 
 - **round trip**: ``--trips`` sequential single tasks, from the call to the result in hand
-  (corral: ``queue_task`` + ``wait`` over its HTTP API; Celery: ``delay().get()``; Dask:
-  ``submit().result()``), after a warm-up; p50 and p99;
+  (corral: ``run_task`` over its HTTP API, i.e. queue and wait in one call; Celery:
+  ``delay().get()``; Dask: ``submit().result()``), after a warm-up, taken in ``--rounds``
+  turns that go round the stacks so a noisy neighbour slows them alike; p50 and p99;
 - **throughput**: ``--tasks`` no-op tasks queued in one batch call and every result gathered
   (corral: ``queue_tasks`` + ``wait`` of all ids; Celery: ``group(...).apply_async().get()``;
   Dask: ``client.map`` + ``client.gather``), in tasks per second.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import statistics
@@ -49,7 +51,6 @@ from corral.tokens import Role, create_token
 
 console = Console(stderr=True)
 HERE = Path(__file__).resolve().parent
-Result = dict[str, Any]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -58,16 +59,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-async def timed_trips(one: Callable[[], Awaitable[Any]], n: int, warmup: int) -> list[float]:
-    """Seconds of each of ``n`` sequential round trips, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        await one()
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await one()
-        out.append(time.perf_counter() - start)
-    return out
+class Stack:
+    """A running stack: one single-task round trip, and the batch run of N tasks."""
+
+    def __init__(
+        self,
+        trip: Callable[[], Awaitable[Any]],
+        batch: Callable[[int], Awaitable[list[Any]]],
+    ) -> None:
+        self.trip, self.batch = trip, batch
+        self.trips: list[float] = []
+        self.elapsed = 0.0
+        self.error = ""
+
+
+def in_thread(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run a blocking client's call in one thread of its own (its clients are not shared)."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    async def call(*args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    return call
 
 
 def env_with_bench() -> dict[str, str]:
@@ -79,9 +92,9 @@ def env_with_bench() -> dict[str, str]:
 # --- corral ---------------------------------------------------------------------------------
 
 
-async def bench_corral(
+async def start_corral(
     args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
-) -> Result:
+) -> Stack:
     data = root / "data"
     config = Config(data_dir=str(data), nats_port=free_port(), api_port=free_port())
     initialise(config)
@@ -112,27 +125,27 @@ async def bench_corral(
                     break
             await asyncio.sleep(0.1)
     console.log(f"corral: controller pid {controller.pid}, node pid {node.pid}, {config.api_url}")
-    trips = await timed_trips(lambda: client.run("noop"), args.trips, args.warmup)
-    start = time.perf_counter()
-    ids = await client.queue_tasks("noop", [{"x": i} for i in range(args.tasks)])
-    done = await client.wait_many(ids, 600)
-    elapsed = time.perf_counter() - start
-    assert [d.result for d in done] == list(range(args.tasks)), "corral lost or mixed results"
-    return {"trips": trips, "elapsed": elapsed}
+
+    async def batch(n: int) -> list[Any]:
+        ids = await client.queue_tasks("noop", [{"x": i} for i in range(n)])
+        return [d.result for d in await client.wait_many(ids, 600)]
+
+    return Stack(lambda: client.run("noop", x=1), batch)
 
 
 # --- Celery ---------------------------------------------------------------------------------
 
 
-async def bench_celery(
+async def start_celery(
     args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
-) -> Result:
+) -> Stack:
     queue = f"corral-bench-{uuid.uuid4().hex[:8]}"
     env = {**env_with_bench(), "BENCH_REDIS": args.redis, "BENCH_QUEUE": queue}
     os.environ.update(env)
     sys.path.insert(0, str(HERE))
-    import _tasks_celery  # noqa: PLC0415 - after the environment names the queue
     from celery import group
+
+    import _tasks_celery  # noqa: PLC0415 - after the environment names the queue
 
     argv = [sys.executable, "-m", "celery", "-A", "_tasks_celery", "worker", "--pool", "prefork"]
     argv += ["--concurrency", "2", "-Q", queue, "--without-gossip", "--without-mingle"]
@@ -140,119 +153,123 @@ async def bench_celery(
     worker = procs.spawn(argv, env=env, log=root / "celery.log")
     stack.callback(procs.stop, worker)
     noop = _tasks_celery.noop
-
-    def one() -> None:
-        noop.delay(1).get(timeout=30)
-
-    await asyncio.to_thread(lambda: noop.delay(0).get(timeout=60))  # worker up
+    await asyncio.to_thread(lambda: noop.delay(0).get(timeout=60))  # the worker is up
     console.log(f"celery: worker pid {worker.pid}, queue {queue} on {args.redis}")
-    trips = await asyncio.to_thread(_sync_trips, one, args.trips, args.warmup)
+    stack.callback(_tasks_celery.app.control.purge)
 
-    def throughput() -> float:
-        start = time.perf_counter()
-        result = group(noop.s(i) for i in range(args.tasks)).apply_async()
-        values = result.get(timeout=600)
-        elapsed = time.perf_counter() - start
-        assert values == list(range(args.tasks)), "celery lost or mixed results"
-        return elapsed
+    def batch(n: int) -> list[Any]:
+        result: list[Any] = group(noop.s(i) for i in range(n)).apply_async().get(timeout=600)
+        return result
 
-    elapsed = await asyncio.to_thread(throughput)
-    _tasks_celery.app.control.purge()
-    return {"trips": trips, "elapsed": elapsed}
-
-
-def _sync_trips(one: Callable[[], Any], n: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        one()
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        one()
-        out.append(time.perf_counter() - start)
-    return out
+    return Stack(in_thread(lambda: noop.delay(1).get(timeout=30)), in_thread(batch))
 
 
 # --- Dask -----------------------------------------------------------------------------------
 
 
-async def bench_dask(
+async def start_dask(
     args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
-) -> Result:
+) -> Stack:
     from dask.distributed import Client, LocalCluster
 
     sys.path.insert(0, str(HERE))
     from _tasks_corral import noop
 
-    def run() -> Result:
-        with (
-            LocalCluster(
-                n_workers=2,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                local_directory=str(root / "dask"),
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            client.submit(noop, 0, pure=False).result()
-            console.log(f"dask: scheduler {cluster.scheduler_address}")
-            trips = _sync_trips(
-                lambda: client.submit(noop, 1, pure=False).result(), args.trips, args.warmup
-            )
-            start = time.perf_counter()
-            futures = client.map(noop, range(args.tasks), pure=False)
-            values = client.gather(futures)
-            elapsed = time.perf_counter() - start
-            assert values == list(range(args.tasks)), "dask lost or mixed results"
-            return {"trips": trips, "elapsed": elapsed}
+    def start() -> Any:
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            local_directory=str(root / "dask"),
+        )
+        stack.callback(cluster.close)
+        client = Client(cluster)
+        stack.callback(client.close)
+        client.submit(noop, 0, pure=False).result()
+        console.log(f"dask: scheduler {cluster.scheduler_address}")
+        return client
 
-    return await asyncio.to_thread(run)
+    run = in_thread(lambda fn, *a: fn(*a))
+    client = await run(start)
+
+    def batch(n: int) -> list[Any]:
+        result: list[Any] = client.gather(client.map(noop, range(n), pure=False))
+        return result
+
+    return Stack(
+        lambda: run(lambda: client.submit(noop, 1, pure=False).result()),
+        lambda n: run(batch, n),
+    )
 
 
 # --- main -----------------------------------------------------------------------------------
 
-STACKS = {"corral": bench_corral, "Celery 5 (Redis)": bench_celery, "Dask distributed": bench_dask}
+STACKS = {"corral": start_corral, "Celery 5 (Redis)": start_celery, "Dask distributed": start_dask}
+
+
+async def measure(stacks: dict[str, Stack], args: argparse.Namespace) -> None:
+    """Round trips in turns that go round the stacks (a noisy neighbour slows them alike),
+    then each stack's batch run."""
+    for s in stacks.values():
+        for _ in range(args.warmup):
+            await s.trip()
+    per_round = max(1, args.trips // args.rounds)
+    for _ in range(args.rounds):
+        for s in stacks.values():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                await s.trip()
+                s.trips.append(time.perf_counter() - start)
+    for name, s in stacks.items():
+        console.log(f"{name}: {args.tasks:,} tasks")
+        start = time.perf_counter()
+        values = await s.batch(args.tasks)
+        s.elapsed = time.perf_counter() - start
+        if values != list(range(args.tasks)):
+            s.error = "lost or mixed results"
 
 
 async def main(args: argparse.Namespace, root: Path) -> None:
-    results: dict[str, Result] = {}
-    for name, bench in STACKS.items():
-        if name.split()[0].lower() in args.skip:
-            continue
-        console.rule(name)
-        async with contextlib.AsyncExitStack() as stack:
+    stacks: dict[str, Stack] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for name, start in STACKS.items():
+            if name.split()[0].lower() in args.skip:
+                continue
             try:
-                results[name] = await bench(args, root, stack)
+                stacks[name] = await start(args, root, stack)
             except Exception as exc:  # one stack failing must not hide the others
-                console.log(f"[red]{name} failed: {type(exc).__name__}: {exc}")
-                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                console.log(f"[red]{name} did not start: {type(exc).__name__}: {exc}")
+        await measure(stacks, args)
+    trips = len(next(iter(stacks.values())).trips) if stacks else 0
     table = Table(
-        title=f"{args.tasks:,} no-op tasks, 2 worker processes each; {args.trips} round trips",
+        title=f"{args.tasks:,} no-op tasks, 2 worker processes each; {trips} round trips each",
         caption="corral persists every task (SQLite, fsync); Celery keeps results in Redis "
         "memory; Dask persists nothing",
     )
     for column in (
         "stack",
         "throughput (tasks/s)",
-        "10k wall (s)",
+        "batch wall (s)",
         "round trip p50",
         "p99",
-        "vs corral",
+        "corral is",
     ):
         table.add_column(column, justify="right" if column != "stack" else "left")
-    base = results.get("corral", {}).get("elapsed")
-    for name, r in results.items():
-        if "error" in r:
-            table.add_row(name, "error", "", "", "", r["error"][:60])
+    base = stacks["corral"] if "corral" in stacks else None
+    for name, s in stacks.items():
+        if s.error:
+            table.add_row(name, "error", "", "", "", s.error)
             continue
-        rate = args.tasks / r["elapsed"]
-        ratio = f"{r['elapsed'] / base:.2f}x slower" if base and name != "corral" else ""
+        ratio = ""
+        if base is not None and name != "corral":
+            ratio = f"{s.elapsed / base.elapsed:.1f}x faster"
         table.add_row(
             name,
-            f"{rate:,.0f}",
-            f"{r['elapsed']:.2f}",
-            f"{statistics.median(r['trips']) * 1000:.2f} ms",
-            f"{percentile(r['trips'], 99) * 1000:.2f} ms",
+            f"{args.tasks / s.elapsed:,.0f}",
+            f"{s.elapsed:.2f}",
+            f"{statistics.median(s.trips) * 1000:.2f} ms",
+            f"{percentile(s.trips, 99) * 1000:.2f} ms",
             ratio,
         )
     Console().print(table)
@@ -263,6 +280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the throughput run")
     parser.add_argument("--trips", type=int, default=500, help="timed single-task round trips")
     parser.add_argument("--warmup", type=int, default=50, help="untimed round trips first")
+    parser.add_argument("--rounds", type=int, default=10, help="turns the round trips take")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/11", help="Celery's Redis")
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["corral", "celery", "dask"], help="stacks to skip"
