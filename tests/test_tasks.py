@@ -152,3 +152,25 @@ async def test_one_failing_item_fails_the_parent_with_its_error(api: AsyncContro
     assert "TaskFailed" in final.traceback
     caught = await api.run("squares_or_none", n=14, timeout=scaled(30))
     assert caught.startswith("caught: item 13 of square")
+
+
+async def test_cancelling_a_mapping_parent_cancels_its_children(
+    api: AsyncController,  # noqa: F811
+    controller: Controller,
+    tmp_path: Path,
+) -> None:
+    gate = tmp_path / "gate"
+    ident = await api.queue_task("slow_squares", n=6, gate=str(gate))
+    assert controller.tasks is not None
+    async with asyncio.timeout(scaled(10)):
+        while ident not in controller.tasks.maps:
+            await asyncio.sleep(0.02)
+    await api.cancel_task(ident, force=True)
+    parent = await api.wait(ident, scaled(15))
+    assert parent.status == "cancelled"
+    gate.write_text("go")  # let the killed or waiting children's workers move on
+    children = (await api.task_history("slow_square", per_page=100)).items
+    assert len(children) == 6
+    finished = await api.wait_many([c.id for c in children], scaled(20))
+    assert {c.status for c in finished} <= {"cancelled", "complete"}
+    assert "cancelled" in {c.status for c in finished}

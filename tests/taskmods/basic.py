@@ -76,3 +76,17 @@ def squares_or_none(n: int, ctx: TaskContext) -> object:
         return ctx.map("square", [{"x": x} for x in range(n)])
     except TaskFailed as exc:
         return f"caught: {exc}"
+
+
+@task(key="slow_square", toplevel=False)
+def slow_square(x: int, gate: str) -> int:
+    """A subtask that waits for a file."""
+    while not Path(gate).exists():
+        time.sleep(0.01)
+    return x * x
+
+
+@task(key="slow_squares")
+def slow_squares(n: int, gate: str, ctx: TaskContext) -> list[int]:
+    """Map ``slow_square``: cancel me while I wait."""
+    return ctx.map("slow_square", [{"x": x, "gate": gate} for x in range(n)])

@@ -178,11 +178,12 @@ class TaskService:
         Raises:
             NotFound: no instance has that id.
         """
-        group = self.maps.get(ident)
-        if group is not None:
-            await self._end_map(group, cancel=True)
         try:
             inst = self.core.cancel(ident, self.clock(), force=force)
+            await self._pump()  # the stop goes out before the map's end, so the task
+            group = self.maps.get(ident)  # sees its flag set when its map returns
+            if group is not None:
+                await self._end_map(group, cancel=True)
         except NotFound:
             assert self.store is not None
             stored = await self.store.get(ident)

@@ -163,6 +163,7 @@ class _Serve:
                 continue  # a late reply for an earlier run
             _, _, ok, results, error = reply
             if not ok:
+                ctx.check_stop()  # the parent was cancelled: stop, not fail
                 raise TaskFailed(error)
             return [None if r is None else _decode(r) for r in results]
 
