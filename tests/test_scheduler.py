@@ -249,3 +249,17 @@ def test_no_instance_is_ever_dropped(events: list[tuple[str, int]]) -> None:
     for ident, i in seen.items():
         assert (ident in s.active) != (i.status in TERMINAL)
         assert i.attempts <= i.max_attempts
+
+
+def test_a_persisted_cancel_survives_a_controller_restart() -> None:
+    queued = TaskInstance(id=1, key="k", status="cancel-requested")  # asked while queued
+    running = TaskInstance(
+        id=2, key="k", status="cancel-requested", node="a", lease="old.1", attempts=1
+    )
+    s = Scheduler(prefetch=1, orphan_grace=5.0)
+    s.load([queued, running], 0.0)
+    assert queued.status == S.CANCELLED
+    s.node_hello("a", "a-1", ["k"], [], 1, ["old.1"], 1.0)
+    assert s.take()[2] == [Stop("a", "old.1", False)]  # the stop is sent again
+    s.finish("old.1", "stopped", 2.0)
+    assert running.status == S.CANCELLED

@@ -81,7 +81,7 @@ async def test_cancel_a_queued_instance_dequeues_it(
 async def test_cancel_a_running_task_stops_it_through_its_flag(
     api: AsyncController,  # noqa: F811
     tmp_path: Path,
-    controller: Controller,
+    node: Node,  # noqa: F811
 ) -> None:
     started = tmp_path / "started"
     ident = await api.queue_task(
@@ -95,13 +95,16 @@ async def test_cancel_a_running_task_stops_it_through_its_flag(
     assert asked.status in ("cancel-requested", "cancelled")
     final = await api.wait(ident, scaled(10))
     assert final.status == "cancelled" and "asked to stop" in final.error
-    # The worker process survived (cooperative stop) and serves the next task.
-    assert (await api.run("echo"))["pid"] == int(started.read_text())
+    # The worker process survived (a cooperative stop kills nothing).
+    assert node.workers is not None
+    assert int(started.read_text()) in {w.proc.pid for w in node.workers.workers}
+    assert all(w.proc.returncode is None for w in node.workers.workers)
 
 
 async def test_forced_cancel_kills_a_task_that_ignores_its_flag(
     api: AsyncController,  # noqa: F811
     tmp_path: Path,
+    node: Node,  # noqa: F811
 ) -> None:
     started = tmp_path / "started"
     ident = await api.queue_task("stubborn", started=str(started))
@@ -112,6 +115,8 @@ async def test_forced_cancel_kills_a_task_that_ignores_its_flag(
     # The pool replaced the killed process; tasks run again.
     pids = {(await api.run("echo"))["pid"] for _ in range(4)}
     assert int(started.read_text()) not in pids
+    assert node.workers is not None and len(node.workers.workers) == 2
+    assert int(started.read_text()) not in {w.proc.pid for w in node.workers.workers}
 
 
 async def test_cancelling_a_finished_task_changes_nothing(api: AsyncController) -> None:  # noqa: F811

@@ -54,7 +54,9 @@ class TaskService:
         self.core = Scheduler(
             prefetch=config.task_prefetch,
             grace=config.cancel_grace,
-            orphan_grace=config.down_after + 2 * config.heartbeat_interval,
+            # Nodes must notice the new controller, join and say hello: be generous, a
+            # node that really died costs only this much more after a restart.
+            orphan_grace=max(5.0, 2 * config.down_after + 4 * config.heartbeat_interval),
         )
         self.max_attempts = config.task_max_attempts
         self.store: TaskStore | None = None
