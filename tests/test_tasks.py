@@ -112,11 +112,15 @@ async def test_forced_cancel_kills_a_task_that_ignores_its_flag(
     await api.cancel_task(ident, force=True)
     final = await api.wait(ident, scaled(15))
     assert final.status == "cancelled" and "killed" in final.error
-    # The pool replaced the killed process; tasks run again.
+    # Tasks run on, and the pool replaces the killed process.
     pids = {(await api.run("echo"))["pid"] for _ in range(4)}
     assert int(started.read_text()) not in pids
-    assert node.workers is not None and len(node.workers.workers) == 2
-    assert int(started.read_text()) not in {w.proc.pid for w in node.workers.workers}
+    assert node.workers is not None
+    async with asyncio.timeout(scaled(15)):
+        while int(started.read_text()) in {w.proc.pid for w in node.workers.workers}:
+            await asyncio.sleep(0.02)
+    assert len(node.workers.workers) == 2
+    assert all(w.proc.returncode is None for w in node.workers.workers)
 
 
 async def test_cancelling_a_finished_task_changes_nothing(api: AsyncController) -> None:  # noqa: F811
@@ -179,3 +183,19 @@ async def test_cancelling_a_mapping_parent_cancels_its_children(
     finished = await api.wait_many([c.id for c in children], scaled(20))
     assert {c.status for c in finished} <= {"cancelled", "complete"}
     assert "cancelled" in {c.status for c in finished}
+
+
+async def test_runs_given_while_a_killed_worker_restarts_are_not_lost(
+    api: AsyncController,  # noqa: F811
+    tmp_path: Path,
+    node: Node,  # noqa: F811
+) -> None:
+    started = tmp_path / "started"
+    stubborn = await api.queue_task("stubborn", started=str(started))
+    await until_exists(started)
+    await api.cancel_task(stubborn, force=True)
+    # Queued at once: some land on the dying worker and must reach its replacement.
+    ids = await api.queue_tasks("add", [{"a": i, "b": 1} for i in range(20)])
+    done = await api.wait_many(ids, scaled(20))
+    assert [d.result for d in done] == [i + 1 for i in range(20)]
+    assert (await api.wait(stubborn, scaled(10))).status == "cancelled"

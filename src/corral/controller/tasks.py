@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from corral import subjects, wire
+from corral.controller.task_maps import TaskMaps, _Map
 from corral.core.scheduler import Scheduler
 from corral.core.taskstate import TaskInstance
 from corral.errors import CorralError, NotFound, Timeout
@@ -78,7 +79,7 @@ class TaskService:
         #: results on disk, to acknowledge to their nodes on the next tick
         self._ack_due: dict[str, list[str]] = {}
         #: parent id -> its running map
-        self.maps: dict[int, _Map] = {}
+        self.mapping = TaskMaps(self)
 
     def __repr__(self) -> str:
         return f"<TaskService {self.core!r} commits={self.commits}>"
@@ -103,7 +104,9 @@ class TaskService:
             pending_msgs_limit=1_000_000,
         )
         await nc.subscribe(subjects.node_in_wildcard(subjects.TASK_HELLO_VERB), cb=self._on_hello)
-        await nc.subscribe(subjects.node_in_wildcard(subjects.TASK_MAP_VERB), cb=self._on_map)
+        await nc.subscribe(
+            subjects.node_in_wildcard(subjects.TASK_MAP_VERB), cb=self.mapping.on_map
+        )
         self._tasks = [
             asyncio.create_task(self._commit_loop(), name="tasks-commit"),
             asyncio.create_task(self._tick_loop(), name="tasks-tick"),
@@ -185,7 +188,7 @@ class TaskService:
             await self._pump()  # the stop goes out before the map's end, so the task
             group = self.maps.get(ident)  # sees its flag set when its map returns
             if group is not None:
-                await self._end_map(group, cancel=True)
+                await self.mapping.end(group, cancel=True)
         except NotFound:
             assert self.store is not None
             stored = await self.store.get(ident)
@@ -243,6 +246,11 @@ class TaskService:
             if not waiters:
                 self._waiters.pop(ident, None)
             fut.cancel()
+
+    @property
+    def maps(self) -> dict[int, _Map]:
+        """Maps in progress, by parent id."""
+        return self.mapping.maps
 
     def running(self) -> list[TaskInstance]:
         """The unfinished instances that hold a lease, by id."""
@@ -308,9 +316,9 @@ class TaskService:
                 if not waiter.done():
                     waiter.set_result(inst)
             if inst.parent is not None and inst.parent in self.maps:
-                await self._child_done(inst)
+                await self.mapping.child_done(inst)
             elif inst.id in self.maps:  # the parent ended before its map
-                await self._end_map(self.maps[inst.id], cancel=True)
+                await self.mapping.end(self.maps[inst.id], cancel=True)
         for node, leases in acks.items():
             self._ack_due.setdefault(node, []).extend(leases)
 
@@ -431,87 +439,3 @@ class TaskService:
         self._wake.set()
         if msg.reply:
             await self.ctl.nc.publish(msg.reply, wire.encode(wire.Ok()), headers=wire.HEADERS)
-
-    # --- maps (parallel subtasks) -------------------------------------------------------
-
-    async def _on_map(self, msg: Any) -> None:
-        """A running task maps a subtask over items: queue them as its children."""
-        assert self.ctl.nc is not None
-        group: _Map | None = None
-        try:
-            node = subjects.parse_node_in(msg.subject)[0]
-            request = wire.decode(msg.data, wire.TaskMap, msg.headers)
-            parent = self.core.lease_of(request.lease)
-            if parent is None or parent.node != node:
-                raise NotFound(f"no running task holds lease {request.lease}")
-            # Registered before queueing: a child may finish before the queue is durable.
-            first = self._next_id
-            ids = list(range(first, first + len(request.args)))
-            group = _Map(parent.id, node, request.lease, request.key, ids)
-            self.maps[parent.id] = group
-            self.core.lend(node, +1)
-            await self.queue(
-                request.key,
-                request.args,
-                priority=parent.priority,
-                max_attempts=parent.max_attempts,
-                parent=parent.id,
-            )
-        except CorralError as exc:
-            if group is not None and self.maps.get(group.parent) is group:
-                del self.maps[group.parent]
-                self.core.lend(group.node, -1)
-            reply: Any = wire.ErrorReply(code=wire.error_code(exc), error=str(exc))
-        else:
-            reply = wire.Ok()
-        if msg.reply:
-            await self.ctl.nc.publish(msg.reply, wire.encode(reply), headers=wire.HEADERS)
-
-    async def _child_done(self, child: TaskInstance) -> None:
-        assert child.parent is not None and child.item is not None
-        group = self.maps[child.parent]
-        group.results[child.item] = child
-        if child.status != "complete":
-            why = child.error or child.status
-            error = f"item {child.item} of {group.key} (task {child.id}) {child.status}: {why}"
-            await self._end_map(group, cancel=True, error=error)
-        elif len(group.results) == len(group.children):
-            await self._end_map(group)
-
-    async def _end_map(self, group: _Map, *, cancel: bool = False, error: str = "") -> None:
-        """Answer the parent (results in item order, or the error) and free the lent slot."""
-        self.maps.pop(group.parent, None)
-        self.core.lend(group.node, -1)
-        if cancel:
-            for ident in group.children:
-                if ident in self.core.active:
-                    self.core.cancel(ident, self.clock(), force=True)
-        ordered = (
-            [group.results[n].result for n in range(len(group.children))]
-            if not (cancel or error)
-            else []
-        )
-        done = wire.TaskMapped(
-            lease=group.lease, ok=not (cancel or error), results=ordered, error=error or "cancelled"
-        )
-        nc = self.ctl.nc
-        if nc is not None and not nc.is_closed:
-            await nc.publish(
-                subjects.node_tasks(group.node), wire.encode(done), headers=wire.HEADERS
-            )
-        await self._pump()
-
-
-class _Map:
-    """A parent's map in progress: its children by item, and the results so far."""
-
-    def __init__(self, parent: int, node: str, lease: str, key: str, children: list[int]) -> None:
-        self.parent = parent
-        self.node = node
-        self.lease = lease
-        self.key = key
-        self.children = children
-        self.results: dict[int, TaskInstance] = {}
-
-    def __repr__(self) -> str:
-        return f"<Map of task {self.parent}: {len(self.results)}/{len(self.children)} {self.key}>"

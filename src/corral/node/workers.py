@@ -53,6 +53,8 @@ class _Worker:
         self.killing: str | None = None
         #: its running task waits for a map (the worker takes no new runs meanwhile)
         self.blocked = False
+        #: the process exited; its runs wait for its replacement
+        self.dead = False
         self.reader: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -219,12 +221,13 @@ class WorkerPool:
         self._flush.set()
 
     async def _worker_died(self, worker: _Worker) -> None:
+        worker.dead = True  # no new runs for it; those it holds go to its replacement
         code = await worker.proc.wait()
         if self._stopping:
             return
-        leases = list(worker.pending)
-        if leases:  # the oldest was running; it dies with the process
-            running = leases.pop(0)
+        if worker.pending:  # the oldest was running; it dies with the process
+            running = next(iter(worker.pending))
+            del worker.pending[running]
             self._where.pop(running, None)
             if worker.killing == running:
                 self._result(
@@ -258,8 +261,8 @@ class WorkerPool:
             log.error("cannot restart a task worker: %s", exc)
             return
         self.workers[worker.index] = fresh
-        for lease in leases:  # the runs that waited behind go to the new process
-            run = worker.pending[lease]
+        # The runs that waited behind, and any given to it while its successor started.
+        for lease, run in worker.pending.items():
             fresh.pending[lease] = run
             self._where[lease] = fresh
             fresh.write(frame(run))
@@ -287,7 +290,7 @@ class WorkerPool:
         for run in runs:
             if run.lease in self._where:
                 continue  # a repeat
-            worker = min(self.workers, key=lambda w: (w.blocked, len(w.pending)))
+            worker = min(self.workers, key=lambda w: (w.dead, w.blocked, len(w.pending)))
             message = ["run", run.lease, run.id, run.key, run.args, run.attempt]
             worker.pending[run.lease] = message
             self._where[run.lease] = worker
