@@ -127,12 +127,22 @@ def test_max_attempts_lost_leases_fail_the_instance() -> None:
     assert [h["outcome"] for h in t.history] == ["lost", "lost"]
 
 
-def test_a_restarted_node_keeps_only_the_leases_it_lists() -> None:
+def test_a_repeated_hello_does_not_drop_leases_given_since() -> None:
     s = sched(a=2)
     s.queue([inst(1), inst(2)], 0.0)
-    kept = s.active[1].lease
-    s.node_hello("a", "a-1", ["k"], [], 2, [kept], 1.0)  # rejoined; lease of 2 is gone
-    assert s.active[1].attempts == 1 and s.active[1].lease == kept
+    s.node_hello("a", "a-1", ["k"], [], 2, [], 1.0)  # a retry, written before the runs
+    assert [s.active[i].attempts for i in (1, 2)] == [1, 1]
+
+
+def test_a_node_back_after_being_dropped_keeps_only_the_leases_it_lists() -> None:
+    persisted = [
+        TaskInstance(id=1, key="k", status="running", node="a", lease="x.1", attempts=1),
+        TaskInstance(id=2, key="k", status="running", node="a", lease="x.2", attempts=1),
+    ]
+    s = Scheduler(prefetch=1, orphan_grace=5.0)
+    s.load(persisted, 0.0)
+    s.node_hello("a", "a-1", ["k"], [], 2, ["x.1"], 1.0)
+    assert s.active[1].attempts == 1 and s.active[1].lease == "x.1"
     assert s.active[2].attempts == 2  # lost, then given out again
 
 
@@ -263,3 +273,12 @@ def test_a_persisted_cancel_survives_a_controller_restart() -> None:
     assert s.take()[2] == [Stop("a", "old.1", False)]  # the stop is sent again
     s.finish("old.1", "stopped", 2.0)
     assert running.status == S.CANCELLED
+
+
+def test_orphans_of_a_node_that_is_gone_are_requeued_at_once() -> None:
+    s = Scheduler(prefetch=1, orphan_grace=30.0)
+    t = TaskInstance(id=7, key="k", status="running", node="gone", lease="x.1", attempts=1)
+    s.load([t], 0.0)
+    assert s.orphan_nodes() == {"gone"}
+    s.lose_orphans("gone", 1.0, "is DOWN")
+    assert t.status == S.QUEUED and s.orphan_nodes() == set()

@@ -33,6 +33,9 @@ def api_config(config: Config, monkeypatch: pytest.MonkeyPatch) -> Config:
     """The test's configuration with a fixed free API port (the controller is restarted)."""
     config.api_port = free_port()
     monkeypatch.setenv("CORRAL_API_PORT", str(config.api_port))
+    # A node silent this long is DOWN and its leases go: wide enough that a busy machine
+    # does not make a live node look dead.
+    config.down_after = scaled(2.5)
     # Worker processes import the test task modules from here.
     path = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH", "")) if p)
     monkeypatch.setenv("PYTHONPATH", path)
@@ -105,13 +108,20 @@ async def test_kill_9_node_mid_task_requeues_it_on_another_node_with_attempts_2(
     nodes[first.node].kill()  # SIGKILL mid-task: its worker process dies with it
     started.unlink()
     await until(lambda: _exists(started), scaled(20))  # the second attempt started
-    gate.write_text("done")
+    write_atomically(gate, "done")
     final = await client.wait(ident, scaled(20))
     other = ({"a1", "a2"} - {first.node}).pop()
-    assert (final.status, final.attempts, final.node) == ("complete", 2, other)
+    assert (final.status, final.attempts, final.node) == ("complete", 2, other), final.history
     assert [h["node"] for h in final.history] == [first.node, other]
     assert final.history[0]["outcome"] == "lost" and final.history[1]["outcome"] == "complete"
     assert final.result == "done"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Create ``path`` with its content in one step (tasks poll for it and read it)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.rename(path)
 
 
 async def _exists(path: Path) -> bool:
@@ -138,7 +148,7 @@ async def test_kill_9_controller_with_1000_queued_loses_none(
     await asyncio.to_thread(ctl.wait)
     start_controller(procs, api_config)
     await until(lambda: offered_by(client, 2), scaled(30))
-    gate.write_text("open")
+    write_atomically(gate, "open")
     done = await client.wait_many(ids, scaled(90))
     assert [d.id for d in done] == ids
     assert {d.status for d in done} == {"complete"}

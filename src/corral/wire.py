@@ -41,6 +41,7 @@ __all__ = [
     "TaskMapped",
     "TaskProgress",
     "TaskReport",
+    "TaskResync",
     "TaskResult",
     "TaskRun",
     "TaskStop",
@@ -435,8 +436,13 @@ class TaskMapped(_Msg, frozen=True):
     error: str = ""
 
 
+class TaskResync(_Msg, frozen=True):
+    """Controller -> node: say hello again (the node came back UP without joining, after
+    the controller had taken its leases away)."""
+
+
 #: What a node receives on its tasks subject.
-NodeTaskMessage = TaskAssign | TaskStop | TaskAck | TaskMapped
+NodeTaskMessage = TaskAssign | TaskStop | TaskAck | TaskMapped | TaskResync
 
 
 # --- encoding -------------------------------------------------------------------------------

@@ -55,9 +55,9 @@ class TaskService:
         self.core = Scheduler(
             prefetch=config.task_prefetch,
             grace=config.cancel_grace,
-            # Nodes must notice the new controller, join and say hello: be generous, a
-            # node that really died costs only this much more after a restart.
-            orphan_grace=max(5.0, 2 * config.down_after + 4 * config.heartbeat_interval),
+            # After a restart an orphan waits for its node's hello while the node is UP
+            # (a dead node is DOWN after down_after); this is only the upper bound.
+            orphan_grace=max(30.0, 4 * config.down_after),
         )
         self.max_attempts = config.task_max_attempts
         self.store: TaskStore | None = None
@@ -80,6 +80,9 @@ class TaskService:
         self._ack_due: dict[str, list[str]] = {}
         #: parent id -> its running map
         self.mapping = TaskMaps(self)
+        #: nodes that ever offered tasks, and when each was last asked to say hello again
+        self._task_nodes: set[str] = set()
+        self._resync_asked: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"<TaskService {self.core!r} commits={self.commits}>"
@@ -365,10 +368,30 @@ class TaskService:
                     self.core.node_gone(name, now, f"it is {status}")
                 elif record.instance != workers.instance:
                     self.core.node_gone(name, now, "it restarted")
+            for name in self.core.orphan_nodes():
+                record = nodes.get(name)
+                if record is None or record.status != "UP":
+                    self.core.lose_orphans(name, now, "is not UP after the restart")
+            await self._resync(nodes, now)
             self.core.tick(now)
             await self._pump()
 
     # --- nodes --------------------------------------------------------------------------
+
+    async def _resync(self, nodes: dict[str, Any], now: float) -> None:
+        """Ask for a hello from task nodes UP again without a join (DOWN -> UP on heartbeats
+        resuming): the scheduler dropped their workers when they went DOWN."""
+        nc = self.ctl.nc
+        if nc is None:
+            return
+        for name in self._task_nodes:
+            record = nodes.get(name)
+            if record is None or record.status != "UP" or name in self.core.nodes:
+                continue
+            if now - self._resync_asked.get(name, 0.0) >= 1.0:
+                self._resync_asked[name] = now
+                message = wire.encode(wire.TaskResync())
+                await nc.publish(subjects.node_tasks(name), message, headers=wire.HEADERS)
 
     def _results(self, node: str, results: Iterable[wire.TaskResult], now: float) -> None:
         acks = self._acks.setdefault(node, [])
@@ -420,6 +443,7 @@ class TaskService:
                 await self.ctl.nc.publish(msg.reply, wire.encode(error), headers=wire.HEADERS)
             return
         now = self.clock()
+        self._task_nodes.add(node)
         self._results(node, hello.results, now)
         self.core.node_hello(
             node,

@@ -12,8 +12,9 @@ that changed (to persist, in one transaction per group commit), the runs to send
   under the current lease, so a node that was declared dead and comes back cannot overwrite
   the re-run's result. When a node goes away (DOWN, LEFT, restarted) every lease it held is
   lost: the instance is re-queued in its old place, or fails once ``max_attempts`` leases
-  have been lost. After a controller restart, running instances wait ``orphan_grace``
-  seconds for their node to say hello and list them; those it does not list are lost.
+  have been lost. After a controller restart, running instances are orphans until their
+  node says hello and lists them (those it does not list are lost), or the node is gone
+  (:meth:`Scheduler.lose_orphans`), or at the latest ``orphan_grace`` seconds.
 * **Capacity.** A node takes up to ``slots * prefetch`` instances at once: its worker
   processes run ``slots`` of them, the rest wait in the workers' pipes (Celery's prefetch), so
   a worker never idles waiting for the next round trip.
@@ -232,12 +233,15 @@ class Scheduler:
         """A node's workers introduce themselves (after every join).
 
         ``running`` lists the leases the node still holds; every other lease this scheduler
-        thinks it holds is lost. A node restarted under the same name loses all of them.
+        thinks it holds is lost. A node restarted under the same name loses all of them. A
+        repeated hello from a node already registered (a retry) only updates its keys and
+        slots: leases given since it was written would otherwise look lost.
         """
         old = self.nodes.get(name)
         if old is not None and old.instance != instance:
             self.node_gone(name, now, "the node restarted")
         node = self.nodes.get(name)
+        reconcile = node is None
         if node is None:
             node = self.nodes[name] = NodeWorkers(
                 name=name,
@@ -252,7 +256,13 @@ class Scheduler:
             node.slots, node.capacity = slots, max(1, slots) * self.prefetch + node.lent
         node.subtasks = frozenset(subtasks)
         self.known_keys.update(node.keys)
-        held = set(running)
+        if reconcile:
+            self._reconcile(node, set(running), now)
+        self._fill_all(now)
+
+    def _reconcile(self, node: NodeWorkers, held: set[str], now: float) -> None:
+        """Take back the leases ``node`` still holds; the others it held are lost."""
+        name = node.name
         for lease, ident in list(self._leases.items()):
             inst = self.active.get(ident)
             if inst is None or inst.node != name:
@@ -266,7 +276,18 @@ class Scheduler:
                 node.leases.pop(lease, None)
                 self._orphans.pop(ident, None)
                 self._lose(inst, now, f"node {name} no longer holds it")
-        self._fill_all(now)
+
+    def orphan_nodes(self) -> set[str]:
+        """Nodes that held leases before a restart and have not said hello yet."""
+        return {self.active[i].node for i in self._orphans if i in self.active}
+
+    def lose_orphans(self, name: str, now: float, why: str) -> None:
+        """Node ``name`` is gone: the leases it held before the restart are lost."""
+        for ident in [i for i in self._orphans if i in self.active]:
+            inst = self.active[ident]
+            if inst.node == name:
+                del self._orphans[ident]
+                self._lose(inst, now, f"node {name} {why}")
 
     def lend(self, name: str, slots: int) -> None:
         """Lend node ``name`` extra capacity (a task there waits for its map's subtasks, so

@@ -89,6 +89,7 @@ class WorkerPool:
         self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._resync = 0  # hellos the controller asked for
 
     def __repr__(self) -> str:
         busy = sum(1 for w in self.workers if w.pending)
@@ -281,6 +282,10 @@ class WorkerPool:
             self._stop(body.lease, body.force)
         elif isinstance(body, wire.TaskMapped):
             self._mapped(body)
+        elif isinstance(body, wire.TaskResync):
+            self._resync += 1
+            async with self.node._join_changed:
+                self.node._join_changed.notify_all()
         else:
             for lease in body.leases:
                 self._unacked.pop(lease, None)
@@ -334,7 +339,7 @@ class WorkerPool:
                 self._flush.set()
 
     def _rejoined(self, said: int) -> Callable[[], bool]:
-        return lambda: self.node.joined.is_set() and self.node.joins != said
+        return lambda: self.node.joined.is_set() and self.node.joins + self._resync != said
 
     async def _hello_loop(self) -> None:
         """Say hello after every join (a new or restarted controller must learn our workers)."""
@@ -343,7 +348,7 @@ class WorkerPool:
         while True:
             async with cond:
                 await cond.wait_for(self._rejoined(said))
-            joins = self.node.joins
+            joins = self.node.joins + self._resync
             hello = wire.TaskHello(
                 instance=self.node.instance,
                 keys=self.keys,
