@@ -120,10 +120,10 @@ class Node:
         )
         await self.nc.subscribe(subjects.ANNOUNCE, cb=self._on_announce)
         await self.nc.subscribe(subjects.node_out(self.name, "ctl"), cb=self._on_ctl)
-        if self.task_modules:
-            from corral.node.workers import WorkerPool
+        from corral.node.workers import WorkerPool, task_modules
 
-            self.workers = WorkerPool(self, self.task_modules, self.slots)
+        if modules := task_modules(self.task_modules):
+            self.workers = WorkerPool(self, modules, self.slots)
             await self.workers.start()
         self._need_join.set()
         self._tasks = [

@@ -34,13 +34,28 @@ from corral.node.worker_main import frame
 if TYPE_CHECKING:
     from corral.node.daemon import Node
 
-__all__ = ["WorkerPool"]
+__all__ = ["ENTRY_POINTS", "WorkerPool", "task_modules"]
+
+#: Installed packages name their task modules in this entry-point group::
+#:
+#:     [project.entry-points."corral.tasks"]
+#:     imaging = "mypkg.imaging_tasks"
+ENTRY_POINTS = "corral.tasks"
 
 log = logging.getLogger("corral.node.workers")
 
 _HEADER = struct.Struct(">I")
 _decode = msgspec.msgpack.Decoder().decode
 _RESEND_AFTER = 1.0
+
+
+def task_modules(explicit: tuple[str, ...]) -> tuple[str, ...]:
+    """The modules a node's workers load: those given (``--tasks``), then those installed
+    packages name in the ``corral.tasks`` entry-point group, without repeats."""
+    from importlib.metadata import entry_points
+
+    found = [ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINTS)]
+    return tuple(dict.fromkeys([*explicit, *found]))
 
 
 class _Worker:
