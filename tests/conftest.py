@@ -87,6 +87,7 @@ def config(template: Path, tmp_path: Path) -> Config:
         heartbeat_interval=0.2,
         down_after=1.0,
         announce_interval=0.2,
+        api_port=0,  # any free port: tests never fight over the default
     )
 
 

@@ -23,6 +23,7 @@ from corral.errors import (
 from corral.errors import (
     ConfigError as ConfigError,
 )
+from corral.errors import ControllerError as ControllerError
 from corral.errors import (
     ControllerUnavailable as ControllerUnavailable,
 )
@@ -37,6 +38,7 @@ from corral.errors import Overloaded as Overloaded
 from corral.errors import (
     Refused as Refused,
 )
+from corral.errors import TaskFailed as TaskFailed
 from corral.errors import (
     Timeout as Timeout,
 )
@@ -53,33 +55,48 @@ from corral.sender import send_to as send_to
 from corral.wire import NodeView as NodeView
 
 if TYPE_CHECKING:
-    from corral.controller import Controller as Controller
+    from corral.api_client import AsyncController as AsyncController
+    from corral.api_client import Controller as Controller
+    from corral.controller import Controller as ControllerService
     from corral.controller.reports import aggregator as aggregator
+    from corral.tasks import TaskContext as TaskContext
+    from corral.tasks import task as task
 
 
 def __getattr__(name: str) -> object:
-    # The controller pulls in SQLAlchemy and Alembic; node processes never need them, and
-    # importing them would cost every node a third of a second at start.
-    if name == "Controller":
-        from corral.controller import Controller
+    # The controller service pulls in SQLAlchemy and Alembic, the API client httpx; node
+    # processes need neither, and importing them would cost every node a third of a second.
+    if name == "ControllerService":
+        from corral.controller import Controller as service
 
-        return Controller
+        return service
     if name == "aggregator":
         from corral.controller.reports import aggregator
 
         return aggregator
+    if name in ("Controller", "AsyncController"):
+        from corral import api_client
+
+        return getattr(api_client, name)
+    if name in ("task", "TaskContext"):
+        from corral import tasks
+
+        return getattr(tasks, name)
     raise AttributeError(f"module 'corral' has no attribute {name!r}")
 
 
 __all__ = [
     "Agent",
     "AgentError",
+    "AsyncController",
     "AuthError",
     "BusUnavailable",
     "Client",
     "CommandHandle",
     "ConfigError",
     "Controller",
+    "ControllerError",
+    "ControllerService",
     "ControllerUnavailable",
     "CorralError",
     "DuplicateName",
@@ -91,6 +108,8 @@ __all__ = [
     "Overloaded",
     "Refused",
     "Sender",
+    "TaskContext",
+    "TaskFailed",
     "Timeout",
     "UnknownMessage",
     "__version__",
@@ -102,4 +121,5 @@ __all__ = [
     "on_reports",
     "param",
     "send_to",
+    "task",
 ]

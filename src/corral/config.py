@@ -68,6 +68,18 @@ class Config(msgspec.Struct, kw_only=True):
     log_format: str = "auto"
     #: log level: debug, info, warning, error
     log_level: str = "info"
+    #: address the controller's HTTP API listens on (loopback unless told otherwise)
+    api_host: str = "127.0.0.1"
+    #: port of the controller's HTTP API; 0 picks a free one, -1 turns the API off
+    api_port: int = 4334
+    #: API token for the CLI and Python client; empty means <data_dir>/auth/api-admin.token
+    api_token: str = ""
+    #: task instances a node holds per worker slot (1 = only those it runs)
+    task_prefetch: int = 4
+    #: leases a task instance may lose (its node died) before it fails
+    task_max_attempts: int = 3
+    #: seconds a forced cancel waits for the task to stop before killing its worker
+    cancel_grace: float = 5.0
 
     @property
     def data_path(self) -> Path:
@@ -103,6 +115,12 @@ class Config(msgspec.Struct, kw_only=True):
             return Path(self.ca).expanduser()
         default = self.data_path / "pki" / "ca.pem"
         return default if default.exists() else None
+
+    @property
+    def api_url(self) -> str:
+        """Where the controller's HTTP API is reached (loopback for a wildcard address)."""
+        host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::", "") else self.api_host
+        return f"http://{host}:{self.api_port}"
 
     def creds_path(self, role: str) -> Path:
         """The credentials file for ``role`` (``controller``, ``admin`` or ``node-<name>``)."""

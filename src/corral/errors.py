@@ -181,3 +181,103 @@ class NoSuchGuardian(Unavailable):
 
 class SystemLoadError(UsageError):
     """A guardian system module failed to import, or defines no usable states and edges."""
+
+
+# --- tasks and the controller API (issue #4) ------------------------------------------------
+#
+#    CorralError
+#    ├── UsageError
+#    │   ├── IllegalTransition      a task instance asked to move where its table forbids
+#    │   └── NotSerializable        task arguments or a result that msgpack cannot carry
+#    ├── Refused
+#    │   └── UnknownTask            no node offers that task key
+#    ├── TaskFailed                 the awaited task failed or was cancelled (``instance``)
+#    ├── TaskStopped                raised inside a task by ``ctx.check_stop()``
+#    └── ControllerError            an HTTP controller API call failed; ``code`` is Pydra's
+#        ├── AuthenticationFailed   -1: the token was refused (401) or lacks the role (403)
+#        │   └── Forbidden          -1, HTTP 403: the token's role may not make this call
+#        ├── Disconnected           -2: the controller cannot be reached (or it lost its bus)
+#        ├── RemoteError            -3: the remote function refused or raised (4xx/500)
+#        │   └── NotFound           -3, HTTP 404: no such task instance or node
+#        ├── NoKey                  -4: no API token was given
+#        ├── UnknownError           -5: anything else
+#        └── FunctionNotFound       -6: the controller has no such API function
+
+
+class IllegalTransition(UsageError):
+    """A task instance was asked to move to a status its transition table forbids."""
+
+
+class NotSerializable(UsageError):
+    """Task arguments or a task result that msgpack cannot carry (say which and why)."""
+
+
+class UnknownTask(Refused):
+    """No node offers the task key asked for."""
+
+
+class TaskFailed(CorralError):
+    """The awaited task failed or was cancelled; ``instance`` holds its record."""
+
+    def __init__(self, message: str, instance: object = None) -> None:
+        super().__init__(message)
+        self.instance = instance
+
+
+class TaskStopped(CorralError):
+    """Raised inside a task by ``ctx.check_stop()`` once a cancel asked it to stop."""
+
+
+class ControllerError(CorralError):
+    """A controller API call failed. ``code`` is Pydra's error code, ``status`` the HTTP one."""
+
+    code = -5
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthenticationFailed(ControllerError):
+    """-1: the API token was refused (unknown, revoked) or may not make this call."""
+
+    code = -1
+
+
+class Forbidden(AuthenticationFailed):
+    """-1, HTTP 403: the token is valid but its role may not make this call."""
+
+
+class Disconnected(ControllerError):
+    """-2: the controller cannot be reached, or it is cut off from its bus or store."""
+
+    code = -2
+
+
+class RemoteError(ControllerError):
+    """-3: the remote function refused its arguments or raised."""
+
+    code = -3
+
+
+class NotFound(RemoteError):
+    """-3, HTTP 404: no task instance or node with that id."""
+
+
+class NoKey(ControllerError):
+    """-4: no API token was given (``corral token create``, then ``token=`` or
+    ``CORRAL_API_TOKEN``)."""
+
+    code = -4
+
+
+class UnknownError(ControllerError):
+    """-5: any other failure."""
+
+    code = -5
+
+
+class FunctionNotFound(ControllerError):
+    """-6: the controller API has no function of that name."""
+
+    code = -6

@@ -39,6 +39,10 @@ import re
 from corral.errors import InvalidName
 
 __all__ = [
+    "TASK_HELLO_VERB",
+    "TASK_MAP_VERB",
+    "TASK_REPORT_VERB",
+    "node_tasks",
     "AGENTS_INFO",
     "GROUPS",
     "ANNOUNCE",
@@ -232,3 +236,20 @@ def guardian(name: str, verb: str) -> str:
 def guardian_kv(name: str) -> str:
     """The subject a put of guardian ``name``'s key goes to (``*``: every guardian's)."""
     return f"$KV.{GUARDIAN_BUCKET}.{name}"
+
+
+# --- tasks (issue #4) -----------------------------------------------------------------------
+# ``corral.in.<node>.tasks``    node -> controller: progress and results (TaskReport)
+# ``corral.in.<node>.workers``  node -> controller: its task keys and slots (TaskHello, request)
+# ``corral.node.<node>.tasks``  controller -> node: runs, stops, acks
+
+#: Verbs a node's task workers publish to the controller.
+TASK_REPORT_VERB = "tasks"
+TASK_HELLO_VERB = "workers"
+#: A running task maps a subtask over items (``corral.in.<node>.map``, request).
+TASK_MAP_VERB = "map"
+
+
+def node_tasks(name: str) -> str:
+    """Where the controller sends node ``name`` its task runs, stops and acks."""
+    return node_out(name, "tasks")

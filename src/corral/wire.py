@@ -53,6 +53,18 @@ __all__ = [
     "ReportEntry",
     "ReportUpdate",
     "ReportsQuery",
+    "NodeTaskMessage",
+    "TaskAck",
+    "TaskAssign",
+    "TaskHello",
+    "TaskMap",
+    "TaskMapped",
+    "TaskProgress",
+    "TaskReport",
+    "TaskResync",
+    "TaskResult",
+    "TaskRun",
+    "TaskStop",
     "AgentsRequest",
     "AgentsReply",
     "GroupRound",
@@ -545,6 +557,109 @@ class StreamItems(_Msg, frozen=True):
     items: list[Any]
     dropped: int = 0
     closed: bool = False
+
+
+# --- tasks: node workers <-> the controller's scheduler (issue #4) ---------------------------
+
+
+class TaskRun(msgspec.Struct, frozen=True, array_like=True):
+    """One task instance given to a node under ``lease`` (``args`` are msgpack bytes)."""
+
+    id: int
+    lease: str
+    key: str
+    args: bytes
+    attempt: int = 1
+
+
+class TaskAssign(_Msg, frozen=True):
+    """Controller -> node (``corral.node.<node>.tasks``): run these."""
+
+    runs: list[TaskRun]
+
+
+class TaskStop(_Msg, frozen=True):
+    """Controller -> node: ask the task under ``lease`` to stop; ``force``: kill its worker."""
+
+    lease: str
+    force: bool = False
+
+
+class TaskAck(_Msg, frozen=True):
+    """Controller -> node: these results are on disk; stop re-sending them."""
+
+    leases: list[str]
+
+
+class TaskProgress(msgspec.Struct, frozen=True, array_like=True):
+    """A running task's progress (percent, 0-100) and message."""
+
+    lease: str
+    percent: float
+    message: str = ""
+    worker: int = -1
+
+
+class TaskResult(msgspec.Struct, frozen=True, array_like=True):
+    """A task ended: ``outcome`` is ``complete``, ``failed`` or ``stopped``."""
+
+    lease: str
+    outcome: str
+    result: bytes | None = None
+    error: str = ""
+    traceback: str = ""
+    worker: int = -1
+
+
+class TaskReport(_Msg, frozen=True):
+    """Node -> controller (``corral.in.<node>.tasks``): progress and results, batched.
+
+    Results are re-sent until a :class:`TaskAck` names them (at-least-once)."""
+
+    progress: list[TaskProgress] = msgspec.field(default_factory=list)
+    results: list[TaskResult] = msgspec.field(default_factory=list)
+
+
+class TaskHello(_Msg, frozen=True):
+    """Node -> controller (``corral.in.<node>.workers``, request), after every join: the task
+    keys it can run, its slots and labels, the leases it still holds and unacked results."""
+
+    instance: str
+    keys: list[str]
+    slots: int
+    labels: list[str] = msgspec.field(default_factory=list)
+    running: list[str] = msgspec.field(default_factory=list)
+    results: list[TaskResult] = msgspec.field(default_factory=list)
+    #: the keys among ``keys`` that are subtasks (hidden by ``list_tasks(toplevel=True)``)
+    subtasks: list[str] = msgspec.field(default_factory=list)
+
+
+class TaskMap(_Msg, frozen=True):
+    """Node -> controller (``corral.in.<node>.map``, request): the task under ``lease`` maps
+    subtask ``key`` over ``args`` (one msgpack mapping per item)."""
+
+    lease: str
+    key: str
+    args: list[bytes]
+
+
+class TaskMapped(_Msg, frozen=True):
+    """Controller -> node: the map of the task under ``lease`` is done: every result in item
+    order, or (``ok`` false) the first failed item's error."""
+
+    lease: str
+    ok: bool
+    results: list[bytes | None] = msgspec.field(default_factory=list)
+    error: str = ""
+
+
+class TaskResync(_Msg, frozen=True):
+    """Controller -> node: say hello again (the node came back UP without joining, after
+    the controller had taken its leases away)."""
+
+
+#: What a node receives on its tasks subject.
+NodeTaskMessage = TaskAssign | TaskStop | TaskAck | TaskMapped | TaskResync
 
 
 # --- encoding -------------------------------------------------------------------------------

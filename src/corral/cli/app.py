@@ -10,6 +10,8 @@ import typer
 from corral._version import __version__
 from corral.cli import admin, commands, launch, running
 from corral.cli import guardian as guardian_cli
+from corral.cli import tasks as task_commands
+from corral.cli import token as token_commands
 from corral.cli.common import _globals, err
 from corral.errors import CorralError, UsageError
 
@@ -59,6 +61,8 @@ running.register(app)
 launch.register(app)
 commands.register(app)
 guardian_cli.register(app)
+task_commands.register(app)
+token_commands.register(app)
 
 
 def main() -> None:

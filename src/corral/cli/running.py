@@ -25,6 +25,7 @@ from corral.errors import CorralError
 from corral.node import Node
 from corral.node.handlers import Handlers, load_handlers
 from corral.security import Authority, write_secret
+from corral.tokens import admin_token_path, ensure_admin_token
 
 __all__ = ["register"]
 
@@ -115,6 +116,10 @@ def node(
         list[str] | None, typer.Option(help="KEY=VALUE attribute (repeatable).")
     ] = None,
     slots: Annotated[int, typer.Option(help="Task worker slots offered.")] = 1,
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(help="Python module with @task functions for the workers (repeatable)."),
+    ] = None,
     nats: Annotated[str | None, typer.Option("--nats", help="Bus URL.")] = None,
     creds: Annotated[str | None, typer.Option(help="This node's credentials file.")] = None,
     ca: Annotated[str | None, typer.Option(help="CA file to verify the bus (TLS).")] = None,
@@ -162,6 +167,7 @@ def node(
             output_limit=config.output_limit,
         ),
         work_dir=directory,
+        tasks=tuple(tasks or ()),
     )
 
     async def main() -> None:
@@ -193,6 +199,7 @@ def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes
         f"store      {config.store_url}",
         f"data dir   {config.data_path}",
         f"logs       {config.data_path / 'logs'}",
+        f"HTTP API   {config.api_url}/docs  (token in {admin_token_path(config)})",
         f"processes  {len(children)} children, "
         f"{sum(1 for p in children.values() if p.poll() is None)} running",
         *exited,
@@ -203,8 +210,11 @@ def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes
 
 async def _up(config: Config, count: int, node_args: list[str], controller_args: list[str]) -> None:
     from corral.broker import EmbeddedBroker
+    from corral.store import Store
 
     initialise(config)
+    async with await Store.open(config.store_url) as store:
+        await ensure_admin_token(config, store)
     authority = Authority.load(config.data_path)
     broker = EmbeddedBroker(config, authority)
     await broker.start()
@@ -272,6 +282,10 @@ def up(
         list[str] | None,
         typer.Option(help="Module with @corral.aggregator functions for the controller."),
     ] = None,
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(help="Task module every local node's workers load (repeatable)."),
+    ] = None,
 ) -> None:
     """Run everything on this machine: nats-server, the controller and N nodes.
 
@@ -281,6 +295,7 @@ def up(
     """
     config, _ = configure(nats_port=nats_port)
     node_args = [arg for module in handlers or () for arg in ("--handlers", module)]
+    node_args += [arg for module in tasks or () for arg in ("--tasks", module)]
     if allow_shell:
         node_args.append("--allow-shell")
     controller_args = [arg for module in aggregators or () for arg in ("--aggregators", module)]

@@ -23,10 +23,12 @@ import msgspec
 
 from corral import bus, subjects, wire
 from corral.config import Config
+from corral.controller.api import ApiServer
 from corral.controller.command_api import CommandEndpoints
 from corral.controller.commands import Batch, CommandService
 from corral.controller.groups import GroupService
 from corral.controller.reports import ReportService
+from corral.controller.tasks import TaskService
 from corral.core.registry import Refusal, Registry
 from corral.errors import ControllerUnavailable, CorralError, Refused, Timeout
 from corral.records import AuditEntry, NodeRecord, Transition
@@ -64,6 +66,9 @@ class Controller(CommandEndpoints):
         self.nc: bus.NATS | None = None
         #: the process-group coordinator (socketComm), once started
         self.groups: GroupService | None = None
+        #: the task scheduler and the HTTP API (issue #4), once started
+        self.tasks: TaskService | None = None
+        self.api: ApiServer | None = None
         self._pending: list[Transition] = []
         self._audit: list[AuditEntry] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,6 +107,8 @@ class Controller(CommandEndpoints):
         await self.groups.start()
         await self.commands.start(self.nc, self.store)
         self.reports.nc = self.nc
+        self.tasks = TaskService(self)
+        await self.tasks.start()
         handlers: dict[str, tuple[type[Any], Callable[[Any, str, Any], Awaitable[None]]]] = {
             subjects.node_in_wildcard("join"): (wire.Join, self._on_join),
             subjects.node_in_wildcard("hb"): (wire.Heartbeat, self._on_heartbeat),
@@ -125,6 +132,9 @@ class Controller(CommandEndpoints):
             handler = self._handler(kind, handle, limit=self.config.max_command_bytes)
             await self.nc.subscribe(subject, cb=handler, pending_msgs_limit=100_000)
         await self.nc.flush()
+        if self.config.api_port >= 0:
+            self.api = ApiServer(self)
+            await self.api.start()
         self._tasks = [
             asyncio.create_task(self._announce_loop(), name="announce"),
             asyncio.create_task(self._tick_loop(), name="tick"),
@@ -173,6 +183,10 @@ class Controller(CommandEndpoints):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.api is not None:
+            await self.api.stop()
+        if self.tasks is not None:
+            await self.tasks.stop()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.drain()
         await self._flush(all_live=True, batch=self.commands.take_batch())

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral import bus, subjects, wire
 from corral._version import __version__
@@ -41,6 +41,9 @@ from corral.node.commands import CommandRunner
 from corral.node.handlers import Handlers
 from corral.node.streams import NodeStream, StreamHub
 from corral.security import credential_name
+
+if TYPE_CHECKING:
+    from corral.node.workers import WorkerPool
 
 __all__ = ["Node"]
 
@@ -63,6 +66,7 @@ class Node:
         work_dir: where PUT writes, EXECUTE and shell commands run, and the last applied
             serial is kept (default ``<data_dir>/nodes/<name>``).
         on_reports: for a sink, called with every :class:`~corral.wire.ReportUpdate`.
+        tasks: task modules to load into ``slots`` worker processes (``corral.tasks``).
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class Node:
         handlers: Handlers | None = None,
         work_dir: Path | None = None,
         on_reports: Callable[[wire.ReportUpdate], Any] | None = None,
+        tasks: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.name = subjects.check_name(name)
@@ -117,6 +122,10 @@ class Node:
         )
         self.on_reports = on_reports
         self.streams = StreamHub(self.name)
+        #: task modules its workers load (``--tasks``), the worker pool, and joins so far
+        self.task_modules = tasks
+        self.workers: WorkerPool | None = None
+        self.joins = 0
 
     def _applied(self, serial: int) -> None:
         self.last_serial = serial
@@ -150,6 +159,11 @@ class Node:
         await self.nc.subscribe(subjects.node_out(self.name, "reports"), cb=self._on_reports)
         await self.commands.start(self.nc)
         await self.streams.start(self.nc)
+        from corral.node.workers import WorkerPool, task_modules
+
+        if modules := task_modules(self.task_modules):
+            self.workers = WorkerPool(self, modules, self.slots)
+            await self.workers.start()
         self._need_join.set()
         self._tasks = [
             asyncio.create_task(self._join_loop(), name="join"),
@@ -193,6 +207,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self.workers is not None:
+            await self.workers.stop()
         nc, self.nc = self.nc, None
         if nc is not None and nc.is_connected:
             if self.joined.is_set():
@@ -266,6 +282,7 @@ class Node:
             self.heartbeat_interval = reply.heartbeat_interval  # the controller's rhythm
             waiting_logged = False
             self.joined.set()
+            self.joins += 1
             async with self._join_changed:
                 self._join_changed.notify_all()
             log.info("joined", extra={"node": self.name, "controller": reply.controller[:8]})

@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Double,
     Index,
@@ -23,6 +24,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "api_tokens",
     "audit_log",
     "command_outcomes",
     "commands",
@@ -30,6 +32,7 @@ __all__ = [
     "metadata",
     "node_transitions",
     "nodes",
+    "task_instances",
 ]
 
 # Explicit constraint/index names so migrations and metadata agree on every backend.
@@ -124,4 +127,50 @@ command_outcomes = Table(
     Column("stderr", Text, nullable=False),
     PrimaryKeyConstraint("serial", "node", name="pk_command_outcomes"),
     Index("ix_command_outcomes_node", "node"),
+)
+
+
+# --- tasks and API tokens (issue #4; migration 0002_tasks) ----------------------------------
+
+task_instances = Table(
+    "task_instances",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("key", Text, nullable=False),
+    Column("args", LargeBinary, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("parent", BigInteger, nullable=True),
+    Column("item", Integer, nullable=True),
+    Column("labels", JSON, nullable=False),
+    Column("node", Text, nullable=False),
+    Column("worker", Integer, nullable=False),
+    Column("lease", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("queued_at", Double, nullable=False),
+    Column("started_at", Double, nullable=True),
+    Column("finished_at", Double, nullable=True),
+    Column("progress", Double, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("result", LargeBinary, nullable=True),
+    Column("error", Text, nullable=False),
+    Column("traceback", Text, nullable=False),
+    Column("force", Boolean, nullable=False),
+    Column("cancel_at", Double, nullable=True),
+    Column("history", JSON, nullable=False),
+    Index("ix_task_instances_key", "key", "id"),
+    Index("ix_task_instances_status", "status", "id"),
+    Index("ix_task_instances_parent", "parent"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("hash", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("revoked_at", Double, nullable=True),
 )

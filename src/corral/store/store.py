@@ -119,6 +119,22 @@ class Store(CommandQueries):
         return cls(engine, url)
 
     @property
+    def engine(self) -> AsyncEngine:
+        """The async engine, for stores of other concepts (``corral.store.tasks``)."""
+        self._usable("use the store")
+        return self._engine
+
+    @property
+    def url(self) -> str:
+        """The normalized URL (with its password, if any)."""
+        return self._url
+
+    @property
+    def masked_url(self) -> str:
+        """The URL with any password hidden, for error messages."""
+        return self._masked
+
+    @property
     def backend(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
         return self._engine.dialect.name

@@ -1,7 +1,7 @@
 """Commands and their per-node outcomes (SEER's addressed commands).
 
 Revision ID: 0003_commands
-Revises: 0001
+Revises: 0002_tasks
 Create Date: 2026-11-23
 
 A frozen snapshot: it spells the tables out instead of importing ``corral.store.schema``.
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_commands"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "0002_tasks"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

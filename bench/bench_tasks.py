@@ -1,0 +1,293 @@
+"""Task cluster benchmark: corral next to Celery 5 (Redis) and Dask distributed, side by side.
+
+Theory of operation: the driver (this process) starts the three stacks, each with two worker
+processes on this machine, and measures, for each:
+
+- **round trip**: ``--trips`` sequential single tasks, from the call to the result in hand
+  (corral: ``run_task`` over its HTTP API, i.e. queue and wait in one call; Celery:
+  ``delay().get()``; Dask: ``submit().result()``), after a warm-up, taken in ``--rounds``
+  turns that go round the stacks so a noisy neighbour slows them alike; p50 and p99;
+- **throughput**: ``--tasks`` no-op tasks queued in one batch call and every result gathered
+  (corral: ``queue_tasks`` + ``wait`` of all ids; Celery: ``group(...).apply_async().get()``;
+  Dask: ``client.map`` + ``client.gather``), in tasks per second.
+
+The stacks: corral's embedded nats-server (TLS on), its controller as its own process with the
+SQLite store (every instance persisted: queued, running, complete, each write fsynced), one
+node with ``--slots 2`` (two worker processes); Celery 5 with Redis on 127.0.0.1:6379 as broker
+and result backend and a prefork worker of concurrency 2 (results in Redis memory, nothing
+fsynced); Dask's ``LocalCluster`` with 2 worker processes of one thread (nothing persisted).
+Celery uses a Redis database (``--redis``) and a queue of its own for the run. Everything
+started is stopped, and the temporary directory removed, at the end or on Ctrl-C / SIGTERM.
+
+Run ``python bench/bench_tasks.py --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from _harness import free_port, run_in_tempdir
+from corral import AsyncController, procs
+from corral.broker import EmbeddedBroker
+from corral.cli.admin import initialise
+from corral.config import Config
+from corral.security import Authority
+from corral.store import Store
+from corral.tokens import Role, create_token
+
+console = Console(stderr=True)
+HERE = Path(__file__).resolve().parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+class Stack:
+    """A running stack: one single-task round trip, and the batch run of N tasks."""
+
+    def __init__(
+        self,
+        trip: Callable[[], Awaitable[Any]],
+        batch: Callable[[int], Awaitable[list[Any]]],
+    ) -> None:
+        self.trip, self.batch = trip, batch
+        self.trips: list[float] = []
+        self.elapsed = 0.0
+        self.error = ""
+
+
+def in_thread(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run a blocking client's call in one thread of its own (its clients are not shared)."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    async def call(*args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    return call
+
+
+def env_with_bench() -> dict[str, str]:
+    """Children import the benchmark's task modules from this directory."""
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path}
+
+
+# --- corral ---------------------------------------------------------------------------------
+
+
+async def start_corral(
+    args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
+) -> Stack:
+    data = root / "data"
+    config = Config(data_dir=str(data), nats_port=free_port(), api_port=free_port())
+    initialise(config)
+    async with await Store.open(config.store_url) as store:
+        _, token = await create_token(store, Role.OPERATE, "bench")
+    authority = Authority.load(data)
+    broker = EmbeddedBroker(config, authority)
+    await broker.start()
+    stack.callback(broker.stop)
+    base = [sys.executable, "-m", "corral", "--data-dir", str(data), "--log-format", "json"]
+    env = {**env_with_bench(), "CORRAL_API_PORT": str(config.api_port)}
+    controller = procs.spawn(
+        [*base, "controller", "--nats", broker.url], env=env, log=root / "controller.log"
+    )
+    stack.callback(procs.stop, controller)
+    creds = data / "auth" / "node-bench.creds"
+    creds.write_text(authority.enroll("bench"))
+    node_argv = [*base, "node", "--name", "bench", "--nats", broker.url, "--creds", str(creds)]
+    node_argv += ["--slots", "2", "--tasks", "_tasks_corral"]
+    node = procs.spawn(node_argv, env=env, log=root / "node.log")
+    stack.callback(procs.stop, node)
+    client = AsyncController(config.api_url, token, timeout=120)
+    stack.push_async_callback(client.close)
+    async with asyncio.timeout(60):
+        while True:
+            with contextlib.suppress(Exception):
+                if await client.list_tasks(keys=["noop"]):
+                    break
+            await asyncio.sleep(0.1)
+    console.log(f"corral: controller pid {controller.pid}, node pid {node.pid}, {config.api_url}")
+
+    async def batch(n: int) -> list[Any]:
+        ids = await client.queue_tasks("noop", [{"x": i} for i in range(n)])
+        return [d.result for d in await client.wait_many(ids, 600)]
+
+    return Stack(lambda: client.run("noop", x=1), batch)
+
+
+# --- Celery ---------------------------------------------------------------------------------
+
+
+async def start_celery(
+    args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
+) -> Stack:
+    queue = f"corral-bench-{uuid.uuid4().hex[:8]}"
+    env = {**env_with_bench(), "BENCH_REDIS": args.redis, "BENCH_QUEUE": queue}
+    os.environ.update(env)
+    sys.path.insert(0, str(HERE))
+    from celery import group
+
+    import _tasks_celery  # noqa: PLC0415 - after the environment names the queue
+
+    argv = [sys.executable, "-m", "celery", "-A", "_tasks_celery", "worker", "--pool", "prefork"]
+    argv += ["--concurrency", "2", "-Q", queue, "--without-gossip", "--without-mingle"]
+    argv += ["--without-heartbeat", "--loglevel", "warning"]
+    worker = procs.spawn(argv, env=env, log=root / "celery.log")
+    stack.callback(procs.stop, worker)
+    noop = _tasks_celery.noop
+    await asyncio.to_thread(lambda: noop.delay(0).get(timeout=60))  # the worker is up
+    console.log(f"celery: worker pid {worker.pid}, queue {queue} on {args.redis}")
+    stack.callback(_tasks_celery.app.control.purge)
+
+    def batch(n: int) -> list[Any]:
+        result: list[Any] = group(noop.s(i) for i in range(n)).apply_async().get(timeout=600)
+        return result
+
+    return Stack(in_thread(lambda: noop.delay(1).get(timeout=30)), in_thread(batch))
+
+
+# --- Dask -----------------------------------------------------------------------------------
+
+
+async def start_dask(
+    args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
+) -> Stack:
+    from dask.distributed import Client, LocalCluster
+
+    sys.path.insert(0, str(HERE))
+    from _tasks_corral import noop
+
+    def start() -> Any:
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            local_directory=str(root / "dask"),
+        )
+        stack.callback(cluster.close)
+        client = Client(cluster)
+        stack.callback(client.close)
+        client.submit(noop, 0, pure=False).result()
+        console.log(f"dask: scheduler {cluster.scheduler_address}")
+        return client
+
+    run = in_thread(lambda fn, *a: fn(*a))
+    client = await run(start)
+
+    def batch(n: int) -> list[Any]:
+        result: list[Any] = client.gather(client.map(noop, range(n), pure=False))
+        return result
+
+    return Stack(
+        lambda: run(lambda: client.submit(noop, 1, pure=False).result()),
+        lambda n: run(batch, n),
+    )
+
+
+# --- main -----------------------------------------------------------------------------------
+
+STACKS = {"corral": start_corral, "Celery 5 (Redis)": start_celery, "Dask distributed": start_dask}
+
+
+async def measure(stacks: dict[str, Stack], args: argparse.Namespace) -> None:
+    """Round trips in turns that go round the stacks (a noisy neighbour slows them alike),
+    then each stack's batch run."""
+    for s in stacks.values():
+        for _ in range(args.warmup):
+            await s.trip()
+    per_round = max(1, args.trips // args.rounds)
+    for _ in range(args.rounds):
+        for s in stacks.values():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                await s.trip()
+                s.trips.append(time.perf_counter() - start)
+    for name, s in stacks.items():
+        console.log(f"{name}: {args.tasks:,} tasks")
+        start = time.perf_counter()
+        values = await s.batch(args.tasks)
+        s.elapsed = time.perf_counter() - start
+        if values != list(range(args.tasks)):
+            s.error = "lost or mixed results"
+
+
+async def main(args: argparse.Namespace, root: Path) -> None:
+    stacks: dict[str, Stack] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for name, start in STACKS.items():
+            if name.split()[0].lower() in args.skip:
+                continue
+            try:
+                stacks[name] = await start(args, root, stack)
+            except Exception as exc:  # one stack failing must not hide the others
+                console.log(f"[red]{name} did not start: {type(exc).__name__}: {exc}")
+        await measure(stacks, args)
+    trips = len(next(iter(stacks.values())).trips) if stacks else 0
+    table = Table(
+        title=f"{args.tasks:,} no-op tasks, 2 worker processes each; {trips} round trips each",
+        caption="corral persists every task (SQLite, fsync); Celery keeps results in Redis "
+        "memory; Dask persists nothing",
+    )
+    for column in (
+        "stack",
+        "throughput (tasks/s)",
+        "batch wall (s)",
+        "round trip p50",
+        "p99",
+        "corral is",
+    ):
+        table.add_column(column, justify="right" if column != "stack" else "left")
+    base = stacks["corral"] if "corral" in stacks else None
+    for name, s in stacks.items():
+        if s.error:
+            table.add_row(name, "error", "", "", "", s.error)
+            continue
+        ratio = ""
+        if base is not None and name != "corral":
+            ratio = f"{s.elapsed / base.elapsed:.1f}x faster"
+        table.add_row(
+            name,
+            f"{args.tasks / s.elapsed:,.0f}",
+            f"{s.elapsed:.2f}",
+            f"{statistics.median(s.trips) * 1000:.2f} ms",
+            f"{percentile(s.trips, 99) * 1000:.2f} ms",
+            ratio,
+        )
+    Console().print(table)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the throughput run")
+    parser.add_argument("--trips", type=int, default=500, help="timed single-task round trips")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed round trips first")
+    parser.add_argument("--rounds", type=int, default=10, help="turns the round trips take")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/11", help="Celery's Redis")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["corral", "celery", "dask"], help="stacks to skip"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    run_in_tempdir(main, parse_args(), "corral-bench-tasks-", console)

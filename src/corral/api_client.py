@@ -1,0 +1,441 @@
+"""``corral.Controller``: the controller's HTTP API as local method calls (Pydra's client).
+
+>>> from corral import Controller                               # doctest: +SKIP
+>>> c = Controller("http://127.0.0.1:4334", token="crl_...")
+>>> c.list_tasks()
+>>> task_id = c.queue_task("MyTask", foo="bar")
+>>> c.wait(task_id).result
+
+:class:`AsyncController` is the primary implementation (httpx, one keep-alive connection
+pool); :class:`Controller` is its blocking twin, each call run on corral's portal loop. A
+function this client does not name is still callable (``c.some_new_call(x=1)``), as in
+Pydra, where "it is assumed that the developer using the controller will know which
+functions are available". Failures raise :class:`~corral.errors.ControllerError`
+subclasses carrying Pydra's ``code``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Coroutine, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from corral import api_models as m
+from corral.config import Config, load_config
+from corral.errors import (
+    AuthenticationFailed,
+    ControllerError,
+    Disconnected,
+    Forbidden,
+    FunctionNotFound,
+    NoKey,
+    NotFound,
+    NotSerializable,
+    RemoteError,
+    TaskFailed,
+    Timeout,
+    UnknownError,
+)
+from corral.tokens import read_token
+
+__all__ = ["AsyncController", "Controller"]
+
+T = TypeVar("T")
+
+_CODES: dict[int, type[ControllerError]] = {
+    -1: AuthenticationFailed,
+    -2: Disconnected,
+    -3: RemoteError,
+    -4: NoKey,
+    -5: UnknownError,
+    -6: FunctionNotFound,
+}
+_error_decoder = msgspec.json.Decoder(m.ErrorBody)
+
+
+def _raise(response: httpx.Response) -> None:
+    try:
+        body = _error_decoder.decode(response.content)
+        code, message = body.code, body.error
+    except msgspec.DecodeError:
+        code, message = -5, f"HTTP {response.status_code}: {response.text[:200]}"
+    if response.status_code == 504:
+        raise Timeout(message)
+    if code == -1 and response.status_code == 403:
+        raise Forbidden(message, 403)
+    if code == -3 and response.status_code == 404:
+        raise NotFound(message, 404)
+    raise _CODES.get(code, UnknownError)(message, response.status_code)
+
+
+def _check_args(args: dict[str, Any]) -> None:
+    try:
+        msgspec.msgpack.encode(args)
+        msgspec.json.encode(args)
+    except (TypeError, OverflowError, msgspec.EncodeError) as exc:
+        raise NotSerializable(
+            f"task arguments must be msgpack-able data (dicts, lists, str, numbers, bool, "
+            f"None): {exc}"
+        ) from None
+
+
+class AsyncController:
+    """The controller API over HTTP, asynchronously.
+
+    Args:
+        url: The API's URL; default from configuration (``api_host``/``api_port``).
+        token: An API token; default ``CORRAL_API_TOKEN``, ``api_token``, or the local admin
+            token file that ``corral up`` writes.
+        timeout: Seconds an HTTP call may take (a ``wait`` adds its own timeout).
+        config: Configuration to take the defaults from (default: ``load_config()``).
+
+    Raises:
+        NoKey: no token was given or found.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        config: Config | None = None,
+    ) -> None:
+        if url is None or token is None:
+            config = config or load_config()[0]
+        self.url = (url or (config.api_url if config else "")).rstrip("/")
+        found = token or os.environ.get("CORRAL_API_TOKEN")
+        if not found and config is not None:
+            found = read_token(config)
+        if not found:
+            raise NoKey(
+                "no API token: pass token=..., set CORRAL_API_TOKEN, or create one with "
+                "`corral token create --role operate`"
+            )
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            headers={"authorization": f"Bearer {found}", "content-type": "application/json"},
+            timeout=timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"<AsyncController {self.url}>"
+
+    async def __aenter__(self) -> AsyncController:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def call(
+        self, function: str, reply: Any = Any, http_timeout: float | None = None, /, **kwargs: Any
+    ) -> Any:
+        """Call API function ``function`` with keyword arguments; decode the reply as ``reply``.
+
+        Args:
+            function: The API function's name.
+            reply: The type to decode the reply into.
+            http_timeout: Seconds the HTTP call may take (default: the client's timeout).
+            kwargs: The function's arguments.
+
+        Raises:
+            ControllerError: a subclass for the error code the controller answered with.
+            Disconnected: the controller could not be reached.
+            Timeout: a ``wait`` ran out of time.
+        """
+        body = msgspec.json.encode(kwargs)
+        try:
+            response = await self._http.post(
+                f"/{function}", content=body, timeout=http_timeout or self.timeout
+            )
+        except httpx.TransportError as exc:
+            raise Disconnected(
+                f"cannot reach the controller API at {self.url}: {exc or type(exc).__name__}. "
+                "Is the controller running (`corral up` / `corral controller`)?"
+            ) from None
+        if response.status_code != 200:
+            _raise(response)
+        return msgspec.json.decode(response.content, type=reply)
+
+    async def _get(
+        self, function: str, reply: type[T], http_timeout: float | None = None, /, **kwargs: Any
+    ) -> T:
+        result: T = await self.call(function, reply, http_timeout, **kwargs)
+        return result
+
+    def __getattr__(self, function: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+        if function.startswith("_"):
+            raise AttributeError(function)
+
+        async def call(**kwargs: Any) -> Any:
+            return await self.call(function, **kwargs)
+
+        return call
+
+    # --- tasks --------------------------------------------------------------------------
+
+    async def list_tasks(
+        self, toplevel: bool = True, keys: Sequence[str] = ()
+    ) -> list[m.TaskKeyView]:
+        """The task keys the cluster can run (``toplevel``: without subtasks)."""
+        return await self._get(
+            "list_tasks", list[m.TaskKeyView], toplevel=toplevel, keys=list(keys)
+        )
+
+    async def queue_task(
+        self,
+        task_key: str,
+        args: dict[str, Any] | None = None,
+        /,
+        *,
+        priority: int = 5,
+        labels: Sequence[str] = (),
+        max_attempts: int | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """Queue task ``task_key`` with keyword arguments; returns the instance id.
+
+        Arguments go in ``args`` or as keyword arguments (``queue_task("T", foo="bar")``).
+
+        Raises:
+            NotSerializable: an argument is not msgpack-able data (nothing is sent).
+            RemoteError: no node offers the task.
+        """
+        values = {**(args or {}), **kwargs}
+        _check_args(values)
+        reply: m.QueueReply = await self._get(
+            "queue_task",
+            m.QueueReply,
+            task_key=task_key,
+            args=values,
+            priority=priority,
+            labels=list(labels),
+            max_attempts=max_attempts,
+        )
+        return reply.instance_id
+
+    async def queue_tasks(
+        self, task_key: str, args: Sequence[dict[str, Any]], *, priority: int = 5
+    ) -> list[int]:
+        """Queue one instance per argument mapping in one call; returns their ids in order.
+
+        Raises:
+            NotSerializable: an argument is not msgpack-able data.
+            RemoteError: no node offers the task.
+        """
+        for values in args:
+            _check_args(values)
+        reply: m.QueueTasksReply = await self._get(
+            "queue_tasks", m.QueueTasksReply, task_key=task_key, args=list(args), priority=priority
+        )
+        return reply.instance_ids
+
+    async def cancel_task(self, task_instance_id: int, force: bool = False) -> m.TaskView:
+        """Cancel: dequeue, or stop (``force``: kill the worker after the grace period)."""
+        return await self._get(
+            "cancel_task", m.TaskView, task_instance_id=task_instance_id, force=force
+        )
+
+    async def wait_many(self, ids: Sequence[int], timeout: float = 60.0) -> list[m.TaskView]:
+        """Wait until every instance has finished; returns them in order.
+
+        Raises:
+            Timeout: not all finished within ``timeout`` seconds.
+        """
+        return await self._get(
+            "wait",
+            list[m.TaskView],
+            timeout + self.timeout,
+            task_instance_ids=list(ids),
+            timeout=timeout,
+        )
+
+    async def wait(self, task_instance_id: int, timeout: float = 60.0) -> m.TaskView:
+        """Wait until the instance has finished (complete, failed or cancelled).
+
+        Raises:
+            Timeout: it did not finish within ``timeout`` seconds.
+        """
+        (view,) = await self.wait_many([task_instance_id], timeout)
+        return view
+
+    async def result(self, task_instance_id: int, timeout: float = 60.0) -> Any:
+        """Wait for the instance and return its result.
+
+        Raises:
+            TaskFailed: it failed or was cancelled (``.instance`` has the error, traceback).
+            Timeout: it did not finish within ``timeout`` seconds.
+        """
+        view = await self.wait(task_instance_id, timeout)
+        if view.status != "complete":
+            raise TaskFailed(f"task {view.id} ({view.key}) {view.status}: {view.error}", view)
+        return view.result
+
+    async def run_task(
+        self,
+        task_key: str,
+        args: dict[str, Any] | None = None,
+        /,
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> m.TaskView:
+        """Queue a task and wait until it has finished, in one call; returns the instance.
+
+        Raises:
+            NotSerializable: an argument is not msgpack-able data.
+            Timeout: it did not finish within ``timeout`` seconds.
+        """
+        values = {**(args or {}), **kwargs}
+        _check_args(values)
+        return await self._get(
+            "run_task",
+            m.TaskView,
+            timeout + self.timeout,
+            task_key=task_key,
+            args=values,
+            timeout=timeout,
+        )
+
+    async def run(self, task_key: str, /, timeout: float = 60.0, **kwargs: Any) -> Any:
+        """Run a task (queue it and wait, in one call) and return its result.
+
+        Raises:
+            TaskFailed: it failed or was cancelled.
+            Timeout: it did not finish within ``timeout`` seconds.
+        """
+        view = await self.run_task(task_key, timeout=timeout, **kwargs)
+        if view.status != "complete":
+            raise TaskFailed(f"task {view.id} ({view.key}) {view.status}: {view.error}", view)
+        return view.result
+
+    async def list_queue(self, page: int = 1, per_page: int | None = None) -> m.TaskPage:
+        """Queued instances, oldest first."""
+        return await self._get("list_queue", m.TaskPage, page=page, per_page=per_page)
+
+    async def list_running(self, page: int = 1, per_page: int | None = None) -> m.TaskPage:
+        """Running instances, oldest first."""
+        return await self._get("list_running", m.TaskPage, page=page, per_page=per_page)
+
+    async def task_statuses(self) -> list[m.TaskStatusView]:
+        """Status, start time and progress of every running instance."""
+        return await self._get("task_statuses", list[m.TaskStatusView])
+
+    async def task_history(self, key: str, page: int = 1, per_page: int = 10) -> m.TaskPage:
+        """The instances of task ``key``, newest first, ``per_page`` a page."""
+        return await self._get("task_history", m.TaskPage, key=key, page=page, per_page=per_page)
+
+    async def task_history_detail(self, task_instance_id: int) -> m.TaskView:
+        """One instance, with its attempts, result or error and traceback.
+
+        Raises:
+            NotFound: no such instance.
+        """
+        return await self._get("task_history_detail", m.TaskView, task_instance_id=task_instance_id)
+
+    # --- nodes --------------------------------------------------------------------------
+
+    async def node_list(self, page: int = 1, per_page: int | None = None) -> m.NodePage:
+        """The nodes the controller knows, by name."""
+        return await self._get("node_list", m.NodePage, page=page, per_page=per_page)
+
+    async def node_detail(self, id: str) -> m.NodeView:
+        """One node.
+
+        Raises:
+            NotFound: no such node.
+        """
+        return await self._get("node_detail", m.NodeView, id=id)
+
+    async def node_edit(self, values: dict[str, Any]) -> m.NodeView:
+        """Set ``labels`` or ``attributes`` of node ``values['id']`` as the controller keeps them.
+
+        Raises:
+            RemoteError: no id, or a field that cannot be set.
+            NotFound: no such node.
+        """
+        return await self._get("node_edit", m.NodeView, values=values)
+
+    async def node_status(self) -> list[m.NodeStatusView]:
+        """Every node and its worker slots (idle, busy, not connected)."""
+        return await self._get("node_status", list[m.NodeStatusView])
+
+    async def connect(self) -> dict[str, int]:
+        """Make the controller announce itself now, so waiting nodes join at once."""
+        return await self._get("connect", dict[str, int])
+
+    async def list_known_nodes(self) -> list[m.KnownNode]:
+        """Nodes enrolled but never seen by the controller."""
+        return await self._get("list_known_nodes", list[m.KnownNode])
+
+
+class Controller:
+    """The blocking twin of :class:`AsyncController`: same methods, same arguments.
+
+    Args:
+        url: The API's URL; default from configuration.
+        token: An API token; default ``CORRAL_API_TOKEN`` or the local admin token file.
+        timeout: Seconds an HTTP call may take.
+        config: Configuration to take the defaults from.
+
+    Raises:
+        NoKey: no token was given or found.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        config: Config | None = None,
+    ) -> None:
+        from corral.sync import call
+
+        self._call = call
+        self._inner = call(_make(url, token, timeout, config))
+
+    def __repr__(self) -> str:
+        return f"<Controller {self._inner.url}>"
+
+    def __enter__(self) -> Controller:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._call(self._inner.close())
+
+    def __getattr__(self, function: str) -> Callable[..., Any]:
+        if function.startswith("_"):
+            raise AttributeError(function)
+        method = getattr(self._inner, function)
+
+        def blocking(*args: Any, **kwargs: Any) -> Any:
+            return self._call(method(*args, **kwargs))
+
+        blocking.__name__ = function
+        blocking.__doc__ = getattr(method, "__doc__", None)
+        return blocking
+
+
+async def _make(
+    url: str | None, token: str | None, timeout: float, config: Config | None
+) -> AsyncController:
+    # Built on the portal loop: httpx binds its pool to the loop that first uses it.
+    return AsyncController(url, token, timeout=timeout, config=config)

@@ -1,0 +1,277 @@
+"""The controller API's requests and replies, shared by the server and the Python client.
+
+msgspec Structs: the server validates request bodies and encodes replies with them, the
+client decodes replies into them (typed return values), and the OpenAPI schema at ``/docs``
+is generated from them. JSON on the HTTP edge only; task arguments and results appear as
+JSON values (msgpack ``bytes`` as base64 strings).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+__all__ = [
+    "CancelTask",
+    "ErrorBody",
+    "KnownNode",
+    "ListTasks",
+    "NodeDetail",
+    "NodeEdit",
+    "NodePage",
+    "NodeStatusView",
+    "PageRequest",
+    "QueueReply",
+    "QueueTask",
+    "QueueTasks",
+    "QueueTasksReply",
+    "RunTask",
+    "TaskDetail",
+    "TaskHistory",
+    "TaskKeyView",
+    "TaskPage",
+    "TaskStatusView",
+    "TaskView",
+    "Wait",
+    "WorkerView",
+]
+
+Id = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+PageNo = Annotated[int, msgspec.Meta(ge=1, le=2**31)]
+PerPage = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
+Attempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=3600)]
+
+
+class _Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of request bodies: unknown fields are refused, not ignored."""
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+class ListTasks(_Body):
+    """``list_tasks``: only top-level tasks, only these keys (all when empty)."""
+
+    toplevel: bool = True
+    keys: list[Key] = []
+
+
+class QueueTask(_Body):
+    """``queue_task``: one instance of ``task_key`` with ``args`` as its keyword arguments."""
+
+    task_key: Key
+    args: dict[str, Any] = {}
+    priority: Priority = 5
+    labels: list[Key] = []
+    max_attempts: Attempts | None = None
+
+
+class RunTask(QueueTask):
+    """``run_task``: queue one instance and wait at most ``timeout`` seconds for it."""
+
+    timeout: Seconds = 60.0
+
+
+class QueueTasks(_Body):
+    """``queue_tasks``: one instance of ``task_key`` per mapping in ``args``."""
+
+    task_key: Key
+    args: Annotated[list[dict[str, Any]], msgspec.Meta(max_length=100_000)]
+    priority: Priority = 5
+    labels: list[Key] = []
+    max_attempts: Attempts | None = None
+
+
+class CancelTask(_Body):
+    """``cancel_task``: dequeue, or ask to stop (and with ``force``, kill after the grace)."""
+
+    task_instance_id: Id
+    force: bool = False
+
+
+class PageRequest(_Body):
+    """A page number from 1 (past the end gives the last page) and its size."""
+
+    page: PageNo = 1
+    per_page: PerPage | None = None
+
+
+class TaskHistory(_Body):
+    """``task_history``: the instances of task ``key``, newest first."""
+
+    key: Key
+    page: PageNo = 1
+    per_page: PerPage = 10
+
+
+class TaskDetail(_Body):
+    """``task_history_detail``: one instance."""
+
+    task_instance_id: Id
+
+
+class Wait(_Body):
+    """``wait``: until every instance has finished, at most ``timeout`` seconds."""
+
+    task_instance_ids: Annotated[list[Id], msgspec.Meta(min_length=1, max_length=100_000)]
+    timeout: Seconds = 30.0
+
+
+class NodeDetail(_Body):
+    """``node_detail``: one node by name."""
+
+    id: Key
+
+
+class NodeEdit(_Body):
+    """``node_edit``: ``values`` holds ``id`` (the node's name) and ``labels``/``attributes``."""
+
+    values: dict[str, Any]
+
+
+# --- replies --------------------------------------------------------------------------------
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error reply: Pydra's ``code`` and what went wrong."""
+
+    code: int
+    error: str
+
+
+class TaskKeyView(msgspec.Struct, kw_only=True):
+    """A task the cluster can run, with the nodes that offer it."""
+
+    key: str
+    nodes: list[str]
+    slots: int
+    toplevel: bool = True
+
+
+class QueueReply(msgspec.Struct, kw_only=True):
+    """``queue_task``: what was queued (Pydra's reply)."""
+
+    task_key: str
+    instance_id: int
+    time: float
+
+
+class QueueTasksReply(msgspec.Struct, kw_only=True):
+    """``queue_tasks``: the instance ids, in the order of the arguments."""
+
+    task_key: str
+    instance_ids: list[int]
+    time: float
+
+
+class TaskView(msgspec.Struct, kw_only=True):
+    """One task instance: where it stands, its attempts, its result or error."""
+
+    id: int
+    key: str
+    status: str
+    args: Any = None
+    priority: int = 5
+    parent: int | None = None
+    item: int | None = None
+    labels: list[str] = []
+    node: str = ""
+    worker: int = -1
+    attempts: int = 0
+    max_attempts: int = 3
+    queued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: float = 0.0
+    message: str = ""
+    result: Any = None
+    error: str = ""
+    traceback: str = ""
+    history: list[dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        where = f" on {self.node}" if self.node else ""
+        return f"<Task {self.id} {self.key!r} {self.status}{where} attempt {self.attempts}>"
+
+
+class TaskPage(msgspec.Struct, kw_only=True):
+    """A page of instances: Pydra's history reply (``prev``/``next``/``page``)."""
+
+    items: list[TaskView]
+    page: int
+    pages: int
+    per_page: int
+    total: int
+    prev: int | None = None
+    next: int | None = None
+
+
+class TaskStatusView(msgspec.Struct, kw_only=True):
+    """``task_statuses``: one unfinished instance's status, start and progress."""
+
+    id: int
+    key: str
+    status: str
+    node: str = ""
+    started_at: float | None = None
+    progress: float = 0.0
+    message: str = ""
+
+
+class NodeView(msgspec.Struct, kw_only=True):
+    """One node as the registry keeps it."""
+
+    name: str
+    status: str
+    since: float
+    last_seen: float
+    joined_at: float
+    labels: list[str] = []
+    interfaces: list[str] = []
+    attributes: dict[str, Any] = {}
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+    slots: int = 0
+
+
+class NodePage(msgspec.Struct, kw_only=True):
+    """A page of nodes, by name."""
+
+    items: list[NodeView]
+    page: int
+    pages: int
+    per_page: int
+    total: int
+    prev: int | None = None
+    next: int | None = None
+
+
+class WorkerView(msgspec.Struct, kw_only=True):
+    """A worker slot: ``idle``, ``busy`` (with its task) or ``not connected``."""
+
+    slot: int
+    state: str
+    task: int | None = None
+    key: str = ""
+
+
+class NodeStatusView(msgspec.Struct, kw_only=True):
+    """``node_status``: a node and its workers."""
+
+    name: str
+    status: str
+    keys: list[str] = []
+    workers: list[WorkerView] = []
+    held: int = 0
+
+
+class KnownNode(msgspec.Struct, kw_only=True):
+    """``list_known_nodes``: enrolled with this authority but never seen by the controller."""
+
+    name: str
+    enrolled_at: float

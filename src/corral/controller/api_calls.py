@@ -1,0 +1,370 @@
+"""What each controller API function does (Pydra's Controller API, plus batch calls).
+
+Each method takes a validated request struct (or nothing) and returns a reply struct; the
+HTTP layer (:mod:`corral.controller.api`) authenticates, decodes and encodes around it.
+Lists of instances and nodes are paged in SQL; what only exists in memory (which worker runs
+what right now) comes from the scheduler.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from sqlalchemy import func, select
+
+from corral import api_models as m
+from corral import subjects, wire
+from corral.core.taskstate import TaskInstance, TaskStatus
+from corral.errors import NotFound, NotSerializable, RemoteError
+from corral.security import Authority
+from corral.store._errors import translate
+from corral.store.schema import nodes as nodes_table
+from corral.store.tasks import Page, TaskStore
+
+if TYPE_CHECKING:
+    from corral.controller.service import Controller
+    from corral.controller.tasks import TaskService
+
+__all__ = ["ApiCalls", "task_view"]
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+_NODE_FIELDS = [c for c in m.NodeView.__struct_fields__]
+_EDITABLE = {"labels": list[str], "attributes": dict[str, Any]}
+
+
+def _value(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return _decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
+def task_view(inst: TaskInstance) -> m.TaskView:
+    """The API's view of an instance (arguments and result decoded)."""
+    return m.TaskView(
+        id=inst.id,
+        key=inst.key,
+        status=inst.status,
+        args=_value(inst.args),
+        priority=inst.priority,
+        parent=inst.parent,
+        item=inst.item,
+        labels=list(inst.labels),
+        node=inst.node,
+        worker=inst.worker,
+        attempts=inst.attempts,
+        max_attempts=inst.max_attempts,
+        queued_at=inst.queued_at,
+        started_at=inst.started_at,
+        finished_at=inst.finished_at,
+        progress=inst.progress,
+        message=inst.message,
+        result=_value(inst.result),
+        error=inst.error,
+        traceback=inst.traceback,
+        history=inst.history,
+    )
+
+
+def _page(page: Page) -> m.TaskPage:
+    return m.TaskPage(
+        items=[task_view(i) for i in page.items],
+        page=page.page,
+        pages=page.pages,
+        per_page=page.per_page,
+        total=page.total,
+        prev=page.prev,
+        next=page.next,
+    )
+
+
+def encode_args(args: dict[str, Any]) -> bytes:
+    """msgpack-encode task arguments, refusing what msgpack cannot carry.
+
+    Raises:
+        NotSerializable: naming the argument.
+    """
+    try:
+        return _encode(args)
+    except (TypeError, OverflowError, msgspec.EncodeError) as exc:
+        raise NotSerializable(f"task arguments are not msgpack-able data: {exc}") from None
+
+
+def _node_view(values: dict[str, Any]) -> m.NodeView:
+    return m.NodeView(**{k: values[k] for k in _NODE_FIELDS})
+
+
+class ApiCalls:
+    """The API functions of one controller.
+
+    Args:
+        controller: The running controller (its task service, registry and store).
+    """
+
+    def __init__(self, controller: Controller) -> None:
+        self.ctl = controller
+
+    def __repr__(self) -> str:
+        return f"<ApiCalls {self.ctl!r}>"
+
+    @property
+    def tasks(self) -> TaskService:
+        """The task service (started before the API)."""
+        assert self.ctl.tasks is not None
+        return self.ctl.tasks
+
+    @property
+    def task_store(self) -> TaskStore:
+        """The task instances' store."""
+        assert self.tasks.store is not None
+        return self.tasks.store
+
+    # --- tasks --------------------------------------------------------------------------
+
+    async def list_tasks(self, req: m.ListTasks) -> list[m.TaskKeyView]:
+        """The task keys the cluster can run now."""
+        found: dict[str, m.TaskKeyView] = {}
+        for node in self.tasks.core.nodes.values():
+            for key in node.keys:
+                view = found.setdefault(
+                    key, m.TaskKeyView(key=key, nodes=[], slots=0, toplevel=True)
+                )
+                view.nodes.append(node.name)
+                view.slots += node.slots
+                if key in node.subtasks:
+                    view.toplevel = False
+        views = sorted(found.values(), key=lambda v: v.key)
+        if req.toplevel:
+            views = [v for v in views if v.toplevel]
+        if req.keys:
+            wanted = set(req.keys)
+            views = [v for v in views if v.key in wanted]
+        return views
+
+    async def queue_task(self, req: m.QueueTask) -> m.QueueReply:
+        """Queue one instance; it starts at once if a worker is free."""
+        (inst,) = await self.tasks.queue(
+            req.task_key,
+            [encode_args(req.args)],
+            priority=req.priority,
+            labels=req.labels,
+            max_attempts=req.max_attempts,
+        )
+        return m.QueueReply(task_key=inst.key, instance_id=inst.id, time=inst.queued_at)
+
+    async def run_task(self, req: m.RunTask) -> m.TaskView:
+        """Queue one instance and wait until it has finished (one round trip)."""
+        (inst,) = await self.tasks.queue(
+            req.task_key,
+            [encode_args(req.args)],
+            priority=req.priority,
+            labels=req.labels,
+            max_attempts=req.max_attempts,
+            durable=False,  # its final state's commit includes it
+        )
+        (done,) = await self.tasks.wait([inst.id], req.timeout)
+        return task_view(done)
+
+    async def queue_tasks(self, req: m.QueueTasks) -> m.QueueTasksReply:
+        """Queue one instance per argument mapping, in one transaction."""
+        encoded = [encode_args(a) for a in req.args]
+        insts = await self.tasks.queue(
+            req.task_key,
+            encoded,
+            priority=req.priority,
+            labels=req.labels,
+            max_attempts=req.max_attempts,
+        )
+        when = insts[0].queued_at if insts else 0.0
+        return m.QueueTasksReply(
+            task_key=req.task_key, instance_ids=[i.id for i in insts], time=when
+        )
+
+    async def cancel_task(self, req: m.CancelTask) -> m.TaskView:
+        """Dequeue, or ask the task to stop (``force``: kill its worker after the grace)."""
+        return task_view(await self.tasks.cancel(req.task_instance_id, force=req.force))
+
+    async def wait(self, req: m.Wait) -> list[m.TaskView]:
+        """Wait until the instances have finished; returns them in the order asked."""
+        done = await self.tasks.wait(req.task_instance_ids, req.timeout)
+        return [task_view(i) for i in done]
+
+    async def list_queue(self, req: m.PageRequest) -> m.TaskPage:
+        """Queued instances, in queue order (oldest first)."""
+        page = await self.task_store.page(
+            page=req.page,
+            per_page=req.per_page or 25,
+            statuses=[TaskStatus.QUEUED.value],
+            newest_first=False,
+        )
+        return _page(page)
+
+    async def list_running(self, req: m.PageRequest) -> m.TaskPage:
+        """Running instances (and those asked to stop), oldest first."""
+        statuses = [TaskStatus.RUNNING.value, TaskStatus.CANCEL_REQUESTED.value]
+        page = await self.task_store.page(
+            page=req.page, per_page=req.per_page or 25, statuses=statuses, newest_first=False
+        )
+        return _page(page)
+
+    async def task_statuses(self) -> list[m.TaskStatusView]:
+        """Every running instance's status, start time and progress (from memory, live)."""
+        return [
+            m.TaskStatusView(
+                id=i.id,
+                key=i.key,
+                status=i.status,
+                node=i.node,
+                started_at=i.started_at,
+                progress=i.progress,
+                message=i.message,
+            )
+            for i in self.tasks.running()
+        ]
+
+    async def task_history(self, req: m.TaskHistory) -> m.TaskPage:
+        """The instances of one task key, newest first, a page at a time."""
+        page = await self.task_store.page(page=req.page, per_page=req.per_page, key=req.key)
+        return _page(page)
+
+    async def task_history_detail(self, req: m.TaskDetail) -> m.TaskView:
+        """One instance with its attempts, result or error and traceback."""
+        inst = self.tasks.core.active.get(req.task_instance_id)
+        if inst is None:
+            inst = await self.task_store.get(req.task_instance_id)
+        if inst is None:
+            raise NotFound(f"no task instance {req.task_instance_id}", 404)
+        return task_view(inst)
+
+    # --- nodes --------------------------------------------------------------------------
+
+    async def node_list(self, req: m.PageRequest) -> m.NodePage:
+        """The nodes the controller knows, by name, 25 a page (paged in SQL)."""
+        per_page = req.per_page or 25
+        store = self.ctl.store
+        assert store is not None
+        cols = [nodes_table.c[n] for n in _NODE_FIELDS]
+        with translate("page nodes", store.masked_url):
+            async with store.engine.connect() as conn:
+                count = select(func.count()).select_from(nodes_table)
+                total = int((await conn.execute(count)).scalar_one())
+                pages = max(1, math.ceil(total / per_page))
+                page = min(req.page, pages)
+                query = (
+                    select(*cols)
+                    .order_by(nodes_table.c.name)
+                    .limit(per_page)
+                    .offset((page - 1) * per_page)
+                )
+                rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+        return m.NodePage(
+            items=[_node_view(r) for r in rows],
+            page=page,
+            pages=pages,
+            per_page=per_page,
+            total=total,
+            prev=page - 1 if page > 1 else None,
+            next=page + 1 if page < pages else None,
+        )
+
+    async def node_detail(self, req: m.NodeDetail) -> m.NodeView:
+        """One node as the registry keeps it now."""
+        record = self.ctl.registry.nodes.get(req.id)
+        if record is None:
+            raise NotFound(f"no node named {req.id!r}", 404)
+        return _node_view(msgspec.structs.asdict(record))
+
+    async def node_edit(self, req: m.NodeEdit) -> m.NodeView:
+        """Change a node's labels or attributes as the controller keeps them.
+
+        Only those two fields may be set (Pydra copied any field onto the record); the
+        node's next join replaces them with what it says itself. New nodes are enrolled
+        (``corral enroll``), not created here.
+        """
+        values = dict(req.values)
+        name = values.pop("id", None)
+        if not isinstance(name, str):
+            raise RemoteError(
+                "node_edit needs values['id'], the node's name; new nodes are added with "
+                "`corral enroll NAME`, not created through the API",
+                400,
+            )
+        unknown = sorted(set(values) - set(_EDITABLE))
+        if unknown:
+            raise RemoteError(
+                f"node_edit cannot set {', '.join(unknown)}: only {', '.join(_EDITABLE)}", 400
+            )
+        record = self.ctl.registry.nodes.get(name)
+        if record is None:
+            raise NotFound(f"no node named {name!r}", 404)
+        try:
+            checked = {k: msgspec.convert(v, _EDITABLE[k]) for k, v in values.items()}
+        except msgspec.ValidationError as exc:
+            raise RemoteError(f"node_edit: {exc}", 400) from None
+        if "labels" in checked:
+            record.labels = tuple(checked["labels"])
+        if "attributes" in checked:
+            record.attributes = checked["attributes"]
+        self.ctl.registry.mark_dirty([name])
+        self.ctl._wake.set()
+        return _node_view(msgspec.structs.asdict(record))
+
+    async def node_status(self) -> list[m.NodeStatusView]:
+        """Every node and its worker slots: idle, busy with a task, or not connected."""
+        out = []
+        core = self.tasks.core
+        for record in self.ctl.registry.all():
+            workers = core.nodes.get(record.name)
+            if record.status != "UP" or workers is None:
+                slots = [m.WorkerView(slot=i, state="not connected") for i in range(record.slots)]
+                out.append(m.NodeStatusView(name=record.name, status=record.status, workers=slots))
+                continue
+            held = [core.active[i] for i in workers.leases.values() if i in core.active]
+            busy = {i.worker: i for i in held if i.worker >= 0}
+            slots = []
+            for n in range(workers.slots):
+                inst = busy.get(n)
+                if inst is None:
+                    slots.append(m.WorkerView(slot=n, state="idle"))
+                else:
+                    slots.append(m.WorkerView(slot=n, state="busy", task=inst.id, key=inst.key))
+            out.append(
+                m.NodeStatusView(
+                    name=record.name,
+                    status=record.status,
+                    keys=sorted(workers.keys),
+                    workers=slots,
+                    held=len(held),
+                )
+            )
+        return out
+
+    async def connect(self) -> dict[str, int]:
+        """Announce the controller now, so nodes waiting to join do so at once."""
+        nc = self.ctl.nc
+        assert nc is not None
+        announce = wire.Announce(
+            controller=self.ctl.id,
+            started=self.ctl.started,
+            heartbeat_interval=self.ctl.config.heartbeat_interval,
+        )
+        await nc.publish(subjects.ANNOUNCE, wire.encode(announce), headers=wire.HEADERS)
+        return {"nodes": len(self.ctl.registry)}
+
+    async def list_known_nodes(self) -> list[m.KnownNode]:
+        """Nodes enrolled with this authority that the controller has never seen."""
+        data = self.ctl.config.data_path
+        if not Authority.exists(data):
+            return []
+        enrolled = Authority.load(data).enrolled()
+        seen = self.ctl.registry.nodes
+        return [
+            m.KnownNode(name=name, enrolled_at=keys[0].issued_at)
+            for name, keys in sorted(enrolled.items())
+            if ":" not in name and name not in seen and any(k.revoked_at is None for k in keys)
+        ]

@@ -1,0 +1,461 @@
+"""The task scheduler without I/O: queues, matching, leases, attempts, cancellation.
+
+Theory of operation: the controller feeds events in — a task queued, a node's workers said
+hello, a result, a node gone, the clock ticking — and drains three outboxes: the instances
+that changed (to persist, in one transaction per group commit), the runs to send to each node
+(one message per node per batch), and the stop requests. Nothing here waits or does I/O.
+
+* **Queues.** One heap per (task key, required labels), ordered by (priority, arrival): FIFO
+  within a priority, lower priority first (Pydra's order). A node takes from every queue whose
+  key it offers and whose labels it carries; when several match, the best head wins.
+* **Leases.** Giving an instance to a node gives it a new lease. A result is accepted only
+  under the current lease, so a node that was declared dead and comes back cannot overwrite
+  the re-run's result. When a node goes away (DOWN, LEFT, restarted) every lease it held is
+  lost: the instance is re-queued in its old place, or fails once ``max_attempts`` leases
+  have been lost. After a controller restart, running instances are orphans until their
+  node says hello and lists them (those it does not list are lost), or the node is gone
+  (:meth:`Scheduler.lose_orphans`), or at the latest ``orphan_grace`` seconds.
+* **Capacity.** A node takes up to ``slots * prefetch`` instances at once: its worker
+  processes run ``slots`` of them, the rest wait in the workers' pipes (Celery's prefetch), so
+  a worker never idles waiting for the next round trip.
+* **Cancellation.** A queued instance is dequeued (queued -> cancel-requested -> cancelled in
+  one step); a running one gets a stop request (the task sees ``ctx.stop_requested``), and with
+  ``force`` a kill of its worker process after ``grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from corral.core.taskstate import TaskInstance, TaskStatus, move
+from corral.errors import NotFound, UnknownTask
+
+__all__ = ["NodeWorkers", "Scheduler", "Stop"]
+
+S = TaskStatus
+QueueKey = tuple[str, tuple[str, ...]]
+
+
+@dataclass
+class NodeWorkers:
+    """A node's worker slots as the scheduler sees them."""
+
+    name: str
+    instance: str
+    keys: frozenset[str]
+    labels: frozenset[str]
+    slots: int
+    capacity: int
+    #: lease -> instance id of everything given to this node and not finished
+    leases: dict[str, int] = field(default_factory=dict)
+    #: keys among ``keys`` that are subtasks
+    subtasks: frozenset[str] = frozenset()
+    #: capacity lent to it while tasks there wait for their maps
+    lent: int = 0
+
+    @property
+    def free(self) -> int:
+        """How many more instances it may take now."""
+        return self.capacity - len(self.leases)
+
+    def matches(self, queue: QueueKey) -> bool:
+        """True if this node can run what ``queue`` holds."""
+        key, labels = queue
+        return key in self.keys and self.labels.issuperset(labels)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Ask ``node`` to stop the task under ``lease``; ``force``: kill its worker process."""
+
+    node: str
+    lease: str
+    force: bool
+
+
+class Scheduler:
+    """Every unfinished task instance and every node's worker slots.
+
+    Args:
+        prefetch: instances a node holds per worker slot (1 = only what it runs).
+        grace: seconds between a forced cancel's stop request and the kill.
+        orphan_grace: seconds a restarted controller waits for a node to claim its leases.
+    """
+
+    def __init__(self, prefetch: int = 4, grace: float = 5.0, orphan_grace: float = 5.0) -> None:
+        self.prefetch = max(1, prefetch)
+        self.grace = grace
+        self.orphan_grace = orphan_grace
+        #: unfinished instances by id
+        self.active: dict[int, TaskInstance] = {}
+        self.nodes: dict[str, NodeWorkers] = {}
+        #: every key a node has offered since start (and of the instances loaded)
+        self.known_keys: set[str] = set()
+        self._queues: dict[QueueKey, list[tuple[int, int, int]]] = {}
+        self._order = itertools.count()
+        self._seq: dict[int, int] = {}  # id -> arrival order (kept across re-queues)
+        self._leases: dict[str, int] = {}  # lease -> id
+        self._epoch = uuid.uuid4().hex[:8]
+        self._lease_no = itertools.count(1)
+        self._orphans: dict[int, float] = {}  # id -> deadline for its node's hello
+        self._kill_at: dict[int, float] = {}  # id -> when a forced cancel kills
+        # --- outboxes, drained by the service ---
+        self.changed: dict[int, TaskInstance] = {}
+        self.runs: dict[str, list[TaskInstance]] = {}
+        self.stops: list[Stop] = []
+        self.finished: list[TaskInstance] = []
+
+    def __repr__(self) -> str:
+        queued = sum(1 for i in self.active.values() if i.status == S.QUEUED)
+        return (
+            f"<Scheduler active={len(self.active)} queued={queued} nodes={len(self.nodes)} "
+            f"leases={len(self._leases)}>"
+        )
+
+    # --- loading ------------------------------------------------------------------------
+
+    def load(self, instances: Iterable[TaskInstance], now: float) -> None:
+        """Take back the unfinished instances a previous controller persisted.
+
+        Queued ones go back in their queues in their old order; running ones become orphans
+        that their node must claim within ``orphan_grace``; a cancel requested of an instance
+        that held no lease completes at once.
+        """
+        for inst in sorted(instances, key=lambda i: i.id):
+            self.active[inst.id] = inst
+            self.known_keys.add(inst.key)
+            self._seq[inst.id] = next(self._order)
+            if inst.status == S.QUEUED:
+                self._push(inst)
+            elif inst.lease:
+                self._leases[inst.lease] = inst.id
+                self._orphans[inst.id] = now + self.orphan_grace
+            elif inst.status == S.CANCEL_REQUESTED:
+                self._end(inst, S.CANCELLED, now, "cancelled", "cancelled while queued")
+            else:  # running without a lease cannot happen; treat it as lost
+                self._lose(inst, now, "no lease after restart")
+
+    # --- queueing -----------------------------------------------------------------------
+
+    def queue(self, instances: Iterable[TaskInstance], now: float) -> None:
+        """Accept new instances and start what free slots allow.
+
+        Raises:
+            UnknownTask: no node has offered one of the keys (nothing is queued then).
+        """
+        batch = list(instances)
+        for inst in batch:
+            if inst.key not in self.known_keys:
+                offered = ", ".join(sorted(self.known_keys)) or "none yet"
+                raise UnknownTask(
+                    f"no node offers task {inst.key!r} (offered: {offered}); start a node "
+                    "with `corral node --tasks MODULE` whose module defines it"
+                )
+        for inst in batch:
+            inst.status = S.QUEUED.value
+            inst.queued_at = inst.queued_at or now
+            self.active[inst.id] = inst
+            self._seq[inst.id] = next(self._order)
+            self.changed[inst.id] = inst
+            self._push(inst)
+        self._fill_all(now)
+
+    def _push(self, inst: TaskInstance) -> None:
+        qkey = (inst.key, tuple(sorted(inst.labels)))
+        heapq.heappush(
+            self._queues.setdefault(qkey, []), (inst.priority, self._seq[inst.id], inst.id)
+        )
+
+    def _head(self, qkey: QueueKey) -> tuple[int, int, int] | None:
+        """The best still-queued entry of a queue (dropping cancelled ones on the way)."""
+        heap = self._queues[qkey]
+        while heap:
+            entry = heap[0]
+            inst = self.active.get(entry[2])
+            if inst is not None and inst.status == S.QUEUED and not inst.lease:
+                return entry
+            heapq.heappop(heap)
+        return None
+
+    def _fill_all(self, now: float) -> None:
+        # Most free first, so a batch spreads over the nodes instead of filling one.
+        for node in sorted(self.nodes.values(), key=lambda n: -n.free):
+            self._fill(node, now)
+
+    def _fill(self, node: NodeWorkers, now: float) -> None:
+        """Give ``node`` the best queued instances it can run until it is full."""
+        if node.free <= 0:
+            return
+        queues = [q for q in self._queues if node.matches(q)]
+        while node.free > 0 and queues:
+            best: tuple[int, int, int] | None = None
+            best_q: QueueKey | None = None
+            for q in queues:
+                head = self._head(q)
+                if head is not None and (best is None or head < best):
+                    best, best_q = head, q
+            if best is None or best_q is None:
+                return
+            heapq.heappop(self._queues[best_q])
+            self._assign(self.active[best[2]], node, now)
+
+    def _assign(self, inst: TaskInstance, node: NodeWorkers, now: float) -> None:
+        move(inst, S.RUNNING)
+        lease = f"{self._epoch}.{next(self._lease_no)}"
+        inst.lease, inst.node, inst.worker = lease, node.name, -1
+        inst.attempts += 1
+        inst.started_at = now
+        inst.history.append(
+            {"attempt": inst.attempts, "node": node.name, "lease": lease, "started": now}
+        )
+        node.leases[lease] = inst.id
+        self._leases[lease] = inst.id
+        self.changed[inst.id] = inst
+        self.runs.setdefault(node.name, []).append(inst)
+
+    # --- nodes --------------------------------------------------------------------------
+
+    def node_hello(
+        self,
+        name: str,
+        instance: str,
+        keys: Iterable[str],
+        labels: Iterable[str],
+        slots: int,
+        running: Iterable[str],
+        now: float,
+        subtasks: Iterable[str] = (),
+    ) -> None:
+        """A node's workers introduce themselves (after every join).
+
+        ``running`` lists the leases the node still holds; every other lease this scheduler
+        thinks it holds is lost. A node restarted under the same name loses all of them. A
+        repeated hello from a node already registered (a retry) only updates its keys and
+        slots: leases given since it was written would otherwise look lost.
+        """
+        old = self.nodes.get(name)
+        if old is not None and old.instance != instance:
+            self.node_gone(name, now, "the node restarted")
+        node = self.nodes.get(name)
+        reconcile = node is None
+        if node is None:
+            node = self.nodes[name] = NodeWorkers(
+                name=name,
+                instance=instance,
+                keys=frozenset(keys),
+                labels=frozenset(labels),
+                slots=slots,
+                capacity=max(1, slots) * self.prefetch,
+            )
+        else:
+            node.keys, node.labels = frozenset(keys), frozenset(labels)
+            node.slots, node.capacity = slots, max(1, slots) * self.prefetch + node.lent
+        node.subtasks = frozenset(subtasks)
+        self.known_keys.update(node.keys)
+        if reconcile:
+            self._reconcile(node, set(running), now)
+        self._fill_all(now)
+
+    def _reconcile(self, node: NodeWorkers, held: set[str], now: float) -> None:
+        """Take back the leases ``node`` still holds; the others it held are lost."""
+        name = node.name
+        for lease, ident in list(self._leases.items()):
+            inst = self.active.get(ident)
+            if inst is None or inst.node != name:
+                continue
+            if lease in held:
+                node.leases[lease] = ident
+                self._orphans.pop(ident, None)
+                if inst.status == S.CANCEL_REQUESTED:  # re-send: the node may not have seen it
+                    self.stops.append(Stop(name, lease, False))
+            else:
+                node.leases.pop(lease, None)
+                self._orphans.pop(ident, None)
+                self._lose(inst, now, f"node {name} no longer holds it")
+
+    def orphan_nodes(self) -> set[str]:
+        """Nodes that held leases before a restart and have not said hello yet."""
+        return {self.active[i].node for i in self._orphans if i in self.active}
+
+    def lose_orphans(self, name: str, now: float, why: str) -> None:
+        """Node ``name`` is gone: the leases it held before the restart are lost."""
+        for ident in [i for i in self._orphans if i in self.active]:
+            inst = self.active[ident]
+            if inst.node == name:
+                del self._orphans[ident]
+                self._lose(inst, now, f"node {name} {why}")
+
+    def lend(self, name: str, slots: int) -> None:
+        """Lend node ``name`` extra capacity (a task there waits for its map's subtasks, so
+        its slot runs them meanwhile); a negative number takes it back."""
+        node = self.nodes.get(name)
+        if node is not None:
+            node.lent += slots
+            node.capacity += slots
+
+    def node_gone(self, name: str, now: float, reason: str) -> None:
+        """Node ``name`` is DOWN, LEFT or restarted: every lease it held is lost."""
+        node = self.nodes.pop(name, None)
+        if node is None:
+            return
+        for ident in list(node.leases.values()):
+            inst = self.active.get(ident)
+            if inst is not None:
+                self._lose(inst, now, f"node {name}: {reason}")
+        self._fill_all(now)
+
+    def _lose(self, inst: TaskInstance, now: float, why: str) -> None:
+        """The lease of ``inst`` is gone: re-queue it, or give up after max_attempts."""
+        self._leases.pop(inst.lease, None)
+        node = self.nodes.get(inst.node)
+        if node is not None:
+            node.leases.pop(inst.lease, None)
+        if inst.status == S.CANCEL_REQUESTED:
+            self._end(inst, S.CANCELLED, now, "lost", f"cancelled; its worker was lost ({why})")
+            return
+        if inst.attempts >= inst.max_attempts:
+            error = f"lost its worker {inst.attempts} times (max_attempts); last: {why}"
+            self._end(inst, S.FAILED, now, "lost", error)
+            return
+        self._close_attempt(inst, now, "lost", why)
+        move(inst, S.QUEUED)
+        inst.lease, inst.worker = "", -1
+        self.changed[inst.id] = inst
+        self._push(inst)
+
+    # --- results ------------------------------------------------------------------------
+
+    def lease_of(self, lease: str) -> TaskInstance | None:
+        """The instance holding ``lease`` now, or ``None`` for a stale or unknown lease."""
+        ident = self._leases.get(lease)
+        return None if ident is None else self.active.get(ident)
+
+    def progress(self, lease: str, percent: float, message: str, worker: int) -> None:
+        """A running task reported progress (ignored under a stale lease)."""
+        inst = self.lease_of(lease)
+        if inst is None:
+            return
+        inst.progress = max(0.0, min(100.0, percent))
+        inst.message = message
+        if worker >= 0:
+            inst.worker = worker
+        self.changed[inst.id] = inst
+
+    def finish(
+        self,
+        lease: str,
+        outcome: str,
+        now: float,
+        *,
+        result: bytes | None = None,
+        error: str = "",
+        traceback: str = "",
+        worker: int = -1,
+    ) -> TaskInstance | None:
+        """A task ended on its node: ``outcome`` is ``complete``, ``failed`` or ``stopped``.
+
+        Returns:
+            The instance, or ``None`` for a stale lease (its result is dropped).
+        """
+        inst = self.lease_of(lease)
+        if inst is None:
+            return None
+        if worker >= 0:
+            inst.worker = worker
+        self._leases.pop(lease, None)
+        node = self.nodes.get(inst.node)
+        if node is not None:
+            node.leases.pop(lease, None)
+        if outcome == "complete":
+            inst.result = result
+            inst.progress = 100.0
+            self._end(inst, S.COMPLETE, now, outcome, "")
+        elif outcome == "stopped" and inst.status == S.CANCEL_REQUESTED:
+            self._end(inst, S.CANCELLED, now, "cancelled", error or "stopped on request")
+        else:
+            inst.traceback = traceback
+            self._end(inst, S.FAILED, now, outcome, error or outcome)
+        if node is not None:
+            self._fill(node, now)
+        return inst
+
+    def _close_attempt(self, inst: TaskInstance, now: float, outcome: str, error: str) -> None:
+        if inst.history and "ended" not in inst.history[-1]:
+            inst.history[-1].update(
+                {"ended": now, "outcome": outcome, "worker": inst.worker, "error": error}
+            )
+
+    def _end(
+        self, inst: TaskInstance, status: TaskStatus, now: float, outcome: str, error: str
+    ) -> None:
+        if inst.status == S.QUEUED and status == S.CANCELLED:
+            move(inst, S.CANCEL_REQUESTED)
+        self._close_attempt(inst, now, outcome, error)
+        move(inst, status)
+        inst.error = error if status != S.COMPLETE else ""
+        inst.finished_at = now
+        self.active.pop(inst.id, None)
+        self._seq.pop(inst.id, None)
+        self._orphans.pop(inst.id, None)
+        self._kill_at.pop(inst.id, None)
+        self.changed[inst.id] = inst
+        self.finished.append(inst)
+
+    # --- cancellation -------------------------------------------------------------------
+
+    def cancel(self, ident: int, now: float, *, force: bool = False) -> TaskInstance:
+        """Cancel instance ``ident``: dequeue it, or ask its task to stop.
+
+        Cancelling an instance already finished changes nothing and returns it as it is;
+        cancelling again with ``force`` upgrades a cooperative cancel.
+
+        Raises:
+            NotFound: no unfinished instance has that id (look it up in the store).
+        """
+        inst = self.active.get(ident)
+        if inst is None:
+            raise NotFound(f"no unfinished task instance {ident}")
+        inst.cancel_at = inst.cancel_at or now
+        if inst.status == S.QUEUED:
+            self._end(inst, S.CANCELLED, now, "cancelled", "cancelled while queued")
+            return inst
+        if inst.status == S.RUNNING:
+            move(inst, S.CANCEL_REQUESTED)
+            self.stops.append(Stop(inst.node, inst.lease, False))
+        if force and not inst.force:
+            inst.force = True
+            self._kill_at[ident] = now + self.grace
+        self.changed[ident] = inst
+        return inst
+
+    # --- time ---------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Let time pass: orphans whose node never claimed them, forced cancels due."""
+        for ident, deadline in list(self._orphans.items()):
+            if now >= deadline:
+                del self._orphans[ident]
+                inst = self.active.get(ident)
+                if inst is not None:
+                    self._lose(inst, now, f"node {inst.node} did not claim it after a restart")
+        for ident, due in list(self._kill_at.items()):
+            if now >= due:
+                del self._kill_at[ident]
+                inst = self.active.get(ident)
+                if inst is not None and inst.lease:
+                    self.stops.append(Stop(inst.node, inst.lease, True))
+        self._fill_all(now)
+
+    # --- outboxes -----------------------------------------------------------------------
+
+    def take(
+        self,
+    ) -> tuple[list[TaskInstance], dict[str, list[TaskInstance]], list[Stop], list[TaskInstance]]:
+        """Drain the outboxes: (changed, runs per node, stops, finished)."""
+        out = (list(self.changed.values()), self.runs, self.stops, self.finished)
+        self.changed, self.runs, self.stops, self.finished = {}, {}, [], []
+        return out

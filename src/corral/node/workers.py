@@ -1,0 +1,388 @@
+"""A node's task worker slots: one worker process per slot, fed over pipes.
+
+Theory of operation: the pool starts ``slots`` worker processes (:mod:`corral.node.worker_main`)
+that import the node's task modules and say which keys they found. After every join it tells
+the controller (``TaskHello``): the keys, the slots, the node's labels, the leases it still
+holds and the results the controller has not acknowledged. Runs arrive in batches
+(``TaskAssign``); each goes to the worker with the shortest queue, written into its pipe at
+once so the worker never waits for a round trip. Progress and results go back in batches
+(``TaskReport``); a result is kept and re-sent until the controller acknowledges it, so a
+controller restart loses none. A stop is passed to the worker (the task's flag); a forced
+stop of the task a worker is running kills that process, and the pool starts a new one and
+hands it the runs that were waiting behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from corral import procs, subjects, wire
+from corral.errors import ConfigError, CorralError
+from corral.node.worker_main import frame
+
+if TYPE_CHECKING:
+    from corral.node.daemon import Node
+
+__all__ = ["ENTRY_POINTS", "WorkerPool", "task_modules"]
+
+#: Installed packages name their task modules in this entry-point group::
+#:
+#:     [project.entry-points."corral.tasks"]
+#:     imaging = "mypkg.imaging_tasks"
+ENTRY_POINTS = "corral.tasks"
+
+log = logging.getLogger("corral.node.workers")
+
+_HEADER = struct.Struct(">I")
+_decode = msgspec.msgpack.Decoder().decode
+_RESEND_AFTER = 1.0
+
+
+def task_modules(explicit: tuple[str, ...]) -> tuple[str, ...]:
+    """The modules a node's workers load: those given (``--tasks``), then those installed
+    packages name in the ``corral.tasks`` entry-point group, without repeats."""
+    from importlib.metadata import entry_points
+
+    found = [ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINTS)]
+    return tuple(dict.fromkeys([*explicit, *found]))
+
+
+class _Worker:
+    """One worker process and the runs written to it, oldest (the running one) first."""
+
+    def __init__(self, index: int, proc: asyncio.subprocess.Process) -> None:
+        self.index = index
+        self.proc = proc
+        self.pending: dict[str, list[Any]] = {}
+        self.killing: str | None = None
+        #: its running task waits for a map (the worker takes no new runs meanwhile)
+        self.blocked = False
+        #: the process exited; its runs wait for its replacement
+        self.dead = False
+        self.reader: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.index} pid={self.proc.pid} pending={len(self.pending)}>"
+
+    def write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.proc.stdin.write(data)
+
+
+class WorkerPool:
+    """The task workers of one node.
+
+    Args:
+        node: The node daemon (its bus connection, name, labels, joins).
+        modules: Task modules every worker imports.
+        slots: Worker processes to run.
+    """
+
+    def __init__(self, node: Node, modules: tuple[str, ...], slots: int) -> None:
+        self.node = node
+        self.modules = modules
+        self.slots = max(1, slots)
+        self.keys: list[str] = []
+        self.subtasks: list[str] = []
+        self.workers: list[_Worker] = []
+        self._where: dict[str, _Worker] = {}  # lease -> worker
+        self._unacked: dict[str, tuple[float, wire.TaskResult]] = {}
+        self._progress: list[wire.TaskProgress] = []
+        self._results: list[wire.TaskResult] = []
+        self._flush = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._resync = 0  # hellos the controller asked for
+
+    def __repr__(self) -> str:
+        busy = sum(1 for w in self.workers if w.pending)
+        return f"<WorkerPool {self.node.name} slots={self.slots} busy={busy} keys={len(self.keys)}>"
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the worker processes and wait until they have imported the modules.
+
+        Raises:
+            ConfigError: a task module cannot be imported (the worker's error says why).
+        """
+        self.workers = list(await asyncio.gather(*(self._spawn(i) for i in range(self.slots))))
+        assert self.node.nc is not None
+        await self.node.nc.subscribe(subjects.node_tasks(self.node.name), cb=self._on_message)
+        self._tasks = [
+            asyncio.create_task(self._hello_loop(), name="tasks-hello"),
+            asyncio.create_task(self._flush_loop(), name="tasks-flush"),
+            asyncio.create_task(self._resend_loop(), name="tasks-resend"),
+        ]
+        log.info(
+            "task workers ready",
+            extra={"node": self.node.name, "slots": self.slots, "keys": len(self.keys)},
+        )
+
+    async def _spawn(self, index: int) -> _Worker:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "corral.node.worker_main",
+            *self.modules,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            preexec_fn=procs._die_with_parent,
+        )
+        first = await self._read(proc)
+        if first is None or first[0] != "ready":
+            await proc.wait()
+            why = first[1] if first else f"it exited with status {proc.returncode}"
+            raise ConfigError(f"node {self.node.name}: task worker failed to start: {why}")
+        self.keys, self.subtasks = list(first[1]), list(first[3])
+        worker = _Worker(index, proc)
+        worker.reader = asyncio.create_task(self._read_loop(worker), name=f"worker-{index}")
+        return worker
+
+    async def stop(self) -> None:
+        """Stop every worker process (a running task is killed) and the pool's loops."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for worker in self.workers:
+            if worker.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.send_signal(signal.SIGKILL)
+        for worker in self.workers:
+            await worker.proc.wait()
+            if worker.reader is not None:
+                worker.reader.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- pipes --------------------------------------------------------------------------
+
+    @staticmethod
+    async def _read(proc: asyncio.subprocess.Process) -> list[Any] | None:
+        assert proc.stdout is not None
+        try:
+            header = await proc.stdout.readexactly(4)
+            body = await proc.stdout.readexactly(_HEADER.unpack(header)[0])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        return list(_decode(body))
+
+    async def _read_loop(self, worker: _Worker) -> None:
+        while (message := await self._read(worker.proc)) is not None:
+            kind = message[0]
+            if kind == "done":
+                _, lease, outcome, result, error, tb = message
+                worker.pending.pop(lease, None)
+                self._where.pop(lease, None)
+                self._result(wire.TaskResult(lease, outcome, result, error, tb, worker.index))
+            elif kind == "map":
+                await self._map(worker, message[1], message[2], message[3])
+            elif kind == "progress":
+                self._progress.append(
+                    wire.TaskProgress(message[1], message[2], message[3], worker.index)
+                )
+                self._flush.set()
+        await self._worker_died(worker)
+
+    async def _map(self, worker: _Worker, lease: str, key: str, args: list[bytes]) -> None:
+        """A task maps a subtask: lend its slot (a spare worker if all are blocked), then ask
+        the controller to queue the items."""
+        worker.blocked = True
+        if all(w.blocked for w in self.workers):
+            try:
+                spare = await self._spawn(len(self.workers))
+            except CorralError as exc:
+                log.error("cannot start a spare worker for a map: %s", exc)
+            else:
+                self.workers.append(spare)
+        nc = self.node.nc
+        assert nc is not None
+        subject = subjects.node_in(self.node.name, subjects.TASK_MAP_VERB)
+        request = wire.TaskMap(lease=lease, key=key, args=args)
+        try:
+            reply = await nc.request(
+                subject, wire.encode(request), timeout=30.0, headers=wire.HEADERS
+            )
+            wire.decode_reply(reply.data, wire.Ok, reply.headers)
+        except Exception as exc:  # refused, or no controller: the map fails at once
+            worker.blocked = False
+            error = f"map of {key!r} refused: {exc or type(exc).__name__}"
+            worker.write(frame(["mapped", lease, False, None, error]))
+
+    def _mapped(self, done: wire.TaskMapped) -> None:
+        worker = self._where.get(done.lease)
+        if worker is None:
+            return  # the parent is gone (killed, finished)
+        worker.blocked = False
+        worker.write(frame(["mapped", done.lease, done.ok, done.results, done.error]))
+
+    def _result(self, result: wire.TaskResult) -> None:
+        self._unacked[result.lease] = (time.monotonic(), result)
+        self._results.append(result)
+        self._flush.set()
+
+    async def _worker_died(self, worker: _Worker) -> None:
+        worker.dead = True  # no new runs for it; those it holds go to its replacement
+        code = await worker.proc.wait()
+        if self._stopping:
+            return
+        if worker.pending:  # the oldest was running; it dies with the process
+            running = next(iter(worker.pending))
+            del worker.pending[running]
+            self._where.pop(running, None)
+            if worker.killing == running:
+                self._result(
+                    wire.TaskResult(
+                        running,
+                        "stopped",
+                        None,
+                        "killed after the grace period (forced cancel)",
+                        "",
+                        worker.index,
+                    )
+                )
+            else:
+                self._result(
+                    wire.TaskResult(
+                        running,
+                        "failed",
+                        None,
+                        f"its worker process died (exit status {code}) while running it",
+                        "",
+                        worker.index,
+                    )
+                )
+        log.warning(
+            "task worker exited; starting another",
+            extra={"node": self.node.name, "worker": worker.index, "status": code},
+        )
+        try:
+            fresh = await self._spawn(worker.index)
+        except CorralError as exc:
+            log.error("cannot restart a task worker: %s", exc)
+            return
+        self.workers[worker.index] = fresh
+        # The runs that waited behind, and any given to it while its successor started.
+        for lease, run in worker.pending.items():
+            fresh.pending[lease] = run
+            self._where[lease] = fresh
+            fresh.write(frame(run))
+
+    # --- bus ----------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Any) -> None:
+        try:
+            body: Any = wire.decode(msg.data, wire.NodeTaskMessage, msg.headers)  # type: ignore[arg-type]
+        except CorralError as exc:
+            log.warning("bad task message ignored: %s", exc)
+            return
+        if isinstance(body, wire.TaskAssign):
+            self._assign(body.runs)
+        elif isinstance(body, wire.TaskStop):
+            self._stop(body.lease, body.force)
+        elif isinstance(body, wire.TaskMapped):
+            self._mapped(body)
+        elif isinstance(body, wire.TaskResync):
+            self._resync += 1
+            async with self.node._join_changed:
+                self.node._join_changed.notify_all()
+        else:
+            for lease in body.leases:
+                self._unacked.pop(lease, None)
+
+    def _assign(self, runs: list[wire.TaskRun]) -> None:
+        batches: dict[int, list[bytes]] = {}
+        for run in runs:
+            if run.lease in self._where:
+                continue  # a repeat
+            worker = min(self.workers, key=lambda w: (w.dead, w.blocked, len(w.pending)))
+            message = ["run", run.lease, run.id, run.key, run.args, run.attempt]
+            worker.pending[run.lease] = message
+            self._where[run.lease] = worker
+            batches.setdefault(worker.index, []).append(frame(message))
+        for index, frames in batches.items():
+            self.workers[index].write(b"".join(frames))
+
+    def _stop(self, lease: str, force: bool) -> None:
+        worker = self._where.get(lease)
+        if worker is None:
+            return  # already finished
+        if force and next(iter(worker.pending)) == lease:
+            log.info("killing a task worker (forced cancel)", extra={"lease": lease})
+            worker.killing = lease
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.send_signal(signal.SIGKILL)
+            return
+        worker.write(frame(["stop", lease]))
+
+    async def _flush_loop(self) -> None:
+        subject = subjects.node_in(self.node.name, subjects.TASK_REPORT_VERB)
+        while True:
+            await self._flush.wait()
+            self._flush.clear()
+            progress, self._progress = self._progress, []
+            results, self._results = self._results, []
+            nc = self.node.nc
+            if nc is None or not nc.is_connected or not self.node.joined.is_set():
+                continue  # results stay unacked and are re-sent
+            report = wire.TaskReport(progress=progress, results=results)
+            with contextlib.suppress(Exception):
+                await nc.publish(subject, wire.encode(report), headers=wire.HEADERS)
+
+    async def _resend_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_RESEND_AFTER)
+            now = time.monotonic()
+            due = [r for at, r in self._unacked.values() if now - at >= _RESEND_AFTER]
+            if due:
+                self._results.extend(due)
+                self._flush.set()
+
+    def _rejoined(self, said: int) -> Callable[[], bool]:
+        return lambda: self.node.joined.is_set() and self.node.joins + self._resync != said
+
+    async def _hello_loop(self) -> None:
+        """Say hello after every join (a new or restarted controller must learn our workers)."""
+        said = -1
+        cond = self.node._join_changed
+        while True:
+            async with cond:
+                await cond.wait_for(self._rejoined(said))
+            joins = self.node.joins + self._resync
+            hello = wire.TaskHello(
+                instance=self.node.instance,
+                keys=self.keys,
+                slots=self.slots,
+                labels=list(self.node.labels),
+                running=list(self._where),
+                results=[r for _, r in self._unacked.values()],
+                subtasks=self.subtasks,
+            )
+            nc = self.node.nc
+            assert nc is not None
+            subject = subjects.node_in(self.node.name, subjects.TASK_HELLO_VERB)
+            try:
+                reply = await nc.request(
+                    subject, wire.encode(hello), timeout=5.0, headers=wire.HEADERS
+                )
+                wire.decode_reply(reply.data, wire.Ok, reply.headers)
+            except Exception as exc:  # no responders yet, timeout: try again shortly
+                log.info("task hello not answered (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            said = joins

@@ -1,0 +1,252 @@
+"""API tokens: roles, creation, hashed storage and constant-time checks.
+
+A token reads ``crl_<id>_<secret>``. The store keeps the id, a name, the role and the SHA-256
+of the secret — never the secret, which is printed once by ``corral token create``. Checking
+a token looks its id up (cached for a few seconds, so a revocation takes effect within them)
+and compares the hashes with :func:`hmac.compare_digest`. The secret has 256 bits of entropy,
+so a plain hash is enough: there is nothing to brute-force.
+
+Roles are ordered, each allowing what the ones before it allow::
+
+    read < operate < execute < admin
+
+``read`` lists and looks up; ``operate`` queues and cancels tasks, edits nodes; ``execute``
+may also run uploaded code (EXECUTE commands); ``admin`` may do everything.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from corral.config import Config
+from corral.errors import AuthenticationFailed, Forbidden, NoKey, UsageError
+from corral.security import write_secret
+
+if TYPE_CHECKING:  # the store pulls in SQLAlchemy; API clients never need it
+    from corral.store import Store
+
+__all__ = [
+    "Role",
+    "Token",
+    "TokenChecker",
+    "admin_token_path",
+    "create_token",
+    "ensure_admin_token",
+    "list_tokens",
+    "read_token",
+    "revoke_token",
+]
+
+PREFIX = "crl_"
+
+
+class Role(enum.StrEnum):
+    """What a token may do; each role allows everything the lower ones allow."""
+
+    READ = "read"
+    OPERATE = "operate"
+    EXECUTE = "execute"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        """Position in the order read < operate < execute < admin."""
+        return list(Role).index(self)
+
+    def allows(self, needed: Role) -> bool:
+        """True if a holder of this role may make a call that needs ``needed``."""
+        return self.rank >= needed.rank
+
+
+class Token(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored token (without its secret)."""
+
+    id: str
+    name: str
+    role: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _parse(text: str) -> tuple[str, str]:
+    if not text.startswith(PREFIX) or text.count("_") < 2:
+        raise AuthenticationFailed("malformed API token: expected crl_<id>_<secret>", 401)
+    ident, _, secret = text[len(PREFIX) :].partition("_")
+    return ident, secret
+
+
+async def create_token(store: Store, role: Role | str, name: str = "") -> tuple[Token, str]:
+    """Create a token with ``role``; returns it and its text (shown once, never stored).
+
+    Raises:
+        UsageError: ``role`` is not a role.
+        StoreError: it could not be stored.
+    """
+    from corral.store._errors import translate
+    from corral.store.schema import api_tokens
+
+    try:
+        role = Role(role)
+    except ValueError:
+        roles = ", ".join(r.value for r in Role)
+        raise UsageError(f"unknown role {role!r}: use one of {roles}") from None
+    ident, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    token = Token(
+        id=ident, name=name or f"{role.value}-token", role=role.value, created_at=time.time()
+    )
+    row = {**msgspec.structs.asdict(token), "hash": _hash(secret)}
+    with translate("store an API token", store.masked_url):
+        async with store.engine.begin() as conn:
+            await conn.execute(api_tokens.insert(), row)
+    return token, f"{PREFIX}{ident}_{secret}"
+
+
+async def list_tokens(store: Store) -> list[Token]:
+    """Every token, oldest first (secrets are not stored, so not shown).
+
+    Raises:
+        StoreError: the query failed.
+    """
+    from sqlalchemy import select
+
+    from corral.store._errors import translate
+    from corral.store.schema import api_tokens
+
+    cols = [api_tokens.c[n] for n in Token.__struct_fields__]
+    with translate("list API tokens", store.masked_url):
+        async with store.engine.connect() as conn:
+            rows = await conn.execute(select(*cols).order_by(api_tokens.c.created_at))
+            return [Token(**row) for row in rows.mappings()]
+
+
+async def revoke_token(store: Store, ident: str) -> bool:
+    """Revoke token ``ident``; False if there is no such live token.
+
+    Raises:
+        StoreError: the statement failed.
+    """
+    from sqlalchemy import update
+
+    from corral.store._errors import translate
+    from corral.store.schema import api_tokens
+
+    stmt = (
+        update(api_tokens)
+        .where(api_tokens.c.id == ident, api_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=time.time())
+    )
+    with translate("revoke an API token", store.masked_url):
+        async with store.engine.begin() as conn:
+            result = await conn.execute(stmt)
+    return result.rowcount > 0
+
+
+class TokenChecker:
+    """Checks presented tokens against the store, caching lookups for ``ttl`` seconds.
+
+    Args:
+        store: The store holding the tokens.
+        ttl: Seconds a looked-up token is trusted before it is read again.
+    """
+
+    def __init__(self, store: Store, ttl: float = 2.0) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, Token | None, str]] = {}
+
+    def __repr__(self) -> str:
+        return f"<TokenChecker cached={len(self._cache)}>"
+
+    async def check(self, text: str | None, needed: Role) -> Token:
+        """The token ``text`` stands for, if it is live and its role allows ``needed``.
+
+        Raises:
+            NoKey: no token was presented.
+            AuthenticationFailed: unknown, malformed or revoked token.
+            Forbidden: the token's role does not allow ``needed``.
+        """
+        if not text:
+            raise NoKey(
+                "no API token: send `Authorization: Bearer <token>`; create one with "
+                "`corral token create --role read|operate|execute|admin`",
+                401,
+            )
+        ident, secret = _parse(text)
+        now = time.monotonic()
+        cached = self._cache.get(ident)
+        if cached is None or now - cached[0] > self.ttl:
+            cached = (now, *await self._load(ident))
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[ident] = cached
+        _, token, stored = cached
+        # Compare even for an unknown id, so timing does not tell which ids exist.
+        valid = hmac.compare_digest(_hash(secret), stored or _hash("-"))
+        if token is None or not valid or token.revoked_at is not None:
+            raise AuthenticationFailed("API token refused: unknown or revoked", 401)
+        if not Role(token.role).allows(needed):
+            raise Forbidden(
+                f"token {token.id} has role {token.role!r}; this call needs {needed.value!r}", 403
+            )
+        return token
+
+    async def _load(self, ident: str) -> tuple[Token | None, str]:
+        from sqlalchemy import select
+
+        from corral.store._errors import translate
+        from corral.store.schema import api_tokens
+
+        cols = [api_tokens.c[n] for n in Token.__struct_fields__]
+        query = select(*cols, api_tokens.c.hash).where(api_tokens.c.id == ident)
+        with translate("read an API token", self.store.masked_url):
+            async with self.store.engine.connect() as conn:
+                row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            return None, ""
+        values = dict(row)
+        stored = str(values.pop("hash"))
+        return Token(**values), stored
+
+
+def admin_token_path(config: Config) -> Path:
+    """Where ``corral up`` keeps the admin token for local CLI use."""
+    return config.data_path / "auth" / "api-admin.token"
+
+
+async def ensure_admin_token(config: Config, store: Store) -> Path:
+    """Create the local admin token file (mode 0600) unless it exists.
+
+    Raises:
+        StoreError: the token could not be stored.
+    """
+    path = admin_token_path(config)
+    if not path.exists():
+        _, text = await create_token(store, Role.ADMIN, "local-admin")
+        write_secret(path, text + "\n")
+    return path
+
+
+def read_token(config: Config, explicit: str | None = None) -> str | None:
+    """The token the CLI and client use: ``explicit``, ``api_token`` (a token or a file), or
+    the local admin token file; ``None`` if there is none."""
+    for candidate in (explicit, config.api_token):
+        if candidate:
+            if candidate.startswith(PREFIX):
+                return candidate
+            path = Path(candidate).expanduser()
+            if path.exists():
+                return path.read_text().strip()
+    path = admin_token_path(config)
+    return path.read_text().strip() if path.exists() else None

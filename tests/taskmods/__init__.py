@@ -1,0 +1,1 @@
+"""Task modules the task tests load into node workers."""

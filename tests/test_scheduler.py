@@ -1,0 +1,284 @@
+"""The scheduler core and the task state machine, without I/O (plain calls, a fake clock)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corral.core.scheduler import Scheduler, Stop
+from corral.core.taskstate import TERMINAL, TRANSITIONS, TaskInstance, TaskStatus, move
+from corral.errors import IllegalTransition, NotFound, UnknownTask
+
+S = TaskStatus
+
+
+def inst(
+    ident: int, key: str = "k", priority: int = 5, labels: tuple[str, ...] = ()
+) -> TaskInstance:
+    return TaskInstance(id=ident, key=key, priority=priority, labels=list(labels))
+
+
+def sched(prefetch: int = 1, **nodes: int) -> Scheduler:
+    s = Scheduler(prefetch=prefetch, grace=2.0, orphan_grace=5.0)
+    for name, slots in nodes.items():
+        s.node_hello(name, f"{name}-1", ["k", "j"], [], slots, [], 0.0)
+    return s
+
+
+def runs(s: Scheduler) -> dict[str, list[int]]:
+    _, out, _, _ = s.take()
+    return {node: [i.id for i in insts] for node, insts in out.items()}
+
+
+# --- state machine --------------------------------------------------------------------------
+
+
+def test_every_pair_outside_the_table_raises() -> None:
+    for old in S:
+        for new in S:
+            i = TaskInstance(id=1, key="k", status=old.value)
+            if new in TRANSITIONS[old]:
+                move(i, new)
+                assert i.status == new.value and type(i.status) is str
+            else:
+                with pytest.raises(IllegalTransition, match=f"from {old} to {new}"):
+                    move(i, new)
+    assert all(not TRANSITIONS[t] for t in TERMINAL)
+
+
+@given(st.lists(st.sampled_from(list(S)), max_size=12))
+def test_any_walk_either_follows_the_table_or_raises_and_changes_nothing(walk: list[S]) -> None:
+    i = TaskInstance(id=1, key="k")
+    for new in walk:
+        before = i.status
+        try:
+            move(i, new)
+        except IllegalTransition:
+            assert i.status == before
+        else:
+            assert new in TRANSITIONS[S(before)]
+
+
+# --- queueing and matching ------------------------------------------------------------------
+
+
+def test_fifo_within_priority_and_lower_priority_first() -> None:
+    s = sched()
+    s.known_keys.add("k")  # offered before, by a node that has gone
+    s.queue([inst(1), inst(2, priority=1), inst(3), inst(4, priority=1)], 0.0)
+    s.node_hello("n", "n-1", ["k"], [], 4, [], 0.0)
+    assert runs(s) == {"n": [2, 4, 1, 3]}
+
+
+def test_an_unknown_key_is_refused_and_nothing_is_queued() -> None:
+    s = sched(n=1)
+    with pytest.raises(UnknownTask, match="no node offers task 'x'"):
+        s.queue([inst(1), inst(2, key="x")], 0.0)
+    assert s.active == {}
+
+
+def test_keys_and_labels_decide_which_node_runs_what() -> None:
+    s = Scheduler(prefetch=1)
+    s.node_hello("cpu", "c", ["k"], [], 1, [], 0.0)
+    s.node_hello("gpu", "g", ["k"], ["gpu"], 1, [], 0.0)
+    s.take()
+    s.queue([inst(1, labels=("gpu",)), inst(2, labels=("gpu",))], 0.0)
+    assert runs(s) == {"gpu": [1]}  # the cpu node lacks the label; 2 waits
+    s.finish(s.active[1].lease, "complete", 1.0, result=b"\x01")
+    assert runs(s) == {"gpu": [2]}
+
+
+def test_capacity_is_slots_times_prefetch_and_a_batch_spreads_over_nodes() -> None:
+    s = sched(prefetch=3, a=2, b=2)
+    s.queue([inst(i) for i in range(1, 15)], 0.0)
+    out = runs(s)
+    assert len(out["a"]) == len(out["b"]) == 6
+    assert sum(1 for i in s.active.values() if i.status == S.QUEUED) == 2
+
+
+# --- leases and attempts --------------------------------------------------------------------
+
+
+def test_a_dead_node_loses_its_leases_and_the_instance_runs_elsewhere() -> None:
+    s = sched(a=1)
+    s.queue([inst(1)], 0.0)
+    first = s.active[1].lease
+    s.node_hello("b", "b-1", ["k"], [], 1, [], 1.0)
+    s.take()
+    s.node_gone("a", 2.0, "DOWN")
+    i = s.active[1]
+    assert (i.status, i.node, i.attempts) == (S.RUNNING, "b", 2)
+    assert i.history[0]["outcome"] == "lost" and i.history[1]["node"] == "b"
+    assert s.finish(first, "complete", 3.0) is None  # the old lease is stale
+    assert s.finish(i.lease, "complete", 3.0, result=b"\xc0") is i
+    assert i.status == S.COMPLETE
+
+
+def test_max_attempts_lost_leases_fail_the_instance() -> None:
+    s = sched(a=1)
+    t = inst(1)
+    t.max_attempts = 2
+    s.queue([t], 0.0)
+    for n in range(2):
+        s.node_gone("a", float(n), "DOWN")
+        s.node_hello("a", f"a-{n + 2}", ["k"], [], 1, [], float(n))
+    assert t.status == S.FAILED and "lost its worker 2 times" in t.error
+    assert [h["outcome"] for h in t.history] == ["lost", "lost"]
+
+
+def test_a_repeated_hello_does_not_drop_leases_given_since() -> None:
+    s = sched(a=2)
+    s.queue([inst(1), inst(2)], 0.0)
+    s.node_hello("a", "a-1", ["k"], [], 2, [], 1.0)  # a retry, written before the runs
+    assert [s.active[i].attempts for i in (1, 2)] == [1, 1]
+
+
+def test_a_node_back_after_being_dropped_keeps_only_the_leases_it_lists() -> None:
+    persisted = [
+        TaskInstance(id=1, key="k", status="running", node="a", lease="x.1", attempts=1),
+        TaskInstance(id=2, key="k", status="running", node="a", lease="x.2", attempts=1),
+    ]
+    s = Scheduler(prefetch=1, orphan_grace=5.0)
+    s.load(persisted, 0.0)
+    s.node_hello("a", "a-1", ["k"], [], 2, ["x.1"], 1.0)
+    assert s.active[1].attempts == 1 and s.active[1].lease == "x.1"
+    assert s.active[2].attempts == 2  # lost, then given out again
+
+
+def test_after_a_controller_restart_orphans_wait_for_their_node() -> None:
+    before = sched(a=2)
+    before.queue([inst(1), inst(2), inst(3)], 0.0)
+    persisted = [
+        TaskInstance(**{f: getattr(i, f) for f in TaskInstance.__struct_fields__})
+        for i in before.active.values()
+    ]
+    s = Scheduler(prefetch=1, orphan_grace=5.0)
+    s.load(persisted, 10.0)
+    held = [i.lease for i in persisted if i.lease]
+    s.node_hello("a", "a-1", ["k"], [], 2, held[:1], 11.0)
+    assert s.active[1].attempts == 1  # claimed
+    s.tick(16.0)
+    assert all(i.status in (S.RUNNING, S.QUEUED) for i in s.active.values())
+    assert sorted(i.id for i in s.active.values()) == [1, 2, 3]
+
+
+def test_orphans_nobody_claims_are_requeued_after_the_grace() -> None:
+    s = Scheduler(prefetch=1, orphan_grace=5.0)
+    t = TaskInstance(id=7, key="k", status="running", node="gone", lease="x.1", attempts=1)
+    s.load([t], 0.0)
+    s.tick(4.9)
+    assert t.status == S.RUNNING
+    s.tick(5.0)
+    assert t.status == S.QUEUED and t.history == [] and t.lease == ""
+
+
+# --- cancellation ---------------------------------------------------------------------------
+
+
+def test_cancel_queued_goes_through_cancel_requested_to_cancelled() -> None:
+    s = sched()
+    s.known_keys.add("k")
+    s.queue([inst(1)], 0.0)
+    t = s.cancel(1, 1.0)
+    assert t.status == S.CANCELLED and t.finished_at == 1.0
+    changed, _, stops, finished = s.take()
+    assert finished == [t] and stops == [] and t in changed
+    with pytest.raises(NotFound):
+        s.cancel(1, 2.0)
+
+
+def test_cancel_running_asks_to_stop_and_force_kills_after_the_grace() -> None:
+    s = sched(a=1)
+    s.queue([inst(1)], 0.0)
+    lease = s.active[1].lease
+    s.take()
+    t = s.cancel(1, 1.0, force=True)
+    assert t.status == S.CANCEL_REQUESTED
+    assert s.take()[2] == [Stop("a", lease, False)]
+    s.tick(2.9)
+    assert s.take()[2] == []
+    s.tick(3.0)
+    assert s.take()[2] == [Stop("a", lease, True)]
+    s.finish(lease, "stopped", 3.1, error="killed")
+    assert t.status == S.CANCELLED
+
+
+def test_a_task_that_completes_despite_a_cancel_is_complete() -> None:
+    s = sched(a=1)
+    s.queue([inst(1)], 0.0)
+    s.cancel(1, 1.0)
+    t = s.finish(s.active[1].lease, "complete", 2.0, result=b"\x01")
+    assert t is not None and t.status == S.COMPLETE
+
+
+def test_a_cancel_requested_instance_whose_node_dies_is_cancelled() -> None:
+    s = sched(a=1)
+    s.queue([inst(1)], 0.0)
+    t = s.cancel(1, 1.0)
+    s.node_gone("a", 2.0, "DOWN")
+    assert t.status == S.CANCELLED
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["queue", "finish", "gone", "hello", "cancel", "tick"]),
+            st.integers(0, 30),
+        ),
+        max_size=60,
+    )
+)
+def test_no_instance_is_ever_dropped(events: list[tuple[str, int]]) -> None:
+    """Whatever happens, every queued instance is active or has reached a terminal status."""
+    s = Scheduler(prefetch=2, grace=1.0, orphan_grace=1.0)
+    s.node_hello("a", "a0", ["k"], [], 2, [], 0.0)
+    seen: dict[int, TaskInstance] = {}
+    now, next_id = 0.0, 1
+    for kind, n in events:
+        now += 0.5
+        if kind == "queue":
+            batch = [inst(next_id + i) for i in range(n % 4 + 1)]
+            next_id += len(batch)
+            s.queue(batch, now)
+            seen.update({i.id: i for i in batch})
+        elif kind == "finish" and s.active:
+            i = list(s.active.values())[n % len(s.active)]
+            if i.lease:
+                s.finish(i.lease, ["complete", "failed", "stopped"][n % 3], now)
+        elif kind == "gone":
+            s.node_gone("a", now, "DOWN")
+        elif kind == "hello":
+            s.node_hello("a", f"a{n % 2}", ["k"], [], 2, [], now)
+        elif kind == "cancel" and s.active:
+            s.cancel(list(s.active)[n % len(s.active)], now, force=bool(n % 2))
+        else:
+            s.tick(now)
+        s.take()
+    for ident, i in seen.items():
+        assert (ident in s.active) != (i.status in TERMINAL)
+        assert i.attempts <= i.max_attempts
+
+
+def test_a_persisted_cancel_survives_a_controller_restart() -> None:
+    queued = TaskInstance(id=1, key="k", status="cancel-requested")  # asked while queued
+    running = TaskInstance(
+        id=2, key="k", status="cancel-requested", node="a", lease="old.1", attempts=1
+    )
+    s = Scheduler(prefetch=1, orphan_grace=5.0)
+    s.load([queued, running], 0.0)
+    assert queued.status == S.CANCELLED
+    s.node_hello("a", "a-1", ["k"], [], 1, ["old.1"], 1.0)
+    assert s.take()[2] == [Stop("a", "old.1", False)]  # the stop is sent again
+    s.finish("old.1", "stopped", 2.0)
+    assert running.status == S.CANCELLED
+
+
+def test_orphans_of_a_node_that_is_gone_are_requeued_at_once() -> None:
+    s = Scheduler(prefetch=1, orphan_grace=30.0)
+    t = TaskInstance(id=7, key="k", status="running", node="gone", lease="x.1", attempts=1)
+    s.load([t], 0.0)
+    assert s.orphan_nodes() == {"gone"}
+    s.lose_orphans("gone", 1.0, "is DOWN")
+    assert t.status == S.QUEUED and s.orphan_nodes() == set()

@@ -1,0 +1,80 @@
+"""The task store and API tokens on SQLite and, when CORRAL_TEST_POSTGRES_DSN is set, PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.core.taskstate import TaskInstance
+from corral.errors import AuthenticationFailed, Forbidden, NoKey, UsageError
+from corral.store import Store
+from corral.store.tasks import TaskStore
+from corral.tokens import Role, TokenChecker, create_token, list_tokens, revoke_token
+
+
+def row(inst: TaskInstance) -> dict[str, object]:
+    import msgspec
+
+    return msgspec.structs.asdict(inst)
+
+
+async def test_upserts_load_the_unfinished_and_page_in_sql(store_url: str) -> None:
+    async with await Store.open(store_url) as store:
+        tasks = TaskStore(store)
+        try:
+            assert await tasks.max_id() == 0
+            batch = [
+                TaskInstance(id=i, key="k" if i % 2 else "j", args=b"\x81\xa1x\x01", queued_at=i)
+                for i in range(1, 26)
+            ]
+            batch[0].history = [{"attempt": 1, "node": "n", "started": 1.0}]
+            await tasks.commit([row(i) for i in batch])
+            batch[0].status, batch[0].result = "complete", b"\x05"
+            batch[1].status, batch[1].parent, batch[1].item = "running", 1, 0
+            await tasks.commit([row(batch[0]), row(batch[1])])  # a later write replaces
+            assert await tasks.max_id() == 25
+            active = await tasks.load_active()
+            assert [i.id for i in active] == list(range(2, 26))
+            first = await tasks.get(1)
+            assert first is not None and first.result == b"\x05" and first.args == b"\x81\xa1x\x01"
+            assert first.history == [{"attempt": 1, "node": "n", "started": 1.0}]
+            page = await tasks.page(key="k", page=1, per_page=5)
+            assert (page.total, page.pages, page.next, page.prev) == (13, 3, 2, None)
+            assert [i.id for i in page.items] == [25, 23, 21, 19, 17]
+            last = await tasks.page(key="k", page=99, per_page=5)
+            assert last.page == 3 and [i.id for i in last.items] == [5, 3, 1]
+            queued = await tasks.page(statuses=["queued"], newest_first=False, per_page=3)
+            assert [i.id for i in queued.items] == [3, 4, 5] and queued.total == 23
+            top = await tasks.page(toplevel=True, per_page=100)
+            assert 2 not in {i.id for i in top.items} and top.total == 24
+            assert await tasks.keys() == ["j", "k"]
+        finally:
+            tasks.close()
+
+
+async def test_tokens_are_checked_by_role_and_revoked(store_url: str) -> None:
+    async with await Store.open(store_url) as store:
+        token, text = await create_token(store, Role.OPERATE, "ops")
+        checker = TokenChecker(store, ttl=0.0)
+        assert (await checker.check(text, Role.READ)).id == token.id
+        assert (await checker.check(text, Role.OPERATE)).role == "operate"
+        with pytest.raises(Forbidden, match="needs 'execute'"):
+            await checker.check(text, Role.EXECUTE)
+        with pytest.raises(NoKey):
+            await checker.check(None, Role.READ)
+        with pytest.raises(AuthenticationFailed):
+            await checker.check(text + "x", Role.READ)
+        with pytest.raises(AuthenticationFailed, match="malformed"):
+            await checker.check("Bearer nonsense", Role.READ)
+        assert await revoke_token(store, token.id)
+        assert not await revoke_token(store, token.id)
+        with pytest.raises(AuthenticationFailed, match="revoked"):
+            await checker.check(text, Role.READ)
+        assert [t.name for t in await list_tokens(store)] == ["ops"]
+        with pytest.raises(UsageError, match="unknown role"):
+            await create_token(store, "root")
+
+
+def test_roles_are_ordered() -> None:
+    assert Role.ADMIN.allows(Role.EXECUTE) and Role.EXECUTE.allows(Role.OPERATE)
+    assert Role.OPERATE.allows(Role.READ) and not Role.READ.allows(Role.OPERATE)
+    assert not Role.OPERATE.allows(Role.EXECUTE)
