@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from corral import Client, CommandHandle, Config, Controller, Node
+from corral import Client, CommandHandle, Config, ControllerService, Node
 from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise
 from corral.node.handlers import load_handlers
@@ -45,7 +45,7 @@ async def main(data_dir: Path) -> bool:
     authority = Authority.load(config.data_path)
     broker = EmbeddedBroker(config, authority)
     await broker.start()
-    controller = Controller(config)
+    controller = ControllerService(config)
     await controller.start()
 
     # What `corral node --handlers lab_handlers` does: import the module so it registers.
