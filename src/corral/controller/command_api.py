@@ -70,6 +70,11 @@ class CommandEndpoints:
     async def _on_command(self, msg: Any, _: str, query: wire.CommandQuery) -> None:
         """One command with every outcome: the book's live view over the stored one."""
         assert self.store is not None
+        row = self.commands.rows.get(query.serial)
+        live = self.commands.live_outcomes(query.serial)
+        if row is not None and live is not None:  # followed by the book: no store read
+            await self._reply(msg, _command_view(row, counts(live), live))
+            return
         found = await self.store.get_command(query.serial)
         if found is None:
             last = self.commands.book.last_serial

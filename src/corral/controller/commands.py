@@ -128,6 +128,8 @@ class CommandService:
         self.clock = clock
         self.wake = wake
         self.book = CommandBook(output_limit=config.output_limit)
+        #: what the book follows, as stored (without bodies): detail views need no store read
+        self.rows: dict[int, CommandRow] = {}
         self.nc: bus.NATS | None = None
         self.js: Any = None
         self.counters: dict[str, int] = {}
@@ -170,6 +172,7 @@ class CommandService:
                 fields["state"] = CommandState(o.state)
                 command.outcomes[o.node] = Outcome(**fields)
             self.book.track(command)
+            self.rows[row.serial] = msgspec.structs.replace(row, body=b"")
             if now - row.created < _DEDUP:
                 await self._publish(row)
         self._worker = asyncio.create_task(self._consumer_loop(), name="consumers")
@@ -352,6 +355,7 @@ class CommandService:
             body=body,
         )
         self._batch.commands.append(row)
+        self.rows[row.serial] = msgspec.structs.replace(row, body=b"")
         if request.kind != "get":
             detail: dict[str, Any] = {
                 "serial": command.serial,
@@ -464,7 +468,8 @@ class CommandService:
         nodes = self.registry.nodes
         if self.book.expire(now, lambda n: n in nodes and nodes[n].status == NodeStatus.UP):
             self.wake()
-        self.book.forget(now, keep=300.0)
+        for serial in self.book.forget(now, keep=300.0):
+            self.rows.pop(serial, None)
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
