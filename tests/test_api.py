@@ -151,7 +151,7 @@ async def test_the_blocking_client_reads_like_local_calls(
 
     def script() -> tuple[int, object]:
         with Controller(url(controller), token=token) as c:
-            task_id = c.queue_task("echo", value="bar")
+            task_id = c.run_tasks("echo", value="bar")  # the seed's own line
             return task_id, c.wait(task_id).result
 
     task_id, result = await asyncio.to_thread(script)

@@ -248,6 +248,16 @@ class AsyncController:
         )
         return reply.instance_id
 
+    async def run_tasks(self, task_key: str, /, **kwargs: Any) -> int:
+        """The seed's spelling (``controller.run_tasks('MyTask', foo='bar')``) of
+        :meth:`queue_task`; returns the instance id.
+
+        Raises:
+            NotSerializable: an argument is not msgpack-able data.
+            RemoteError: no node offers the task.
+        """
+        return await self.queue_task(task_key, **kwargs)
+
     async def queue_tasks(
         self, task_key: str, args: Sequence[dict[str, Any]], *, priority: int = 5
     ) -> list[int]:
