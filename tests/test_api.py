@@ -151,6 +151,7 @@ async def test_the_blocking_client_reads_like_local_calls(
 
     def script() -> tuple[int, object]:
         with Controller(url(controller), token=token) as c:
+            assert c.url == url(controller) and "Controller" in repr(c)
             task_id = c.run_tasks("echo", value="bar")  # the seed's own line
             return task_id, c.wait(task_id).result
 

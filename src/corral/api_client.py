@@ -455,6 +455,8 @@ class Controller:
         if function.startswith("_"):
             raise AttributeError(function)
         method = getattr(self._inner, function)
+        if not callable(method):
+            return method  # type: ignore[no-any-return]  # plain attributes: url, timeout
 
         def blocking(*args: Any, **kwargs: Any) -> Any:
             return self._call(method(*args, **kwargs))
