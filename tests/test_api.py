@@ -4,8 +4,10 @@ node calls, the blocking client, and the OpenAPI schema fuzzed by schemathesis."
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -149,7 +151,8 @@ async def test_the_blocking_client_reads_like_local_calls(
 
     def script() -> tuple[int, object]:
         with Controller(url(controller), token=token) as c:
-            task_id = c.queue_task("echo", value="bar")
+            assert c.url == url(controller) and "Controller" in repr(c)
+            task_id = c.run_tasks("echo", value="bar")  # the seed's own line
             return task_id, c.wait(task_id).result
 
     task_id, result = await asyncio.to_thread(script)
@@ -157,7 +160,7 @@ async def test_the_blocking_client_reads_like_local_calls(
 
 
 async def test_openapi_schema_fuzzed_without_a_server_error(
-    controller: ControllerService,
+    controller: ControllerService, tmp_path: Path
 ) -> None:
     token = await token_for(controller, Role.ADMIN)
     argv = [
@@ -166,7 +169,8 @@ async def test_openapi_schema_fuzzed_without_a_server_error(
         "--max-examples", "10", "--seed", "4", "--request-timeout", "40",
         "--generation-deterministic",
     ]  # fmt: skip
-    done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True)
+    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=tmp_path)
+    done = await asyncio.to_thread(run, argv)  # its cache goes to tmp_path, not the repo
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     async with httpx.AsyncClient(base_url=url(controller)) as raw:
         schema = (await raw.get("/openapi.json")).json()

@@ -1,0 +1,95 @@
+"""The client's lean HTTP/1.1 transport against small real servers: keep-alive, a closed
+idle connection, chunked and close-delimited replies, an unreachable server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from conftest import free_port
+from corral import AsyncController
+from corral.errors import Disconnected, RemoteError
+
+Reply = Callable[[int], bytes]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Callable[[Reply, bool], Awaitable[tuple[str, list[int]]]]]:
+    """Start a server answering every request with ``reply(n)``; ``close`` after each."""
+    servers: list[asyncio.Server] = []
+
+    async def start(reply: Reply, close: bool) -> tuple[str, list[int]]:
+        seen: list[int] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(0)
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                length = [
+                    int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ]  # fmt: skip
+                await reader.readexactly(length[0] if length else 0)
+                seen[-1] += 1
+                writer.write(reply(sum(seen)))
+                await writer.drain()
+                if close:
+                    break
+            writer.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(srv)
+        port = srv.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}", seen
+
+    yield start
+    for srv in servers:
+        srv.close()
+        await srv.wait_closed()
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+async def test_keep_alive_reuses_one_connection(server) -> None:  # type: ignore[no-untyped-def]
+    url, seen = await server(lambda n: ok(b"[%d]" % n), False)
+    async with AsyncController(url, "crl_x_y") as c:
+        assert [await c.call("f") for _ in range(3)] == [[1], [2], [3]]
+    assert seen == [3]  # three requests, one connection
+
+
+async def test_a_connection_the_server_closed_is_replaced(server) -> None:  # type: ignore[no-untyped-def]
+    url, seen = await server(lambda n: ok(b"%d" % n), True)
+    async with AsyncController(url, "crl_x_y") as c:
+        assert await c.call("f") == 1
+        assert await c.call("f") == 2
+    assert seen == [1, 1]
+
+
+async def test_chunked_and_close_delimited_replies(server) -> None:  # type: ignore[no-untyped-def]
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n"
+    )
+    url, _ = await server(lambda n: chunked, False)
+    async with AsyncController(url, "crl_x_y") as c:
+        assert await c.call("f") == [1, 2]
+    url, _ = await server(lambda n: b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n[7]", True)
+    async with AsyncController(url, "crl_x_y") as c:
+        assert await c.call("f") == [7]
+
+
+async def test_error_replies_and_an_unreachable_server(server) -> None:  # type: ignore[no-untyped-def]
+    body = b'{"code": -3, "error": "no"}'
+    url, _ = await server(lambda n: ok(body).replace(b"200 OK", b"400 Bad Request"), False)
+    async with AsyncController(url, "crl_x_y") as c:
+        with pytest.raises(RemoteError, match="no"):
+            await c.call("f")
+    async with AsyncController(f"http://127.0.0.1:{free_port()}", "crl_x_y") as c:
+        with pytest.raises(Disconnected, match="cannot reach"):
+            await c.call("f")
