@@ -159,6 +159,10 @@ def load_handlers(
     """
     names = list(modules)
     names += [ep.value for ep in entry_points(group=entry_point_group)]
+    # As `python -m` does (and Celery's -A): modules next to where you run corral are found
+    # even through the console script, which does not put the working directory on the path.
+    if names and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for module in names:
         try:
             importlib.import_module(module)

@@ -170,7 +170,8 @@ class StreamHub:
                 headers=wire.HEADERS,
             )
         except Exception as exc:  # unencodable item or a closed connection: say so, go on
-            log.warning("stream %s: batch not sent: %s", stream, exc)
+            sub.dropped += len(items)
+            log.warning("stream %s: %d items not sent: %s", stream, len(items), exc)
 
     async def _on_control(self, msg: Any) -> None:
         try:
