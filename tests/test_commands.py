@@ -594,7 +594,7 @@ async def test_consumers_are_made_again_after_the_server_restarts(
     controller: Controller, config: Config, client: Client, broker: EmbeddedBroker
 ) -> None:
     # Consumers live in the server's memory; the controller's audit notices they are gone.
-    controller.commands.audit_every = 0.1
+    controller.commands.stream.audit_every = 0.1
     node = await start_node(config, "again1")
     try:
         await _wait_consumers(controller, ["again1"])

@@ -19,29 +19,18 @@ the next commit persists it, and the change is published on ``corral.events.cmd.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
-from nats.js.errors import NotFoundError
 
 from corral import bus, subjects, wire
 from corral.config import Config
+from corral.controller.command_stream import DEDUP, KEEP, CommandStream
 from corral.core.addressing import NodeFacts, resolve
 from corral.core.commands import CommandBook, CommandState, IllegalOutcome, Outcome, TrackedCommand
 from corral.core.registry import NodeStatus, Registry
@@ -57,12 +46,6 @@ BUILTIN_KINDS = frozenset({"command", "shell", "get", "set", "put", "execute"})
 #: Commands addressed to at most this many nodes go to each node's own subject; larger
 #: sets go once to every node with the list (one publish the server fans out).
 _DIRECT_MAX = 4
-#: How long the stream keeps commands, and how far back a restarted controller looks.
-_KEEP = 7 * 86_400.0
-#: Window in which the stream drops a re-published command (same serial).
-_DEDUP = 3600.0
-#: Seconds between checks that the server still holds every node's consumer.
-_AUDIT_EVERY = 5.0
 #: Seconds a stopping controller waits for committed commands to be published (the next
 #: start re-publishes any left).
 _DRAIN = 2.0
@@ -131,17 +114,10 @@ class CommandService:
         #: what the book follows, as stored (without bodies): detail views need no store read
         self.rows: dict[int, CommandRow] = {}
         self.nc: bus.NATS | None = None
-        self.js: Any = None
         self.counters: dict[str, int] = {}
         self._batch = Batch()
-        self._consumers: set[str] = set()
-        self._consumer_queue: asyncio.Queue[str] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
-        #: committed commands waiting to be published, in serial order
-        self._outgoing: asyncio.Queue[CommandRow] = asyncio.Queue()
-        self._publisher: asyncio.Task[None] | None = None
-        #: seconds between checks that the server still holds every node's consumer
-        self.audit_every = _AUDIT_EVERY
+        #: the JetStream side: the stream, every node's consumer, the publisher
+        self.stream = CommandStream(config, registry, self.book, clock)
 
     def __repr__(self) -> str:
         return f"<CommandService {self.book!r}>"
@@ -158,13 +134,12 @@ class CommandService:
             BusUnavailable: JetStream did not answer.
         """
         self.nc = nc
-        self.js = nc.jetstream(timeout=10.0)
-        await self._ensure_stream()
+        await self.stream.open(nc)
         self.book.last_serial = await store.last_command_serial()
         now = self.clock()
         # Follow every unsettled command the stream may still hold (the next tick expires
         # the overdue); re-publish those the stream would drop a second copy of.
-        for row, outcomes in await store.open_commands(now - _KEEP):
+        for row, outcomes in await store.open_commands(now - KEEP):
             command = TrackedCommand(row.serial, row.created, row.retire_after)
             for o in outcomes:
                 fields = msgspec.structs.asdict(o)
@@ -173,141 +148,24 @@ class CommandService:
                 command.outcomes[o.node] = Outcome(**fields)
             self.book.track(command)
             self.rows[row.serial] = msgspec.structs.replace(row, body=b"")
-            if now - row.created < _DEDUP:
-                await self._publish(row)
-        self._worker = asyncio.create_task(self._consumer_loop(), name="consumers")
-        self._publisher = asyncio.create_task(self._publish_loop(), name="publisher")
+            if now - row.created < DEDUP:
+                self.stream.publish_later(row)
+        self.stream.start()
         for name, record in self.registry.nodes.items():
             if record.status in (NodeStatus.UP, NodeStatus.DOWN, NodeStatus.LEFT):
                 self.node_joined(name)
 
     async def stop(self) -> None:
         """Publish what is committed (for a moment at most), stop creating consumers."""
-        if self._publisher is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outgoing.join(), _DRAIN)
-        for task in (self._publisher, self._worker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-    async def _ensure_stream(self) -> None:
-        config = StreamConfig(
-            name=subjects.COMMAND_STREAM,
-            subjects=[subjects.COMMANDS],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=_KEEP,
-            max_bytes=1 << 30,
-            duplicate_window=_DEDUP,
-            max_msg_size=self.config.max_command_bytes + 64 * 1024,
-        )
-        try:
-            await self.js.stream_info(subjects.COMMAND_STREAM)
-        except NotFoundError:
-            await self.js.add_stream(config)
-        else:
-            await self.js.update_stream(config)
-
-    # --- consumers: one durable per node ------------------------------------------------
+        await self.stream.stop(_DRAIN)
 
     def node_joined(self, name: str) -> None:
         """Make sure node ``name`` has its durable consumer (created in the background)."""
-        if name not in self._consumers:
-            self._consumers.add(name)
-            self._consumer_queue.put_nowait(name)
-
-    async def _consumer_loop(self) -> None:
-        while True:
-            try:
-                name = await asyncio.wait_for(self._consumer_queue.get(), self.audit_every)
-            except TimeoutError:
-                await self._audit_consumers()
-                continue
-            try:
-                await self._ensure_consumer(name)
-            except Exception as exc:  # a failing JetStream call must not stop the others
-                log.warning("could not create the command consumer of %s: %s", name, exc)
-                self._consumers.discard(name)
-                await asyncio.sleep(1.0)
-                self.node_joined(name)
-
-    async def _audit_consumers(self) -> None:
-        """Make the consumers again if the server lost them (they live in its memory)."""
-        try:
-            info = await self.js.stream_info(subjects.COMMAND_STREAM)
-        except Exception as exc:  # the server is restarting: the next audit will tell
-            log.debug("could not read the command stream's state: %s", exc)
-            return
-        if info.state.consumer_count >= len(self._consumers):
-            return
-        log.warning(
-            "the command stream has %d consumers for %d nodes (the server restarted?): "
-            "making the missing ones again",
-            info.state.consumer_count,
-            len(self._consumers),
-        )
-        for name in sorted(self._consumers):
-            self._consumer_queue.put_nowait(name)
-
-    def _start_time(self, name: str) -> float:
-        """Where a new consumer of node ``name`` starts in the stream (epoch seconds).
-
-        From when the node joined, for a new node. A consumer made again (the server
-        restarted) starts at the oldest command the node has not answered, or a retire
-        window ago: the node skips what it applied already, but replaying days of history
-        to every node would flood the bus.
-        """
-        now = self.clock()
-        record = self.registry.nodes.get(name)
-        joined = record.joined_at if record is not None else now
-        since = now - self.config.retire_after
-        for command in self.book.commands.values():
-            if command.created < since and command.waiting:
-                outcome = command.outcomes.get(name)
-                if outcome is not None and outcome.state in (
-                    CommandState.PENDING,
-                    CommandState.DELIVERED,
-                ):
-                    since = command.created
-        return max(joined, since) - 1.0
-
-    async def _ensure_consumer(self, name: str) -> None:
-        durable = subjects.command_consumer(name)
-        try:
-            await self.js.consumer_info(subjects.COMMAND_STREAM, durable)
-            return
-        except NotFoundError:
-            pass
-        config = ConsumerConfig(
-            durable_name=durable,
-            deliver_subject=subjects.node_out(name, "cmd"),
-            filter_subjects=[subjects.commands_for(name), subjects.COMMANDS_ALL],
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=datetime.fromtimestamp(self._start_time(name), tz=UTC),
-            # One at a time, so order survives a delivery lost in a network cut (it is sent
-            # again before anything later); nodes acknowledge on receipt, so this is one
-            # round trip per command, not one execution.
-            ack_wait=2.0,
-            max_ack_pending=1,
-            # Its state in the server's memory, not on disk: with `sync_interval: always` a
-            # file consumer writes and fsyncs a state file (twice, with a rename) on every
-            # acknowledgement, 70 % of the server's CPU in a broadcast to 1,000 nodes. Losing
-            # that state costs nothing: the commands are on disk in the stream, a node skips
-            # any serial it has applied, and a server restart is healed by the audit.
-            mem_storage=True,
-        )
-        await self.js.add_consumer(subjects.COMMAND_STREAM, config)
+        self.stream.node_joined(name)
 
     async def node_removed(self, name: str) -> None:
         """Delete a revoked node's consumer: a new credential starts a new history."""
-        self._consumers.discard(name)
-        try:
-            await self.js.delete_consumer(subjects.COMMAND_STREAM, subjects.command_consumer(name))
-        except NotFoundError:
-            pass
+        await self.stream.node_removed(name)
 
     # --- sending ------------------------------------------------------------------------
 
@@ -495,48 +353,13 @@ class CommandService:
         for subject, data in batch.replies:
             await self.nc.publish(subject, data, headers=wire.HEADERS)
         for row in batch.commands:
-            self._outgoing.put_nowait(row)
+            self.stream.publish_later(row)
         by_serial: dict[int, list[wire.OutcomeView]] = {}
         for serial, outcome in batch.outcomes:
             by_serial.setdefault(serial, []).append(_view(serial, outcome))
         for serial, views in by_serial.items():
             update = wire.encode(wire.CommandUpdate(serial=serial, outcomes=views))
             await self.nc.publish(subjects.command_events(serial), update, headers=wire.HEADERS)
-
-    async def _publish_loop(self) -> None:
-        """Publish committed commands in serial order, each once the stream has the previous.
-
-        Apart from the commit loop, so that waiting for the stream (it writes each command to
-        disk before it answers) does not hold up the next commit, its replies and outcomes.
-        """
-        while True:
-            row = await self._outgoing.get()
-            try:
-                await self._publish(row)
-            except Exception:  # not the bus: a bug; the next start re-publishes it
-                log.exception("publishing command #%s failed", row.serial)
-            finally:
-                self._outgoing.task_done()
-
-    async def _publish(self, row: CommandRow) -> None:
-        body = msgspec.msgpack.decode(row.body, type=wire.NodeCommand)
-        if body.to_all:
-            await self._publish_to(subjects.COMMANDS_ALL, row, str(row.serial))
-            return
-        for node in row.nodes:
-            await self._publish_to(subjects.commands_for(node), row, f"{row.serial}.{node}")
-
-    async def _publish_to(self, subject: str, row: CommandRow, msg_id: str) -> None:
-        headers = {**wire.HEADERS, "Nats-Msg-Id": msg_id}
-        while True:
-            try:
-                await self.js.publish(subject, row.body, headers=headers)
-                return
-            except CorralError:
-                raise
-            except Exception as exc:  # JetStream busy or restarting: the command is on disk
-                log.warning("publishing command #%s failed (%s); retrying", row.serial, exc)
-                await asyncio.sleep(0.5)
 
     # --- queries ------------------------------------------------------------------------
 
