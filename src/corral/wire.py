@@ -177,6 +177,9 @@ class JoinReply(_Msg, frozen=True):
     status: str = "UP"
     #: the controller's clock when it answered: nodes judge command ages by it
     now: float = 0.0
+    #: for a node the registry did not know: broadcasts below this serial were resolved
+    #: before it joined, and are not for it (0: no bound)
+    first_serial: int = 0
 
 
 class Rejoin(_Msg, frozen=True):
@@ -421,8 +424,9 @@ class NodeCommand(_Msg, frozen=True):
     retire_after: float = 120.0
     actor: str = ""
     #: sent once on ``corral.cmd.all``: every node receives it, and runs it if in ``only``
+    #: (or, for ``*`` with no list, if it was known when the command was resolved)
     to_all: bool = False
-    #: for ``to_all``: the nodes it was resolved to, the only ones that run it
+    #: for ``to_all`` to a subset: the nodes it was resolved to, the only ones that run it
     only: tuple[str, ...] = ()
 
 

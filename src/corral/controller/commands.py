@@ -272,7 +272,9 @@ class CommandService:
         # Sent once to every node's consumer, the resolved list says who it is for: nodes
         # that left, or joined since, skip it. A file or script goes only to its targets.
         to_all = (broadcast or len(nodes) > _DIRECT_MAX) and not request.data
-        only = tuple(nodes) if to_all else ()
+        # Every node, '*': no list (a thousand names decoded by a thousand nodes is a
+        # million strings); a node that joined since knows it from its first serial.
+        only = tuple(nodes) if to_all and not broadcast else ()
         return wire.encode(
             wire.NodeCommand(
                 serial=command.serial,

@@ -361,6 +361,7 @@ class Controller(CommandEndpoints):
 
     async def _on_join(self, msg: Any, name: str, join: wire.Join) -> None:
         self.counters["join"] += 1
+        known = name in self.registry.nodes
         outcome = self.registry.join(name, join, self.clock())
         if isinstance(outcome, Refusal):
             self.counters[f"rejected.{outcome.code}"] += 1
@@ -378,6 +379,8 @@ class Controller(CommandEndpoints):
                 controller=self.id,
                 heartbeat_interval=self.config.heartbeat_interval,
                 now=self.clock(),
+                # Every command numbered from here on was resolved knowing this node.
+                first_serial=0 if known else self.commands.book.last_serial + 1,
             )
             self._after_commit(msg.reply, reply)
 

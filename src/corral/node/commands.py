@@ -82,6 +82,12 @@ class CommandRunner:
         self.clock_offset = clock_offset
         self.on_applied = on_applied
         self.max_report_bytes = max_report_bytes
+        #: broadcasts to every node below this serial were resolved before this node first
+        #: joined (the controller says so in its first join reply)
+        self.first_serial = 0
+        #: set at this process's first join: until then it cannot tell which broadcasts
+        #: were resolved before it existed, so it applies nothing
+        self.joined = asyncio.Event()
         self.applied = Applied(self._load())
         self.nc: bus.NATS | None = None
         self.journal = state_file.parent / ".corral-journal"
@@ -192,9 +198,14 @@ class CommandRunner:
         self._queue.put_nowait((command, msg))
 
     def _meant_for_me(self, command: wire.NodeCommand) -> bool:
-        return not command.to_all or self.name in command.only
+        if not command.to_all:
+            return True
+        if command.only:
+            return self.name in command.only
+        return command.serial >= self.first_serial  # '*': unless resolved before we joined
 
     async def _work(self) -> None:
+        await self.joined.wait()
         while True:
             command, msg = await self._queue.get()
             self._busy = True

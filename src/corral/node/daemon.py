@@ -279,6 +279,9 @@ class Node:
             self.controller = reply.controller
             if reply.now:
                 self.clock_offset = reply.now - time.time()
+            if reply.first_serial:
+                self.commands.first_serial = max(self.commands.first_serial, reply.first_serial)
+            self.commands.joined.set()
             self.heartbeat_interval = reply.heartbeat_interval  # the controller's rhythm
             waiting_logged = False
             self.joined.set()
