@@ -1,0 +1,239 @@
+"""The dashboard over plain HTTP: sign-in, the session cookie, CSRF, escaping and roles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from conftest import child_env, corral_argv, scaled
+from corral.config import Config
+from corral.controller import Controller
+from corral.dashboard.auth import COOKIE
+from corral.dashboard.users import add_user, check_password, hash_password, verify_password
+from corral.errors import UsageError
+from corral.node import Node
+from corral.tokens import Role, revoke_token
+from dashboard_fixtures import sign_in
+from tasks_fixtures import node, token_for  # noqa: F401 - fixtures
+
+
+@pytest.fixture
+async def web(controller: Controller) -> AsyncIterator[httpx.AsyncClient]:
+    """A browser-like HTTP client of the in-process controller (no redirects followed)."""
+    assert controller.api is not None
+    async with httpx.AsyncClient(base_url=controller.api.url, timeout=scaled(20)) as client:
+        yield client
+
+
+async def queued(controller: Controller) -> int:
+    assert controller.tasks is not None and controller.tasks.store is not None
+    page = await controller.tasks.store.page(page=1, per_page=100)
+    return page.total
+
+
+def test_passwords_are_salted_scrypt_and_checked() -> None:
+    stored = hash_password("correct horse")
+    assert stored.startswith("scrypt$") and "correct horse" not in stored
+    assert stored != hash_password("correct horse")  # a fresh salt each time
+    assert verify_password("correct horse", stored)
+    assert not verify_password("correct horsf", stored)
+    assert not verify_password("x", "garbage")
+
+
+async def test_unauthenticated_pages_redirect_and_streams_are_401(
+    web: httpx.AsyncClient,
+) -> None:
+    root = await web.get("/")
+    assert root.status_code == 303 and root.headers["location"] == "/ui/fleet"
+    page = await web.get("/ui/tasks")
+    assert page.status_code == 303
+    assert page.headers["location"].startswith("/ui/login?next=")
+    assert (await web.get("/ui/events/fleet")).status_code == 401
+    post = await web.post("/ui/tasks", data={"task_key": "x", "csrf": "x"})
+    assert post.status_code == 401
+
+
+async def test_token_sign_in_sets_a_strict_httponly_cookie(
+    controller: Controller, web: httpx.AsyncClient
+) -> None:
+    token = await token_for(controller, Role.READ)
+    page = await web.get("/ui/login")
+    nonce = page.text.split('name="nonce" value="')[1].split('"')[0]
+    reply = await web.post("/ui/login", data={"nonce": nonce, "token": token, "next": "/ui/tasks"})
+    assert reply.status_code == 303 and reply.headers["location"] == "/ui/tasks"
+    cookie = next(h for h in reply.headers.get_list("set-cookie") if h.startswith(COOKIE))
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    fleet = await web.get("/ui/fleet")
+    assert fleet.status_code == 200
+    assert "script-src 'self'" in fleet.headers["content-security-policy"]
+    # A revoked token loses its session within the re-check interval.
+    assert controller.store is not None
+    await revoke_token(controller.store, token.split("_")[1])
+    async with asyncio.timeout(scaled(10)):
+        while (await web.get("/ui/fleet")).status_code == 200:
+            await asyncio.sleep(0.2)
+
+
+async def test_login_refuses_bad_credentials_a_missing_nonce_and_open_redirects(
+    controller: Controller, web: httpx.AsyncClient
+) -> None:
+    assert controller.store is not None
+    await add_user(controller.store, "alice", Role.OPERATE, "s3cret-password")
+    page = await web.get("/ui/login")
+    nonce = page.text.split('name="nonce" value="')[1].split('"')[0]
+    wrong = await web.post(
+        "/ui/login", data={"nonce": nonce, "name": "alice", "password": "nope-nope"}
+    )
+    assert wrong.status_code == 401 and COOKIE not in web.cookies
+    assert "wrong password" in wrong.text
+    forged = await web.post(
+        "/ui/login", data={"nonce": "forged", "name": "alice", "password": "s3cret-password"}
+    )
+    assert forged.status_code == 403 and COOKIE not in web.cookies
+    ok = await web.post(
+        "/ui/login",
+        data={
+            "nonce": nonce,
+            "name": "alice",
+            "password": "s3cret-password",
+            "next": "//evil.example/",
+        },
+    )
+    assert ok.status_code == 303 and ok.headers["location"] == "/ui/fleet"
+
+
+async def test_users_are_unique_and_need_a_real_password(controller: Controller) -> None:
+    assert controller.store is not None
+    await add_user(controller.store, "bob", "read", "long-enough")
+    with pytest.raises(UsageError, match="exists already"):
+        await add_user(controller.store, "bob", "read", "long-enough")
+    with pytest.raises(UsageError, match="too short"):
+        await add_user(controller.store, "carol", "read", "short")
+    with pytest.raises(UsageError, match="unknown role"):
+        await add_user(controller.store, "carol", "root", "long-enough")
+    assert await check_password(controller.store, "bob", "long-enough") is not None
+    assert await check_password(controller.store, "nobody", "long-enough") is None
+
+
+async def test_forms_without_or_with_a_wrong_csrf_token_change_nothing(
+    controller: Controller,
+    web: httpx.AsyncClient,
+    node: Node,  # noqa: F811
+) -> None:
+    csrf = await sign_in(web, token=await token_for(controller, Role.OPERATE))
+    before = await queued(controller)
+    form = {"task_key": "add", "args": '{"a": 1, "b": 2}'}
+    missing = await web.post("/ui/tasks", data=form)
+    assert missing.status_code == 403 and "CSRF" in missing.text
+    wrong = await web.post("/ui/tasks", data={**form, "csrf": csrf[:-2] + "xx"})
+    assert wrong.status_code == 403
+    cross = await web.post(
+        "/ui/tasks", data={**form, "csrf": csrf}, headers={"Origin": "http://evil.example"}
+    )
+    assert cross.status_code == 403
+    assert await queued(controller) == before
+    good = await web.post("/ui/tasks", data={**form, "csrf": csrf})
+    assert good.status_code == 303
+    assert await queued(controller) == before + 1
+
+
+async def test_labels_and_attributes_are_escaped(
+    controller: Controller,
+    web: httpx.AsyncClient,
+    node: Node,  # noqa: F811
+) -> None:
+    csrf = await sign_in(web, token=await token_for(controller, Role.OPERATE))
+    evil = "<script>alert(1)</script>"
+    edit = await web.post(
+        "/ui/nodes/w1/edit",
+        data={"csrf": csrf, "labels": evil, "attributes": json.dumps({"x": "<img src=x>"})},
+    )
+    assert edit.status_code == 303
+    assert controller.registry.nodes["w1"].labels == (evil,)
+    for path in ("/ui/fleet", "/ui/nodes/w1"):
+        html = (await web.get(path)).text
+        assert evil not in html and "<img src=x>" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    # The live stream carries the raw value as JSON data; app.js shows it with textContent.
+    async with web.stream("GET", "/ui/events/fleet") as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        async for line in events.aiter_lines():
+            if line.startswith("data: "):
+                (row,) = json.loads(line[6:])
+                assert row["labels"] == [evil] and row["status"] == "UP"
+                break
+
+
+async def test_roles_read_cannot_change_and_only_execute_sees_execute(
+    controller: Controller,
+    web: httpx.AsyncClient,
+    node: Node,  # noqa: F811
+) -> None:
+    csrf = await sign_in(web, token=await token_for(controller, Role.READ))
+    page = (await web.get("/ui/commands")).text
+    assert 'id="command-form"' not in page
+    refused = await web.post(
+        "/ui/commands", data={"csrf": csrf, "targets": "w1", "kind": "get", "name": "x"}
+    )
+    assert refused.status_code == 403
+    assert controller.commands.book.last_serial == 0
+
+    web.cookies.clear()
+    csrf = await sign_in(web, token=await token_for(controller, Role.OPERATE))
+    page = (await web.get("/ui/commands")).text
+    assert 'id="command-form"' in page and 'value="execute"' not in page
+    sent = await web.post(
+        "/ui/commands",
+        data={"csrf": csrf, "targets": "w1", "kind": "execute", "code": "print(1)"},
+    )
+    assert sent.status_code == 303 and sent.headers["location"] == "/ui/commands"
+    assert "execute role" in (await web.get("/ui/commands")).text
+    assert controller.commands.book.last_serial == 0
+
+    web.cookies.clear()
+    await sign_in(web, token=await token_for(controller, Role.EXECUTE))
+    assert 'value="execute"' in (await web.get("/ui/commands")).text
+
+
+async def test_a_command_from_the_dashboard_is_audited_with_the_user(
+    controller: Controller,
+    web: httpx.AsyncClient,
+    node: Node,  # noqa: F811
+) -> None:
+    assert controller.store is not None
+    await add_user(controller.store, "dana", Role.OPERATE, "dana-password")
+    csrf = await sign_in(web, name="dana", password="dana-password")
+    sent = await web.post(
+        "/ui/commands", data={"csrf": csrf, "targets": "w*", "kind": "shell", "cmd": "echo hi"}
+    )
+    assert sent.status_code == 303
+    serial = int(sent.headers["location"].rsplit("/", 1)[1])
+    async with asyncio.timeout(scaled(20)):
+        while True:
+            found = await controller.store.get_command(serial)
+            if found is not None and found[1] and found[1][0].state in ("done", "failed"):
+                break
+            await asyncio.sleep(0.1)
+    row, outcomes = found
+    # The in-process node runs no shell commands: refused there, recorded here.
+    assert row.actor == "dana" and row.targets == ["w*"] and outcomes[0].node == "w1"
+    audit = await controller.store.audit_log(50)
+    assert any(e.actor == "dana" and e.action == "shell" for e in audit)
+    detail = await web.get(f"/ui/commands/{serial}")
+    assert outcomes[0].state in detail.text and outcomes[0].error in detail.text
+
+
+async def test_corral_user_add_from_the_cli(config: Config, controller: Controller) -> None:
+    argv = corral_argv(config, "user", "add", "erin", "--role", "read")
+    env = {**child_env(config), "CORRAL_USER_PASSWORD": "erin-password"}
+    done = await asyncio.to_thread(
+        __import__("subprocess").run, argv, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert controller.store is not None
+    user = await check_password(controller.store, "erin", "erin-password")
+    assert user is not None and user.role == "read"
