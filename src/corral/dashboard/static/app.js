@@ -119,7 +119,7 @@
       const canCancel = !!document.getElementById("queue-form");
       fill("#running", live.running.map((t) => {
         const bar = el("progress");
-        bar.max = 1;
+        bar.max = 100;
         bar.value = t.progress;
         return {
           data: { task: t.id },
