@@ -237,3 +237,88 @@ async def test_corral_user_add_from_the_cli(config: Config, controller: Controll
     assert controller.store is not None
     user = await check_password(controller.store, "erin", "erin-password")
     assert user is not None and user.role == "read"
+
+
+async def first_event(web: httpx.AsyncClient, path: str) -> object:
+    """The first ``data:`` event of the stream at ``path``."""
+    async with web.stream("GET", path) as events:
+        assert events.status_code == 200
+        async for line in events.aiter_lines():
+            if line.startswith("data: "):
+                return json.loads(line[6:])
+    raise AssertionError("the stream ended without data")
+
+
+async def test_fleet_filters_by_glob_and_label_and_read_cannot_edit(
+    controller: Controller,
+    web: httpx.AsyncClient,
+    node: Node,  # noqa: F811
+) -> None:
+    controller.registry.nodes["w1"].labels = ("gpu",)
+    csrf = await sign_in(web, token=await token_for(controller, Role.READ))
+    assert 'data-node="w1"' in (await web.get("/ui/fleet?filter=w*")).text
+    assert 'data-node="w1"' in (await web.get("/ui/fleet?filter=label:gpu")).text
+    assert 'data-node="w1"' not in (await web.get("/ui/fleet?filter=db-*")).text
+    assert await first_event(web, "/ui/events/fleet?filter=db-*") == []
+    detail = (await web.get("/ui/nodes/w1")).text
+    assert 'id="edit-form"' not in detail
+    refused = await web.post("/ui/nodes/w1/edit", data={"csrf": csrf, "labels": "x"})
+    assert refused.status_code == 403
+    assert controller.registry.nodes["w1"].labels == ("gpu",)
+    assert (await web.get("/ui/nodes/nope")).status_code == 404
+    assert (await web.get("/ui/events/nope")).status_code == 400
+
+
+async def test_reports_arrive_on_the_reports_stream(
+    controller: Controller,
+    web: httpx.AsyncClient,
+    node: Node,  # noqa: F811
+) -> None:
+    await sign_in(web, token=await token_for(controller, Role.READ))
+    await node.report("load", 0.5)
+    async with asyncio.timeout(scaled(10)):
+        while ("w1", "load") not in controller.reports.latest:
+            await asyncio.sleep(0.05)
+    snap = await first_event(web, "/ui/events/reports")
+    assert isinstance(snap, dict)
+    assert [(r["node"], r["topic"], r["value"]) for r in snap["reports"]] == [("w1", "load", 0.5)]
+    assert "load" in (await web.get("/ui/reports")).text
+
+
+async def test_task_pages_show_result_and_history(
+    controller: Controller,
+    web: httpx.AsyncClient,
+    node: Node,  # noqa: F811
+) -> None:
+    csrf = await sign_in(web, token=await token_for(controller, Role.OPERATE))
+    bad = await web.post("/ui/tasks", data={"csrf": csrf, "task_key": "add", "args": "[1]"})
+    assert bad.status_code == 303
+    assert "must be a JSON object" in (await web.get("/ui/tasks")).text
+    await web.post("/ui/tasks", data={"csrf": csrf, "task_key": "boom", "args": "{}"})
+    assert controller.tasks is not None and controller.tasks.store is not None
+    async with asyncio.timeout(scaled(30)):
+        while True:
+            page = await controller.tasks.store.page(page=1, per_page=10, key="boom")
+            if page.items and page.items[0].status == "failed":
+                break
+            await asyncio.sleep(0.1)
+    ident = page.items[0].id
+    detail = (await web.get(f"/ui/tasks/{ident}")).text
+    assert 'id="traceback"' in detail and "kaboom" in detail
+    history = (await web.get("/ui/history/boom")).text
+    assert f"/ui/tasks/{ident}" in history and "Page 1 of 1" in history
+    live = await first_event(web, "/ui/events/tasks")
+    assert isinstance(live, dict) and live["running"] == [] and live["queued"] == 0
+
+
+def test_the_assets_ship_inside_the_package() -> None:
+    from importlib.resources import files
+
+    root = files("corral.dashboard")
+    for name in ("static/app.js", "static/style.css", "templates/base.html"):
+        assert root.joinpath(name).is_file(), name
+    script = root.joinpath("static/app.js").read_text()
+    # Server data goes in with textContent only, and nothing is fetched from another site.
+    for sink in (".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script, sink
+    assert "http" not in script.replace("http://www.w3.org/2000/svg", "")

@@ -10,13 +10,9 @@ service's ``accept`` and the controller's group commit, with the signed-in user 
 from __future__ import annotations
 
 import hmac
-import json
 import secrets
-import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
-import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
@@ -26,10 +22,12 @@ from corral import wire
 from corral.controller.api_calls import ApiCalls
 from corral.dashboard import data
 from corral.dashboard.auth import COOKIE, LOGIN_COOKIE, Gate, Session, check_origin, read_form
-from corral.dashboard.guardians import GuardianBoard, render_svg
+from corral.dashboard.guardian_pages import GuardianPages
+from corral.dashboard.guardians import GuardianBoard
 from corral.dashboard.live import Live
+from corral.dashboard.task_pages import TaskPages
 from corral.dashboard.users import check_password
-from corral.dashboard.web import HEADERS, flash, guarded, redirect, render
+from corral.dashboard.web import flash, guarded, json_object, redirect, render, safe_next
 from corral.errors import CorralError, UsageError
 from corral.records import AuditEntry
 from corral.tokens import Role, TokenChecker
@@ -42,30 +40,7 @@ __all__ = ["Dashboard", "mount"]
 _KINDS = ("command", "shell", "get", "set")
 
 
-def _json_object(text: str, what: str) -> dict[str, Any]:
-    text = text.strip()
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f'{what} is not JSON: {exc}; write an object like {{"n": 3}}') from None
-    if not isinstance(value, dict):
-        raise UsageError(
-            f'{what} must be a JSON object like {{"n": 3}}, not {type(value).__name__}'
-        )
-    return value
-
-
-def _safe_next(target: str) -> str:
-    """Only a path of this dashboard (no open redirect to another site)."""
-    target = unquote(target or "")
-    if not target.startswith("/ui/") or target.startswith("//") or "\\" in target:
-        return "/ui/fleet"
-    return target
-
-
-class Dashboard:
+class Dashboard(TaskPages, GuardianPages):
     """The dashboard of one controller.
 
     Args:
@@ -105,7 +80,7 @@ class Dashboard:
         response = render(
             "login.html",
             None,
-            next=_safe_next(request.query_params.get("next", "")),
+            next=safe_next(request.query_params.get("next", "")),
             nonce=nonce,
             error="",
         )
@@ -119,7 +94,7 @@ class Dashboard:
         check_origin(request)
         fields = await read_form(request)
         nonce = request.cookies.get(LOGIN_COOKIE, "")
-        target = _safe_next(fields.get("next", ""))
+        target = safe_next(fields.get("next", ""))
         if not nonce or not hmac.compare_digest(fields.get("nonce", "").encode(), nonce.encode()):
             return render(
                 "login.html",
@@ -211,7 +186,7 @@ class Dashboard:
         session, fields = await self.gate.form(request, Role.OPERATE)
         try:
             labels = [x for x in fields.get("labels", "").replace(",", " ").split() if x]
-            attributes = _json_object(fields.get("attributes", ""), "attributes")
+            attributes = json_object(fields.get("attributes", ""), "attributes")
             await self.calls.node_edit(
                 m.NodeEdit(values={"id": name, "labels": labels, "attributes": attributes})
             )
@@ -250,7 +225,7 @@ class Dashboard:
             targets = [t for t in fields.get("targets", "").replace(",", " ").split() if t]
             if not targets:
                 raise UsageError("say which nodes: a name, a glob like web-*, label:NAME or all")
-            args = _json_object(fields.get("args", ""), "args")
+            args = json_object(fields.get("args", ""), "args")
             if kind == "shell" and fields.get("cmd", "").strip():
                 args["cmd"] = fields["cmd"]
             body = fields.get("code", "").encode() if kind == "execute" else b""
@@ -283,75 +258,6 @@ class Dashboard:
             )
         return render("command.html", session, command=found)
 
-    # --- tasks --------------------------------------------------------------------------
-
-    async def tasks(self, request: Request) -> Response:
-        """Queue form, running instances with progress, the queue, the task keys."""
-        session = await self.gate.require(request, Role.READ)
-        keys = await self.calls.list_tasks(m.ListTasks(toplevel=True))
-        return render(
-            "tasks.html",
-            session,
-            keys=keys,
-            live=await data.tasks_live(self.ctl),
-            can_queue=session.role.allows(Role.OPERATE),
-        )
-
-    async def queue(self, request: Request) -> Response:
-        """Queue one instance with JSON arguments."""
-        session, fields = await self.gate.form(request, Role.OPERATE)
-        try:
-            try:
-                priority = int(fields.get("priority") or 5)
-            except ValueError:
-                raise UsageError("priority must be a whole number from 0 to 9") from None
-            req = msgspec.convert(
-                {
-                    "task_key": fields.get("task_key", "").strip(),
-                    "args": _json_object(fields.get("args", ""), "args"),
-                    "priority": priority,
-                },
-                m.QueueTask,
-            )
-            reply = await self.calls.queue_task(req)
-        except msgspec.ValidationError as exc:
-            flash(session, f"cannot queue: {exc}")
-            return redirect("/ui/tasks")
-        except CorralError as exc:
-            flash(session, str(exc))
-            return redirect("/ui/tasks")
-        self.audit(session, "queue_task", reply.task_key, instance=reply.instance_id)
-        flash(session, f"queued {reply.task_key} as instance {reply.instance_id}", "ok")
-        return redirect("/ui/tasks")
-
-    async def cancel(self, request: Request, ident: int) -> Response:
-        """Cancel an instance (dequeue, or ask it to stop)."""
-        session, fields = await self.gate.form(request, Role.OPERATE)
-        try:
-            await self.calls.cancel_task(m.CancelTask(task_instance_id=ident))
-        except CorralError as exc:
-            flash(session, str(exc))
-        else:
-            self.audit(session, "cancel_task", str(ident))
-            flash(session, f"asked instance {ident} to stop", "ok")
-        return redirect(_safe_next(fields.get("next", "")) if fields.get("next") else "/ui/tasks")
-
-    async def task(self, request: Request, ident: int) -> Response:
-        """One instance: arguments, attempts, result or traceback."""
-        session = await self.gate.require(request, Role.READ)
-        view = await self.calls.task_history_detail(m.TaskDetail(task_instance_id=ident))
-        return render("task.html", session, task=view, can_cancel=session.role.allows(Role.OPERATE))
-
-    async def history(self, request: Request, key: str) -> Response:
-        """The instances of one task key, newest first, a page at a time."""
-        session = await self.gate.require(request, Role.READ)
-        try:
-            page_no = max(1, int(request.query_params.get("page", "1")))
-        except ValueError:
-            page_no = 1
-        page = await self.calls.task_history(m.TaskHistory(key=key, page=page_no, per_page=20))
-        return render("history.html", session, key=key, page=page)
-
     # --- groups, agents, reports --------------------------------------------------------
 
     async def groups(self, request: Request) -> Response:
@@ -363,81 +269,6 @@ class Dashboard:
         """The latest report of every node and topic."""
         session = await self.gate.require(request, Role.READ)
         return render("reports.html", session, reports=data.reports(self.ctl))
-
-    # --- guardians ----------------------------------------------------------------------
-
-    async def guardians(self, request: Request) -> Response:
-        """Every guardian's state, request, mode and status."""
-        session = await self.gate.require(request, Role.READ)
-        self.board.start()
-        return render("guardians.html", session, guardians=self.board.snapshot())
-
-    async def guardian(self, request: Request, name: str) -> Response:
-        """One guardian: its view, notifications, forms, and its state graph."""
-        session = await self.gate.require(request, Role.READ)
-        self.board.start()
-        view = self.board.views.get(name)
-        dot = ""
-        requestable: list[str] = []
-        try:
-            graph = await self.board.client("dashboard").graph(name)
-            requestable = [s.name for s in graph.states if s.request]
-            dot = await self.board.dot(name)
-            if view is None:
-                view = graph.view
-        except CorralError as exc:
-            if view is None:
-                return render(
-                    "error.html", session, 404, title="No such guardian", message=str(exc)
-                )
-        svg = dot and await render_svg(dot) is not None
-        return render(
-            "guardian.html",
-            session,
-            g=msgspec.to_builtins(view),
-            dot=dot,
-            svg=svg,
-            states=requestable,
-            can_operate=session.role.allows(Role.OPERATE),
-            now=time.time(),
-        )
-
-    async def guardian_svg(self, request: Request, name: str) -> Response:
-        """The state graph as SVG (served as an image: scripts in it never run)."""
-        await self.gate.require(request, Role.READ)
-        try:
-            svg = await render_svg(await self.board.dot(name))
-        except CorralError:
-            svg = None
-        if svg is None:
-            return Response(b"", 404, headers=HEADERS)
-        return Response(svg, media_type="image/svg+xml", headers=HEADERS)
-
-    async def guardian_request(self, request: Request, name: str) -> Response:
-        """Ask a guardian for a state."""
-        session, fields = await self.gate.form(request, Role.OPERATE)
-        state = fields.get("state", "")
-        try:
-            await self.board.client(session.user).request(name, state)
-        except CorralError as exc:
-            flash(session, str(exc))
-        else:
-            self.audit(session, "guardian_request", name, state=state)
-            flash(session, f"asked {name} for {state}", "ok")
-        return redirect(f"/ui/guardians/{name}")
-
-    async def guardian_mode(self, request: Request, name: str) -> Response:
-        """Change a guardian's mode."""
-        session, fields = await self.gate.form(request, Role.OPERATE)
-        mode = fields.get("mode", "")
-        try:
-            await self.board.client(session.user).set_mode(name, mode)
-        except CorralError as exc:
-            flash(session, str(exc))
-        else:
-            self.audit(session, "guardian_mode", name, mode=mode)
-            flash(session, f"{name} is now {mode.upper()}", "ok")
-        return redirect(f"/ui/guardians/{name}")
 
     async def home(self, request: Request) -> Response:
         """``/`` and ``/ui``: to the fleet."""

@@ -12,16 +12,16 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from corral.dashboard.auth import Session
-from corral.errors import CorralError, Forbidden, NoKey
+from corral.errors import CorralError, Forbidden, NoKey, UsageError
 
-__all__ = ["HEADERS", "guarded", "render"]
+__all__ = ["HEADERS", "flash", "guarded", "json_object", "redirect", "render", "safe_next"]
 
 HEADERS = {
     "Content-Security-Policy": (
@@ -120,3 +120,31 @@ def guarded(page: Page, *, json_errors: bool = False) -> Page:
     wrapper.__doc__ = page.__doc__
     wrapper.__signature__ = inspect.signature(page)  # type: ignore[attr-defined]
     return wrapper
+
+
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object (empty: ``{}``).
+
+    Raises:
+        UsageError: it is not JSON, or not an object.
+    """
+    text = text.strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f'{what} is not JSON: {exc}; write an object like {{"n": 3}}') from None
+    if not isinstance(value, dict):
+        raise UsageError(
+            f'{what} must be a JSON object like {{"n": 3}}, not {type(value).__name__}'
+        )
+    return value
+
+
+def safe_next(target: str) -> str:
+    """Only a path of this dashboard (no open redirect to another site)."""
+    target = unquote(target or "")
+    if not target.startswith("/ui/") or target.startswith("//") or "\\" in target:
+        return "/ui/fleet"
+    return target
