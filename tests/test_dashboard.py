@@ -10,11 +10,13 @@ import httpx
 import pytest
 
 from conftest import child_env, corral_argv, scaled
+from corral import Agent, Message, on
 from corral.config import Config
 from corral.controller import Controller
 from corral.dashboard.auth import COOKIE
 from corral.dashboard.users import add_user, check_password, hash_password, verify_password
 from corral.errors import UsageError
+from corral.group import Group
 from corral.node import Node
 from corral.tokens import Role, revoke_token
 from dashboard_fixtures import sign_in
@@ -322,3 +324,58 @@ def test_the_assets_ship_inside_the_package() -> None:
     for sink in (".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, sink
     assert "http" not in script.replace("http://www.w3.org/2000/svg", "")
+
+
+class Pinger(Agent):
+    name = "pinger"
+
+    @on("ping")
+    async def ping(self, msg: Message) -> str:
+        return "pong"
+
+
+async def test_groups_show_the_barrier_and_who_is_missing_and_agents_their_handlers(
+    controller: Controller, config: Config, web: httpx.AsyncClient
+) -> None:
+    await sign_in(web, token=await token_for(controller, Role.READ))
+    pair = sorted(
+        await asyncio.gather(
+            *(Group.join("pair", 2, config=config, startup_timeout=scaled(10)) for _ in range(2))
+        ),
+        key=lambda g: g.rank,
+    )
+    agent = Pinger(config=config)
+    running = asyncio.create_task(agent.run())
+    waiting = asyncio.create_task(pair[0].barrier(timeout=scaled(30)))
+    try:
+        await asyncio.wait_for(agent.serving(), scaled(10))
+        async with asyncio.timeout(scaled(15)):
+            while True:
+                seen = await first_event(web, "/ui/events/groups")
+                assert isinstance(seen, dict)
+                (group,) = seen["groups"]
+                agents = {a["name"]: a for a in seen["agents"]}
+                if group["barrier"] and "pinger" in agents:
+                    break
+                await asyncio.sleep(0.1)
+        assert group["name"] == "pair" and group["size"] == 2
+        assert group["barrier"]["kind"] == "barrier" and group["barrier"]["arrived"] == 1
+        assert group["missing"] == [m["id"] for m in group["members"] if m["rank"] == 1]
+        assert agents["pinger"]["handlers"] == ["ping"]
+        assert "pair" in (await web.get("/ui/groups")).text
+        await pair[1].barrier(timeout=scaled(10))
+        await waiting
+    finally:
+        waiting.cancel()
+        agent.stop()
+        await asyncio.wait_for(running, scaled(5))
+        await asyncio.gather(*(g.leave() for g in pair), return_exceptions=True)
+
+
+async def test_sign_out_ends_the_session(controller: Controller, web: httpx.AsyncClient) -> None:
+    csrf = await sign_in(web, token=await token_for(controller, Role.READ))
+    assert (await web.post("/ui/logout", data={"x": "1"})).status_code == 403  # no CSRF token
+    out = await web.post("/ui/logout", data={"csrf": csrf})
+    assert out.status_code == 303 and out.headers["location"] == "/ui/login"
+    assert (await web.get("/ui/fleet")).status_code == 303
+    assert len(controller.api.dashboard.gate.sessions) == 0  # type: ignore[union-attr]
