@@ -6,11 +6,14 @@ page goes to the test's tmp dir and to ``test-artifacts/`` at the repository roo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ pytestmark = [
     ),
 ]
 playwright_api = pytest.importorskip("playwright.sync_api")
+playwright_api.expect.set_options(timeout=scaled(20) * 1000)
 
 
 class Cluster:
@@ -84,8 +88,6 @@ class Cluster:
 
 def _until(check: Any, timeout: float, what: str) -> Any:
     """Poll a cheap readiness check of the cluster (not the browser) until it is truthy."""
-    import time
-
     deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         try:
@@ -255,6 +257,9 @@ def test_request_a_guardian_state_and_see_it_arrive(
     shot(page, tmp_path, "guardians")
     page.click('#guardians tr[data-guardian="SUS1"] a')
     page.wait_for_url("**/ui/guardians/SUS1")
+    page.select_option("#mode-form select[name=mode]", "MANUAL")
+    page.click("#mode-form button")
+    expect(page.locator("#g-mode")).to_have_text("MANUAL")
     page.select_option("#request-form select[name=state]", "ALIGNED")
     page.click("#request-form button")
     expect(page.locator("#g-request")).to_have_text("ALIGNED")
@@ -268,17 +273,52 @@ def test_request_a_guardian_state_and_see_it_arrive(
     shot(page, tmp_path, "guardian")
 
 
-def test_groups_agents_and_reports_pages_render_live(
-    page: Any, cluster: Cluster, tmp_path: Path
-) -> None:
+def test_groups_and_agents_page_renders_live(page: Any, cluster: Cluster, tmp_path: Path) -> None:
     expect = playwright_api.expect
     sign_in(page, cluster)
     page.goto("/ui/groups")
     expect(page.locator("#agents tbody")).not_to_contain_text("gathering")
     shot(page, tmp_path, "groups")
+
+
+def report(cluster: Cluster, node: str, topic: str, value: float, at: float) -> None:
+    """Publish a data report as ``node`` would (with its own credential)."""
+    from corral import bus, subjects, wire
+
+    async def publish() -> None:
+        nc = await bus.connect(cluster.config, f"node-{node}")
+        try:
+            msg = wire.Report(topic=topic, value=value, at=at)
+            await nc.publish(
+                subjects.node_in(node, "report"), wire.encode(msg), headers=wire.HEADERS
+            )
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    # Playwright's sync API runs an event loop in this thread: publish from another one.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(publish())).result(scaled(20))
+
+
+def test_reports_draw_a_sparkline_of_numeric_values(
+    page: Any, cluster: Cluster, tmp_path: Path
+) -> None:
+    expect = playwright_api.expect
+    sign_in(page, cluster)
     page.goto("/ui/reports")
     expect(page.locator("#live-state")).to_have_class("live-state live-on")
+    row = page.locator("#reports tbody tr").filter(has_text="node-2")
+    start = time.time()
+    for i, value in enumerate((1.5, 4.25, 2.75)):
+        report(cluster, "node-2", "temperature", value, start + i)
+        expect(row).to_contain_text(str(value))
+    path = row.locator("svg.spark path")
+    expect(path).to_have_count(1)
+    assert (path.get_attribute("d") or "").count("L") == 2  # three points, two segments
     shot(page, tmp_path, "reports")
+    page.goto("/ui/nodes/node-2")
+    expect(page.locator("#node-reports")).to_contain_text("temperature")
 
 
 def test_csrf_and_unauthenticated_requests_are_refused(cluster: Cluster) -> None:

@@ -18,6 +18,7 @@ import msgspec
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from corral import api_models as m
 from corral.dashboard import data
 from corral.dashboard.web import HEADERS
 from corral.errors import CorralError, UsageError
@@ -76,7 +77,10 @@ class Live:
 
         async def node() -> Any:
             name = q.get("name", "")
-            return [n for n in data.fleet(ctl) if n["name"] == name]
+            return {
+                "node": [n for n in data.fleet(ctl) if n["name"] == name],
+                "reports": [r for r in data.reports(ctl)["reports"] if r["node"] == name],
+            }
 
         async def commands() -> Any:
             return await data.command_history(ctl)
@@ -90,6 +94,19 @@ class Live:
 
         async def tasks() -> Any:
             return await data.tasks_live(ctl)
+
+        async def task() -> Any:
+            try:
+                ident = int(q.get("id", ""))
+            except ValueError:
+                raise UsageError("events/task needs ?id=N") from None
+            view = await self.d.calls.task_history_detail(m.TaskDetail(task_instance_id=ident))
+            return {
+                "status": view.status,
+                "progress": view.progress,
+                "message": view.message,
+                "attempts": view.attempts,
+            }
 
         async def groups() -> Any:
             return {"groups": data.groups(ctl), "agents": await self.agents()}
@@ -107,6 +124,7 @@ class Live:
             "commands": commands,
             "command": command,
             "tasks": tasks,
+            "task": task,
             "groups": groups,
             "guardians": guardians,
             "reports": reports,

@@ -177,6 +177,7 @@ class Dashboard(TaskPages, GuardianPages):
             node=row,
             attributes=record.attributes,
             commands=commands[:20],
+            reports=[r for r in data.reports(self.ctl)["reports"] if r["node"] == name],
             tasks=tasks,
             can_edit=session.role.allows(Role.OPERATE),
         )

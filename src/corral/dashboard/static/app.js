@@ -89,12 +89,15 @@
       const count = document.getElementById("count");
       if (count) count.textContent = nodes.length + " nodes";
     },
-    node(nodes) {
+    node(d) {
       const s = document.getElementById("node-status");
-      if (s && nodes.length) {
-        s.textContent = nodes[0].status;
-        s.className = "status status-" + nodes[0].status;
+      if (s && d.node.length) {
+        s.textContent = d.node[0].status;
+        s.className = "status status-" + d.node[0].status;
       }
+      fill("#node-reports", d.reports.map((r) => ({
+        cells: [r.topic, json(r.value), when(r.at), spark(series(r))],
+      })), "no reports", 4);
     },
     commands(history) {
       fill("#history", history.map((c) => ({
@@ -133,6 +136,16 @@
       const q = document.getElementById("queued");
       if (q) q.textContent = live.queued;
     },
+    task(t) {
+      const status = document.getElementById("task-status");
+      if (status && status.textContent !== t.status) {
+        status.textContent = t.status;
+      }
+      const bar = document.getElementById("task-progress");
+      if (bar) bar.value = t.progress;
+      const msg = document.getElementById("task-message");
+      if (msg) msg.textContent = t.message;
+    },
     groups(d) {
       fill("#groups", d.groups.map((g) => ({
         cells: [g.name, g.run, g.phase, g.size,
@@ -170,21 +183,26 @@
       }
     },
     reports(snap) {
-      const series = render._series || (render._series = new Map());
-      fill("#reports", snap.reports.map((r) => {
-        const key = r.node + "\u0000" + r.topic;
-        let s = series.get(key);
-        if (!s) series.set(key, (s = []));
-        if (typeof r.value === "number" && (!s.length || s[s.length - 1][0] !== r.at)) {
-          s.push([r.at, r.value]);
-          if (s.length > 60) s.shift();
-        }
-        return { cells: [r.topic, r.node, json(r.value), when(r.at), spark(s)] };
-      }), "no reports yet", 5);
+      fill("#reports", snap.reports.map((r) => ({
+        cells: [r.topic, r.node, json(r.value), when(r.at), spark(series(r))],
+      })), "no reports yet", 5);
       const agg = document.getElementById("aggregates");
       if (agg) agg.textContent = JSON.stringify(snap.aggregates, null, 2);
     },
   };
+
+  // The numeric values of one node's topic seen since the page opened (the last 60).
+  const allSeries = new Map();
+  function series(r) {
+    const key = r.node + "\u0000" + r.topic;
+    let s = allSeries.get(key);
+    if (!s) allSeries.set(key, (s = []));
+    if (typeof r.value === "number" && (!s.length || s[s.length - 1][0] !== r.at)) {
+      s.push([r.at, r.value]);
+      if (s.length > 60) s.shift();
+    }
+    return s;
+  }
 
   // A small SVG line of a series of [at, value] points.
   function spark(points) {
