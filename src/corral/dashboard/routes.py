@@ -9,6 +9,7 @@ service's ``accept`` and the controller's group commit, with the signed-in user 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,9 @@ class Dashboard(TaskPages, GuardianPages):
         self.calls = ApiCalls(controller)
         self.board = GuardianBoard(controller)
         self.live = Live(self)
+        #: scrypt takes 16 MiB and tens of milliseconds: at most two checks at a time, so a
+        #: flood of sign-ins can neither exhaust memory nor starve the controller's loop
+        self.password_checks = asyncio.Semaphore(2)
 
     def __repr__(self) -> str:
         return f"<Dashboard {self.gate!r}>"
@@ -117,11 +121,10 @@ class Dashboard(TaskPages, GuardianPages):
                     f"token:{token.id}:{token.name}", Role(token.role), token_text
                 )
         else:
-            user = await check_password(
-                self.gate.store,
-                fields.get("name", "").strip(),
-                fields.get("password", ""),
-            )
+            async with self.password_checks:
+                user = await check_password(
+                    self.gate.store, fields.get("name", "").strip(), fields.get("password", "")
+                )
             if user is not None:
                 session = await self.gate.open(user.name, Role(user.role))
         if session is None:
