@@ -30,7 +30,8 @@ class TaskPages:
     calls: ApiCalls
 
     def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
-        raise NotImplementedError  # provided by the dashboard
+        """Record a dashboard action in the audit log (provided by the dashboard)."""
+        raise NotImplementedError
 
     # --- tasks --------------------------------------------------------------------------
 
