@@ -379,3 +379,18 @@ async def test_sign_out_ends_the_session(controller: Controller, web: httpx.Asyn
     assert out.status_code == 303 and out.headers["location"] == "/ui/login"
     assert (await web.get("/ui/fleet")).status_code == 303
     assert len(controller.api.dashboard.gate.sessions) == 0  # type: ignore[union-attr]
+
+
+async def test_a_live_stream_ends_when_its_session_does(
+    controller: Controller, web: httpx.AsyncClient
+) -> None:
+    csrf = await sign_in(web, token=await token_for(controller, Role.READ))
+    async with web.stream("GET", "/ui/events/fleet") as events:
+        lines = events.aiter_lines()
+        async with asyncio.timeout(scaled(10)):
+            async for line in lines:
+                if line.startswith("data: "):
+                    break
+            assert (await web.post("/ui/logout", data={"csrf": csrf})).status_code == 303
+            rest = [line async for line in lines]
+    assert "event: signout" in rest
