@@ -12,6 +12,7 @@ from corral.cli import admin, commands, launch, running
 from corral.cli import guardian as guardian_cli
 from corral.cli import tasks as task_commands
 from corral.cli import token as token_commands
+from corral.cli import user as user_commands
 from corral.cli.common import _globals, err
 from corral.errors import CorralError, UsageError
 
@@ -63,6 +64,7 @@ commands.register(app)
 guardian_cli.register(app)
 task_commands.register(app)
 token_commands.register(app)
+user_commands.register(app)
 
 
 def main() -> None:

@@ -200,6 +200,7 @@ def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes
         f"data dir   {config.data_path}",
         f"logs       {config.data_path / 'logs'}",
         f"HTTP API   {config.api_url}/docs  (token in {admin_token_path(config)})",
+        f"dashboard  {config.api_url}/ui  (sign in with that token, or `corral user add`)",
         f"processes  {len(children)} children, "
         f"{sum(1 for p in children.values() if p.poll() is None)} running",
         *exited,

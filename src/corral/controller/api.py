@@ -59,6 +59,7 @@ from corral.tokens import Role, TokenChecker
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
+    from corral.dashboard.routes import Dashboard
 
 __all__ = ["ApiServer", "FUNCTIONS", "build_app"]
 
@@ -265,6 +266,7 @@ class ApiServer:
         self.url = ""
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self.dashboard: Dashboard | None = None
 
     def __repr__(self) -> str:
         return f"<ApiServer {self.url or 'stopped'}>"
@@ -279,6 +281,9 @@ class ApiServer:
         assert self.ctl.store is not None
         checker = TokenChecker(self.ctl.store)
         app = build_app(ApiCalls(self.ctl), checker)
+        from corral.dashboard.routes import mount  # the web dashboard under /ui (issue #8)
+
+        self.dashboard = mount(app, self.ctl, checker)
         family = socket.AF_INET6 if ":" in config.api_host else socket.AF_INET
         # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP,
         # and without it every reply waits ~40 ms for the client's delayed ACK (Nagle).
@@ -311,6 +316,8 @@ class ApiServer:
 
     async def stop(self) -> None:
         """Stop serving (open requests get a second to finish)."""
+        if self.dashboard is not None:
+            await self.dashboard.board.stop()
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError, CorralError):

@@ -182,8 +182,13 @@ class CommandService:
             )
         return out
 
-    def accept(self, request: wire.CommandRequest, reply: str, via_execute: bool) -> None:
+    def accept(
+        self, request: wire.CommandRequest, reply: str, via_execute: bool
+    ) -> wire.CommandAccepted:
         """Resolve, number and queue a command for the next commit.
+
+        Returns:
+            What ``reply`` is sent once the command is on disk (its serial and nodes).
 
         Raises:
             UsageError: a malformed target or a bad kind or limit (nothing is recorded).
@@ -245,6 +250,7 @@ class CommandService:
             self._batch.replies.append((reply, wire.encode(accepted)))
         self.counters["commands"] = self.counters.get("commands", 0) + 1
         self.wake()
+        return accepted
 
     def _check(self, request: wire.CommandRequest, via_execute: bool) -> None:
         if request.kind == "execute" and not via_execute:

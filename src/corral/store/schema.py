@@ -33,6 +33,7 @@ __all__ = [
     "node_transitions",
     "nodes",
     "task_instances",
+    "users",
 ]
 
 # Explicit constraint/index names so migrations and metadata agree on every backend.
@@ -173,4 +174,14 @@ api_tokens = Table(
     Column("hash", Text, nullable=False),
     Column("created_at", Double, nullable=False),
     Column("revoked_at", Double, nullable=True),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("role", Text, nullable=False),
+    # scrypt$<n>$<r>$<p>$<salt hex>$<key hex>: never the password itself
+    Column("hash", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
 )

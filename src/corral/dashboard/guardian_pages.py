@@ -1,0 +1,109 @@
+"""The dashboard's guardian pages: views, request and mode forms, the state graph."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from fastapi import Request
+from fastapi.responses import Response
+
+from corral.dashboard.auth import Gate, Session
+from corral.dashboard.guardians import render_svg
+from corral.dashboard.web import HEADERS, flash, redirect, render
+from corral.errors import CorralError
+from corral.tokens import Role
+
+if TYPE_CHECKING:
+    from corral.controller.service import Controller
+    from corral.dashboard.guardians import GuardianBoard
+
+__all__ = ["GuardianPages"]
+
+
+class GuardianPages:
+    """Guardian pages, a mixin of :class:`~corral.dashboard.routes.Dashboard`."""
+
+    ctl: Controller
+    gate: Gate
+    board: GuardianBoard
+
+    def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
+        """Record a dashboard action in the audit log (provided by the dashboard)."""
+        raise NotImplementedError
+
+    # --- guardians ----------------------------------------------------------------------
+
+    async def guardians(self, request: Request) -> Response:
+        """Every guardian's state, request, mode and status."""
+        session = await self.gate.require(request, Role.READ)
+        self.board.start()
+        return render("guardians.html", session, guardians=self.board.snapshot())
+
+    async def guardian(self, request: Request, name: str) -> Response:
+        """One guardian: its view, notifications, forms, and its state graph."""
+        session = await self.gate.require(request, Role.READ)
+        self.board.start()
+        view = self.board.views.get(name)
+        dot = ""
+        requestable: list[str] = []
+        try:
+            graph = await self.board.client("dashboard").graph(name)
+            requestable = [s.name for s in graph.states if s.request]
+            dot = await self.board.dot(name)
+            if view is None:
+                view = graph.view
+        except CorralError as exc:
+            if view is None:
+                return render(
+                    "error.html", session, 404, title="No such guardian", message=str(exc)
+                )
+        svg = dot and await render_svg(dot) is not None
+        return render(
+            "guardian.html",
+            session,
+            g=msgspec.to_builtins(view),
+            dot=dot,
+            svg=svg,
+            states=requestable,
+            can_operate=session.role.allows(Role.OPERATE),
+            now=time.time(),
+        )
+
+    async def guardian_svg(self, request: Request, name: str) -> Response:
+        """The state graph as SVG (served as an image: scripts in it never run)."""
+        await self.gate.require(request, Role.READ)
+        try:
+            svg = await render_svg(await self.board.dot(name))
+        except CorralError:
+            svg = None
+        if svg is None:
+            return Response(b"", 404, headers=HEADERS)
+        return Response(svg, media_type="image/svg+xml", headers=HEADERS)
+
+    async def guardian_request(self, request: Request, name: str) -> Response:
+        """Ask a guardian for a state."""
+        session, fields = await self.gate.form(request, Role.OPERATE)
+        state = fields.get("state", "")
+        try:
+            await self.board.client(session.user).request(name, state)
+        except CorralError as exc:
+            flash(session, str(exc))
+        else:
+            self.audit(session, "guardian_request", name, state=state)
+            flash(session, f"asked {name} for {state}", "ok")
+        return redirect(f"/ui/guardians/{name}")
+
+    async def guardian_mode(self, request: Request, name: str) -> Response:
+        """Change a guardian's mode."""
+        session, fields = await self.gate.form(request, Role.OPERATE)
+        mode = fields.get("mode", "")
+        try:
+            await self.board.client(session.user).set_mode(name, mode)
+        except CorralError as exc:
+            flash(session, str(exc))
+        else:
+            self.audit(session, "guardian_mode", name, mode=mode)
+            flash(session, f"{name} is now {mode.upper()}", "ok")
+        return redirect(f"/ui/guardians/{name}")

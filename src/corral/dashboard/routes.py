@@ -1,0 +1,330 @@
+"""The dashboard's pages and forms, mounted under ``/ui`` on the controller's API app.
+
+Reading pages need the ``read`` role; forms that change something need ``operate`` (queue,
+cancel, edit a node, send a command, talk to a guardian) and EXECUTE needs ``execute``, as in
+the API. Every form goes through :meth:`~corral.dashboard.auth.Gate.form` (session, role,
+origin, CSRF token) before it does anything. Commands take the bus's own path: the command
+service's ``accept`` and the controller's group commit, with the signed-in user as actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
+
+from corral import api_models as m
+from corral import wire
+from corral.controller.api_calls import ApiCalls
+from corral.dashboard import data
+from corral.dashboard.auth import COOKIE, LOGIN_COOKIE, Gate, Session, check_origin, read_form
+from corral.dashboard.guardian_pages import GuardianPages
+from corral.dashboard.guardians import GuardianBoard
+from corral.dashboard.live import Live
+from corral.dashboard.task_pages import TaskPages
+from corral.dashboard.users import check_password
+from corral.dashboard.web import flash, guarded, json_object, redirect, render, safe_next
+from corral.errors import CorralError, UsageError
+from corral.records import AuditEntry
+from corral.tokens import Role, TokenChecker
+
+if TYPE_CHECKING:
+    from corral.controller.service import Controller
+
+__all__ = ["Dashboard", "mount"]
+
+_KINDS = ("command", "shell", "get", "set")
+
+
+class Dashboard(TaskPages, GuardianPages):
+    """The dashboard of one controller.
+
+    Args:
+        controller: the running controller.
+        checker: the API's token checker.
+    """
+
+    def __init__(self, controller: Controller, checker: TokenChecker) -> None:
+        assert controller.store is not None
+        self.ctl = controller
+        self.gate = Gate(controller.store, checker)
+        self.calls = ApiCalls(controller)
+        self.board = GuardianBoard(controller)
+        self.live = Live(self)
+        #: scrypt takes 16 MiB and tens of milliseconds: at most two checks at a time, so a
+        #: flood of sign-ins can neither exhaust memory nor starve the controller's loop
+        self.password_checks = asyncio.Semaphore(2)
+
+    def __repr__(self) -> str:
+        return f"<Dashboard {self.gate!r}>"
+
+    def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
+        """Record a dashboard action in the audit log (written with the next commit)."""
+        self.ctl._audit.append(
+            AuditEntry(
+                at=self.ctl.clock(),
+                actor=session.user,
+                action=f"dashboard.{action}",
+                target=target,
+                detail=detail,
+            )
+        )
+        self.ctl._wake.set()
+
+    # --- sign-in ------------------------------------------------------------------------
+
+    async def login_page(self, request: Request) -> Response:
+        """The sign-in form (with a one-time login CSRF cookie)."""
+        nonce = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
+        response = render(
+            "login.html",
+            None,
+            next=safe_next(request.query_params.get("next", "")),
+            nonce=nonce,
+            error="",
+        )
+        response.set_cookie(
+            LOGIN_COOKIE, nonce, httponly=True, samesite="strict", path="/ui", max_age=3600
+        )
+        return response
+
+    async def login(self, request: Request) -> Response:
+        """Sign in with an API token, or a user name and password."""
+        check_origin(request)
+        fields = await read_form(request)
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        target = safe_next(fields.get("next", ""))
+        if not nonce or not hmac.compare_digest(fields.get("nonce", "").encode(), nonce.encode()):
+            return render(
+                "login.html",
+                None,
+                403,
+                next=target,
+                nonce=nonce,
+                error="the sign-in form expired: reload the page and try again",
+            )
+        token_text = fields.get("token", "").strip()
+        session: Session | None = None
+        error = "unknown user or wrong password"
+        if token_text:
+            try:
+                token = await self.gate.checker.check(token_text, Role.READ)
+            except CorralError as exc:
+                error = str(exc)
+            else:
+                session = await self.gate.open(
+                    f"token:{token.id}:{token.name}", Role(token.role), token_text
+                )
+        else:
+            async with self.password_checks:
+                user = await check_password(
+                    self.gate.store, fields.get("name", "").strip(), fields.get("password", "")
+                )
+            if user is not None:
+                session = await self.gate.open(user.name, Role(user.role))
+        if session is None:
+            return render("login.html", None, 401, next=target, nonce=nonce, error=error)
+        self.gate.close(request.cookies.get(COOKIE))
+        self.audit(session, "signin", session.user, role=session.role.value)
+        response = redirect(target)
+        secure = request.url.scheme == "https"
+        response.set_cookie(
+            COOKIE,
+            session.id,
+            httponly=True,
+            samesite="strict",
+            path="/ui",
+            secure=secure,
+            max_age=int(self.gate.max_age),
+        )
+        response.delete_cookie(LOGIN_COOKIE, path="/ui")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        """Sign out (a form with the CSRF token)."""
+        session, _ = await self.gate.form(request, Role.READ)
+        self.gate.close(session.id)
+        response = redirect("/ui/login")
+        response.delete_cookie(COOKIE, path="/ui")
+        return response
+
+    # --- fleet --------------------------------------------------------------------------
+
+    async def fleet(self, request: Request) -> Response:
+        """Every node, filtered by a glob or label."""
+        session = await self.gate.require(request, Role.READ)
+        pattern = request.query_params.get("filter", "")
+        return render("fleet.html", session, nodes=data.fleet(self.ctl, pattern), filter=pattern)
+
+    async def node(self, request: Request, name: str) -> Response:
+        """One node: attributes (editable with operate), recent commands and tasks."""
+        session = await self.gate.require(request, Role.READ)
+        record = self.ctl.registry.nodes.get(name)
+        if record is None:
+            return render(
+                "error.html", session, 404, title="No such node", message=f"no node named {name!r}"
+            )
+        (row,) = [r for r in data.fleet(self.ctl) if r["name"] == name]
+        commands = [c for c in await data.command_history(self.ctl, 200) if name in c["nodes"]]
+        assert self.ctl.tasks is not None and self.ctl.tasks.store is not None
+        page = await self.ctl.tasks.store.page(page=1, per_page=200)
+        tasks = [t for t in page.items if t.node == name][:20]
+        return render(
+            "node.html",
+            session,
+            node=row,
+            attributes=record.attributes,
+            commands=commands[:20],
+            reports=[r for r in data.reports(self.ctl)["reports"] if r["node"] == name],
+            tasks=tasks,
+            can_edit=session.role.allows(Role.OPERATE),
+        )
+
+    async def node_edit(self, request: Request, name: str) -> Response:
+        """Change a node's labels and attributes (the API's node_edit)."""
+        session, fields = await self.gate.form(request, Role.OPERATE)
+        try:
+            labels = [x for x in fields.get("labels", "").replace(",", " ").split() if x]
+            attributes = json_object(fields.get("attributes", ""), "attributes")
+            await self.calls.node_edit(
+                m.NodeEdit(values={"id": name, "labels": labels, "attributes": attributes})
+            )
+        except CorralError as exc:
+            flash(session, str(exc))
+        else:
+            self.audit(session, "node_edit", name, labels=labels)
+            flash(session, f"node {name} updated", "ok")
+        return redirect(f"/ui/nodes/{name}")
+
+    # --- commands -----------------------------------------------------------------------
+
+    async def commands(self, request: Request) -> Response:
+        """The command form and the history."""
+        session = await self.gate.require(request, Role.READ)
+        kinds = _KINDS + (("execute",) if session.role.allows(Role.EXECUTE) else ())
+        return render(
+            "commands.html",
+            session,
+            history=await data.command_history(self.ctl),
+            kinds=kinds,
+            can_send=session.role.allows(Role.OPERATE),
+        )
+
+    async def send(self, request: Request) -> Response:
+        """Send a command through the controller's own path (accept, then the group commit)."""
+        session, fields = await self.gate.form(request, Role.OPERATE)
+        kind = fields.get("kind", "command")
+        try:
+            if kind == "execute" and not session.role.allows(Role.EXECUTE):
+                raise UsageError(
+                    f"EXECUTE needs the execute role; {session.user} has {session.role.value!r}"
+                )
+            if kind not in _KINDS and kind != "execute":
+                raise UsageError(f"unknown kind {kind!r}: use {', '.join(_KINDS)} or execute")
+            targets = [t for t in fields.get("targets", "").replace(",", " ").split() if t]
+            if not targets:
+                raise UsageError("say which nodes: a name, a glob like web-*, label:NAME or all")
+            args = json_object(fields.get("args", ""), "args")
+            if kind == "shell" and fields.get("cmd", "").strip():
+                args["cmd"] = fields["cmd"]
+            body = fields.get("code", "").encode() if kind == "execute" else b""
+            try:
+                timeout = float(fields.get("timeout") or 60)
+            except ValueError:
+                raise UsageError("timeout must be a number of seconds") from None
+            request_msg = wire.CommandRequest(
+                targets=targets,
+                kind=kind,
+                name=fields.get("name", "").strip(),
+                args=args,
+                data=body,
+                timeout=timeout,
+                actor=session.user,
+            )
+            accepted = self.ctl.commands.accept(request_msg, "", kind == "execute")
+        except CorralError as exc:
+            flash(session, str(exc))
+            return redirect("/ui/commands")
+        return redirect(f"/ui/commands/{accepted.serial}")
+
+    async def command(self, request: Request, serial: int) -> Response:
+        """One command with every node's outcome (live)."""
+        session = await self.gate.require(request, Role.READ)
+        found = await data.command_detail(self.ctl, serial)
+        if found is None:
+            return render(
+                "error.html", session, 404, title="No such command", message=f"no command #{serial}"
+            )
+        return render("command.html", session, command=found)
+
+    # --- groups, agents, reports --------------------------------------------------------
+
+    async def groups(self, request: Request) -> Response:
+        """Live groups and agents."""
+        session = await self.gate.require(request, Role.READ)
+        return render("groups.html", session, groups=data.groups(self.ctl))
+
+    async def reports(self, request: Request) -> Response:
+        """The latest report of every node and topic."""
+        session = await self.gate.require(request, Role.READ)
+        return render("reports.html", session, reports=data.reports(self.ctl))
+
+    async def home(self, request: Request) -> Response:
+        """``/`` and ``/ui``: to the fleet."""
+        return redirect("/ui/fleet")
+
+
+def mount(app: FastAPI, controller: Controller, checker: TokenChecker) -> Dashboard:
+    """Add the dashboard's routes (``/ui/...``, ``/`` redirecting there) to ``app``."""
+    from importlib.resources import files
+
+    d = Dashboard(controller, checker)
+    pages: list[tuple[str, str, Any]] = [
+        ("/", "GET", d.home),
+        ("/ui", "GET", d.home),
+        ("/ui/", "GET", d.home),
+        ("/ui/login", "GET", d.login_page),
+        ("/ui/login", "POST", d.login),
+        ("/ui/logout", "POST", d.logout),
+        ("/ui/fleet", "GET", d.fleet),
+        ("/ui/nodes/{name}", "GET", d.node),
+        ("/ui/nodes/{name}/edit", "POST", d.node_edit),
+        ("/ui/commands", "GET", d.commands),
+        ("/ui/commands", "POST", d.send),
+        ("/ui/commands/{serial}", "GET", d.command),
+        ("/ui/tasks", "GET", d.tasks),
+        ("/ui/tasks", "POST", d.queue),
+        ("/ui/tasks/{ident}", "GET", d.task),
+        ("/ui/tasks/{ident}/cancel", "POST", d.cancel),
+        ("/ui/history/{key}", "GET", d.history),
+        ("/ui/groups", "GET", d.groups),
+        ("/ui/reports", "GET", d.reports),
+        ("/ui/guardians", "GET", d.guardians),
+        ("/ui/guardians/{name}", "GET", d.guardian),
+        ("/ui/guardians/{name}/graph.svg", "GET", d.guardian_svg),
+        ("/ui/guardians/{name}/request", "POST", d.guardian_request),
+        ("/ui/guardians/{name}/mode", "POST", d.guardian_mode),
+    ]
+    for path, method, page in pages:
+        app.add_api_route(
+            path,
+            guarded(page),
+            methods=[method],
+            include_in_schema=False,
+            response_class=Response,
+        )
+    app.add_api_route(
+        "/ui/events/{page}",
+        guarded(d.live.events, json_errors=True),
+        methods=["GET"],
+        include_in_schema=False,
+        response_class=Response,
+    )
+    static = files("corral.dashboard").joinpath("static")
+    app.mount("/ui/static", StaticFiles(directory=str(static)), name="dashboard-static")
+    return d

@@ -1,0 +1,187 @@
+"""Dashboard users: passwords hashed with scrypt, checked in constant time.
+
+``corral user add NAME --role ROLE`` stores a name, a role (the API's roles) and
+``scrypt$<n>$<r>$<p>$<salt>$<key>``. scrypt is deliberately slow and memory-hard (16 MiB per
+check with these parameters), so a stolen table is expensive to brute-force; the check runs
+in a thread so the controller's event loop keeps serving while it hashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from corral.errors import StoreError, UsageError
+from corral.tokens import Role
+
+if TYPE_CHECKING:
+    from corral.store import Store
+
+__all__ = [
+    "User",
+    "add_user",
+    "check_password",
+    "get_user",
+    "hash_password",
+    "list_users",
+    "remove_user",
+    "verify_password",
+]
+
+_N, _R, _P = 2**14, 8, 1
+MIN_PASSWORD = 8
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    """A dashboard user (without the password hash)."""
+
+    name: str
+    role: str
+    created_at: float
+
+
+def hash_password(password: str) -> str:
+    """The stored form of ``password``: scrypt with a fresh 16-byte salt."""
+    salt = os.urandom(16)
+    key = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    return f"scrypt${_N}${_R}${_P}${salt.hex()}${key.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """True if ``password`` matches ``stored`` (compared with :func:`hmac.compare_digest`)."""
+    try:
+        scheme, n, r, p, salt, key = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=bytes.fromhex(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(key) // 2,
+        )
+    except (ValueError, MemoryError):
+        return False
+    return hmac.compare_digest(got.hex(), key)
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_.@" for c in name):
+        raise UsageError(f"bad user name {name!r}: use 1 to 64 letters, digits and - _ . @")
+
+
+async def add_user(store: Store, name: str, role: Role | str, password: str) -> User:
+    """Add user ``name`` with ``role`` and ``password`` (hashed before it is stored).
+
+    Raises:
+        UsageError: a bad name, role or short password, or the user exists already.
+        StoreError: it could not be stored.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    from corral.store._errors import translate
+    from corral.store.schema import users
+
+    _check_name(name)
+    try:
+        role = Role(role)
+    except ValueError:
+        roles = ", ".join(r.value for r in Role)
+        raise UsageError(f"unknown role {role!r}: use one of {roles}") from None
+    if len(password) < MIN_PASSWORD:
+        raise UsageError(f"the password is too short: use at least {MIN_PASSWORD} characters")
+    hashed = await asyncio.to_thread(hash_password, password)
+    user = User(name=name, role=role.value, created_at=time.time())
+    try:
+        with translate("store a user", store.masked_url):
+            async with store.engine.begin() as conn:
+                await conn.execute(users.insert(), {**msgspec.structs.asdict(user), "hash": hashed})
+    except StoreError as exc:
+        if not isinstance(exc.__cause__, IntegrityError):
+            raise
+        raise UsageError(
+            f"user {name!r} exists already: `corral user remove {name}` first to replace it"
+        ) from None
+    return user
+
+
+async def _row(store: Store, name: str) -> tuple[User, str] | None:
+    from sqlalchemy import select
+
+    from corral.store._errors import translate
+    from corral.store.schema import users
+
+    query = select(users).where(users.c.name == name)
+    with translate("read a user", store.masked_url):
+        async with store.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        return None
+    values = dict(row)
+    hashed = str(values.pop("hash"))
+    return User(**values), hashed
+
+
+async def get_user(store: Store, name: str) -> User | None:
+    """User ``name``, or None.
+
+    Raises:
+        StoreError: the query failed.
+    """
+    found = await _row(store, name)
+    return found[0] if found else None
+
+
+async def check_password(store: Store, name: str, password: str) -> User | None:
+    """The user if ``password`` is theirs, else None (also for unknown names, as slowly).
+
+    Raises:
+        StoreError: the query failed.
+    """
+    found = await _row(store, name)
+    # Hash even for an unknown name, so timing does not tell which names exist.
+    stored = found[1] if found else f"scrypt${_N}${_R}${_P}${'00' * 16}${'00' * 32}"
+    ok = await asyncio.to_thread(verify_password, password, stored)
+    return found[0] if found and ok else None
+
+
+async def list_users(store: Store) -> list[User]:
+    """Every user, by name.
+
+    Raises:
+        StoreError: the query failed.
+    """
+    from sqlalchemy import select
+
+    from corral.store._errors import translate
+    from corral.store.schema import users
+
+    cols = [users.c[n] for n in User.__struct_fields__]
+    with translate("list users", store.masked_url):
+        async with store.engine.connect() as conn:
+            rows = await conn.execute(select(*cols).order_by(users.c.name))
+            return [User(**r) for r in rows.mappings()]
+
+
+async def remove_user(store: Store, name: str) -> bool:
+    """Remove user ``name``; False if there was none.
+
+    Raises:
+        StoreError: the statement failed.
+    """
+    from sqlalchemy import delete
+
+    from corral.store._errors import translate
+    from corral.store.schema import users
+
+    with translate("remove a user", store.masked_url):
+        async with store.engine.begin() as conn:
+            result = await conn.execute(delete(users).where(users.c.name == name))
+    return result.rowcount > 0
