@@ -14,6 +14,9 @@ import msgspec
 
 __all__ = [
     "CancelTask",
+    "CommandDetail",
+    "ListCommands",
+    "SendCommand",
     "ErrorBody",
     "KnownNode",
     "ListTasks",
@@ -131,6 +134,36 @@ class NodeEdit(_Body):
     """``node_edit``: ``values`` holds ``id`` (the node's name) and ``labels``/``attributes``."""
 
     values: dict[str, Any]
+
+
+class SendCommand(_Body):
+    """``send_command`` / ``execute_command``: an addressed command (see docs/commands.md).
+
+    ``targets``: names, globs, ``label:L``, ``has:X``, ``sinks`` or ``*``. ``kind``: command,
+    shell, get, set, put or a message type the nodes registered (EXECUTE goes through
+    ``execute_command``). ``data`` (base64 in JSON) is a PUT file or an EXECUTE script.
+    """
+
+    targets: Annotated[list[Key], msgspec.Meta(min_length=1, max_length=10_000)]
+    kind: Key = "command"
+    name: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    data: bytes = b""
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    retire_after: Annotated[float, msgspec.Meta(ge=0, le=7 * 86_400)] | None = None
+
+
+class CommandDetail(_Body):
+    """``command_detail``: one command by serial."""
+
+    serial: Id
+
+
+class ListCommands(_Body):
+    """``list_commands``: recent commands, newest first; ``before`` a serial for the next page."""
+
+    limit: PerPage = 50
+    before: Id | None = None
 
 
 # --- replies --------------------------------------------------------------------------------

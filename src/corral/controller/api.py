@@ -39,6 +39,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral import api_models as m
+from corral import wire
 from corral._version import __version__
 from corral.controller.api_calls import ApiCalls
 from corral.errors import (
@@ -86,7 +87,13 @@ FUNCTIONS: dict[str, tuple[type[Any] | None, Any, Role]] = {
     "node_status": (None, list[m.NodeStatusView], Role.READ),
     "connect": (None, dict[str, int], Role.OPERATE),
     "list_known_nodes": (None, list[m.KnownNode], Role.READ),
+    "send_command": (m.SendCommand, wire.CommandAccepted, Role.OPERATE),
+    "execute_command": (m.SendCommand, wire.CommandAccepted, Role.EXECUTE),
+    "command_detail": (m.CommandDetail, wire.CommandView, Role.READ),
+    "list_commands": (m.ListCommands, list[wire.CommandView], Role.READ),
 }
+#: Functions that also get the caller's token (the audit log names who sent a command).
+_WITH_CALLER = frozenset({"send_command", "execute_command"})
 
 _JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
@@ -125,14 +132,18 @@ def _bearer(request: Request) -> str | None:
 
 
 def _endpoint(
-    handler: Handler, kind: type[Any] | None, role: Role, checker: TokenChecker
+    handler: Handler,
+    kind: type[Any] | None,
+    role: Role,
+    checker: TokenChecker,
+    with_caller: bool = False,
 ) -> Callable[[Request], Awaitable[Response]]:
     """One API function behind the gate: token, then body, then the call."""
     decoder = msgspec.json.Decoder(kind) if kind is not None else None
 
     async def endpoint(request: Request) -> Response:
         try:
-            await checker.check(_bearer(request), role)
+            token = await checker.check(_bearer(request), role)
             if decoder is None:
                 result = await handler()
             else:
@@ -141,7 +152,7 @@ def _endpoint(
                     args = decoder.decode(body or b"{}")
                 except msgspec.DecodeError as exc:
                     return _error(422, -3, f"invalid arguments: {exc}")
-                result = await handler(args)
+                result = await (handler(args, token) if with_caller else handler(args))
             return Response(_encode(result), media_type=_JSON)
         except Exception as exc:  # every failure becomes a coded error reply
             return error_response(exc)
@@ -200,7 +211,7 @@ def build_app(calls: ApiCalls, checker: TokenChecker) -> FastAPI:
         handler = getattr(calls, name)
         app.add_api_route(
             f"/{name}",
-            _endpoint(handler, kind, role, checker),
+            _endpoint(handler, kind, role, checker, name in _WITH_CALLER),
             methods=["POST"],
             name=name,
             summary=(handler.__doc__ or name).strip().splitlines()[0],

@@ -22,6 +22,7 @@ from corral.security import Authority
 from corral.store._errors import translate
 from corral.store.schema import nodes as nodes_table
 from corral.store.tasks import Page, TaskStore
+from corral.tokens import Token
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -123,6 +124,53 @@ class ApiCalls:
         """The task instances' store."""
         assert self.tasks.store is not None
         return self.tasks.store
+
+    # --- commands (SEER; docs/commands.md) ---------------------------------------------
+
+    async def send_command(self, req: m.SendCommand, caller: Token) -> wire.CommandAccepted:
+        """Send an addressed command; answers once it is on disk, with its serial and nodes."""
+        if req.kind == "execute":
+            raise RemoteError(
+                "EXECUTE goes through execute_command, which needs a token with the execute role"
+            )
+        return await self._command(req, caller, via_execute=False)
+
+    async def execute_command(self, req: m.SendCommand, caller: Token) -> wire.CommandAccepted:
+        """EXECUTE: run ``data`` (a Python file, base64 in JSON) on nodes that allow it."""
+        return await self._command(req, caller, via_execute=True, kind="execute")
+
+    async def _command(
+        self, req: m.SendCommand, caller: Token, *, via_execute: bool, kind: str | None = None
+    ) -> wire.CommandAccepted:
+        limit = self.ctl.config.max_command_bytes
+        if len(req.data) > limit:
+            raise RemoteError(
+                f"data of {len(req.data)} bytes exceeds max_command_bytes ({limit}): send less"
+            )
+        request = wire.CommandRequest(
+            targets=list(req.targets),
+            kind=kind or req.kind,
+            name=req.name,
+            args=req.args,
+            data=req.data,
+            timeout=req.timeout,
+            retire_after=self.ctl.config.retire_after
+            if req.retire_after is None
+            else req.retire_after,
+            actor=f"api:{caller.name} ({caller.role})",
+        )
+        return await self.ctl.commands.accept_durably(request, via_execute)
+
+    async def command_detail(self, req: m.CommandDetail) -> wire.CommandView:
+        """One command with every node's outcome (live while the controller follows it)."""
+        view = await self.ctl.command_view(req.serial)
+        if view is None:
+            raise NotFound(f"no command #{req.serial}", 404)
+        return view
+
+    async def list_commands(self, req: m.ListCommands) -> list[wire.CommandView]:
+        """Recent commands, newest first, with how many nodes are in each state."""
+        return await self.ctl.command_views(req.limit, req.before)
 
     # --- tasks --------------------------------------------------------------------------
 

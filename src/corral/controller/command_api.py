@@ -67,22 +67,23 @@ class CommandEndpoints:
             # A final report: the node keeps re-sending it until it is on disk here.
             self._after_commit(msg.reply, wire.ReportAck(serial=report.serial))
 
-    async def _on_command(self, msg: Any, _: str, query: wire.CommandQuery) -> None:
-        """One command with every outcome: the book's live view over the stored one."""
+    async def command_view(self, serial: int) -> wire.CommandView | None:
+        """One command with every outcome: the book's live view, else the stored one.
+
+        Returns:
+            The view, or ``None`` if no command has that serial.
+
+        Raises:
+            StoreError: the store could not be read.
+        """
         assert self.store is not None
-        row = self.commands.rows.get(query.serial)
-        live = self.commands.live_outcomes(query.serial)
+        row = self.commands.rows.get(serial)
+        live = self.commands.live_outcomes(serial)
         if row is not None and live is not None:  # followed by the book: no store read
-            await self._reply(msg, _command_view(row, counts(live), live))
-            return
-        found = await self.store.get_command(query.serial)
+            return _command_view(row, counts(live), live)
+        found = await self.store.get_command(serial)
         if found is None:
-            last = self.commands.book.last_serial
-            await self._reject(
-                msg,
-                Refused(f"no command #{query.serial}: serials so far run from 1 to {last}"),
-            )
-            return
+            return None
         row, stored = found
         outcomes = self.commands.live_outcomes(row.serial) or [
             wire.OutcomeView(
@@ -97,16 +98,35 @@ class CommandEndpoints:
             )
             for o in stored
         ]
-        await self._reply(msg, _command_view(row, counts(outcomes), outcomes))
+        return _command_view(row, counts(outcomes), outcomes)
 
-    async def _on_commands(self, msg: Any, _: str, query: wire.CommandsQuery) -> None:
+    async def command_views(self, limit: int, before: int | None) -> list[wire.CommandView]:
+        """Recent commands, newest first, with per-state counts (no outcome details).
+
+        Raises:
+            StoreError: the store could not be read.
+        """
         assert self.store is not None
-        rows = await self.store.recent_commands(min(max(query.limit, 1), 1000), query.before)
+        rows = await self.store.recent_commands(min(max(limit, 1), 1000), before)
         views = []
         for row, stored_counts in rows:
             live = self.commands.live_outcomes(row.serial)
             # The book is fresher than the last commit.
             views.append(_command_view(row, stored_counts if live is None else counts(live), []))
+        return views
+
+    async def _on_command(self, msg: Any, _: str, query: wire.CommandQuery) -> None:
+        view = await self.command_view(query.serial)
+        if view is None:
+            last = self.commands.book.last_serial
+            await self._reject(
+                msg, Refused(f"no command #{query.serial}: serials so far run from 1 to {last}")
+            )
+            return
+        await self._reply(msg, view)
+
+    async def _on_commands(self, msg: Any, _: str, query: wire.CommandsQuery) -> None:
+        views = await self.command_views(query.limit, query.before)
         await self._reply(msg, wire.CommandsReply(commands=views))
 
 

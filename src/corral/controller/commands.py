@@ -19,6 +19,7 @@ the next commit persists it, and the change is published on ``corral.events.cmd.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -82,6 +83,8 @@ class Batch:
     audit: list[AuditEntry] = field(default_factory=list)
     #: (reply subject, accepted message) to answer senders with
     replies: list[tuple[str, bytes]] = field(default_factory=list)
+    #: in-process senders (the HTTP API) waiting for this batch to be on disk
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     @property
     def outcome_rows(self) -> list[OutcomeRow]:
@@ -181,6 +184,21 @@ class CommandService:
                 sink=bool(r.attributes.get("sink")),
             )
         return out
+
+    async def accept_durably(
+        self, request: wire.CommandRequest, via_execute: bool
+    ) -> wire.CommandAccepted:
+        """:meth:`accept`, then wait until the command is on disk (for in-process senders).
+
+        Raises:
+            UsageError, Refused: as :meth:`accept`.
+        """
+        accepted = self.accept(request, "", via_execute)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch.waiters.append(waiter)
+        self.wake()
+        await waiter
+        return accepted
 
     def accept(
         self, request: wire.CommandRequest, reply: str, via_execute: bool
@@ -353,6 +371,7 @@ class CommandService:
         self._batch.commands[:0] = batch.commands
         self._batch.audit[:0] = batch.audit
         self._batch.replies[:0] = batch.replies
+        self._batch.waiters[:0] = batch.waiters
         self.book.restore_changes(batch.outcomes)
 
     async def committed(self, batch: Batch) -> None:
@@ -360,6 +379,9 @@ class CommandService:
         assert self.nc is not None
         for subject, data in batch.replies:
             await self.nc.publish(subject, data, headers=wire.HEADERS)
+        for waiter in batch.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         for row in batch.commands:
             self.stream.publish_later(row)
         by_serial: dict[int, list[wire.OutcomeView]] = {}
