@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import httpx
 
@@ -41,35 +42,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
         data = head + b"content-length: %d\r\n\r\n" % len(body) + body
         url = httpx.URL(f"http://{host}:{port}/")
         request = httpx.Request("POST", url)
-        reused = bool(self._idle)
-        timeouts = {"connect": timeout, "read": timeout}
-        try:
-            status, content = await self._raw(request, data, timeouts)
-        except (ConnectionError, asyncio.IncompleteReadError, httpx.RemoteProtocolError):
-            if not reused:
-                raise httpx.ConnectError(f"connection to {host}:{port} lost") from None
-            status, content = await self._raw(request, data, timeouts)
+        status, _, content = await self._send(request, data, {"connect": timeout, "read": timeout})
         return status, content
-
-    async def _raw(
-        self, request: httpx.Request, data: bytes, timeouts: dict[str, float | None]
-    ) -> tuple[int, bytes]:
-        reader, writer = await self._connect(request, timeouts.get("connect"))
-        try:
-            async with asyncio.timeout(timeouts.get("read")):
-                writer.write(data)
-                status, _, body, keep = await _read_reply(reader)
-        except TimeoutError:
-            writer.close()
-            raise httpx.ReadTimeout(f"no reply from {request.url} in time") from None
-        except BaseException:
-            writer.close()
-            raise
-        if keep:
-            self._idle.append((reader, writer))
-        else:
-            writer.close()
-        return status, body
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and read its whole reply.
@@ -81,8 +55,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         """
         if request.url.scheme != "http":
             return await self._fallback.handle_async_request(request)
-        data = _serialize(request)
         timeouts = request.extensions.get("timeout", {})
+        status, headers, body = await self._send(request, _serialize(request), timeouts)
+        return httpx.Response(status, headers=headers, content=body, request=request)
+
+    async def _send(
+        self, request: httpx.Request, data: bytes, timeouts: dict[str, float | None]
+    ) -> tuple[int, Any, bytes]:
+        """One exchange, retried once on a new connection if a kept-alive one had closed."""
         reused = bool(self._idle)
         try:
             return await self._exchange(request, data, timeouts)
@@ -94,7 +74,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def _exchange(
         self, request: httpx.Request, data: bytes, timeouts: dict[str, float | None]
-    ) -> httpx.Response:
+    ) -> tuple[int, Any, bytes]:
         reader, writer = await self._connect(request, timeouts.get("connect"))
         try:
             async with asyncio.timeout(timeouts.get("read")):
@@ -110,7 +90,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             self._idle.append((reader, writer))
         else:
             writer.close()
-        return httpx.Response(status, headers=headers, content=body, request=request)
+        return status, headers, body
 
     async def _connect(
         self, request: httpx.Request, timeout: float | None

@@ -521,6 +521,15 @@ class Authority:
 
     # --- node register ------------------------------------------------------------------
 
+    def _issue(self, key: str, claim: str, permissions: Permissions) -> str:
+        """Record a new user key under ``key`` and sign its credential as ``claim``."""
+        seed = _new_seed(nkeys.PREFIX_BYTE_USER)
+        with self._locked():
+            self._state.nodes.setdefault(key, []).append(
+                IssuedKey(public_key=_pub(seed), issued_at=time.time())
+            )
+        return self._sign_user(claim, seed, permissions, system=False)
+
     def enroll(self, name: str) -> str:
         """Issue a credential for node ``name`` and record its key (Salt's key accept).
 
@@ -531,12 +540,7 @@ class Authority:
             InvalidName: the name cannot be a subject token.
         """
         subjects.check_name(name)
-        seed = _new_seed(nkeys.PREFIX_BYTE_USER)
-        with self._locked():
-            self._state.nodes.setdefault(name, []).append(
-                IssuedKey(public_key=_pub(seed), issued_at=time.time())
-            )
-        return self._sign_user(f"node:{name}", seed, node_permissions(name), system=False)
+        return self._issue(name, f"node:{name}", node_permissions(name))
 
     def enroll_agent(self, name: str) -> str:
         """Issue a credential for agent ``name``: it may hold that name and talk to any agent.
@@ -548,12 +552,7 @@ class Authority:
             InvalidName: the name cannot be a subject token.
         """
         subjects.check_name(name, "agent")
-        seed = _new_seed(nkeys.PREFIX_BYTE_USER)
-        with self._locked():
-            self._state.nodes.setdefault(f"agent:{name}", []).append(
-                IssuedKey(public_key=_pub(seed), issued_at=time.time())
-            )
-        return self._sign_user(f"agent:{name}", seed, agent_permissions(name), system=False)
+        return self._issue(f"agent:{name}", f"agent:{name}", agent_permissions(name))
 
     def enroll_guardian(self, name: str) -> str:
         """Issue a credential for guardian ``name``: its own subjects and bucket key only.
@@ -565,12 +564,7 @@ class Authority:
             InvalidName: the name cannot be a subject token.
         """
         subjects.check_name(name, "guardian")
-        seed = _new_seed(nkeys.PREFIX_BYTE_USER)
-        with self._locked():
-            self._state.nodes.setdefault(f"guardian:{name}", []).append(
-                IssuedKey(public_key=_pub(seed), issued_at=time.time())
-            )
-        return self._sign_user(f"guardian:{name}", seed, guardian_permissions(name), system=False)
+        return self._issue(f"guardian:{name}", f"guardian:{name}", guardian_permissions(name))
 
     def revoke(self, name: str) -> list[str]:
         """Revoke every live credential of node ``name``.
