@@ -164,3 +164,76 @@ def test_no_round_outlives_its_deadline(events: list[tuple[str, int, float]]) ->
             if now >= g.round.deadline:
                 g.tick(now)
                 assert g.round is None or g.round.deadline > now
+
+
+# --- issue #12: an out-of-step call costs that call only; the others are told why -----------
+
+
+def _refusal(decisions: list[object]) -> Refuse:
+    (refusal,) = decisions
+    assert isinstance(refusal, Refuse)
+    return refusal
+
+
+def test_an_out_of_step_call_is_refused_for_that_call_only() -> None:
+    g = formed(4)
+    for m in ("m0", "m1", "m2"):
+        assert g.arrive(m, "barrier", 1, timeout=30, now=1) == []
+    refused = _refusal(g.arrive("m3", "collect", 1, timeout=30, now=1))
+    assert refused.step == 1 and "this call was not counted" in refused.reason
+    # The same member, again at the group's current step, is counted: the round completes.
+    (done,) = g.arrive("m3", "barrier", 1, timeout=30, now=2)
+    assert isinstance(done, RoundDone) and done.reached == (0, 1, 2, 3)
+    assert done.missing == () and done.left_out == {}
+    assert g.arrive("m3", "collect", 2, timeout=30, now=3) == []  # and goes on in step
+
+
+def test_a_member_ahead_is_told_the_current_step() -> None:
+    g = formed(2)
+    g.arrive("m0", "barrier", 1, timeout=30, now=1)
+    assert _refusal(g.arrive("m1", "barrier", 2, timeout=30, now=1)).step == 1
+    (done,) = g.arrive("m1", "barrier", 1, timeout=30, now=1)
+    assert isinstance(done, RoundDone) and done.reached == (0, 1)
+
+
+def test_a_timeout_says_who_was_out_of_step_dead_or_late() -> None:
+    g = formed(4)
+    g.arrive("m0", "barrier", 1, timeout=2, now=1)
+    g.arrive("m1", "collect", 1, timeout=2, now=1)  # refused, never comes back
+    for t in (1.5, 2.0, 2.5):
+        for m in ("m0", "m1", "m2"):
+            g.beat(m, t)  # m3 stays silent: dead at 3.1
+    (failed,) = g.tick(now=3.1)
+    assert isinstance(failed, RoundFailed) and failed.missing == (1, 2, 3)
+    assert failed.left_out == {
+        1: "out of step: called collect #1",
+        2: "did not arrive",
+        3: "dead",
+    }
+    assert "rank 1: out of step: called collect #1" in failed.reason
+    late = _refusal(g.arrive("m2", "barrier", 1, timeout=2, now=3.2))
+    assert "already over" in late.reason and late.step == 2
+    assert g.arrive("m2", "barrier", 2, timeout=2, now=3.3) == []  # counted at the new step
+
+
+def test_a_member_that_reached_then_died_is_not_reported_reached() -> None:
+    g = formed(3)
+    g.arrive("m0", "barrier", 1, timeout=30, now=1)
+    g.arrive("m1", "barrier", 1, timeout=30, now=1)
+    for t in (2.0, 3.0, 4.0):
+        g.beat("m1", t)
+        g.beat("m2", t)
+    assert g.tick(now=4.1) == []  # m0 (silent since 1) is dead; m2 has not arrived
+    (done,) = g.arrive("m2", "barrier", 1, timeout=30, now=4.2)
+    assert isinstance(done, RoundDone) and done.reached == (1, 2) and done.missing == (0,)
+    assert done.left_out == {0: "reached, then died"}
+
+
+def test_dead_and_departed_members_are_named_as_such() -> None:
+    g = formed(3)
+    g.arrive("m0", "barrier", 1, timeout=30, now=1)
+    assert g.leave("m1", now=1) == []
+    g.beat("m0", 3.5)
+    (done,) = g.tick(now=3.5)  # m2 silent since 0: dead
+    assert isinstance(done, RoundDone) and done.reached == (0,)
+    assert done.left_out == {1: "departed", 2: "dead"}

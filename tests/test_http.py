@@ -13,6 +13,7 @@ from corral import AsyncController
 from corral.errors import Disconnected, RemoteError
 
 Reply = Callable[[int], bytes]
+TOKEN = "crl_0123456789ab_" + "s" * 43  # well-formed; these servers never check it
 
 
 @pytest.fixture
@@ -59,14 +60,14 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
 
 async def test_keep_alive_reuses_one_connection(server) -> None:  # type: ignore[no-untyped-def]
     url, seen = await server(lambda n: ok(b"[%d]" % n), False)
-    async with AsyncController(url, "crl_x_y") as c:
+    async with AsyncController(url, TOKEN) as c:
         assert [await c.call("f") for _ in range(3)] == [[1], [2], [3]]
     assert seen == [3]  # three requests, one connection
 
 
 async def test_a_connection_the_server_closed_is_replaced(server) -> None:  # type: ignore[no-untyped-def]
     url, seen = await server(lambda n: ok(b"%d" % n), True)
-    async with AsyncController(url, "crl_x_y") as c:
+    async with AsyncController(url, TOKEN) as c:
         assert await c.call("f") == 1
         assert await c.call("f") == 2
     assert seen == [1, 1]
@@ -77,19 +78,19 @@ async def test_chunked_and_close_delimited_replies(server) -> None:  # type: ign
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n"
     )
     url, _ = await server(lambda n: chunked, False)
-    async with AsyncController(url, "crl_x_y") as c:
+    async with AsyncController(url, TOKEN) as c:
         assert await c.call("f") == [1, 2]
     url, _ = await server(lambda n: b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n[7]", True)
-    async with AsyncController(url, "crl_x_y") as c:
+    async with AsyncController(url, TOKEN) as c:
         assert await c.call("f") == [7]
 
 
 async def test_error_replies_and_an_unreachable_server(server) -> None:  # type: ignore[no-untyped-def]
     body = b'{"code": -3, "error": "no"}'
     url, _ = await server(lambda n: ok(body).replace(b"200 OK", b"400 Bad Request"), False)
-    async with AsyncController(url, "crl_x_y") as c:
+    async with AsyncController(url, TOKEN) as c:
         with pytest.raises(RemoteError, match="no"):
             await c.call("f")
-    async with AsyncController(f"http://127.0.0.1:{free_port()}", "crl_x_y") as c:
+    async with AsyncController(f"http://127.0.0.1:{free_port()}", TOKEN) as c:
         with pytest.raises(Disconnected, match="cannot reach"):
             await c.call("f")

@@ -41,7 +41,7 @@ from corral.errors import (
     Timeout,
     UnknownError,
 )
-from corral.tokens import read_token
+from corral.tokens import load_token, read_token
 
 __all__ = ["AsyncController", "Controller"]
 
@@ -96,6 +96,8 @@ class AsyncController:
 
     Raises:
         NoKey: no token was given or found.
+        AuthenticationFailed: the token (or the file it names) is malformed; the message says
+            what is wrong with it.
     """
 
     def __init__(
@@ -109,9 +111,14 @@ class AsyncController:
         if url is None or token is None:
             config = config or load_config()[0]
         self.url = (url or (config.api_url if config else "")).rstrip("/")
-        found = token or os.environ.get("CORRAL_API_TOKEN")
-        if not found and config is not None:
-            found = read_token(config)
+        # A token or a file holding one, from any source; checked before any request.
+        env = os.environ.get("CORRAL_API_TOKEN")
+        if token:
+            found: str | None = load_token(token, "the token given (token= or --token)")
+        elif env:
+            found = load_token(env, "CORRAL_API_TOKEN")
+        else:
+            found = read_token(config) if config is not None else None
         if not found:
             raise NoKey(
                 "no API token: pass token=..., set CORRAL_API_TOKEN, or create one with "
@@ -423,6 +430,8 @@ class Controller:
 
     Raises:
         NoKey: no token was given or found.
+        AuthenticationFailed: the token (or the file it names) is malformed; the message says
+            what is wrong with it.
     """
 
     def __init__(

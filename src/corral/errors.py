@@ -132,7 +132,16 @@ class Overloaded(Refused):
 
 
 class GroupRefused(Refused):
-    """The group coordinator refused a request (out of step, declared dead, group full)."""
+    """The group coordinator refused a request (out of step, declared dead, group full).
+
+    A refused collective was not counted and the member stays in the group; ``step`` is the
+    group's current collective number (0 when it does not apply), where the member's next
+    collective call will be made.
+    """
+
+    def __init__(self, message: str, step: int = 0) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class AuthError(CorralError):
@@ -164,11 +173,18 @@ class Timeout(CorralError):
 
 
 class GroupTimeout(Timeout):
-    """A collective did not complete in time; ``missing`` holds the ranks that did not arrive."""
+    """A collective did not complete in time; ``missing`` holds the ranks that did not arrive,
+    ``left_out`` why each was left out (dead, departed, out of step, did not arrive)."""
 
-    def __init__(self, message: str, missing: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        missing: tuple[int, ...] = (),
+        left_out: dict[int, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.missing = missing
+        self.left_out = dict(left_out or {})
 
 
 class GuardianRefused(Refused):

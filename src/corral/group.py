@@ -40,17 +40,35 @@ from corral.errors import (
 )
 from corral.security import GROUP_INBOX
 
-__all__ = ["Collected", "Group"]
+__all__ = ["Collected", "Group", "Reached"]
 
 _ENCODER = msgspec.msgpack.Encoder()
 # Headroom below the server's max_payload for the chunk's own fields and headers.
 _CHUNK_OVERHEAD = 4096
 
 
-class Collected(list[Any]):
-    """What rank 0 gets from :meth:`Group.collect`: one value per rank (None where missing)."""
+class Reached(list[int]):
+    """What :meth:`Group.barrier` returns: the ranks that reached it, still alive.
+
+    It is the plain list of ranks it always was, plus ``missing`` (every other rank) and
+    ``left_out``: why each missing rank was not counted — ``"dead"``, ``"departed"``,
+    ``"out of step: called collect #3"``, ``"reached, then died"`` or
+    ``"reached, then departed"``.
+    """
 
     missing: tuple[int, ...] = ()
+    left_out: dict[int, str] = {}  # set per instance
+
+
+class Collected(list[Any]):
+    """What rank 0 gets from :meth:`Group.collect`: one value per rank (None where missing).
+
+    ``missing`` lists the ranks without a value, ``left_out`` why each was left out (as in
+    :class:`Reached`).
+    """
+
+    missing: tuple[int, ...] = ()
+    left_out: dict[int, str] = {}  # set per instance
 
 
 def _env(name: str) -> str | None:
@@ -200,15 +218,23 @@ class Group:
 
     # --- collectives --------------------------------------------------------------------
 
-    async def barrier(self, timeout: float = 30.0) -> list[int]:
+    async def barrier(self, timeout: float = 30.0) -> Reached:
         """Wait for every live member; return the ranks that reached the barrier.
 
+        Returns:
+            The ranks that reached it and were alive when it completed (a list), with
+            ``missing`` and ``left_out`` saying who was not counted and why.
+
         Raises:
-            GroupTimeout: not every live member arrived within ``timeout`` (``missing`` says who).
-            GroupRefused: this member is out of step or was declared dead.
+            GroupTimeout: not every live member arrived within ``timeout`` (``missing`` says
+                who, ``left_out`` why).
+            GroupRefused: this member is out of step (this call only was not counted: call
+                again) or was declared dead.
         """
         done = await self._arrive("barrier", timeout)
-        return list(done.reached)
+        reached = Reached(done.reached)
+        reached.missing, reached.left_out = done.missing, dict(done.left_out)
+        return reached
 
     async def collect(self, value: Any, timeout: float = 30.0) -> Collected | None:
         """Gather every member's ``value`` at rank 0, in rank order.
@@ -229,7 +255,7 @@ class Group:
             return None
         done = await self._arrive("collect", timeout)
         out = Collected([None] * self.size)
-        out.missing = done.missing
+        out.missing, out.left_out = done.missing, dict(done.left_out)
         out[0] = value
         for src in done.reached:
             if src != 0:
@@ -251,19 +277,30 @@ class Group:
             return value
         done = await self._arrive("distribute", timeout)
         if 0 not in done.reached:
-            raise GroupRefused(f"rank 0 of group {self.name!r} died before distributing")
+            why = done.left_out.get(0, "dead")
+            how = "died" if "died" in why or why == "dead" else f"left ({why})"
+            raise GroupRefused(f"rank 0 of group {self.name!r} {how} before distributing")
         return msgspec.msgpack.decode(await self._received(seq, 0, timeout))
 
     async def _arrive(self, kind: str, timeout: float) -> wire.GroupRound:
         self._seq += 1
+        # Values of earlier collectives nobody will read (a refused call's, say) are dropped.
+        for stale in [k for k in self._chunks if k[1] < self._seq]:
+            del self._chunks[stale]
+            self._complete.pop(stale, None)
         request = wire.GroupArrive(
             member=self.member, kind=kind, seq=self._seq, timeout=timeout, run=self.run
         )
-        done: wire.GroupRound = await _request(
-            self.nc, subjects.group(self.name, "arrive"), request, wire.GroupRound, timeout + 10
-        )
+        try:
+            done: wire.GroupRound = await _request(
+                self.nc, subjects.group(self.name, "arrive"), request, wire.GroupRound, timeout + 10
+            )
+        except GroupRefused as exc:
+            # Not counted: the next call is made at the group's current collective.
+            self._seq = exc.step - 1 if exc.step > 0 else self._seq - 1
+            raise
         if done.error:
-            raise GroupTimeout(done.error, done.missing)
+            raise GroupTimeout(done.error, done.missing, done.left_out)
         return done
 
     # --- values -------------------------------------------------------------------------

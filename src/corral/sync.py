@@ -210,7 +210,7 @@ class Group:
         """
         return cls(call(_group.Group.join(name, size, rank, **options)))
 
-    def barrier(self, timeout: float = 30.0) -> list[int]:
+    def barrier(self, timeout: float = 30.0) -> _group.Reached:
         """See :meth:`corral.group.Group.barrier`.
 
         Raises:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import os
 import secrets
+import string
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,8 +43,10 @@ __all__ = [
     "create_token",
     "ensure_admin_token",
     "list_tokens",
+    "load_token",
     "read_token",
     "revoke_token",
+    "token_problem",
 ]
 
 PREFIX = "crl_"
@@ -80,11 +84,99 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+# What create_token issues: crl_ + 12 hex digits + _ + 43 URL-safe base64 characters.
+_ID_LENGTH = 12
+_SECRET_LENGTH = 43
+_LEGAL = frozenset(string.ascii_letters + string.digits + "-_")
+_SHAPE = "a corral API token reads crl_<12 hex digits>_<43-character secret>"
+
+
+def token_problem(text: str) -> str | None:
+    """What is wrong with the text of an API token, before any request is made with it.
+
+    Args:
+        text: The token as given (surrounding whitespace already stripped).
+
+    Returns:
+        ``None`` if it has the shape of a token ``corral token create`` prints, else what is
+        wrong, e.g. ``"illegal character '\\n' at position 30"`` (positions count from 1).
+    """
+    if not text:
+        return "it is empty"
+    if not text.startswith(PREFIX):
+        return f"it does not start with {PREFIX!r}"
+    for position, char in enumerate(text, start=1):
+        if char not in _LEGAL:
+            return f"illegal character {char!r} at position {position}"
+    ident, sep, secret = text[len(PREFIX) :].partition("_")
+    if not sep or len(ident) != _ID_LENGTH or any(c not in string.hexdigits for c in ident):
+        return f"the id after {PREFIX!r} is not {_ID_LENGTH} hex digits followed by '_'"
+    if len(secret) < _SECRET_LENGTH:
+        return (
+            f"it is too short: {len(text)} characters, a token has "
+            f"{len(PREFIX) + _ID_LENGTH + 1 + _SECRET_LENGTH}"
+        )
+    return None
+
+
+def _malformed(problem: str, where: str) -> AuthenticationFailed:
+    return AuthenticationFailed(
+        f"malformed API token{where}: {problem}; {_SHAPE}, as `corral token create` prints it",
+        401,
+    )
+
+
 def _parse(text: str) -> tuple[str, str]:
-    if not text.startswith(PREFIX) or text.count("_") < 2:
-        raise AuthenticationFailed("malformed API token: expected crl_<id>_<secret>", 401)
+    problem = token_problem(text)
+    if problem is not None:
+        raise _malformed(problem, "")
     ident, _, secret = text[len(PREFIX) :].partition("_")
     return ident, secret
+
+
+def load_token(value: str, source: str = "token") -> str:
+    """The API token that ``value`` gives: the token itself or the path of a file holding it.
+
+    Surrounding whitespace (the newline of a file, or of ``$(cat file)``) is stripped.
+
+    Args:
+        value: A token (``crl_…``), or a file path (``~`` expanded).
+        source: Where ``value`` came from, for the message (``"CORRAL_API_TOKEN"``).
+
+    Returns:
+        The token text, checked with :func:`token_problem`.
+
+    Raises:
+        AuthenticationFailed: The token (or the file's content) is malformed, or ``value``
+            is neither a token nor a readable file; the message says what is wrong.
+    """
+    text = value.strip()
+    if not text or text.startswith(PREFIX):
+        problem = token_problem(text)
+        if problem is not None:
+            raise _malformed(problem, f" in {source}")
+        return text
+    path = Path(text).expanduser()
+    if not path.is_file():
+        # Echo only what looks like a path: anything else may be a mistyped secret.
+        shown = f" {str(path)!r}" if os.sep in text or text.startswith("~") else ""
+        raise _malformed(
+            f"it is neither a token (it does not start with {PREFIX!r}) nor the path of a file "
+            f"that exists{shown}",
+            f" in {source}",
+        )
+    try:
+        content = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuthenticationFailed(
+            f"cannot read the API token file {path} (from {source}): {exc}; check the path "
+            "and that it is readable by this user",
+            401,
+        ) from exc
+    problem = token_problem(content)
+    if problem is not None:
+        raise _malformed(problem, f" in the file {path} (from {source})")
+    return content
 
 
 async def create_token(store: Store, role: Role | str, name: str = "") -> tuple[Token, str]:
@@ -240,13 +332,22 @@ async def ensure_admin_token(config: Config, store: Store) -> Path:
 
 def read_token(config: Config, explicit: str | None = None) -> str | None:
     """The token the CLI and client use: ``explicit``, ``api_token`` (a token or a file), or
-    the local admin token file; ``None`` if there is none."""
-    for candidate in (explicit, config.api_token):
-        if candidate:
-            if candidate.startswith(PREFIX):
-                return candidate
-            path = Path(candidate).expanduser()
-            if path.exists():
-                return path.read_text().strip()
+    the local admin token file; ``None`` if there is none.
+
+    Args:
+        config: The configuration (its ``api_token`` and data directory).
+        explicit: A token or token file given on the command line or in code.
+
+    Returns:
+        The checked token text, or ``None`` if no source gives one.
+
+    Raises:
+        AuthenticationFailed: A token (or a token file's content) is malformed or a named
+            file does not exist; the message says what is wrong.
+    """
+    if explicit:
+        return load_token(explicit, "the token given")
+    if config.api_token:
+        return load_token(config.api_token, "api_token (CORRAL_API_TOKEN)")
     path = admin_token_path(config)
-    return path.read_text().strip() if path.exists() else None
+    return load_token(str(path), str(path)) if path.exists() else None

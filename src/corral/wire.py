@@ -195,6 +195,9 @@ class ErrorReply(_Msg, frozen=True):
     error: str
     #: for code ``retry``: ask again after this many seconds
     retry_after: float = 0.0
+    #: for code ``group-refused`` of a collective: the group's current collective number
+    #: (calling again at it is counted); 0 when it does not apply
+    step: int = 0
 
 
 class Ok(_Msg, frozen=True):
@@ -336,6 +339,10 @@ class GroupRound(_Msg, frozen=True):
     reached: tuple[int, ...]
     missing: tuple[int, ...]
     error: str = ""
+    #: why each rank in ``missing`` was left out: ``dead``, ``departed``, ``out of step:
+    #: called <kind> #<n>``, ``did not arrive``, ``reached, then died`` or ``reached, then
+    #: departed`` (``reached`` holds only members alive when the round completed)
+    left_out: dict[int, str] = msgspec.field(default_factory=dict)
 
 
 class GroupLeave(_Msg, frozen=True):
@@ -881,6 +888,8 @@ def raise_for_error(reply: ErrorReply) -> None:
     """
     if reply.code == "retry":
         raise RetryLater(reply.error, reply.retry_after)
+    if reply.code == "group-refused":
+        raise GroupRefused(reply.error, reply.step)
     raise _ERRORS.get(reply.code, Refused)(reply.error)
 
 

@@ -13,6 +13,7 @@ import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
 from corral import pki, wire
 from corral.cli.common import configure, err, fail, run
@@ -21,6 +22,7 @@ from corral.config import FIELDS, Config
 from corral.errors import ControllerUnavailable, CorralError
 from corral.security import Authority, write_secret
 from corral.sender import Sender
+from corral.store import Store, normalize_url
 
 __all__ = ["initialise", "nodes_table", "register"]
 
@@ -64,13 +66,31 @@ def init(
     if not created and san and (data / "pki" / "ca.pem").exists():
         pki.make_server_cert(data / "pki", [config.nats_host, *san])
         out.print(f"re-issued the server certificate for {', '.join(san)} (restart the bus)")
+    store = run(_create_store(config))
     verb = "created" if created else "already initialised:"
     out.print(f"[green]{verb}[/] {data}")
+    if store:
+        out.print(f"  store         {store}  (back it up: docs/operations.md)")
     out.print(f"  credentials   {data / 'auth'}  (controller.creds, admin.creds)")
     if (data / "pki" / "ca.pem").exists():
         out.print(f"  TLS CA        {data / 'pki' / 'ca.pem'}  (give it to nodes: --ca)")
     out.print(f"  external NATS include {data / 'auth' / 'nats-auth.conf'}")
     out.print("next: `corral controller`, then `corral enroll NAME` for each node")
+
+
+async def _create_store(config: Config) -> str:
+    """Create (or check) the SQLite store so `corral init` makes it, 0600; '' for PostgreSQL.
+
+    A PostgreSQL store is migrated by the controller at its first start: the server need
+    not be reachable when the data directory is made.
+    """
+    url = normalize_url(config.store_url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return ""
+    async with await Store.open(url):
+        pass
+    return parsed.database or ""
 
 
 async def _notify(config: Config, event: wire.AuthEvent) -> bool:

@@ -26,6 +26,10 @@ log = logging.getLogger("corral.groups")
 Key = tuple[str, str]  # (group name, run)
 
 
+def _why(left_out: dict[int, str]) -> str:
+    return "; ".join(f"rank {rank}: {why}" for rank, why in sorted(left_out.items()))
+
+
 class GroupService:
     """Every live group, by (name, run).
 
@@ -152,6 +156,18 @@ class GroupService:
         if reply:
             await self.nc.publish(reply, wire.encode(payload), headers=wire.HEADERS)
 
+    async def _round_done(self, key: Key, d: RoundDone) -> None:
+        done = wire.GroupRound(
+            kind=d.kind, seq=d.seq, reached=d.reached, missing=d.missing, left_out=d.left_out
+        )
+        if d.left_out:
+            log.info(
+                "group round left ranks out",
+                extra={"group": key[0], "kind": d.kind, "seq": d.seq, "why": _why(d.left_out)},
+            )
+        for member in d.waiters:
+            await self._answer(key, member, done)
+
     async def _carry_out(self, key: Key, decisions: list[Decision]) -> None:
         for d in decisions:
             if isinstance(d, Formed):
@@ -162,12 +178,15 @@ class GroupService:
                     )
                     await self._answer(key, member, formed)
             elif isinstance(d, RoundDone):
-                done = wire.GroupRound(kind=d.kind, seq=d.seq, reached=d.reached, missing=d.missing)
-                for member in d.waiters:
-                    await self._answer(key, member, done)
+                await self._round_done(key, d)
             elif isinstance(d, RoundFailed):
                 failed = wire.GroupRound(
-                    kind=d.kind, seq=d.seq, reached=(), missing=d.missing, error=d.reason
+                    kind=d.kind,
+                    seq=d.seq,
+                    reached=(),
+                    missing=d.missing,
+                    error=d.reason,
+                    left_out=d.left_out,
                 )
                 for member in d.waiters:
                     await self._answer(key, member, failed)
@@ -176,9 +195,8 @@ class GroupService:
                 for member in d.members:
                     await self._answer(key, member, error)
             elif isinstance(d, Refuse):
-                await self._answer(
-                    key, d.member, wire.ErrorReply(code="group-refused", error=d.reason)
-                )
+                refusal = wire.ErrorReply(code="group-refused", error=d.reason, step=d.step)
+                await self._answer(key, d.member, refusal)
         g = self.groups.get(key)
         if g is not None and g.ended:
             del self.groups[key]

@@ -11,6 +11,13 @@ member has arrived; a member silent for longer than ``silence`` is dead for good
 round completes without it, reporting it missing. A round that is not complete by its deadline
 fails, naming the live ranks that did not arrive — no collective waits past its timeout.
 
+A call out of step (another collective, or another number, than the group's current one) is
+refused for that call only: the member stays a member, the refusal carries the group's current
+step so the member can call again there and be counted, and until it does the round records
+what it called. Every round says why each rank it did not count was left out (dead, departed,
+out of step, did not arrive, or reached and then died/departed before the round completed):
+``reached`` holds only the members still alive when the round completed.
+
 The coordinator feeds events in with the current time and carries out the decisions returned.
 """
 
@@ -24,6 +31,7 @@ __all__ = [
     "Formed",
     "Group",
     "GroupFailed",
+    "LEFT_OUT",
     "Phase",
     "Refuse",
     "RoundDone",
@@ -76,10 +84,15 @@ class GroupFailed:
 
 @dataclass(frozen=True)
 class Refuse:
-    """One member's request is refused."""
+    """One member's request is refused (that request only).
+
+    ``step`` is, for a refused collective, the number the group's current (or next)
+    collective has: calling again at it is counted. 0 when it does not apply.
+    """
 
     member: str
     reason: str
+    step: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,8 @@ class RoundDone:
     waiters: tuple[str, ...]
     reached: tuple[int, ...]
     missing: tuple[int, ...]
+    #: why each rank in ``missing`` was left out (see :data:`LEFT_OUT`)
+    left_out: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,20 @@ class RoundFailed:
     waiters: tuple[str, ...]
     missing: tuple[int, ...]
     reason: str
+    #: why each rank in ``missing`` was left out (see :data:`LEFT_OUT`)
+    left_out: dict[int, str] = field(default_factory=dict)
+
+
+#: How a rank left out of a round is described (the out-of-step one is followed by what the
+#: member called, e.g. ``"out of step: called collect #1"``).
+LEFT_OUT = (
+    "dead",
+    "departed",
+    "out of step",
+    "did not arrive",
+    "reached, then died",
+    "reached, then departed",
+)
 
 
 Decision = Formed | GroupFailed | Refuse | RoundDone | RoundFailed
@@ -147,6 +176,8 @@ class Group:
         self.members: dict[str, Member] = {}
         self.next_seq = 1
         self.round: _Round | None = None
+        # rank -> what it called, for members refused out of step at the current step
+        self.strays: dict[int, str] = {}
 
     def __repr__(self) -> str:
         alive = sum(1 for m in self.members.values() if m.alive and not m.left)
@@ -233,7 +264,14 @@ class Group:
             ]
         m.last_seen = now
         if seq < self.next_seq:
-            return [Refuse(member, f"{kind} #{seq} of group {self.name!r} is already over")]
+            return [
+                Refuse(
+                    member,
+                    f"{kind} #{seq} of group {self.name!r} is already over; the group is at "
+                    f"collective #{self.next_seq}: call again to be counted there",
+                    self.next_seq,
+                )
+            ]
         current = self.round
         if current is None:
             if seq != self.next_seq:
@@ -242,15 +280,36 @@ class Group:
         elif (kind, seq) != (current.kind, current.seq):
             return [self._out_of_step(m, kind, seq, f"{current.kind} #{current.seq}")]
         current.arrived[m.rank] = member
+        self.strays.pop(m.rank, None)
         current.deadline = min(current.deadline, now + timeout)
         return self._complete_if_done()
 
     def _out_of_step(self, m: Member, kind: str, seq: int, group_at: str) -> Refuse:
+        # Refused for this call only: the member stays in, and the others learn why it is
+        # missing if it does not come back in time.
+        self.strays[m.rank] = f"out of step: called {kind} #{seq}"
         return Refuse(
             m.id,
             f"rank {m.rank} called {kind} #{seq} while the group is at {group_at}: every "
-            "member must call the same collectives in the same order",
+            "member must call the same collectives in the same order; this call was not "
+            f"counted, call again at collective #{self.next_seq}",
+            self.next_seq,
         )
+
+    def _why(self, rank: int, arrived: bool) -> str:
+        """Why ``rank`` is not counted as reached in the round ending now."""
+        m = next((m for m in self.members.values() if m.rank == rank), None)
+        gone = "" if m is None else "died" if not m.alive else "departed" if m.left else ""
+        if arrived:
+            return f"reached, then {gone}"
+        if gone:
+            return "dead" if gone == "died" else "departed"
+        return self.strays.get(rank, "did not arrive")
+
+    def _end_round(self) -> None:
+        self.round = None
+        self.next_seq += 1
+        self.strays.clear()
 
     def _complete_if_done(self) -> list[Decision]:
         current = self.round
@@ -259,12 +318,13 @@ class Group:
         live = {m.rank for m in self._live()}
         if not live <= set(current.arrived):
             return []
-        self.round = None
-        self.next_seq += 1
-        reached = tuple(sorted(current.arrived))
-        missing = tuple(sorted(set(range(self.size)) - set(current.arrived)))
-        waiters = tuple(current.arrived[r] for r in reached)
-        return [RoundDone(current.kind, current.seq, waiters, reached, missing)]
+        self._end_round()
+        # A member that arrived and then died or departed is not reported as reached.
+        reached = tuple(sorted(live & set(current.arrived)))
+        missing = tuple(sorted(set(range(self.size)) - set(reached)))
+        left_out = {r: self._why(r, r in current.arrived) for r in missing}
+        waiters = tuple(current.arrived[r] for r in sorted(current.arrived))
+        return [RoundDone(current.kind, current.seq, waiters, reached, missing, left_out)]
 
     # --- time ---------------------------------------------------------------------------
 
@@ -302,12 +362,13 @@ class Group:
         decisions = self._complete_if_done()
         current = self.round
         if current is not None and now >= current.deadline:
-            self.round = None
-            self.next_seq += 1
             live = {m.rank for m in self._live()}
             late = sorted(live - set(current.arrived))
             dead = sorted(set(range(self.size)) - live - set(current.arrived))
             missing = tuple(sorted([*late, *dead]))
+            left_out = {r: self._why(r, False) for r in missing}
+            why = "; ".join(f"rank {r}: {left_out[r]}" for r in missing)
+            self._end_round()
             decisions.append(
                 RoundFailed(
                     current.kind,
@@ -315,7 +376,10 @@ class Group:
                     tuple(current.arrived.values()),
                     missing,
                     f"{current.kind} #{current.seq} of group {self.name!r} timed out: ranks "
-                    f"{late} did not arrive" + (f" (ranks {dead} are dead)" if dead else ""),
+                    f"{late} did not arrive"
+                    + (f" (ranks {dead} are dead)" if dead else "")
+                    + f" [{why}]",
+                    left_out,
                 )
             )
         if not self._live():

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
+import math
 import secrets
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -26,6 +30,7 @@ from corral.dashboard.auth import COOKIE, LOGIN_COOKIE, Gate, Session, check_ori
 from corral.dashboard.guardian_pages import GuardianPages
 from corral.dashboard.guardians import GuardianBoard
 from corral.dashboard.live import Live
+from corral.dashboard.lockout import Lockout, SignInThrottle, Verdict
 from corral.dashboard.task_pages import TaskPages
 from corral.dashboard.users import check_password
 from corral.dashboard.web import flash, guarded, json_object, redirect, render, safe_next
@@ -39,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["Dashboard", "mount"]
 
 _KINDS = ("command", "shell", "get", "set")
+
+log = logging.getLogger("corral.dashboard")
 
 
 class Dashboard(TaskPages, GuardianPages):
@@ -59,6 +66,10 @@ class Dashboard(TaskPages, GuardianPages):
         #: scrypt takes 16 MiB and tens of milliseconds: at most two checks at a time, so a
         #: flood of sign-ins can neither exhaust memory nor starve the controller's loop
         self.password_checks = asyncio.Semaphore(2)
+        #: slows down, then locks out, repeated wrong passwords per name and per address
+        self.throttle = SignInThrottle()
+        #: the throttle's clock (monotonic seconds); tests replace it
+        self.clock: Callable[[], float] = time.monotonic
 
     def __repr__(self) -> str:
         return f"<Dashboard {self.gate!r}>"
@@ -121,10 +132,18 @@ class Dashboard(TaskPages, GuardianPages):
                     f"token:{token.id}:{token.name}", Role(token.role), token_text
                 )
         else:
-            async with self.password_checks:
-                user = await check_password(
-                    self.gate.store, fields.get("name", "").strip(), fields.get("password", "")
-                )
+            name = fields.get("name", "").strip()
+            address = request.client.host if request.client else ""
+            async with self.password_checks:  # checked in turn: a flood is counted in full
+                verdict = self.throttle.check(name, address, self.clock())
+                if not verdict.allowed:
+                    return self._slow_down(verdict, target, nonce)
+                user = await check_password(self.gate.store, name, fields.get("password", ""))
+                if user is not None:
+                    self.throttle.succeeded(name, self.clock())
+                else:
+                    for lock in self.throttle.failed(name, address, self.clock()):
+                        self._locked(lock, address)
             if user is not None:
                 session = await self.gate.open(user.name, Role(user.role))
         if session is None:
@@ -144,6 +163,30 @@ class Dashboard(TaskPages, GuardianPages):
         )
         response.delete_cookie(LOGIN_COOKIE, path="/ui")
         return response
+
+    def _slow_down(self, verdict: Verdict, target: str, nonce: str) -> Response:
+        """429 with ``Retry-After``: the password was not even looked at."""
+        response = render("login.html", None, 429, next=target, nonce=nonce, error=verdict.reason)
+        response.headers["Retry-After"] = str(max(1, math.ceil(verdict.retry_after)))
+        return response
+
+    def _locked(self, lock: Lockout, address: str) -> None:
+        """Log and audit a name or address that was just locked out."""
+        seconds = round(lock.until - self.clock())
+        log.warning(
+            "dashboard sign-in locked",
+            extra={"kind": lock.kind, "key": lock.key, "failures": lock.failures, "for": seconds},
+        )
+        self.ctl._audit.append(
+            AuditEntry(
+                at=self.ctl.clock(),
+                actor=f"address:{address}",
+                action="dashboard.lockout",
+                target=f"{lock.kind}:{lock.key}",
+                detail={"failures": lock.failures, "seconds": seconds},
+            )
+        )
+        self.ctl._wake.set()
 
     async def logout(self, request: Request) -> Response:
         """Sign out (a form with the CSRF token)."""

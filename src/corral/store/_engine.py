@@ -1,10 +1,12 @@
 """Engines for the store: the sync one migrations run on, and the async one for everything else.
 
-Theory of operation: :meth:`Store.open` first calls :func:`migrate` in a worker thread. It
-opens a short-lived *sync* engine (sqlite3 or psycopg), takes a lock so two controllers
-starting together do not both create tables, and runs Alembic up to head. Only then does it
-build the long-lived *async* engine with :func:`async_engine`. Both engines apply the same
-SQLite PRAGMAs on every new connection.
+Theory of operation: :meth:`Store.open` first calls :func:`migrate` in a worker thread. For
+SQLite it creates an absent file or checks an existing one (:mod:`corral.store._integrity`:
+empty, foreign and damaged files are refused). It then opens a short-lived *sync* engine
+(sqlite3 or psycopg), takes a lock so two controllers starting together do not both create
+tables, refuses a schema revision newer than this code, and runs Alembic up to head. Only
+then does it build the long-lived *async* engine with :func:`async_engine`. Both engines
+apply the same SQLite PRAGMAs on every new connection.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from typing import Any
 import msgspec
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, pool, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from corral.errors import StoreError
 
-from ._url import sync_url
+from ._integrity import check_revision, check_sqlite_file, create_sqlite_file
+from ._url import mask_password, sync_url
 
 __all__ = ["MIGRATIONS", "async_engine", "migrate"]
 
@@ -96,21 +100,8 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
-def migrate(url: str) -> None:
-    """Create the SQLite file's directory and upgrade the schema to head (blocking).
-
-    Args:
-        url: A normalized store URL; migrations use its sync-driver twin.
-
-    Raises:
-        StoreError: The URL is an in-memory SQLite one.
-        OSError: The directory cannot be created.
-        sqlalchemy.exc.SQLAlchemyError: Connecting or migrating failed.
-        alembic.util.exc.CommandError: The database is at a revision we do not know.
-    """
-    path = sqlite_path(url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+def _upgrade(url: str, where: str) -> None:
+    """Run the migrations up to head on ``url`` (blocking), after checking its revision."""
     engine = create_engine(sync_url(url), poolclass=pool.NullPool, **_engine_options(url))
     _listen(engine)
     try:
@@ -123,9 +114,41 @@ def migrate(url: str) -> None:
             # Config is a ConfigParser: a literal "%" in the path must be doubled.
             config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
             config.attributes["connection"] = conn
+            check_revision(conn, ScriptDirectory.from_config(config), where)
             command.upgrade(config, "head")
     finally:
         engine.dispose()
+
+
+def migrate(url: str) -> None:
+    """Check the store, create it if absent, and upgrade its schema to head (blocking).
+
+    A SQLite file that is absent is created (0600, its directory 0700); one that exists must
+    be an undamaged corral store (see :mod:`corral.store._integrity`).
+
+    Args:
+        url: A normalized store URL; migrations use its sync-driver twin.
+
+    Raises:
+        StoreError: The URL is an in-memory SQLite one; the SQLite file is empty, foreign or
+            damaged; or the schema is at a revision newer than this code.
+        OSError: The directory cannot be created.
+        sqlalchemy.exc.SQLAlchemyError: Connecting or migrating failed.
+        alembic.util.exc.CommandError: Migrating failed.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        _upgrade(url, mask_password(url))
+        return
+
+    def build(fresh: Path) -> None:
+        _upgrade(
+            make_url(url).set(database=str(fresh)).render_as_string(hide_password=False), str(fresh)
+        )
+
+    create_sqlite_file(path, build)
+    check_sqlite_file(path)
+    _upgrade(url, str(path))
 
 
 def async_engine(url: str) -> AsyncEngine:
