@@ -66,6 +66,7 @@ __all__ = [
     "VersionMismatch",
     "RecordRefused",
     "TransientStoreError",
+    "InvalidText",
 ]
 
 
@@ -288,6 +289,9 @@ class FunctionNotFound(ControllerError):
 # --- poison-proof writes (issue #12) --------------------------------------------------------
 #
 #    CorralError
+#    ├── UsageError
+#    │   └── InvalidText            a name holds NUL or another control character (also a
+#    │                              ValueError, so a request struct that checks it is invalid)
 #    ├── Refused
 #    │   └── RecordRefused          the store refused one record for its data (NUL, constraint,
 #    │                              value too large); the rest of its batch was written
@@ -295,6 +299,14 @@ class FunctionNotFound(ControllerError):
 #        └── StoreError
 #            └── TransientStoreError  a failure a retry may cure (connection lost, locked,
 #                                     serialization failure, deadlock, disk full)
+
+
+class InvalidText(UsageError, ValueError):
+    """A name (node, label, key, target...) holds NUL or another control character.
+
+    The message names the field and the character. Also a :class:`ValueError`, so that a
+    msgspec request struct whose ``__post_init__`` checks its names fails validation.
+    """
 
 
 class RecordRefused(Refused):

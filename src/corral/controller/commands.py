@@ -35,6 +35,7 @@ from corral.controller.command_stream import DEDUP, KEEP, CommandStream
 from corral.core.addressing import NodeFacts, resolve
 from corral.core.commands import CommandBook, CommandState, IllegalOutcome, Outcome, TrackedCommand
 from corral.core.registry import NodeStatus, Registry
+from corral.core.text import check_command_text
 from corral.errors import CorralError, Refused, UsageError
 from corral.records import AuditEntry, CommandRow, OutcomeRow
 
@@ -276,6 +277,7 @@ class CommandService:
                 "EXECUTE must be sent on corral.ctl.execute, which only credentials with the "
                 "execute role may use (the admin credential has it, operator.creds does not)"
             )
+        check_command_text(request.targets, request.kind, request.name, request.args)
         if not subjects_ok(request.kind):
             raise UsageError(
                 f"bad command kind {request.kind!r}: use command, shell, get, set, put, "

@@ -30,6 +30,7 @@ from corral.controller.groups import GroupService
 from corral.controller.reports import ReportService
 from corral.controller.tasks import TaskService
 from corral.core.registry import Refusal, Registry
+from corral.core.text import check_join_text
 from corral.errors import (
     ControllerUnavailable,
     CorralError,
@@ -460,6 +461,9 @@ class Controller(CommandEndpoints):
 
     async def _on_join(self, msg: Any, name: str, join: wire.Join) -> None:
         self.counters["join"] += 1
+        check_join_text(
+            join.labels, join.interfaces, join.attributes, join.host, join.version, join.instance
+        )
         known = name in self.registry.nodes
         outcome = self.registry.join(name, join, self.clock())
         if isinstance(outcome, Refusal):

@@ -16,9 +16,18 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from corral.errors import UsageError
+from corral.errors import InvalidText
 
-__all__ = ["NUL_ESCAPE", "check_keys", "check_name", "check_names", "escape", "has_nul"]
+__all__ = [
+    "NUL_ESCAPE",
+    "check_command_text",
+    "check_join_text",
+    "check_keys",
+    "check_name",
+    "check_names",
+    "escape",
+    "has_nul",
+]
 
 #: What a NUL becomes in text the store cannot hold as is: visible, and never a NUL again.
 NUL_ESCAPE = "\\x00"
@@ -38,11 +47,11 @@ def check_name(value: str, field: str) -> str:
         ``value`` unchanged.
 
     Raises:
-        UsageError: ``value`` holds NUL, a newline, a tab or another control character.
+        InvalidText: ``value`` holds NUL, a newline, a tab or another control character.
     """
     found = _CONTROL.search(value)
     if found is not None:
-        raise UsageError(
+        raise InvalidText(
             f"{field} {value!r} holds the control character {found.group()!r} at position "
             f"{found.start()}: names may not contain NUL, newlines, tabs or other control "
             "characters; remove it and send again"
@@ -58,7 +67,7 @@ def check_names(values: Iterable[str], field: str) -> None:
         field: What each is, for the message.
 
     Raises:
-        UsageError: One of them holds a control character.
+        InvalidText: One of them holds a control character.
     """
     for value in values:
         check_name(value, field)
@@ -72,11 +81,62 @@ def check_keys(mapping: Mapping[str, Any], field: str) -> None:
         field: What each key is, for the message (``"argument name"``).
 
     Raises:
-        UsageError: A key holds a control character.
+        InvalidText: A key holds a control character.
     """
     for key in mapping:
         if isinstance(key, str):
             check_name(key, field)
+
+
+def check_command_text(
+    targets: Iterable[str], kind: str, name: str, args: Mapping[str, Any]
+) -> None:
+    """The names in a command: its targets, kind, name and argument names.
+
+    Argument values are free (a shell command may span lines); a ``name`` may be empty.
+
+    Args:
+        targets: The targets as given.
+        kind: The command's kind.
+        name: The handler, parameter or path it names.
+        args: Its arguments.
+
+    Raises:
+        InvalidText: One of them holds a control character.
+    """
+    check_names(targets, "target")
+    check_name(kind, "kind")
+    check_name(name, "name")
+    check_keys(args, "argument name")
+
+
+def check_join_text(
+    labels: Iterable[str],
+    interfaces: Iterable[str],
+    attributes: Mapping[str, Any],
+    host: str,
+    version: str,
+    instance: str,
+) -> None:
+    """The names a node gives when it joins.
+
+    Args:
+        labels: Its labels.
+        interfaces: Its interfaces.
+        attributes: Its attributes (their names are checked, not their values).
+        host: Its host name.
+        version: Its corral version.
+        instance: Its process instance id.
+
+    Raises:
+        InvalidText: One of them holds a control character.
+    """
+    check_names(labels, "label")
+    check_names(interfaces, "interface")
+    check_keys(attributes, "attribute name")
+    check_name(host, "host")
+    check_name(version, "version")
+    check_name(instance, "instance")
 
 
 def has_nul(value: Any) -> bool:
