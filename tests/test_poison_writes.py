@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from conftest import scaled
-from corral import AsyncController
+from corral import AsyncController, wire
 from corral.client import Client
 from corral.config import Config
 from corral.controller import Controller
@@ -28,6 +28,7 @@ from corral.tokens import Role
 from tasks_fixtures import api, node, token_for  # noqa: F401 - fixtures
 from test_api_commands import post, settled
 from test_commands import _wait_consumers, start_node
+from test_controller import _raw_request
 
 
 @pytest.fixture
@@ -144,6 +145,32 @@ async def test_nul_in_a_command_is_refused_and_nul_in_its_output_is_stored(
     assert later.status_code == 200
     outcome = await settled(config, later.json())
     assert outcome.outcomes["h1"].result == "h1"
+
+
+async def test_a_join_with_a_control_character_is_refused_and_one_out_of_range_is_repaired(
+    controller: Controller, config: Config
+) -> None:
+    bad = wire.encode(wire.Join(instance="i1", labels=("gpu\x00",)))
+    reply = await _raw_request(config, "j1", "join", bad, wire.HEADERS)
+    assert isinstance(reply, wire.ErrorReply) and reply.code == "usage"
+    assert "label 'gpu\\x00'" in reply.error
+    host = wire.encode(wire.Join(instance="i1", host="h\nx"))
+    reply = await _raw_request(config, "j1", "join", host, wire.HEADERS)
+    assert isinstance(reply, wire.ErrorReply) and "host" in reply.error
+    assert "j1" not in controller.registry.nodes
+    # A pid no integer column holds: SQLite raised OverflowError (ending the writer), and
+    # PostgreSQL refused the row for ever. The record is stored without it.
+    huge = wire.encode(wire.Join(instance="i2", pid=2**64 - 1, labels=("ok",)))
+    reply = await _raw_request(config, "j2", "join", huge, wire.HEADERS)
+    assert isinstance(reply, wire.JoinReply)
+    assert controller.store is not None
+    stored = await controller.store.get_node("j2")
+    assert stored is not None and stored.labels == ("ok",) and stored.pid == 0
+    reply = await _raw_request(
+        config, "j3", "join", wire.encode(wire.Join(instance="i3")), wire.HEADERS
+    )
+    assert isinstance(reply, wire.JoinReply)
+    assert await controller.store.get_node("j3") is not None
 
 
 # --- transient failures ---------------------------------------------------------------------

@@ -311,7 +311,7 @@ class Controller(CommandEndpoints):
                 self._wake.set()
                 continue
             self.backoff.succeeded()
-            refused_nodes = {r.name: r for r in written.refused_of("nodes")}
+            refused_nodes = {r.name: why for r, why in _refusals(written, "nodes")}
             await self.commands.refuse(
                 batch,
                 {
@@ -321,11 +321,8 @@ class Controller(CommandEndpoints):
             )
             for subject, data, node in replies:
                 if node in refused_nodes:
-                    why = next(w for r, w in _refusals(written, "nodes") if r.name == node)
-                    error = wire.ErrorReply(
-                        code="refused", error=_refusal("node record", repr(node), why)
-                    )
-                    data = wire.encode(error)
+                    why = _refusal("node record", repr(node), refused_nodes[node])
+                    data = wire.encode(wire.ErrorReply(code="refused", error=why))
                 await self.nc.publish(subject, data, headers=wire.HEADERS)
             for c in changes:
                 event = wire.NodeEvent(node=c.node, old=c.old, new=c.new, at=c.at, reason=c.reason)
