@@ -241,3 +241,26 @@ async def test_past_the_bound_the_caller_is_told_and_the_command_is_dropped(
     assert controller.store is not None
     listed = [row.serial for row, _ in await controller.store.recent_commands()]
     assert listed == [later.json()["serial"]]
+
+
+@pytest.mark.usefixtures("node")
+async def test_past_the_bound_queue_task_is_told_and_its_instance_is_written_later(
+    controller: Controller,
+    locked: sqlite3.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert controller.tasks is not None and controller.tasks.store is not None
+    operate = await token_for(controller, Role.OPERATE)
+    controller.tasks.backoff.bound = 0.0
+    caplog.set_level(logging.ERROR, "corral.controller.tasks")
+    locked.execute("BEGIN IMMEDIATE")
+    queued = await post(controller, operate, "queue_task", {"task_key": "add", "args": {"a": 1}})
+    assert queued.status_code == 503, queued.text
+    assert "queued in memory" in queued.json()["error"]
+    message = (await _logged(caplog, "task store write failed")).getMessage()
+    assert "1 task instance(s), 1 caller(s)" in message and "locked" in message
+    locked.execute("ROLLBACK")
+    # Kept and retried: once the lock is gone the instance is on disk (and fails: b is missing).
+    async with asyncio.timeout(scaled(30)):
+        while not await controller.tasks.store.get_many([1]):
+            await asyncio.sleep(0.05)
