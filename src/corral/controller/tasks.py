@@ -337,7 +337,11 @@ class TaskService:
         for inst in finished:
             self._settling.pop(inst.id, None)
             for waiter in self._waiters.pop(inst.id, ()):
-                if not waiter.done():
+                if waiter.done():
+                    continue
+                if inst.id in refused:
+                    waiter.set_exception(refused[inst.id])
+                else:
                     waiter.set_result(inst)
             if inst.parent is not None and inst.parent in self.maps:
                 await self.mapping.child_done(inst)
