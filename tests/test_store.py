@@ -223,13 +223,15 @@ async def test_audit_log_newest_first(store: Store) -> None:
     assert await store.audit_log(limit=1) == [log[0]]
 
 
-async def test_commit_is_one_transaction(store: Store) -> None:
+async def test_a_refused_record_does_not_hold_up_its_batch(store: Store) -> None:
     # A NULL in a NOT NULL column makes the audit insert fail after the nodes were upserted:
-    # the whole commit must roll back.
+    # that entry is refused (issue #12: it used to roll the whole batch back, for ever).
     bad = AuditEntry(1.0, "alice", "x", None)  # type: ignore[arg-type]
-    with pytest.raises(StoreError, match="cannot commit"):
-        await store.commit(nodes=[node("a")], audit=[bad])
-    assert await store.load_nodes() == []
+    written = await store.commit(nodes=[node("a")], audit=[bad])
+    assert written.refused_of("audit") == [bad]
+    assert "null" in written.refused[0].reason.lower()
+    assert [n.name for n in await store.load_nodes()] == ["a"]
+    assert await store.audit_log() == []
 
 
 # --- meta ---------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from corral.core.text import check_command_text, check_keys, check_name, check_names
+
 __all__ = [
     "CancelTask",
     "CommandDetail",
@@ -62,6 +64,10 @@ class ListTasks(_Body):
     toplevel: bool = True
     keys: list[Key] = []
 
+    def __post_init__(self) -> None:
+        """Refuse control characters in the keys (``InvalidText``, 422 over HTTP)."""
+        check_names(self.keys, "task key")
+
 
 class QueueTask(_Body):
     """``queue_task``: one instance of ``task_key`` with ``args`` as its keyword arguments."""
@@ -71,6 +77,12 @@ class QueueTask(_Body):
     priority: Priority = 5
     labels: list[Key] = []
     max_attempts: Attempts | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse control characters in the key, labels and argument names."""
+        check_name(self.task_key, "task_key")
+        check_names(self.labels, "label")
+        check_keys(self.args, "argument name")
 
 
 class RunTask(QueueTask):
@@ -87,6 +99,13 @@ class QueueTasks(_Body):
     priority: Priority = 5
     labels: list[Key] = []
     max_attempts: Attempts | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse control characters in the key, labels and argument names."""
+        check_name(self.task_key, "task_key")
+        check_names(self.labels, "label")
+        for i, args in enumerate(self.args):
+            check_keys(args, f"argument name (args[{i}])")
 
 
 class CancelTask(_Body):
@@ -110,6 +129,10 @@ class TaskHistory(_Body):
     page: PageNo = 1
     per_page: PerPage = 10
 
+    def __post_init__(self) -> None:
+        """Refuse control characters in the key."""
+        check_name(self.key, "key")
+
 
 class TaskDetail(_Body):
     """``task_history_detail``: one instance."""
@@ -129,11 +152,29 @@ class NodeDetail(_Body):
 
     id: Key
 
+    def __post_init__(self) -> None:
+        """Refuse control characters in the name."""
+        check_name(self.id, "id")
+
 
 class NodeEdit(_Body):
     """``node_edit``: ``values`` holds ``id`` (the node's name) and ``labels``/``attributes``."""
 
     values: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        """Refuse control characters in the name, labels and attribute names given.
+
+        Types are checked by ``node_edit`` itself (it says which fields it may set).
+        """
+        check_keys(self.values, "field name")
+        name, labels, attributes = (self.values.get(k) for k in ("id", "labels", "attributes"))
+        if isinstance(name, str):
+            check_name(name, "id")
+        if isinstance(labels, list):
+            check_names((x for x in labels if isinstance(x, str)), "label")
+        if isinstance(attributes, dict):
+            check_keys(attributes, "attribute name")
 
 
 class SendCommand(_Body):
@@ -151,6 +192,10 @@ class SendCommand(_Body):
     data: bytes = b""
     timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
     retire_after: Annotated[float, msgspec.Meta(ge=0, le=7 * 86_400)] | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse control characters in the targets, kind, name and argument names."""
+        check_command_text(self.targets, self.kind, self.name, self.args)
 
 
 class CommandDetail(_Body):

@@ -64,6 +64,9 @@ __all__ = [
     "Unavailable",
     "UsageError",
     "VersionMismatch",
+    "RecordRefused",
+    "TransientStoreError",
+    "InvalidText",
 ]
 
 
@@ -297,3 +300,42 @@ class FunctionNotFound(ControllerError):
     """-6: the controller API has no function of that name."""
 
     code = -6
+
+
+# --- poison-proof writes (issue #12) --------------------------------------------------------
+#
+#    CorralError
+#    ├── UsageError
+#    │   └── InvalidText            a name holds NUL or another control character (also a
+#    │                              ValueError, so a request struct that checks it is invalid)
+#    ├── Refused
+#    │   └── RecordRefused          the store refused one record for its data (NUL, constraint,
+#    │                              value too large); the rest of its batch was written
+#    └── Unavailable
+#        └── StoreError
+#            └── TransientStoreError  a failure a retry may cure (connection lost, locked,
+#                                     serialization failure, deadlock, disk full)
+
+
+class InvalidText(UsageError, ValueError):
+    """A name (node, label, key, target...) holds NUL or another control character.
+
+    The message names the field and the character. Also a :class:`ValueError`, so that a
+    msgspec request struct whose ``__post_init__`` checks its names fails validation.
+    """
+
+
+class RecordRefused(Refused):
+    """The store refused one record because of its data; the message names it and why.
+
+    Nothing else was lost: the other records of the same batch were written. Sending the
+    same data again fails the same way; fix the data (the message says which field).
+    """
+
+
+class TransientStoreError(StoreError):
+    """The store failed for a reason that is not the data's: a retry may succeed.
+
+    Connection lost, database locked, lock or statement timeout, serialization failure,
+    deadlock, disk full, a schema that does not match. Writers retry these with backoff.
+    """

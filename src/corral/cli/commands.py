@@ -23,6 +23,7 @@ from corral import subjects, wire
 from corral.cli.common import configure, err, run
 from corral.client import Client
 from corral.config import Config
+from corral.core.text import check_command_text
 from corral.errors import Timeout, UsageError
 from corral.outcomes import CommandHandle
 
@@ -114,6 +115,7 @@ async def _send(
     name: str = "",
     **kwargs: Any,
 ) -> int:
+    check_command_text((targets,), kind, name, kwargs.get("args") or {})
     async with await Client.connect(config, creds=Path(creds) if creds else None) as client:
         handle = await client.command(targets, kind, name, follow=wait > 0, **kwargs)
         if wait <= 0:

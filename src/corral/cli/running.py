@@ -18,9 +18,10 @@ from rich.panel import Panel
 
 from corral import procs
 from corral.cli.admin import initialise, nodes_table
-from corral.cli.common import _globals, configure, err, run
+from corral.cli.common import _globals, configure, err, fail, run
 from corral.client import Client
 from corral.config import Config
+from corral.core.text import check_join_text
 from corral.errors import CorralError
 from corral.node import Node
 from corral.node.handlers import Handlers, load_handlers
@@ -150,6 +151,11 @@ def node(
     Example: `corral node --name web1 --label gpu --handlers myapp.corral_handlers`
     """
     config, _ = configure(nats_url=nats, creds=creds, ca=ca)
+    attributes = _attributes(attr or [], sink)
+    try:
+        check_join_text(label or (), interface or (), attributes, "", "", "")
+    except CorralError as exc:
+        fail(exc)
     load_handlers(handlers or ())
     directory = Path(work_dir).expanduser() if work_dir else config.data_path / "nodes" / name
     daemon = Node(
@@ -157,7 +163,7 @@ def node(
         name,
         labels=tuple(label or ()),
         interfaces=tuple(interface or ()),
-        attributes=_attributes(attr or [], sink),
+        attributes=attributes,
         slots=slots,
         creds=Path(creds) if creds else None,
         handlers=Handlers.collect(

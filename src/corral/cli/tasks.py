@@ -23,6 +23,7 @@ from rich.table import Table
 from corral import api_models as m
 from corral.api_client import AsyncController
 from corral.cli.common import configure, run
+from corral.core.text import check_keys, check_name, check_names
 
 __all__ = ["register"]
 
@@ -121,6 +122,9 @@ def queue(
     values = _parse_args(args or [])
 
     async def use(c: AsyncController) -> Any:
+        check_name(key, "task key")
+        check_names(label or (), "label")
+        check_keys(values, "argument name")
         ident = await c.queue_task(key, values, priority=priority, labels=label or ())
         return (await c.wait(ident, 3600)) if wait else ident
 

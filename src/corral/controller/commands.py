@@ -35,6 +35,7 @@ from corral.controller.command_stream import DEDUP, KEEP, CommandStream
 from corral.core.addressing import NodeFacts, resolve
 from corral.core.commands import CommandBook, CommandState, IllegalOutcome, Outcome, TrackedCommand
 from corral.core.registry import NodeStatus, Registry
+from corral.core.text import check_command_text
 from corral.errors import CorralError, Refused, UsageError
 from corral.records import AuditEntry, CommandRow, OutcomeRow
 
@@ -81,10 +82,10 @@ class Batch:
     commands: list[CommandRow] = field(default_factory=list)
     outcomes: list[tuple[int, Outcome]] = field(default_factory=list)
     audit: list[AuditEntry] = field(default_factory=list)
-    #: (reply subject, accepted message) to answer senders with
-    replies: list[tuple[str, bytes]] = field(default_factory=list)
-    #: in-process senders (the HTTP API) waiting for this batch to be on disk
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    #: serial -> (reply subject, accepted message) to answer senders with
+    replies: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+    #: serial -> in-process sender (the HTTP API) waiting for its command to be on disk
+    waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
 
     @property
     def outcome_rows(self) -> list[OutcomeRow]:
@@ -195,7 +196,7 @@ class CommandService:
         """
         accepted = self.accept(request, "", via_execute)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._batch.waiters.append(waiter)
+        self._batch.waiters[accepted.serial] = waiter
         self.wake()
         await waiter
         return accepted
@@ -265,7 +266,7 @@ class CommandService:
             broadcast=resolution.broadcast,
         )
         if reply:
-            self._batch.replies.append((reply, wire.encode(accepted)))
+            self._batch.replies[command.serial] = (reply, wire.encode(accepted))
         self.counters["commands"] = self.counters.get("commands", 0) + 1
         self.wake()
         return accepted
@@ -276,6 +277,7 @@ class CommandService:
                 "EXECUTE must be sent on corral.ctl.execute, which only credentials with the "
                 "execute role may use (the admin credential has it, operator.creds does not)"
             )
+        check_command_text(request.targets, request.kind, request.name, request.args)
         if not subjects_ok(request.kind):
             raise UsageError(
                 f"bad command kind {request.kind!r}: use command, shell, get, set, put, "
@@ -370,16 +372,42 @@ class CommandService:
         """Put back a batch whose transaction failed, for the next attempt."""
         self._batch.commands[:0] = batch.commands
         self._batch.audit[:0] = batch.audit
-        self._batch.replies[:0] = batch.replies
-        self._batch.waiters[:0] = batch.waiters
+        self._batch.replies = {**batch.replies, **self._batch.replies}
+        self._batch.waiters = {**batch.waiters, **self._batch.waiters}
         self.book.restore_changes(batch.outcomes)
+
+    async def refuse(self, batch: Batch, refused: dict[int, CorralError]) -> None:
+        """Drop commands of ``batch`` that will not be stored, and tell their senders why.
+
+        The serials stay used (serials never go back); nothing is published.
+
+        Args:
+            batch: The batch that holds them (its rows, audit entries, replies, waiters).
+            refused: serial -> the error to answer its sender with.
+        """
+        if not refused:
+            return
+        batch.commands = [row for row in batch.commands if row.serial not in refused]
+        batch.audit = [a for a in batch.audit if a.detail.get("serial") not in refused]
+        for serial, error in refused.items():
+            log.error("command #%d not stored: %s", serial, error)
+            self._count("refused.store")
+            self.rows.pop(serial, None)
+            self.book.commands.pop(serial, None)
+            waiter = batch.waiters.pop(serial, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(error)
+            reply = batch.replies.pop(serial, None)
+            if reply is not None and self.nc is not None:
+                answer = wire.ErrorReply(code=wire.error_code(error), error=str(error))
+                await self.nc.publish(reply[0], wire.encode(answer), headers=wire.HEADERS)
 
     async def committed(self, batch: Batch) -> None:
         """The batch is durable: answer senders, queue its commands, announce outcomes."""
         assert self.nc is not None
-        for subject, data in batch.replies:
+        for subject, data in batch.replies.values():
             await self.nc.publish(subject, data, headers=wire.HEADERS)
-        for waiter in batch.waiters:
+        for waiter in batch.waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
         for row in batch.commands:

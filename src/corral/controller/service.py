@@ -30,15 +30,39 @@ from corral.controller.groups import GroupService
 from corral.controller.reports import ReportService
 from corral.controller.tasks import TaskService
 from corral.core.registry import Refusal, Registry
-from corral.errors import ControllerUnavailable, CorralError, Refused, Timeout
+from corral.core.text import check_join_text
+from corral.errors import (
+    ControllerUnavailable,
+    CorralError,
+    RecordRefused,
+    Refused,
+    StoreError,
+    Timeout,
+)
 from corral.records import AuditEntry, NodeRecord, Transition
 from corral.security import Authority
 from corral.sender import gather_agents
 from corral.store import Store
+from corral.store.writes import Backoff, Written, log_written
 
 __all__ = ["Controller"]
 
 log = logging.getLogger("corral.controller")
+
+
+def _refusals(written: Written, kind: str) -> list[tuple[Any, str]]:
+    return [(r.record, r.reason) for r in written.refused if r.kind == kind]
+
+
+def _refusal(what: str, which: str, why: str) -> str:
+    return (
+        f"the store refused the {what} {which}: {why}. Nothing else was lost; check the "
+        "text you sent for NUL or other control characters and values out of range"
+    )
+
+
+def _describe(**counts: int) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) or "nothing"
 
 
 def _view(record: NodeRecord, behind: int = 0) -> wire.NodeView:
@@ -72,7 +96,12 @@ class Controller(CommandEndpoints):
         self._pending: list[Transition] = []
         self._audit: list[AuditEntry] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._replies: list[tuple[str, bytes]] = []
+        #: (reply subject, payload, node whose record it waits for, or "")
+        self._replies: list[tuple[str, bytes, str]] = []
+        #: retries of transient store failures (docs/operations.md, "Poison-proof writes")
+        self.backoff = Backoff()
+        #: what the last failed flush held, for the log line that says what waits
+        self._waiting = ""
         self._wake = asyncio.Event()
         self._persist_all = False
         #: seconds between writes of every live node's last-seen time
@@ -249,9 +278,12 @@ class Controller(CommandEndpoints):
             )
         self._pending.extend(changes)
 
-    def _after_commit(self, reply: str, payload: msgspec.Struct) -> None:
-        """Send ``payload`` to ``reply`` once the current state is on disk (group commit)."""
-        self._replies.append((reply, wire.encode(payload)))
+    def _after_commit(self, reply: str, payload: msgspec.Struct, node: str = "") -> None:
+        """Send ``payload`` to ``reply`` once the current state is on disk (group commit).
+
+        If ``node``'s record is refused by the store, an error is sent instead.
+        """
+        self._replies.append((reply, wire.encode(payload), node))
         self._wake.set()
 
     async def _commit_loop(self) -> None:
@@ -259,7 +291,9 @@ class Controller(CommandEndpoints):
 
         Handlers never wait for the disk themselves (nats-py runs a subscription's handler one
         message at a time, so waiting would serialise joins into one fsync each); they queue
-        their reply, and it is sent after the commit that made its change durable.
+        their reply, and it is sent after the commit that made its change durable. A record
+        the store refuses for its data is isolated and its caller answered with the reason
+        (the rest commits); only transient failures are retried, with :attr:`backoff`.
         """
         assert self.nc is not None
         while True:
@@ -269,15 +303,26 @@ class Controller(CommandEndpoints):
             changes = self._pending[:]
             batch = self.commands.take_batch()
             try:
-                await self._flush(all_live=self._persist_all, batch=batch)
+                written = await self._flush(all_live=self._persist_all, batch=batch)
                 self._persist_all = False
-            except CorralError:
-                log.exception("store write failed; retrying")
+            except CorralError as exc:
                 self._replies[:0] = replies
-                await asyncio.sleep(0.5)
+                await self._write_failed(exc)
                 self._wake.set()
                 continue
-            for subject, data in replies:
+            self.backoff.succeeded()
+            refused_nodes = {r.name: why for r, why in _refusals(written, "nodes")}
+            await self.commands.refuse(
+                batch,
+                {
+                    row.serial: RecordRefused(_refusal("command", f"#{row.serial}", why))
+                    for row, why in _refusals(written, "commands")
+                },
+            )
+            for subject, data, node in replies:
+                if node in refused_nodes:
+                    why = _refusal("node record", repr(node), refused_nodes[node])
+                    data = wire.encode(wire.ErrorReply(code="refused", error=why))
                 await self.nc.publish(subject, data, headers=wire.HEADERS)
             for c in changes:
                 event = wire.NodeEvent(node=c.node, old=c.old, new=c.new, at=c.at, reason=c.reason)
@@ -286,18 +331,60 @@ class Controller(CommandEndpoints):
                 )
             await self.commands.committed(batch)
 
-    async def _flush(self, *, all_live: bool = False, batch: Batch | None = None) -> None:
-        """Persist changed records, transitions and commands in one transaction."""
+    async def _write_failed(self, exc: CorralError) -> None:
+        """A flush failed whole (a transient failure): log what waits, back off, and once
+        :attr:`backoff` is past its bound, answer who waits with the error."""
+        now = time.monotonic()
+        delay = self.backoff.failed(now)
+        log.error(
+            "store write failed (%s); waiting: %s; retry %d in %.2fs",
+            exc,
+            self._waiting or "nothing",
+            self.backoff.failures,
+            delay,
+        )
+        if self.backoff.expired(now):
+            await self._give_up(exc)
+        await asyncio.sleep(delay)
+
+    async def _give_up(self, exc: CorralError) -> None:
+        """Answer every caller still waiting on the store: joins and leaves are told to retry,
+        commands not stored are dropped (never sent) and their senders told why."""
+        assert self.nc is not None
+        waited = self.backoff.bound
+        message = (
+            f"the controller could not write to its store for {waited:.0f}s ({exc}); "
+            "nothing was done: retry once the store is back"
+        )
+        replies, self._replies = self._replies, []
+        for subject, _, _ in replies:
+            error = wire.ErrorReply(code="retry", error=message, retry_after=5.0)
+            await self.nc.publish(subject, wire.encode(error), headers=wire.HEADERS)
+        pending = self.commands.take_batch()
+        await self.commands.refuse(
+            pending, {row.serial: StoreError(message) for row in pending.commands}
+        )
+        self.commands.restore(pending)
+
+    async def _flush(self, *, all_live: bool = False, batch: Batch | None = None) -> Written:
+        """Persist changed records, transitions and commands in one transaction.
+
+        Returns:
+            The records the store refused or stored repaired (each logged here).
+
+        Raises:
+            StoreError: The transaction failed whole; everything is kept for the next try.
+        """
         if self.store is None:
-            return
+            return Written()
         batch = batch or Batch()
         records = self.registry.all() if all_live else self.registry.take_dirty()
         if not (records or self._pending or self._audit or batch.commands or batch.outcomes):
-            return
+            return Written()
         changes, self._pending = self._pending, []
         audit, self._audit = self._audit, []
         try:
-            await self.store.commit(
+            written = await self.store.commit(
                 nodes=records,
                 transitions=changes,
                 audit=audit + batch.audit,
@@ -306,11 +393,21 @@ class Controller(CommandEndpoints):
             )
         except BaseException:
             # Failed or cancelled mid-transaction: keep everything for the next attempt.
+            self._waiting = _describe(
+                nodes=len(records),
+                transitions=len(changes),
+                audit=len(audit) + len(batch.audit),
+                commands=len(batch.commands),
+                outcomes=len(batch.outcomes),
+                replies=len(self._replies) + len(batch.replies) + len(batch.waiters),
+            )
             self._pending[:0] = changes
             self._audit[:0] = audit
             self.registry.mark_dirty(r.name for r in records)
             self.commands.restore(batch)
             raise
+        log_written(log, written)
+        return written
 
     # --- handlers -----------------------------------------------------------------------
 
@@ -361,6 +458,9 @@ class Controller(CommandEndpoints):
 
     async def _on_join(self, msg: Any, name: str, join: wire.Join) -> None:
         self.counters["join"] += 1
+        check_join_text(
+            join.labels, join.interfaces, join.attributes, join.host, join.version, join.instance
+        )
         known = name in self.registry.nodes
         outcome = self.registry.join(name, join, self.clock())
         if isinstance(outcome, Refusal):
@@ -382,7 +482,7 @@ class Controller(CommandEndpoints):
                 # Every command numbered from here on was resolved knowing this node.
                 first_serial=0 if known else self.commands.book.last_serial + 1,
             )
-            self._after_commit(msg.reply, reply)
+            self._after_commit(msg.reply, reply, node=name)
 
     async def _on_heartbeat(self, msg: Any, name: str, hb: wire.Heartbeat) -> None:
         self.counters["heartbeat"] += 1
@@ -399,7 +499,7 @@ class Controller(CommandEndpoints):
     async def _on_leave(self, msg: Any, name: str, leave: wire.Leave) -> None:
         self._record(self.registry.leave(name, leave.instance, self.clock(), leave.reason))
         if msg.reply:
-            self._after_commit(msg.reply, wire.Ok())
+            self._after_commit(msg.reply, wire.Ok(), node=name)
 
     async def _on_nodes(self, msg: Any, _: str, __: wire.NodesRequest) -> None:
         behind = self.commands.book.behind()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,9 @@ from corral import subjects, wire
 from corral.controller.task_maps import TaskMaps, _Map
 from corral.core.scheduler import Scheduler
 from corral.core.taskstate import TaskInstance
-from corral.errors import CorralError, NotFound, Timeout
+from corral.errors import CorralError, NotFound, RecordRefused, StoreError, Timeout
 from corral.store.tasks import TaskStore
+from corral.store.writes import Backoff, log_written
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -67,7 +69,10 @@ class TaskService:
         #: finished instances whose final state is not on disk yet
         self._settling: dict[int, TaskInstance] = {}
         self._acks: dict[str, list[str]] = {}
-        self._durable: list[asyncio.Future[None]] = []
+        #: callers waiting for instances to be on disk, with the ids they wait for
+        self._durable: list[tuple[asyncio.Future[None], frozenset[int]]] = []
+        #: retries of transient store failures (docs/operations.md, "Poison-proof writes")
+        self.backoff = Backoff()
         self._waiters: dict[int, list[asyncio.Future[TaskInstance]]] = {}
         self._wake = asyncio.Event()
         #: someone waits on the next commit (a durable queue, a result, an ack)
@@ -177,7 +182,7 @@ class TaskService:
         self._next_id += len(batch)
         await self._pump()
         if durable:
-            await self._until_durable()
+            await self._until_durable(i.id for i in batch)
         return batch
 
     async def cancel(self, ident: int, *, force: bool = False) -> TaskInstance:
@@ -199,7 +204,7 @@ class TaskService:
                 raise NotFound(f"no task instance {ident}") from None
             return stored  # already finished: nothing to cancel
         await self._pump()
-        await self._until_durable()
+        await self._until_durable((ident,))
         return inst
 
     async def wait(self, ids: Sequence[int], timeout: float) -> list[TaskInstance]:
@@ -285,22 +290,26 @@ class TaskService:
             message = wire.encode(wire.TaskStop(lease=stop.lease, force=stop.force))
             await nc.publish(subjects.node_tasks(stop.node), message, headers=wire.HEADERS)
 
-    async def _until_durable(self) -> None:
+    async def _until_durable(self, ids: Iterable[int] = ()) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._durable.append(fut)
+        self._durable.append((fut, frozenset(ids)))
         self._wake.set()
         self._urgent.set()
         await fut
 
     async def _commit(self) -> None:
-        """Write everything changed since the last commit, then answer who waited on it."""
+        """Write everything changed since the last commit, then answer who waited on it.
+
+        An instance the store refuses even repaired (see :mod:`corral.store.writes`) stays in
+        memory only: who waits on it is answered with the reason, the rest is committed.
+        """
         assert self.store is not None
         dirty, self._dirty = self._dirty, {}
         finished, self._finished = self._finished, []
         acks, self._acks = self._acks, {}
         durable, self._durable = self._durable, []
         try:
-            await self.store.commit([_asdict(i) for i in dirty.values()])
+            written = await self.store.commit([_asdict(i) for i in dirty.values()])
         except BaseException:
             # Keep everything for the next attempt (newer changes of the same instance win).
             self._dirty = {**dirty, **self._dirty}
@@ -310,13 +319,29 @@ class TaskService:
             self._durable[:0] = durable
             raise
         self.commits += 1
-        for fut in durable:
+        log_written(log, written)
+        refused = {
+            r.record["id"]: RecordRefused(
+                f"the store refused task instance {r.record['id']}: {r.reason}. It is kept in "
+                "memory only; check its arguments and labels for NUL or control characters"
+            )
+            for r in written.refused
+        }
+        for fut, ids in durable:
             if not fut.done():
-                fut.set_result(None)
+                bad = next((refused[i] for i in ids if i in refused), None)
+                if bad is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(bad)
         for inst in finished:
             self._settling.pop(inst.id, None)
             for waiter in self._waiters.pop(inst.id, ()):
-                if not waiter.done():
+                if waiter.done():
+                    continue
+                if inst.id in refused:
+                    waiter.set_exception(refused[inst.id])
+                else:
                     waiter.set_result(inst)
             if inst.parent is not None and inst.parent in self.maps:
                 await self.mapping.child_done(inst)
@@ -349,10 +374,38 @@ class TaskService:
             self._urgent.clear()
             try:
                 await self._commit()
-            except CorralError:
-                log.exception("task store write failed; retrying")
-                await asyncio.sleep(0.5)
+            except CorralError as exc:
+                await self._write_failed(exc)
                 self._wake.set()
+            else:
+                self.backoff.succeeded()
+
+    async def _write_failed(self, exc: CorralError) -> None:
+        """A commit failed whole (a transient failure): log what waits, back off, and once
+        :attr:`backoff` is past its bound, answer the callers waiting for durability."""
+        now = time.monotonic()
+        delay = self.backoff.failed(now)
+        log.error(
+            "task store write failed (%s); waiting: %d task instance(s), %d caller(s), "
+            "%d result ack(s); retry %d in %.2fs",
+            exc,
+            len(self._dirty),
+            len(self._durable),
+            sum(len(leases) for leases in self._acks.values()),
+            self.backoff.failures,
+            delay,
+        )
+        if self.backoff.expired(now):
+            durable, self._durable = self._durable, []
+            error = StoreError(
+                f"the task store has failed for {self.backoff.bound:.0f}s ({exc}): the "
+                "instances are queued in memory and written once the store is back; check "
+                "with task_history_detail before queuing them again"
+            )
+            for fut, _ in durable:
+                if not fut.done():
+                    fut.set_exception(error)
+        await asyncio.sleep(delay)
 
     async def _tick_loop(self) -> None:
         period = min(0.1, self.ctl.config.down_after / 4)

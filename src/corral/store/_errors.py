@@ -3,6 +3,13 @@
 Nothing from sqlite3, psycopg, SQLAlchemy or Alembic may leave the store: every public
 method runs its I/O inside :func:`translate`, and :meth:`Store.open` maps its failures with
 :func:`open_error`. The foreign exception stays attached as ``__cause__`` for debugging.
+
+:func:`is_transient` sorts a failure for the writers (docs/operations.md, "Poison-proof
+writes"): *transient* when it is not the data's fault and a retry may succeed (connection
+lost, database locked or busy, lock or statement timeout, serialization failure, deadlock,
+disk full or read-only, a schema that does not match); *data* otherwise (a NUL in PostgreSQL
+text, a constraint, a value out of range or too large, a value the driver cannot bind). A
+writer retries the first kind with backoff and isolates the record behind the second.
 """
 
 from __future__ import annotations
@@ -17,9 +24,17 @@ from alembic.util.exc import CommandError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from corral.errors import StoreError
+from corral.errors import StoreError, TransientStoreError
 
-__all__ = ["FOREIGN", "driver_error", "open_error", "reason", "translate"]
+__all__ = [
+    "FOREIGN",
+    "WRITE_FAILURES",
+    "driver_error",
+    "is_transient",
+    "open_error",
+    "reason",
+    "translate",
+]
 
 # Everything that may come out of the layers below us.
 FOREIGN: tuple[type[BaseException], ...] = (
@@ -40,9 +55,68 @@ _OPERATIONAL = (
     psycopg.OperationalError,
     OSError,
 )
+# What binding a value may raise besides the driver's own errors (sqlite3 raises a bare
+# OverflowError for an integer past 64 bits; a JSON serializer raises TypeError).
+WRITE_FAILURES: tuple[type[BaseException], ...] = (*FOREIGN, OverflowError, TypeError, ValueError)
+
 _INTEGRITY = (sa_exc.IntegrityError, sqlite3.IntegrityError, psycopg.IntegrityError)
 _SCHEMA = (sa_exc.ProgrammingError, sa_exc.NoSuchTableError, psycopg.ProgrammingError)
 _BACKGROUND = re.compile(r"\s*\(Background on this error at: [^)]*\)")
+
+
+# PostgreSQL SQLSTATE classes that are not the data's fault: connection exception,
+# transaction rollback (serialization failure, deadlock), insufficient resources (disk full,
+# out of memory, too many connections), operator intervention (statement timeout, shutdown),
+# system error, syntax or access rule (a schema that does not match this corral).
+_PG_TRANSIENT_CLASSES = frozenset({"08", "40", "42", "53", "57", "58"})
+# ... and single states: lock not available (lock_timeout), object in use.
+_PG_TRANSIENT_STATES = frozenset({"55P03", "55006"})
+# SQLite primary result codes that are not the data's fault: BUSY, LOCKED, NOMEM, READONLY,
+# INTERRUPT, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+_SQLITE_TRANSIENT_CODES = frozenset({5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26})
+_SQLITE_SCHEMA = re.compile(r"no such (table|column)|has no column", re.IGNORECASE)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed write may succeed if retried unchanged (else its data is at fault).
+
+    Args:
+        exc: What a write raised: anything in :data:`WRITE_FAILURES`, or a
+            :class:`~corral.errors.StoreError` made from one by :func:`translate`.
+
+    Returns:
+        ``True`` for a connection lost, a lock or busy database, a timeout, a serialization
+        failure or deadlock, a full or read-only disk, a schema mismatch; ``False`` for a
+        data error (NUL in PostgreSQL text, constraint, value out of range, unbindable value)
+        and anything not known to be transient.
+    """
+    if isinstance(exc, StoreError):
+        cause = exc.__cause__
+        return isinstance(exc, TransientStoreError) or (cause is not None and is_transient(cause))
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    if isinstance(orig, psycopg.Error):
+        state = orig.sqlstate or ""
+        if state:
+            return state[:2] in _PG_TRANSIENT_CLASSES or state in _PG_TRANSIENT_STATES
+        # No SQLSTATE: raised by psycopg itself. A NUL or an unadaptable value is a
+        # DataError/ProgrammingError; a broken connection an OperationalError/InterfaceError.
+        return isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError)
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _SQLITE_TRANSIENT_CODES:
+            return True
+        return bool(_SQLITE_SCHEMA.search(str(orig)))
+    if isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError):
+        return False  # a value SQLAlchemy could not process: the data's fault
+    return isinstance(
+        exc,
+        sa_exc.DisconnectionError
+        | sa_exc.TimeoutError
+        | sa_exc.InterfaceError
+        | sa_exc.NoSuchTableError
+        | OSError
+        | CommandError,
+    )
 
 
 def reason(exc: BaseException) -> str:
@@ -80,6 +154,8 @@ def _hint(exc: BaseException) -> str:
 def translate(action: str, where: str) -> Iterator[None]:
     """Re-raise any foreign exception from the block as a :class:`StoreError`.
 
+    Transient failures (see :func:`is_transient`) raise :class:`TransientStoreError`.
+
     Args:
         action: What the block does, as a verb phrase (``"load nodes"``).
         where: Which store, for the message (its masked URL).
@@ -89,11 +165,13 @@ def translate(action: str, where: str) -> Iterator[None]:
 
     Raises:
         StoreError: The block raised an exception from :data:`FOREIGN`.
+        TransientStoreError: The exception is one a retry may cure.
     """
     try:
         yield
     except FOREIGN as exc:
-        raise StoreError(f"cannot {action} in {where}: {reason(exc)}. {_hint(exc)}") from exc
+        kind = TransientStoreError if is_transient(exc) else StoreError
+        raise kind(f"cannot {action} in {where}: {reason(exc)}. {_hint(exc)}") from exc
 
 
 def driver_error(exc: BaseException, masked: str) -> StoreError:

@@ -17,17 +17,19 @@ import msgspec
 from sqlalchemy import Table, delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from corral.errors import StoreError
 from corral.records import AuditEntry, CommandRow, NodeRecord, OutcomeRow, Transition
 
 from ._engine import async_engine, migrate
-from ._errors import FOREIGN, driver_error, open_error, translate
+from ._errors import FOREIGN, WRITE_FAILURES, driver_error, is_transient, open_error, translate
+from ._repairs import record_versions
 from ._url import mask_password, normalize_url
 from .commands import CommandQueries, write_commands
 from .schema import audit_log, meta, node_transitions, nodes
+from .writes import Isolation, Written, isolate
 
 __all__ = ["Store", "normalize_url"]
 
@@ -52,6 +54,45 @@ def _node(row: Any) -> NodeRecord:
     values["labels"] = tuple(values["labels"])
     values["interfaces"] = tuple(values["interfaces"])
     return NodeRecord(**values)
+
+
+# One record, or a command with the audit entries naming its serial: (kind, record) pairs.
+_Unit = tuple[tuple[str, Any], ...]
+_KINDS = ("nodes", "transitions", "audit", "commands", "outcomes")
+
+
+def _units(
+    nodes: Sequence[NodeRecord],
+    transitions: Sequence[Transition],
+    audit: Sequence[AuditEntry],
+    commands: Sequence[CommandRow],
+    outcomes: Sequence[OutcomeRow],
+) -> list[_Unit]:
+    serials = {row.serial for row in commands}
+    of_command: dict[int, list[AuditEntry]] = {}
+    alone: list[AuditEntry] = []
+    for entry in audit:
+        serial = entry.detail.get("serial")
+        if serial in serials:
+            of_command.setdefault(serial, []).append(entry)
+        else:
+            alone.append(entry)
+    units: list[_Unit] = [(("nodes", r),) for r in nodes]
+    units += [(("transitions", r),) for r in transitions]
+    units += [(("audit", r),) for r in alone]
+    units += [
+        (("commands", r), *(("audit", a) for a in of_command.get(r.serial, ()))) for r in commands
+    ]
+    units += [(("outcomes", r),) for r in outcomes]
+    return units
+
+
+def _repair(unit: _Unit, level: int, why: str) -> _Unit | None:
+    if len(unit) != 1:
+        return None  # a command with its audit entries: refused together
+    ((kind, record),) = unit
+    versions = record_versions(kind, record, why)
+    return ((kind, versions[level]),) if level < len(versions) else None
 
 
 def _check_limit(limit: int) -> None:
@@ -179,12 +220,15 @@ class Store(CommandQueries):
         audit: Sequence[AuditEntry] = (),
         commands: Sequence[CommandRow] = (),
         outcomes: Sequence[OutcomeRow] = (),
-    ) -> None:
+    ) -> Written:
         """Write a batch in one transaction: upsert nodes, append transitions and audit rows,
         insert new commands and upsert changed command outcomes.
 
-        Either everything is written or nothing is. A node already stored is replaced whole;
-        if a name appears twice in ``nodes`` the later row wins.
+        A record the database refuses for its data never holds up the others (see
+        :mod:`corral.store.writes`): it is stored repaired (its NUL escaped...) or refused,
+        and the rest of the batch is written. A command and the audit entries that name its
+        serial in their ``detail`` are written together or not at all. A node already stored
+        is replaced whole; if a name appears twice in ``nodes`` the later row wins.
 
         Args:
             nodes: Node rows to insert or replace, keyed by name.
@@ -193,25 +237,61 @@ class Store(CommandQueries):
             commands: New commands (each gets a ``pending`` outcome per resolved node).
             outcomes: Command outcomes to insert or replace, keyed by serial and node.
 
+        Returns:
+            The records refused, and those stored repaired (each with the database's reason).
+
         Raises:
-            StoreError: The transaction failed; nothing was written.
+            TransientStoreError: The database failed for a reason a retry may cure; nothing
+                was written.
+            StoreError: The store is closed, or another failure; nothing was written.
         """
         if not (nodes or transitions or audit or commands or outcomes):
-            return
+            return Written()
         self._usable("commit")
+        with translate(f"commit {len(nodes)} node(s)", self._masked):
+            try:
+                async with self._engine.begin() as conn:
+                    await self._write(conn, nodes, transitions, audit, commands, outcomes)
+                return Written()
+            except WRITE_FAILURES as exc:
+                if is_transient(exc):
+                    raise
+            # A record's data was refused: write again, isolating it (one transaction).
+            plan = Isolation(_units(nodes, transitions, audit, commands, outcomes), _repair)
+            async with self._engine.begin() as conn:
+                if self.backend == "sqlite":
+                    # pysqlite opens its transaction lazily, at the first INSERT: without an
+                    # explicit BEGIN, releasing the first savepoint would commit on its own.
+                    await conn.exec_driver_sql("BEGIN")
+                await isolate(conn, plan, self._write_units)
+        return plan.result(lambda unit: unit[0][0], lambda unit: unit[0][1])
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        nodes: Sequence[NodeRecord],
+        transitions: Sequence[Transition],
+        audit: Sequence[AuditEntry],
+        commands: Sequence[CommandRow],
+        outcomes: Sequence[OutcomeRow],
+    ) -> None:
         asdict = msgspec.structs.asdict
         node_params = [asdict(row) for row in nodes]
-        with translate(f"commit {len(nodes)} node(s)", self._masked):
-            async with self._engine.begin() as conn:
-                for start in range(0, len(node_params), _BATCH):
-                    await conn.execute(self._upsert_nodes, node_params[start : start + _BATCH])
-                if transitions:
-                    rows = [asdict(row) for row in transitions]
-                    await conn.execute(node_transitions.insert(), rows)
-                if audit:
-                    await conn.execute(audit_log.insert(), [asdict(row) for row in audit])
-                if commands or outcomes:
-                    await write_commands(conn, commands, outcomes)
+        for start in range(0, len(node_params), _BATCH):
+            await conn.execute(self._upsert_nodes, node_params[start : start + _BATCH])
+        if transitions:
+            await conn.execute(node_transitions.insert(), [asdict(row) for row in transitions])
+        if audit:
+            await conn.execute(audit_log.insert(), [asdict(row) for row in audit])
+        if commands or outcomes:
+            await write_commands(conn, commands, outcomes)
+
+    async def _write_units(self, conn: AsyncConnection, units: list[_Unit]) -> None:
+        by_kind: dict[str, list[Any]] = {kind: [] for kind in _KINDS}
+        for unit in units:
+            for kind, record in unit:
+                by_kind[kind].append(record)
+        await self._write(conn, *(by_kind[kind] for kind in _KINDS))
 
     async def load_nodes(self) -> list[NodeRecord]:
         """Every stored node, ordered by name.

@@ -1,7 +1,8 @@
 """Task instances in the store: group-committed upserts, and paginated reads done in SQL.
 
 The scheduler's service is the only writer: :meth:`TaskStore.commit` upserts every instance
-that changed since the last commit in one transaction (one ``executemany``). Readers (the HTTP
+that changed since the last commit in one transaction (one ``executemany``); an instance the
+database refuses is isolated, not retried forever (:mod:`corral.store.writes`). Readers (the HTTP
 API, the CLI through it) page with ``LIMIT``/``OFFSET`` and a ``COUNT``, never loading more
 than one page; an out-of-range page is clamped to the last one (Pydra's behaviour).
 """
@@ -15,15 +16,18 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Engine, Select, create_engine, func, pool, select
+from sqlalchemy import Connection, Engine, Select, create_engine, func, pool, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral.core.taskstate import TaskInstance, TaskStatus
 
 from ._engine import _engine_options, _listen
-from ._errors import translate
+from ._errors import WRITE_FAILURES, is_transient, translate
+from ._repairs import task_versions
 from ._url import sync_url
 from .schema import task_instances as t
 from .store import Store, _upsert
+from .writes import Isolation, Written, isolate, isolate_sync
 
 __all__ = ["Page", "TaskStore"]
 
@@ -42,6 +46,11 @@ class Page(msgspec.Struct, kw_only=True):
     total: int
     prev: int | None = None
     next: int | None = None
+
+
+def _repair(row: dict[str, Any], level: int, why: str) -> dict[str, Any] | None:
+    versions = task_versions(row, why)
+    return versions[level] if level < len(versions) else None
 
 
 def _instance(row: Any) -> TaskInstance:
@@ -82,33 +91,66 @@ class TaskStore:
     def __repr__(self) -> str:
         return f"<TaskStore {self.store!r}>"
 
-    async def commit(self, rows: Sequence[dict[str, Any]]) -> None:
+    async def commit(self, rows: Sequence[dict[str, Any]]) -> Written:
         """Insert or replace these instances (as dicts of their fields) in one transaction.
 
+        An instance the database refuses for its data does not hold up the others (see
+        :mod:`corral.store.writes`): it is stored with its text escaped, or else with its
+        free text replaced by a note, or refused.
+
+        Returns:
+            The instances refused, and those stored repaired.
+
         Raises:
-            StoreError: Nothing was written.
+            TransientStoreError: A failure a retry may cure; nothing was written.
+            StoreError: Another failure; nothing was written.
         """
         if not rows:
-            return
+            return Written()
         with translate(f"write {len(rows)} task instance(s)", self.store.masked_url):
             if self._sync is not None:
                 if len(rows) <= _INLINE:
                     # A handful of rows: a fraction of a millisecond (one fsync); handing it
                     # to a thread would cost more than that in wake-ups on a busy machine.
-                    self._commit_sync(rows)
-                    return
+                    return self._commit_sync(rows)
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._thread, self._commit_sync, rows)
-                return
+                return await loop.run_in_executor(self._thread, self._commit_sync, rows)
+            try:
+                async with self.store.engine.begin() as conn:
+                    await self._write(conn, rows)
+                return Written()
+            except WRITE_FAILURES as exc:
+                if is_transient(exc):
+                    raise
+            plan = Isolation(rows, _repair)
             async with self.store.engine.begin() as conn:
-                for start in range(0, len(rows), _BATCH):
-                    await conn.execute(self._upsert, list(rows[start : start + _BATCH]))
+                await isolate(conn, plan, self._write)
+            return plan.result(lambda _: "task_instances")
 
-    def _commit_sync(self, rows: Sequence[dict[str, Any]]) -> None:
+    async def _write(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), _BATCH):
+            await conn.execute(self._upsert, list(rows[start : start + _BATCH]))
+
+    def _write_sync(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), _BATCH):
+            conn.execute(self._upsert, list(rows[start : start + _BATCH]))
+
+    def _commit_sync(self, rows: Sequence[dict[str, Any]]) -> Written:
         assert self._sync is not None
+        try:
+            with self._sync.begin() as conn:
+                self._write_sync(conn, rows)
+            return Written()
+        except WRITE_FAILURES as exc:
+            if is_transient(exc):
+                raise
+        plan = Isolation(rows, _repair)
         with self._sync.begin() as conn:
-            for start in range(0, len(rows), _BATCH):
-                conn.execute(self._upsert, list(rows[start : start + _BATCH]))
+            # pysqlite begins lazily: without this, the first savepoint would be the
+            # transaction and its release a commit of its own.
+            conn.exec_driver_sql("BEGIN")
+            isolate_sync(conn, plan, self._write_sync)
+        return plan.result(lambda _: "task_instances")
 
     async def _all(self, query: Select[Any], what: str) -> list[TaskInstance]:
         with translate(what, self.store.masked_url):
