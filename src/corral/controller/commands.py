@@ -325,6 +325,19 @@ class CommandService:
             self._count("rejected.bad-state")
             log.warning("node %s reported unknown state %r", node, report.state)
             return
+        if self.book.stranger(report.serial, node):
+            self._count("rejected.not-target")
+            targets = sorted(self.book.commands[report.serial].outcomes)
+            log.warning(
+                "command report refused: node %s reported %s on command #%d, which was sent "
+                "to %s only",
+                node,
+                state,
+                report.serial,
+                ", ".join(targets[:10]) + (" ..." if len(targets) > 10 else ""),
+                extra={"node": node, "serial": report.serial},
+            )
+            return
         try:
             outcome = self.book.report(
                 report.serial,

@@ -173,6 +173,21 @@ class CommandBook:
         self.commands[command.serial] = command
         self.last_serial = max(self.last_serial, command.serial)
 
+    def stranger(self, serial: int, node: str) -> bool:
+        """True if the book follows command ``serial`` and ``node`` is not one of its targets.
+
+        Such a report is refused: a node may only speak of commands resolved to it.
+
+        Args:
+            serial: the command a report names.
+            node: the reporting node (from the subject, so from its credential).
+
+        Returns:
+            Whether ``node`` reports on a command that was never its own.
+        """
+        command = self.commands.get(serial)
+        return command is not None and node not in command.outcomes
+
     def report(
         self,
         serial: int,
