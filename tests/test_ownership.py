@@ -166,7 +166,10 @@ async def test_a_command_report_from_a_node_that_is_not_a_target_is_refused(
         await asyncio.wait_for(node.wait_joined(), scaled(10))
         nodes.append(node)
     forger = await bus.connect(
-        config, "node-c2", creds=config.data_path / "c2.creds", inbox_prefix=subjects.inbox_prefix("c2")
+        config,
+        "node-c2",
+        creds=config.data_path / "c2.creds",
+        inbox_prefix=subjects.inbox_prefix("c2"),
     )
     client = await Client.connect(config)
     try:
@@ -188,7 +191,9 @@ async def test_a_command_report_from_a_node_that_is_not_a_target_is_refused(
         stats = await client.stats()
         assert stats.counters["commands.rejected.not-target"] == 2
         detail = await client.command_detail(handle.serial)
-        assert [(o.node, o.result) for o in detail.outcomes] == [("c1", caught.outcomes["c1"].result)]
+        assert [(o.node, o.result) for o in detail.outcomes] == [
+            ("c1", caught.outcomes["c1"].result)
+        ]
     finally:
         await client.close()
         await forger.close()

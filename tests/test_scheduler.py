@@ -325,10 +325,10 @@ def test_only_the_holder_of_a_lease_finishes_it_or_reports_progress() -> None:
     holder, other = i.node, "b" if i.node == "a" else "a"
     assert s.foreign(i.lease, other) == holder
     assert s.foreign(i.lease, holder) is None and s.foreign("nobody-holds-it", other) is None
-    s.progress(i.lease, 90.0, "forged", 3, node=other)
+    s.progress(i.lease, 90.0, "forged", 3, reporter=other)
     assert (i.progress, i.message) == (0.0, "")
-    assert s.finish(i.lease, "complete", 1.0, result=b"\x01", node=other) is None
+    assert s.finish(i.lease, "complete", 1.0, result=b"\x01", reporter=other) is None
     assert i.status == S.RUNNING and i.lease in s.nodes[holder].leases
-    s.progress(i.lease, 40.0, "real", 0, node=holder)
-    assert s.finish(i.lease, "complete", 2.0, result=b"\x02", node=holder) is i
+    s.progress(i.lease, 40.0, "real", 0, reporter=holder)
+    assert s.finish(i.lease, "complete", 2.0, result=b"\x02", reporter=holder) is i
     assert (i.status, i.result, i.progress) == (S.COMPLETE, b"\x02", 100.0)

@@ -425,7 +425,7 @@ class TaskService:
                 error=r.error,
                 traceback=r.traceback,
                 worker=r.worker,
-                node=node,
+                reporter=node,
             )
             if inst is None:
                 log.debug("stale result dropped", extra={"node": node, "lease": r.lease})
@@ -440,7 +440,7 @@ class TaskService:
             return
         for p in report.progress:
             if not self._foreign(node, p.lease, "progress"):
-                self.core.progress(p.lease, p.percent, p.message, p.worker, node=node)
+                self.core.progress(p.lease, p.percent, p.message, p.worker, reporter=node)
         if report.results:
             self._results(node, report.results, self.clock())
             self._wake.set()

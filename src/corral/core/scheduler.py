@@ -12,10 +12,11 @@ that changed (to persist, in one transaction per group commit), the runs to send
   default) that no other node can guess. A result or progress report is accepted only under
   the current lease and only from the node holding it (:meth:`Scheduler.foreign` names the
   real holder of a lease another node reports on), so a node that was declared dead and comes
-  back cannot overwrite the re-run's result, and no node can finish another node's task. When a node goes away (DOWN, LEFT, restarted) every lease it held is
-  lost: the instance is re-queued in its old place, or fails once ``max_attempts`` leases
-  have been lost. After a controller restart, running instances are orphans until their
-  node says hello and lists them (those it does not list are lost), or the node is gone
+  back cannot overwrite the re-run's result, and no node can finish another node's task.
+  When a node goes away (DOWN, LEFT, restarted) every lease it held is lost: the instance
+  is re-queued in its old place, or fails once ``max_attempts`` leases have been lost. After
+  a controller restart, running instances are orphans until their node says hello and lists
+  them (those it does not list are lost), or the node is gone
   (:meth:`Scheduler.lose_orphans`), or at the latest ``orphan_grace`` seconds.
 * **Capacity.** A node takes up to ``slots * prefetch`` instances at once: its worker
   processes run ``slots`` of them, the rest wait in the workers' pipes (Celery's prefetch), so
@@ -374,12 +375,12 @@ class Scheduler:
         return inst.node
 
     def progress(
-        self, lease: str, percent: float, message: str, worker: int, *, node: str | None = None
+        self, lease: str, percent: float, message: str, worker: int, *, reporter: str | None = None
     ) -> None:
         """A running task reported progress (ignored under a stale lease, and from a
-        ``node`` that does not hold the lease)."""
+        ``reporter`` node that does not hold the lease)."""
         inst = self.lease_of(lease)
-        if inst is None or (node is not None and inst.node != node):
+        if inst is None or (reporter is not None and inst.node != reporter):
             return
         inst.progress = max(0.0, min(100.0, percent))
         inst.message = message
@@ -397,7 +398,7 @@ class Scheduler:
         error: str = "",
         traceback: str = "",
         worker: int = -1,
-        node: str | None = None,
+        reporter: str | None = None,
     ) -> TaskInstance | None:
         """A task ended on its node: ``outcome`` is ``complete``, ``failed`` or ``stopped``.
 
@@ -409,14 +410,14 @@ class Scheduler:
             error: why it failed or stopped.
             traceback: the task's traceback, for ``failed``.
             worker: the worker slot that ran it.
-            node: the reporting node; a node that does not hold ``lease`` changes nothing.
+            reporter: the reporting node; one that does not hold ``lease`` changes nothing.
 
         Returns:
             The instance, or ``None`` for a stale lease or another node's lease (the result
             is dropped).
         """
         inst = self.lease_of(lease)
-        if inst is None or (node is not None and inst.node != node):
+        if inst is None or (reporter is not None and inst.node != reporter):
             return None
         if worker >= 0:
             inst.worker = worker
