@@ -167,6 +167,21 @@ class CommandBook:
         self.commands[command.serial] = command
         return command
 
+    def continue_above(self, serial: int) -> bool:
+        """Make sure the next serial is above ``serial``: one a node has applied, or one the
+        command log holds, which a restored or replaced store may not know of.
+
+        Args:
+            serial: a serial some node may have applied.
+
+        Returns:
+            True if ``serial`` was above every serial this book knew (it was raised).
+        """
+        if serial <= self.last_serial:
+            return False
+        self.last_serial = serial
+        return True
+
     def track(self, command: TrackedCommand) -> None:
         """Follow a command loaded from the store (after a controller restart)."""
         command.recount()  # its outcomes were filled from outside
