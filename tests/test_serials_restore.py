@@ -25,7 +25,8 @@ from corral.config import Config
 from corral.controller import Controller
 from corral.errors import ControllerUnavailable
 from corral.node import Node
-from test_commands import _wait_consumers, run, start_node
+from corral.security import ADMIN_INBOX
+from test_commands import _wait_consumers, creds_for, run, start_node
 
 AHEAD = "commands.serials.ahead-of-store"
 
@@ -215,3 +216,50 @@ async def test_a_node_claiming_an_absurd_serial_is_ignored(
         await nc.close()
     assert "above any serial corral issues" in caplog.text
     assert await fleet.send_to_all() == before + 1
+
+
+@pytest.fixture
+def slow_beats(config: Config) -> Config:
+    """Heartbeats 2 s apart: the controller's settling window is 5 s, so a node started in
+    this test joins, and a command is sent, well inside it."""
+    config.heartbeat_interval = 2.0
+    config.down_after = 8.0
+    return config
+
+
+async def test_a_command_sent_before_a_silent_node_speaks_waits_for_its_heartbeat(
+    slow_beats: Config, controller: Controller
+) -> None:
+    """Empty store, empty stream: n2 applied 100 under an earlier controller and has not
+    spoken yet when a command arrives; its heartbeat comes within the settling window."""
+    config = slow_beats
+    n1 = await start_node(config, "n1")
+    admin = await bus.connect(config, "admin", inbox_prefix=ADMIN_INBOX)
+    n2 = await bus.connect(
+        config,
+        "node-n2",
+        creds=creds_for(config, "n2"),
+        inbox_prefix=subjects.inbox_prefix("n2"),
+    )
+    try:
+        assert not controller.commands.settled.is_set()
+        request = wire.CommandRequest(targets=["n1"], name="whoami", actor="test")
+        sent = asyncio.ensure_future(
+            admin.request(
+                subjects.ctl("send"), wire.encode(request), timeout=scaled(10), headers=wire.HEADERS
+            )
+        )
+        await admin.flush()  # the send is at the server before the heartbeat
+        beat = wire.Heartbeat(instance="an-earlier-n2", last_serial=100)
+        await n2.publish(subjects.node_in("n2", "hb"), wire.encode(beat), headers=wire.HEADERS)
+        await n2.flush()
+        reply = await sent
+        accepted = wire.decode(reply.data, wire.CommandAccepted, reply.headers)
+        assert accepted.serial == 101
+        async with asyncio.timeout(scaled(10)):
+            while n1.last_serial != 101:
+                await asyncio.sleep(0.02)
+    finally:
+        await admin.close()
+        await n2.close()
+        await n1.stop()
