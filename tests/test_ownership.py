@@ -135,6 +135,9 @@ async def test_forged_progress_from_another_node_is_refused(
     lease = await running_lease(controller, ident, started)
     assert controller.tasks is not None
     core = controller.tasks.core
+    async with asyncio.timeout(scaled(10)):
+        while core.active[ident].message != "waiting":  # n1's own progress came in
+            await asyncio.sleep(0.02)
     forged = wire.TaskReport(progress=[wire.TaskProgress(lease, 99.0, "forged by n2", 7)])
     for _ in range(3):
         await forger.publish(
