@@ -196,7 +196,13 @@ class CommandService:
         """Node ``node`` (``""``: the command stream) has applied up to ``serial``.
 
         Serials continue above it. A serial above the store's highest means the store was
-        restored from a backup or replaced: logged loudly, and counted.
+        restored from a backup or replaced: logged loudly, and counted. A claim above
+        :data:`MAX_SERIAL` is bogus: ignored, logged and counted.
+
+        Args:
+            node: the node that said so in its join or heartbeat (from the subject, so from
+                its credential), or ``""`` for the last command in the command stream.
+            serial: the highest serial it applied.
         """
         if serial > MAX_SERIAL:
             self._count("serials.refused-claim")
