@@ -80,3 +80,29 @@ def test_the_tally_always_matches_the_outcomes(moves: list[tuple[str, S, bool]])
         assert command.settled == all(
             o.state in (S.DONE, S.FAILED, S.EXPIRED) for o in command.outcomes.values()
         )
+
+
+def test_only_a_target_may_report_and_a_stranger_is_told_apart_from_a_forgotten_command() -> None:
+    book = CommandBook()
+    command = book.issue(["a", "b"], 0.0, 60.0)
+    assert not book.stranger(command.serial, "a") and book.stranger(command.serial, "c")
+    assert not book.stranger(command.serial + 1, "c")  # not followed: nothing to protect
+    assert book.report(command.serial, "c", S.DONE, 1.0, result="forged") is None
+    assert set(command.outcomes) == {"a", "b"} and book.take_changes() == []
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 500)), max_size=30))
+def test_serials_never_go_back_whatever_the_nodes_say(events: list[tuple[bool, int]]) -> None:
+    """Issued serials strictly increase and stay above every serial a node said it applied."""
+    book = CommandBook(last_serial=7)
+    issued: list[int] = []
+    highest_claim = 7
+    for issue, claim in events:
+        if issue:
+            serial = book.issue(["a"], 0.0, 60.0).serial
+            assert serial > highest_claim and all(serial > s for s in issued)
+            issued.append(serial)
+        else:
+            raised = book.continue_above(claim)
+            assert raised == (claim > max([highest_claim, *issued]))
+            highest_claim = max(highest_claim, claim)

@@ -282,3 +282,53 @@ def test_orphans_of_a_node_that_is_gone_are_requeued_at_once() -> None:
     assert s.orphan_nodes() == {"gone"}
     s.lose_orphans("gone", 1.0, "is DOWN")
     assert t.status == S.QUEUED and s.orphan_nodes() == set()
+
+
+# --- ownership: unguessable leases, held by one node ----------------------------------------
+
+
+def test_leases_are_unique_random_and_at_least_96_bits() -> None:
+    import base64
+    import math
+
+    from corral.core.scheduler import LEASE_BYTES, new_lease
+
+    assert LEASE_BYTES * 8 >= 96
+    leases = [new_lease() for _ in range(20_000)]
+    assert len(set(leases)) == len(leases)
+    for lease in leases[:100]:
+        assert len(base64.urlsafe_b64decode(lease + "==")) == LEASE_BYTES
+    # Nothing sequential to guess from: characters spread over the whole alphabet (the
+    # last one carries only the 128th bit's remainder).
+    chars = "".join(lease[:-1] for lease in leases)
+    counts = [chars.count(c) for c in set(chars)]
+    assert len(counts) == 64 and max(counts) < 1.5 * len(chars) / 64
+    assert math.log2(64) * (len(leases[0]) - 1) >= 96
+
+
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=40))
+@settings(max_examples=50)
+def test_a_lease_drawn_again_is_never_given_twice(draws: list[int]) -> None:
+    """Even a factory that repeats itself never puts two instances under one lease."""
+    pool = iter(draws + list(range(100, 200)))
+    s = Scheduler(prefetch=50, lease_factory=lambda: f"l{next(pool)}")
+    s.node_hello("a", "a-1", ["k"], [], 1, [], 0.0)
+    s.queue([inst(i) for i in range(1, 21)], 0.0)
+    leases = [i.lease for i in s.active.values()]
+    assert len(set(leases)) == len(leases) == 20
+
+
+def test_only_the_holder_of_a_lease_finishes_it_or_reports_progress() -> None:
+    s = sched(a=1, b=1)
+    s.queue([inst(1)], 0.0)
+    i = s.active[1]
+    holder, other = i.node, "b" if i.node == "a" else "a"
+    assert s.foreign(i.lease, other) == holder
+    assert s.foreign(i.lease, holder) is None and s.foreign("nobody-holds-it", other) is None
+    s.progress(i.lease, 90.0, "forged", 3, reporter=other)
+    assert (i.progress, i.message) == (0.0, "")
+    assert s.finish(i.lease, "complete", 1.0, result=b"\x01", reporter=other) is None
+    assert i.status == S.RUNNING and i.lease in s.nodes[holder].leases
+    s.progress(i.lease, 40.0, "real", 0, reporter=holder)
+    assert s.finish(i.lease, "complete", 2.0, result=b"\x02", reporter=holder) is i
+    assert (i.status, i.result, i.progress) == (S.COMPLETE, b"\x02", 100.0)

@@ -49,6 +49,7 @@ class CommandEndpoints:
     async def _on_send(self, msg: Any, _: str, request: wire.CommandRequest) -> None:
         """An operator's command: resolved, numbered, answered once it is on disk."""
         via_execute = msg.subject == subjects.ctl("execute")
+        await self.commands.wait_settled()  # serials above what every node applied
         try:
             self.commands.accept(request, msg.reply or "", via_execute)
         except CorralError as exc:

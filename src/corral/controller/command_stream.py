@@ -93,6 +93,25 @@ class CommandStream:
         self.js = nc.jetstream(timeout=10.0)
         await self._ensure_stream()
 
+    async def last_serial(self) -> int:
+        """The serial of the last command in the stream (0 if it holds none or cannot say).
+
+        Commands are published in serial order, so the last one has the highest serial the
+        stream ever carried: no node can have applied a higher one from this stream.
+
+        Returns:
+            That serial.
+        """
+        try:
+            info = await self.js.stream_info(subjects.COMMAND_STREAM)
+            if not info.state.messages:
+                return 0
+            msg = await self.js.get_msg(subjects.COMMAND_STREAM, seq=info.state.last_seq)
+            return msgspec.msgpack.decode(msg.data or b"", type=wire.NodeCommand).serial
+        except Exception as exc:  # the nodes' reports are the other source: wait for them
+            log.warning("could not read the last command in the command stream: %s", exc)
+            return 0
+
     def start(self) -> None:
         """Start the consumer keeper and the publisher."""
         self._worker = asyncio.create_task(self._consumer_loop(), name="consumers")

@@ -20,6 +20,7 @@ the next commit persists it, and the change is published on ``corral.events.cmd.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -51,6 +52,12 @@ _DIRECT_MAX = 4
 #: Seconds a stopping controller waits for committed commands to be published (the next
 #: start re-publishes any left).
 _DRAIN = 2.0
+#: The highest applied serial a node may claim (a larger one is refused as bogus): serials
+#: stay exact in every JSON client and far from the store's 64-bit limit.
+MAX_SERIAL = 2**53
+#: Heartbeat intervals a controller whose command stream is empty waits before it issues
+#: its first serial: every live node says in that time which serial it applied.
+SETTLE_BEATS = 2.5
 
 
 def _fields(o: Outcome) -> dict[str, Any]:
@@ -122,6 +129,12 @@ class CommandService:
         self._batch = Batch()
         #: the JetStream side: the stream, every node's consumer, the publisher
         self.stream = CommandStream(config, registry, self.book, clock)
+        #: the store's highest serial at start (a node ahead of it means a restored store)
+        self.stored_serial = 0
+        #: set once serials may be issued: nothing a node applied can be above them
+        self.settled = asyncio.Event()
+        #: when serials may be issued at the latest (set at start)
+        self._settle_at = 0.0
 
     def __repr__(self) -> str:
         return f"<CommandService {self.book!r}>"
@@ -139,7 +152,13 @@ class CommandService:
         """
         self.nc = nc
         await self.stream.open(nc)
-        self.book.last_serial = await store.last_command_serial()
+        self.stored_serial = self.book.last_serial = await store.last_command_serial()
+        logged = await self.stream.last_serial()
+        self.applied("", logged)
+        self._settle_at = self.clock() + SETTLE_BEATS * self.config.heartbeat_interval
+        if logged:
+            # The log bounds what any node applied: serials may be issued at once.
+            self.settled.set()
         now = self.clock()
         # Follow every unsettled command the stream may still hold (the next tick expires
         # the overdue); re-publish those the stream would drop a second copy of.
@@ -152,7 +171,8 @@ class CommandService:
                 command.outcomes[o.node] = Outcome(**fields)
             self.book.track(command)
             self.rows[row.serial] = msgspec.structs.replace(row, body=b"")
-            if now - row.created < DEDUP:
+            # Those below the stream's last serial are in it (published in serial order).
+            if now - row.created < DEDUP and row.serial >= logged:
                 self.stream.publish_later(row)
         self.stream.start()
         for name, record in self.registry.nodes.items():
@@ -170,6 +190,54 @@ class CommandService:
     async def node_removed(self, name: str) -> None:
         """Delete a revoked node's consumer: a new credential starts a new history."""
         await self.stream.node_removed(name)
+
+    # --- serials after a restore -------------------------------------------------------
+
+    def applied(self, node: str, serial: int) -> None:
+        """Node ``node`` (``""``: the command stream) has applied up to ``serial``.
+
+        Serials continue above it. A serial above the store's highest means the store was
+        restored from a backup or replaced: logged loudly, and counted. A claim above
+        :data:`MAX_SERIAL` is bogus: ignored, logged and counted.
+
+        Args:
+            node: the node that said so in its join or heartbeat (from the subject, so from
+                its credential), or ``""`` for the last command in the command stream.
+            serial: the highest serial it applied.
+        """
+        if serial > MAX_SERIAL:
+            self._count("serials.refused-claim")
+            log.warning(
+                "node %s claims it applied serial %d, above any serial corral issues (%d): ignored",
+                node,
+                serial,
+                MAX_SERIAL,
+            )
+            return
+        if not self.book.continue_above(serial):
+            return
+        self._count("serials.ahead-of-store")
+        if node:
+            what = f"node {node} has applied serial {serial}"
+        else:
+            what = f"the command stream holds serial {serial}"
+        log.warning(
+            "%s but the store's highest is %d: the store was restored or replaced; serials "
+            "continue from %d",
+            what,
+            self.stored_serial,
+            serial + 1,
+            extra={"node": node, "serial": serial, "stored": self.stored_serial},
+        )
+
+    async def wait_settled(self) -> None:
+        """Return once serials may be issued: at once, except just after a start on an
+        empty command stream, when every live node's next heartbeat says what it applied."""
+        if self.settled.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.settled.wait(), max(0.0, self._settle_at - self.clock()))
+        self.settled.set()
 
     # --- sending ------------------------------------------------------------------------
 
@@ -194,6 +262,7 @@ class CommandService:
         Raises:
             UsageError, Refused: as :meth:`accept`.
         """
+        await self.wait_settled()
         accepted = self.accept(request, "", via_execute)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.waiters[accepted.serial] = waiter
@@ -327,6 +396,19 @@ class CommandService:
             self._count("rejected.bad-state")
             log.warning("node %s reported unknown state %r", node, report.state)
             return
+        if self.book.stranger(report.serial, node):
+            self._count("rejected.not-target")
+            targets = sorted(self.book.commands[report.serial].outcomes)
+            log.warning(
+                "command report refused: node %s reported %s on command #%d, which was sent "
+                "to %s only",
+                node,
+                state,
+                report.serial,
+                ", ".join(targets[:10]) + (" ..." if len(targets) > 10 else ""),
+                extra={"node": node, "serial": report.serial},
+            )
+            return
         try:
             outcome = self.book.report(
                 report.serial,
@@ -351,6 +433,8 @@ class CommandService:
     def tick(self) -> None:
         """Expire overdue outcomes and stop following old settled commands."""
         now = self.clock()
+        if not self.settled.is_set() and now >= self._settle_at:
+            self.settled.set()
         nodes = self.registry.nodes
         if self.book.expire(now, lambda n: n in nodes and nodes[n].status == NodeStatus.UP):
             self.wake()

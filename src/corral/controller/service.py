@@ -461,6 +461,7 @@ class Controller(CommandEndpoints):
         check_join_text(
             join.labels, join.interfaces, join.attributes, join.host, join.version, join.instance
         )
+        self.commands.applied(name, join.last_serial)  # before first_serial is computed
         known = name in self.registry.nodes
         outcome = self.registry.join(name, join, self.clock())
         if isinstance(outcome, Refusal):
@@ -486,6 +487,7 @@ class Controller(CommandEndpoints):
 
     async def _on_heartbeat(self, msg: Any, name: str, hb: wire.Heartbeat) -> None:
         self.counters["heartbeat"] += 1
+        self.commands.applied(name, hb.last_serial)
         outcome = self.registry.heartbeat(name, hb.instance, hb.last_serial, self.clock())
         if outcome is None:
             assert self.nc is not None

@@ -446,9 +446,30 @@ class TaskService:
                 message = wire.encode(wire.TaskResync())
                 await nc.publish(subjects.node_tasks(name), message, headers=wire.HEADERS)
 
+    def _foreign(self, node: str, lease: str, what: str) -> bool:
+        """True (and logged, counted) if ``node`` reports on a lease another node holds.
+
+        The subject names the reporting node and only its own credential may publish there,
+        so a report on someone else's lease is a forgery or a bug: it is refused."""
+        holder = self.core.foreign(lease, node)
+        if holder is None:
+            return False
+        self.ctl.counters["tasks.rejected.foreign-lease"] += 1
+        log.warning(
+            "task %s refused: node %s reported on lease %s, which node %s holds",
+            what,
+            node,
+            lease,
+            holder,
+            extra={"node": node, "holder": holder, "lease": lease},
+        )
+        return True
+
     def _results(self, node: str, results: Iterable[wire.TaskResult], now: float) -> None:
         acks = self._acks.setdefault(node, [])
         for r in results:
+            if self._foreign(node, r.lease, "result"):
+                continue  # not acknowledged either: it was never this node's to send
             inst = self.core.finish(
                 r.lease,
                 r.outcome,
@@ -457,6 +478,7 @@ class TaskService:
                 error=r.error,
                 traceback=r.traceback,
                 worker=r.worker,
+                reporter=node,
             )
             if inst is None:
                 log.debug("stale result dropped", extra={"node": node, "lease": r.lease})
@@ -470,7 +492,8 @@ class TaskService:
             log.warning("bad task report ignored: %s", exc)
             return
         for p in report.progress:
-            self.core.progress(p.lease, p.percent, p.message, p.worker)
+            if not self._foreign(node, p.lease, "progress"):
+                self.core.progress(p.lease, p.percent, p.message, p.worker, reporter=node)
         if report.results:
             self._results(node, report.results, self.clock())
             self._wake.set()

@@ -167,11 +167,41 @@ class CommandBook:
         self.commands[command.serial] = command
         return command
 
+    def continue_above(self, serial: int) -> bool:
+        """Make sure the next serial is above ``serial``: one a node has applied, or one the
+        command log holds, which a restored or replaced store may not know of.
+
+        Args:
+            serial: a serial some node may have applied.
+
+        Returns:
+            True if ``serial`` was above every serial this book knew (it was raised).
+        """
+        if serial <= self.last_serial:
+            return False
+        self.last_serial = serial
+        return True
+
     def track(self, command: TrackedCommand) -> None:
         """Follow a command loaded from the store (after a controller restart)."""
         command.recount()  # its outcomes were filled from outside
         self.commands[command.serial] = command
         self.last_serial = max(self.last_serial, command.serial)
+
+    def stranger(self, serial: int, node: str) -> bool:
+        """True if the book follows command ``serial`` and ``node`` is not one of its targets.
+
+        Such a report is refused: a node may only speak of commands resolved to it.
+
+        Args:
+            serial: the command a report names.
+            node: the reporting node (from the subject, so from its credential).
+
+        Returns:
+            Whether ``node`` reports on a command that was never its own.
+        """
+        command = self.commands.get(serial)
+        return command is not None and node not in command.outcomes
 
     def report(
         self,

@@ -8,12 +8,15 @@ that changed (to persist, in one transaction per group commit), the runs to send
 * **Queues.** One heap per (task key, required labels), ordered by (priority, arrival): FIFO
   within a priority, lower priority first (Pydra's order). A node takes from every queue whose
   key it offers and whose labels it carries; when several match, the best head wins.
-* **Leases.** Giving an instance to a node gives it a new lease. A result is accepted only
-  under the current lease, so a node that was declared dead and comes back cannot overwrite
-  the re-run's result. When a node goes away (DOWN, LEFT, restarted) every lease it held is
-  lost: the instance is re-queued in its old place, or fails once ``max_attempts`` leases
-  have been lost. After a controller restart, running instances are orphans until their
-  node says hello and lists them (those it does not list are lost), or the node is gone
+* **Leases.** Giving an instance to a node gives it a new lease: a random token (128 bits by
+  default) that no other node can guess. A result or progress report is accepted only under
+  the current lease and only from the node holding it (:meth:`Scheduler.foreign` names the
+  real holder of a lease another node reports on), so a node that was declared dead and comes
+  back cannot overwrite the re-run's result, and no node can finish another node's task.
+  When a node goes away (DOWN, LEFT, restarted) every lease it held is lost: the instance
+  is re-queued in its old place, or fails once ``max_attempts`` leases have been lost. After
+  a controller restart, running instances are orphans until their node says hello and lists
+  them (those it does not list are lost), or the node is gone
   (:meth:`Scheduler.lose_orphans`), or at the latest ``orphan_grace`` seconds.
 * **Capacity.** A node takes up to ``slots * prefetch`` instances at once: its worker
   processes run ``slots`` of them, the rest wait in the workers' pipes (Celery's prefetch), so
@@ -27,17 +30,29 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import uuid
-from collections.abc import Iterable
+import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from corral.core.taskstate import TaskInstance, TaskStatus, move
 from corral.errors import NotFound, UnknownTask
 
-__all__ = ["NodeWorkers", "Scheduler", "Stop"]
+__all__ = ["LEASE_BYTES", "NodeWorkers", "Scheduler", "Stop", "new_lease"]
 
 S = TaskStatus
 QueueKey = tuple[str, tuple[str, ...]]
+
+#: Random bytes in a lease: unguessable by a node that does not hold it.
+LEASE_BYTES = 16
+
+
+def new_lease() -> str:
+    """A fresh lease: ``LEASE_BYTES`` random bytes from the OS, URL-safe base64 (22 chars).
+
+    Returns:
+        The lease text.
+    """
+    return secrets.token_urlsafe(LEASE_BYTES)
 
 
 @dataclass
@@ -84,9 +99,17 @@ class Scheduler:
         prefetch: instances a node holds per worker slot (1 = only what it runs).
         grace: seconds between a forced cancel's stop request and the kill.
         orphan_grace: seconds a restarted controller waits for a node to claim its leases.
+        lease_factory: makes each new lease (random by default; injectable for tests). A
+            lease it returns that is already held is drawn again.
     """
 
-    def __init__(self, prefetch: int = 4, grace: float = 5.0, orphan_grace: float = 5.0) -> None:
+    def __init__(
+        self,
+        prefetch: int = 4,
+        grace: float = 5.0,
+        orphan_grace: float = 5.0,
+        lease_factory: Callable[[], str] = new_lease,
+    ) -> None:
         self.prefetch = max(1, prefetch)
         self.grace = grace
         self.orphan_grace = orphan_grace
@@ -99,8 +122,7 @@ class Scheduler:
         self._order = itertools.count()
         self._seq: dict[int, int] = {}  # id -> arrival order (kept across re-queues)
         self._leases: dict[str, int] = {}  # lease -> id
-        self._epoch = uuid.uuid4().hex[:8]
-        self._lease_no = itertools.count(1)
+        self._new_lease = lease_factory
         self._orphans: dict[int, float] = {}  # id -> deadline for its node's hello
         self._kill_at: dict[int, float] = {}  # id -> when a forced cancel kills
         # --- outboxes, drained by the service ---
@@ -205,7 +227,9 @@ class Scheduler:
 
     def _assign(self, inst: TaskInstance, node: NodeWorkers, now: float) -> None:
         move(inst, S.RUNNING)
-        lease = f"{self._epoch}.{next(self._lease_no)}"
+        lease = self._new_lease()
+        while lease in self._leases or not lease:  # never two instances under one lease
+            lease = self._new_lease()
         inst.lease, inst.node, inst.worker = lease, node.name, -1
         inst.attempts += 1
         inst.started_at = now
@@ -334,10 +358,29 @@ class Scheduler:
         ident = self._leases.get(lease)
         return None if ident is None else self.active.get(ident)
 
-    def progress(self, lease: str, percent: float, message: str, worker: int) -> None:
-        """A running task reported progress (ignored under a stale lease)."""
+    def foreign(self, lease: str, node: str) -> str | None:
+        """Who really holds ``lease``, if ``node`` reports on it without holding it.
+
+        Args:
+            lease: the lease a report names.
+            node: the node that sent the report (from its subject, so from its credential).
+
+        Returns:
+            The holder's name when another node holds ``lease``; ``None`` when ``node`` holds
+            it or nobody does (a stale or unknown lease, dropped as such).
+        """
         inst = self.lease_of(lease)
-        if inst is None:
+        if inst is None or inst.node == node:
+            return None
+        return inst.node
+
+    def progress(
+        self, lease: str, percent: float, message: str, worker: int, *, reporter: str | None = None
+    ) -> None:
+        """A running task reported progress (ignored under a stale lease, and from a
+        ``reporter`` node that does not hold the lease)."""
+        inst = self.lease_of(lease)
+        if inst is None or (reporter is not None and inst.node != reporter):
             return
         inst.progress = max(0.0, min(100.0, percent))
         inst.message = message
@@ -355,14 +398,26 @@ class Scheduler:
         error: str = "",
         traceback: str = "",
         worker: int = -1,
+        reporter: str | None = None,
     ) -> TaskInstance | None:
         """A task ended on its node: ``outcome`` is ``complete``, ``failed`` or ``stopped``.
 
+        Args:
+            lease: the lease it ran under.
+            outcome: how it ended.
+            now: the clock.
+            result: its result (msgpack), for ``complete``.
+            error: why it failed or stopped.
+            traceback: the task's traceback, for ``failed``.
+            worker: the worker slot that ran it.
+            reporter: the reporting node; one that does not hold ``lease`` changes nothing.
+
         Returns:
-            The instance, or ``None`` for a stale lease (its result is dropped).
+            The instance, or ``None`` for a stale lease or another node's lease (the result
+            is dropped).
         """
         inst = self.lease_of(lease)
-        if inst is None:
+        if inst is None or (reporter is not None and inst.node != reporter):
             return None
         if worker >= 0:
             inst.worker = worker

@@ -289,6 +289,7 @@ class Dashboard(TaskPages, GuardianPages):
                 timeout=timeout,
                 actor=session.user,
             )
+            await self.ctl.commands.wait_settled()
             accepted = self.ctl.commands.accept(request_msg, "", kind == "execute")
         except CorralError as exc:
             flash(session, str(exc))
