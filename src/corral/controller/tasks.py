@@ -19,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from nats.errors import MaxPayloadError
 
 from corral import subjects, wire
 from corral.controller.task_maps import TaskMaps, _Map
-from corral.core.scheduler import Scheduler
+from corral.core.scheduler import Scheduler, Stop
 from corral.core.taskstate import TaskInstance
-from corral.errors import CorralError, NotFound, Timeout
+from corral.errors import BusUnavailable, CorralError, NotFound, OversizedMessage, Timeout
 from corral.store.tasks import TaskStore
 
 if TYPE_CHECKING:
@@ -39,6 +40,18 @@ __all__ = ["TaskService"]
 log = logging.getLogger("corral.controller.tasks")
 
 _asdict = msgspec.structs.asdict
+
+#: nats-py's max_payload before the server says otherwise
+_DEFAULT_MAX_PAYLOAD = 1024 * 1024
+#: room for the NATS header block (``NATS/1.0``, the protocol header)
+_HEADER_ROOM = 64 + sum(len(k) + len(v) + 4 for k, v in wire.HEADERS.items())
+#: a TaskAssign's own bytes around its runs (tag, field name, array header)
+_ENVELOPE = 64
+
+
+def _run_size(key: str, args: bytes, lease: str = "") -> int:
+    """Bytes one run takes in a TaskAssign, generously (the lease may grow to 64 chars)."""
+    return len(args) + len(key) + max(len(lease), 64) + 48
 
 
 class TaskService:
@@ -153,8 +166,11 @@ class TaskService:
 
         Raises:
             UnknownTask: no node offers ``key``.
+            OversizedMessage: an argument mapping is larger than the bus can carry to a
+                node (nothing is queued then).
             StoreError: the store failed (the instances are kept and retried).
         """
+        self._check_sizes(key, args)
         now = self.clock()
         wanted = sorted(set(labels))
         attempts = max_attempts or self.max_attempts
@@ -261,11 +277,92 @@ class TaskService:
 
     # --- the core's outboxes ------------------------------------------------------------
 
+    def _max_payload(self) -> int:
+        """Largest message the bus carries, less room for the NATS headers."""
+        nc = self.ctl.nc
+        size = nc.max_payload if nc is not None else _DEFAULT_MAX_PAYLOAD
+        return size - _HEADER_ROOM
+
+    def _check_sizes(self, key: str, args: Sequence[bytes]) -> None:
+        """Refuse arguments whose run message would not fit on the bus.
+
+        Raises:
+            OversizedMessage: naming the first such mapping, its size and the limit.
+        """
+        limit = self._max_payload() - _run_size(key, b"") - _ENVELOPE
+        for n, encoded in enumerate(args):
+            if len(encoded) > limit:
+                which = f"argument mapping #{n}" if len(args) > 1 else "the arguments"
+                raise OversizedMessage(
+                    f"task {key!r}: {which} encode to {len(encoded)} bytes; a task's "
+                    f"arguments may be at most {limit} bytes (the bus's max_payload "
+                    f"{limit + _run_size(key, b'') + _ENVELOPE + _HEADER_ROOM} less the "
+                    "message's own fields). Nothing was queued: pass a path or a URL to "
+                    "large data instead of the data itself"
+                )
+
+    def _batches(self, insts: list[TaskInstance]) -> Iterator[list[TaskInstance]]:
+        """Split one node's runs into messages the bus can carry (an oversized run alone)."""
+        budget = self._max_payload() - _ENVELOPE
+        batch: list[TaskInstance] = []
+        size = 0
+        for inst in insts:
+            one = _run_size(inst.key, inst.args, inst.lease)
+            if batch and size + one > budget:
+                yield batch
+                batch, size = [], 0
+            batch.append(inst)
+            size += one
+        if batch:
+            yield batch
+
+    async def _send_runs(self, nc: Any, node: str, insts: list[TaskInstance]) -> bool:
+        """Publish ``insts`` to ``node``; an instance is recorded as running only once its
+        message is on the bus. Returns False if some were not sent (the core was told)."""
+        ok = True
+        for batch in self._batches(insts):
+            message = wire.encode(
+                wire.TaskAssign(
+                    runs=[wire.TaskRun(i.id, i.lease, i.key, i.args, i.attempts) for i in batch]
+                )
+            )
+            try:
+                if nc is None:
+                    raise BusUnavailable("not connected to the bus")
+                if len(message) > self._max_payload():
+                    raise OversizedMessage(
+                        f"its run message of {len(message)} bytes exceeds the bus's "
+                        f"max_payload ({self._max_payload() + _HEADER_ROOM})"
+                    )
+                await nc.publish(subjects.node_tasks(node), message, headers=wire.HEADERS)
+            except Exception as exc:  # whatever the bus says, the runs were not sent
+                ok = False
+                why = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                log.warning(
+                    "task runs not sent; queued again",
+                    extra={"node": node, "runs": len(batch), "error": why},
+                )
+                permanent = len(batch) == 1 and isinstance(exc, OversizedMessage | MaxPayloadError)
+                self.core.unsent([i.lease for i in batch], self.clock(), why, permanent=permanent)
+            else:
+                for inst in batch:
+                    self._dirty[inst.id] = inst
+        return ok
+
     async def _pump(self) -> None:
-        """Carry out the core's decisions: send runs and stops, queue the writes."""
+        """Carry out the core's decisions: send runs and stops, queue the writes.
+
+        A run's instance joins the writes only once its message is on the bus: a failed
+        publish is undone in the core (:meth:`Scheduler.unsent`), and the other nodes' runs
+        are still sent.
+        """
         changed, runs, stops, finished = self.core.take()
+        sending = {i.id for insts in runs.values() for i in insts}
         for inst in changed:
-            self._dirty[inst.id] = inst
+            if inst.id not in sending:
+                self._dirty[inst.id] = inst
+        for ident in sending:  # an earlier change of it waits for the send, too
+            self._dirty.pop(ident, None)
         self._finished.extend(finished)
         for inst in finished:
             self._settling[inst.id] = inst
@@ -274,16 +371,25 @@ class TaskService:
         if finished:
             self._urgent.set()
         nc = self.ctl.nc
-        if nc is None:
-            return
+        undone = False
         for node, insts in runs.items():
-            batch = wire.TaskAssign(
-                runs=[wire.TaskRun(i.id, i.lease, i.key, i.args, i.attempts) for i in insts]
-            )
-            await nc.publish(subjects.node_tasks(node), wire.encode(batch), headers=wire.HEADERS)
+            if not await self._send_runs(nc, node, insts):
+                undone = True
+        if nc is not None:  # else a forced cancel ends anyway: the core gives up after grace
+            await self._send_stops(nc, stops)
+        if undone:
+            await self._pump()  # write the instances put back in the queue
+
+    async def _send_stops(self, nc: Any, stops: list[Stop]) -> None:
         for stop in stops:
             message = wire.encode(wire.TaskStop(lease=stop.lease, force=stop.force))
-            await nc.publish(subjects.node_tasks(stop.node), message, headers=wire.HEADERS)
+            try:
+                await nc.publish(subjects.node_tasks(stop.node), message, headers=wire.HEADERS)
+            except Exception as exc:  # the stop is lost; a forced cancel still ends
+                log.warning(
+                    "task stop not sent",
+                    extra={"node": stop.node, "lease": stop.lease, "error": repr(exc)},
+                )
 
     async def _until_durable(self) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
