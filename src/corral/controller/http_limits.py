@@ -122,8 +122,7 @@ class EntryLimits:
             what = (
                 f"more than {self.limiter.max_in_flight} calls in flight"
                 if reason == "in_flight"
-                else f"more than {self.limiter.rate:g} calls a second "
-                f"(burst {self.limiter.burst})"
+                else f"more than {self.limiter.rate:g} calls a second (burst {self.limiter.burst})"
             )
             setting = "api_max_in_flight" if reason == "in_flight" else "api_rate, api_burst"
             await _answer(

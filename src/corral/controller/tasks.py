@@ -338,11 +338,13 @@ class TaskService:
             except Exception as exc:  # whatever the bus says, the runs were not sent
                 ok = False
                 why = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                permanent = len(batch) == 1 and isinstance(exc, OversizedMessage | MaxPayloadError)
                 log.warning(
-                    "task runs not sent; queued again",
+                    "task run failed: it cannot be sent"
+                    if permanent
+                    else "task runs not sent; queued again",
                     extra={"node": node, "runs": len(batch), "error": why},
                 )
-                permanent = len(batch) == 1 and isinstance(exc, OversizedMessage | MaxPayloadError)
                 self.core.unsent([i.lease for i in batch], self.clock(), why, permanent=permanent)
             else:
                 for inst in batch:

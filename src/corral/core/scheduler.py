@@ -478,17 +478,18 @@ class Scheduler:
             node = self.nodes.get(inst.node)
             if node is not None:
                 node.leases.pop(lease, None)
+            # The attempt never happened: no count, no history entry, no node.
+            if inst.history and inst.history[-1].get("lease") == lease:
+                inst.history.pop()
+            inst.attempts = max(0, inst.attempts - 1)
+            inst.lease, inst.node, inst.worker = "", "", -1
+            inst.started_at = inst.history[-1]["started"] if inst.history else None
             if inst.status == S.CANCEL_REQUESTED:
                 self._end(inst, S.CANCELLED, now, "cancelled", "cancelled before it was sent")
             elif permanent:
                 self._end(inst, S.FAILED, now, "unsent", f"could not be sent to a node: {why}")
             else:
-                if inst.history and inst.history[-1].get("lease") == lease:
-                    inst.history.pop()
-                inst.attempts = max(0, inst.attempts - 1)
                 move(inst, S.QUEUED)
-                inst.lease, inst.node, inst.worker = "", "", -1
-                inst.started_at = inst.history[-1]["started"] if inst.history else None
                 self.changed[inst.id] = inst
                 self._push(inst)
 
