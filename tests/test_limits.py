@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from corral.config import Config, load_config
 from corral.core.limits import CallLimiter, json_depth, json_depth_error, retry_after_header
+from corral.errors import ConfigError
 
 
 class FakeClock:
@@ -89,3 +92,16 @@ def _depth(value: object) -> int:
 @given(nested)
 def test_json_depth_matches_the_decoded_structure(value: object) -> None:
     assert json_depth(json.dumps(value).encode()) == _depth(value)
+
+
+def test_the_limit_settings_come_from_the_environment_and_are_checked() -> None:
+    config, sources = load_config(
+        env={"CORRAL_MAX_REQUEST_BYTES": "4096", "CORRAL_API_RATE": "5", "CORRAL_API_BURST": "9"}
+    )
+    assert (config.request_limit, config.api_rate, config.api_burst) == (4096, 5.0, 9)
+    assert sources["max_request_bytes"] == "env:CORRAL_MAX_REQUEST_BYTES"
+    assert load_config(env={})[0].request_limit == Config().max_command_bytes
+    with pytest.raises(ConfigError, match="api_max_in_flight must be more than 0"):
+        load_config(env={"CORRAL_API_MAX_IN_FLIGHT": "0"})
+    with pytest.raises(ConfigError, match="max_request_bytes must be at least 0"):
+        load_config(env={"CORRAL_MAX_REQUEST_BYTES": "-1"})
