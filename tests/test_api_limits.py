@@ -126,6 +126,12 @@ async def test_a_64_mib_body_is_refused_413_before_it_is_read(
     assert answer.startswith(b"HTTP/1.1 413") and b"(chunked)" in answer
     assert sent < 64 * MiB
     assert (await api.task_history("echo")).total == 0
+    # The Python client gets the 413 as an error that says what to do.
+    for size in (2 * MiB, 16 * MiB):
+        with pytest.raises(RemoteError, match="raise max_request_bytes") as caught:
+            await api.queue_tasks("echo", [{"value": "z" * size}])
+        assert caught.value.status == 413
+    assert (await api.task_history("echo")).total == 0
     # A chunked body within the limit is served as usual.
     body = b'{"task_key": "echo", "args": [{"value": 1}]}'
     head = (

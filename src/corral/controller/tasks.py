@@ -19,17 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.errors import MaxPayloadError
 
 from corral import subjects, wire
+from corral.controller import task_runs
 from corral.controller.task_maps import TaskMaps, _Map
 from corral.core.scheduler import Scheduler, Stop
 from corral.core.taskstate import TaskInstance
-from corral.errors import BusUnavailable, CorralError, NotFound, OversizedMessage, Timeout
+from corral.errors import CorralError, NotFound, OversizedMessage, Timeout
 from corral.store.tasks import TaskStore
 
 if TYPE_CHECKING:
@@ -40,18 +41,6 @@ __all__ = ["TaskService"]
 log = logging.getLogger("corral.controller.tasks")
 
 _asdict = msgspec.structs.asdict
-
-#: nats-py's max_payload before the server says otherwise
-_DEFAULT_MAX_PAYLOAD = 1024 * 1024
-#: room for the NATS header block (``NATS/1.0``, the protocol header)
-_HEADER_ROOM = 64 + sum(len(k) + len(v) + 4 for k, v in wire.HEADERS.items())
-#: a TaskAssign's own bytes around its runs (tag, field name, array header)
-_ENVELOPE = 64
-
-
-def _run_size(key: str, args: bytes, lease: str = "") -> int:
-    """Bytes one run takes in a TaskAssign, generously (the lease may grow to 64 chars)."""
-    return len(args) + len(key) + max(len(lease), 64) + 48
 
 
 class TaskService:
@@ -170,7 +159,7 @@ class TaskService:
                 node (nothing is queued then).
             StoreError: the store failed (the instances are kept and retried).
         """
-        self._check_sizes(key, args)
+        task_runs.check_sizes(self.ctl.nc, key, args)
         now = self.clock()
         wanted = sorted(set(labels))
         attempts = max_attempts or self.max_attempts
@@ -277,64 +266,13 @@ class TaskService:
 
     # --- the core's outboxes ------------------------------------------------------------
 
-    def _max_payload(self) -> int:
-        """Largest message the bus carries, less room for the NATS headers."""
-        nc = self.ctl.nc
-        size = nc.max_payload if nc is not None else _DEFAULT_MAX_PAYLOAD
-        return size - _HEADER_ROOM
-
-    def _check_sizes(self, key: str, args: Sequence[bytes]) -> None:
-        """Refuse arguments whose run message would not fit on the bus.
-
-        Raises:
-            OversizedMessage: naming the first such mapping, its size and the limit.
-        """
-        limit = self._max_payload() - _run_size(key, b"") - _ENVELOPE
-        for n, encoded in enumerate(args):
-            if len(encoded) > limit:
-                which = f"argument mapping #{n}" if len(args) > 1 else "the arguments"
-                raise OversizedMessage(
-                    f"task {key!r}: {which} encode to {len(encoded)} bytes; a task's "
-                    f"arguments may be at most {limit} bytes (the bus's max_payload "
-                    f"{limit + _run_size(key, b'') + _ENVELOPE + _HEADER_ROOM} less the "
-                    "message's own fields). Nothing was queued: pass a path or a URL to "
-                    "large data instead of the data itself"
-                )
-
-    def _batches(self, insts: list[TaskInstance]) -> Iterator[list[TaskInstance]]:
-        """Split one node's runs into messages the bus can carry (an oversized run alone)."""
-        budget = self._max_payload() - _ENVELOPE
-        batch: list[TaskInstance] = []
-        size = 0
-        for inst in insts:
-            one = _run_size(inst.key, inst.args, inst.lease)
-            if batch and size + one > budget:
-                yield batch
-                batch, size = [], 0
-            batch.append(inst)
-            size += one
-        if batch:
-            yield batch
-
     async def _send_runs(self, nc: Any, node: str, insts: list[TaskInstance]) -> bool:
         """Publish ``insts`` to ``node``; an instance is recorded as running only once its
         message is on the bus. Returns False if some were not sent (the core was told)."""
         ok = True
-        for batch in self._batches(insts):
-            message = wire.encode(
-                wire.TaskAssign(
-                    runs=[wire.TaskRun(i.id, i.lease, i.key, i.args, i.attempts) for i in batch]
-                )
-            )
+        for batch in task_runs.batches(nc, insts):
             try:
-                if nc is None:
-                    raise BusUnavailable("not connected to the bus")
-                if len(message) > self._max_payload():
-                    raise OversizedMessage(
-                        f"its run message of {len(message)} bytes exceeds the bus's "
-                        f"max_payload ({self._max_payload() + _HEADER_ROOM})"
-                    )
-                await nc.publish(subjects.node_tasks(node), message, headers=wire.HEADERS)
+                await task_runs.publish_runs(nc, node, batch)
             except Exception as exc:  # whatever the bus says, the runs were not sent
                 ok = False
                 why = f"{type(exc).__name__}: {exc}".rstrip(": ")
