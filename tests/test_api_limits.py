@@ -24,6 +24,7 @@ from corral.errors import RemoteError
 from corral.node import Node
 from corral.security import Authority
 from corral.tokens import Role
+from dashboard_fixtures import sign_in
 from tasks_fixtures import api, node, offered, token_for  # noqa: F401 - fixtures
 
 MiB = 1024 * 1024
@@ -164,6 +165,20 @@ async def test_json_nested_5000_deep_is_422_naming_the_limit(
     for _ in range(60):
         value = [value]
     assert (await api.run("echo", value=value))["value"] == value
+
+
+async def test_the_dashboards_json_fields_are_depth_checked_too(
+    controller: Controller,
+    api: AsyncController,  # noqa: F811
+    node: Node,  # noqa: F811
+) -> None:
+    async with httpx.AsyncClient(base_url=url(controller), timeout=scaled(20)) as web:
+        csrf = await sign_in(web, token=await token_for(controller, Role.OPERATE))
+        deep = '{"value": ' + "[" * 5000 + "]" * 5000 + "}"
+        reply = await web.post("/ui/tasks", data={"csrf": csrf, "task_key": "echo", "args": deep})
+        assert reply.status_code == 303  # back to the form, with the reason shown
+        assert "limit is 64 levels" in (await web.get("/ui/tasks")).text
+    assert (await api.task_history("echo")).total == 0
 
 
 # --- task arguments and the bus -----------------------------------------------------------
