@@ -17,6 +17,7 @@ import pytest
 
 from conftest import Procs, scaled
 from corral import AsyncController
+from corral.broker import EmbeddedBroker
 from corral.config import Config
 from corral.controller import Controller
 from corral.core.taskstate import TaskInstance
@@ -304,3 +305,29 @@ async def test_a_token_over_its_rate_or_in_flight_limit_gets_429_with_retry_afte
         assert (await call(other, "cancel_task", task_instance_id=ident, force=True)).is_success
         assert (await waiting).status_code == 200
         assert controller.api.limiter.in_flight(slow) == 0
+
+
+@pytest.mark.parametrize(
+    "config", [{"down_after": 120.0, "max_request_bytes": 8 * MiB}], indirect=True
+)  # the node stays UP while the bus is away: only the publish fails
+async def test_a_run_whose_publish_fails_goes_back_to_the_queue_and_runs_later(
+    controller: Controller,
+    broker: EmbeddedBroker,
+    api: AsyncController,  # noqa: F811
+    node: Node,  # noqa: F811
+) -> None:
+    assert controller.nc is not None
+    broker.stop()  # the bus goes away: publishes are buffered, up to the client's 2 MiB
+    async with asyncio.timeout(scaled(10)):
+        while controller.nc.is_connected:
+            await asyncio.sleep(0.02)
+    value = "v" * (3 * MiB)  # more than the reconnect buffer holds: the publish raises
+    ident = await api.queue_task("echo", value=value)
+    waiting = await api.task_history_detail(ident)
+    assert (waiting.status, waiting.attempts, waiting.node, waiting.history) == (
+        "queued", 0, "", []
+    )  # fmt: skip
+    assert all(v.held == 0 for v in await api.node_status())
+    await broker.start(timeout=scaled(15))
+    done = await api.wait(ident, scaled(30))
+    assert (done.status, done.attempts) == ("complete", 1) and done.result["value"] == value
