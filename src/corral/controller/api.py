@@ -14,6 +14,7 @@ code   HTTP         meaning
 -2     503          disconnection: the controller lost its store or bus
 -3     400 404 422  error in the remote function: refused arguments, no such id
        504          (504: a ``wait`` ran out of time)
+       413 429      the body is over ``max_request_bytes``; the token made too many calls
 -4     401          no key: no token was sent
 -5     500          unknown error
 -6     404 / 405    remote function not found
@@ -21,6 +22,10 @@ code   HTTP         meaning
 
 The OpenAPI schema (``/openapi.json``, browsable at ``/docs``) is generated from the same
 structs. uvicorn serves on a socket bound here, so ``api_port = 0`` picks a free port.
+In front of everything (API and dashboard) sits
+:class:`~corral.controller.http_limits.EntryLimits`: the body limit (413, checked before the
+body is read) and the per-token rate and in-flight limits (429 with ``Retry-After``); the
+JSON depth limit (422) is checked here, before decoding.
 """
 
 from __future__ import annotations
