@@ -337,3 +337,18 @@ def test_a_forced_cancel_the_node_never_confirms_ends_cancelled_after_two_graces
     assert t.status == S.CANCELLED and "did not confirm the kill" in t.error
     assert runs(s) == {"a": [2]}  # the slot is free again
     assert s.finish(lease, "stopped", 6.0) is None
+
+
+def test_a_forced_stop_that_cannot_be_sent_ends_the_cancel_at_once() -> None:
+    s = sched(a=1)
+    s.queue([inst(1), inst(2)], 0.0)
+    t, other = s.active[1], s.active[2]
+    s.take()
+    assert other.status == S.QUEUED  # one slot: it waits
+    s.cancel(1, 1.0, force=False)
+    s.unreachable(t.lease, 1.5, "ConnectionClosedError")  # not forced: it waits
+    assert t.status == S.CANCEL_REQUESTED
+    s.cancel(1, 2.0, force=True)
+    s.unreachable(t.lease, 2.5, "ConnectionClosedError")
+    assert t.status == S.CANCELLED and "node a is unreachable (ConnectionClosedError)" in t.error
+    assert (other.status, other.node) == (S.RUNNING, "a")  # the slot is free again

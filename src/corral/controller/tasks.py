@@ -321,6 +321,8 @@ class TaskService:
             await self._pump()  # write the instances put back in the queue
 
     async def _send_stops(self, nc: Any, stops: list[Stop]) -> None:
+        """Send stop requests; a forced one that cannot be sent ends its cancel at once."""
+        gave_up = False
         for stop in stops:
             message = wire.encode(wire.TaskStop(lease=stop.lease, force=stop.force))
             try:
@@ -330,6 +332,11 @@ class TaskService:
                     "task stop not sent",
                     extra={"node": stop.node, "lease": stop.lease, "error": repr(exc)},
                 )
+                if stop.force:
+                    self.core.unreachable(stop.lease, self.clock(), type(exc).__name__)
+                    gave_up = True
+        if gave_up:
+            await self._pump()
 
     async def _until_durable(self) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

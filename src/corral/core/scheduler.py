@@ -22,8 +22,9 @@ that changed (to persist, in one transaction per group commit), the runs to send
   one step); a running one gets a stop request (the task sees ``ctx.stop_requested``), and with
   ``force`` a kill of its worker process after ``grace`` seconds. A forced cancel always
   ends: if the node does not report the task ended within another ``grace`` after the kill
-  (it never got the run, or it is unreachable), the instance is ``cancelled`` without it and
-  its slot is freed; a node that is gone loses its leases (cancelled at once).
+  (it never got the run, it hangs), the instance is ``cancelled`` without it and its slot is
+  freed; at once if the stop cannot even be sent (:meth:`Scheduler.unreachable`) or the node
+  is gone (it loses its leases).
 * **Sending.** A run taken from the outbox is assigned in memory only; the service persists
   it once its message is on the bus. If that fails it reports :meth:`Scheduler.unsent`: the
   assignment is undone (no attempt counted, the slot freed) and the instance is queued
@@ -440,6 +441,15 @@ class Scheduler:
             self._kill_at[ident] = now + self.grace
         self.changed[ident] = inst
         return inst
+
+    def unreachable(self, lease: str, now: float, why: str) -> None:
+        """A forced stop for ``lease`` could not be sent: end that forced cancel now.
+
+        Nothing else changes: an instance not under a forced cancel waits for its node.
+        """
+        inst = self.lease_of(lease)
+        if inst is not None and inst.force and inst.status == S.CANCEL_REQUESTED:
+            self._abandon(inst, now, f"node {inst.node} is unreachable ({why})")
 
     def _abandon(self, inst: TaskInstance, now: float, why: str) -> None:
         """End a forced cancel without the node's word: free the lease and the slot."""
