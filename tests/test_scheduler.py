@@ -224,7 +224,7 @@ def test_a_cancel_requested_instance_whose_node_dies_is_cancelled() -> None:
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["queue", "finish", "gone", "hello", "cancel", "tick"]),
+            st.sampled_from(["queue", "finish", "gone", "hello", "cancel", "tick", "unsent"]),
             st.integers(0, 30),
         ),
         max_size=60,
@@ -253,12 +253,21 @@ def test_no_instance_is_ever_dropped(events: list[tuple[str, int]]) -> None:
             s.node_hello("a", f"a{n % 2}", ["k"], [], 2, [], now)
         elif kind == "cancel" and s.active:
             s.cancel(list(s.active)[n % len(s.active)], now, force=bool(n % 2))
+        elif kind == "unsent":
+            # The publish of this pump's runs failed (some of them, or also stale leases).
+            _, out, _, _ = s.take()
+            leases = [i.lease for insts in out.values() for i in insts][: n % 4]
+            s.unsent([*leases, "stale.1"], now, "ConnectionClosedError", permanent=n % 5 == 0)
         else:
             s.tick(now)
         s.take()
+        for node in s.nodes.values():  # a slot is held only by the instance holding its lease
+            assert len(node.leases) <= node.capacity
+            assert all(s.active[i].lease == lease for lease, i in node.leases.items())
     for ident, i in seen.items():
         assert (ident in s.active) != (i.status in TERMINAL)
         assert i.attempts <= i.max_attempts
+        assert (i.status == S.QUEUED) == (ident in s.active and not i.lease)
 
 
 def test_a_persisted_cancel_survives_a_controller_restart() -> None:
@@ -332,3 +341,64 @@ def test_only_the_holder_of_a_lease_finishes_it_or_reports_progress() -> None:
     s.progress(i.lease, 40.0, "real", 0, reporter=holder)
     assert s.finish(i.lease, "complete", 2.0, result=b"\x02", reporter=holder) is i
     assert (i.status, i.result, i.progress) == (S.COMPLETE, b"\x02", 100.0)
+
+
+# --- sending and forced cancels that nobody confirms ----------------------------------------
+
+
+def test_an_unsent_run_is_queued_again_and_its_slot_freed() -> None:
+    s = sched(a=1)
+    s.queue([inst(1), inst(2)], 0.0)
+    _, out, _, _ = s.take()
+    (first,) = out["a"]
+    lease = first.lease
+    s.unsent([lease], 1.0, "MaxPayloadError")
+    assert (first.status, first.lease, first.node, first.attempts) == (S.QUEUED, "", "", 0)
+    assert first.history == [] and s.nodes["a"].leases == {}
+    assert s.finish(lease, "complete", 1.5) is None  # the undone lease is stale
+    s.tick(2.0)  # given out again, still before 2 (its old place)
+    assert runs(s) == {"a": [1]} and first.attempts == 1
+
+
+def test_an_unsent_run_that_can_never_be_sent_fails_and_one_being_cancelled_ends() -> None:
+    s = sched(a=2)
+    s.queue([inst(1), inst(2)], 0.0)
+    s.take()
+    one, two = s.active[1], s.active[2]
+    s.cancel(2, 0.5)
+    s.unsent([one.lease, two.lease], 1.0, "too large", permanent=True)
+    assert one.status == S.FAILED and "could not be sent to a node: too large" in one.error
+    assert two.status == S.CANCELLED and s.active == {} and s.nodes["a"].leases == {}
+
+
+def test_a_forced_cancel_the_node_never_confirms_ends_cancelled_after_two_graces() -> None:
+    s = sched(a=1)
+    s.queue([inst(1), inst(2)], 0.0)
+    t = s.active[1]
+    lease = t.lease
+    s.take()
+    s.cancel(1, 1.0, force=True)
+    assert s.take()[2] == [Stop("a", lease, False)]
+    s.tick(3.0)  # grace 2.0: the kill goes out
+    assert s.take()[2] == [Stop("a", lease, True)] and t.status == S.CANCEL_REQUESTED
+    s.tick(4.9)
+    assert t.status == S.CANCEL_REQUESTED
+    s.tick(5.0)  # no word from the node within another grace
+    assert t.status == S.CANCELLED and "did not confirm the kill" in t.error
+    assert runs(s) == {"a": [2]}  # the slot is free again
+    assert s.finish(lease, "stopped", 6.0) is None
+
+
+def test_a_forced_stop_that_cannot_be_sent_ends_the_cancel_at_once() -> None:
+    s = sched(a=1)
+    s.queue([inst(1), inst(2)], 0.0)
+    t, other = s.active[1], s.active[2]
+    s.take()
+    assert other.status == S.QUEUED  # one slot: it waits
+    s.cancel(1, 1.0, force=False)
+    s.unreachable(t.lease, 1.5, "ConnectionClosedError")  # not forced: it waits
+    assert t.status == S.CANCEL_REQUESTED
+    s.cancel(1, 2.0, force=True)
+    s.unreachable(t.lease, 2.5, "ConnectionClosedError")
+    assert t.status == S.CANCELLED and "node a is unreachable (ConnectionClosedError)" in t.error
+    assert (other.status, other.node) == (S.RUNNING, "a")  # the slot is free again

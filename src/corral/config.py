@@ -80,6 +80,15 @@ class Config(msgspec.Struct, kw_only=True):
     task_max_attempts: int = 3
     #: seconds a forced cancel waits for the task to stop before killing its worker
     cancel_grace: float = 5.0
+    #: largest HTTP request body the API and dashboard accept, in bytes; 0 means
+    #: max_command_bytes
+    max_request_bytes: int = 0
+    #: API calls one token may have in flight at once
+    api_max_in_flight: int = 200
+    #: API calls per second one token may make, on average
+    api_rate: float = 1000.0
+    #: API calls one token may make in a burst above api_rate
+    api_burst: int = 2000
 
     @property
     def data_path(self) -> Path:
@@ -115,6 +124,11 @@ class Config(msgspec.Struct, kw_only=True):
             return Path(self.ca).expanduser()
         default = self.data_path / "pki" / "ca.pem"
         return default if default.exists() else None
+
+    @property
+    def request_limit(self) -> int:
+        """The HTTP body limit in bytes (``max_request_bytes``, else ``max_command_bytes``)."""
+        return self.max_request_bytes or self.max_command_bytes
 
     @property
     def api_url(self) -> str:
@@ -218,6 +232,10 @@ def _check(config: Config, sources: dict[str, str]) -> None:
         ("report_interval", 0, True),
         ("max_command_bytes", 0, True),
         ("output_limit", 0, False),
+        ("max_request_bytes", 0, False),
+        ("api_max_in_flight", 0, True),
+        ("api_rate", 0, True),
+        ("api_burst", 0, True),
     ):
         value = getattr(config, name)
         if value < low or (strict and value == low):

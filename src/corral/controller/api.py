@@ -14,6 +14,7 @@ code   HTTP         meaning
 -2     503          disconnection: the controller lost its store or bus
 -3     400 404 422  error in the remote function: refused arguments, no such id
        504          (504: a ``wait`` ran out of time)
+       413 429      the body is over ``max_request_bytes``; the token made too many calls
 -4     401          no key: no token was sent
 -5     500          unknown error
 -6     404 / 405    remote function not found
@@ -21,6 +22,10 @@ code   HTTP         meaning
 
 The OpenAPI schema (``/openapi.json``, browsable at ``/docs``) is generated from the same
 structs. uvicorn serves on a socket bound here, so ``api_port = 0`` picks a free port.
+In front of everything (API and dashboard) sits
+:class:`~corral.controller.http_limits.EntryLimits`: the body limit (413, checked before the
+body is read) and the per-token rate and in-flight limits (429 with ``Retry-After``); the
+JSON depth limit (422) is checked here, before decoding.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +48,8 @@ from corral import api_models as m
 from corral import wire
 from corral._version import __version__
 from corral.controller.api_calls import ApiCalls
+from corral.controller.http_limits import EntryLimits
+from corral.core.limits import CallLimiter, json_depth_error
 from corral.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -148,6 +156,8 @@ def _endpoint(
                 result = await handler()
             else:
                 body = await request.body()
+                if (deep := json_depth_error(body)) is not None:
+                    return _error(422, -3, f"invalid arguments: {deep}")
                 try:
                     args = decoder.decode(body or b"{}")
                 except msgspec.DecodeError as exc:
@@ -173,7 +183,9 @@ def _openapi_extra(kind: type[Any] | None, reply: Any) -> dict[str, Any]:
         for s, d in (
             (401, "no or refused token (code -4 / -1)"),
             (403, "the token's role may not make this call (code -1)"),
-            (422, "invalid arguments (code -3)"),
+            (422, "invalid arguments, or JSON nested too deeply (code -3)"),
+            (413, "request body over max_request_bytes (code -3)"),
+            (429, "too many calls for this token; see Retry-After (code -3)"),
             (400, "the function refused its arguments (code -3)"),
             (404, "no such instance or node (code -3)"),
             (503, "the controller lost its store or bus (code -2)"),
@@ -278,6 +290,7 @@ class ApiServer:
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.dashboard: Dashboard | None = None
+        self.limiter: CallLimiter | None = None
 
     def __repr__(self) -> str:
         return f"<ApiServer {self.url or 'stopped'}>"
@@ -295,6 +308,10 @@ class ApiServer:
         from corral.dashboard.routes import mount  # the web dashboard under /ui (issue #8)
 
         self.dashboard = mount(app, self.ctl, checker)
+        self.limiter = CallLimiter(
+            config.api_rate, config.api_burst, config.api_max_in_flight, clock=time.monotonic
+        )
+        limited = EntryLimits(app, max_body=config.request_limit, limiter=self.limiter)
         family = socket.AF_INET6 if ":" in config.api_host else socket.AF_INET
         # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP,
         # and without it every reply waits ~40 ms for the client's delayed ACK (Nagle).
@@ -314,7 +331,11 @@ class ApiServer:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"http://{shown}:{port}"
         server_config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
+            limited,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
         )
         self._server = _Server(server_config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="api")

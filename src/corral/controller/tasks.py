@@ -24,12 +24,21 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from nats.errors import MaxPayloadError
 
 from corral import subjects, wire
+from corral.controller import task_runs
 from corral.controller.task_maps import TaskMaps, _Map
-from corral.core.scheduler import Scheduler
+from corral.core.scheduler import Scheduler, Stop
 from corral.core.taskstate import TaskInstance
-from corral.errors import CorralError, NotFound, RecordRefused, StoreError, Timeout
+from corral.errors import (
+    CorralError,
+    NotFound,
+    OversizedMessage,
+    RecordRefused,
+    StoreError,
+    Timeout,
+)
 from corral.store.tasks import TaskStore
 from corral.store.writes import Backoff, log_written
 
@@ -158,8 +167,11 @@ class TaskService:
 
         Raises:
             UnknownTask: no node offers ``key``.
+            OversizedMessage: an argument mapping is larger than the bus can carry to a
+                node (nothing is queued then).
             StoreError: the store failed (the instances are kept and retried).
         """
+        task_runs.check_sizes(self.ctl.nc, key, args)
         now = self.clock()
         wanted = sorted(set(labels))
         attempts = max_attempts or self.max_attempts
@@ -266,11 +278,43 @@ class TaskService:
 
     # --- the core's outboxes ------------------------------------------------------------
 
+    async def _send_runs(self, nc: Any, node: str, insts: list[TaskInstance]) -> bool:
+        """Publish ``insts`` to ``node``; an instance is recorded as running only once its
+        message is on the bus. Returns False if some were not sent (the core was told)."""
+        ok = True
+        for batch in task_runs.batches(nc, insts):
+            try:
+                await task_runs.publish_runs(nc, node, batch)
+            except Exception as exc:  # whatever the bus says, the runs were not sent
+                ok = False
+                why = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                permanent = len(batch) == 1 and isinstance(exc, OversizedMessage | MaxPayloadError)
+                log.warning(
+                    "task run failed: it cannot be sent"
+                    if permanent
+                    else "task runs not sent; queued again",
+                    extra={"node": node, "runs": len(batch), "error": why},
+                )
+                self.core.unsent([i.lease for i in batch], self.clock(), why, permanent=permanent)
+            else:
+                for inst in batch:
+                    self._dirty[inst.id] = inst
+        return ok
+
     async def _pump(self) -> None:
-        """Carry out the core's decisions: send runs and stops, queue the writes."""
+        """Carry out the core's decisions: send runs and stops, queue the writes.
+
+        A run's instance joins the writes only once its message is on the bus: a failed
+        publish is undone in the core (:meth:`Scheduler.unsent`), and the other nodes' runs
+        are still sent.
+        """
         changed, runs, stops, finished = self.core.take()
+        sending = {i.id for insts in runs.values() for i in insts}
         for inst in changed:
-            self._dirty[inst.id] = inst
+            if inst.id not in sending:
+                self._dirty[inst.id] = inst
+        for ident in sending:  # an earlier change of it waits for the send, too
+            self._dirty.pop(ident, None)
         self._finished.extend(finished)
         for inst in finished:
             self._settling[inst.id] = inst
@@ -279,16 +323,32 @@ class TaskService:
         if finished:
             self._urgent.set()
         nc = self.ctl.nc
-        if nc is None:
-            return
+        undone = False
         for node, insts in runs.items():
-            batch = wire.TaskAssign(
-                runs=[wire.TaskRun(i.id, i.lease, i.key, i.args, i.attempts) for i in insts]
-            )
-            await nc.publish(subjects.node_tasks(node), wire.encode(batch), headers=wire.HEADERS)
+            if not await self._send_runs(nc, node, insts):
+                undone = True
+        if nc is not None:  # else a forced cancel ends anyway: the core gives up after grace
+            await self._send_stops(nc, stops)
+        if undone:
+            await self._pump()  # write the instances put back in the queue
+
+    async def _send_stops(self, nc: Any, stops: list[Stop]) -> None:
+        """Send stop requests; a forced one that cannot be sent ends its cancel at once."""
+        gave_up = False
         for stop in stops:
             message = wire.encode(wire.TaskStop(lease=stop.lease, force=stop.force))
-            await nc.publish(subjects.node_tasks(stop.node), message, headers=wire.HEADERS)
+            try:
+                await nc.publish(subjects.node_tasks(stop.node), message, headers=wire.HEADERS)
+            except Exception as exc:  # the stop is lost; a forced cancel still ends
+                log.warning(
+                    "task stop not sent",
+                    extra={"node": stop.node, "lease": stop.lease, "error": repr(exc)},
+                )
+                if stop.force:
+                    self.core.unreachable(stop.lease, self.clock(), type(exc).__name__)
+                    gave_up = True
+        if gave_up:
+            await self._pump()
 
     async def _until_durable(self, ids: Iterable[int] = ()) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -23,7 +23,15 @@ that changed (to persist, in one transaction per group commit), the runs to send
   a worker never idles waiting for the next round trip.
 * **Cancellation.** A queued instance is dequeued (queued -> cancel-requested -> cancelled in
   one step); a running one gets a stop request (the task sees ``ctx.stop_requested``), and with
-  ``force`` a kill of its worker process after ``grace`` seconds.
+  ``force`` a kill of its worker process after ``grace`` seconds. A forced cancel always
+  ends: if the node does not report the task ended within another ``grace`` after the kill
+  (it never got the run, it hangs), the instance is ``cancelled`` without it and its slot is
+  freed; at once if the stop cannot even be sent (:meth:`Scheduler.unreachable`) or the node
+  is gone (it loses its leases).
+* **Sending.** A run taken from the outbox is assigned in memory only; the service persists
+  it once its message is on the bus. If that fails it reports :meth:`Scheduler.unsent`: the
+  assignment is undone (no attempt counted, the slot freed) and the instance is queued
+  again in its old place, or failed when it can never be sent.
 """
 
 from __future__ import annotations
@@ -125,6 +133,7 @@ class Scheduler:
         self._new_lease = lease_factory
         self._orphans: dict[int, float] = {}  # id -> deadline for its node's hello
         self._kill_at: dict[int, float] = {}  # id -> when a forced cancel kills
+        self._give_up: dict[int, float] = {}  # id -> when a forced cancel stops waiting
         # --- outboxes, drained by the service ---
         self.changed: dict[int, TaskInstance] = {}
         self.runs: dict[str, list[TaskInstance]] = {}
@@ -457,6 +466,7 @@ class Scheduler:
         self._seq.pop(inst.id, None)
         self._orphans.pop(inst.id, None)
         self._kill_at.pop(inst.id, None)
+        self._give_up.pop(inst.id, None)
         self.changed[inst.id] = inst
         self.finished.append(inst)
 
@@ -487,6 +497,67 @@ class Scheduler:
         self.changed[ident] = inst
         return inst
 
+    def unreachable(self, lease: str, now: float, why: str) -> None:
+        """A forced stop for ``lease`` could not be sent: end that forced cancel now.
+
+        Nothing else changes: an instance not under a forced cancel waits for its node.
+        """
+        inst = self.lease_of(lease)
+        if inst is not None and inst.force and inst.status == S.CANCEL_REQUESTED:
+            self._abandon(inst, now, f"node {inst.node} is unreachable ({why})")
+
+    def _abandon(self, inst: TaskInstance, now: float, why: str) -> None:
+        """End a forced cancel without the node's word: free the lease and the slot."""
+        self._leases.pop(inst.lease, None)
+        node = self.nodes.get(inst.node)
+        if node is not None:
+            node.leases.pop(inst.lease, None)
+        self._end(inst, S.CANCELLED, now, "cancelled", f"cancelled (forced); {why}")
+        if node is not None:
+            self._fill(node, now)
+
+    # --- sending ------------------------------------------------------------------------
+
+    def unsent(
+        self, leases: Iterable[str], now: float, why: str, *, permanent: bool = False
+    ) -> None:
+        """The runs under ``leases`` could not be put on the bus: undo their assignment.
+
+        Each instance goes back to its queue in its old place, its attempt not counted and
+        its node's slot freed; it is given out again on the next tick. One that was asked to
+        cancel meanwhile is cancelled. With ``permanent`` (it can never be sent, e.g. it is
+        larger than the bus carries) it fails with ``why`` instead. A lease that is no
+        longer current (the instance finished or moved on) is ignored.
+
+        Args:
+            leases: The leases of the runs that were not sent.
+            now: The time.
+            why: What went wrong (kept as the instance's error when it fails).
+            permanent: Fail the instances instead of queueing them again.
+        """
+        for lease in leases:
+            inst = self.lease_of(lease)
+            if inst is None:
+                continue
+            del self._leases[lease]
+            node = self.nodes.get(inst.node)
+            if node is not None:
+                node.leases.pop(lease, None)
+            # The attempt never happened: no count, no history entry, no node.
+            if inst.history and inst.history[-1].get("lease") == lease:
+                inst.history.pop()
+            inst.attempts = max(0, inst.attempts - 1)
+            inst.lease, inst.node, inst.worker = "", "", -1
+            inst.started_at = inst.history[-1]["started"] if inst.history else None
+            if inst.status == S.CANCEL_REQUESTED:
+                self._end(inst, S.CANCELLED, now, "cancelled", "cancelled before it was sent")
+            elif permanent:
+                self._end(inst, S.FAILED, now, "unsent", f"could not be sent to a node: {why}")
+            else:
+                move(inst, S.QUEUED)
+                self.changed[inst.id] = inst
+                self._push(inst)
+
     # --- time ---------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
@@ -503,6 +574,14 @@ class Scheduler:
                 inst = self.active.get(ident)
                 if inst is not None and inst.lease:
                     self.stops.append(Stop(inst.node, inst.lease, True))
+                    self._give_up[ident] = now + self.grace
+        for ident, due in list(self._give_up.items()):
+            if now >= due:
+                del self._give_up[ident]
+                inst = self.active.get(ident)
+                if inst is not None:
+                    why = f"node {inst.node} did not confirm the kill within {self.grace:g}s"
+                    self._abandon(inst, now, why)
         self._fill_all(now)
 
     # --- outboxes -----------------------------------------------------------------------

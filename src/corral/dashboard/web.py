@@ -18,6 +18,7 @@ import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from corral.core.limits import json_depth_error
 from corral.dashboard.auth import Session
 from corral.errors import CorralError, Forbidden, NoKey, UsageError
 
@@ -131,6 +132,9 @@ def json_object(text: str, what: str) -> dict[str, Any]:
     text = text.strip()
     if not text:
         return {}
+    deep = json_depth_error(text.encode())
+    if deep is not None:  # json.loads recurses: thousands of '[' exhaust the stack
+        raise UsageError(f"{what}: {deep}")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
