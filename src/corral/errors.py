@@ -38,6 +38,7 @@ from __future__ import annotations
 
 __all__ = [
     "GroupTimeout",
+    "IdempotencyKeyReused",
     "GuardianRefused",
     "NoSuchGuardian",
     "SystemLoadError",
@@ -198,7 +199,8 @@ class SystemLoadError(UsageError):
 #        │   └── Forbidden          -1, HTTP 403: the token's role may not make this call
 #        ├── Disconnected           -2: the controller cannot be reached (or it lost its bus)
 #        ├── RemoteError            -3: the remote function refused or raised (4xx/500)
-#        │   └── NotFound           -3, HTTP 404: no such task instance or node
+#        │   ├── NotFound           -3, HTTP 404: no such task instance or node
+#        │   └── IdempotencyKeyReused  -3, HTTP 422: a key sent again with another request
 #        ├── NoKey                  -4: no API token was given
 #        ├── UnknownError           -5: anything else
 #        └── FunctionNotFound       -6: the controller has no such API function
@@ -281,3 +283,11 @@ class FunctionNotFound(ControllerError):
     """-6: the controller API has no function of that name."""
 
     code = -6
+
+
+class IdempotencyKeyReused(RemoteError):
+    """-3, HTTP 422: an idempotency key came back with another request than its first.
+
+    A key names one submission: send a new key for a new request (the Python clients make
+    one per call), or the same request again to get the first answer.
+    """

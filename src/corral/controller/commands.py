@@ -36,7 +36,7 @@ from corral.core.addressing import NodeFacts, resolve
 from corral.core.commands import CommandBook, CommandState, IllegalOutcome, Outcome, TrackedCommand
 from corral.core.registry import NodeStatus, Registry
 from corral.errors import CorralError, Refused, UsageError
-from corral.records import AuditEntry, CommandRow, OutcomeRow
+from corral.records import AuditEntry, CommandRow, IdempotencyRow, OutcomeRow
 
 __all__ = ["BUILTIN_KINDS", "CommandService", "counts"]
 
@@ -50,6 +50,8 @@ _DIRECT_MAX = 4
 #: Seconds a stopping controller waits for committed commands to be published (the next
 #: start re-publishes any left).
 _DRAIN = 2.0
+#: Seconds between prunings of expired idempotency keys.
+_PRUNE_EVERY = 60.0
 
 
 def _fields(o: Outcome) -> dict[str, Any]:
@@ -85,6 +87,10 @@ class Batch:
     replies: list[tuple[str, bytes]] = field(default_factory=list)
     #: in-process senders (the HTTP API) waiting for this batch to be on disk
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    #: idempotency keys of the commands, written in the same transaction
+    keys: list[IdempotencyRow] = field(default_factory=list)
+    #: also prune idempotency keys older than this (epoch seconds)
+    prune_keys_before: float | None = None
 
     @property
     def outcome_rows(self) -> list[OutcomeRow]:
@@ -119,6 +125,7 @@ class CommandService:
         self.nc: bus.NATS | None = None
         self.counters: dict[str, int] = {}
         self._batch = Batch()
+        self._pruned = clock()
         #: the JetStream side: the stream, every node's consumer, the publisher
         self.stream = CommandStream(config, registry, self.book, clock)
 
@@ -186,14 +193,30 @@ class CommandService:
         return out
 
     async def accept_durably(
-        self, request: wire.CommandRequest, via_execute: bool
+        self,
+        request: wire.CommandRequest,
+        via_execute: bool,
+        *,
+        role: str = "",
+        claimed: str = "",
+        stamp: Any = None,
     ) -> wire.CommandAccepted:
         """:meth:`accept`, then wait until the command is on disk (for in-process senders).
+
+        Args:
+            request: The command, its ``actor`` set by the controller.
+            via_execute: It came the EXECUTE way (the execute role was checked).
+            role: The actor's role, for the audit log.
+            claimed: An actor the client named itself (kept apart, labelled as claimed).
+            stamp: An idempotency :class:`~corral.controller.idempotency.Stamp`: its row,
+                with the answer, is written in the same transaction as the command.
 
         Raises:
             UsageError, Refused: as :meth:`accept`.
         """
-        accepted = self.accept(request, "", via_execute)
+        accepted = self.accept(request, "", via_execute, role=role, claimed=claimed)
+        if stamp is not None:
+            self._batch.keys.append(stamp.row(accepted))
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.waiters.append(waiter)
         self.wake()
@@ -201,9 +224,19 @@ class CommandService:
         return accepted
 
     def accept(
-        self, request: wire.CommandRequest, reply: str, via_execute: bool
+        self,
+        request: wire.CommandRequest,
+        reply: str,
+        via_execute: bool,
+        *,
+        role: str = "",
+        claimed: str = "",
     ) -> wire.CommandAccepted:
         """Resolve, number and queue a command for the next commit.
+
+        ``request.actor`` is who the audit log names: the caller sets it from the credential,
+        token or session that made the call. ``role`` is that actor's role; ``claimed`` an
+        actor the client named itself, recorded only as ``on_behalf_of``.
 
         Returns:
             What ``reply`` is sent once the command is on disk (its serial and nodes).
@@ -248,6 +281,8 @@ class CommandService:
                 detail["cmd"] = request.args.get("cmd", "")
             if request.data:
                 detail["bytes"] = len(request.data)
+            if claimed:
+                detail["on_behalf_of"] = claimed  # what the client said: not verified
             self._batch.audit.append(
                 AuditEntry(
                     at=now,
@@ -255,6 +290,7 @@ class CommandService:
                     action=request.kind,
                     target=",".join(request.targets),
                     detail=detail,
+                    role=role,
                 )
             )
         accepted = wire.CommandAccepted(
@@ -354,6 +390,11 @@ class CommandService:
             self.wake()
         for serial in self.book.forget(now, keep=300.0):
             self.rows.pop(serial, None)
+        if now - self._pruned >= _PRUNE_EVERY:
+            # Expired idempotency keys go with the next group commit.
+            self._pruned = now
+            self._batch.prune_keys_before = now - self.config.idempotency_window
+            self.wake()
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
@@ -372,6 +413,9 @@ class CommandService:
         self._batch.audit[:0] = batch.audit
         self._batch.replies[:0] = batch.replies
         self._batch.waiters[:0] = batch.waiters
+        self._batch.keys[:0] = batch.keys
+        if batch.prune_keys_before is not None and self._batch.prune_keys_before is None:
+            self._batch.prune_keys_before = batch.prune_keys_before
         self.book.restore_changes(batch.outcomes)
 
     async def committed(self, batch: Batch) -> None:

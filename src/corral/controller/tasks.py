@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -29,6 +29,7 @@ from corral.controller.task_maps import TaskMaps, _Map
 from corral.core.scheduler import Scheduler
 from corral.core.taskstate import TaskInstance
 from corral.errors import CorralError, NotFound, Timeout
+from corral.records import IdempotencyRow
 from corral.store.tasks import TaskStore
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ class TaskService:
         self._settling: dict[int, TaskInstance] = {}
         self._acks: dict[str, list[str]] = {}
         self._durable: list[asyncio.Future[None]] = []
+        #: idempotency keys of queued instances, written in the same commit as them
+        self._keys: list[IdempotencyRow] = []
         self._waiters: dict[int, list[asyncio.Future[TaskInstance]]] = {}
         self._wake = asyncio.Event()
         #: someone waits on the next commit (a durable queue, a result, an ack)
@@ -142,11 +145,14 @@ class TaskService:
         max_attempts: int | None = None,
         parent: int | None = None,
         durable: bool = True,
+        answer: Callable[[list[TaskInstance]], IdempotencyRow] | None = None,
     ) -> list[TaskInstance]:
         """Queue one instance of task ``key`` per msgpack-encoded argument mapping.
 
         Returns once every instance is on disk (at once with ``durable=False``, for a caller
         that waits for the result next: the commit of a result includes its instance).
+        ``answer`` makes the idempotency row of this submission from its instances; the row
+        is written in the same transaction as they are.
 
         Returns:
             The instances, in the order of ``args``.
@@ -175,6 +181,8 @@ class TaskService:
             )
         self.core.queue(batch, now)
         self._next_id += len(batch)
+        if answer is not None:
+            self._keys.append(answer(batch))
         await self._pump()
         if durable:
             await self._until_durable()
@@ -299,9 +307,11 @@ class TaskService:
         finished, self._finished = self._finished, []
         acks, self._acks = self._acks, {}
         durable, self._durable = self._durable, []
+        keys, self._keys = self._keys, []
         try:
-            await self.store.commit([_asdict(i) for i in dirty.values()])
+            await self.store.commit([_asdict(i) for i in dirty.values()], keys)
         except BaseException:
+            self._keys[:0] = keys
             # Keep everything for the next attempt (newer changes of the same instance win).
             self._dirty = {**dirty, **self._dirty}
             self._finished[:0] = finished

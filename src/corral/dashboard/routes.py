@@ -72,6 +72,7 @@ class Dashboard(TaskPages, GuardianPages):
                 action=f"dashboard.{action}",
                 target=target,
                 detail=detail,
+                role=session.role.value,
             )
         )
         self.ctl._wake.set()
@@ -246,7 +247,9 @@ class Dashboard(TaskPages, GuardianPages):
                 timeout=timeout,
                 actor=session.user,
             )
-            accepted = self.ctl.commands.accept(request_msg, "", kind == "execute")
+            accepted = self.ctl.commands.accept(
+                request_msg, "", kind == "execute", role=session.role.value
+            )
         except CorralError as exc:
             flash(session, str(exc))
             return redirect("/ui/commands")

@@ -21,12 +21,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from corral.errors import StoreError
-from corral.records import AuditEntry, CommandRow, NodeRecord, OutcomeRow, Transition
+from corral.records import (
+    AuditEntry,
+    CommandRow,
+    IdempotencyRow,
+    NodeRecord,
+    OutcomeRow,
+    Transition,
+)
 
 from ._engine import async_engine, migrate
 from ._errors import FOREIGN, driver_error, open_error, translate
 from ._url import mask_password, normalize_url
 from .commands import CommandQueries, write_commands
+from .idempotency import prune_keys, write_keys
 from .schema import audit_log, meta, node_transitions, nodes
 
 __all__ = ["Store", "normalize_url"]
@@ -179,6 +187,8 @@ class Store(CommandQueries):
         audit: Sequence[AuditEntry] = (),
         commands: Sequence[CommandRow] = (),
         outcomes: Sequence[OutcomeRow] = (),
+        idempotency: Sequence[IdempotencyRow] = (),
+        prune_keys_before: float | None = None,
     ) -> None:
         """Write a batch in one transaction: upsert nodes, append transitions and audit rows,
         insert new commands and upsert changed command outcomes.
@@ -192,12 +202,16 @@ class Store(CommandQueries):
             audit: Audit entries to append.
             commands: New commands (each gets a ``pending`` outcome per resolved node).
             outcomes: Command outcomes to insert or replace, keyed by serial and node.
+            idempotency: First answers to keyed submissions (the commands they answer are
+                in the same transaction).
+            prune_keys_before: Also delete idempotency keys written before this time.
 
         Raises:
             StoreError: The transaction failed; nothing was written.
         """
-        if not (nodes or transitions or audit or commands or outcomes):
-            return
+        if not (nodes or transitions or audit or commands or outcomes or idempotency):
+            if prune_keys_before is None:
+                return
         self._usable("commit")
         asdict = msgspec.structs.asdict
         node_params = [asdict(row) for row in nodes]
@@ -212,6 +226,10 @@ class Store(CommandQueries):
                     await conn.execute(audit_log.insert(), [asdict(row) for row in audit])
                 if commands or outcomes:
                     await write_commands(conn, commands, outcomes)
+                if idempotency:
+                    await write_keys(conn, idempotency)
+                if prune_keys_before is not None:
+                    await prune_keys(conn, prune_keys_before)
 
     async def load_nodes(self) -> list[NodeRecord]:
         """Every stored node, ordered by name.

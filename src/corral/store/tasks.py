@@ -18,10 +18,12 @@ import msgspec
 from sqlalchemy import Engine, Select, create_engine, func, pool, select
 
 from corral.core.taskstate import TaskInstance, TaskStatus
+from corral.records import IdempotencyRow
 
 from ._engine import _engine_options, _listen
 from ._errors import translate
 from ._url import sync_url
+from .idempotency import write_keys
 from .schema import task_instances as t
 from .store import Store, _upsert
 
@@ -82,33 +84,45 @@ class TaskStore:
     def __repr__(self) -> str:
         return f"<TaskStore {self.store!r}>"
 
-    async def commit(self, rows: Sequence[dict[str, Any]]) -> None:
+    async def commit(
+        self, rows: Sequence[dict[str, Any]], keys: Sequence[IdempotencyRow] = ()
+    ) -> None:
         """Insert or replace these instances (as dicts of their fields) in one transaction.
+
+        Args:
+            rows: The instances' fields.
+            keys: First answers to keyed submissions of these instances, written in the
+                same transaction.
 
         Raises:
             StoreError: Nothing was written.
         """
-        if not rows:
+        if not rows and not keys:
             return
         with translate(f"write {len(rows)} task instance(s)", self.store.masked_url):
             if self._sync is not None:
                 if len(rows) <= _INLINE:
                     # A handful of rows: a fraction of a millisecond (one fsync); handing it
                     # to a thread would cost more than that in wake-ups on a busy machine.
-                    self._commit_sync(rows)
+                    self._commit_sync(rows, keys)
                     return
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._thread, self._commit_sync, rows)
+                await loop.run_in_executor(self._thread, self._commit_sync, rows, keys)
                 return
             async with self.store.engine.begin() as conn:
                 for start in range(0, len(rows), _BATCH):
                     await conn.execute(self._upsert, list(rows[start : start + _BATCH]))
+                if keys:
+                    await write_keys(conn, keys)
 
-    def _commit_sync(self, rows: Sequence[dict[str, Any]]) -> None:
+    def _commit_sync(
+        self, rows: Sequence[dict[str, Any]], keys: Sequence[IdempotencyRow] = ()
+    ) -> None:
         assert self._sync is not None
         with self._sync.begin() as conn:
             for start in range(0, len(rows), _BATCH):
                 conn.execute(self._upsert, list(rows[start : start + _BATCH]))
+            write_keys(conn, keys)
 
     async def _all(self, query: Select[Any], what: str) -> list[TaskInstance]:
         with translate(what, self.store.masked_url):
