@@ -213,3 +213,20 @@ async def test_cli_token_and_user_commands_are_audited_as_the_local_user(
     ]
     assert all(e.actor.startswith(f"{getpass.getuser()}@") for e in log)
     assert log[0].detail == {"name": "read-token", "role": "read"}
+
+
+def test_older_credentials_that_could_speak_as_the_admin_are_rewritten(config: Config) -> None:
+    from corral import subjects
+    from corral.security import Authority, Permissions, _allows_publish, _with_guardians
+
+    authority = Authority.load(config.data_path)
+    path = config.data_path / "auth" / "operator.creds"
+    # As written before requests named their sender: any corral.ctl subject, the admin's too.
+    path.write_text(
+        authority.user_creds("operator", _with_guardians(Permissions(pub=(subjects.ctl(">"),))))
+    )
+    assert not _allows_publish(path.read_text(), subjects.ctl_as("*", "operator"))
+    authority.ensure_role_credentials()
+    text = path.read_text()
+    assert _allows_publish(text, subjects.ctl_as("*", "operator"))
+    assert not _allows_publish(text, subjects.ctl(">"))

@@ -245,15 +245,17 @@ def admin_token_path(config: Config) -> Path:
     return config.data_path / "auth" / "api-admin.token"
 
 
-async def ensure_admin_token(config: Config, store: Store) -> Path:
+async def ensure_admin_token(config: Config, store: Store, audit: AuditEntry | None = None) -> Path:
     """Create the local admin token file (mode 0600) unless it exists.
+
+    ``audit`` is written with the token, if one is created.
 
     Raises:
         StoreError: the token could not be stored.
     """
     path = admin_token_path(config)
     if not path.exists():
-        _, text = await create_token(store, Role.ADMIN, "local-admin")
+        _, text = await create_token(store, Role.ADMIN, "local-admin", audit)
         write_secret(path, text + "\n")
     return path
 

@@ -187,9 +187,9 @@ class Controller(CommandEndpoints):
     async def stop(self) -> None:
         """Stop serving, flush what is pending, close the bus and the store."""
         await self.commands.stop()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._keyed]:  # keyed sends not yet answered end here
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._keyed]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.api is not None:
