@@ -290,3 +290,31 @@ async def test_expired_keys_are_forgotten_and_pruned(store_url: str) -> None:
         await store.commit(prune_keys_before=150.0)
         assert await find_key(store, "token:t", "old", since=0.0) is None
         assert await find_key(store, "token:t", "new", since=0.0) is not None
+
+
+async def test_the_bus_client_sends_again_with_its_key_until_a_controller_answers(
+    config: Config, broker: EmbeddedBroker
+) -> None:
+    first = Controller(config)
+    await first.start()
+    node = await start_node(config, "b2")
+    try:
+        await _wait_consumers(first, ["b2"])
+    finally:
+        await first.stop()  # b2 stays in the store: the next controller knows it
+    async with await Client.connect(config) as client:
+        client.timeout = scaled(2)
+        sending = asyncio.create_task(client.command("b2", "command", "whoami"))
+        # No controller answers now: the client keeps trying with the same key until one does.
+        second = Controller(config)
+        await second.start()
+        try:
+            handle = await asyncio.wait_for(sending, scaled(20))
+            assert handle.serial == second.commands.book.last_serial
+            await handle.close()
+        finally:
+            await second.stop()
+            await node.stop()
+    async with await Store.open(config.store_url) as store:
+        commands = [e for e in await store.audit_log() if e.action == "command"]
+    assert len(commands) == 1
