@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,6 +38,10 @@ T = TypeVar("T")
 
 #: Longest key accepted (a uuid4 is 36 characters).
 MAX_KEY = 200
+#: Answers kept in memory after their submission returned: a submission may answer before
+#: its key is on disk (``run_task`` waits for the result, not the commit), and a repeat in
+#: that gap must find it. The store has every key; this only bridges the gap.
+_RECENT = 10_000
 _json = msgspec.json.Encoder(order="sorted")
 
 
@@ -100,6 +105,7 @@ class Submissions:
         self.window = window
         self.clock = clock
         self._inflight: dict[tuple[str, str], asyncio.Future[IdempotencyRow | None]] = {}
+        self._recent: OrderedDict[tuple[str, str], IdempotencyRow] = OrderedDict()
         #: submissions answered from a key (a repeat), for the counters
         self.repeats = 0
 
@@ -151,13 +157,18 @@ class Submissions:
         row = None
         try:
             now = self.clock()
-            row = await find_key(self.store, caller, key, now - self.window)
+            row = self._recent.get(ident)
+            if row is None or row.created < now - self.window:
+                row = await find_key(self.store, caller, key, now - self.window)
             if row is not None:
                 stored: T = self._answer(row, function, digest, reply)
                 return stored
             stamp = Stamp(caller, key, function, digest, now)
             answer = await submit(stamp)
             row = stamp.row(answer)
+            self._recent[ident] = row
+            if len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
             return answer
         finally:
             del self._inflight[ident]
