@@ -230,3 +230,45 @@ def test_older_credentials_that_could_speak_as_the_admin_are_rewritten(config: C
     text = path.read_text()
     assert _allows_publish(text, subjects.ctl_as("*", "operator"))
     assert not _allows_publish(text, subjects.ctl(">"))
+
+
+def _alembic(url: str, action: str, revision: str, sql: str = "") -> None:
+    """Run alembic ``action`` to ``revision`` on ``url``, then ``sql`` in the same transaction."""
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import create_engine, pool, text
+
+    from corral.store._engine import MIGRATIONS
+    from corral.store._url import normalize_url, sync_url
+
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(sync_url(normalize_url(url)), poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            config = AlembicConfig()
+            config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+            config.attributes["connection"] = conn
+            getattr(command, action)(config, revision)
+            if sql:
+                conn.execute(text(sql))
+    finally:
+        engine.dispose()
+
+
+async def test_an_older_store_keeps_its_audit_log_through_migration_0005(store_url: str) -> None:
+    older = (
+        "INSERT INTO audit_log (at, actor, action, target, detail) "
+        "VALUES (1.0, 'alice@lab', 'enroll', 'n1', '{}')"
+    )
+    await asyncio.to_thread(_alembic, store_url, "upgrade", "0004_users", older)
+    async with await Store.open(store_url) as store:  # migrates to head
+        (entry,) = await store.audit_log()
+        assert (entry.actor, entry.role) == ("alice@lab", "")
+    # ... and back down again (the column and the table go), then up.
+    await asyncio.to_thread(_alembic, store_url, "downgrade", "0004_users")
+    await asyncio.to_thread(_alembic, store_url, "upgrade", "head")
+    async with await Store.open(store_url) as store:
+        assert [e.actor for e in await store.audit_log()] == ["alice@lab"]

@@ -44,6 +44,7 @@ from corral.errors import (
     TaskFailed,
     Timeout,
     UnknownError,
+    UsageError,
 )
 from corral.tokens import read_token
 
@@ -180,13 +181,14 @@ class AsyncController:
             IdempotencyKeyReused: the key was sent before with another request.
             Disconnected: the controller could not be reached.
             Timeout: a ``wait`` ran out of time.
+            UsageError: ``idempotency_key`` given to a call that is not a submission.
         """
         if not function.isidentifier():
             raise FunctionNotFound(f"{function!r} cannot name an API function", 404)
         key = kwargs.pop("idempotency_key", None)
         if function not in m.KEYED:
             if key is not None:
-                raise TypeError(f"{function} takes no idempotency_key: it is not a submission")
+                raise UsageError(f"{function} takes no idempotency_key: only submissions do")
             return await self._call(function, reply, http_timeout, kwargs, None)
         key = key or str(uuid.uuid4())
         deadline = time.monotonic() + self.timeout
