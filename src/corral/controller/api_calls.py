@@ -240,24 +240,25 @@ class ApiCalls:
             views = [v for v in views if v.key in wanted]
         return views
 
+    def _entry(self, caller: Caller, action: str, target: str, **detail: Any) -> AuditEntry:
+        return AuditEntry(
+            at=self.ctl.clock(),
+            actor=caller.actor,
+            action=action,
+            target=target,
+            detail=detail,
+            role=caller.role,
+        )
+
     def _audit(self, caller: Caller | None, action: str, target: str, **detail: Any) -> None:
         """Append an audit entry for ``caller`` (written with the controller's next commit).
 
         A call without a caller comes from inside the controller (the dashboard audits its
-        own, with the signed-in user).
+        own, with the signed-in user). Task calls write theirs with the task commit instead.
         """
         if caller is None:
             return
-        self.ctl._audit.append(
-            AuditEntry(
-                at=self.ctl.clock(),
-                actor=caller.actor,
-                action=action,
-                target=target,
-                detail=detail,
-                role=caller.role,
-            )
-        )
+        self.ctl._audit.append(self._entry(caller, action, target, **detail))
         self.ctl._wake.set()
 
     async def _queue(
@@ -275,8 +276,16 @@ class ApiCalls:
         encoded = [encode_args(a) for a in args]
         kind = m.QueueTasksReply if function == "queue_tasks" else m.QueueReply
 
+        def extra(stamp: Stamp | None, insts: list[TaskInstance]) -> list[Any]:
+            # Written in the task commit that stores the instances: one writer, one
+            # transaction for the work, its key and its audit entry.
+            rows: list[Any] = [] if stamp is None else [stamp.row(reply(insts))]
+            if caller is not None:
+                ids = [i.id for i in insts]
+                rows.append(self._entry(caller, function, req.task_key, instances=ids))
+            return rows
+
         async def submit(stamp: Stamp | None) -> Any:
-            answer = None if stamp is None else (lambda insts: stamp.row(reply(insts)))
             insts = await self.tasks.queue(
                 req.task_key,
                 encoded,
@@ -284,10 +293,8 @@ class ApiCalls:
                 labels=req.labels,
                 max_attempts=req.max_attempts,
                 durable=durable,
-                answer=answer,
+                extra=lambda insts: extra(stamp, insts),
             )
-            ids = [i.id for i in insts]
-            self._audit(caller, function, req.task_key, instances=ids)
             return reply(insts)
 
         scope = caller.scope if caller is not None else "controller"
@@ -330,11 +337,11 @@ class ApiCalls:
 
     async def cancel_task(self, req: m.CancelTask, caller: Caller | None = None) -> m.TaskView:
         """Dequeue, or ask the task to stop (``force``: kill its worker after the grace)."""
-        view = task_view(await self.tasks.cancel(req.task_instance_id, force=req.force))
-        self._audit(
-            caller, "cancel_task", str(req.task_instance_id), force=req.force, status=view.status
-        )
-        return view
+        ident = req.task_instance_id
+        audit = None
+        if caller is not None:
+            audit = self._entry(caller, "cancel_task", str(ident), force=req.force)
+        return task_view(await self.tasks.cancel(ident, force=req.force, audit=audit))
 
     async def wait(self, req: m.Wait) -> list[m.TaskView]:
         """Wait until the instances have finished; returns them in the order asked."""

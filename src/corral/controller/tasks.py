@@ -29,7 +29,7 @@ from corral.controller.task_maps import TaskMaps, _Map
 from corral.core.scheduler import Scheduler
 from corral.core.taskstate import TaskInstance
 from corral.errors import CorralError, NotFound, Timeout
-from corral.records import IdempotencyRow
+from corral.records import AuditEntry, IdempotencyRow
 from corral.store.tasks import TaskStore
 
 if TYPE_CHECKING:
@@ -69,8 +69,9 @@ class TaskService:
         self._settling: dict[int, TaskInstance] = {}
         self._acks: dict[str, list[str]] = {}
         self._durable: list[asyncio.Future[None]] = []
-        #: idempotency keys of queued instances, written in the same commit as them
-        self._keys: list[IdempotencyRow] = []
+        #: idempotency keys and audit entries of the calls that changed instances, written
+        #: in the same commit as those instances
+        self._extra: list[IdempotencyRow | AuditEntry] = []
         self._waiters: dict[int, list[asyncio.Future[TaskInstance]]] = {}
         self._wake = asyncio.Event()
         #: someone waits on the next commit (a durable queue, a result, an ack)
@@ -145,14 +146,14 @@ class TaskService:
         max_attempts: int | None = None,
         parent: int | None = None,
         durable: bool = True,
-        answer: Callable[[list[TaskInstance]], IdempotencyRow] | None = None,
+        extra: Callable[[list[TaskInstance]], list[IdempotencyRow | AuditEntry]] | None = None,
     ) -> list[TaskInstance]:
         """Queue one instance of task ``key`` per msgpack-encoded argument mapping.
 
         Returns once every instance is on disk (at once with ``durable=False``, for a caller
         that waits for the result next: the commit of a result includes its instance).
-        ``answer`` makes the idempotency row of this submission from its instances; the row
-        is written in the same transaction as they are.
+        ``extra`` makes, from the instances, the rows written in the same transaction as
+        they are: the submission's idempotency key and its audit entry.
 
         Returns:
             The instances, in the order of ``args``.
@@ -181,15 +182,19 @@ class TaskService:
             )
         self.core.queue(batch, now)
         self._next_id += len(batch)
-        if answer is not None:
-            self._keys.append(answer(batch))
+        if extra is not None:
+            self._extra.extend(extra(batch))
         await self._pump()
         if durable:
             await self._until_durable()
         return batch
 
-    async def cancel(self, ident: int, *, force: bool = False) -> TaskInstance:
+    async def cancel(
+        self, ident: int, *, force: bool = False, audit: AuditEntry | None = None
+    ) -> TaskInstance:
         """Cancel instance ``ident`` (see :meth:`Scheduler.cancel`); returns once on disk.
+
+        ``audit`` is written with the cancelled instance (alone if it had already finished).
 
         Raises:
             NotFound: no instance has that id.
@@ -205,8 +210,13 @@ class TaskService:
             stored = await self.store.get(ident)
             if stored is None:
                 raise NotFound(f"no task instance {ident}") from None
+            if audit is not None:  # the attempt is recorded, though nothing changed
+                self._extra.append(audit)
+                await self._until_durable()
             return stored  # already finished: nothing to cancel
         await self._pump()
+        if audit is not None:
+            self._extra.append(audit)
         await self._until_durable()
         return inst
 
@@ -307,11 +317,11 @@ class TaskService:
         finished, self._finished = self._finished, []
         acks, self._acks = self._acks, {}
         durable, self._durable = self._durable, []
-        keys, self._keys = self._keys, []
+        extra, self._extra = self._extra, []
         try:
-            await self.store.commit([_asdict(i) for i in dirty.values()], keys)
+            await self.store.commit([_asdict(i) for i in dirty.values()], extra)
         except BaseException:
-            self._keys[:0] = keys
+            self._extra[:0] = extra
             # Keep everything for the next attempt (newer changes of the same instance win).
             self._dirty = {**dirty, **self._dirty}
             self._finished[:0] = finished

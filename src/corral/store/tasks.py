@@ -18,12 +18,13 @@ import msgspec
 from sqlalchemy import Engine, Select, create_engine, func, pool, select
 
 from corral.core.taskstate import TaskInstance, TaskStatus
-from corral.records import IdempotencyRow
+from corral.records import AuditEntry, IdempotencyRow
 
 from ._engine import _engine_options, _listen
 from ._errors import translate
 from ._url import sync_url
 from .idempotency import write_keys
+from .schema import audit_log
 from .schema import task_instances as t
 from .store import Store, _upsert
 
@@ -85,44 +86,53 @@ class TaskStore:
         return f"<TaskStore {self.store!r}>"
 
     async def commit(
-        self, rows: Sequence[dict[str, Any]], keys: Sequence[IdempotencyRow] = ()
+        self, rows: Sequence[dict[str, Any]], extra: Sequence[IdempotencyRow | AuditEntry] = ()
     ) -> None:
         """Insert or replace these instances (as dicts of their fields) in one transaction.
 
         Args:
             rows: The instances' fields.
-            keys: First answers to keyed submissions of these instances, written in the
-                same transaction.
+            extra: What the calls that changed these instances leave with them, in the same
+                transaction: first answers to keyed submissions, audit entries.
 
         Raises:
             StoreError: Nothing was written.
         """
-        if not rows and not keys:
+        if not rows and not extra:
             return
+        keys = [r for r in extra if isinstance(r, IdempotencyRow)]
+        audit = [msgspec.structs.asdict(r) for r in extra if isinstance(r, AuditEntry)]
         with translate(f"write {len(rows)} task instance(s)", self.store.masked_url):
             if self._sync is not None:
                 if len(rows) <= _INLINE:
                     # A handful of rows: a fraction of a millisecond (one fsync); handing it
                     # to a thread would cost more than that in wake-ups on a busy machine.
-                    self._commit_sync(rows, keys)
+                    self._commit_sync(rows, keys, audit)
                     return
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._thread, self._commit_sync, rows, keys)
+                await loop.run_in_executor(self._thread, self._commit_sync, rows, keys, audit)
                 return
             async with self.store.engine.begin() as conn:
                 for start in range(0, len(rows), _BATCH):
                     await conn.execute(self._upsert, list(rows[start : start + _BATCH]))
                 if keys:
                     await write_keys(conn, keys)
+                if audit:
+                    await conn.execute(audit_log.insert(), audit)
 
     def _commit_sync(
-        self, rows: Sequence[dict[str, Any]], keys: Sequence[IdempotencyRow] = ()
+        self,
+        rows: Sequence[dict[str, Any]],
+        keys: Sequence[IdempotencyRow] = (),
+        audit: Sequence[dict[str, Any]] = (),
     ) -> None:
         assert self._sync is not None
         with self._sync.begin() as conn:
             for start in range(0, len(rows), _BATCH):
                 conn.execute(self._upsert, list(rows[start : start + _BATCH]))
             write_keys(conn, keys)
+            if audit:
+                conn.execute(audit_log.insert(), list(audit))
 
     async def _all(self, query: Select[Any], what: str) -> list[TaskInstance]:
         with translate(what, self.store.masked_url):
