@@ -296,9 +296,12 @@ async def test_expired_keys_are_forgotten_and_pruned(store_url: str) -> None:
         assert await find_key(store, "token:t", "old", since=150.0) is None
         assert await find_key(store, "token:t", "new", since=150.0) is not None
         assert await find_key(store, "token:other", "new", since=0.0) is None  # per caller
-        await store.commit(prune_keys_before=150.0)
-        assert await find_key(store, "token:t", "old", since=0.0) is None
-        assert await find_key(store, "token:t", "new", since=0.0) is not None
+        # An expired key sent again before it was pruned: the new answer replaces it.
+        await store.commit(idempotency=[row("old", 300.0)])
+        assert (await find_key(store, "token:t", "old", since=250.0)) == row("old", 300.0)
+        await store.commit(prune_keys_before=250.0)
+        assert await find_key(store, "token:t", "new", since=0.0) is None
+        assert await find_key(store, "token:t", "old", since=0.0) is not None
 
 
 async def test_the_bus_client_sends_again_with_its_key_until_a_controller_answers(
@@ -327,3 +330,29 @@ async def test_the_bus_client_sends_again_with_its_key_until_a_controller_answer
     async with await Store.open(config.store_url) as store:
         commands = [e for e in await store.audit_log() if e.action == "command"]
     assert len(commands) == 1
+
+
+async def test_a_key_past_the_window_is_pruned_and_queues_anew(
+    config: Config, broker: EmbeddedBroker
+) -> None:
+    config = msgspec.structs.replace(config, idempotency_window=scaled(1.0))
+    controller = Controller(config)
+    await controller.start()
+    node = await start_task_node(config, "w1", slots=1)
+    try:
+        await offered(controller, "w1")
+        assert controller.api is not None and controller.store is not None
+        text, url = await token(controller), controller.api.url
+        body = {"task_key": "noop"}
+        first = (await post(url, text, "queue_task", body, "short-lived")).json()
+        caller = "token:" + text.split("_")[1]  # crl_<id>_<secret>
+        # The controller's group commit prunes it once the window has passed.
+        async with asyncio.timeout(scaled(10)):
+            while await find_key(controller.store, caller, "short-lived", since=0.0):
+                await asyncio.sleep(0.05)
+        second = (await post(url, text, "queue_task", body, "short-lived")).json()
+        assert second["instance_id"] != first["instance_id"]
+        assert await instances(controller.store, "noop") == 2
+    finally:
+        await node.stop()
+        await controller.stop()

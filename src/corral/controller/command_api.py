@@ -107,6 +107,7 @@ class CommandEndpoints:
         role: str,
         claimed: str,
     ) -> None:
+        """Answer a keyed send: the first answer for a repeat, else accept and wait for disk."""
 
         async def submit(stamp: Stamp | None) -> wire.CommandAccepted:
             return await self.commands.accept_durably(

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -37,6 +37,9 @@ from corral.core.commands import CommandBook, CommandState, IllegalOutcome, Outc
 from corral.core.registry import NodeStatus, Registry
 from corral.errors import CorralError, Refused, UsageError
 from corral.records import AuditEntry, CommandRow, IdempotencyRow, OutcomeRow
+
+if TYPE_CHECKING:
+    from corral.controller.idempotency import Stamp
 
 __all__ = ["BUILTIN_KINDS", "CommandService", "counts"]
 
@@ -50,7 +53,7 @@ _DIRECT_MAX = 4
 #: Seconds a stopping controller waits for committed commands to be published (the next
 #: start re-publishes any left).
 _DRAIN = 2.0
-#: Seconds between prunings of expired idempotency keys.
+#: Most seconds between prunings of expired idempotency keys (half the window if shorter).
 _PRUNE_EVERY = 60.0
 
 
@@ -199,7 +202,7 @@ class CommandService:
         *,
         role: str = "",
         claimed: str = "",
-        stamp: Any = None,
+        stamp: Stamp | None = None,
     ) -> wire.CommandAccepted:
         """:meth:`accept`, then wait until the command is on disk (for in-process senders).
 
@@ -390,7 +393,7 @@ class CommandService:
             self.wake()
         for serial in self.book.forget(now, keep=300.0):
             self.rows.pop(serial, None)
-        if now - self._pruned >= _PRUNE_EVERY:
+        if now - self._pruned >= min(_PRUNE_EVERY, self.config.idempotency_window / 2):
             # Expired idempotency keys go with the next group commit.
             self._pruned = now
             self._batch.prune_keys_before = now - self.config.idempotency_window

@@ -31,7 +31,9 @@ _COLUMNS = [k.c[name] for name in IdempotencyRow.__struct_fields__]
 def write_keys(conn: Any, rows: Sequence[IdempotencyRow]) -> Any:
     """Insert ``rows`` on ``conn`` (sync or async connection, inside its transaction).
 
-    A key already stored for the same caller keeps its first answer (``DO NOTHING``).
+    A row already stored for the same caller and key is replaced: within the window the
+    controller never writes a key twice (it answers from the first), so that row had expired
+    and was waiting to be pruned.
 
     Returns:
         What ``conn.execute`` returns: await it on an async connection (call only with
@@ -39,10 +41,10 @@ def write_keys(conn: Any, rows: Sequence[IdempotencyRow]) -> Any:
     """
     if not rows:
         return None
-    stmt = (
-        sqlite_insert(k) if conn.dialect.name == "sqlite" else pg_insert(k)
-    ).on_conflict_do_nothing(index_elements=["caller", "key"])
-    return conn.execute(stmt, [msgspec.structs.asdict(r) for r in rows])
+    stmt = sqlite_insert(k) if conn.dialect.name == "sqlite" else pg_insert(k)
+    changes = {c.name: stmt.excluded[c.name] for c in k.columns if c.name not in ("caller", "key")}
+    upsert = stmt.on_conflict_do_update(index_elements=["caller", "key"], set_=changes)
+    return conn.execute(upsert, [msgspec.structs.asdict(r) for r in rows])
 
 
 async def find_key(store: Any, caller: str, key: str, since: float) -> IdempotencyRow | None:
