@@ -122,6 +122,10 @@ async def test_a_key_sent_with_another_request_is_422(controller: Controller, w1
     bad = await post(url, text, "queue_task", {"task_key": "echo"}, "x" * 201)
     assert bad.status_code == 400 and "1 to 200 characters" in bad.json()["error"]
     assert await instances(controller.store, "echo") == 1
+    async with httpx.AsyncClient(base_url=url) as raw:  # the header is in the schema
+        paths = (await raw.get("/openapi.json")).json()["paths"]
+    assert [p["name"] for p in paths["/queue_task"]["post"]["parameters"]] == ["Idempotency-Key"]
+    assert "parameters" not in paths["/cancel_task"]["post"]
     # The Python client names the error.
     async with AsyncController(url, text, timeout=scaled(20)) as api:
         with pytest.raises(IdempotencyKeyReused, match="another request"):

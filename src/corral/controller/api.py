@@ -185,7 +185,7 @@ def _ref(kind: Any) -> dict[str, Any]:
     return schema
 
 
-def _openapi_extra(kind: type[Any] | None, reply: Any) -> dict[str, Any]:
+def _openapi_extra(kind: type[Any] | None, reply: Any, name: str = "") -> dict[str, Any]:
     errors = {
         str(s): {"description": d, "content": {_JSON: {"schema": _ref(m.ErrorBody)}}}
         for s, d in (
@@ -205,6 +205,17 @@ def _openapi_extra(kind: type[Any] | None, reply: Any) -> dict[str, Any]:
             **errors,
         },
     }
+    if name in KEYED:
+        extra["parameters"] = [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                "description": "a repeat with this key within idempotency_window answers the "
+                "first answer (docs/api.md, Idempotency keys)",
+            }
+        ]
     if kind is not None:
         extra["requestBody"] = {
             "required": False,
@@ -234,7 +245,7 @@ def build_app(calls: ApiCalls, checker: TokenChecker) -> FastAPI:
             name=name,
             summary=(handler.__doc__ or name).strip().splitlines()[0],
             description=f"Needs a token with role `{role.value}` or higher.",
-            openapi_extra=_openapi_extra(kind, reply),
+            openapi_extra=_openapi_extra(kind, reply, name),
             response_class=Response,
         )
 
