@@ -13,6 +13,18 @@ from conftest import child_env, corral_argv, scaled
 from corral.config import Config
 from corral.controller import Controller
 from corral.node import Node
+from corral.records import AuditEntry
+from corral.store import Store
+
+
+def audit_log(config: Config) -> list[AuditEntry]:
+    """The store's audit log, newest first (read with no controller running)."""
+
+    async def read() -> list[AuditEntry]:
+        async with await Store.open(config.store_url) as store:
+            return await store.audit_log()
+
+    return asyncio.run(read())
 
 
 def corral(config: Config, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,7 +58,11 @@ def test_init_is_idempotent_and_enroll_writes_a_private_credential(
     creds = tmp_path / "edge1.creds"
     assert creds.stat().st_mode & 0o777 == 0o600
     assert "BEGIN NATS USER JWT" in creds.read_text()
-    assert "no controller running" in result.stdout  # told the audit log missed it
+    # No controller runs: the CLI wrote the audit entry itself, as the local OS user.
+    assert "audit" not in result.stdout
+    (entry,) = audit_log(config)
+    assert (entry.action, entry.target, entry.role) == ("enroll", "edge1", "local")
+    assert entry.actor.count("@") == 1
 
 
 @pytest.mark.parametrize(
@@ -107,4 +123,7 @@ async def test_enrolling_with_a_controller_running_is_audited(
     assert "audit" not in result.stdout  # no "not in its audit log" note
     assert controller.store is not None
     (entry,) = await controller.store.audit_log()
-    assert (entry.action, entry.target, entry.actor.count("@")) == ("enroll", "aud1", 1)
+    assert (entry.action, entry.target) == ("enroll", "aud1")
+    # The actor is the credential the CLI connected with; $USER@host is only its claim.
+    assert (entry.actor, entry.role) == ("bus:admin", "admin")
+    assert entry.detail["on_behalf_of"].count("@") == 1

@@ -337,14 +337,23 @@ async def test_execute_needs_the_execute_role(
         assert operator.identity == "operator"
         with pytest.raises(AuthError, match="lacks the execute role"):
             await operator.execute("web1", b"print(1)")
-        # The bus itself refuses the subject to this credential: nothing reaches the controller.
+        # The bus itself refuses the subject to this credential: nothing reaches the controller,
+        # neither as itself nor speaking as the admin.
         request = wire.CommandRequest(targets=["web1"], kind="execute", data=b"print(1)")
-        with pytest.raises(Exception):  # noqa: B017 - a permissions violation: no answer
-            await bus.request(
-                operator.nc, subjects.ctl("execute"), request, wire.CommandAccepted, timeout=0.5
-            )
+        for subject in (
+            subjects.ctl_as("execute", "operator"),
+            subjects.ctl_as("execute", "admin"),
+            subjects.ctl_as("send", "admin"),
+        ):
+            with pytest.raises(Exception):  # noqa: B017 - a permissions violation: no answer
+                await bus.request(operator.nc, subject, request, wire.CommandAccepted, timeout=0.5)
         # ...and EXECUTE on the ordinary subject is refused by the controller.
         with pytest.raises(Refused, match="EXECUTE must be sent on corral.ctl.execute"):
+            await bus.request(
+                operator.nc, subjects.ctl_as("send", "operator"), request, wire.CommandAccepted
+            )
+        # A request on the bare subject names no sender: refused, the client told to update.
+        with pytest.raises(UsageError, match="does not say which credential sent it"):
             await bus.request(operator.nc, subjects.ctl("send"), request, wire.CommandAccepted)
         # The operator may still send ordinary commands.
         assert (await (await operator.send("web1", "whoami")).wait(scaled(10))).ok
@@ -365,7 +374,9 @@ async def test_commands_and_executes_are_audited(
     assert all(e.action != "get" for e in entries)  # reads are not audited
     entry = next(e for e in entries if e.detail.get("serial") == handle.serial)
     assert entry.detail["nodes"] == ["web1", "web2"]
-    assert "(admin)" in entry.actor
+    # The actor is the credential the bus authenticated; what the client said is a claim.
+    assert (entry.actor, entry.role) == ("bus:admin", "admin")
+    assert entry.detail["on_behalf_of"] == client.actor
 
 
 async def test_a_node_away_catches_up_in_order_and_expired_commands_are_reported(

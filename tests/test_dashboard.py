@@ -224,7 +224,7 @@ async def test_a_command_from_the_dashboard_is_audited_with_the_user(
     # The in-process node runs no shell commands: refused there, recorded here.
     assert row.actor == "dana" and row.targets == ["w*"] and outcomes[0].node == "w1"
     audit = await controller.store.audit_log(50)
-    assert any(e.actor == "dana" and e.action == "shell" for e in audit)
+    assert any((e.actor, e.action, e.role) == ("dana", "shell", "operate") for e in audit)
     detail = await web.get(f"/ui/commands/{serial}")
     assert outcomes[0].state in detail.text and outcomes[0].error in detail.text
 

@@ -6,6 +6,11 @@ millisecond per call on a busy machine (measured A/B: ``run_task`` p50 2.7-3.3 m
 1.6-1.9 ms on one write). This transport writes each request in one piece on a kept-alive
 connection and reads a ``Content-Length`` or chunked reply. Anything else (``https``, a
 proxy) goes to httpx's transport unchanged.
+
+A request is sent again on a new connection (when a kept-alive one turns out closed) only if
+the caller says it is safe: a read, or a submission carrying an ``Idempotency-Key``. A POST
+that changes state is never re-sent blindly: its connection may have dropped after the
+controller acted on it.
 """
 
 from __future__ import annotations
@@ -29,10 +34,19 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._fallback = httpx.AsyncHTTPTransport()
 
     async def post(
-        self, host: str, port: int, head: bytes, body: bytes, timeout: float | None
+        self,
+        host: str,
+        port: int,
+        head: bytes,
+        body: bytes,
+        timeout: float | None,
+        retry: bool = False,
     ) -> tuple[int, bytes]:
         """POST without building httpx objects: ``head`` is the request line and headers
         (without ``Content-Length``); returns the status and the body.
+
+        ``retry``: the call is safe to send twice (a read, or keyed): a kept-alive
+        connection found closed is then replaced and the request sent again.
 
         Raises:
             httpx.ConnectError: the server cannot be reached.
@@ -42,7 +56,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
         data = head + b"content-length: %d\r\n\r\n" % len(body) + body
         url = httpx.URL(f"http://{host}:{port}/")
         request = httpx.Request("POST", url)
-        status, _, content = await self._send(request, data, {"connect": timeout, "read": timeout})
+        timeouts = {"connect": timeout, "read": timeout}
+        status, _, content = await self._send(request, data, timeouts, retry)
         return status, content
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -56,18 +71,24 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if request.url.scheme != "http":
             return await self._fallback.handle_async_request(request)
         timeouts = request.extensions.get("timeout", {})
-        status, headers, body = await self._send(request, _serialize(request), timeouts)
+        retry = "idempotency-key" in request.headers
+        status, headers, body = await self._send(request, _serialize(request), timeouts, retry)
         return httpx.Response(status, headers=headers, content=body, request=request)
 
     async def _send(
-        self, request: httpx.Request, data: bytes, timeouts: dict[str, float | None]
+        self,
+        request: httpx.Request,
+        data: bytes,
+        timeouts: dict[str, float | None],
+        retry: bool,
     ) -> tuple[int, Any, bytes]:
-        """One exchange, retried once on a new connection if a kept-alive one had closed."""
+        """One exchange; if ``retry``, once more on a new connection if a kept-alive one had
+        closed."""
         reused = bool(self._idle)
         try:
             return await self._exchange(request, data, timeouts)
         except (ConnectionError, asyncio.IncompleteReadError, httpx.RemoteProtocolError):
-            if not reused:
+            if not (reused and retry):
                 raise httpx.ConnectError(f"connection to {request.url.host} lost") from None
             # A kept-alive connection the server had closed: once more on a new one.
             return await self._exchange(request, data, timeouts)

@@ -16,7 +16,10 @@ subclasses carrying Pydra's ``code``.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -33,6 +36,7 @@ from corral.errors import (
     Disconnected,
     Forbidden,
     FunctionNotFound,
+    IdempotencyKeyReused,
     NoKey,
     NotFound,
     NotSerializable,
@@ -40,6 +44,7 @@ from corral.errors import (
     TaskFailed,
     Timeout,
     UnknownError,
+    UsageError,
 )
 from corral.tokens import load_token, read_token
 
@@ -70,6 +75,8 @@ def _raise(response: httpx.Response) -> None:
         raise Forbidden(message, 403)
     if code == -3 and response.status_code == 404:
         raise NotFound(message, 404)
+    if code == -3 and response.status_code == 422 and "idempotency key" in message:
+        raise IdempotencyKeyReused(message, 422)
     raise _CODES.get(code, UnknownError)(message, response.status_code)
 
 
@@ -163,31 +170,71 @@ class AsyncController:
     ) -> Any:
         """Call API function ``function`` with keyword arguments; decode the reply as ``reply``.
 
+        A submission (``queue_task``, ``queue_tasks``, ``run_task``, ``send_command``,
+        ``execute_command``) carries an ``Idempotency-Key``: ``idempotency_key=`` or a new
+        uuid4. While the controller cannot be reached or its connection drops, it is sent
+        again with the same key (with backoff, within the client's timeout), and the
+        controller answers a repeat with its first answer. No other call is sent twice
+        except reads.
+
         Args:
             function: The API function's name.
             reply: The type to decode the reply into.
             http_timeout: Seconds the HTTP call may take (default: the client's timeout).
-            kwargs: The function's arguments.
+            kwargs: The function's arguments (and ``idempotency_key`` for a submission).
 
         Raises:
             ControllerError: a subclass for the error code the controller answered with.
+            IdempotencyKeyReused: the key was sent before with another request.
             Disconnected: the controller could not be reached.
             Timeout: a ``wait`` ran out of time.
+            UsageError: ``idempotency_key`` given to a call that is not a submission.
         """
         if not function.isidentifier():
             raise FunctionNotFound(f"{function!r} cannot name an API function", 404)
+        key = kwargs.pop("idempotency_key", None)
+        if function not in m.KEYED:
+            if key is not None:
+                raise UsageError(f"{function} takes no idempotency_key: only submissions do")
+            return await self._call(function, reply, http_timeout, kwargs, None)
+        key = key or str(uuid.uuid4())
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
+        while True:
+            try:
+                return await self._call(function, reply, http_timeout, kwargs, key)
+            except Disconnected:
+                # Nothing or everything was done: the key makes the next attempt safe.
+                if time.monotonic() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _call(
+        self,
+        function: str,
+        reply: Any,
+        http_timeout: float | None,
+        kwargs: dict[str, Any],
+        key: str | None,
+    ) -> Any:
+        """One HTTP exchange (re-sent on a fresh connection only if a read or keyed)."""
         body = msgspec.json.encode(kwargs)
+        safe = key is not None or function in m.READS
         try:
             if self._plain:  # the common case, on one write without httpx's machinery
                 head = b"POST /%s HTTP/1.1\r\n" % function.encode() + self._head
+                if key is not None:
+                    head += b"idempotency-key: %s\r\n" % key.encode()
                 status, content = await self._lean.post(
-                    self._host, self._port, head, body, http_timeout or self.timeout
+                    self._host, self._port, head, body, http_timeout or self.timeout, safe
                 )
                 if status != 200:
                     _raise(httpx.Response(status, content=content))
                 return msgspec.json.decode(content, type=reply)
+            headers = {} if key is None else {"idempotency-key": key}
             response = await self._http.post(
-                f"/{function}", content=body, timeout=http_timeout or self.timeout
+                f"/{function}", content=body, headers=headers, timeout=http_timeout or self.timeout
             )
         except httpx.TransportError as exc:
             raise Disconnected(
@@ -232,11 +279,14 @@ class AsyncController:
         priority: int = 5,
         labels: Sequence[str] = (),
         max_attempts: int | None = None,
+        idempotency_key: str | None = None,
         **kwargs: Any,
     ) -> int:
         """Queue task ``task_key`` with keyword arguments; returns the instance id.
 
         Arguments go in ``args`` or as keyword arguments (``queue_task("T", foo="bar")``).
+        ``idempotency_key`` (default: a new uuid4) makes a repeat of this call within the
+        controller's window answer the first instance instead of queueing another.
 
         Raises:
             NotSerializable: an argument is not msgpack-able data (nothing is sent).
@@ -252,6 +302,7 @@ class AsyncController:
             priority=priority,
             labels=list(labels),
             max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
         )
         return reply.instance_id
 
@@ -266,9 +317,16 @@ class AsyncController:
         return await self.queue_task(task_key, **kwargs)
 
     async def queue_tasks(
-        self, task_key: str, args: Sequence[dict[str, Any]], *, priority: int = 5
+        self,
+        task_key: str,
+        args: Sequence[dict[str, Any]],
+        *,
+        priority: int = 5,
+        idempotency_key: str | None = None,
     ) -> list[int]:
         """Queue one instance per argument mapping in one call; returns their ids in order.
+
+        ``idempotency_key`` (default: a new uuid4): a repeat answers the first ids.
 
         Raises:
             NotSerializable: an argument is not msgpack-able data.
@@ -277,7 +335,12 @@ class AsyncController:
         for values in args:
             _check_args(values)
         reply: m.QueueTasksReply = await self._get(
-            "queue_tasks", m.QueueTasksReply, task_key=task_key, args=list(args), priority=priority
+            "queue_tasks",
+            m.QueueTasksReply,
+            task_key=task_key,
+            args=list(args),
+            priority=priority,
+            idempotency_key=idempotency_key,
         )
         return reply.instance_ids
 
@@ -328,9 +391,12 @@ class AsyncController:
         args: dict[str, Any] | None = None,
         /,
         timeout: float = 60.0,
+        idempotency_key: str | None = None,
         **kwargs: Any,
     ) -> m.TaskView:
         """Queue a task and wait until it has finished, in one call; returns the instance.
+
+        ``idempotency_key`` (default: a new uuid4): a repeat waits for the first instance.
 
         Raises:
             NotSerializable: an argument is not msgpack-able data.
@@ -345,6 +411,7 @@ class AsyncController:
             task_key=task_key,
             args=values,
             timeout=timeout,
+            idempotency_key=idempotency_key,
         )
 
     async def run(self, task_key: str, /, timeout: float = 60.0, **kwargs: Any) -> Any:

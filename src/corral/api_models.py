@@ -14,7 +14,31 @@ import msgspec
 
 from corral.core.text import check_command_text, check_keys, check_name, check_names
 
+#: Submissions that take an ``Idempotency-Key`` (docs/api.md, "Idempotency keys"): the
+#: Python client sends one with every call and retries only these.
+KEYED = frozenset({"queue_task", "queue_tasks", "run_task", "send_command", "execute_command"})
+#: Functions that change nothing, safe to send again on a fresh connection.
+READS = frozenset(
+    {
+        "list_tasks",
+        "wait",
+        "list_queue",
+        "list_running",
+        "task_statuses",
+        "task_history",
+        "task_history_detail",
+        "node_list",
+        "node_detail",
+        "node_status",
+        "list_known_nodes",
+        "command_detail",
+        "list_commands",
+    }
+)
+
 __all__ = [
+    "KEYED",
+    "READS",
     "CancelTask",
     "CommandDetail",
     "ListCommands",

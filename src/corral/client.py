@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import getpass
 import socket
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -134,7 +136,8 @@ class Client:
         Raises:
             ControllerUnavailable: no controller is running.
         """
-        await bus.request(self.nc, subjects.ctl("auth"), event, wire.Ok, timeout=self.timeout)
+        subject = subjects.ctl_as("auth", self.identity)
+        await bus.request(self.nc, subject, event, wire.Ok, timeout=self.timeout)
 
     async def wait_for(
         self, predicate: Callable[[list[wire.NodeView]], bool], timeout: float
@@ -198,8 +201,14 @@ class Client:
         timeout: float = 60.0,
         retire_after: float | None = None,
         follow: bool = True,
+        idempotency_key: str | None = None,
     ) -> CommandHandle:
         """Send a command of any kind; the general form behind :meth:`send` and friends.
+
+        The command carries an idempotency key (a new uuid4 unless given): if the controller
+        does not answer, the same request is sent again with the same key, and the
+        controller answers a repeat with the command it recorded the first time, so a
+        retry never sends a command twice.
 
         Args:
             targets: a name, a shell glob (``web*``, ``rack[1-3]-*``), ``label:L``, ``has:X``
@@ -214,6 +223,8 @@ class Client:
             retire_after: seconds after which a node that has not received it (it was away)
                 skips it and reports ``expired`` (default: the ``retire_after`` setting).
             follow: start following outcome updates now.
+            idempotency_key: the key (default: a new uuid4 for this call); the same key
+                within the controller's ``idempotency_window`` answers the first command.
 
         Returns:
             A handle with the serial, the resolved nodes, the unknown targets and outcomes.
@@ -246,15 +257,31 @@ class Client:
             timeout=timeout,
             retire_after=self.config.retire_after if retire_after is None else retire_after,
             actor=self.actor,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
         )
         verb = "execute" if kind == "execute" else "send"
-        accepted: wire.CommandAccepted = await bus.request(
-            self.nc, subjects.ctl(verb), request, wire.CommandAccepted, timeout=self.timeout
-        )
+        accepted = await self._submit(subjects.ctl_as(verb, self.identity), request)
         handle = CommandHandle(self.nc, accepted, self.timeout)
         if follow:
             await handle.follow()
         return handle
+
+    async def _submit(self, subject: str, request: wire.CommandRequest) -> wire.CommandAccepted:
+        """Send a keyed request; while no controller answers, send it again with the same
+        key (with backoff, for up to three times the client's timeout)."""
+        deadline = time.monotonic() + 3 * self.timeout
+        delay = 0.1
+        while True:
+            try:
+                accepted: wire.CommandAccepted = await bus.request(
+                    self.nc, subject, request, wire.CommandAccepted, timeout=self.timeout
+                )
+                return accepted
+            except (ControllerUnavailable, Timeout):
+                if time.monotonic() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def send(
         self, targets: str | Sequence[str], command: str, /, **args: Any

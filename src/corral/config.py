@@ -64,6 +64,8 @@ class Config(msgspec.Struct, kw_only=True):
     report_interval: float = 1.0
     #: most characters of a command's stdout (and stderr) kept per node
     output_limit: int = 65_536
+    #: seconds an idempotency key of a submission is remembered (its first answer returned)
+    idempotency_window: float = 86_400.0
     #: log format: auto (text on a TTY, JSON otherwise), text or json
     log_format: str = "auto"
     #: log level: debug, info, warning, error
@@ -236,6 +238,7 @@ def _check(config: Config, sources: dict[str, str]) -> None:
         ("api_max_in_flight", 0, True),
         ("api_rate", 0, True),
         ("api_burst", 0, True),
+        ("idempotency_window", 0, True),
     ):
         value = getattr(config, name)
         if value < low or (strict and value == low):

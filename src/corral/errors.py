@@ -38,6 +38,7 @@ from __future__ import annotations
 
 __all__ = [
     "GroupTimeout",
+    "IdempotencyKeyReused",
     "GuardianRefused",
     "NoSuchGuardian",
     "SystemLoadError",
@@ -217,7 +218,8 @@ class SystemLoadError(UsageError):
 #        │   └── Forbidden          -1, HTTP 403: the token's role may not make this call
 #        ├── Disconnected           -2: the controller cannot be reached (or it lost its bus)
 #        ├── RemoteError            -3: the remote function refused or raised (4xx/500)
-#        │   └── NotFound           -3, HTTP 404: no such task instance or node
+#        │   ├── NotFound           -3, HTTP 404: no such task instance or node
+#        │   └── IdempotencyKeyReused  -3, HTTP 422: a key sent again with another request
 #        ├── NoKey                  -4: no API token was given
 #        ├── UnknownError           -5: anything else
 #        └── FunctionNotFound       -6: the controller has no such API function
@@ -338,4 +340,12 @@ class TransientStoreError(StoreError):
 
     Connection lost, database locked, lock or statement timeout, serialization failure,
     deadlock, disk full, a schema that does not match. Writers retry these with backoff.
+    """
+
+
+class IdempotencyKeyReused(RemoteError):
+    """-3, HTTP 422: an idempotency key came back with another request than its first.
+
+    A key names one submission: send a new key for a new request (the Python clients make
+    one per call), or the same request again to get the first answer.
     """

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["AuditEntry", "NodeRecord", "Transition"]
+__all__ = ["AuditEntry", "IdempotencyRow", "NodeRecord", "Transition"]
 
 
 class NodeRecord(msgspec.Struct, kw_only=True):
@@ -86,6 +86,9 @@ class AuditEntry(msgspec.Struct, frozen=True):
         action: What was done (e.g. ``"revoke"``).
         target: What it was done to (e.g. a node name).
         detail: Extra JSON-serialisable context.
+        role: The actor's role, as the controller derived it from the credential, token or
+            session that made the call (``admin``, ``operator``, a token's role, ``local``
+            for a CLI that wrote the store itself); never a name the client sent.
     """
 
     at: float
@@ -93,6 +96,7 @@ class AuditEntry(msgspec.Struct, frozen=True):
     action: str
     target: str
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
+    role: str = ""
 
 
 class CommandRow(msgspec.Struct, frozen=True):
@@ -135,3 +139,26 @@ class OutcomeRow(msgspec.Struct, frozen=True):
     exit_code: int | None = None
     stdout: str = ""
     stderr: str = ""
+
+
+class IdempotencyRow(msgspec.Struct, frozen=True):
+    """The first answer to a submission that carried an idempotency key.
+
+    Written in the same transaction as the submission it answers, so a repeat of the key
+    finds either both or neither.
+
+    Attributes:
+        caller: Who sent the key (``token:<id>``, ``bus:<credential>``, ``ui:<user>``).
+        key: The key as the client sent it.
+        function: The function called (``queue_task``, ``send_command`` ...).
+        request_hash: SHA-256 of the request as decoded, without the key.
+        answer: The reply, JSON-encoded.
+        created: Epoch seconds of the first call.
+    """
+
+    caller: str
+    key: str
+    function: str
+    request_hash: str
+    answer: bytes
+    created: float

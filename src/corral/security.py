@@ -108,9 +108,12 @@ def node_permissions(name: str) -> Permissions:
 
 
 #: The operator's CLI: requests to the controller and to agents, replies to its own inbox.
+#: Requests that change state go on ``corral.ctl.<verb>.admin``: only this credential may
+#: publish there, so the controller knows who sent them (``subjects.ctl_as``).
 ADMIN_PERMISSIONS = Permissions(
     pub=(
-        subjects.ctl(">"),
+        subjects.ctl("*"),
+        subjects.ctl_as("*", "admin"),
         subjects.agent(">"),
         subjects.AGENTS_INFO,
         subjects.node_out("*", "stream"),
@@ -126,11 +129,16 @@ ADMIN_PERMISSIONS = Permissions(
 )
 
 
-#: An operator without the execute role: everything the admin may do except EXECUTE.
+#: An operator without the execute role: everything the admin may do except EXECUTE, and
+#: its state-changing requests go on ``corral.ctl.<verb>.operator``.
 OPERATOR_PERMISSIONS = Permissions(
-    pub=ADMIN_PERMISSIONS.pub,
+    pub=(
+        subjects.ctl("*"),
+        subjects.ctl_as("*", "operator"),
+        *ADMIN_PERMISSIONS.pub[2:],
+    ),
     sub=ADMIN_PERMISSIONS.sub,
-    deny_pub=(subjects.ctl("execute"),),
+    deny_pub=(subjects.ctl("execute"), subjects.ctl_as("execute", "*")),
 )
 
 
@@ -362,8 +370,12 @@ class Authority:
             )
         for role, base in (("admin", ADMIN_PERMISSIONS), ("operator", OPERATOR_PERMISSIONS)):
             path = self.directory / f"{role}.creds"
-            if path.exists() and not _allows_publish(path.read_text(), ADMIN_GUARDIAN_PUB[0]):
-                # Written before guardians existed: the same role, with guardian access added.
+            if path.exists() and not (
+                _allows_publish(path.read_text(), ADMIN_GUARDIAN_PUB[0])
+                and _allows_publish(path.read_text(), subjects.ctl_as("*", role))
+            ):
+                # Written before guardians existed, or before requests named their sender
+                # (``corral.ctl.>`` let an operator send as the admin): the same role, anew.
                 write_secret(path, self.user_creds(role, _with_guardians(base)))
         if not (self.directory / "guardian.creds").exists():
             write_secret(

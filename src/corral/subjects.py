@@ -65,6 +65,7 @@ __all__ = [
     "guardian",
     "guardian_kv",
     "ctl",
+    "ctl_as",
     "inbox_prefix",
     "is_node_in",
     "node_in",
@@ -72,6 +73,7 @@ __all__ = [
     "node_in_wildcard",
     "node_out",
     "parse_node_in",
+    "parse_ctl_as",
 ]
 
 ROOT = "corral"
@@ -130,6 +132,31 @@ def node_out(name: str, verb: str) -> str:
 def ctl(verb: str) -> str:
     """Subject of an operator request to the controller, e.g. ``ctl("nodes")``."""
     return f"{ROOT}.ctl.{verb}"
+
+
+def ctl_as(verb: str, credential: str) -> str:
+    """Subject of a request that changes state, sent with the credential named ``credential``.
+
+    Each operator credential may publish only below its own name (its JWT says so and the
+    server enforces it), so the controller derives who sent a request from its subject,
+    as it does for nodes: ``ctl_as("send", "operator")`` is ``corral.ctl.send.operator``.
+    """
+    return f"{ROOT}.ctl.{verb}.{credential}"
+
+
+def parse_ctl_as(subject: str) -> tuple[str, str]:
+    """Split ``corral.ctl.<verb>.<credential>`` into ``(verb, credential)``.
+
+    Raises:
+        InvalidName: if the subject is not of that form.
+    """
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != ROOT or parts[1] != "ctl":
+        raise InvalidName(
+            f"{subject!r} does not say which credential sent it (expected "
+            "corral.ctl.<verb>.<credential>): update the client"
+        )
+    return parts[2], parts[3]
 
 
 #: Every agent answers here with what it is (``corral agents``).

@@ -24,7 +24,7 @@ import secrets
 import string
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -33,6 +33,7 @@ from corral.errors import AuthenticationFailed, Forbidden, NoKey, UsageError
 from corral.security import write_secret
 
 if TYPE_CHECKING:  # the store pulls in SQLAlchemy; API clients never need it
+    from corral.records import AuditEntry
     from corral.store import Store
 
 __all__ = [
@@ -179,8 +180,12 @@ def load_token(value: str, source: str = "token") -> str:
     return content
 
 
-async def create_token(store: Store, role: Role | str, name: str = "") -> tuple[Token, str]:
+async def create_token(
+    store: Store, role: Role | str, name: str = "", audit: AuditEntry | None = None
+) -> tuple[Token, str]:
     """Create a token with ``role``; returns it and its text (shown once, never stored).
+
+    ``audit`` (its target and detail filled in here) is written in the same transaction.
 
     Raises:
         UsageError: ``role`` is not a role.
@@ -202,7 +207,18 @@ async def create_token(store: Store, role: Role | str, name: str = "") -> tuple[
     with translate("store an API token", store.masked_url):
         async with store.engine.begin() as conn:
             await conn.execute(api_tokens.insert(), row)
+            if audit is not None:
+                entry = msgspec.structs.replace(
+                    audit, target=ident, detail={"name": token.name, "role": token.role}
+                )
+                await _write_audit(conn, entry)
     return token, f"{PREFIX}{ident}_{secret}"
+
+
+async def _write_audit(conn: Any, entry: AuditEntry) -> None:
+    from corral.store.schema import audit_log
+
+    await conn.execute(audit_log.insert(), msgspec.structs.asdict(entry))
 
 
 async def list_tokens(store: Store) -> list[Token]:
@@ -223,8 +239,10 @@ async def list_tokens(store: Store) -> list[Token]:
             return [Token(**row) for row in rows.mappings()]
 
 
-async def revoke_token(store: Store, ident: str) -> bool:
+async def revoke_token(store: Store, ident: str, audit: AuditEntry | None = None) -> bool:
     """Revoke token ``ident``; False if there is no such live token.
+
+    ``audit`` is written in the same transaction, if a token was revoked.
 
     Raises:
         StoreError: the statement failed.
@@ -242,6 +260,8 @@ async def revoke_token(store: Store, ident: str) -> bool:
     with translate("revoke an API token", store.masked_url):
         async with store.engine.begin() as conn:
             result = await conn.execute(stmt)
+            if audit is not None and result.rowcount > 0:
+                await _write_audit(conn, msgspec.structs.replace(audit, target=ident))
     return result.rowcount > 0
 
 
@@ -317,15 +337,17 @@ def admin_token_path(config: Config) -> Path:
     return config.data_path / "auth" / "api-admin.token"
 
 
-async def ensure_admin_token(config: Config, store: Store) -> Path:
+async def ensure_admin_token(config: Config, store: Store, audit: AuditEntry | None = None) -> Path:
     """Create the local admin token file (mode 0600) unless it exists.
+
+    ``audit`` is written with the token, if one is created.
 
     Raises:
         StoreError: the token could not be stored.
     """
     path = admin_token_path(config)
     if not path.exists():
-        _, text = await create_token(store, Role.ADMIN, "local-admin")
+        _, text = await create_token(store, Role.ADMIN, "local-admin", audit)
         write_secret(path, text + "\n")
     return path
 

@@ -405,7 +405,11 @@ class CommandRequest(_Msg, frozen=True):
     data: bytes = b""
     timeout: float = 60.0
     retire_after: float = 120.0
+    #: who the client says it is: recorded only as ``on_behalf_of``; the controller names
+    #: the sender from the credential (the subject it was allowed to publish on)
     actor: str = ""
+    #: a repeat with the same key (within ``idempotency_window``) gets the first answer
+    idempotency_key: str = ""
 
 
 class CommandAccepted(_Msg, frozen=True):

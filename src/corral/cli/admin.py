@@ -16,10 +16,10 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from corral import pki, wire
-from corral.cli.common import configure, err, fail, run
+from corral.cli.common import configure, err, fail, local_audit, run
 from corral.client import Client
 from corral.config import FIELDS, Config
-from corral.errors import ControllerUnavailable, CorralError
+from corral.errors import BusUnavailable, ControllerUnavailable, CorralError
 from corral.security import Authority, write_secret
 from corral.sender import Sender
 from corral.store import Store, normalize_url
@@ -94,14 +94,31 @@ async def _create_store(config: Config) -> str:
 
 
 async def _notify(config: Config, event: wire.AuthEvent) -> bool:
-    """Tell a running controller (audit log, registry); False if none runs."""
+    """Tell a running controller (audit log, registry); if none runs, write the audit entry
+    to the store directly, as the local user. False if neither could be done."""
     try:
         async with await Client.connect(config) as client:
             await client.auth_event(event)
-    except ControllerUnavailable:
-        return False
+    except (ControllerUnavailable, BusUnavailable):
+        return await _audit_locally(config, event)
     except CorralError as exc:
         err.print(f"[yellow]warning:[/] could not tell the controller: {exc}", soft_wrap=True)
+        return False
+    return True
+
+
+async def _audit_locally(config: Config, event: wire.AuthEvent) -> bool:
+    """Append the enrollment or revocation to the store's audit log (no controller runs)."""
+    from corral.store import Store
+
+    entry = local_audit(
+        event.action, event.name, keys=list(event.keys), host=event.host, pid=event.pid
+    )
+    try:
+        async with await Store.open(config.store_url) as store:
+            await store.commit(audit=[entry])
+    except CorralError as exc:
+        err.print(f"[yellow]warning:[/] could not write the audit log: {exc}", soft_wrap=True)
         return False
     return True
 
@@ -144,7 +161,10 @@ def enroll(
     audited = run(_notify(config, event))
     out.print(f"[green]enrolled[/] {registered}: credential written to {target} (mode 0600)")
     if not audited:
-        out.print("[yellow]note:[/] no controller running; the enrollment is not in its audit log")
+        out.print(
+            "[yellow]note:[/] no controller running, and the store could not be written; "
+            "the enrollment is not in the audit log"
+        )
 
 
 def _actor() -> str:

@@ -18,7 +18,7 @@ from rich.panel import Panel
 
 from corral import procs
 from corral.cli.admin import initialise, nodes_table
-from corral.cli.common import _globals, configure, err, fail, run
+from corral.cli.common import _globals, configure, err, fail, local_audit, run
 from corral.client import Client
 from corral.config import Config
 from corral.core.text import check_join_text
@@ -221,7 +221,7 @@ async def _up(config: Config, count: int, node_args: list[str], controller_args:
 
     initialise(config)
     async with await Store.open(config.store_url) as store:
-        await ensure_admin_token(config, store)
+        await ensure_admin_token(config, store, local_audit("token_create", ""))
     authority = Authority.load(config.data_path)
     broker = EmbeddedBroker(config, authority)
     await broker.start()

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from corral.cli.common import configure, err, run
+from corral.cli.common import configure, err, local_audit, run
 from corral.errors import UsageError
 from corral.tokens import Role, Token, create_token, list_tokens, revoke_token
 
@@ -41,7 +41,7 @@ def create(
         from corral.store import Store
 
         async with await Store.open(config.store_url) as store:
-            return await create_token(store, role, name)
+            return await create_token(store, role, name, local_audit("token_create", ""))
 
     token, text = run(main())
     print(text)
@@ -89,7 +89,7 @@ def revoke(ident: Annotated[str, typer.Argument(metavar="ID", help="The token's 
         from corral.store import Store
 
         async with await Store.open(config.store_url) as store:
-            return await revoke_token(store, ident)
+            return await revoke_token(store, ident, local_audit("token_revoke", ident))
 
     if not run(main()):
         run(_missing(ident))

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from corral.cli.common import configure, run
+from corral.cli.common import configure, local_audit, run
 from corral.dashboard.users import User, add_user, list_users, remove_user
 from corral.errors import UsageError
 from corral.tokens import Role
@@ -45,7 +45,7 @@ def add(
         from corral.store import Store
 
         async with await Store.open(config.store_url) as store:
-            return await add_user(store, name, role, password)
+            return await add_user(store, name, role, password, local_audit("user_add", name))
 
     user = run(main())
     out.print(f"user {user.name} ({user.role}) added; sign in at the dashboard's /ui")
@@ -79,7 +79,7 @@ def remove(name: Annotated[str, typer.Argument(help="The user's name.")]) -> Non
         from corral.store import Store
 
         async with await Store.open(config.store_url) as store:
-            return await remove_user(store, name)
+            return await remove_user(store, name, local_audit("user_remove", name))
 
     if not run(main()):
         run(_missing(name))

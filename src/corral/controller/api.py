@@ -47,7 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from corral import api_models as m
 from corral import wire
 from corral._version import __version__
-from corral.controller.api_calls import ApiCalls
+from corral.controller.api_calls import ApiCalls, Caller
 from corral.controller.http_limits import EntryLimits
 from corral.core.limits import CallLimiter, json_depth_error
 from corral.errors import (
@@ -100,8 +100,21 @@ FUNCTIONS: dict[str, tuple[type[Any] | None, Any, Role]] = {
     "command_detail": (m.CommandDetail, wire.CommandView, Role.READ),
     "list_commands": (m.ListCommands, list[wire.CommandView], Role.READ),
 }
-#: Functions that also get the caller's token (the audit log names who sent a command).
-_WITH_CALLER = frozenset({"send_command", "execute_command"})
+#: Functions that change state: they get the caller the token stands for, and are audited
+#: with it (never with a name the client sent).
+_WITH_CALLER = frozenset(
+    {
+        "queue_task",
+        "queue_tasks",
+        "run_task",
+        "cancel_task",
+        "node_edit",
+        "connect",
+        "send_command",
+        "execute_command",
+    }
+)
+KEYED = m.KEYED  # submissions that take an ``Idempotency-Key`` header
 
 _JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
@@ -144,7 +157,7 @@ def _endpoint(
     kind: type[Any] | None,
     role: Role,
     checker: TokenChecker,
-    with_caller: bool = False,
+    name: str = "",
 ) -> Callable[[Request], Awaitable[Response]]:
     """One API function behind the gate: token, then body, then the call."""
     decoder = msgspec.json.Decoder(kind) if kind is not None else None
@@ -152,8 +165,13 @@ def _endpoint(
     async def endpoint(request: Request) -> Response:
         try:
             token = await checker.check(_bearer(request), role)
+            extra: dict[str, Any] = {}
+            if name in _WITH_CALLER:
+                extra["caller"] = Caller.of_token(token)
+            if name in KEYED:  # elsewhere a key is ignored: there is nothing to repeat
+                extra["key"] = request.headers.get("idempotency-key")
             if decoder is None:
-                result = await handler()
+                result = await handler(**extra)
             else:
                 body = await request.body()
                 if (deep := json_depth_error(body)) is not None:
@@ -162,7 +180,7 @@ def _endpoint(
                     args = decoder.decode(body or b"{}")
                 except msgspec.DecodeError as exc:
                     return _error(422, -3, f"invalid arguments: {exc}")
-                result = await (handler(args, token) if with_caller else handler(args))
+                result = await handler(args, **extra)
             return Response(_encode(result), media_type=_JSON)
         except Exception as exc:  # every failure becomes a coded error reply
             return error_response(exc)
@@ -177,13 +195,17 @@ def _ref(kind: Any) -> dict[str, Any]:
     return schema
 
 
-def _openapi_extra(kind: type[Any] | None, reply: Any) -> dict[str, Any]:
+def _openapi_extra(kind: type[Any] | None, reply: Any, name: str = "") -> dict[str, Any]:
     errors = {
         str(s): {"description": d, "content": {_JSON: {"schema": _ref(m.ErrorBody)}}}
         for s, d in (
             (401, "no or refused token (code -4 / -1)"),
             (403, "the token's role may not make this call (code -1)"),
-            (422, "invalid arguments, or JSON nested too deeply (code -3)"),
+            (
+                422,
+                "invalid arguments, JSON nested too deeply, or an Idempotency-Key sent "
+                "with another request (code -3)",
+            ),
             (413, "request body over max_request_bytes (code -3)"),
             (429, "too many calls for this token; see Retry-After (code -3)"),
             (400, "the function refused its arguments (code -3)"),
@@ -199,6 +221,17 @@ def _openapi_extra(kind: type[Any] | None, reply: Any) -> dict[str, Any]:
             **errors,
         },
     }
+    if name in KEYED:
+        extra["parameters"] = [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                "description": "a repeat with this key within idempotency_window answers the "
+                "first answer (docs/api.md, Idempotency keys)",
+            }
+        ]
     if kind is not None:
         extra["requestBody"] = {
             "required": False,
@@ -223,12 +256,12 @@ def build_app(calls: ApiCalls, checker: TokenChecker) -> FastAPI:
         handler = getattr(calls, name)
         app.add_api_route(
             f"/{name}",
-            _endpoint(handler, kind, role, checker, name in _WITH_CALLER),
+            _endpoint(handler, kind, role, checker, name),
             methods=["POST"],
             name=name,
             summary=(handler.__doc__ or name).strip().splitlines()[0],
             description=f"Needs a token with role `{role.value}` or higher.",
-            openapi_extra=_openapi_extra(kind, reply),
+            openapi_extra=_openapi_extra(kind, reply, name),
             response_class=Response,
         )
 

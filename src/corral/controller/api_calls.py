@@ -9,6 +9,7 @@ what right now) comes from the scheduler.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -16,8 +17,10 @@ from sqlalchemy import func, select
 
 from corral import api_models as m
 from corral import subjects, wire
+from corral.controller.idempotency import Stamp
 from corral.core.taskstate import TaskInstance, TaskStatus
 from corral.errors import NotFound, NotSerializable, RemoteError
+from corral.records import AuditEntry
 from corral.security import Authority
 from corral.store._errors import translate
 from corral.store.schema import nodes as nodes_table
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     from corral.controller.service import Controller
     from corral.controller.tasks import TaskService
 
-__all__ = ["ApiCalls", "task_view"]
+__all__ = ["ApiCalls", "Caller", "task_view"]
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -72,6 +75,11 @@ def task_view(inst: TaskInstance) -> m.TaskView:
     )
 
 
+def _one(insts: list[TaskInstance]) -> m.QueueReply:
+    (inst,) = insts
+    return m.QueueReply(task_key=inst.key, instance_id=inst.id, time=inst.queued_at)
+
+
 def _page(page: Page) -> m.TaskPage:
     return m.TaskPage(
         items=[task_view(i) for i in page.items],
@@ -98,6 +106,25 @@ def encode_args(args: dict[str, Any]) -> bytes:
 
 def _node_view(values: dict[str, Any]) -> m.NodeView:
     return m.NodeView(**{k: values[k] for k in _NODE_FIELDS})
+
+
+class Caller(msgspec.Struct, frozen=True, kw_only=True):
+    """Who makes a call that changes state, as the controller established it.
+
+    Attributes:
+        actor: The name the audit log gives (``api:<token name>``, a dashboard user).
+        role: Their role (the token's or the user's).
+        scope: Whose idempotency keys these are (``token:<id>``, ``ui:<user>``).
+    """
+
+    actor: str
+    role: str
+    scope: str
+
+    @classmethod
+    def of_token(cls, token: Token) -> Caller:
+        """The caller an API token stands for (its name, its role, its id)."""
+        return cls(actor=f"api:{token.name}", role=token.role, scope=f"token:{token.id}")
 
 
 class ApiCalls:
@@ -127,20 +154,30 @@ class ApiCalls:
 
     # --- commands (SEER; docs/commands.md) ---------------------------------------------
 
-    async def send_command(self, req: m.SendCommand, caller: Token) -> wire.CommandAccepted:
+    async def send_command(
+        self, req: m.SendCommand, caller: Caller, key: str | None = None
+    ) -> wire.CommandAccepted:
         """Send an addressed command; answers once it is on disk, with its serial and nodes."""
         if req.kind == "execute":
             raise RemoteError(
                 "EXECUTE goes through execute_command, which needs a token with the execute role"
             )
-        return await self._command(req, caller, via_execute=False)
+        return await self._command(req, caller, key, via_execute=False)
 
-    async def execute_command(self, req: m.SendCommand, caller: Token) -> wire.CommandAccepted:
+    async def execute_command(
+        self, req: m.SendCommand, caller: Caller, key: str | None = None
+    ) -> wire.CommandAccepted:
         """EXECUTE: run ``data`` (a Python file, base64 in JSON) on nodes that allow it."""
-        return await self._command(req, caller, via_execute=True, kind="execute")
+        return await self._command(req, caller, key, via_execute=True, kind="execute")
 
     async def _command(
-        self, req: m.SendCommand, caller: Token, *, via_execute: bool, kind: str | None = None
+        self,
+        req: m.SendCommand,
+        caller: Caller,
+        key: str | None,
+        *,
+        via_execute: bool,
+        kind: str | None = None,
     ) -> wire.CommandAccepted:
         limit = self.ctl.config.max_command_bytes
         if len(req.data) > limit:
@@ -157,9 +194,18 @@ class ApiCalls:
             retire_after=self.ctl.config.retire_after
             if req.retire_after is None
             else req.retire_after,
-            actor=f"api:{caller.name} ({caller.role})",
+            actor=caller.actor,
         )
-        return await self.ctl.commands.accept_durably(request, via_execute)
+
+        async def submit(stamp: Stamp | None) -> wire.CommandAccepted:
+            return await self.ctl.commands.accept_durably(
+                request, via_execute, role=caller.role, stamp=stamp
+            )
+
+        function = "execute_command" if via_execute else "send_command"
+        return await self.ctl.submissions.once(
+            caller.scope, key, function, req, wire.CommandAccepted, submit
+        )
 
     async def command_detail(self, req: m.CommandDetail) -> wire.CommandView:
         """One command with every node's outcome (live while the controller follows it)."""
@@ -194,48 +240,108 @@ class ApiCalls:
             views = [v for v in views if v.key in wanted]
         return views
 
-    async def queue_task(self, req: m.QueueTask) -> m.QueueReply:
-        """Queue one instance; it starts at once if a worker is free."""
-        (inst,) = await self.tasks.queue(
-            req.task_key,
-            [encode_args(req.args)],
-            priority=req.priority,
-            labels=req.labels,
-            max_attempts=req.max_attempts,
+    def _entry(self, caller: Caller, action: str, target: str, **detail: Any) -> AuditEntry:
+        return AuditEntry(
+            at=self.ctl.clock(),
+            actor=caller.actor,
+            action=action,
+            target=target,
+            detail=detail,
+            role=caller.role,
         )
-        return m.QueueReply(task_key=inst.key, instance_id=inst.id, time=inst.queued_at)
 
-    async def run_task(self, req: m.RunTask) -> m.TaskView:
+    def _audit(self, caller: Caller | None, action: str, target: str, **detail: Any) -> None:
+        """Append an audit entry for ``caller`` (written with the controller's next commit).
+
+        A call without a caller comes from inside the controller (the dashboard audits its
+        own, with the signed-in user). Task calls write theirs with the task commit instead.
+        """
+        if caller is None:
+            return
+        self.ctl._audit.append(self._entry(caller, action, target, **detail))
+        self.ctl._wake.set()
+
+    async def _queue(
+        self,
+        function: str,
+        req: m.QueueTask | m.QueueTasks,
+        args: list[dict[str, Any]],
+        caller: Caller | None,
+        key: str | None,
+        reply: Callable[[list[TaskInstance]], Any],
+        *,
+        durable: bool = True,
+    ) -> Any:
+        """Queue instances once per idempotency key; the key's row commits with them."""
+        encoded = [encode_args(a) for a in args]
+        kind = m.QueueTasksReply if function == "queue_tasks" else m.QueueReply
+
+        def extra(stamp: Stamp | None, insts: list[TaskInstance]) -> list[Any]:
+            # Written in the task commit that stores the instances: one writer, one
+            # transaction for the work, its key and its audit entry.
+            rows: list[Any] = [] if stamp is None else [stamp.row(reply(insts))]
+            if caller is not None:
+                ids = [i.id for i in insts]
+                rows.append(self._entry(caller, function, req.task_key, instances=ids))
+            return rows
+
+        async def submit(stamp: Stamp | None) -> Any:
+            insts = await self.tasks.queue(
+                req.task_key,
+                encoded,
+                priority=req.priority,
+                labels=req.labels,
+                max_attempts=req.max_attempts,
+                durable=durable,
+                extra=lambda insts: extra(stamp, insts),
+            )
+            return reply(insts)
+
+        scope = caller.scope if caller is not None else "controller"
+        return await self.ctl.submissions.once(scope, key, function, req, kind, submit)
+
+    async def queue_task(
+        self, req: m.QueueTask, caller: Caller | None = None, key: str | None = None
+    ) -> m.QueueReply:
+        """Queue one instance; it starts at once if a worker is free."""
+        reply: m.QueueReply = await self._queue("queue_task", req, [req.args], caller, key, _one)
+        return reply
+
+    async def run_task(
+        self, req: m.RunTask, caller: Caller | None = None, key: str | None = None
+    ) -> m.TaskView:
         """Queue one instance and wait until it has finished (one round trip)."""
-        (inst,) = await self.tasks.queue(
-            req.task_key,
-            [encode_args(req.args)],
-            priority=req.priority,
-            labels=req.labels,
-            max_attempts=req.max_attempts,
-            durable=False,  # its final state's commit includes it
+        # Its final state's commit includes it (not durable at once); with a key, a repeat
+        # waits for the instance the first call queued.
+        queued: m.QueueReply = await self._queue(
+            "run_task", req, [req.args], caller, key, _one, durable=False
         )
-        (done,) = await self.tasks.wait([inst.id], req.timeout)
+        (done,) = await self.tasks.wait([queued.instance_id], req.timeout)
         return task_view(done)
 
-    async def queue_tasks(self, req: m.QueueTasks) -> m.QueueTasksReply:
+    async def queue_tasks(
+        self, req: m.QueueTasks, caller: Caller | None = None, key: str | None = None
+    ) -> m.QueueTasksReply:
         """Queue one instance per argument mapping, in one transaction."""
-        encoded = [encode_args(a) for a in req.args]
-        insts = await self.tasks.queue(
-            req.task_key,
-            encoded,
-            priority=req.priority,
-            labels=req.labels,
-            max_attempts=req.max_attempts,
-        )
-        when = insts[0].queued_at if insts else 0.0
-        return m.QueueTasksReply(
-            task_key=req.task_key, instance_ids=[i.id for i in insts], time=when
-        )
 
-    async def cancel_task(self, req: m.CancelTask) -> m.TaskView:
+        def many(insts: list[TaskInstance]) -> m.QueueTasksReply:
+            when = insts[0].queued_at if insts else 0.0
+            return m.QueueTasksReply(
+                task_key=req.task_key, instance_ids=[i.id for i in insts], time=when
+            )
+
+        reply: m.QueueTasksReply = await self._queue(
+            "queue_tasks", req, list(req.args), caller, key, many
+        )
+        return reply
+
+    async def cancel_task(self, req: m.CancelTask, caller: Caller | None = None) -> m.TaskView:
         """Dequeue, or ask the task to stop (``force``: kill its worker after the grace)."""
-        return task_view(await self.tasks.cancel(req.task_instance_id, force=req.force))
+        ident = req.task_instance_id
+        audit = None
+        if caller is not None:
+            audit = self._entry(caller, "cancel_task", str(ident), force=req.force)
+        return task_view(await self.tasks.cancel(ident, force=req.force, audit=audit))
 
     async def wait(self, req: m.Wait) -> list[m.TaskView]:
         """Wait until the instances have finished; returns them in the order asked."""
@@ -327,7 +433,7 @@ class ApiCalls:
             raise NotFound(f"no node named {req.id!r}", 404)
         return _node_view(msgspec.structs.asdict(record))
 
-    async def node_edit(self, req: m.NodeEdit) -> m.NodeView:
+    async def node_edit(self, req: m.NodeEdit, caller: Caller | None = None) -> m.NodeView:
         """Change a node's labels or attributes as the controller keeps them.
 
         Only those two fields may be set (Pydra copied any field onto the record); the
@@ -359,6 +465,7 @@ class ApiCalls:
         if "attributes" in checked:
             record.attributes = checked["attributes"]
         self.ctl.registry.mark_dirty([name])
+        self._audit(caller, "node_edit", name, **msgspec.to_builtins(checked))
         self.ctl._wake.set()
         return _node_view(msgspec.structs.asdict(record))
 
@@ -392,7 +499,7 @@ class ApiCalls:
             )
         return out
 
-    async def connect(self) -> dict[str, int]:
+    async def connect(self, caller: Caller | None = None) -> dict[str, int]:
         """Announce the controller now, so nodes waiting to join do so at once."""
         nc = self.ctl.nc
         assert nc is not None
@@ -402,6 +509,7 @@ class ApiCalls:
             heartbeat_interval=self.ctl.config.heartbeat_interval,
         )
         await nc.publish(subjects.ANNOUNCE, wire.encode(announce), headers=wire.HEADERS)
+        self._audit(caller, "connect", "nodes")
         return {"nodes": len(self.ctl.registry)}
 
     async def list_known_nodes(self) -> list[m.KnownNode]:

@@ -7,17 +7,43 @@ the group commit; the decisions themselves live in :mod:`corral.controller.comma
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
 
 from corral import subjects, wire
 from corral.controller.commands import CommandService, counts
+from corral.controller.idempotency import Stamp, Submissions
 from corral.controller.reports import ReportService
 from corral.errors import CorralError, Refused
 from corral.store import Store
 
-__all__ = ["CommandEndpoints"]
+__all__ = ["BUS_ROLES", "CommandEndpoints", "bus_caller"]
+
+#: The credentials that may send state-changing requests on the bus, and their roles.
+BUS_ROLES = {"admin": "admin", "operator": "operator", "controller": "controller"}
+
+
+def bus_caller(subject: str) -> tuple[str, str, str]:
+    """Who sent a request on ``corral.ctl.<verb>.<credential>``: the server let only that
+    credential publish there (its JWT's permissions), so the subject names the sender.
+
+    Returns:
+        ``(verb, actor, role)``: e.g. ``("send", "bus:operator", "operator")``.
+
+    Raises:
+        InvalidName: the subject names no sender (an old client sent it).
+        Refused: the credential it names may not send such requests.
+    """
+    verb, credential = subjects.parse_ctl_as(subject)
+    role = BUS_ROLES.get(credential)
+    if role is None:
+        raise Refused(
+            f"credential {credential!r} may not make requests that change state: use the "
+            "admin or operator credential (<data_dir>/auth/admin.creds, operator.creds)"
+        )
+    return verb, f"bus:{credential}", role
 
 
 class CommandEndpoints:
@@ -26,6 +52,9 @@ class CommandEndpoints:
     commands: CommandService
     reports: ReportService
     store: Store | None
+    submissions: Submissions
+    #: keyed sends being answered (each waits for its commit off the subscription's loop)
+    _keyed: set[asyncio.Task[None]]
 
     async def _reply(self, msg: Any, payload: msgspec.Struct) -> None:
         raise NotImplementedError  # provided by the controller
@@ -47,13 +76,54 @@ class CommandEndpoints:
         }
 
     async def _on_send(self, msg: Any, _: str, request: wire.CommandRequest) -> None:
-        """An operator's command: resolved, numbered, answered once it is on disk."""
-        via_execute = msg.subject == subjects.ctl("execute")
+        """An operator's command: resolved, numbered, answered once it is on disk.
+
+        The actor is the credential the subject names; what the client put in ``actor`` is
+        kept only as ``on_behalf_of``. With an idempotency key, a repeat gets the first
+        answer (the lookup may read the store, so it runs off this subscription's loop).
+        """
+        verb, actor, role = bus_caller(msg.subject)
         await self.commands.wait_settled()  # serials above what every node applied
+        via_execute = verb == "execute"
+        claimed, key = request.actor, request.idempotency_key
+        request = msgspec.structs.replace(request, actor=actor, idempotency_key="")
+        if key:
+            task = asyncio.create_task(
+                self._send_keyed(msg, request, key, via_execute, role, claimed)
+            )
+            self._keyed.add(task)
+            task.add_done_callback(self._keyed.discard)
+            return
         try:
-            self.commands.accept(request, msg.reply or "", via_execute)
+            self.commands.accept(request, msg.reply or "", via_execute, role=role, claimed=claimed)
         except CorralError as exc:
             await self._reject(msg, exc)
+
+    async def _send_keyed(
+        self,
+        msg: Any,
+        request: wire.CommandRequest,
+        key: str,
+        via_execute: bool,
+        role: str,
+        claimed: str,
+    ) -> None:
+        """Answer a keyed send: the first answer for a repeat, else accept and wait for disk."""
+
+        async def submit(stamp: Stamp | None) -> wire.CommandAccepted:
+            return await self.commands.accept_durably(
+                request, via_execute, role=role, claimed=claimed, stamp=stamp
+            )
+
+        function = "execute_command" if via_execute else "send_command"
+        try:
+            accepted = await self.submissions.once(
+                request.actor, key, function, request, wire.CommandAccepted, submit
+            )
+        except CorralError as exc:
+            await self._reject(msg, exc)
+            return
+        await self._reply(msg, accepted)
 
     async def _on_report(self, msg: Any, node: str, report: wire.Report) -> None:
         subjects.check_name(report.topic, "report topic")

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -38,7 +38,10 @@ from corral.core.commands import CommandBook, CommandState, IllegalOutcome, Outc
 from corral.core.registry import NodeStatus, Registry
 from corral.core.text import check_command_text
 from corral.errors import CorralError, Refused, UsageError
-from corral.records import AuditEntry, CommandRow, OutcomeRow
+from corral.records import AuditEntry, CommandRow, IdempotencyRow, OutcomeRow
+
+if TYPE_CHECKING:
+    from corral.controller.idempotency import Stamp
 
 __all__ = ["BUILTIN_KINDS", "CommandService", "counts"]
 
@@ -58,6 +61,8 @@ MAX_SERIAL = 2**53
 #: Heartbeat intervals a controller whose command stream is empty waits before it issues
 #: its first serial: every live node says in that time which serial it applied.
 SETTLE_BEATS = 2.5
+#: Most seconds between prunings of expired idempotency keys (half the window if shorter).
+_PRUNE_EVERY = 60.0
 
 
 def _fields(o: Outcome) -> dict[str, Any]:
@@ -93,6 +98,10 @@ class Batch:
     replies: dict[int, tuple[str, bytes]] = field(default_factory=dict)
     #: serial -> in-process sender (the HTTP API) waiting for its command to be on disk
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    #: idempotency keys of the commands, written in the same transaction
+    keys: list[IdempotencyRow] = field(default_factory=list)
+    #: also prune idempotency keys older than this (epoch seconds)
+    prune_keys_before: float | None = None
 
     @property
     def outcome_rows(self) -> list[OutcomeRow]:
@@ -127,6 +136,7 @@ class CommandService:
         self.nc: bus.NATS | None = None
         self.counters: dict[str, int] = {}
         self._batch = Batch()
+        self._pruned = clock()
         #: the JetStream side: the stream, every node's consumer, the publisher
         self.stream = CommandStream(config, registry, self.book, clock)
         #: the store's highest serial at start (a node ahead of it means a restored store)
@@ -255,15 +265,31 @@ class CommandService:
         return out
 
     async def accept_durably(
-        self, request: wire.CommandRequest, via_execute: bool
+        self,
+        request: wire.CommandRequest,
+        via_execute: bool,
+        *,
+        role: str = "",
+        claimed: str = "",
+        stamp: Stamp | None = None,
     ) -> wire.CommandAccepted:
         """:meth:`accept`, then wait until the command is on disk (for in-process senders).
+
+        Args:
+            request: The command, its ``actor`` set by the controller.
+            via_execute: It came the EXECUTE way (the execute role was checked).
+            role: The actor's role, for the audit log.
+            claimed: An actor the client named itself (kept apart, labelled as claimed).
+            stamp: An idempotency :class:`~corral.controller.idempotency.Stamp`: its row,
+                with the answer, is written in the same transaction as the command.
 
         Raises:
             UsageError, Refused: as :meth:`accept`.
         """
         await self.wait_settled()
-        accepted = self.accept(request, "", via_execute)
+        accepted = self.accept(request, "", via_execute, role=role, claimed=claimed)
+        if stamp is not None:
+            self._batch.keys.append(stamp.row(accepted))
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.waiters[accepted.serial] = waiter
         self.wake()
@@ -271,9 +297,19 @@ class CommandService:
         return accepted
 
     def accept(
-        self, request: wire.CommandRequest, reply: str, via_execute: bool
+        self,
+        request: wire.CommandRequest,
+        reply: str,
+        via_execute: bool,
+        *,
+        role: str = "",
+        claimed: str = "",
     ) -> wire.CommandAccepted:
         """Resolve, number and queue a command for the next commit.
+
+        ``request.actor`` is who the audit log names: the caller sets it from the credential,
+        token or session that made the call. ``role`` is that actor's role; ``claimed`` an
+        actor the client named itself, recorded only as ``on_behalf_of``.
 
         Returns:
             What ``reply`` is sent once the command is on disk (its serial and nodes).
@@ -318,6 +354,8 @@ class CommandService:
                 detail["cmd"] = request.args.get("cmd", "")
             if request.data:
                 detail["bytes"] = len(request.data)
+            if claimed:
+                detail["on_behalf_of"] = claimed  # what the client said: not verified
             self._batch.audit.append(
                 AuditEntry(
                     at=now,
@@ -325,6 +363,7 @@ class CommandService:
                     action=request.kind,
                     target=",".join(request.targets),
                     detail=detail,
+                    role=role,
                 )
             )
         accepted = wire.CommandAccepted(
@@ -440,6 +479,11 @@ class CommandService:
             self.wake()
         for serial in self.book.forget(now, keep=300.0):
             self.rows.pop(serial, None)
+        if now - self._pruned >= min(_PRUNE_EVERY, self.config.idempotency_window / 2):
+            # Expired idempotency keys go with the next group commit.
+            self._pruned = now
+            self._batch.prune_keys_before = now - self.config.idempotency_window
+            self.wake()
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
@@ -458,6 +502,9 @@ class CommandService:
         self._batch.audit[:0] = batch.audit
         self._batch.replies = {**batch.replies, **self._batch.replies}
         self._batch.waiters = {**batch.waiters, **self._batch.waiters}
+        self._batch.keys[:0] = batch.keys
+        if batch.prune_keys_before is not None and self._batch.prune_keys_before is None:
+            self._batch.prune_keys_before = batch.prune_keys_before
         self.book.restore_changes(batch.outcomes)
 
     async def refuse(self, batch: Batch, refused: dict[int, CorralError]) -> None:

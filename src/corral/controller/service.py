@@ -24,9 +24,10 @@ import msgspec
 from corral import bus, subjects, wire
 from corral.config import Config
 from corral.controller.api import ApiServer
-from corral.controller.command_api import CommandEndpoints
+from corral.controller.command_api import CommandEndpoints, bus_caller
 from corral.controller.commands import Batch, CommandService
 from corral.controller.groups import GroupService
+from corral.controller.idempotency import Submissions
 from corral.controller.reports import ReportService
 from corral.controller.tasks import TaskService
 from corral.core.registry import Refusal, Registry
@@ -93,6 +94,8 @@ class Controller(CommandEndpoints):
         #: the task scheduler and the HTTP API (issue #4), once started
         self.tasks: TaskService | None = None
         self.api: ApiServer | None = None
+        #: idempotency keys of submissions (set once the store is open)
+        self.submissions: Submissions
         self._pending: list[Transition] = []
         self._audit: list[AuditEntry] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,6 +105,7 @@ class Controller(CommandEndpoints):
         self.backoff = Backoff()
         #: what the last failed flush held, for the log line that says what waits
         self._waiting = ""
+        self._keyed: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._persist_all = False
         #: seconds between writes of every live node's last-seen time
@@ -125,6 +129,7 @@ class Controller(CommandEndpoints):
             Refused: another controller already serves this bus.
         """
         self.store = await Store.open(self.config.store_url)
+        self.submissions = Submissions(self.store, self.config.idempotency_window, self.clock)
         rows = await self.store.load_nodes()
         self.registry.load(rows, self.clock())
         self._reconcile_revocations()
@@ -144,7 +149,8 @@ class Controller(CommandEndpoints):
             subjects.node_in_wildcard("leave"): (wire.Leave, self._on_leave),
             subjects.ctl("nodes"): (wire.NodesRequest, self._on_nodes),
             subjects.ctl("stats"): (wire.StatsRequest, self._on_stats),
-            subjects.ctl("auth"): (wire.AuthEvent, self._on_auth),
+            subjects.ctl("auth"): (wire.AuthEvent, self._on_auth),  # refused: no sender
+            subjects.ctl_as("auth", "*"): (wire.AuthEvent, self._on_auth),
             subjects.ctl("agents"): (wire.AgentsRequest, self._on_agents),
         }
         for subject, (kind, handle) in handlers.items():
@@ -153,8 +159,11 @@ class Controller(CommandEndpoints):
             )
         # Commands, their reports and results may be as large as max_command_bytes.
         commands: dict[str, tuple[type[Any], Any]] = {
+            # The bare subjects name no sender: an old client is told to update.
             subjects.ctl("send"): (wire.CommandRequest, self._on_send),
             subjects.ctl("execute"): (wire.CommandRequest, self._on_send),
+            subjects.ctl_as("send", "*"): (wire.CommandRequest, self._on_send),
+            subjects.ctl_as("execute", "*"): (wire.CommandRequest, self._on_send),
             **self.endpoints(),
         }
         for subject, (kind, handle) in commands.items():
@@ -207,9 +216,9 @@ class Controller(CommandEndpoints):
     async def stop(self) -> None:
         """Stop serving, flush what is pending, close the bus and the store."""
         await self.commands.stop()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._keyed]:  # keyed sends not yet answered end here
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._keyed]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.api is not None:
@@ -380,7 +389,8 @@ class Controller(CommandEndpoints):
         batch = batch or Batch()
         records = self.registry.all() if all_live else self.registry.take_dirty()
         if not (records or self._pending or self._audit or batch.commands or batch.outcomes):
-            return Written()
+            if batch.prune_keys_before is None:
+                return Written()
         changes, self._pending = self._pending, []
         audit, self._audit = self._audit, []
         try:
@@ -390,6 +400,8 @@ class Controller(CommandEndpoints):
                 audit=audit + batch.audit,
                 commands=batch.commands,
                 outcomes=batch.outcome_rows,
+                idempotency=batch.keys,
+                prune_keys_before=batch.prune_keys_before,
             )
         except BaseException:
             # Failed or cancelled mid-transaction: keep everything for the next attempt.
@@ -522,15 +534,30 @@ class Controller(CommandEndpoints):
         await self._reply(msg, wire.AgentsReply(agents=found))
 
     async def _on_auth(self, msg: Any, _: str, event: wire.AuthEvent) -> None:
-        """An operator enrolled or revoked a node: audit it, and mark a revoked node."""
+        """An operator enrolled or revoked a node: audit it, and mark a revoked node.
+
+        The actor is the credential the subject names; the ``actor`` the CLI reported
+        (``$USER@host``) is kept as ``on_behalf_of``, labelled as claimed.
+        """
+        _, actor, role = bus_caller(msg.subject)
         now = self.clock()
         if event.action == "revoke":
             self._record(self.registry.revoke(event.name, now))
             await self.commands.node_removed(event.name)
-        detail = {"keys": list(event.keys), "host": event.host, "pid": event.pid}
+        detail = {
+            "keys": list(event.keys),
+            "host": event.host,
+            "pid": event.pid,
+            "on_behalf_of": event.actor,  # what the CLI said: not verified
+        }
         self._audit.append(
             AuditEntry(
-                at=now, actor=event.actor, action=event.action, target=event.name, detail=detail
+                at=now,
+                actor=actor,
+                action=event.action,
+                target=event.name,
+                detail=detail,
+                role=role,
             )
         )
         if msg.reply:

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -39,6 +39,7 @@ from corral.errors import (
     StoreError,
     Timeout,
 )
+from corral.records import AuditEntry, IdempotencyRow
 from corral.store.tasks import TaskStore
 from corral.store.writes import Backoff, log_written
 
@@ -82,6 +83,9 @@ class TaskService:
         self._durable: list[tuple[asyncio.Future[None], frozenset[int]]] = []
         #: retries of transient store failures (docs/operations.md, "Poison-proof writes")
         self.backoff = Backoff()
+        #: idempotency keys and audit entries of the calls that changed instances, written
+        #: in the same commit as those instances
+        self._extra: list[IdempotencyRow | AuditEntry] = []
         self._waiters: dict[int, list[asyncio.Future[TaskInstance]]] = {}
         self._wake = asyncio.Event()
         #: someone waits on the next commit (a durable queue, a result, an ack)
@@ -156,11 +160,14 @@ class TaskService:
         max_attempts: int | None = None,
         parent: int | None = None,
         durable: bool = True,
+        extra: Callable[[list[TaskInstance]], list[IdempotencyRow | AuditEntry]] | None = None,
     ) -> list[TaskInstance]:
         """Queue one instance of task ``key`` per msgpack-encoded argument mapping.
 
         Returns once every instance is on disk (at once with ``durable=False``, for a caller
         that waits for the result next: the commit of a result includes its instance).
+        ``extra`` makes, from the instances, the rows written in the same transaction as
+        they are: the submission's idempotency key and its audit entry.
 
         Returns:
             The instances, in the order of ``args``.
@@ -192,13 +199,19 @@ class TaskService:
             )
         self.core.queue(batch, now)
         self._next_id += len(batch)
+        if extra is not None:
+            self._extra.extend(extra(batch))
         await self._pump()
         if durable:
             await self._until_durable(i.id for i in batch)
         return batch
 
-    async def cancel(self, ident: int, *, force: bool = False) -> TaskInstance:
+    async def cancel(
+        self, ident: int, *, force: bool = False, audit: AuditEntry | None = None
+    ) -> TaskInstance:
         """Cancel instance ``ident`` (see :meth:`Scheduler.cancel`); returns once on disk.
+
+        ``audit`` is written with the cancelled instance (alone if it had already finished).
 
         Raises:
             NotFound: no instance has that id.
@@ -214,8 +227,13 @@ class TaskService:
             stored = await self.store.get(ident)
             if stored is None:
                 raise NotFound(f"no task instance {ident}") from None
+            if audit is not None:  # the attempt is recorded, though nothing changed
+                self._extra.append(audit)
+                await self._until_durable()
             return stored  # already finished: nothing to cancel
         await self._pump()
+        if audit is not None:
+            self._extra.append(audit)
         await self._until_durable((ident,))
         return inst
 
@@ -368,9 +386,11 @@ class TaskService:
         finished, self._finished = self._finished, []
         acks, self._acks = self._acks, {}
         durable, self._durable = self._durable, []
+        extra, self._extra = self._extra, []
         try:
-            written = await self.store.commit([_asdict(i) for i in dirty.values()])
+            written = await self.store.commit([_asdict(i) for i in dirty.values()], extra)
         except BaseException:
+            self._extra[:0] = extra
             # Keep everything for the next attempt (newer changes of the same instance win).
             self._dirty = {**dirty, **self._dirty}
             self._finished[:0] = finished

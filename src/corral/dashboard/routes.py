@@ -83,6 +83,7 @@ class Dashboard(TaskPages, GuardianPages):
                 action=f"dashboard.{action}",
                 target=target,
                 detail=detail,
+                role=session.role.value,
             )
         )
         self.ctl._wake.set()
@@ -290,7 +291,9 @@ class Dashboard(TaskPages, GuardianPages):
                 actor=session.user,
             )
             await self.ctl.commands.wait_settled()
-            accepted = self.ctl.commands.accept(request_msg, "", kind == "execute")
+            accepted = self.ctl.commands.accept(
+                request_msg, "", kind == "execute", role=session.role.value
+            )
         except CorralError as exc:
             flash(session, str(exc))
             return redirect("/ui/commands")

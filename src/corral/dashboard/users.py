@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -21,6 +21,7 @@ from corral.errors import StoreError, UsageError
 from corral.tokens import Role
 
 if TYPE_CHECKING:
+    from corral.records import AuditEntry
     from corral.store import Store
 
 __all__ = [
@@ -77,8 +78,12 @@ def _check_name(name: str) -> None:
         raise UsageError(f"bad user name {name!r}: use 1 to 64 letters, digits and - _ . @")
 
 
-async def add_user(store: Store, name: str, role: Role | str, password: str) -> User:
+async def add_user(
+    store: Store, name: str, role: Role | str, password: str, audit: AuditEntry | None = None
+) -> User:
     """Add user ``name`` with ``role`` and ``password`` (hashed before it is stored).
+
+    ``audit`` (its target and detail filled in here) is written in the same transaction.
 
     Raises:
         UsageError: a bad name, role or short password, or the user exists already.
@@ -103,6 +108,9 @@ async def add_user(store: Store, name: str, role: Role | str, password: str) -> 
         with translate("store a user", store.masked_url):
             async with store.engine.begin() as conn:
                 await conn.execute(users.insert(), {**msgspec.structs.asdict(user), "hash": hashed})
+                if audit is not None:
+                    entry = msgspec.structs.replace(audit, target=name, detail={"role": user.role})
+                    await _write_audit(conn, entry)
     except StoreError as exc:
         if not isinstance(exc.__cause__, IntegrityError):
             raise
@@ -170,8 +178,16 @@ async def list_users(store: Store) -> list[User]:
             return [User(**r) for r in rows.mappings()]
 
 
-async def remove_user(store: Store, name: str) -> bool:
+async def _write_audit(conn: Any, entry: AuditEntry) -> None:
+    from corral.store.schema import audit_log
+
+    await conn.execute(audit_log.insert(), msgspec.structs.asdict(entry))
+
+
+async def remove_user(store: Store, name: str, audit: AuditEntry | None = None) -> bool:
     """Remove user ``name``; False if there was none.
+
+    ``audit`` is written in the same transaction, if a user was removed.
 
     Raises:
         StoreError: the statement failed.
@@ -184,4 +200,6 @@ async def remove_user(store: Store, name: str) -> bool:
     with translate("remove a user", store.masked_url):
         async with store.engine.begin() as conn:
             result = await conn.execute(delete(users).where(users.c.name == name))
+            if audit is not None and result.rowcount > 0:
+                await _write_audit(conn, msgspec.structs.replace(audit, target=name))
     return result.rowcount > 0

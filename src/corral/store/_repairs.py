@@ -77,8 +77,8 @@ def record_versions(kind: str, record: Any, why: str) -> list[Any]:
     Returns:
         Candidate replacements, best first.
     """
-    if kind == "commands":
-        return []
+    if kind in ("commands", "keys"):
+        return []  # a command, or the first answer to a keyed call: never altered
     versions = [_struct_escaped(record)]
     minimal = _minimal(kind, record, why)
     if minimal is not None:

@@ -28,6 +28,7 @@ __all__ = [
     "audit_log",
     "command_outcomes",
     "commands",
+    "idempotency_keys",
     "meta",
     "metadata",
     "node_transitions",
@@ -89,6 +90,8 @@ audit_log = Table(
     Column("action", Text, nullable=False),
     Column("target", Text, nullable=False),
     Column("detail", JSON, nullable=False),
+    # the actor's role as the controller derived it (migration 0005_idempotency)
+    Column("role", Text, nullable=False, server_default=""),
 )
 
 meta = Table(
@@ -184,4 +187,22 @@ users = Table(
     # scrypt$<n>$<r>$<p>$<salt hex>$<key hex>: never the password itself
     Column("hash", Text, nullable=False),
     Column("created_at", Double, nullable=False),
+)
+
+
+# --- idempotent submissions (issue #12; migration 0005_idempotency) -------------------------
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    # who sent the key (a token id, a bus credential): keys of different callers never meet
+    Column("caller", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("function", Text, nullable=False),
+    Column("request_hash", Text, nullable=False),
+    # the first answer, as JSON, returned again for a repeat within the window
+    Column("answer", LargeBinary, nullable=False),
+    Column("created", Double, nullable=False),
+    PrimaryKeyConstraint("caller", "key", name="pk_idempotency_keys"),
+    Index("ix_idempotency_keys_created", "created"),
 )

@@ -21,13 +21,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from corral.errors import StoreError
-from corral.records import AuditEntry, CommandRow, NodeRecord, OutcomeRow, Transition
+from corral.records import (
+    AuditEntry,
+    CommandRow,
+    IdempotencyRow,
+    NodeRecord,
+    OutcomeRow,
+    Transition,
+)
 
 from ._engine import async_engine, migrate
 from ._errors import FOREIGN, WRITE_FAILURES, driver_error, is_transient, open_error, translate
 from ._repairs import record_versions
 from ._url import mask_password, normalize_url
 from .commands import CommandQueries, write_commands
+from .idempotency import prune_keys, write_keys
 from .schema import audit_log, meta, node_transitions, nodes
 from .writes import Isolation, Written, isolate
 
@@ -58,7 +66,7 @@ def _node(row: Any) -> NodeRecord:
 
 # One record, or a command with the audit entries naming its serial: (kind, record) pairs.
 _Unit = tuple[tuple[str, Any], ...]
-_KINDS = ("nodes", "transitions", "audit", "commands", "outcomes")
+_KINDS = ("nodes", "transitions", "audit", "commands", "outcomes", "keys")
 
 
 def _units(
@@ -67,6 +75,7 @@ def _units(
     audit: Sequence[AuditEntry],
     commands: Sequence[CommandRow],
     outcomes: Sequence[OutcomeRow],
+    keys: Sequence[IdempotencyRow],
 ) -> list[_Unit]:
     serials = {row.serial for row in commands}
     of_command: dict[int, list[AuditEntry]] = {}
@@ -84,6 +93,7 @@ def _units(
         (("commands", r), *(("audit", a) for a in of_command.get(r.serial, ()))) for r in commands
     ]
     units += [(("outcomes", r),) for r in outcomes]
+    units += [(("keys", r),) for r in keys]
     return units
 
 
@@ -220,6 +230,8 @@ class Store(CommandQueries):
         audit: Sequence[AuditEntry] = (),
         commands: Sequence[CommandRow] = (),
         outcomes: Sequence[OutcomeRow] = (),
+        idempotency: Sequence[IdempotencyRow] = (),
+        prune_keys_before: float | None = None,
     ) -> Written:
         """Write a batch in one transaction: upsert nodes, append transitions and audit rows,
         insert new commands and upsert changed command outcomes.
@@ -236,6 +248,9 @@ class Store(CommandQueries):
             audit: Audit entries to append.
             commands: New commands (each gets a ``pending`` outcome per resolved node).
             outcomes: Command outcomes to insert or replace, keyed by serial and node.
+            idempotency: First answers to keyed submissions (the commands they answer are
+                in the same transaction).
+            prune_keys_before: Also delete idempotency keys written before this time.
 
         Returns:
             The records refused, and those stored repaired (each with the database's reason).
@@ -245,25 +260,31 @@ class Store(CommandQueries):
                 was written.
             StoreError: The store is closed, or another failure; nothing was written.
         """
-        if not (nodes or transitions or audit or commands or outcomes):
-            return Written()
+        if not (nodes or transitions or audit or commands or outcomes or idempotency):
+            if prune_keys_before is None:
+                return Written()
         self._usable("commit")
         with translate(f"commit {len(nodes)} node(s)", self._masked):
             try:
                 async with self._engine.begin() as conn:
-                    await self._write(conn, nodes, transitions, audit, commands, outcomes)
+                    await self._write(
+                        conn, nodes, transitions, audit, commands, outcomes, idempotency
+                    )
+                    await self._prune(conn, prune_keys_before)
                 return Written()
             except WRITE_FAILURES as exc:
                 if is_transient(exc):
                     raise
             # A record's data was refused: write again, isolating it (one transaction).
-            plan = Isolation(_units(nodes, transitions, audit, commands, outcomes), _repair)
+            units = _units(nodes, transitions, audit, commands, outcomes, idempotency)
+            plan = Isolation(units, _repair)
             async with self._engine.begin() as conn:
                 if self.backend == "sqlite":
                     # pysqlite opens its transaction lazily, at the first INSERT: without an
                     # explicit BEGIN, releasing the first savepoint would commit on its own.
                     await conn.exec_driver_sql("BEGIN")
                 await isolate(conn, plan, self._write_units)
+                await self._prune(conn, prune_keys_before)
         return plan.result(lambda unit: unit[0][0], lambda unit: unit[0][1])
 
     async def _write(
@@ -274,6 +295,7 @@ class Store(CommandQueries):
         audit: Sequence[AuditEntry],
         commands: Sequence[CommandRow],
         outcomes: Sequence[OutcomeRow],
+        keys: Sequence[IdempotencyRow] = (),
     ) -> None:
         asdict = msgspec.structs.asdict
         node_params = [asdict(row) for row in nodes]
@@ -285,6 +307,13 @@ class Store(CommandQueries):
             await conn.execute(audit_log.insert(), [asdict(row) for row in audit])
         if commands or outcomes:
             await write_commands(conn, commands, outcomes)
+        if keys:
+            await write_keys(conn, keys)
+
+    @staticmethod
+    async def _prune(conn: AsyncConnection, before: float | None) -> None:
+        if before is not None:
+            await prune_keys(conn, before)
 
     async def _write_units(self, conn: AsyncConnection, units: list[_Unit]) -> None:
         by_kind: dict[str, list[Any]] = {kind: [] for kind in _KINDS}

@@ -20,11 +20,14 @@ from sqlalchemy import Connection, Engine, Select, create_engine, func, pool, se
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral.core.taskstate import TaskInstance, TaskStatus
+from corral.records import AuditEntry, IdempotencyRow
 
 from ._engine import _engine_options, _listen
 from ._errors import WRITE_FAILURES, is_transient, translate
 from ._repairs import task_versions
 from ._url import sync_url
+from .idempotency import write_keys
+from .schema import audit_log
 from .schema import task_instances as t
 from .store import Store, _upsert
 from .writes import Isolation, Written, isolate, isolate_sync
@@ -33,7 +36,6 @@ __all__ = ["Page", "TaskStore"]
 
 _COLUMNS = [t.c[name] for name in TaskInstance.__struct_fields__]
 _BATCH = 2000
-_INLINE = 8
 
 
 class Page(msgspec.Struct, kw_only=True):
@@ -91,12 +93,19 @@ class TaskStore:
     def __repr__(self) -> str:
         return f"<TaskStore {self.store!r}>"
 
-    async def commit(self, rows: Sequence[dict[str, Any]]) -> Written:
+    async def commit(
+        self, rows: Sequence[dict[str, Any]], extra: Sequence[IdempotencyRow | AuditEntry] = ()
+    ) -> Written:
         """Insert or replace these instances (as dicts of their fields) in one transaction.
 
         An instance the database refuses for its data does not hold up the others (see
         :mod:`corral.store.writes`): it is stored with its text escaped, or else with its
         free text replaced by a note, or refused.
+
+        Args:
+            rows: The instances' fields.
+            extra: What the calls that changed these instances leave with them, in the same
+                transaction: first answers to keyed submissions, audit entries.
 
         Returns:
             The instances refused, and those stored repaired.
@@ -105,19 +114,23 @@ class TaskStore:
             TransientStoreError: A failure a retry may cure; nothing was written.
             StoreError: Another failure; nothing was written.
         """
-        if not rows:
+        if not rows and not extra:
             return Written()
+        keys = [r for r in extra if isinstance(r, IdempotencyRow)]
+        audit = [msgspec.structs.asdict(r) for r in extra if isinstance(r, AuditEntry)]
         with translate(f"write {len(rows)} task instance(s)", self.store.masked_url):
             if self._sync is not None:
-                if len(rows) <= _INLINE:
-                    # A handful of rows: a fraction of a millisecond (one fsync); handing it
-                    # to a thread would cost more than that in wake-ups on a busy machine.
-                    return self._commit_sync(rows)
+                # Always in the store's own thread, never inline on the event loop: the
+                # controller's group commit may hold SQLite's write lock on this loop, and
+                # a commit waiting for it here would stop the loop that is to release it.
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._thread, self._commit_sync, rows)
+                return await loop.run_in_executor(
+                    self._thread, self._commit_sync, rows, keys, audit
+                )
             try:
                 async with self.store.engine.begin() as conn:
                     await self._write(conn, rows)
+                    await self._write_extra(conn, keys, audit)
                 return Written()
             except WRITE_FAILURES as exc:
                 if is_transient(exc):
@@ -125,21 +138,45 @@ class TaskStore:
             plan = Isolation(rows, _repair)
             async with self.store.engine.begin() as conn:
                 await isolate(conn, plan, self._write)
+                await self._write_extra(conn, keys, audit)
             return plan.result(lambda _: "task_instances")
 
     async def _write(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
         for start in range(0, len(rows), _BATCH):
             await conn.execute(self._upsert, list(rows[start : start + _BATCH]))
 
+    @staticmethod
+    async def _write_extra(
+        conn: AsyncConnection, keys: Sequence[IdempotencyRow], audit: Sequence[dict[str, Any]]
+    ) -> None:
+        if keys:
+            await write_keys(conn, keys)
+        if audit:
+            await conn.execute(audit_log.insert(), list(audit))
+
     def _write_sync(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         for start in range(0, len(rows), _BATCH):
             conn.execute(self._upsert, list(rows[start : start + _BATCH]))
 
-    def _commit_sync(self, rows: Sequence[dict[str, Any]]) -> Written:
+    @staticmethod
+    def _write_extra_sync(
+        conn: Connection, keys: Sequence[IdempotencyRow], audit: Sequence[dict[str, Any]]
+    ) -> None:
+        write_keys(conn, keys)
+        if audit:
+            conn.execute(audit_log.insert(), list(audit))
+
+    def _commit_sync(
+        self,
+        rows: Sequence[dict[str, Any]],
+        keys: Sequence[IdempotencyRow] = (),
+        audit: Sequence[dict[str, Any]] = (),
+    ) -> Written:
         assert self._sync is not None
         try:
             with self._sync.begin() as conn:
                 self._write_sync(conn, rows)
+                self._write_extra_sync(conn, keys, audit)
             return Written()
         except WRITE_FAILURES as exc:
             if is_transient(exc):
@@ -150,6 +187,7 @@ class TaskStore:
             # transaction and its release a commit of its own.
             conn.exec_driver_sql("BEGIN")
             isolate_sync(conn, plan, self._write_sync)
+            self._write_extra_sync(conn, keys, audit)
         return plan.result(lambda _: "task_instances")
 
     async def _all(self, query: Select[Any], what: str) -> list[TaskInstance]:

@@ -1,0 +1,77 @@
+"""Idempotency keys in the store: the first answer to a keyed submission.
+
+Rows are written only inside the transaction of the submission they answer (the task store's
+commit for ``queue_task``/``queue_tasks``/``run_task``, the controller's group commit for
+``send_command``), through :func:`write_keys`; this module adds no writer of its own. Reads
+(:func:`find_key`) ignore rows older than the window, so a key is answered the same until
+it expires whether or not it has been pruned yet; pruning (:func:`prune_keys`) runs inside the
+controller's group commit too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from sqlalchemy import and_, delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from corral.records import IdempotencyRow
+
+from ._errors import translate
+from .schema import idempotency_keys as k
+
+__all__ = ["find_key", "prune_keys", "write_keys"]
+
+_COLUMNS = [k.c[name] for name in IdempotencyRow.__struct_fields__]
+
+
+def write_keys(conn: Any, rows: Sequence[IdempotencyRow]) -> Any:
+    """Insert ``rows`` on ``conn`` (sync or async connection, inside its transaction).
+
+    A row already stored for the same caller and key is replaced: within the window the
+    controller never writes a key twice (it answers from the first), so that row had expired
+    and was waiting to be pruned.
+
+    Returns:
+        What ``conn.execute`` returns: await it on an async connection (call only with
+        rows there).
+    """
+    if not rows:
+        return None
+    stmt = sqlite_insert(k) if conn.dialect.name == "sqlite" else pg_insert(k)
+    changes = {c.name: stmt.excluded[c.name] for c in k.columns if c.name not in ("caller", "key")}
+    upsert = stmt.on_conflict_do_update(index_elements=["caller", "key"], set_=changes)
+    return conn.execute(upsert, [msgspec.structs.asdict(r) for r in rows])
+
+
+async def find_key(store: Any, caller: str, key: str, since: float) -> IdempotencyRow | None:
+    """The stored answer to ``caller``'s ``key`` if it was written at ``since`` or later.
+
+    Args:
+        store: An open :class:`~corral.store.Store`.
+        caller: Who sent the key.
+        key: The key.
+        since: Epoch seconds: older rows are expired.
+
+    Raises:
+        StoreError: the query failed.
+    """
+    query = select(*_COLUMNS).where(
+        and_(k.c.caller == caller, k.c.key == key, k.c.created >= since)
+    )
+    with translate("read an idempotency key", store.masked_url):
+        async with store.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+    return None if row is None else IdempotencyRow(**row)
+
+
+def prune_keys(conn: Any, before: float) -> Any:
+    """Delete keys written before ``before`` on ``conn`` (inside its transaction).
+
+    Returns:
+        What ``conn.execute`` returns (await it on an async connection).
+    """
+    return conn.execute(delete(k).where(k.c.created < before))
