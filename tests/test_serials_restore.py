@@ -246,7 +246,10 @@ async def test_a_command_sent_before_a_silent_node_speaks_waits_for_its_heartbea
         request = wire.CommandRequest(targets=["n1"], name="whoami", actor="test")
         sent = asyncio.ensure_future(
             admin.request(
-                subjects.ctl("send"), wire.encode(request), timeout=scaled(10), headers=wire.HEADERS
+                subjects.ctl_as("send", "admin"),
+                wire.encode(request),
+                timeout=scaled(10),
+                headers=wire.HEADERS,
             )
         )
         await admin.flush()  # the send is at the server before the heartbeat
