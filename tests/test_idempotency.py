@@ -19,7 +19,7 @@ from corral import AsyncController
 from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
-from corral.controller import Controller
+from corral.controller import Controller, idempotency
 from corral.errors import Disconnected, IdempotencyKeyReused, Refused
 from corral.node import Node
 from corral.records import IdempotencyRow
@@ -132,9 +132,13 @@ async def test_a_key_sent_with_another_request_is_422(controller: Controller, w1
             await api.queue_task("echo", value=3, idempotency_key="k3")
 
 
+@pytest.mark.parametrize("tracked", [1_000, 0], ids=["keys-tracked", "over-the-tracking-cap"])
 async def test_the_first_answer_survives_a_controller_restart(
-    config: Config, broker: EmbeddedBroker
+    config: Config, broker: EmbeddedBroker, tracked: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The restarted controller learns the stored keys (or, past its tracking cap, looks
+    every key up): either way the key is answered from the store, never queued again."""
+    monkeypatch.setattr(idempotency, "_TRACKED", tracked)
     first = Controller(config)
     await first.start()
     node = await start_task_node(config, "w1", slots=1)
@@ -151,6 +155,7 @@ async def test_the_first_answer_survives_a_controller_restart(
     await second.start()
     try:
         assert second.api is not None and second.store is not None
+        assert ("untracked" in repr(second.submissions)) == (tracked == 0)
         # No node needs to offer the task again: the answer comes from the store.
         again = await post(second.api.url, text, "queue_task", body, "restart-key")
         assert again.status_code == 200 and again.json() == answer.json()

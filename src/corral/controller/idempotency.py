@@ -30,7 +30,7 @@ import msgspec
 
 from corral.errors import IdempotencyKeyReused, RemoteError
 from corral.records import IdempotencyRow
-from corral.store.idempotency import find_key
+from corral.store.idempotency import find_key, recent_keys
 
 __all__ = ["MAX_KEY", "Stamp", "Submissions", "request_hash"]
 
@@ -42,6 +42,9 @@ MAX_KEY = 200
 #: its key is on disk (``run_task`` waits for the result, not the commit), and a repeat in
 #: that gap must find it. The store has every key; this only bridges the gap.
 _RECENT = 10_000
+#: The most keys whose presence this controller tracks itself; past it, every new key is
+#: looked up in the store (correct, a read slower).
+_TRACKED = 1_000_000
 _json = msgspec.json.Encoder(order="sorted")
 
 
@@ -106,11 +109,42 @@ class Submissions:
         self.clock = clock
         self._inflight: dict[tuple[str, str], asyncio.Future[IdempotencyRow | None]] = {}
         self._recent: OrderedDict[tuple[str, str], IdempotencyRow] = OrderedDict()
+        #: keys that may be in the store (caller, key) -> when first seen, oldest first; a
+        #: key not here was never stored, so it needs no lookup. ``None``: not tracked
+        #: (before :meth:`load`, or past ``_TRACKED`` keys): every new key is looked up.
+        self._seen: OrderedDict[tuple[str, str], float] | None = None
         #: submissions answered from a key (a repeat), for the counters
         self.repeats = 0
 
     def __repr__(self) -> str:
-        return f"<Submissions in-flight={len(self._inflight)} window={self.window}s>"
+        tracked = "untracked" if self._seen is None else f"tracked={len(self._seen)}"
+        return f"<Submissions in-flight={len(self._inflight)} {tracked} window={self.window}s>"
+
+    async def load(self) -> None:
+        """Learn which keys the store holds within the window, so that a new key (the common
+        case: the clients make one per call) is answered without a read of the store.
+
+        Raises:
+            StoreError: The keys could not be read.
+        """
+        now = self.clock()
+        pairs = await recent_keys(self.store, now - self.window, _TRACKED)
+        self._seen = None if pairs is None else OrderedDict.fromkeys(pairs, now)
+
+    def _maybe_stored(self, ident: tuple[str, str], now: float) -> bool:
+        """Whether ``ident`` may be in the store; notes it as possibly stored from now on."""
+        seen = self._seen
+        if seen is None:
+            return True
+        while seen and next(iter(seen.values())) < now - self.window:
+            seen.popitem(last=False)  # expired: answered as new anyway
+        if ident in seen:
+            return True
+        if len(seen) >= _TRACKED:
+            self._seen = None  # too many to track: look every key up from now on
+            return True
+        seen[ident] = now  # noted before the submission: a failed one is looked up again
+        return False
 
     async def once(
         self,
@@ -159,7 +193,9 @@ class Submissions:
             now = self.clock()
             row = self._recent.get(ident)
             if row is None or row.created < now - self.window:
-                row = await find_key(self.store, caller, key, now - self.window)
+                row = None
+                if self._maybe_stored(ident, now):
+                    row = await find_key(self.store, caller, key, now - self.window)
             if row is not None:
                 stored: T = self._answer(row, function, digest, reply)
                 return stored

@@ -130,6 +130,7 @@ class Controller(CommandEndpoints):
         """
         self.store = await Store.open(self.config.store_url)
         self.submissions = Submissions(self.store, self.config.idempotency_window, self.clock)
+        await self.submissions.load()
         rows = await self.store.load_nodes()
         self.registry.load(rows, self.clock())
         self._reconcile_revocations()

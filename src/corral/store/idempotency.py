@@ -10,6 +10,7 @@ controller's group commit too.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from corral.records import IdempotencyRow
 from ._errors import translate
 from .schema import idempotency_keys as k
 
-__all__ = ["find_key", "prune_keys", "write_keys"]
+__all__ = ["find_key", "prune_keys", "recent_keys", "write_keys"]
 
 _COLUMNS = [k.c[name] for name in IdempotencyRow.__struct_fields__]
 
@@ -41,10 +42,36 @@ def write_keys(conn: Any, rows: Sequence[IdempotencyRow]) -> Any:
     """
     if not rows:
         return None
-    stmt = sqlite_insert(k) if conn.dialect.name == "sqlite" else pg_insert(k)
+    return conn.execute(_upsert(conn.dialect.name), [msgspec.structs.asdict(r) for r in rows])
+
+
+@functools.cache
+def _upsert(dialect: str) -> Any:
+    """The upsert statement, built once per dialect (it is on every keyed submission's path)."""
+    stmt = sqlite_insert(k) if dialect == "sqlite" else pg_insert(k)
     changes = {c.name: stmt.excluded[c.name] for c in k.columns if c.name not in ("caller", "key")}
-    upsert = stmt.on_conflict_do_update(index_elements=["caller", "key"], set_=changes)
-    return conn.execute(upsert, [msgspec.structs.asdict(r) for r in rows])
+    return stmt.on_conflict_do_update(index_elements=["caller", "key"], set_=changes)
+
+
+async def recent_keys(store: Any, since: float, limit: int) -> list[tuple[str, str]] | None:
+    """The ``(caller, key)`` of every key written at ``since`` or later, if at most ``limit``.
+
+    Args:
+        store: An open :class:`~corral.store.Store`.
+        since: Epoch seconds: older rows are expired.
+        limit: The most pairs to return.
+
+    Returns:
+        The pairs, or ``None`` when there are more than ``limit``.
+
+    Raises:
+        StoreError: the query failed.
+    """
+    query = select(k.c.caller, k.c.key).where(k.c.created >= since).limit(limit + 1)
+    with translate("read the idempotency keys", store.masked_url):
+        async with store.engine.connect() as conn:
+            pairs = [(str(c), str(key)) for c, key in (await conn.execute(query)).all()]
+    return None if len(pairs) > limit else pairs
 
 
 async def find_key(store: Any, caller: str, key: str, since: float) -> IdempotencyRow | None:
