@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from corral.errors import ConfigError
-from corral.node.handlers import Handlers, load_handlers
+from corral.node.handlers import Handlers, load_handlers, ping
 
 
 def test_a_module_beside_the_working_directory_is_found_without_pythonpath(
@@ -30,3 +30,36 @@ def test_a_module_beside_the_working_directory_is_found_without_pythonpath(
 def test_a_module_that_fails_to_import_names_itself_and_the_error() -> None:
     with pytest.raises(ConfigError, match="cannot load handler module 'no_such_mod_xyz'"):
         load_handlers(["no_such_mod_xyz"])
+
+
+@pytest.mark.parametrize(
+    ("source", "handler", "builtin"),
+    [
+        ("@command\ndef ping() -> str:\n    return 'mine'\n", "ping", "COMMAND 'ping'"),
+        (
+            "@command(name='ping')\ndef my_ping() -> str:\n    return 'mine'\n",
+            "my_ping",
+            "COMMAND 'ping'",
+        ),
+        (
+            "@message_type('shell')\ndef sh(args, data):\n    return 'mine'\n",
+            "sh",
+            "message type 'shell'",
+        ),
+    ],
+)
+def test_a_handler_that_shadows_a_builtin_is_refused_at_load_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, handler: str, builtin: str
+) -> None:
+    module = f"shadowing_{handler}_handlers"
+    (tmp_path / f"{module}.py").write_text(
+        "from corral import command, message_type\n\n" + source
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        load_handlers([module])
+    text = str(caught.value)
+    assert f"cannot load handler module {module!r}" in text
+    assert f"handler {handler} in module {module!r}" in text and builtin in text
+    assert "built-in" in text and "another" in text
+    assert Handlers.collect(tmp_path).commands["ping"] is ping  # the built-in still answers
