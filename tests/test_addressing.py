@@ -21,7 +21,9 @@ FLEET = {
     "web1": NodeFacts(labels=("gpu",), attributes={"role": "web"}),
     "web2": NodeFacts(labels=("gpu", "rack1"), attributes={"role": "web", "zone": "a=1"}),
     "Web3": NodeFacts(attributes={"Role": "db"}),  # attribute names are case-sensitive
-    "rack1-a": NodeFacts(interfaces=("eth1",), sink=True, attributes={"role": "db", "sink": "true"}),
+    "rack1-a": NodeFacts(
+        interfaces=("eth1",), sink=True, attributes={"role": "db", "sink": "true"}
+    ),
     "rack2-b": NodeFacts(interfaces=("eth2",)),
     "rack4-c": NodeFacts(sink=True),
     "adb": NodeFacts(),

@@ -52,9 +52,7 @@ def test_a_handler_that_shadows_a_builtin_is_refused_at_load_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, handler: str, builtin: str
 ) -> None:
     module = f"shadowing_{handler}_handlers"
-    (tmp_path / f"{module}.py").write_text(
-        "from corral import command, message_type\n\n" + source
-    )
+    (tmp_path / f"{module}.py").write_text("from corral import command, message_type\n\n" + source)
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError) as caught:
         load_handlers([module])
