@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from corral.errors import ConfigError
+from corral.node import handlers as handlers_module
 from corral.node.handlers import Handlers, load_handlers, ping
 
 
@@ -61,3 +62,16 @@ def test_a_handler_that_shadows_a_builtin_is_refused_at_load_time(
     assert f"handler {handler} in module {module!r}" in text and builtin in text
     assert "built-in" in text and "another" in text
     assert Handlers.collect(tmp_path).commands["ping"] is ping  # the built-in still answers
+
+
+def test_a_message_type_differing_from_a_builtin_kind_by_case_is_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "seer_get_handlers.py").write_text(
+        "from corral import message_type\n\n@message_type('GET')\n"
+        "def seer_get(args, data):\n    return 'seer'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(handlers_module, "_TYPES", {})  # leave no registration behind
+    load_handlers(["seer_get_handlers"])  # kinds are case-sensitive: "GET" is not "get"
+    assert Handlers.collect(tmp_path).types["GET"]({}, b"") == "seer"

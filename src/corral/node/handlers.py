@@ -156,10 +156,10 @@ def message_type(kind: str) -> Callable[[F], F]:
     """
 
     def register(f: F) -> F:
-        if kind.lower() in BUILTIN_KINDS:
+        if kind in BUILTIN_KINDS:  # kinds are case-sensitive: SEER's "GET" is free
             raise ShadowsBuiltin(
                 f"handler {_where(f)} registers message type {kind!r}, which is corral's "
-                f"built-in {kind.lower()!r} kind and would never reach it: choose another "
+                f"built-in {kind!r} kind and would never reach it: choose another "
                 "type name (e.g. @message_type('CALIBRATE'))"
             )
         _TYPES[kind] = f
