@@ -8,13 +8,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corral.core.addressing import BadTarget, NodeFacts, Target, parse_target, resolve
+from corral.core.addressing import (
+    BadTarget,
+    NodeFacts,
+    Target,
+    attribute_text,
+    parse_target,
+    resolve,
+)
 
 FLEET = {
-    "web1": NodeFacts(labels=("gpu",)),
-    "web2": NodeFacts(labels=("gpu", "rack1")),
-    "Web3": NodeFacts(),
-    "rack1-a": NodeFacts(interfaces=("eth1",), sink=True),
+    "web1": NodeFacts(labels=("gpu",), attributes={"role": "web"}),
+    "web2": NodeFacts(labels=("gpu", "rack1"), attributes={"role": "web", "zone": "a=1"}),
+    "Web3": NodeFacts(attributes={"Role": "db"}),  # attribute names are case-sensitive
+    "rack1-a": NodeFacts(
+        interfaces=("eth1",), sink=True, attributes={"role": "db", "sink": "true"}
+    ),
     "rack2-b": NodeFacts(interfaces=("eth2",)),
     "rack4-c": NodeFacts(sink=True),
     "adb": NodeFacts(),
@@ -39,6 +48,13 @@ FLEET = {
             ["ghost", "has:eth9"],
         ),
         (["zzz*"], [], []),  # a glob that matches nothing is not an error
+        (["attr:role"], ["rack1-a", "web1", "web2"], []),  # any value
+        (["attr:role=db"], ["rack1-a"], []),
+        (["attr:role=web", "attr:role=db"], ["rack1-a", "web1", "web2"], []),
+        (["attr:role=DB"], [], []),  # values compare exactly: a miss is not an error
+        (["attr:zone=a=1"], ["web2"], []),  # the first '=' splits name from value
+        (["attr:sink=true"], ["rack1-a"], []),
+        (["attr:nosuch"], [], []),
     ],
 )
 def test_resolution(targets: list[str], nodes: list[str], unknown: list[str]) -> None:
@@ -62,6 +78,13 @@ def test_everyone_is_a_broadcast() -> None:
         ("color:red", "unknown target kind 'color'"),
         ("label:", "bad label"),
         ("has:a b", "bad has"),
+        ("attr:", "bad attribute name '' in 'attr:': write attr:KEY or attr:KEY=VALUE"),
+        ("attr:=db", "bad attribute name ''.*e.g. attr:role=db"),
+        ("attr:ro le=db", "bad attribute name 'ro le'"),
+        ("attr:role=", r"bad attribute value ''.*or drop the '=' \(attr:role\)"),
+        ("attr:role=a b", "without spaces or commas"),
+        ("attr:role=a\x00", "bad attribute value"),
+        ("attrib:role", "unknown target kind 'attrib'.*attr:KEY=VALUE"),
     ],
 )
 def test_malformed_targets_say_what_is_wrong(spec: str, match: str) -> None:
@@ -90,3 +113,34 @@ def test_globs_agree_with_fnmatchcase(pattern: str) -> None:
     registry = {n: NodeFacts() for n in names}
     expected = sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
     assert resolve([pattern], registry).nodes == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [("db", "db"), (True, "true"), (False, "false"), (3, "3"), (2.5, "2.5")]
+)
+def test_announced_values_compare_as_text(value: object, text: str) -> None:
+    assert attribute_text(value) == text
+
+
+ATTR_NAMES = st.sampled_from(["role", "zone", "rack"])
+ATTR_VALUES = st.sampled_from(["db", "web", "a=b", "x"])
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["n1", "n2", "n3", "n4"]), st.dictionaries(ATTR_NAMES, ATTR_VALUES)
+    ),
+    ATTR_NAMES,
+    st.none() | ATTR_VALUES,
+)
+def test_attr_targets_pick_exactly_the_announcing_nodes(
+    announced: dict[str, dict[str, str]], key: str, value: str | None
+) -> None:
+    registry = {n: NodeFacts(attributes=a) for n, a in announced.items()}
+    spec = f"attr:{key}" if value is None else f"attr:{key}={value}"
+    expected = sorted(
+        n for n, a in announced.items() if key in a and (value is None or a[key] == value)
+    )
+    result = resolve([spec], registry)
+    assert result.nodes == expected and not result.unknown and not result.broadcast
+    assert str(parse_target(spec)) == spec

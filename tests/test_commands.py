@@ -105,9 +105,9 @@ async def client(controller: Controller, config: Config) -> AsyncIterator[Client
 @pytest.fixture
 async def fleet(controller: Controller, config: Config) -> AsyncIterator[dict[str, Node]]:
     nodes = {
-        "web1": await start_node(config, "web1", labels=("gpu",)),
+        "web1": await start_node(config, "web1", labels=("gpu",), attributes={"role": "web"}),
         "web2": await start_node(config, "web2"),
-        "db1": await start_node(config, "db1", interfaces=("eth1",)),
+        "db1": await start_node(config, "db1", interfaces=("eth1",), attributes={"role": "db"}),
         "sink1": await start_node(config, "sink1", attributes={"sink": True}, labels=("gpu",)),
     }
     # Every node's durable consumer exists before a test sends anything.
@@ -148,6 +148,8 @@ async def run(client: Client, targets: str, command: str = "whoami", **args: Any
         ("has:eth1", ["db1"]),
         ("has:web2", ["web2"]),
         ("sinks", ["sink1"]),
+        ("attr:role=db", ["db1"]),  # SEER's DAttrib: exactly the db nodes
+        ("attr:role", ["db1", "web1"]),  # every node announcing role, whatever its value
         ("*", ["db1", "sink1", "web1", "web2"]),
     ],
 )
@@ -190,6 +192,10 @@ async def test_unknown_names_are_reported_and_nothing_matched_is_refused(
         await client.send("zz*", "whoami")
     with pytest.raises(UsageError, match="bad glob"):
         await client.send("web[1", "whoami")
+    with pytest.raises(UsageError, match="bad attribute value.*drop the '='"):
+        await client.send("attr:role=", "whoami")
+    with pytest.raises(Refused, match="no node matches"):
+        await client.send("attr:role=cache", "whoami")
 
 
 async def test_get_set_and_typed_parameters(fleet: dict[str, Node], client: Client) -> None:

@@ -12,12 +12,19 @@ counts them, so a slow handler cannot grow memory without bound.
 A name is held by one live agent: before subscribing, an agent asks the name itself; if anyone
 answers, it refuses to start and names the holder. A pool agent (``pool = True``) skips that
 check and joins a NATS queue group, so its members share the messages.
+
+Name constants (pyros's ``Agent.SCHEDULER``): every agent name a deployment declares, with
+:meth:`Agent.declare` or by defining an ``Agent`` subclass with a ``name``, is an attribute of
+``Agent`` in capitals (``scheduler`` -> ``Agent.SCHEDULER``, ``alert-manager`` ->
+``Agent.ALERT_MANAGER``) whose value is the name. An undeclared one raises ``AttributeError``
+listing the declared names and the fix.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import inspect
 import logging
 import os
@@ -30,11 +37,12 @@ from typing import Any, ClassVar, Self, TypeVar
 import msgspec
 import nats.errors
 
-from corral import bus, subjects, wire
+from corral import agent_names, bus, subjects, wire
+from corral import sender as _sender
 from corral.config import Config, load_config
 from corral.errors import ConfigError, CorralError, DuplicateName
 from corral.security import agent_inbox, credential_name
-from corral.sender import Sender
+from corral.sender import Sender, class_or_instance
 
 __all__ = ["Agent", "Message", "on"]
 
@@ -67,7 +75,7 @@ class Message(msgspec.Struct, frozen=True):
     sender: str = ""
 
 
-class Agent:
+class Agent(metaclass=agent_names.AgentType):
     """A named, message-driven actor. Subclass it, set ``name``, add handlers with :func:`on`.
 
     Args:
@@ -82,6 +90,36 @@ class Agent:
     pool: ClassVar[bool] = False
     #: the message that stops an agent (runs :meth:`shutdown`)
     SHUTDOWN: ClassVar[str] = SHUTDOWN
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if isinstance(name, str) and name:
+            # A bad or clashing name is reported when the agent starts or by declare().
+            with contextlib.suppress(CorralError):
+                Agent.declare(name)
+
+    @classmethod
+    def declare(cls, *names: str) -> dict[str, str]:
+        """Declare agent names, so ``Agent.<NAME>`` gives each (pyros's ``Agent.SCHEDULER``).
+
+        Declare a deployment's agents once, in a module both the agents and their senders
+        import: ``Agent.declare("scheduler", "alert_manager")``; then
+        ``Sender.send_to(Agent.SCHEDULER, Agent.SHUTDOWN)``. An ``Agent`` subclass with a
+        ``name`` declares it by itself. Declaring a name again is harmless.
+
+        Args:
+            names: Agent names (1-64 letters, digits, ``-``, ``_``).
+
+        Returns:
+            Every declared constant and its name.
+
+        Raises:
+            InvalidName: a name is not a valid agent name.
+            ConfigError: two names give the same constant (``a-b`` and ``a_b``), or a name's
+                constant is one of Agent's own attributes (``shutdown`` -> ``SHUTDOWN``).
+        """
+        return agent_names.declare(names, taken=vars(Agent))
 
     def __init__(
         self, name: str | None = None, *, config: Config | None = None, inbox_size: int = 1000
@@ -123,16 +161,24 @@ class Agent:
 
     # --- talking to other agents -------------------------------------------------------
 
+    @class_or_instance["Agent", None](lambda: _sender.send_to)
     async def send_to(self, name: str, message: str, data: Any = None) -> None:
         """Send ``message`` to agent ``name``, fire and forget (from an async handler).
+
+        Called on the class (``Agent.send_to(name, message)``), it is the blocking
+        :func:`corral.send_to`.
 
         Raises:
             CorralError: ``data`` is not msgpack-able, or the agent is not running.
         """
         await self._sender().send_to(name, message, data)
 
+    @class_or_instance["Agent", Any](lambda: _sender.ask)
     async def ask(self, name: str, message: str, data: Any = None, timeout: float = 5.0) -> Any:
         """Send ``message`` to agent ``name`` and return its handler's reply.
+
+        Called on the class (``Agent.ask(name, message)``), it is the blocking
+        :func:`corral.ask`.
 
         Raises:
             NoSuchAgent: no agent holds ``name``.

@@ -212,7 +212,8 @@ class Client:
 
         Args:
             targets: a name, a shell glob (``web*``, ``rack[1-3]-*``), ``label:L``, ``has:X``
-                (the node so named or controlling interface X), ``sinks``, ``*`` (every
+                (the node so named or controlling interface X), ``attr:K`` or ``attr:K=V``
+                (nodes that announced attribute K, or K equal to V), ``sinks``, ``*`` (every
                 node), or a list of these (or one string of them separated by commas).
             kind: ``command``, ``shell``, ``get``, ``set``, ``put``, ``execute`` or a message
                 type the nodes registered.

@@ -108,7 +108,8 @@ class CommandRow(msgspec.Struct, frozen=True):
         actor: Who sent it.
         kind: command, shell, get, set, put, execute, or a user's message type.
         name: The handler, parameter or path it names.
-        targets: The targets as given (names, globs, ``label:L``, ``has:X``, ``sinks``, ``*``).
+        targets: The targets as given (names, globs, ``label:L``, ``has:X``,
+            ``attr:K[=V]``, ``sinks``, ``*``).
         nodes: The nodes they resolved to at send time.
         unknown: Exact targets that matched no node.
         retire_after: Seconds after which it is expired for a node that has not received it.

@@ -4,14 +4,22 @@
 share one bus connection per process, opened on first use with the configuration's agent
 credential (``<data_dir>/auth/agent.creds`` on the controller's host, ``CORRAL_CREDS`` elsewhere).
 Async code uses :class:`Sender` (or an agent's own ``send_to`` / ``ask``).
+
+pyros called ``Sender.send_to(Agent.SCHEDULER, Agent.SHUTDOWN)`` on the class, a static method.
+Here ``Sender.send_to`` and ``Sender.ask`` (and ``Agent.send_to`` / ``Agent.ask``) called on the
+class are the blocking module functions; called on an instance they stay the async methods
+(``await sender.send_to(...)``, ``await self.send_to(...)`` in an agent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
-from typing import Any
+import types
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 import nats.errors
@@ -21,7 +29,49 @@ from corral.config import Config, load_config
 from corral.errors import CorralError, MalformedMessage, NoSuchAgent, Timeout
 from corral.security import agent_inbox, credential_name
 
-__all__ = ["Sender", "ask", "gather_agents", "send_to"]
+__all__ = ["Sender", "ask", "class_or_instance", "gather_agents", "send_to"]
+
+S = TypeVar("S")
+T = TypeVar("T")
+
+
+class class_or_instance(Generic[S, T]):  # noqa: N801 - used as a decorator, like classmethod
+    """A method that blocks when called on the class and is async on an instance.
+
+    ``Sender.send_to(name, message)`` (pyros's static method) runs the blocking twin on the
+    process's shared connection; ``await sender.send_to(name, message)`` runs the async method
+    on that sender's own connection.
+
+    Args:
+        blocking: returns the blocking twin (looked up at call time, so it may be defined later
+            in the module).
+    """
+
+    def __init__(self, blocking: Callable[[], Callable[..., T]]) -> None:
+        self._blocking = blocking
+        self._method: Callable[..., Coroutine[Any, Any, T]] | None = None
+
+    def __call__(self, method: Callable[..., Coroutine[Any, Any, T]]) -> class_or_instance[S, T]:
+        """Take the async method this wraps (decorator use)."""
+        self._method = method
+        functools.update_wrapper(self, method)
+        return self
+
+    @overload
+    def __get__(self, obj: None, owner: type[S]) -> Callable[..., T]: ...
+
+    @overload
+    def __get__(
+        self, obj: S, owner: type[S] | None = None
+    ) -> Callable[..., Coroutine[Any, Any, T]]: ...
+
+    def __get__(
+        self, obj: S | None, owner: type[S] | None = None
+    ) -> Callable[..., T] | Callable[..., Coroutine[Any, Any, T]]:
+        if obj is None:
+            return self._blocking()
+        assert self._method is not None
+        return types.MethodType(self._method, obj)
 
 
 def _encode(name: str, message: str, data: Any, sender: str) -> bytes:
@@ -71,8 +121,12 @@ class Sender:
         if not self.nc.is_closed:
             await self.nc.close()
 
+    @class_or_instance["Sender", None](lambda: send_to)
     async def send_to(self, name: str, message: str, data: Any = None) -> None:
         """Send ``message`` with ``data`` to agent ``name``; nobody answers.
+
+        Called on the class (``Sender.send_to(name, message)``, pyros's static method), it is
+        the blocking :func:`send_to` on the process's shared connection.
 
         Raises:
             InvalidName: ``name`` is not a valid agent name.
@@ -81,8 +135,11 @@ class Sender:
         payload = _encode(name, message, data, self.me)
         await self.nc.publish(subjects.agent(name), payload, headers=wire.HEADERS)
 
+    @class_or_instance["Sender", Any](lambda: ask)
     async def ask(self, name: str, message: str, data: Any = None, timeout: float = 5.0) -> Any:
         """Send ``message`` to agent ``name`` and return what its handler returned.
+
+        Called on the class (``Sender.ask(name, message)``), it is the blocking :func:`ask`.
 
         Raises:
             NoSuchAgent: no agent holds ``name`` (answered at once, not after a timeout).

@@ -42,8 +42,9 @@ _STYLE = {
 Targets = Annotated[
     str,
     typer.Argument(
-        help="Who: a name, a glob (`web*`, `rack[1-3]-*`), `label:L`, `has:X`, `sinks`, `*` "
-        "(every node), or several separated by commas (`web1,db*`).",
+        help="Who: a name, a glob (`web*`, `rack[1-3]-*`), `label:L`, `has:X`, "
+        "`attr:KEY` or `attr:KEY=VALUE` (announced attributes), `sinks`, `*` (every node), "
+        "or several separated by commas (`web1,db*`).",
         show_default=False,
     ),
 ]
@@ -194,6 +195,7 @@ def send(
     """COMMAND: run a handler registered on the nodes, and show each node's outcome live.
 
     Examples: `corral send 'web*' restart service=nginx`, `corral send label:gpu calibrate`,
+    `corral send 'attr:role=db' ping`,
     `corral send '*' ping`, `corral send 'cam*' dark --type CALIBRATE seconds=5`.
     Exits 1 if any node failed, expired or did not answer.
     """

@@ -33,7 +33,7 @@ import msgspec
 from corral import bus, subjects, wire
 from corral.config import Config
 from corral.controller.command_stream import DEDUP, KEEP, CommandStream
-from corral.core.addressing import NodeFacts, resolve
+from corral.core.addressing import NodeFacts, attribute_text, resolve
 from corral.core.commands import CommandBook, CommandState, IllegalOutcome, Outcome, TrackedCommand
 from corral.core.registry import NodeStatus, Registry
 from corral.core.text import check_command_text
@@ -261,6 +261,7 @@ class CommandService:
                 labels=tuple(r.labels),
                 interfaces=tuple(r.interfaces),
                 sink=bool(r.attributes.get("sink")),
+                attributes={k: attribute_text(v) for k, v in r.attributes.items()},
             )
         return out
 

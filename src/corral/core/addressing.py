@@ -7,7 +7,10 @@ A command is addressed with one or more *targets*, each a string:
   case-sensitive); matching nothing is fine; a malformed glob is an error.
 - ``has:eth1``: the node named eth1, or the node that controls interface eth1
   (``sendToNodeThatHas``).
-- ``label:gpu``: every node carrying the label gpu (SEER's ``DAttrib``).
+- ``label:gpu``: every node carrying the label gpu.
+- ``attr:role``: every node that announced the attribute ``role``, whatever its value; and
+  ``attr:role=db``: every node whose ``role`` is ``db`` (SEER's ``DAttrib``). A value is
+  compared as text: ``true``/``false`` for booleans, digits for numbers.
 - ``sinks``: every node with the sink attribute (``sendToSinks``).
 - ``*``: every node, as one publish the bus fans out (``sendToExperiment``).
 
@@ -18,16 +21,22 @@ resolves at send time and records the resolved node list with the command.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from corral.errors import UsageError
 
-__all__ = ["Resolution", "Target", "parse_target", "resolve"]
+__all__ = ["NodeFacts", "Resolution", "Target", "attribute_text", "parse_target", "resolve"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _GLOB_CHARS = re.compile(r"[A-Za-z0-9_\-*?\[\]!]+")
+_ATTR_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+# A value: printable, no space or comma (a comma separates targets), at most 200 characters.
+_ATTR_VALUE = re.compile(r"[^\s,\x00-\x1f\x7f]{1,200}")
+_KINDS_HELP = "use label:NAME, has:NAME, attr:KEY or attr:KEY=VALUE"
 
 
 class BadTarget(UsageError):
@@ -36,7 +45,10 @@ class BadTarget(UsageError):
 
 @dataclass(frozen=True)
 class Target:
-    """One parsed target: ``kind`` is name, glob, has, label, sinks or all."""
+    """One parsed target: ``kind`` is name, glob, has, label, attr, sinks or all.
+
+    For ``attr`` the value is ``KEY`` or ``KEY=VALUE``.
+    """
 
     kind: str
     value: str = ""
@@ -79,15 +91,19 @@ def parse_target(spec: str) -> Target:
     """
     spec = spec.strip()
     if not spec:
-        raise BadTarget("empty target: give a node name, a glob, label:L, has:X, sinks or *")
+        raise BadTarget(
+            "empty target: give a node name, a glob, label:L, has:X, attr:K[=V], sinks or *"
+        )
     if spec == "*":
         return Target("all")
     if spec == "sinks":
         return Target("sinks")
     kind, sep, value = spec.partition(":")
     if sep:
+        if kind == "attr":
+            return _parse_attr(spec, value)
         if kind not in ("label", "has"):
-            raise BadTarget(f"unknown target kind {kind!r} in {spec!r}: use label:NAME or has:NAME")
+            raise BadTarget(f"unknown target kind {kind!r} in {spec!r}: {_KINDS_HELP}")
         if not _NAME.fullmatch(value):
             raise BadTarget(f"bad {kind} {value!r} in {spec!r}: use letters, digits, '-', '_'")
         return Target(kind, value)
@@ -97,13 +113,48 @@ def parse_target(spec: str) -> Target:
     return Target("glob", spec)
 
 
+def _parse_attr(spec: str, value: str) -> Target:
+    key, eq, wanted = value.partition("=")
+    if not _ATTR_KEY.fullmatch(key):
+        raise BadTarget(
+            f"bad attribute name {key!r} in {spec!r}: write attr:KEY or attr:KEY=VALUE, KEY "
+            "being 1-64 letters, digits, '_', '-' or '.' (e.g. attr:role=db)"
+        )
+    if eq and not _ATTR_VALUE.fullmatch(wanted):
+        raise BadTarget(
+            f"bad attribute value {wanted!r} in {spec!r}: give 1-200 characters without "
+            f"spaces or commas after '=' (attr:{key}=db), or drop the '=' (attr:{key}) to "
+            "match any value"
+        )
+    return Target("attr", value)
+
+
+def attribute_text(value: Any) -> str:
+    """How an announced attribute value compares with the VALUE of ``attr:KEY=VALUE``.
+
+    Args:
+        value: The value the node announced (any JSON value).
+
+    Returns:
+        A string as is; ``true``/``false`` for booleans; JSON for anything else (``3``, ``2.5``).
+    """
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
 @dataclass(frozen=True)
 class NodeFacts:
-    """What addressing needs to know of a node."""
+    """What addressing needs to know of a node.
+
+    ``attributes`` maps each attribute the node announced to its value as text
+    (:func:`attribute_text`).
+    """
 
     labels: tuple[str, ...] = ()
     interfaces: tuple[str, ...] = ()
     sink: bool = False
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,7 +182,9 @@ def resolve(targets: Sequence[str | Target], registry: Mapping[str, NodeFacts]) 
     """
     parsed = [t if isinstance(t, Target) else parse_target(t) for t in targets]
     if not parsed:
-        raise BadTarget("no target given: name at least one node, glob, label:L, has:X or *")
+        raise BadTarget(
+            "no target given: name at least one node, glob, label:L, has:X, attr:K[=V] or *"
+        )
     out = Resolution()
     chosen: set[str] = set()
     for target in parsed:
@@ -157,6 +210,11 @@ def _match(target: Target, registry: Mapping[str, NodeFacts]) -> Iterable[str]:
         return [n for n, f in registry.items() if value in f.labels]
     if kind == "sinks":
         return [n for n, f in registry.items() if f.sink]
+    if kind == "attr":
+        key, eq, wanted = value.partition("=")
+        if not eq:
+            return [n for n, f in registry.items() if key in f.attributes]
+        return [n for n, f in registry.items() if f.attributes.get(key) == wanted]
     # has: the node so named, else the node(s) controlling that interface
     if value in registry:
         return [value]

@@ -272,7 +272,9 @@ class Dashboard(TaskPages, GuardianPages):
                 raise UsageError(f"unknown kind {kind!r}: use {', '.join(_KINDS)} or execute")
             targets = [t for t in fields.get("targets", "").replace(",", " ").split() if t]
             if not targets:
-                raise UsageError("say which nodes: a name, a glob like web-*, label:NAME or all")
+                raise UsageError(
+                    "say which nodes: a name, a glob like web-*, label:NAME, attr:KEY=VALUE or *"
+                )
             args = json_object(fields.get("args", ""), "args")
             if kind == "shell" and fields.get("cmd", "").strip():
                 args["cmd"] = fields["cmd"]

@@ -19,6 +19,11 @@ A user registers handlers in a module loaded with ``corral node --handlers pkg.m
 Handlers may be plain functions (run in a worker thread) or coroutines. Their return value
 must be msgpack-able data (it is the command's result); an exception fails the command at
 that node with its message, and the node keeps serving.
+
+A handler may not shadow a built-in: ``@command`` named ``ping`` and ``@message_type`` of a
+built-in kind (``command``, ``shell``, ``get``, ``set``, ``put``, ``execute``) are refused when
+the module is imported, so loading it fails with an error naming the module, the handler and
+the built-in, instead of silently replacing (or never reaching) it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ __all__ = [
     "Handlers",
     "Param",
     "Refusal",
+    "ShadowsBuiltin",
     "command",
     "load_handlers",
     "message_type",
@@ -65,6 +71,20 @@ _REPORT_HOOKS: list[Callable[..., Any]] = []
 def ping() -> dict[str, Any]:
     """The built-in COMMAND ``ping``: this node's host and process, to check it answers."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "python": sys.version.split()[0]}
+
+
+#: COMMAND names and message kinds the node handles itself.
+BUILTIN_COMMANDS = frozenset({"ping"})
+BUILTIN_KINDS = frozenset({"command", "shell", "get", "set", "put", "execute"})
+
+
+class ShadowsBuiltin(ConfigError):
+    """A handler module registers a handler under a name corral's built-ins already use."""
+
+
+def _where(f: Callable[..., Any]) -> str:
+    module = getattr(f, "__module__", None) or "?"
+    return f"{getattr(f, '__qualname__', repr(f))} in module {module!r}"
 
 
 class Refusal(UsageError):
@@ -109,19 +129,39 @@ def command(fn: F | None = None, *, name: str | None = None) -> F | Callable[[F]
 
     Use as ``@command`` or ``@command(name="restart-all")``. Keyword arguments of the command
     become the function's keyword arguments.
+
+    Raises:
+        ShadowsBuiltin: the name is a built-in command (``ping``).
     """
 
     def register(f: F) -> F:
-        _COMMANDS[name or f.__name__] = f
+        registered = name or f.__name__
+        if registered in BUILTIN_COMMANDS:
+            raise ShadowsBuiltin(
+                f"handler {_where(f)} registers COMMAND {registered!r}, which would replace "
+                f"corral's built-in {registered!r}: give it another name "
+                f"(@command(name='my-{registered}'))"
+            )
+        _COMMANDS[registered] = f
         return f
 
     return register(fn) if fn is not None else register
 
 
 def message_type(kind: str) -> Callable[[F], F]:
-    """Register a handler for a message type of your own: ``fn(args, data) -> result``."""
+    """Register a handler for a message type of your own: ``fn(args, data) -> result``.
+
+    Raises:
+        ShadowsBuiltin: ``kind`` is a built-in kind (command, shell, get, set, put, execute).
+    """
 
     def register(f: F) -> F:
+        if kind in BUILTIN_KINDS:  # kinds are case-sensitive: SEER's "GET" is free
+            raise ShadowsBuiltin(
+                f"handler {_where(f)} registers message type {kind!r}, which is corral's "
+                f"built-in {kind!r} kind and would never reach it: choose another "
+                "type name (e.g. @message_type('CALIBRATE'))"
+            )
         _TYPES[kind] = f
         return f
 
@@ -155,7 +195,8 @@ def load_handlers(
     """Import handler modules (and those named by installed entry points) so they register.
 
     Raises:
-        ConfigError: a module cannot be imported; the message names it and the error.
+        ConfigError: a module cannot be imported, or registers a handler that shadows a
+            built-in (:class:`ShadowsBuiltin`); the message names the module and the error.
     """
     names = list(modules)
     names += [ep.value for ep in entry_points(group=entry_point_group)]
@@ -166,6 +207,8 @@ def load_handlers(
     for module in names:
         try:
             importlib.import_module(module)
+        except ShadowsBuiltin as exc:
+            raise ShadowsBuiltin(f"cannot load handler module {module!r}: {exc}") from exc
         except Exception as exc:
             raise ConfigError(
                 f"cannot load handler module {module!r}: {type(exc).__name__}: {exc}. "
