@@ -57,12 +57,20 @@ _MAX_DEPTH = 12
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(fn, include_extras=True)
-    except Exception:  # a hint that names what the module imports only for type checkers
-        return {
-            name: hint
-            for name, hint in getattr(fn, "__annotations__", {}).items()
-            if not isinstance(hint, str)
-        }
+    except Exception:  # one names what the module imports only for type checkers: the others
+        pass
+    found = {}
+    space = getattr(fn, "__globals__", {})
+    for name, hint in getattr(fn, "__annotations__", {}).items():
+
+        def one() -> None: ...
+
+        one.__annotations__ = {name: hint}
+        try:
+            found[name] = typing.get_type_hints(one, globalns=space, include_extras=True)[name]
+        except Exception:
+            continue
+    return found
 
 
 def _schema(hint: Any) -> dict[str, Any] | None:
