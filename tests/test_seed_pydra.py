@@ -18,8 +18,7 @@ import msgspec
 import pytest
 
 from conftest import scaled
-from corral import AsyncController, Controller, ControllerError, WebController
-from corral import wire
+from corral import AsyncController, Controller, ControllerError, WebController, wire
 from corral.config import Config
 from corral.controller import Controller as ControllerService
 from corral.core.signatures import ArgsCheck, Signatures, describe
