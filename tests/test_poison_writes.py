@@ -254,13 +254,14 @@ async def test_past_the_bound_queue_task_is_told_and_its_instance_is_written_lat
     controller.tasks.backoff.bound = 0.0
     caplog.set_level(logging.ERROR, "corral.controller.tasks")
     locked.execute("BEGIN IMMEDIATE")
-    queued = await post(controller, operate, "queue_task", {"task_key": "add", "args": {"a": 1}})
+    args = {"a": 1, "b": 2}
+    queued = await post(controller, operate, "queue_task", {"task_key": "add", "args": args})
     assert queued.status_code == 503, queued.text
     assert "queued in memory" in queued.json()["error"]
     message = (await _logged(caplog, "task store write failed")).getMessage()
     assert "1 task instance(s), 1 caller(s)" in message and "locked" in message
     locked.execute("ROLLBACK")
-    # Kept and retried: once the lock is gone the instance is on disk (and fails: b is missing).
+    # Kept and retried: once the lock is gone the instance is on disk.
     async with asyncio.timeout(scaled(30)):
         while not await controller.tasks.store.get_many([1]):
             await asyncio.sleep(0.05)

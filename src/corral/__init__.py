@@ -57,6 +57,7 @@ from corral.wire import NodeView as NodeView
 if TYPE_CHECKING:
     from corral.api_client import AsyncController as AsyncController
     from corral.api_client import Controller as Controller
+    from corral.api_client import WebController as WebController
     from corral.controller import Controller as ControllerService
     from corral.controller.reports import aggregator as aggregator
     from corral.tasks import TaskContext as TaskContext
@@ -74,7 +75,7 @@ def __getattr__(name: str) -> object:
         from corral.controller.reports import aggregator
 
         return aggregator
-    if name in ("Controller", "AsyncController"):
+    if name in ("Controller", "AsyncController", "WebController"):
         from corral import api_client
 
         return getattr(api_client, name)
@@ -112,6 +113,7 @@ __all__ = [
     "TaskFailed",
     "Timeout",
     "UnknownMessage",
+    "WebController",
     "__version__",
     "aggregator",
     "ask",

@@ -17,6 +17,8 @@ subclasses carrying Pydra's ``code``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import os
 import time
 import uuid
@@ -37,6 +39,7 @@ from corral.errors import (
     Forbidden,
     FunctionNotFound,
     IdempotencyKeyReused,
+    InvalidArguments,
     NoKey,
     NotFound,
     NotSerializable,
@@ -48,7 +51,7 @@ from corral.errors import (
 )
 from corral.tokens import load_token, read_token
 
-__all__ = ["AsyncController", "Controller"]
+__all__ = ["AsyncController", "Controller", "WebController"]
 
 T = TypeVar("T")
 
@@ -69,6 +72,7 @@ def _raise(response: httpx.Response) -> None:
         code, message = body.code, body.error
     except msgspec.DecodeError:
         code, message = -5, f"HTTP {response.status_code}: {response.text[:200]}"
+        body = m.ErrorBody(code=code, error=message)
     if response.status_code == 504:
         raise Timeout(message)
     if code == -1 and response.status_code == 403:
@@ -77,6 +81,8 @@ def _raise(response: httpx.Response) -> None:
         raise NotFound(message, 404)
     if code == -3 and response.status_code == 422 and "idempotency key" in message:
         raise IdempotencyKeyReused(message, 422)
+    if code == -3 and response.status_code == 422 and body.fields:
+        raise InvalidArguments(message, 422, body.fields)
     raise _CODES.get(code, UnknownError)(message, response.status_code)
 
 
@@ -255,8 +261,14 @@ class AsyncController:
         if function.startswith("_"):
             raise AttributeError(function)
 
-        async def call(**kwargs: Any) -> Any:
-            return await self.call(function, **kwargs)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if not args:
+                return await self.call(function, **kwargs)
+            # Positional arguments: Pydra's body, which the controller maps onto the
+            # function's fields in order.
+            key = kwargs.pop("idempotency_key", None)
+            extra = {} if key is None else {"idempotency_key": key}
+            return await self.call(function, args=list(args), kwargs=kwargs, **extra)
 
         return call
 
@@ -274,8 +286,6 @@ class AsyncController:
         self,
         task_key: str,
         args: dict[str, Any] | None = None,
-        /,
-        *,
         priority: int = 5,
         labels: Sequence[str] = (),
         max_attempts: int | None = None,
@@ -284,12 +294,28 @@ class AsyncController:
     ) -> int:
         """Queue task ``task_key`` with keyword arguments; returns the instance id.
 
-        Arguments go in ``args`` or as keyword arguments (``queue_task("T", foo="bar")``).
-        ``idempotency_key`` (default: a new uuid4) makes a repeat of this call within the
-        controller's window answer the first instance instead of queueing another.
+        Arguments go in ``args`` (Pydra's ``queue_task(task_key, args={})``, positionally or
+        by name) or as keyword arguments (``queue_task("T", foo="bar")``); a task argument
+        named like a parameter here goes in ``args``. ``idempotency_key`` (default: a new
+        uuid4) makes a repeat of this call within the controller's window answer the first
+        instance instead of queueing another.
+
+        Args:
+            task_key: The task's key (``list_tasks``).
+            args: The task's keyword arguments.
+            priority: 0-9, lower runs first.
+            labels: Only nodes with all these labels run it.
+            max_attempts: Runs allowed when a worker is lost (default: the controller's).
+            idempotency_key: Names this submission (default: a new uuid4).
+            kwargs: More of the task's keyword arguments.
+
+        Returns:
+            The instance id.
 
         Raises:
             NotSerializable: an argument is not msgpack-able data (nothing is sent).
+            InvalidArguments: the arguments do not fit the task's signature (``fields`` says
+                what is wrong with each; nothing is queued).
             RemoteError: no node offers the task.
         """
         values = {**(args or {}), **kwargs}
@@ -306,30 +332,60 @@ class AsyncController:
         )
         return reply.instance_id
 
-    async def run_tasks(self, task_key: str, /, **kwargs: Any) -> int:
+    async def run_tasks(self, task_key: str, *args: dict[str, Any], **kwargs: Any) -> int:
         """The seed's spelling (``controller.run_tasks('MyTask', foo='bar')``) of
         :meth:`queue_task`; returns the instance id.
 
+        Args:
+            task_key: The task's key.
+            args: At most one mapping of the task's keyword arguments.
+            kwargs: The task's keyword arguments (and :meth:`queue_task`'s options).
+
+        Returns:
+            The instance id.
+
         Raises:
             NotSerializable: an argument is not msgpack-able data.
+            InvalidArguments: the arguments do not fit the task's signature.
             RemoteError: no node offers the task.
+            TypeError: more than one positional mapping.
         """
+        if len(args) > 1:
+            raise TypeError(
+                f"run_tasks() takes the task key and at most one mapping of arguments "
+                f"({len(args) + 1} positional arguments given)"
+            )
+        if args:
+            return await self.queue_task(task_key, args[0], **kwargs)
         return await self.queue_task(task_key, **kwargs)
 
     async def queue_tasks(
         self,
         task_key: str,
         args: Sequence[dict[str, Any]],
-        *,
         priority: int = 5,
+        labels: Sequence[str] = (),
+        max_attempts: int | None = None,
         idempotency_key: str | None = None,
     ) -> list[int]:
         """Queue one instance per argument mapping in one call; returns their ids in order.
 
-        ``idempotency_key`` (default: a new uuid4): a repeat answers the first ids.
+        Args:
+            task_key: The task's key.
+            args: One mapping of the task's keyword arguments per instance.
+            priority: 0-9, lower runs first.
+            labels: Only nodes with all these labels run them.
+            max_attempts: Runs allowed when a worker is lost (default: the controller's).
+            idempotency_key: Names this submission (default: a new uuid4); a repeat answers
+                the first ids.
+
+        Returns:
+            The instance ids, in the order of ``args``.
 
         Raises:
             NotSerializable: an argument is not msgpack-able data.
+            InvalidArguments: an instance's arguments do not fit the task's signature
+                (``fields`` names them ``args[<i>].<name>``; nothing is queued).
             RemoteError: no node offers the task.
         """
         for values in args:
@@ -340,6 +396,8 @@ class AsyncController:
             task_key=task_key,
             args=list(args),
             priority=priority,
+            labels=list(labels),
+            max_attempts=max_attempts,
             idempotency_key=idempotency_key,
         )
         return reply.instance_ids
@@ -389,17 +447,26 @@ class AsyncController:
         self,
         task_key: str,
         args: dict[str, Any] | None = None,
-        /,
         timeout: float = 60.0,
         idempotency_key: str | None = None,
         **kwargs: Any,
     ) -> m.TaskView:
         """Queue a task and wait until it has finished, in one call; returns the instance.
 
-        ``idempotency_key`` (default: a new uuid4): a repeat waits for the first instance.
+        Args:
+            task_key: The task's key.
+            args: The task's keyword arguments (or pass them as keyword arguments).
+            timeout: Seconds to wait for it to finish.
+            idempotency_key: Names this submission (default: a new uuid4); a repeat waits
+                for the first instance.
+            kwargs: More of the task's keyword arguments.
+
+        Returns:
+            The finished instance.
 
         Raises:
             NotSerializable: an argument is not msgpack-able data.
+            InvalidArguments: the arguments do not fit the task's signature (nothing runs).
             Timeout: it did not finish within ``timeout`` seconds.
         """
         values = {**(args or {}), **kwargs}
@@ -414,14 +481,30 @@ class AsyncController:
             idempotency_key=idempotency_key,
         )
 
-    async def run(self, task_key: str, /, timeout: float = 60.0, **kwargs: Any) -> Any:
+    async def run(
+        self,
+        task_key: str,
+        args: dict[str, Any] | None = None,
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> Any:
         """Run a task (queue it and wait, in one call) and return its result.
 
+        Args:
+            task_key: The task's key.
+            args: The task's keyword arguments (or pass them as keyword arguments).
+            timeout: Seconds to wait for it to finish.
+            kwargs: More of the task's keyword arguments.
+
+        Returns:
+            The task's result.
+
         Raises:
+            InvalidArguments: the arguments do not fit the task's signature (nothing runs).
             TaskFailed: it failed or was cancelled.
             Timeout: it did not finish within ``timeout`` seconds.
         """
-        view = await self.run_task(task_key, timeout=timeout, **kwargs)
+        view = await self.run_task(task_key, args, timeout=timeout, **kwargs)
         if view.status != "complete":
             raise TaskFailed(f"task {view.id} ({view.key}) {view.status}: {view.error}", view)
         return view.result
@@ -534,12 +617,71 @@ class Controller:
         if not callable(method):
             return method  # type: ignore[no-any-return]  # plain attributes: url, timeout
 
+        mine = type(self).__name__
+
         def blocking(*args: Any, **kwargs: Any) -> Any:
-            return self._call(method(*args, **kwargs))
+            try:
+                coro = method(*args, **kwargs)  # binds the arguments, runs nothing yet
+            except TypeError as exc:  # say it of the class the caller used
+                raise TypeError(str(exc).replace("AsyncController.", f"{mine}.")) from None
+            return self._call(coro)
 
         blocking.__name__ = function
+        blocking.__qualname__ = f"{mine}.{function}"
         blocking.__doc__ = getattr(method, "__doc__", None)
+        with contextlib.suppress(TypeError, ValueError):
+            blocking.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
         return blocking
+
+
+class WebController(Controller):
+    """Pydra's spelling of the blocking client: ``WebController(host, port)``.
+
+    Pydra read the master's key from ``./master.key``; corral's API takes a token instead
+    (``corral token create --role operate``), given here or found as :class:`Controller`
+    finds it.
+
+    Args:
+        host: The controller's API host (``api_host``).
+        port: Its API port (``api_port``).
+        token: An API token, or a file holding one; default ``CORRAL_API_TOKEN`` or the local
+            admin token file.
+        scheme: ``http`` or ``https``.
+        timeout: Seconds an HTTP call may take.
+        config: Configuration to take the token from when none is given.
+
+    Raises:
+        NoKey: no token was given or found; the message says how to make one.
+        AuthenticationFailed: the token (or the file it names) is malformed.
+        UsageError: ``scheme`` is neither ``http`` nor ``https``.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        token: str | None = None,
+        *,
+        scheme: str = "http",
+        timeout: float = 30.0,
+        config: Config | None = None,
+    ) -> None:
+        if scheme not in ("http", "https"):
+            raise UsageError(f"scheme must be 'http' or 'https', not {scheme!r}")
+        shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        try:
+            super().__init__(
+                f"{scheme}://{shown}:{int(port)}", token, timeout=timeout, config=config
+            )
+        except NoKey:
+            raise NoKey(
+                f"WebController({host!r}, {port}) needs an API token: corral has no master.key. "
+                "Pass token='crl_...' (or the path of a file holding one), or set "
+                "CORRAL_API_TOKEN; make one with `corral token create --role operate`"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"<WebController {self._inner.url}>"
 
 
 async def _make(

@@ -238,11 +238,16 @@ class ListCommands(_Body):
 # --- replies --------------------------------------------------------------------------------
 
 
-class ErrorBody(msgspec.Struct, kw_only=True):
-    """Every error reply: Pydra's ``code`` and what went wrong."""
+class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Every error reply: Pydra's ``code`` and what went wrong.
+
+    ``fields``: when task arguments do not fit the task's signature (422), what is wrong with
+    each argument, by name (``args[<i>].<name>`` in ``queue_tasks``); absent otherwise.
+    """
 
     code: int
     error: str
+    fields: dict[str, str] = {}
 
 
 class TaskKeyView(msgspec.Struct, kw_only=True):

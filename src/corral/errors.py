@@ -68,6 +68,7 @@ __all__ = [
     "RecordRefused",
     "TransientStoreError",
     "InvalidText",
+    "InvalidArguments",
 ]
 
 
@@ -220,6 +221,8 @@ class SystemLoadError(UsageError):
 #        ├── RemoteError            -3: the remote function refused or raised (4xx/500)
 #        │   ├── NotFound           -3, HTTP 404: no such task instance or node
 #        │   └── IdempotencyKeyReused  -3, HTTP 422: a key sent again with another request
+#        │   └── InvalidArguments   -3, HTTP 422: task arguments that do not fit the task's
+#        │                              signature (``fields``: one message per argument)
 #        ├── NoKey                  -4: no API token was given
 #        ├── UnknownError           -5: anything else
 #        └── FunctionNotFound       -6: the controller has no such API function
@@ -302,6 +305,19 @@ class FunctionNotFound(ControllerError):
     """-6: the controller API has no function of that name."""
 
     code = -6
+
+
+class InvalidArguments(RemoteError):
+    """-3, HTTP 422: task arguments that do not fit the task function's signature.
+
+    Raised when a task is queued (nothing is stored then). ``fields`` maps each argument at
+    fault to what is wrong with it (Pydra's per-field errors), e.g. ``{"count": "expected
+    int, got str"}``; in ``queue_tasks`` the names are ``args[<i>].<name>``.
+    """
+
+    def __init__(self, message: str, status: int = 422, fields: dict[str, str] | None = None):
+        super().__init__(message, status)
+        self.fields: dict[str, str] = dict(fields or {})
 
 
 # --- poison-proof writes (issue #12) --------------------------------------------------------

@@ -57,6 +57,8 @@ __all__ = [
     "TaskAck",
     "TaskAssign",
     "TaskHello",
+    "TaskParam",
+    "TaskSignature",
     "TaskMap",
     "TaskMapped",
     "TaskProgress",
@@ -635,6 +637,29 @@ class TaskReport(_Msg, frozen=True):
     results: list[TaskResult] = msgspec.field(default_factory=list)
 
 
+class TaskParam(msgspec.Struct, frozen=True, kw_only=True):
+    """One parameter of a task function, as its node describes it (``TaskHello.signatures``).
+
+    ``kind`` is :class:`inspect.Parameter`'s kind in lower case (``positional_or_keyword``,
+    ``keyword_only``, ``positional_only``, ``var_positional``, ``var_keyword``); ``required``
+    says it has no default; ``type`` is the JSON schema msgspec generates for its type hint,
+    ``None`` when it has none msgspec knows (its value is then not checked); ``hint`` is the
+    hint as written, for messages.
+    """
+
+    name: str
+    kind: str = "positional_or_keyword"
+    required: bool = False
+    type: dict[str, Any] | None = None
+    hint: str = ""
+
+
+class TaskSignature(msgspec.Struct, frozen=True, kw_only=True):
+    """The parameters of a task function a caller passes (the worker's ``ctx`` left out)."""
+
+    params: list[TaskParam] = msgspec.field(default_factory=list)
+
+
 class TaskHello(_Msg, frozen=True):
     """Node -> controller (``corral.in.<node>.workers``, request), after every join: the task
     keys it can run, its slots and labels, the leases it still holds and unacked results."""
@@ -647,6 +672,9 @@ class TaskHello(_Msg, frozen=True):
     results: list[TaskResult] = msgspec.field(default_factory=list)
     #: the keys among ``keys`` that are subtasks (hidden by ``list_tasks(toplevel=True)``)
     subtasks: list[str] = msgspec.field(default_factory=list)
+    #: each key's parameters, checked by the controller when a task is queued; a key not
+    #: here (an older node) is not checked
+    signatures: dict[str, TaskSignature] = msgspec.field(default_factory=dict)
 
 
 class TaskMap(_Msg, frozen=True):

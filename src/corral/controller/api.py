@@ -1,11 +1,14 @@
 """The controller's HTTP API: FastAPI in the controller's own event loop, one auth gate.
 
 Theory of operation: every function of :class:`~corral.controller.api_calls.ApiCalls` is a
-``POST /<function>`` taking a JSON object of its keyword arguments (Pydra's protocol), so the
-Python client calls it like a local method. Each call goes through :func:`_endpoint`: the
-token is checked first (no token: 401 and nothing happens), then the body is decoded into the
-function's msgspec struct (invalid: 422), then the function runs. Errors come back as
-``{"code": <Pydra code>, "error": "..."}`` with the matching HTTP status:
+``POST /<function>`` taking a JSON object of its keyword arguments, or Pydra's own body
+``{"args": [...], "kwargs": {...}}`` (the positional ``args`` fill the function's fields in
+order), so the Python client calls it like a local method. Each call goes through
+:func:`_endpoint`: the token is checked first (no token: 401 and nothing happens), then the
+body is decoded into the function's msgspec struct (invalid: 422), then the function runs.
+Errors come back as ``{"code": <Pydra code>, "error": "..."}`` (task arguments that do not fit
+the task's signature add ``"fields"``, one message per argument) with the matching HTTP
+status:
 
 =====  ===========  ============================================================
 code   HTTP         meaning
@@ -56,6 +59,7 @@ from corral.errors import (
     ControllerError,
     CorralError,
     Forbidden,
+    InvalidArguments,
     NoKey,
     NotFound,
     ProtocolError,
@@ -120,8 +124,9 @@ _JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
 
 
-def _error(status: int, code: int, message: str) -> Response:
-    return Response(_encode(m.ErrorBody(code=code, error=message)), status, media_type=_JSON)
+def _error(status: int, code: int, message: str, fields: dict[str, str] | None = None) -> Response:
+    body = m.ErrorBody(code=code, error=message, fields=fields or {})
+    return Response(_encode(body), status, media_type=_JSON)
 
 
 def error_response(exc: Exception) -> Response:
@@ -133,7 +138,8 @@ def error_response(exc: Exception) -> Response:
             AuthenticationFailed: 401,
             NotFound: 404,
         }.get(type(exc), 400 if exc.code == -3 else 500)
-        return _error(exc.status or default, exc.code, str(exc))
+        fields = exc.fields if isinstance(exc, InvalidArguments) else None
+        return _error(exc.status or default, exc.code, str(exc), fields)
     if isinstance(exc, Timeout):
         return _error(504, -3, str(exc))
     if isinstance(exc, ProtocolError):
@@ -150,6 +156,47 @@ def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+_generic = msgspec.json.Decoder()
+
+
+def _pydra_form(body: bytes, kind: type[Any], decoder: msgspec.json.Decoder[Any]) -> Any:
+    """Pydra's body, ``{"args": [...], "kwargs": {...}}``, as the function's request struct.
+
+    The positional ``args`` fill the struct's fields in order, ``kwargs`` the rest. Tried
+    only when the body is not today's object of keyword arguments.
+
+    Returns:
+        The request, or ``None`` when the body is not in Pydra's form either.
+
+    Raises:
+        ProtocolError: it is in Pydra's form, but its arguments do not fit (422).
+    """
+    try:
+        data = _generic.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(data, dict) or not data or set(data) - {"args", "kwargs"}:
+        return None
+    positional, named = data.get("args", []), data.get("kwargs", {})
+    if not isinstance(positional, list) or not isinstance(named, dict):
+        return None
+    fields = kind.__struct_fields__
+    how = f"Pydra's form: args fill {', '.join(fields)} in order, kwargs the rest"
+    if len(positional) > len(fields):
+        raise ProtocolError(
+            f"invalid arguments: {len(positional)} positional arguments, but this function "
+            f"takes at most {len(fields)} ({how})"
+        )
+    values = dict(zip(fields, positional, strict=False))
+    twice = sorted(set(values) & set(named))
+    if twice:
+        raise ProtocolError(f"invalid arguments: {', '.join(twice)} given twice ({how})")
+    try:
+        return decoder.decode(_encode({**values, **named}))
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"invalid arguments: {exc} ({how})") from None
 
 
 def _endpoint(
@@ -179,7 +226,10 @@ def _endpoint(
                 try:
                     args = decoder.decode(body or b"{}")
                 except msgspec.DecodeError as exc:
-                    return _error(422, -3, f"invalid arguments: {exc}")
+                    assert kind is not None
+                    args = _pydra_form(body, kind, decoder)
+                    if args is None:
+                        return _error(422, -3, f"invalid arguments: {exc}")
                 result = await handler(args, **extra)
             return Response(_encode(result), media_type=_JSON)
         except Exception as exc:  # every failure becomes a coded error reply
@@ -203,8 +253,9 @@ def _openapi_extra(kind: type[Any] | None, reply: Any, name: str = "") -> dict[s
             (403, "the token's role may not make this call (code -1)"),
             (
                 422,
-                "invalid arguments, JSON nested too deeply, or an Idempotency-Key sent "
-                "with another request (code -3)",
+                "invalid arguments (task arguments that do not fit the task's signature: "
+                "`fields` says what is wrong with each), JSON nested too deeply, or an "
+                "Idempotency-Key sent with another request (code -3)",
             ),
             (413, "request body over max_request_bytes (code -3)"),
             (429, "too many calls for this token; see Retry-After (code -3)"),
@@ -247,7 +298,9 @@ def build_app(calls: ApiCalls, checker: TokenChecker) -> FastAPI:
         version=__version__,
         description=(
             "Pydra's Controller API: `POST /<function>` with a JSON object of keyword "
-            "arguments and `Authorization: Bearer <token>` (`corral token create`). Errors "
+            'arguments (or Pydra\'s `{"args": [...], "kwargs": {...}}`, positional '
+            "arguments in field order) and `Authorization: Bearer <token>` (`corral token "
+            "create`). Errors "
             "are `{code, error}` with Pydra's codes: -1 authentication, -2 disconnection, "
             "-3 error in remote function, -4 no key, -5 unknown, -6 function not found."
         ),

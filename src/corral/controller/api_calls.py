@@ -19,7 +19,7 @@ from corral import api_models as m
 from corral import subjects, wire
 from corral.controller.idempotency import Stamp
 from corral.core.taskstate import TaskInstance, TaskStatus
-from corral.errors import NotFound, NotSerializable, RemoteError
+from corral.errors import InvalidArguments, NotFound, NotSerializable, RemoteError
 from corral.records import AuditEntry
 from corral.security import Authority
 from corral.store._errors import translate
@@ -37,6 +37,8 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 _NODE_FIELDS = [c for c in m.NodeView.__struct_fields__]
 _EDITABLE = {"labels": list[str], "attributes": dict[str, Any]}
+#: per-field errors a refused batch reports at most
+_MAX_FIELD_ERRORS = 100
 
 
 def _value(data: bytes | None) -> Any:
@@ -261,6 +263,30 @@ class ApiCalls:
         self.ctl._audit.append(self._entry(caller, action, target, **detail))
         self.ctl._wake.set()
 
+    def _check_args(self, key: str, args: list[dict[str, Any]], *, batch: bool) -> None:
+        """Refuse arguments that do not fit the task's signature, before storing anything.
+
+        Raises:
+            InvalidArguments: naming each argument at fault (``args[<i>].<name>`` in a batch).
+        """
+        fields: dict[str, str] = {}
+        check = self.tasks.signatures.check
+        for i, values in enumerate(args):
+            for name, why in check(key, values).items():
+                fields[f"args[{i}].{name}" if batch else name] = why
+            if len(fields) >= _MAX_FIELD_ERRORS:
+                break
+        if not fields:
+            return
+        said = "; ".join(f"{n}: {w}" for n, w in list(fields.items())[:5])
+        more = f" (and {len(fields) - 5} more)" if len(fields) > 5 else ""
+        raise InvalidArguments(
+            f"invalid arguments for task {key!r}: {said}{more}. Nothing was queued; fix them "
+            "and send again (list_tasks shows the tasks, docs/tasks.md their arguments)",
+            422,
+            fields,
+        )
+
     async def _queue(
         self,
         function: str,
@@ -273,6 +299,7 @@ class ApiCalls:
         durable: bool = True,
     ) -> Any:
         """Queue instances once per idempotency key; the key's row commits with them."""
+        self._check_args(req.task_key, args, batch=function == "queue_tasks")
         encoded = [encode_args(a) for a in args]
         kind = m.QueueTasksReply if function == "queue_tasks" else m.QueueReply
 

@@ -30,6 +30,7 @@ from corral import subjects, wire
 from corral.controller import task_runs
 from corral.controller.task_maps import TaskMaps, _Map
 from corral.core.scheduler import Scheduler, Stop
+from corral.core.signatures import Signatures
 from corral.core.taskstate import TaskInstance
 from corral.errors import (
     CorralError,
@@ -72,6 +73,8 @@ class TaskService:
             orphan_grace=max(30.0, 4 * config.down_after),
         )
         self.max_attempts = config.task_max_attempts
+        #: each key's signatures from the nodes' hellos: queue calls are checked against them
+        self.signatures = Signatures()
         self.store: TaskStore | None = None
         self._next_id = 1
         self._dirty: dict[int, TaskInstance] = {}
@@ -611,6 +614,7 @@ class TaskService:
             now,
             subtasks=hello.subtasks,
         )
+        self.signatures.offer(node, hello.keys, hello.signatures)
         log.info(
             "task workers joined",
             extra={"node": node, "slots": hello.slots, "keys": len(hello.keys)},

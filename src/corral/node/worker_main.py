@@ -10,9 +10,9 @@ forced cancel kill a task that ignores its stop flag.
 
 Frames in: ``["run", lease, id, key, args, attempt]``, ``["stop", lease]``,
 ``["mapped", lease, ok, results, error]``.
-Frames out: ``["ready", keys, pid, subtask keys]``, ``["progress", lease, percent, message]``,
-``["map", lease, key, args]``, ``["done", lease, outcome, result, error, traceback]``,
-``["error", message]``.
+Frames out: ``["ready", keys, pid, subtask keys, signatures]``,
+``["progress", lease, percent, message]``, ``["map", lease, key, args]``,
+``["done", lease, outcome, result, error, traceback]``, ``["error", message]``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 
+from corral.core.signatures import describe
 from corral.errors import TaskFailed, TaskStopped
 from corral.tasks import REGISTRY, TaskContext, TaskDef, _current
 
@@ -186,6 +187,17 @@ class _Serve:
         loop.close()
 
 
+def _signatures() -> dict[str, Any]:
+    """Each task's parameters, for the controller to check arguments against when queued."""
+    out: dict[str, Any] = {}
+    for key, task in REGISTRY.items():
+        try:
+            out[key] = msgspec.to_builtins(describe(task.fn))
+        except Exception:  # no signature to read (a C function...): the key is not checked
+            continue
+    return out
+
+
 def main(modules: list[str]) -> int:
     """Serve task runs on the pipes until stdin closes.
 
@@ -205,7 +217,7 @@ def main(modules: list[str]) -> int:
             send(["error", f"cannot import task module {name!r}: {type(exc).__name__}: {exc}"])
             return 3
     subtasks = sorted(k for k, t in REGISTRY.items() if not t.toplevel)
-    send(["ready", sorted(REGISTRY), os.getpid(), subtasks])
+    send(["ready", sorted(REGISTRY), os.getpid(), subtasks, _signatures()])
     worker = _Serve(send)
     threading.Thread(target=worker.reader, name="corral-worker-reader", daemon=True).start()
     worker.serve()

@@ -58,6 +58,14 @@ def task_modules(explicit: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*explicit, *found]))
 
 
+def _signatures(data: Any) -> dict[str, wire.TaskSignature]:
+    """The signatures a worker described, as the wire carries them (none if malformed)."""
+    try:
+        return msgspec.convert(data, dict[str, wire.TaskSignature])
+    except msgspec.ValidationError:
+        return {}
+
+
 class _Worker:
     """One worker process and the runs written to it, oldest (the running one) first."""
 
@@ -96,6 +104,7 @@ class WorkerPool:
         self.slots = max(1, slots)
         self.keys: list[str] = []
         self.subtasks: list[str] = []
+        self.signatures: dict[str, wire.TaskSignature] = {}
         self.workers: list[_Worker] = []
         self._where: dict[str, _Worker] = {}  # lease -> worker
         self._unacked: dict[str, tuple[float, wire.TaskResult]] = {}
@@ -149,6 +158,8 @@ class WorkerPool:
             why = first[1] if first else f"it exited with status {proc.returncode}"
             raise ConfigError(f"node {self.node.name}: task worker failed to start: {why}")
         self.keys, self.subtasks = list(first[1]), list(first[3])
+        if len(first) > 4:  # each key's parameters (the controller checks queued arguments)
+            self.signatures = _signatures(first[4])
         worker = _Worker(index, proc)
         worker.reader = asyncio.create_task(self._read_loop(worker), name=f"worker-{index}")
         return worker
@@ -372,6 +383,7 @@ class WorkerPool:
                 running=list(self._where),
                 results=[r for _, r in self._unacked.values()],
                 subtasks=self.subtasks,
+                signatures=self.signatures,
             )
             nc = self.node.nc
             assert nc is not None
