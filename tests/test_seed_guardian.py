@@ -26,6 +26,7 @@ from corral.broker import EmbeddedBroker
 from corral.config import Config
 from corral.errors import SystemLoadError
 from corral.guardian import Guardian, GuardianClient
+from corral.guardian.sync import GuardianClient as SyncGuardianClient
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "guardian"
 
@@ -210,6 +211,13 @@ async def test_a_monitor_only_top_node_aggregates_its_nodes_ok(
     ok, views = await client.top(["A", "NEVER_RAN"])
     assert not ok and views[1].status == "CONNECTION_ERROR"
 
+    def blocking_top() -> tuple[bool, list[wire.GuardianView]]:
+        with SyncGuardianClient.connect(config) as g:
+            return g.top()
+
+    ok, views = await asyncio.to_thread(blocking_top)  # every guardian, TOP included
+    assert not ok and [v.name for v in views if not v.ok] == ["B", "TOP"]
+
     result = await asyncio.to_thread(cli, config, "guardian", "top", "A", "B")
     assert result.returncode == 1, result.stderr
     assert "B: not OK" in result.stdout and "TOP: not OK (1/2 OK)" in result.stdout
@@ -299,3 +307,31 @@ async def test_request_wait_prints_each_state_it_walks_through(
     assert walked == ["DOWN", "SAFE", "DAMPED", "ALIGNED"], result.stdout
     assert "SUS_MC1: ALIGNED -> ALIGNED  AUTO  OK  arrived" in result.stdout
     assert "nominal ALIGNED  (OK)" in result.stdout
+
+
+async def test_the_example_manager_holds_once_while_a_mode_fault_lasts(
+    procs: Procs, client: GuardianClient, config: Config, tmp_path: Path
+) -> None:
+    from test_guardian_processes import start_example
+
+    await start_example(procs, client, tmp_path)
+    await client.request("IMC", "ALIGNED")
+    aligned = await until(client, "IMC", lambda v: v.arrived and v.state == "ALIGNED")
+    assert aligned.ok  # nominal ALIGNED, AUTO, done
+
+    # A person takes SUS_MC3 (a mode fault): IMC jumps DOWN once and holds there.
+    result = await asyncio.to_thread(cli, config, "guardian", "mode", "SUS_MC3", "AUTO")
+    assert result.returncode == 0, result.stderr
+    down = await until(
+        client,
+        "IMC",
+        lambda v: v.state == "DOWN" and any("SUS_MC3: mode" in n for n in v.notifications),
+    )
+    # Two more heartbeats of IMC later it has entered no other state: no DOWN <-> ALIGNED flap.
+    later = await until(
+        client, "IMC", lambda v: v.beat >= down.beat + 2 * config.heartbeat_interval
+    )
+    assert later.entered == down.entered and later.state == "DOWN", later.trail
+    assert (
+        later.ok is False and "SUS_MC3: mode changed to AUTO (by a person)" in later.notifications
+    )

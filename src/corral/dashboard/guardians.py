@@ -50,7 +50,7 @@ class GuardianBoard:
     def client(self, by: str) -> GuardianClient:
         """A client on the controller's connection whose requests come from ``by``."""
         assert self.ctl.nc is not None
-        return GuardianClient(self.ctl.nc, by=by)
+        return GuardianClient(self.ctl.nc, by=by, stale_after=self.ctl.config.down_after)
 
     def start(self) -> None:
         """Start watching (once)."""
