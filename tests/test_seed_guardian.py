@@ -236,6 +236,11 @@ MANAGER = textwrap.dedent(
     nodes = NodeManager(['GONE'])
     request = 'DOWN'
 
+    class INIT(GuardState):
+        def main(self):
+            nodes.set_managed()
+            return True
+
     class DOWN(GuardState):
         goto = True
 
@@ -247,7 +252,7 @@ MANAGER = textwrap.dedent(
         def run(self):
             return nodes.arrived
 
-    edges = []
+    edges = [('INIT', 'DOWN')]
     """
 )
 
@@ -258,7 +263,7 @@ async def test_a_manager_requesting_a_dead_node_records_its_fault_and_stays_out_
     g = await start(hosted, config, system(tmp_path, MANAGER, "mgr.py"), "IMC")
     view = await until(client, "IMC", lambda v: any("GONE" in n for n in v.notifications))
     assert view.status == "NOTIFICATION" and view.error == ""
-    assert view.state == "DOWN" and not view.arrived
+    assert view.state == "DOWN" and not view.arrived and view.trail == ("INIT", "DOWN")
     nodes = g.system.module.nodes
     assert nodes["GONE"].fault.startswith("request DOWN not delivered: no guardian named 'GONE'")
     assert any(f.startswith("GONE: connection error (request DOWN not") for f in nodes.faults())

@@ -131,9 +131,13 @@ class Node:
         error, and connected."""
         return bool(self._view and self._view.ok and self.connected)
 
-    def _deliver(self, what: str, call: Any) -> None:
+    def _deliver(self, what: str, call: Any) -> bool:
         """Send a request; a node that does not answer is recorded as its fault (shown by
-        :meth:`NodeManager.faults` and the checker), not raised into the manager's state."""
+        :meth:`NodeManager.faults` and the checker), not raised into the manager's state.
+
+        Returns:
+            Whether it was delivered (the reply's view is then the local copy).
+        """
         try:
             view = self.manager._call(call)
         except (NoSuchGuardian, Timeout) as exc:
@@ -142,9 +146,10 @@ class Node:
                 "manager request not delivered",
                 extra={"guardian": self.manager.name, "node": self.name, "error": str(exc)},
             )
-            return
+            return False
         self.fault = ""
         self._update(view)
+        return True
 
     # --- asking it things ------------------------------------------------------------------
 
@@ -164,12 +169,12 @@ class Node:
 
         Raises:
             GuardianRefused: another manager holds it (the error names it), or a person put it
-                in MANUAL.
+                in MANUAL. A node that does not answer is recorded as its :attr:`fault`.
         """
         client = self.manager._client()
-        view = self.manager._call(client.set_mode(self.name, Mode.MANAGED.value))
-        self._held_instance = view.instance
-        self._update(view)
+        if self._deliver("set_managed", client.set_mode(self.name, Mode.MANAGED.value)):
+            assert self._view is not None
+            self._held_instance = self._view.instance
 
     def release(self) -> None:
         """Give it back: AUTO mode.
