@@ -264,6 +264,12 @@ def test_request_a_guardian_state_and_see_it_arrive(
     page.click("#request-form button")
     expect(page.locator("#g-request")).to_have_text("ALIGNED")
     expect(page.locator("#g-state")).to_have_text("ALIGNED", timeout=scaled(30) * 1000)
+    # The Guardian seed's NOMINAL and OK: MANUAL is never OK; back in AUTO at nominal, it is.
+    expect(page.locator("#g-nominal")).to_have_text("ALIGNED")
+    expect(page.locator("#g-ok")).to_have_text("not OK")
+    page.select_option("#mode-form select[name=mode]", "AUTO")
+    page.click("#mode-form button")
+    expect(page.locator("#g-ok")).to_have_text("OK", timeout=scaled(30) * 1000)
     if shutil.which("dot"):
         expect(page.locator("#graph")).to_be_visible()
         svg = page.request.get("/ui/guardians/SUS1/graph.svg")

@@ -14,13 +14,16 @@ its request by itself; in MANAGED mode it stalls in TRIPPED until its manager re
 
 from pathlib import Path
 
-from corral.guardian import GuardState, notify
+from guardian import GuardState, log, notify
 
 #: The simulated suspension: coil drivers, damping loops, residual motion, alignment offset.
 HW = {"drivers": False, "damping": False, "motion": 1.0, "offset": 0.0}
 #: Alignment offset (microradians) that ALIGNED ramps to, and the ramp step per cycle.
 TARGET_OFFSET = 1.0
 RAMP = 0.25
+
+#: The state a suspension should be in: OK needs REQUEST == STATE == NOMINAL (and done).
+nominal = "ALIGNED"
 
 
 def watchdog_tripped(guardian: str) -> bool:
@@ -92,6 +95,7 @@ class TRIPPED(GuardState):
 
     def main(self):
         HW.update(drivers=False, damping=False, offset=0.0)
+        log("watchdog tripped in %s: drivers switched off", self.guardian)
         notify("watchdog tripped: drivers switched off")
 
     def run(self):

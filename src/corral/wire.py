@@ -742,6 +742,16 @@ class GuardianView(_Msg, frozen=True):
     beat: float = 0.0
     #: False in the last view a guardian publishes when it stops
     alive: bool = True
+    #: the system module's ``nominal`` state ("" if it names none)
+    nominal: str = ""
+    #: LIGO's OK: executing, AUTO or MANAGED, REQUEST == STATE == NOMINAL, done, no error,
+    #: connected (a reader turns it False when the view is stale: see ``as_seen``)
+    ok: bool = False
+    #: the last states entered, oldest first, and how many states were entered in all
+    trail: tuple[str, ...] = ()
+    entered: int = 0
+    #: the last lines state code logged with ``log()``
+    log: tuple[str, ...] = ()
 
 
 class GuardianRequest(_Msg, frozen=True):

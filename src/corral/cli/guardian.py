@@ -21,6 +21,7 @@ from corral.errors import CorralError, UsageError
 from corral.guardian.client import GuardianClient
 from corral.guardian.core import Mode
 from corral.guardian.graph import Graph, StateInfo
+from corral.guardian.views import as_seen
 
 __all__ = ["guardian_app", "register"]
 
@@ -52,9 +53,14 @@ def _config(nats: str | None, creds: str | None, ca: str | None) -> Config:
 def _status(view: wire.GuardianView, config: Config, *, past: bool = False) -> str:
     """The status a viewer should show: CONNECTION_ERROR for a silent or stopped guardian
     (``past``: a view from the stored history, shown as it was)."""
-    if not view.alive or (not past and time.time() - view.beat > config.down_after):
-        return "CONNECTION_ERROR"
-    return view.status
+    if past:
+        return "CONNECTION_ERROR" if not view.alive else view.status
+    return as_seen(view, config.down_after).status
+
+
+def _ok(view: wire.GuardianView, config: Config) -> str:
+    ok = as_seen(view, config.down_after).ok
+    return "[green]OK[/]" if ok else "[red]not OK[/]"
 
 
 def _styled(status: str) -> str:
@@ -70,9 +76,14 @@ def _line(view: wire.GuardianView, config: Config, *, past: bool = False) -> str
         + ("  arrived" if view.arrived else "")
         + ("  PAUSED" if view.paused else "")
         + (f"  path: {' -> '.join(view.path)}" if view.path else "")
+        + (f"  nominal {view.nominal}" if view.nominal else "")
+        + ("" if past else f"  ({_ok(view, config)})")
     )
     for note in view.notifications:
         text += f"\n  notification: {note}"
+    if not past:
+        for line in view.log:
+            text += f"\n  log: {line}"
     if view.error:
         text += "\n  error:\n    " + view.error.replace("\n", "\n    ")
     if view.load_error:
@@ -130,8 +141,10 @@ def list_cmd(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> 
             return await client.list()
 
     views = run(main())
-    table = Table("name", "state", "request", "mode", "status", "notifications", "host/pid")
-    for column in table.columns[:5]:
+    table = Table(
+        "name", "state", "request", "nominal", "mode", "status", "OK", "notifications", "host/pid"
+    )
+    for column in table.columns[:7]:
         column.no_wrap = True  # names and statuses are grepped; let notifications wrap
     for v in views:
         mode = v.mode + (f" ({v.manager})" if v.manager else "")
@@ -140,8 +153,10 @@ def list_cmd(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> 
             v.name,
             state,
             v.request,
+            v.nominal or "-",
             mode,
             _styled(_status(v, config)),
+            _ok(v, config),
             "; ".join(v.notifications),
             f"{v.host}/{v.pid}",
         )
@@ -165,26 +180,55 @@ def request(
 
     async def main() -> wire.GuardianView:
         async with await GuardianClient.connect(config) as client:
-            view = await client.request(name, state)
-            if wait <= 0 or view.arrived:
-                return view
+            if wait <= 0:
+                return await client.request(name, state)
             return await _until_arrived(client, name, state, wait)
 
     _print_view(run(main()), config)
 
 
+def _walked(view: wire.GuardianView, seen: int) -> list[str]:
+    """The states ``view`` entered after the ``seen``-th (its trail keeps the last few)."""
+    new = max(0, view.entered - seen)
+    return list(view.trail[-new:]) if new else []
+
+
 async def _until_arrived(
     client: GuardianClient, name: str, state: str, wait: float
 ) -> wire.GuardianView:
-    async def watch() -> wire.GuardianView:
+    """Request ``state`` and print each state the guardian enters on the way, as it happens."""
+
+    def show(states: list[str]) -> None:
+        for s in states:
+            stamp = time.strftime("%H:%M:%S")
+            out.print(f"[dim]{stamp}[/] {name}: {s}", highlight=False)
+
+    async def walk() -> wire.GuardianView:
         async with contextlib.aclosing(client.watch(name, history=False)) as views:
-            async for view in views:
-                if view is not None and view.request == state and (view.arrived or view.error):
-                    return view
+            before: wire.GuardianView | None = None
+            async for stored in views:  # the latest stored view, then None: watching live
+                if stored is None:
+                    break
+                before = stored
+            view = await client.request(name, state)
+            # From the state it was in when asked (the reply may already be further on).
+            start = before.entered if before and before.instance == view.instance else 0
+            seen = max(0, min(start, view.entered) - 1)
+            show(_walked(view, seen))
+            seen = view.entered
+            if view.arrived:
+                return view
+            async for update in views:
+                if update is None or update.instance != view.instance:
+                    continue
+                show(_walked(update, seen))
+                seen = max(seen, update.entered)
+                if update.request == state and (update.arrived or update.error):
+                    return update
         raise UsageError(f"guardian {name} stopped publishing")
 
     try:
-        return await asyncio.wait_for(watch(), wait)
+        return await asyncio.wait_for(walk(), wait)
     except TimeoutError:
         from corral.errors import Timeout
 
@@ -367,4 +411,6 @@ def render(dot: str, output: Path) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``corral guardian ...`` to ``app``."""
+    from corral.cli import guardian_top  # noqa: F401 - registers `show` and `top`
+
     app.add_typer(guardian_app, name="guardian")

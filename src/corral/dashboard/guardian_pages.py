@@ -45,7 +45,7 @@ class GuardianPages:
         """One guardian: its view, notifications, forms, and its state graph."""
         session = await self.gate.require(request, Role.READ)
         self.board.start()
-        view = self.board.views.get(name)
+        view = self.board.seen(name) if name in self.board.views else None
         dot = ""
         requestable: list[str] = []
         try:

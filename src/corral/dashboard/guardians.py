@@ -20,6 +20,7 @@ from corral import wire
 from corral.errors import CorralError
 from corral.guardian.client import GuardianClient
 from corral.guardian.graph import Graph, StateInfo
+from corral.guardian.views import as_seen
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -49,7 +50,7 @@ class GuardianBoard:
     def client(self, by: str) -> GuardianClient:
         """A client on the controller's connection whose requests come from ``by``."""
         assert self.ctl.nc is not None
-        return GuardianClient(self.ctl.nc, by=by)
+        return GuardianClient(self.ctl.nc, by=by, stale_after=self.ctl.config.down_after)
 
     def start(self) -> None:
         """Start watching (once)."""
@@ -81,7 +82,15 @@ class GuardianBoard:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every guardian's view as JSON-able data, by name."""
-        return [msgspec.to_builtins(self.views[name]) for name in sorted(self.views)]
+        return [msgspec.to_builtins(self.seen(name)) for name in sorted(self.views)]
+
+    def seen(self, name: str) -> wire.GuardianView:
+        """Guardian ``name``'s view as a reader shows it (CONNECTION_ERROR once silent).
+
+        Raises:
+            KeyError: no view of that guardian.
+        """
+        return as_seen(self.views[name], self.ctl.config.down_after)
 
     async def dot(self, name: str) -> str:
         """Guardian ``name``'s graph in DOT, its state filled and its path in bold.

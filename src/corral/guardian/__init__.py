@@ -13,6 +13,7 @@ from corral.guardian.manager import Node as Node
 from corral.guardian.manager import NodeManager as NodeManager
 from corral.guardian.runtime import Guardian as Guardian
 from corral.guardian.state import GuardState as GuardState
+from corral.guardian.state import log as log
 from corral.guardian.state import notify as notify
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "Node",
     "NodeManager",
     "Status",
+    "log",
     "notify",
 ]

@@ -11,10 +11,11 @@ Used by the CLI, by :class:`~corral.guardian.NodeManager`, and by Python scripts
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import getpass
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -34,6 +35,7 @@ from corral.errors import (
     NoSuchGuardian,
     Timeout,
 )
+from corral.guardian.views import as_seen
 from corral.security import ADMIN_INBOX, credential_name
 
 __all__ = [
@@ -203,15 +205,24 @@ class GuardianClient:
         by: who the requests come from (default: the login name, a person).
         manager: the requests come from a manager guardian named ``by``.
         timeout: seconds to wait for each answer.
+        stale_after: seconds without a heartbeat before a guardian's view reads
+            CONNECTION_ERROR (the configuration's ``down_after``; :meth:`connect` sets it).
     """
 
     def __init__(
-        self, nc: bus.NATS, *, by: str | None = None, manager: bool = False, timeout: float = 5.0
+        self,
+        nc: bus.NATS,
+        *,
+        by: str | None = None,
+        manager: bool = False,
+        timeout: float = 5.0,
+        stale_after: float = 3.0,
     ) -> None:
         self.nc = nc
         self.by = by or person()
         self.manager = manager
         self.timeout = timeout
+        self.stale_after = stale_after
         self._owned = False
 
     @classmethod
@@ -223,7 +234,7 @@ class GuardianClient:
         """
         config = config or load_config()[0]
         nc = await bus.connect(config, "admin", inbox_prefix=ADMIN_INBOX, name="corral-guardian")
-        client = cls(nc, by=by)
+        client = cls(nc, by=by, stale_after=config.down_after)
         client._owned = True
         return client
 
@@ -321,6 +332,9 @@ class GuardianClient:
     async def list(self) -> list[wire.GuardianView]:
         """The latest view of every guardian that ever published one, by name.
 
+        A guardian that stopped, or whose last heartbeat is older than ``stale_after``, reads
+        CONNECTION_ERROR and not OK (:func:`~corral.guardian.views.as_seen`).
+
         Raises:
             NoSuchGuardian: no guardian ever ran on this bus.
         """
@@ -334,7 +348,7 @@ class GuardianClient:
                     break
                 if entry.value and entry.operation is None:
                     try:
-                        views.append(decode_view(entry.value))
+                        views.append(as_seen(decode_view(entry.value), self.stale_after))
                     except CorralError:
                         continue
         except nats.errors.TimeoutError:
@@ -342,6 +356,40 @@ class GuardianClient:
         finally:
             await _stop(watcher)
         return sorted(views, key=lambda v: v.name)
+
+    async def top(self, names: Iterable[str] = ()) -> tuple[bool, builtins.list[wire.GuardianView]]:
+        """A monitor-only top node: every guardian's (or ``names``') OK, and all of them
+        together (LIGO's top node aggregating its nodes' OK). It requests nothing.
+
+        Args:
+            names: the guardians to watch over (default: every guardian in the bucket).
+
+        Returns:
+            ``(ok, views)``: ``ok`` is True when every view is OK (a named guardian never seen
+            counts as a CONNECTION_ERROR view); ``views`` by name.
+
+        Raises:
+            NoSuchGuardian: no guardian ever ran on this bus.
+        """
+        wanted = list(dict.fromkeys(names))
+        views = {v.name: v for v in await self.list()}
+        if wanted:
+            views = {
+                n: views.get(n)
+                or wire.GuardianView(
+                    name=n,
+                    instance="",
+                    seq=0,
+                    state="",
+                    request="",
+                    mode="",
+                    status="CONNECTION_ERROR",
+                    alive=False,
+                )
+                for n in wanted
+            }
+        shown = [views[n] for n in sorted(views)]
+        return bool(shown) and all(v.ok for v in shown), shown
 
     async def watch(
         self, name: str = ">", *, history: bool = True

@@ -24,6 +24,7 @@ name, a node another manager holds or a person put in MANUAL.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from corral.errors import GuardianRefused
@@ -86,10 +87,15 @@ class Automaton:
         initial: the state it starts in.
         request: the state it is first asked to reach (default: ``initial``).
         mode: its starting mode.
+        nominal: the state it should normally be in (LIGO's NOMINAL; "" for none).
 
     Raises:
-        GuardianRefused: ``initial`` or ``request`` is not a state of ``graph``.
+        GuardianRefused: ``initial``, ``request`` or ``nominal`` is not a state of ``graph``.
     """
+
+    #: states kept in :attr:`trail`, and lines kept in :attr:`log_lines`
+    TRAIL = 16
+    LOG_LINES = 20
 
     def __init__(
         self,
@@ -98,11 +104,21 @@ class Automaton:
         initial: str,
         request: str | None = None,
         mode: Mode = Mode.AUTO,
+        nominal: str = "",
     ) -> None:
         self.name = name
         self.graph = graph
         for s in (initial, request or initial):
             self._check_state(s, "start in")
+        if nominal:
+            self._check_state(nominal, "hold as nominal")
+        #: the state it should normally be in ("" for none)
+        self.nominal = nominal
+        #: the last states entered (oldest first) and how many were entered in all
+        self.trail: deque[str] = deque([initial], maxlen=self.TRAIL)
+        self.entered = 1
+        #: the last lines state code logged
+        self.log_lines: deque[str] = deque(maxlen=self.LOG_LINES)
         self.state = initial
         self.request = request or initial
         self.mode = mode
@@ -143,6 +159,29 @@ class Automaton:
     def arrived(self) -> bool:
         """At the requested state, and its ``run`` returned True."""
         return self.state == self.request and self.phase is Phase.DONE
+
+    @property
+    def ok(self) -> bool:
+        """LIGO's OK, as far as the guardian itself can tell (a reader adds "connected").
+
+        Executing (not paused), in AUTO or MANAGED mode, REQUEST == STATE == NOMINAL, done
+        (``run`` returned True), and no error. Without a ``nominal`` state, REQUEST == STATE.
+        """
+        return (
+            not self.paused
+            and self.mode in (Mode.AUTO, Mode.MANAGED)
+            and self.state == self.request
+            and (not self.nominal or self.state == self.nominal)
+            and self.phase is Phase.DONE
+            and not self.error
+            and not self.stalled
+        )
+
+    def logged(self, lines: list[str]) -> None:
+        """Keep what state code logged with ``log()`` (the last :attr:`LOG_LINES`)."""
+        if lines:
+            self.log_lines.extend(lines)
+            self._changed()
 
     @property
     def path(self) -> list[str]:
@@ -275,20 +314,26 @@ class Automaton:
         self.paused = paused
         self._changed()
 
-    def reloaded(self, graph: Graph) -> None:
+    def reloaded(self, graph: Graph, nominal: str | None = None) -> None:
         """New code: keep state, request and mode; re-enter the current state.
 
+        Args:
+            graph: the new states and edges.
+            nominal: the new code's ``nominal`` state (``None``: keep the old one).
+
         Raises:
-            GuardianRefused: the new system lacks the current or the requested state (the old
-                code keeps running).
+            GuardianRefused: the new system lacks the current, the requested or the nominal
+                state (the old code keeps running).
         """
-        for s in (self.state, self.request):
+        for s in (self.state, self.request, nominal or self.state):
             if s not in graph:
                 raise GuardianRefused(
                     f"the reloaded system of guardian {self.name!r} has no state {s!r} (the "
                     f"guardian is using it); the previous code keeps running"
                 )
         self.graph = graph
+        if nominal is not None:
+            self.nominal = nominal
         self.error = ""
         self._enter(self.state, Event.RELOAD)
         self._changed()
@@ -331,6 +376,9 @@ class Automaton:
         if state != self.state:
             self.notifications = ()
         self.state = state
+        if event is not Event.RELOAD:
+            self.trail.append(state)
+            self.entered += 1
         self.epoch += 1
         self._last_method = ""
         self.error = ""

@@ -4,7 +4,9 @@ A system module defines :class:`~corral.guardian.GuardState` subclasses (each on
 named by its class name; a name starting with ``_`` is a shared base class, not a state) and
 ``edges``, a list of ``(from, to)`` pairs. Optional module
 attributes: ``initial`` (the state to start in: default ``INIT`` if defined, else the first
-``goto`` state, else the first state), ``request`` (the first request: default ``initial``).
+``goto`` state, else the first state), ``request`` (the first request: default ``initial``),
+``nominal`` (the state it should normally be in, LIGO's NOMINAL: OK needs REQUEST == STATE ==
+NOMINAL).
 
 Every load executes the file as a fresh module, so a reload sees the changed code; a load that
 fails raises :class:`~corral.errors.SystemLoadError` with the traceback and changes nothing.
@@ -40,6 +42,7 @@ class System:
     graph: Graph
     initial: str
     request: str
+    nominal: str = ""
 
     def managers(self) -> list[Any]:
         """Every :class:`~corral.guardian.NodeManager` the module created."""
@@ -72,6 +75,16 @@ def _initial(module: ModuleType, graph: Graph) -> str:
     return gotos[0] if gotos else graph.names[0]
 
 
+def _provide_guardian_module() -> None:
+    """Make ``import guardian`` (LIGO's name) give :mod:`corral.compat.guardian`, so a seed
+    system module's ``from guardian import GuardState, NodeManager`` works unchanged."""
+    from corral.compat import guardian
+
+    current = sys.modules.get("guardian")
+    if current is None or getattr(current, "GuardState", None) is not guardian.GuardState:
+        sys.modules["guardian"] = guardian  # none, or another project's `guardian`
+
+
 def load_system(path: str | Path) -> System:
     """Execute the system module at ``path`` and check it.
 
@@ -93,6 +106,7 @@ def load_system(path: str | Path) -> System:
     if spec is None or spec.loader is None:
         raise SystemLoadError(f"{path} cannot be loaded as a Python module (is it a .py file?)")
     module = importlib.util.module_from_spec(spec)
+    _provide_guardian_module()
     # Registered while it executes (dataclasses and pickling look modules up by name).
     sys.modules[name] = module
     try:
@@ -118,10 +132,16 @@ def load_system(path: str | Path) -> System:
     initial = _initial(module, graph)
     request = getattr(module, "request", None)
     request = request if isinstance(request, str) else initial
-    for what, state in (("initial", initial), ("request", request)):
-        if state not in graph:
+    nominal: Any = getattr(module, "nominal", None)
+    if nominal is not None and not isinstance(nominal, str):
+        raise SystemLoadError(
+            f"guardian system {path}: nominal must be a state's name (a str), not {nominal!r}"
+        )
+    nominal = nominal or ""
+    for what, state in (("initial", initial), ("request", request), ("nominal", nominal)):
+        if state and state not in graph:
             raise SystemLoadError(
                 f"guardian system {path}: {what} state {state!r} is not defined; states: "
                 f"{', '.join(graph.names)}"
             )
-    return System(path, module, classes, graph, initial, request)
+    return System(path, module, classes, graph, initial, request, nominal)

@@ -130,6 +130,15 @@ class NodeManager:
         """True when every node has arrived at its requested state."""
         return all(node.arrived for node in self.nodes)
 
+    @property
+    def OK(self) -> bool:  # noqa: N802 - the seed's spelling
+        """Every node is OK (LIGO's top node: the aggregate of its nodes' OK)."""
+        return all(node.OK for node in self.nodes)
+
+    def not_ok(self) -> list[Node]:
+        """The nodes that are not OK (a monitor-only top node notifies them)."""
+        return [node for node in self.nodes if not node.OK]
+
     def wait(self, condition: Callable[[], bool], timeout: float) -> bool:
         """Block until ``condition()`` holds, re-checking on every node update.
 
@@ -171,9 +180,14 @@ class NodeManager:
         found: list[tuple[str, bool]] = []
         for node in self.nodes:
             status = node.status
+            if node.fault and status == Status.CONNECTION_ERROR:
+                found.append((f"{node.name}: connection error ({node.fault})", True))
+                continue
             if status == Status.CONNECTION_ERROR:
                 found.append((f"{node.name}: connection error ({self._silence(node)})", True))
                 continue
+            if node.fault:
+                found.append((f"{node.name}: {node.fault}", True))
             if status == Status.ERROR:
                 found.append((f"{node.name}: ERROR in state {node.state}", True))
             view = node.view

@@ -6,16 +6,20 @@ watch of the guardian bucket) and sends it requests through its manager's connec
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from corral import subjects, wire
+from corral.errors import NoSuchGuardian, Timeout
 from corral.guardian.machine import Mode, Status
 
 if TYPE_CHECKING:
     from corral.guardian.manager import NodeManager
 
 __all__ = ["Node"]
+
+log = logging.getLogger("corral.guardian")
 
 
 class Node:
@@ -27,6 +31,8 @@ class Node:
         self._view: wire.GuardianView | None = None
         self._heard = float("-inf")  # monotonic time of the last view
         self._held_instance = ""  # the node's run (instance) this manager took into MANAGED
+        #: why the last request to it could not be delivered ("" once one was)
+        self.fault = ""
 
     def __repr__(self) -> str:
         v = self._view
@@ -115,31 +121,60 @@ class Node:
         return bool(self._view and self._view.arrived and self.connected)
 
     @property
+    def nominal(self) -> str:
+        """Its system's ``nominal`` state ("" if none)."""
+        return self._view.nominal if self._view else ""
+
+    @property
     def OK(self) -> bool:  # noqa: N802 - the seed's spelling
-        """Its status is OK."""
-        return self.status == Status.OK.value
+        """LIGO's OK: executing, AUTO or MANAGED, REQUEST == STATE == NOMINAL, done, no
+        error, and connected."""
+        return bool(self._view and self._view.ok and self.connected)
+
+    def _deliver(self, what: str, call: Any) -> bool:
+        """Send a request; a node that does not answer is recorded as its fault (shown by
+        :meth:`NodeManager.faults` and the checker), not raised into the manager's state.
+
+        Returns:
+            Whether it was delivered (the reply's view is then the local copy).
+        """
+        try:
+            view = self.manager._call(call)
+        except (NoSuchGuardian, Timeout) as exc:
+            self.fault = f"{what} not delivered: {exc}"
+            log.warning(
+                "manager request not delivered",
+                extra={"guardian": self.manager.name, "node": self.name, "error": str(exc)},
+            )
+            return False
+        self.fault = ""
+        self._update(view)
+        return True
 
     # --- asking it things ------------------------------------------------------------------
 
     def set_request(self, state: str) -> None:
         """Ask it to walk to ``state``.
 
+        A node that is not running (or does not answer) does not raise: the undelivered
+        request is recorded as its :attr:`fault`, which :meth:`NodeManager.faults` reports.
+
         Raises:
-            NoSuchGuardian, Timeout, GuardianRefused: it is not running or refused.
+            GuardianRefused: it refused (another manager holds it, no such state, ...).
         """
-        self._update(self.manager._call(self.manager._client().request(self.name, state)))
+        self._deliver(f"request {state}", self.manager._client().request(self.name, state))
 
     def set_managed(self) -> None:
         """Take it into MANAGED mode, held by this manager.
 
         Raises:
             GuardianRefused: another manager holds it (the error names it), or a person put it
-                in MANUAL.
+                in MANUAL. A node that does not answer is recorded as its :attr:`fault`.
         """
         client = self.manager._client()
-        view = self.manager._call(client.set_mode(self.name, Mode.MANAGED.value))
-        self._held_instance = view.instance
-        self._update(view)
+        if self._deliver("set_managed", client.set_mode(self.name, Mode.MANAGED.value)):
+            assert self._view is not None
+            self._held_instance = self._view.instance
 
     def release(self) -> None:
         """Give it back: AUTO mode.
@@ -151,9 +186,9 @@ class Node:
         self._update(self.manager._call(client.set_mode(self.name, Mode.AUTO.value)))
 
     def revive(self) -> None:
-        """Re-request its last request (clears a stall).
+        """Re-request its last request (clears a stall). Not delivered: see :meth:`set_request`.
 
         Raises:
-            NoSuchGuardian, Timeout, GuardianRefused: it is not running or refused.
+            GuardianRefused: it refused.
         """
-        self._update(self.manager._call(self.manager._client().revive(self.name)))
+        self._deliver("revive", self.manager._client().revive(self.name))

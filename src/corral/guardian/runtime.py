@@ -89,7 +89,12 @@ class Guardian:
         self.cycle = cycle
         self.system: System = load_system(system)
         self.core = Automaton(
-            self.name, self.system.graph, self.system.initial, self.system.request, Mode(mode)
+            self.name,
+            self.system.graph,
+            self.system.initial,
+            self.system.request,
+            Mode(mode),
+            self.system.nominal,
         )
         self.instance = uuid.uuid4().hex[:12]
         self.load_error = ""
@@ -351,7 +356,7 @@ class Guardian:
         try:
             new = await asyncio.to_thread(load_system, self.system.path)
             with self._lock:
-                self.core.reloaded(new.graph)
+                self.core.reloaded(new.graph, new.nominal)
                 self.system = new
                 self._current = None
                 self.load_error = ""
@@ -384,7 +389,10 @@ class Guardian:
 
     def _execute(self, step: Step) -> None:
         notes: list[str] = []
+        logged: list[str] = []
         _notes.current = notes
+        _notes.logged = logged
+        _notes.guardian = self.name
         try:
             target = self._target(step)
             result = getattr(target, step.method)()
@@ -404,6 +412,10 @@ class Guardian:
                 self.core.step_done(step, result, tuple(notes))
         finally:
             _notes.current = None
+            _notes.logged = None
+            if logged:
+                with self._lock:
+                    self.core.logged(logged)
         self._changed()
 
     def _target(self, step: Step) -> GuardState:

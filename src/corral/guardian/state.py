@@ -1,4 +1,4 @@
-"""What a system module is written with: :class:`GuardState` and :func:`notify`.
+"""What a system module is written with: :class:`GuardState`, :func:`notify` and :func:`log`.
 
 A state's ``main`` and ``run`` are the user's code. They are plain synchronous methods, called on
 the guardian's own worker thread (never on the event loop), so they may block, sleep, or call a
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, ClassVar
 
-__all__ = ["GuardState", "notify"]
+__all__ = ["GuardState", "Timers", "log", "notify"]
 
-log = logging.getLogger("corral.guardian")
+_logger = logging.getLogger("corral.guardian")
 
 
 class GuardState:
@@ -35,6 +36,15 @@ class GuardState:
 
     #: the guardian's name, set before ``main`` runs
     guardian: str = ""
+
+    @property
+    def timer(self) -> Timers:
+        """LIGO's state timers: ``self.timer['settle'] = 5`` starts one; ``self.timer['settle']``
+        is True once it expired (and for a timer never started)."""
+        timers: Timers | None = self.__dict__.get("_timers")
+        if timers is None:
+            timers = self.__dict__["_timers"] = Timers()
+        return timers
 
     def main(self) -> Any:
         """Run once when the state is entered.
@@ -58,10 +68,25 @@ class GuardState:
         return f"<GuardState {type(self).__name__} goto={self.goto} request={self.request}>"
 
 
+class Timers(dict[str, float]):
+    """Named countdowns of one state: set seconds, read whether they expired."""
+
+    def __setitem__(self, name: str, seconds: float) -> None:
+        super().__setitem__(name, time.monotonic() + float(seconds))
+
+    def __getitem__(self, name: str) -> bool:
+        deadline = self.get(name)
+        return deadline is None or time.monotonic() >= deadline
+
+
 class _Notes(threading.local):
     """The notification list of the step running on this thread (``None`` outside one)."""
 
     current: list[str] | None = None
+    #: the lines ``log()`` wrote during this step (``None`` outside one)
+    logged: list[str] | None = None
+    #: the guardian whose step runs on this thread
+    guardian: str = ""
 
 
 _notes = _Notes()
@@ -78,7 +103,24 @@ def notify(message: str) -> None:
     """
     notes = _notes.current
     if notes is None:
-        log.warning("notify() outside a guardian state: %s", message)
+        _logger.warning("notify() outside a guardian state: %s", message)
         return
     if message not in notes:
         notes.append(str(message))
+
+
+def log(message: object, *args: object) -> None:
+    """Log a line from state code (LIGO's ``log()``): to corral's log and the guardian's view.
+
+    The line goes through the ``corral.guardian`` logger (with the guardian's name) and is kept
+    in the guardian's view (its last lines; ``corral guardian show NAME`` prints them).
+
+    Args:
+        message: the text, or a ``%``-format string for ``args``.
+        args: values for ``%`` placeholders in ``message``.
+    """
+    text = str(message) % args if args else str(message)
+    _logger.info(text, extra={"guardian": _notes.guardian or "?"})
+    lines = _notes.logged
+    if lines is not None:
+        lines.append(text)

@@ -11,7 +11,9 @@ A thin wrapper over the async client, run on :mod:`corral.sync`'s background loo
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+from collections.abc import Iterable
 from types import TracebackType
 
 from corral import wire
@@ -119,9 +121,20 @@ class GuardianClient:
         return call(self._inner.view(name))
 
     def list(self) -> list[wire.GuardianView]:
-        """Every guardian's latest view.
+        """Every guardian's latest view (CONNECTION_ERROR and not OK once silent).
 
         Raises:
             NoSuchGuardian: no guardian ever ran on this bus.
         """
         return call(self._inner.list())
+
+    def top(self, names: Iterable[str] = ()) -> tuple[bool, builtins.list[wire.GuardianView]]:
+        """A monitor-only top node: see the async :meth:`GuardianClient.top`.
+
+        Returns:
+            ``(ok, views)``: whether every guardian (or every one of ``names``) is OK.
+
+        Raises:
+            NoSuchGuardian: no guardian ever ran on this bus.
+        """
+        return call(self._inner.top(names))

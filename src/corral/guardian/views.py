@@ -6,11 +6,13 @@ import os
 import socket
 import time
 
+import msgspec
+
 from corral import wire
 from corral.guardian.core import Automaton
 from corral.guardian.graph import Graph
 
-__all__ = ["graph_of", "view_of"]
+__all__ = ["as_seen", "graph_of", "view_of"]
 
 _HOST = socket.gethostname()
 
@@ -48,7 +50,35 @@ def view_of(core: Automaton, instance: str, system: str, load_error: str) -> wir
         host=_HOST,
         pid=os.getpid(),
         beat=time.time(),
+        nominal=core.nominal,
+        ok=core.ok,
+        trail=tuple(core.trail),
+        entered=core.entered,
+        log=tuple(core.log_lines),
     )
+
+
+def as_seen(
+    view: wire.GuardianView, stale_after: float, now: float | None = None
+) -> wire.GuardianView:
+    """``view`` as a reader should show it: CONNECTION_ERROR (and not OK) when the guardian
+    said goodbye or its last heartbeat is older than ``stale_after`` seconds.
+
+    Every client uses this one rule (:meth:`GuardianClient.list`, the CLI, the dashboard).
+
+    Args:
+        view: a view read from the bucket or from the guardian.
+        stale_after: seconds without a heartbeat before it counts as dead (the
+            configuration's ``down_after``).
+        now: the wall-clock time to judge at (default: now).
+
+    Returns:
+        ``view`` itself if it is live, else a copy with status CONNECTION_ERROR and ok False.
+    """
+    now = time.time() if now is None else now
+    if view.alive and now - view.beat <= stale_after:
+        return view
+    return msgspec.structs.replace(view, status="CONNECTION_ERROR", ok=False)
 
 
 def graph_of(graph: Graph, view: wire.GuardianView) -> wire.GuardianGraph:

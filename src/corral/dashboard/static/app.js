@@ -161,9 +161,9 @@
       fill("#guardians", views.map((g) => ({
         data: { guardian: g.name },
         cells: [link("/ui/guardians/" + encodeURIComponent(g.name), g.name),
-          { text: g.state, cls: "state" }, g.request, g.mode, g.status, g.manager,
-          g.notifications.join("; ")],
-      })), "no guardian has published yet", 7);
+          { text: g.state, cls: "state" }, g.request, g.nominal || "-", g.mode, g.status,
+          g.ok ? "OK" : "not OK", g.manager, g.notifications.join("; ")],
+      })), "no guardian has published yet", 9);
       const box = document.getElementById("guardian");
       if (!box) return;
       const g = views.find((v) => v.name === box.dataset.name);
@@ -173,6 +173,9 @@
       set("g-request", g.request);
       set("g-mode", g.mode);
       set("g-status", g.status);
+      set("g-nominal", g.nominal || "-");
+      set("g-ok", g.ok ? "OK" : "not OK");
+      set("g-log", (g.log || []).join("\n"));
       set("g-path", g.path.join(" → "));
       set("g-manager", g.manager);
       set("g-notifications", g.notifications.join("; "));

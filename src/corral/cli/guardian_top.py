@@ -1,0 +1,97 @@
+"""``corral guardian show`` and ``corral guardian top``: one guardian's view, and a
+monitor-only top node aggregating every guardian's OK (LIGO Guardian's top node)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from corral import wire
+from corral.cli.common import run
+from corral.cli.guardian import (
+    CaOpt,
+    CredsOpt,
+    NameArg,
+    NatsOpt,
+    _config,
+    _print_view,
+    guardian_app,
+    out,
+)
+from corral.errors import NoSuchGuardian
+from corral.guardian.client import GuardianClient
+
+__all__ = ["show", "top"]
+
+
+@guardian_app.command()
+def show(name: NameArg, nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> None:
+    """Guardian NAME's view: state, request, nominal, mode, status, OK, notifications, log.
+
+    A guardian that stopped or went silent shows CONNECTION_ERROR (its last known view).
+    """
+    config = _config(nats, creds, ca)
+
+    async def main() -> wire.GuardianView:
+        async with await GuardianClient.connect(config) as client:
+            for view in await client.list():
+                if view.name == name:
+                    return view
+        raise NoSuchGuardian(
+            f"no guardian named {name!r} ever published a view: `corral guardian list` shows "
+            "the ones that did"
+        )
+
+    _print_view(run(main()), config)
+
+
+@guardian_app.command()
+def top(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="The guardians to watch over (default: all).")
+    ] = None,
+    nats: NatsOpt = None,
+    creds: CredsOpt = None,
+    ca: CaOpt = None,
+) -> None:
+    """A monitor-only top node: every guardian's OK and the aggregate (exit 1 if not all OK).
+
+    It requests nothing and takes no guardian into MANAGED mode. OK is LIGO's: executing,
+    AUTO or MANAGED, REQUEST == STATE == NOMINAL, done, no error, connected.
+    """
+    config = _config(nats, creds, ca)
+
+    async def main() -> tuple[bool, list[wire.GuardianView]]:
+        async with await GuardianClient.connect(config) as client:
+            return await client.top(names or ())
+
+    ok, views = run(main())
+    for v in views:
+        why = "" if v.ok else _why_not_ok(v)
+        out.print(
+            f"{v.name}: {'OK' if v.ok else 'not OK'}  {v.state or '?'} "
+            f"(request {v.request or '?'}, nominal {v.nominal or '-'}, {v.mode or '?'}, "
+            f"{v.status}){why}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    out.print(f"TOP: {'OK' if ok else 'not OK'} ({sum(v.ok for v in views)}/{len(views)} OK)")
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _why_not_ok(v: wire.GuardianView) -> str:
+    if v.status == "CONNECTION_ERROR":
+        return "  - not connected"
+    if v.paused:
+        return "  - paused"
+    if v.mode not in ("AUTO", "MANAGED"):
+        return f"  - mode {v.mode}"
+    if v.error or v.status == "ERROR":
+        return "  - error"
+    if v.nominal and v.request != v.nominal:
+        return f"  - request {v.request} is not nominal {v.nominal}"
+    if v.state != v.request or not v.arrived:
+        return "  - not arrived"
+    return f"  - {v.status}"
