@@ -13,6 +13,12 @@ seconds and every collective completes without it, reporting it missing.
     reached = await g.barrier(timeout=30)
     rows = await g.collect(my_row)          # rank 0: [row of rank 0, row of rank 1, ...]
     params = await g.distribute(params)     # rank 0's value, on every rank
+    await g.write_data_to(1, row)           # point to point, in order per pair
+    row = await g.read_data_from(0)
+
+Point-to-point values go straight to the receiver's inbox subject, chunked the same way; the
+coordinator is asked only whether the peer is still alive (before a write, and while a read
+waits), so a dead or departed peer is an error within a heartbeat of the coordinator's verdict.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from corral.errors import (
     MalformedMessage,
     UsageError,
 )
+from corral.group_p2p import Inbox
 from corral.security import GROUP_INBOX
 
 __all__ = ["Collected", "Group", "Reached"]
@@ -97,6 +104,11 @@ class Group:
         self._complete: dict[tuple[str, int, int], asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._to_rank0: Any = None
+        self._p2p_any: Any = None
+        self._early: list[Any] = []  # point-to-point chunks that came before our rank
+        self._inbox = Inbox()
+        self._sent: dict[int, int] = {}  # receiver rank -> number of values sent to it
+        self._poll = 1.0
 
     def __repr__(self) -> str:
         return (
@@ -150,6 +162,7 @@ class Group:
         nc = await bus.connect(config, "group", inbox_prefix=GROUP_INBOX, name=f"group-{name}")
         member = uuid.uuid4().hex
         self = cls(nc, name, run, member)
+        self._poll = config.heartbeat_interval
         beat = asyncio.create_task(_beat(nc, name, run, member, config.heartbeat_interval))
         self._tasks.append(beat)
         try:
@@ -176,6 +189,7 @@ class Group:
             )
             if self.rank != 0:
                 await self._to_rank0.unsubscribe()  # collect traffic is for rank 0 only
+            await self._own_inbox()
         except BaseException:
             beat.cancel()
             await nc.close()
@@ -194,7 +208,25 @@ class Group:
             cb=self._on_chunk,
             pending_bytes_limit=limit,
         )
+        self._p2p_any = await self.nc.subscribe(
+            subjects.group_p2p(self.name, "*", "*"),
+            cb=self._on_p2p,
+            pending_bytes_limit=limit,
+        )
         await self.nc.flush()
+
+    async def _own_inbox(self) -> None:
+        # Until our rank was known every inbox was heard; now only ours, then the early ones.
+        await self.nc.subscribe(
+            subjects.group_p2p(self.name, self.id, str(self.rank)),
+            cb=self._on_p2p,
+            pending_bytes_limit=1 << 30,
+        )
+        await self.nc.flush()
+        await self._p2p_any.unsubscribe()
+        early, self._early = self._early, []
+        for msg in early:
+            await self._on_p2p(msg)
 
     async def leave(self) -> None:
         """Leave the group (the others' collectives no longer wait for this member)."""
@@ -282,6 +314,136 @@ class Group:
             raise GroupRefused(f"rank 0 of group {self.name!r} {how} before distributing")
         return msgspec.msgpack.decode(await self._received(seq, 0, timeout))
 
+    # --- point to point -----------------------------------------------------------------
+
+    async def write_data_to(self, rank: int, value: Any, timeout: float = 30.0) -> None:
+        """Send ``value`` to member ``rank`` (socketComm's ``writeDataTo``).
+
+        Returns once the value is on the bus; ``rank`` reads it with :meth:`read_data_from`.
+        Values from one member to another are read in the order they were written.
+
+        Args:
+            rank: the receiving member's rank.
+            value: msgpack-able data (any size: large values travel in chunks).
+            timeout: seconds to wait for the coordinator's word on whether ``rank`` lives.
+
+        Raises:
+            UsageError: ``rank`` is not a rank of this group, or is this member's own.
+            GroupRefused: ``rank`` died or left the group.
+            MalformedMessage: ``value`` is not msgpack-able.
+            GroupTimeout: the coordinator did not answer within ``timeout``.
+        """
+        self._check_peer(rank)
+        data = _encode(value)
+        await self._refuse_if_gone(rank, timeout, "nothing can be sent to it")
+        seq = self._sent[rank] = self._sent.get(rank, 0) + 1
+        await self._publish(seq, "", data, subjects.group_p2p(self.name, self.id, str(rank)))
+
+    async def read_data_from(self, rank: int, timeout: float = 30.0) -> Any:
+        """Return the next value member ``rank`` wrote to this one (socketComm's
+        ``readDataFrom``); wait for it if none came yet.
+
+        Values that arrived before ``rank`` died or left are still read, in order.
+
+        Args:
+            rank: the sending member's rank.
+            timeout: seconds to wait for the value.
+
+        Raises:
+            UsageError: ``rank`` is not a rank of this group, or is this member's own.
+            GroupRefused: ``rank`` died or left the group with nothing more sent.
+            GroupTimeout: nothing came from ``rank`` within ``timeout`` (``missing`` is
+                ``(rank,)``).
+        """
+        self._check_peer(rank)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            data = await self._inbox.wait(rank, max(0.0, min(self._poll, left)))
+            if data is not None:
+                return msgspec.msgpack.decode(data)
+            if loop.time() >= deadline:
+                raise GroupTimeout(
+                    f"nothing came from rank {rank} of group {self.name!r} within {timeout}s",
+                    (rank,),
+                )
+            await self._refuse_if_gone(rank, max(1.0, left), "and sent nothing more", True)
+
+    async def info(self, rank: int | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """What the coordinator knows of member ``rank`` (default: this member).
+
+        Returns:
+            ``group``, ``run``, ``id``, ``size``, ``asked``, ``rank``, ``host``, ``pid`` and
+            ``state`` (``alive``, ``dead`` or ``left``) of that rank.
+
+        Raises:
+            UsageError: ``rank`` is not a rank of this group.
+            GroupTimeout: the coordinator did not answer within ``timeout``.
+        """
+        rank = self.rank if rank is None else rank
+        if not 0 <= rank < self.size:
+            raise UsageError(self._no_such_rank(rank))
+        known = await self._ask_info(timeout)
+        (entry,) = [r for r in known.ranks if r.rank == rank] or [
+            wire.GroupRank(rank=rank, host="", pid=0, state="dead")
+        ]
+        return {
+            "group": self.name,
+            "run": self.run,
+            "id": self.id,
+            "size": self.size,
+            "asked": self.asked,
+            "rank": rank,
+            "host": entry.host,
+            "pid": entry.pid,
+            "state": entry.state,
+        }
+
+    def _no_such_rank(self, rank: int) -> str:
+        return (
+            f"group {self.name!r} has no rank {rank}: its ranks are 0..{self.size - 1} "
+            f"({self.size} members)"
+        )
+
+    def _check_peer(self, rank: int) -> None:
+        if not 0 <= rank < self.size:
+            raise UsageError(self._no_such_rank(rank))
+        if rank == self.rank:
+            raise UsageError(f"rank {rank} is this member: point-to-point needs another rank")
+
+    async def _ask_info(self, timeout: float) -> wire.GroupInfo:
+        ask = wire.GroupInfoRequest(member=self.member, run=self.run)
+        subject = subjects.group(self.name, "info")
+        known: wire.GroupInfo = await _request(self.nc, subject, ask, wire.GroupInfo, timeout)
+        return known
+
+    async def _refuse_if_gone(
+        self, rank: int, timeout: float, what: str, reading: bool = False
+    ) -> None:
+        known = await self._ask_info(timeout)
+        state = next((r.state for r in known.ranks if r.rank == rank), "dead")
+        if state == "alive":
+            return
+        if reading and self._inbox.ready(rank):
+            return  # its last values came in while we asked: read them first
+        how = "died" if state == "dead" else "left the group"
+        raise GroupRefused(f"rank {rank} of group {self.name!r} {how}; {what}")
+
+    async def _on_p2p(self, msg: Any) -> None:
+        if self.rank < 0:
+            self._early.append(msg)
+            return
+        try:
+            chunk = wire.decode(msg.data, wire.GroupChunk, msg.headers)
+        except CorralError:
+            return
+        tokens = msg.subject.split(".")
+        group_id, to = tokens[3], tokens[-1]
+        if group_id != self.id or to != str(self.rank) or chunk.src == self.rank:
+            return
+        self._inbox.add(chunk.src, chunk.seq, chunk.index, chunk.total, chunk.data)
+
     async def _arrive(self, kind: str, timeout: float) -> wire.GroupRound:
         self._seq += 1
         # Values of earlier collectives nobody will read (a refused call's, say) are dropped.
@@ -305,10 +467,10 @@ class Group:
 
     # --- values -------------------------------------------------------------------------
 
-    async def _publish(self, seq: int, to: str, data: bytes) -> None:
+    async def _publish(self, seq: int, to: str, data: bytes, subject: str = "") -> None:
         size = max(1024, self.nc.max_payload - _CHUNK_OVERHEAD)
         total = max(1, -(-len(data) // size))
-        subject = subjects.group_data(self.name, self.id, to)
+        subject = subject or subjects.group_data(self.name, self.id, to)
         for index in range(total):
             piece = data[index * size : (index + 1) * size]
             chunk = wire.GroupChunk(seq=seq, src=self.rank, index=index, total=total, data=piece)

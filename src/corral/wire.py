@@ -72,6 +72,9 @@ __all__ = [
     "GroupJoin",
     "GroupFormed",
     "GroupChunk",
+    "GroupInfo",
+    "GroupInfoRequest",
+    "GroupRank",
     "GroupBeat",
     "GroupArrive",
     "GuardianGraph",
@@ -360,6 +363,33 @@ class GroupChunk(_Msg, frozen=True):
     index: int
     total: int
     data: bytes
+
+
+class GroupInfoRequest(_Msg, frozen=True):
+    """A member asks who is in its group (``corral.group.<name>.info``, request)."""
+
+    member: str
+    run: str = ""
+
+
+class GroupRank(_Msg, frozen=True):
+    """One rank of a formed group: where it runs and whether it is ``alive``, ``dead`` or
+    ``left``."""
+
+    rank: int
+    host: str
+    pid: int
+    state: str
+
+
+class GroupInfo(_Msg, frozen=True):
+    """A formed group as the coordinator knows it (the reply to :class:`GroupInfoRequest`)."""
+
+    name: str
+    group_id: str
+    size: int
+    asked: int
+    ranks: tuple[GroupRank, ...] = ()
 
 
 class AgentsRequest(_Msg, frozen=True):
