@@ -57,6 +57,7 @@ __all__ = [
     "TaskAck",
     "TaskAssign",
     "TaskHello",
+    "TaskKillWorker",
     "TaskMap",
     "TaskMapped",
     "TaskProgress",
@@ -630,6 +631,14 @@ class TaskStop(_Msg, frozen=True):
     force: bool = False
 
 
+class TaskKillWorker(_Msg, frozen=True):
+    """Controller -> node: kill the worker process of ``slot`` (an operator's
+    ``kill_worker``); the task it runs fails as with a crashed worker, the slot restarts."""
+
+    slot: int
+    actor: str = ""
+
+
 class TaskAck(_Msg, frozen=True):
     """Controller -> node: these results are on disk; stop re-sending them."""
 
@@ -654,6 +663,8 @@ class TaskResult(msgspec.Struct, frozen=True, array_like=True):
     error: str = ""
     traceback: str = ""
     worker: int = -1
+    #: what the task printed (stdout, stderr) and ``ctx.log``-ged, bounded by the node
+    logs: str = ""
 
 
 class TaskReport(_Msg, frozen=True):
@@ -704,7 +715,7 @@ class TaskResync(_Msg, frozen=True):
 
 
 #: What a node receives on its tasks subject.
-NodeTaskMessage = TaskAssign | TaskStop | TaskAck | TaskMapped | TaskResync
+NodeTaskMessage = TaskAssign | TaskStop | TaskAck | TaskMapped | TaskResync | TaskKillWorker
 
 
 # --- encoding -------------------------------------------------------------------------------

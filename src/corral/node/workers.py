@@ -66,6 +66,8 @@ class _Worker:
         self.proc = proc
         self.pending: dict[str, list[Any]] = {}
         self.killing: str | None = None
+        #: who killed it on purpose (``kill_worker``), for the failed task's error
+        self.killed_by = ""
         #: its running task waits for a map (the worker takes no new runs meanwhile)
         self.blocked = False
         #: the process exited; its runs wait for its replacement
@@ -132,7 +134,11 @@ class WorkerPool:
         )
 
     async def _spawn(self, index: int) -> _Worker:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            "CORRAL_TASK_LOG_LIMIT": str(self.node.config.task_log_limit),
+        }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -186,10 +192,11 @@ class WorkerPool:
         while (message := await self._read(worker.proc)) is not None:
             kind = message[0]
             if kind == "done":
-                _, lease, outcome, result, error, tb = message
+                _, lease, outcome, result, error, tb = message[:6]
+                logs = str(message[6]) if len(message) > 6 else ""
                 worker.pending.pop(lease, None)
                 self._where.pop(lease, None)
-                self._result(wire.TaskResult(lease, outcome, result, error, tb, worker.index))
+                self._result(wire.TaskResult(lease, outcome, result, error, tb, worker.index, logs))
             elif kind == "map":
                 await self._map(worker, message[1], message[2], message[3])
             elif kind == "progress":
@@ -257,12 +264,17 @@ class WorkerPool:
                     )
                 )
             else:
+                why = (
+                    f"its worker (slot {worker.index}) was killed by {worker.killed_by}"
+                    if worker.killed_by
+                    else f"its worker process died (exit status {code}) while running it"
+                )
                 self._result(
                     wire.TaskResult(
                         running,
                         "failed",
                         None,
-                        f"its worker process died (exit status {code}) while running it",
+                        why,
                         "",
                         worker.index,
                     )
@@ -297,6 +309,8 @@ class WorkerPool:
             self._stop(body.lease, body.force)
         elif isinstance(body, wire.TaskMapped):
             self._mapped(body)
+        elif isinstance(body, wire.TaskKillWorker):
+            self._kill(body.slot, body.actor)
         elif isinstance(body, wire.TaskResync):
             self._resync += 1
             async with self.node._join_changed:
@@ -329,6 +343,19 @@ class WorkerPool:
                 worker.proc.send_signal(signal.SIGKILL)
             return
         worker.write(frame(["stop", lease]))
+
+    def _kill(self, slot: int, actor: str) -> None:
+        """Kill the worker process of ``slot`` (an operator asked); it is restarted."""
+        if not 0 <= slot < len(self.workers) or self.workers[slot].dead:
+            return
+        worker = self.workers[slot]
+        log.warning(
+            "killing a task worker (kill_worker)",
+            extra={"node": self.node.name, "worker": slot, "actor": actor},
+        )
+        worker.killed_by = actor or "an operator"
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.send_signal(signal.SIGKILL)
 
     async def _flush_loop(self) -> None:
         subject = subjects.node_in(self.node.name, subjects.TASK_REPORT_VERB)
