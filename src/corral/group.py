@@ -32,24 +32,20 @@ from types import TracebackType
 from typing import Any
 
 import msgspec
-import nats.errors
 
 from corral import bus, subjects, wire
 from corral.config import Config, load_config
 from corral.errors import (
-    ControllerUnavailable,
     CorralError,
     GroupRefused,
     GroupTimeout,
-    MalformedMessage,
     UsageError,
 )
-from corral.group_p2p import Inbox
+from corral.group_p2p import Inbox, PointToPoint, _encode, _request
 from corral.security import GROUP_INBOX
 
 __all__ = ["Collected", "Group", "Reached"]
 
-_ENCODER = msgspec.msgpack.Encoder()
 # Headroom below the server's max_payload for the chunk's own fields and headers.
 _CHUNK_OVERHEAD = 4096
 
@@ -82,7 +78,7 @@ def _env(name: str) -> str | None:
     return os.environ.get(f"CORRAL_GROUP{name}")
 
 
-class Group:
+class Group(PointToPoint):
     """One member of a process group. Create with :meth:`join`."""
 
     def __init__(self, nc: bus.NATS, name: str, run: str, member: str) -> None:
@@ -215,19 +211,6 @@ class Group:
         )
         await self.nc.flush()
 
-    async def _own_inbox(self) -> None:
-        # Until our rank was known every inbox was heard; now only ours, then the early ones.
-        await self.nc.subscribe(
-            subjects.group_p2p(self.name, self.id, str(self.rank)),
-            cb=self._on_p2p,
-            pending_bytes_limit=1 << 30,
-        )
-        await self.nc.flush()
-        await self._p2p_any.unsubscribe()
-        early, self._early = self._early, []
-        for msg in early:
-            await self._on_p2p(msg)
-
     async def leave(self) -> None:
         """Leave the group (the others' collectives no longer wait for this member)."""
         for task in self._tasks:
@@ -314,136 +297,6 @@ class Group:
             raise GroupRefused(f"rank 0 of group {self.name!r} {how} before distributing")
         return msgspec.msgpack.decode(await self._received(seq, 0, timeout))
 
-    # --- point to point -----------------------------------------------------------------
-
-    async def write_data_to(self, rank: int, value: Any, timeout: float = 30.0) -> None:
-        """Send ``value`` to member ``rank`` (socketComm's ``writeDataTo``).
-
-        Returns once the value is on the bus; ``rank`` reads it with :meth:`read_data_from`.
-        Values from one member to another are read in the order they were written.
-
-        Args:
-            rank: the receiving member's rank.
-            value: msgpack-able data (any size: large values travel in chunks).
-            timeout: seconds to wait for the coordinator's word on whether ``rank`` lives.
-
-        Raises:
-            UsageError: ``rank`` is not a rank of this group, or is this member's own.
-            GroupRefused: ``rank`` died or left the group.
-            MalformedMessage: ``value`` is not msgpack-able.
-            GroupTimeout: the coordinator did not answer within ``timeout``.
-        """
-        self._check_peer(rank)
-        data = _encode(value)
-        await self._refuse_if_gone(rank, timeout, "nothing can be sent to it")
-        seq = self._sent[rank] = self._sent.get(rank, 0) + 1
-        await self._publish(seq, "", data, subjects.group_p2p(self.name, self.id, str(rank)))
-
-    async def read_data_from(self, rank: int, timeout: float = 30.0) -> Any:
-        """Return the next value member ``rank`` wrote to this one (socketComm's
-        ``readDataFrom``); wait for it if none came yet.
-
-        Values that arrived before ``rank`` died or left are still read, in order.
-
-        Args:
-            rank: the sending member's rank.
-            timeout: seconds to wait for the value.
-
-        Raises:
-            UsageError: ``rank`` is not a rank of this group, or is this member's own.
-            GroupRefused: ``rank`` died or left the group with nothing more sent.
-            GroupTimeout: nothing came from ``rank`` within ``timeout`` (``missing`` is
-                ``(rank,)``).
-        """
-        self._check_peer(rank)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            left = deadline - loop.time()
-            data = await self._inbox.wait(rank, max(0.0, min(self._poll, left)))
-            if data is not None:
-                return msgspec.msgpack.decode(data)
-            if loop.time() >= deadline:
-                raise GroupTimeout(
-                    f"nothing came from rank {rank} of group {self.name!r} within {timeout}s",
-                    (rank,),
-                )
-            await self._refuse_if_gone(rank, max(1.0, left), "and sent nothing more", True)
-
-    async def info(self, rank: int | None = None, timeout: float = 10.0) -> dict[str, Any]:
-        """What the coordinator knows of member ``rank`` (default: this member).
-
-        Returns:
-            ``group``, ``run``, ``id``, ``size``, ``asked``, ``rank``, ``host``, ``pid`` and
-            ``state`` (``alive``, ``dead`` or ``left``) of that rank.
-
-        Raises:
-            UsageError: ``rank`` is not a rank of this group.
-            GroupTimeout: the coordinator did not answer within ``timeout``.
-        """
-        rank = self.rank if rank is None else rank
-        if not 0 <= rank < self.size:
-            raise UsageError(self._no_such_rank(rank))
-        known = await self._ask_info(timeout)
-        (entry,) = [r for r in known.ranks if r.rank == rank] or [
-            wire.GroupRank(rank=rank, host="", pid=0, state="dead")
-        ]
-        return {
-            "group": self.name,
-            "run": self.run,
-            "id": self.id,
-            "size": self.size,
-            "asked": self.asked,
-            "rank": rank,
-            "host": entry.host,
-            "pid": entry.pid,
-            "state": entry.state,
-        }
-
-    def _no_such_rank(self, rank: int) -> str:
-        return (
-            f"group {self.name!r} has no rank {rank}: its ranks are 0..{self.size - 1} "
-            f"({self.size} members)"
-        )
-
-    def _check_peer(self, rank: int) -> None:
-        if not 0 <= rank < self.size:
-            raise UsageError(self._no_such_rank(rank))
-        if rank == self.rank:
-            raise UsageError(f"rank {rank} is this member: point-to-point needs another rank")
-
-    async def _ask_info(self, timeout: float) -> wire.GroupInfo:
-        ask = wire.GroupInfoRequest(member=self.member, run=self.run)
-        subject = subjects.group(self.name, "info")
-        known: wire.GroupInfo = await _request(self.nc, subject, ask, wire.GroupInfo, timeout)
-        return known
-
-    async def _refuse_if_gone(
-        self, rank: int, timeout: float, what: str, reading: bool = False
-    ) -> None:
-        known = await self._ask_info(timeout)
-        state = next((r.state for r in known.ranks if r.rank == rank), "dead")
-        if state == "alive":
-            return
-        if reading and self._inbox.ready(rank):
-            return  # its last values came in while we asked: read them first
-        how = "died" if state == "dead" else "left the group"
-        raise GroupRefused(f"rank {rank} of group {self.name!r} {how}; {what}")
-
-    async def _on_p2p(self, msg: Any) -> None:
-        if self.rank < 0:
-            self._early.append(msg)
-            return
-        try:
-            chunk = wire.decode(msg.data, wire.GroupChunk, msg.headers)
-        except CorralError:
-            return
-        tokens = msg.subject.split(".")
-        group_id, to = tokens[3], tokens[-1]
-        if group_id != self.id or to != str(self.rank) or chunk.src == self.rank:
-            return
-        self._inbox.add(chunk.src, chunk.seq, chunk.index, chunk.total, chunk.data)
-
     async def _arrive(self, kind: str, timeout: float) -> wire.GroupRound:
         self._seq += 1
         # Values of earlier collectives nobody will read (a refused call's, say) are dropped.
@@ -504,28 +357,6 @@ class Group:
         parts = self._chunks.pop(key)
         del self._complete[key]
         return b"".join(p for p in parts if p is not None)
-
-
-def _encode(value: Any) -> bytes:
-    try:
-        return _ENCODER.encode(value)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise MalformedMessage(f"group values must be msgpack-able: {exc}") from None
-
-
-async def _request(
-    nc: bus.NATS, subject: str, msg: msgspec.Struct, kind: Any, timeout: float
-) -> Any:
-    try:
-        reply = await nc.request(subject, wire.encode(msg), timeout=timeout, headers=wire.HEADERS)
-    except nats.errors.NoRespondersError:
-        raise ControllerUnavailable(
-            "no group coordinator answers: process groups need a running controller "
-            "(`corral up` or `corral controller`)"
-        ) from None
-    except nats.errors.TimeoutError:
-        raise GroupTimeout(f"the group coordinator did not answer within {timeout}s") from None
-    return wire.decode_reply(reply.data, kind, reply.headers)
 
 
 async def _beat(nc: bus.NATS, name: str, run: str, member: str, every: float) -> None:
