@@ -191,3 +191,14 @@ async def test_node_delete_refuses_an_up_node_then_forgets_a_stopped_one(
         await api.node_delete("w2")
     again = await corral(config, "forget", "w2", "--api", controller.api.url, "--token", token)
     assert again.returncode != 0 and "no node named 'w2'" in again.stdout + again.stderr
+
+
+def test_results_with_big_logs_are_reported_in_batches_under_the_budget() -> None:
+    from corral import wire
+    from corral.node.workers import _batches
+
+    results = [wire.TaskResult(f"l{i}", "complete", b"", logs="x" * 65536) for i in range(300)]
+    batches = _batches(results, 4 * 1024 * 1024)
+    assert [r.lease for b in batches for r in b] == [r.lease for r in results]
+    assert all(sum(len(r.logs) for r in b) <= 4 * 1024 * 1024 for b in batches)
+    assert len(batches) == 5 and _batches([], 1000) == [[]]

@@ -367,9 +367,14 @@ class WorkerPool:
             nc = self.node.nc
             if nc is None or not nc.is_connected or not self.node.joined.is_set():
                 continue  # results stay unacked and are re-sent
-            report = wire.TaskReport(progress=progress, results=results)
-            with contextlib.suppress(Exception):
-                await nc.publish(subject, wire.encode(report), headers=wire.HEADERS)
+            # Results carry logs (up to task_log_limit each): split a big batch so that no
+            # report outgrows the bus's max_payload (it would never be sent, nor acked).
+            budget = max(64 * 1024, nc.max_payload // 2)
+            for batch in _batches(results, budget):
+                report = wire.TaskReport(progress=progress, results=batch)
+                progress = []
+                with contextlib.suppress(Exception):
+                    await nc.publish(subject, wire.encode(report), headers=wire.HEADERS)
 
     async def _resend_loop(self) -> None:
         while True:
@@ -413,3 +418,18 @@ class WorkerPool:
                 await asyncio.sleep(0.5)
                 continue
             said = joins
+
+
+def _batches(results: list[wire.TaskResult], budget: int) -> list[list[wire.TaskResult]]:
+    """``results`` in runs of at most ``budget`` bytes of results and logs (one at least;
+    one empty run when there are none, so progress alone is still sent)."""
+    batches: list[list[wire.TaskResult]] = [[]]
+    size = 0
+    for r in results:
+        weight = len(r.result or b"") + len(r.logs) + len(r.error) + len(r.traceback)
+        if batches[-1] and size + weight > budget:
+            batches.append([])
+            size = 0
+        batches[-1].append(r)
+        size += weight
+    return batches
