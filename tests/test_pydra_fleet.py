@@ -139,6 +139,7 @@ async def test_kill_worker_fails_its_task_and_the_node_restarts_the_slot(
 
 async def test_kill_worker_refuses_unknown_nodes_slots_and_read_tokens(
     controller: Controller,
+    config: Config,
     api: AsyncController,  # noqa: F811
     node: Node,  # noqa: F811
 ) -> None:
@@ -147,6 +148,11 @@ async def test_kill_worker_refuses_unknown_nodes_slots_and_read_tokens(
     with pytest.raises(RemoteError, match="has worker slots 0..1, not 5"):
         await api.kill_worker("w1", 5)
     assert controller.api is not None
+    token = await token_for(controller, Role.OPERATE)
+    cli = await corral(
+        config, "kill-worker", "ghost", "0", "--api", controller.api.url, "--token", token
+    )
+    assert cli.returncode != 0 and "no node named 'ghost'" in cli.stdout + cli.stderr
     reader = AsyncController(controller.api.url, await token_for(controller, Role.READ))
     try:
         with pytest.raises(AuthenticationFailed):

@@ -105,6 +105,7 @@ class Group(PointToPoint):
         self._inbox = Inbox()
         self._sent: dict[int, int] = {}  # receiver rank -> number of values sent to it
         self._poll = 1.0
+        self._alive_at: dict[int, float] = {}  # rank -> when the coordinator said alive
 
     def __repr__(self) -> str:
         return (

@@ -11,6 +11,7 @@ reader always gets a sender's values in the order they were written, each once.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import msgspec
@@ -118,6 +119,7 @@ class PointToPoint:
     _poll: float
     _early: list[Any]
     _p2p_any: Any
+    _alive_at: dict[int, float]
 
     async def _publish(self, seq: int, to: str, data: bytes, subject: str = "") -> None:
         raise NotImplementedError  # the group's chunked publish
@@ -240,9 +242,13 @@ class PointToPoint:
     async def _refuse_if_gone(
         self, rank: int, timeout: float, what: str, reading: bool = False
     ) -> None:
+        loop = asyncio.get_running_loop()
+        if not reading and loop.time() - self._alive_at.get(rank, -math.inf) < self._poll:
+            return  # alive a heartbeat ago: a burst of writes asks the coordinator once
         known = await self._ask_info(timeout)
         state = next((r.state for r in known.ranks if r.rank == rank), "dead")
         if state == "alive":
+            self._alive_at[rank] = loop.time()
             return
         if reading and self._inbox.ready(rank):
             return  # its last values came in while we asked: read them first
