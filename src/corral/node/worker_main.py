@@ -228,13 +228,14 @@ class _Serve:
             self.current = ctx
             if lease in self.stopped:  # the stop arrived between the check above and now
                 ctx.request_stop()
-            capture = _Capture(sys.__stderr__, _log_limit())
+            out, err = sys.stdout, sys.stderr
+            capture = _Capture(err, _log_limit())
             ctx.sink = capture.write
             sys.stdout = sys.stderr = capture
             try:
                 reply = _execute(run, self.send, loop, ctx)
             finally:
-                sys.stdout = sys.stderr = sys.__stderr__
+                sys.stdout, sys.stderr = out, err
             reply.append(capture.text())
             self.current = None
             self.stopped.discard(lease)
