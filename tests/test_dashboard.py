@@ -394,3 +394,23 @@ async def test_a_live_stream_ends_when_its_session_does(
             assert (await web.post("/ui/logout", data={"csrf": csrf})).status_code == 303
             rest = [line async for line in lines]
     assert "event: signout" in rest
+
+
+async def test_the_task_page_shows_the_instance_logs(
+    controller: Controller,
+    web: httpx.AsyncClient,
+    node: Node,  # noqa: F811
+) -> None:
+    """Pydra's task logs (issue #17) on the dashboard's task page."""
+    csrf = await sign_in(web, token=await token_for(controller, Role.OPERATE))
+    await web.post("/ui/tasks", data={"csrf": csrf, "task_key": "chatty", "args": '{"lines": 2}'})
+    assert controller.tasks is not None and controller.tasks.store is not None
+    async with asyncio.timeout(scaled(30)):
+        while True:
+            page = await controller.tasks.store.page(page=1, per_page=10, key="chatty")
+            if page.items and page.items[0].status == "complete":
+                break
+            await asyncio.sleep(0.1)
+    detail = (await web.get(f"/ui/tasks/{page.items[0].id}")).text
+    assert 'id="logs"' in detail
+    assert "out 1 xxxxxxxxxx\nstep 1 of 2\nto stderr" in detail

@@ -10,7 +10,7 @@ import pytest
 from conftest import scaled
 from corral.config import Config
 from corral.controller import Controller
-from corral.errors import GroupRefused, GroupTimeout, MalformedMessage
+from corral.errors import GroupRefused, GroupTimeout, MalformedMessage, UsageError
 from corral.group import Group
 
 
@@ -151,3 +151,80 @@ async def test_the_coordinator_refuses_nonsense_joins(
             wire.decode_reply(reply.data, wire.GroupFormed, reply.headers)
     finally:
         await nc.close()
+
+
+# --- point to point (socketComm's writeDataTo / readDataFrom, issue #17) --------------------
+
+
+async def test_point_to_point_values_arrive_in_order_per_pair(
+    controller: Controller, config: Config
+) -> None:
+    gs = await members(config, "p2p", 3)
+    try:
+        for i in range(20):
+            await gs[0].write_data_to(2, {"from": 0, "i": i})
+            await gs[1].write_data_to(2, ["one", i])
+        await gs[2].write_data_to(0, "back")
+        got0 = [await gs[2].read_data_from(0, timeout=scaled(5)) for _ in range(20)]
+        got1 = [await gs[2].read_data_from(1, timeout=scaled(5)) for _ in range(20)]
+        assert got0 == [{"from": 0, "i": i} for i in range(20)]
+        assert got1 == [["one", i] for i in range(20)]
+        assert await gs[0].read_data_from(2, timeout=scaled(5)) == "back"
+        # Rank 1 got nothing from rank 0: a timeout that names the rank.
+        with pytest.raises(GroupTimeout, match="nothing came from rank 0") as err:
+            await gs[1].read_data_from(0, timeout=0.3)
+        assert err.value.missing == (0,)
+    finally:
+        await leave_all(gs)
+
+
+async def test_a_5_mb_point_to_point_value_travels_in_chunks(
+    controller: Controller, config: Config
+) -> None:
+    big = bytes(range(256)) * (5 * 1024 * 1024 // 256)
+    gs = await members(config, "p2pbig", 2)
+    try:
+        await gs[1].write_data_to(0, big)
+        await gs[1].write_data_to(0, "after")
+        assert await gs[0].read_data_from(1, timeout=scaled(10)) == big
+        assert await gs[0].read_data_from(1, timeout=scaled(5)) == "after"
+    finally:
+        await leave_all(gs)
+
+
+async def test_point_to_point_with_a_dead_left_or_missing_rank_fails_clearly(
+    controller: Controller, config: Config
+) -> None:
+    gs = await members(config, "p2pgone", 3)
+    try:
+        with pytest.raises(UsageError, match="has no rank 7: its ranks are 0..2"):
+            await gs[0].write_data_to(7, "x")
+        with pytest.raises(UsageError, match="has no rank -1"):
+            await gs[0].read_data_from(-1)
+        with pytest.raises(UsageError, match="rank 0 is this member"):
+            await gs[0].read_data_from(0)
+        # A value written before leaving is still read; then the departure is an error.
+        await gs[2].write_data_to(0, "last words")
+        await gs[2].leave()
+        assert await gs[0].read_data_from(2, timeout=scaled(5)) == "last words"
+        with pytest.raises(GroupRefused, match="rank 2 of group 'p2pgone' left the group"):
+            await gs[0].read_data_from(2, timeout=scaled(10))
+        with pytest.raises(GroupRefused, match="rank 2 .* left the group; nothing can be sent"):
+            await gs[0].write_data_to(2, "x")
+        # A crash (no goodbye): rank 1 stops beating; the reader is told it died.
+        for task in gs[1]._tasks:
+            task.cancel()
+        await gs[1].nc.close()
+        with pytest.raises(GroupRefused, match="rank 1 of group 'p2pgone' died"):
+            await gs[0].read_data_from(1, timeout=scaled(config.down_after * 6))
+        info = await gs[0].info(1)
+        assert (info["rank"], info["state"], info["size"], info["group"]) == (
+            1,
+            "dead",
+            3,
+            "p2pgone",
+        )
+        me = await gs[0].info()
+        assert me["state"] == "alive" and me["rank"] == 0 and me["pid"] > 0
+    finally:
+        await leave_all(gs[:1])

@@ -78,3 +78,32 @@ def test_roles_are_ordered() -> None:
     assert Role.ADMIN.allows(Role.EXECUTE) and Role.EXECUTE.allows(Role.OPERATE)
     assert Role.OPERATE.allows(Role.READ) and not Role.READ.allows(Role.OPERATE)
     assert not Role.OPERATE.allows(Role.EXECUTE)
+
+
+async def test_task_logs_are_stored_and_survive_migration_0006(store_url: str) -> None:
+    """Pydra's task logs (issue #17): the ``logs`` column, NUL-safe, and older rows kept."""
+    import asyncio
+
+    from test_audit import _alembic
+
+    blob = "decode('80', 'hex')" if "://" in store_url else "X'80'"
+    older = (
+        "INSERT INTO task_instances (id, key, args, priority, status, labels, node, worker, "
+        "lease, attempts, max_attempts, queued_at, progress, message, error, traceback, "
+        f"force, history) VALUES (1, 'old', {blob}, 5, 'complete', '[]', '', -1, '', 1, 3, 1.0, "
+        "100.0, '', '', '', false, '[]')"
+    )
+    await asyncio.to_thread(_alembic, store_url, "upgrade", "0005_idempotency", older)
+    async with await Store.open(store_url) as store:  # migrates to head
+        tasks = TaskStore(store)
+        try:
+            old = await tasks.get(1)
+            assert old is not None and old.key == "old" and old.logs == ""
+            new = TaskInstance(id=2, key="chatty", logs="out 0\nstep 0\x00 of 1\n")
+            await tasks.commit([row(new)])
+            got = await tasks.get(2)
+            assert got is not None and got.logs in (new.logs, "out 0\nstep 0\\x00 of 1\n")
+        finally:
+            tasks.close()
+    await asyncio.to_thread(_alembic, store_url, "downgrade", "0005_idempotency")
+    await asyncio.to_thread(_alembic, store_url, "upgrade", "head")

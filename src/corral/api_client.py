@@ -568,6 +568,35 @@ class AsyncController:
         """Nodes enrolled but never seen by the controller."""
         return await self._get("list_known_nodes", list[m.KnownNode])
 
+    # --- fleet hygiene and task logs (Pydra's kill worker, delete node, logs) -------------
+
+    async def kill_worker(self, node: str, slot: int = 0) -> m.KilledWorker:
+        """Kill worker ``slot`` of ``node``: the task it runs fails (as after a
+        crash), the node starts the slot again.
+
+        Raises:
+            NotFound: no such node.
+            RemoteError: the node is not UP or has no such slot.
+        """
+        return await self._get("kill_worker", m.KilledWorker, node=node, slot=slot)
+
+    async def node_delete(self, id: str) -> m.NodeDeleted:
+        """Forget node ``id`` (not UP): registry, store, and its credentials revoked.
+
+        Raises:
+            NotFound: no such node.
+            RemoteError: the node is UP.
+        """
+        return await self._get("node_delete", m.NodeDeleted, id=id)
+
+    async def task_logs(self, task_instance_id: int) -> m.TaskLogsView:
+        """What instance ``task_instance_id`` printed and ``ctx.log``-ged (bounded).
+
+        Raises:
+            NotFound: no such instance.
+        """
+        return await self._get("task_logs", m.TaskLogsView, task_instance_id=task_instance_id)
+
 
 class Controller:
     """The blocking twin of :class:`AsyncController`: same methods, same arguments.

@@ -31,6 +31,7 @@ READS = frozenset(
         "node_detail",
         "node_status",
         "list_known_nodes",
+        "task_logs",
         "command_detail",
         "list_commands",
     }
@@ -64,6 +65,12 @@ __all__ = [
     "TaskView",
     "Wait",
     "WorkerView",
+    "KillWorker",
+    "KilledWorker",
+    "NodeDelete",
+    "NodeDeleted",
+    "TaskLogs",
+    "TaskLogsView",
 ]
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
@@ -382,3 +389,60 @@ class KnownNode(msgspec.Struct, kw_only=True):
 
     name: str
     enrolled_at: float
+
+
+# --- kill a worker, delete a node, task logs (Pydra, issue #17) ------------------------------
+
+
+class KillWorker(_Body):
+    """``kill_worker``: kill worker ``slot`` of node ``node`` (its task fails; it restarts)."""
+
+    node: Key
+    slot: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+
+    def __post_init__(self) -> None:
+        """Refuse control characters in the name."""
+        check_name(self.node, "node")
+
+
+class KilledWorker(msgspec.Struct, kw_only=True):
+    """``kill_worker``'s reply: the slot asked to die and the task it was running, if any."""
+
+    node: str
+    slot: int
+    task: int | None = None
+    key: str = ""
+
+
+class NodeDelete(_Body):
+    """``node_delete``: forget a node that is not UP (registry, store, credentials)."""
+
+    id: Key
+
+    def __post_init__(self) -> None:
+        """Refuse control characters in the name."""
+        check_name(self.id, "id")
+
+
+class NodeDeleted(msgspec.Struct, kw_only=True):
+    """``node_delete``'s reply: how many credentials were revoked now, and any note."""
+
+    name: str
+    status: str
+    revoked: int = 0
+    note: str = ""
+
+
+class TaskLogs(_Body):
+    """``task_logs``: the kept stdout/stderr and ``ctx.log`` lines of one instance."""
+
+    task_instance_id: Id
+
+
+class TaskLogsView(msgspec.Struct, kw_only=True):
+    """``task_logs``' reply: the instance's log text (oldest cut first, with a marker)."""
+
+    id: int
+    key: str
+    status: str
+    logs: str = ""

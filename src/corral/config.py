@@ -64,6 +64,8 @@ class Config(msgspec.Struct, kw_only=True):
     report_interval: float = 1.0
     #: most characters of a command's stdout (and stderr) kept per node
     output_limit: int = 65_536
+    #: most characters of a task instance's stdout, stderr and ctx.log lines kept
+    task_log_limit: int = 65_536
     #: seconds an idempotency key of a submission is remembered (its first answer returned)
     idempotency_window: float = 86_400.0
     #: log format: auto (text on a TTY, JSON otherwise), text or json

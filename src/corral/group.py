@@ -13,6 +13,12 @@ seconds and every collective completes without it, reporting it missing.
     reached = await g.barrier(timeout=30)
     rows = await g.collect(my_row)          # rank 0: [row of rank 0, row of rank 1, ...]
     params = await g.distribute(params)     # rank 0's value, on every rank
+    await g.write_data_to(1, row)           # point to point, in order per pair
+    row = await g.read_data_from(0)
+
+Point-to-point values go straight to the receiver's inbox subject, chunked the same way; the
+coordinator is asked only whether the peer is still alive (before a write, and while a read
+waits), so a dead or departed peer is an error within a heartbeat of the coordinator's verdict.
 """
 
 from __future__ import annotations
@@ -26,23 +32,20 @@ from types import TracebackType
 from typing import Any
 
 import msgspec
-import nats.errors
 
 from corral import bus, subjects, wire
 from corral.config import Config, load_config
 from corral.errors import (
-    ControllerUnavailable,
     CorralError,
     GroupRefused,
     GroupTimeout,
-    MalformedMessage,
     UsageError,
 )
+from corral.group_p2p import Inbox, PointToPoint, _encode, _request
 from corral.security import GROUP_INBOX
 
 __all__ = ["Collected", "Group", "Reached"]
 
-_ENCODER = msgspec.msgpack.Encoder()
 # Headroom below the server's max_payload for the chunk's own fields and headers.
 _CHUNK_OVERHEAD = 4096
 
@@ -75,7 +78,7 @@ def _env(name: str) -> str | None:
     return os.environ.get(f"CORRAL_GROUP{name}")
 
 
-class Group:
+class Group(PointToPoint):
     """One member of a process group. Create with :meth:`join`."""
 
     def __init__(self, nc: bus.NATS, name: str, run: str, member: str) -> None:
@@ -97,6 +100,12 @@ class Group:
         self._complete: dict[tuple[str, int, int], asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._to_rank0: Any = None
+        self._p2p_any: Any = None
+        self._early: list[Any] = []  # point-to-point chunks that came before our rank
+        self._inbox = Inbox()
+        self._sent: dict[int, int] = {}  # receiver rank -> number of values sent to it
+        self._poll = 1.0
+        self._alive_at: dict[int, float] = {}  # rank -> when the coordinator said alive
 
     def __repr__(self) -> str:
         return (
@@ -150,6 +159,7 @@ class Group:
         nc = await bus.connect(config, "group", inbox_prefix=GROUP_INBOX, name=f"group-{name}")
         member = uuid.uuid4().hex
         self = cls(nc, name, run, member)
+        self._poll = config.heartbeat_interval
         beat = asyncio.create_task(_beat(nc, name, run, member, config.heartbeat_interval))
         self._tasks.append(beat)
         try:
@@ -176,6 +186,7 @@ class Group:
             )
             if self.rank != 0:
                 await self._to_rank0.unsubscribe()  # collect traffic is for rank 0 only
+            await self._own_inbox()
         except BaseException:
             beat.cancel()
             await nc.close()
@@ -192,6 +203,11 @@ class Group:
         self._to_rank0 = await self.nc.subscribe(
             subjects.group_data(self.name, "*", "0"),
             cb=self._on_chunk,
+            pending_bytes_limit=limit,
+        )
+        self._p2p_any = await self.nc.subscribe(
+            subjects.group_p2p(self.name, "*", "*"),
+            cb=self._on_p2p,
             pending_bytes_limit=limit,
         )
         await self.nc.flush()
@@ -305,10 +321,10 @@ class Group:
 
     # --- values -------------------------------------------------------------------------
 
-    async def _publish(self, seq: int, to: str, data: bytes) -> None:
+    async def _publish(self, seq: int, to: str, data: bytes, subject: str = "") -> None:
         size = max(1024, self.nc.max_payload - _CHUNK_OVERHEAD)
         total = max(1, -(-len(data) // size))
-        subject = subjects.group_data(self.name, self.id, to)
+        subject = subject or subjects.group_data(self.name, self.id, to)
         for index in range(total):
             piece = data[index * size : (index + 1) * size]
             chunk = wire.GroupChunk(seq=seq, src=self.rank, index=index, total=total, data=piece)
@@ -342,28 +358,6 @@ class Group:
         parts = self._chunks.pop(key)
         del self._complete[key]
         return b"".join(p for p in parts if p is not None)
-
-
-def _encode(value: Any) -> bytes:
-    try:
-        return _ENCODER.encode(value)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise MalformedMessage(f"group values must be msgpack-able: {exc}") from None
-
-
-async def _request(
-    nc: bus.NATS, subject: str, msg: msgspec.Struct, kind: Any, timeout: float
-) -> Any:
-    try:
-        reply = await nc.request(subject, wire.encode(msg), timeout=timeout, headers=wire.HEADERS)
-    except nats.errors.NoRespondersError:
-        raise ControllerUnavailable(
-            "no group coordinator answers: process groups need a running controller "
-            "(`corral up` or `corral controller`)"
-        ) from None
-    except nats.errors.TimeoutError:
-        raise GroupTimeout(f"the group coordinator did not answer within {timeout}s") from None
-    return wire.decode_reply(reply.data, kind, reply.headers)
 
 
 async def _beat(nc: bus.NATS, name: str, run: str, member: str, every: float) -> None:

@@ -19,6 +19,7 @@ subject                         who publishes         who listens
 ``corral.group.<g>.<verb>``     group members         the controller (join, beat, arrive,
                                                       leave: the coordinator)
 ``corral.group.<g>.<id>.<to>``  group members         members of that group instance (data)
+``corral.group.<g>.<id>.p.<r>`` group members         rank r of that instance (point to point)
 ``corral.cmd.node.<node>``      the controller        the command stream (JetStream),
                                                       read by that node's durable consumer
 ``corral.cmd.all``              the controller        the command stream: every node
@@ -60,6 +61,7 @@ __all__ = [
     "check_name",
     "group",
     "group_data",
+    "group_p2p",
     "GUARDIAN_BUCKET",
     "GUARDIAN_VERBS",
     "guardian",
@@ -173,13 +175,28 @@ GROUPS = f"{ROOT}.group.>"
 
 
 def group(name: str, verb: str) -> str:
-    """Subject of ``verb`` (join, beat, arrive, leave) for group ``name`` (``*``: every group)."""
+    """Subject of ``verb`` (join, beat, arrive, leave, info) for group ``name``
+    (``*``: every group)."""
     return f"{ROOT}.group.{name}.{verb}"
 
 
 def group_data(name: str, group_id: str, to: str) -> str:
     """Where values of a formed group travel: ``to`` is ``all`` (distribute) or ``0`` (collect)."""
     return f"{ROOT}.group.{name}.{group_id}.{to}"
+
+
+def group_p2p(name: str, group_id: str, to: str) -> str:
+    """Inbox of rank ``to`` (``*``: any) of a group instance: point-to-point values.
+
+    Args:
+        name: the group's name.
+        group_id: the group instance's id (``*``: any instance).
+        to: the receiving rank, as text, or ``*``.
+
+    Returns:
+        ``corral.group.<name>.<id>.p.<to>`` (inside :data:`GROUPS`, so a member may use it).
+    """
+    return f"{ROOT}.group.{name}.{group_id}.p.{to}"
 
 
 def node_events(name: str = "*") -> str:

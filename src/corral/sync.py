@@ -234,6 +234,30 @@ class Group:
         """
         return call(self._inner.distribute(value, timeout))
 
+    def write_data_to(self, rank: int, value: Any, timeout: float = 30.0) -> None:
+        """See :meth:`corral.group.Group.write_data_to`.
+
+        Raises:
+            UsageError, GroupRefused, MalformedMessage, GroupTimeout: as the async twin.
+        """
+        call(self._inner.write_data_to(rank, value, timeout))
+
+    def read_data_from(self, rank: int, timeout: float = 30.0) -> Any:
+        """See :meth:`corral.group.Group.read_data_from`.
+
+        Raises:
+            UsageError, GroupRefused, GroupTimeout: as the async twin.
+        """
+        return call(self._inner.read_data_from(rank, timeout))
+
+    def info(self, rank: int | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """See :meth:`corral.group.Group.info`.
+
+        Raises:
+            UsageError, GroupTimeout: as the async twin.
+        """
+        return call(self._inner.info(rank, timeout))
+
     def leave(self) -> None:
         """Leave the group."""
         call(self._inner.leave())

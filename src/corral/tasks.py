@@ -156,6 +156,9 @@ class TaskContext:
         self.key = key
         self.attempt = attempt
         self.lease = lease
+        #: where ``log`` lines go besides the node's log: the instance's kept logs (set by
+        #: the worker process)
+        self.sink: Callable[[str], object] | None = None
         self._emit = emit or (lambda frame: None)
         self._mapper = mapper
         self._stop = threading.Event()
@@ -202,6 +205,8 @@ class TaskContext:
             level: A ``logging`` level.
         """
         log.log(level, message, *args, extra={"task": self.key, "instance": self.id})
+        if self.sink is not None:
+            self.sink((message % args if args else str(message)) + "\n")
 
     def map(self, subtask: str | Callable[..., Any], items: Iterable[dict[str, Any]]) -> list[Any]:
         """Run ``subtask`` once per item (its keyword arguments) on free workers of any node.

@@ -57,6 +57,7 @@ __all__ = [
     "TaskAck",
     "TaskAssign",
     "TaskHello",
+    "TaskKillWorker",
     "TaskParam",
     "TaskSignature",
     "TaskMap",
@@ -74,6 +75,9 @@ __all__ = [
     "GroupJoin",
     "GroupFormed",
     "GroupChunk",
+    "GroupInfo",
+    "GroupInfoRequest",
+    "GroupRank",
     "GroupBeat",
     "GroupArrive",
     "GuardianGraph",
@@ -364,6 +368,33 @@ class GroupChunk(_Msg, frozen=True):
     data: bytes
 
 
+class GroupInfoRequest(_Msg, frozen=True):
+    """A member asks who is in its group (``corral.group.<name>.info``, request)."""
+
+    member: str
+    run: str = ""
+
+
+class GroupRank(_Msg, frozen=True):
+    """One rank of a formed group: where it runs and whether it is ``alive``, ``dead`` or
+    ``left``."""
+
+    rank: int
+    host: str
+    pid: int
+    state: str
+
+
+class GroupInfo(_Msg, frozen=True):
+    """A formed group as the coordinator knows it (the reply to :class:`GroupInfoRequest`)."""
+
+    name: str
+    group_id: str
+    size: int
+    asked: int
+    ranks: tuple[GroupRank, ...] = ()
+
+
 class AgentsRequest(_Msg, frozen=True):
     """Ask the controller for the live agents (``corral.ctl.agents``)."""
 
@@ -602,6 +633,14 @@ class TaskStop(_Msg, frozen=True):
     force: bool = False
 
 
+class TaskKillWorker(_Msg, frozen=True):
+    """Controller -> node: kill the worker process of ``slot`` (an operator's
+    ``kill_worker``); the task it runs fails as with a crashed worker, the slot restarts."""
+
+    slot: int
+    actor: str = ""
+
+
 class TaskAck(_Msg, frozen=True):
     """Controller -> node: these results are on disk; stop re-sending them."""
 
@@ -626,6 +665,8 @@ class TaskResult(msgspec.Struct, frozen=True, array_like=True):
     error: str = ""
     traceback: str = ""
     worker: int = -1
+    #: what the task printed (stdout, stderr) and ``ctx.log``-ged, bounded by the node
+    logs: str = ""
 
 
 class TaskReport(_Msg, frozen=True):
@@ -702,7 +743,7 @@ class TaskResync(_Msg, frozen=True):
 
 
 #: What a node receives on its tasks subject.
-NodeTaskMessage = TaskAssign | TaskStop | TaskAck | TaskMapped | TaskResync
+NodeTaskMessage = TaskAssign | TaskStop | TaskAck | TaskMapped | TaskResync | TaskKillWorker
 
 
 # --- encoding -------------------------------------------------------------------------------

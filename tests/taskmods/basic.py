@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -90,3 +91,13 @@ def slow_square(x: int, gate: str) -> int:
 def slow_squares(n: int, gate: str, ctx: TaskContext) -> list[int]:
     """Map ``slow_square``: cancel me while I wait."""
     return ctx.map("slow_square", [{"x": x, "gate": gate} for x in range(n)])
+
+
+@task(key="chatty")
+def chatty(lines: int, ctx: TaskContext, width: int = 10) -> int:
+    """Print ``lines`` lines to stdout, one to stderr, and log each step (issue #17: logs)."""
+    for i in range(lines):
+        print(f"out {i} " + "x" * width)
+        ctx.log("step %d of %d", i, lines)
+    print("to stderr", file=sys.stderr)
+    return lines

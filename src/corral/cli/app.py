@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from corral._version import __version__
-from corral.cli import admin, commands, launch, running
+from corral.cli import admin, commands, fleet, launch, running
 from corral.cli import guardian as guardian_cli
 from corral.cli import tasks as task_commands
 from corral.cli import token as token_commands
@@ -65,6 +65,7 @@ guardian_cli.register(app)
 task_commands.register(app)
 token_commands.register(app)
 user_commands.register(app)
+fleet.register(app)
 
 
 def main() -> None:

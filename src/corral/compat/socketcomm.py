@@ -1,10 +1,13 @@
-"""socketComm's ``Comm`` on corral groups: ``barrier``, ``collect``, ``distribute``.
+"""socketComm's ``Comm`` on corral groups: ``barrier``, ``collect``, ``distribute``,
+point-to-point ``writeDataTo`` / ``readDataFrom`` and ``info``.
 
     from corral.compat.socketcomm import Comm
     comm = Comm(numProcs=8, procNum=rank, host="ignored", port=9021)
     comm.barrier()                 # the ranks that reached it (dead members left out)
     rows = comm.collect(row)       # rank 0: every rank's row in rank order; others: None
     params = comm.distribute(p)    # rank 0's value everywhere
+    comm.writeDataTo(1, row)       # point to point, read in order by rank 1:
+    row = comm.readDataFrom(0)
 
 ``host`` and ``port`` are accepted and ignored: members meet on the corral bus, in the group
 named ``CORRAL_GROUP`` or ``comm-<port>``. Values are msgpack-able data, never pickles.
@@ -61,6 +64,34 @@ class Comm:
     def distribute(self, msg: Any = None) -> Any:
         """Return rank 0's ``msg`` on every rank."""
         return self.group.distribute(msg, self.timeout)
+
+    def writeDataTo(self, procNum: int, msg: Any) -> None:  # noqa: N802, N803
+        """Send ``msg`` to rank ``procNum``, which reads it with :meth:`readDataFrom`.
+
+        Raises:
+            UsageError: no such rank (or this member's own).
+            GroupRefused: ``procNum`` died or left.
+        """
+        self.group.write_data_to(procNum, msg, self.timeout)
+
+    def readDataFrom(self, procNum: int, timeout: float = -1) -> Any:  # noqa: N802, N803
+        """Return the next ``msg`` rank ``procNum`` wrote to this member (waits for it).
+
+        Raises:
+            UsageError: no such rank (or this member's own).
+            GroupRefused: ``procNum`` died or left with nothing more sent.
+            GroupTimeout: nothing came within the timeout (``Comm``'s by default).
+        """
+        return self.group.read_data_from(procNum, self._timeout(timeout))
+
+    def info(self, procNum: int | None = None) -> dict[str, Any]:  # noqa: N803
+        """What is known of rank ``procNum`` (default: this one): ``rank``, ``size``,
+        ``group``, ``host``, ``pid``, ``state`` (``alive``, ``dead``, ``left``), ...
+
+        Raises:
+            UsageError: no such rank.
+        """
+        return self.group.info(procNum)
 
     def close(self) -> None:
         """Leave the group."""

@@ -99,6 +99,9 @@ FUNCTIONS: dict[str, tuple[type[Any] | None, Any, Role]] = {
     "node_status": (None, list[m.NodeStatusView], Role.READ),
     "connect": (None, dict[str, int], Role.OPERATE),
     "list_known_nodes": (None, list[m.KnownNode], Role.READ),
+    "kill_worker": (m.KillWorker, m.KilledWorker, Role.OPERATE),
+    "node_delete": (m.NodeDelete, m.NodeDeleted, Role.OPERATE),
+    "task_logs": (m.TaskLogs, m.TaskLogsView, Role.READ),
     "send_command": (m.SendCommand, wire.CommandAccepted, Role.OPERATE),
     "execute_command": (m.SendCommand, wire.CommandAccepted, Role.EXECUTE),
     "command_detail": (m.CommandDetail, wire.CommandView, Role.READ),
@@ -116,6 +119,8 @@ _WITH_CALLER = frozenset(
         "connect",
         "send_command",
         "execute_command",
+        "kill_worker",
+        "node_delete",
     }
 )
 KEYED = m.KEYED  # submissions that take an ``Idempotency-Key`` header

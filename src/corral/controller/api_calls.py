@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from corral import api_models as m
 from corral import subjects, wire
+from corral.controller import node_admin
 from corral.controller.idempotency import Stamp
 from corral.core.taskstate import TaskInstance, TaskStatus
 from corral.errors import InvalidArguments, NotFound, NotSerializable, RemoteError
@@ -422,6 +423,15 @@ class ApiCalls:
             raise NotFound(f"no task instance {req.task_instance_id}", 404)
         return task_view(inst)
 
+    async def task_logs(self, req: m.TaskLogs) -> m.TaskLogsView:
+        """What one instance printed and ``ctx.log``-ged (bounded: the oldest text is cut)."""
+        inst = self.tasks.core.active.get(req.task_instance_id)
+        if inst is None:
+            inst = await self.task_store.get(req.task_instance_id)
+        if inst is None:
+            raise NotFound(f"no task instance {req.task_instance_id}", 404)
+        return m.TaskLogsView(id=inst.id, key=inst.key, status=inst.status, logs=inst.logs)
+
     # --- nodes --------------------------------------------------------------------------
 
     async def node_list(self, req: m.PageRequest) -> m.NodePage:
@@ -538,6 +548,19 @@ class ApiCalls:
         await nc.publish(subjects.ANNOUNCE, wire.encode(announce), headers=wire.HEADERS)
         self._audit(caller, "connect", "nodes")
         return {"nodes": len(self.ctl.registry)}
+
+    async def kill_worker(self, req: m.KillWorker, caller: Caller | None = None) -> m.KilledWorker:
+        """Kill worker ``slot`` of ``node``: its task fails as a crashed worker's; it restarts."""
+        actor = caller.actor if caller is not None else "the controller"
+        killed = await node_admin.kill_worker(self.ctl, req, actor)
+        self._audit(caller, "kill_worker", req.node, slot=req.slot, task=killed.task)
+        return killed
+
+    async def node_delete(self, req: m.NodeDelete, caller: Caller | None = None) -> m.NodeDeleted:
+        """Forget a node that is not UP: registry, store, and its credentials revoked."""
+        deleted = await node_admin.delete_node(self.ctl, req)
+        self._audit(caller, "node_delete", req.id, status=deleted.status, revoked=deleted.revoked)
+        return deleted
 
     async def list_known_nodes(self) -> list[m.KnownNode]:
         """Nodes enrolled with this authority that the controller has never seen."""

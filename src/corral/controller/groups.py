@@ -61,6 +61,7 @@ class GroupService:
             "beat": self._on_beat,
             "arrive": self._on_arrive,
             "leave": self._on_leave,
+            "info": self._on_info,
         }
         for verb, handler in handlers.items():
             await self.nc.subscribe(subjects.group("*", verb), cb=handler)
@@ -148,6 +149,24 @@ class GroupService:
         g = self.groups.get(key)
         if g is not None:
             await self._carry_out(key, g.leave(leave.member, self.clock()))
+
+    async def _on_info(self, msg: Any) -> None:
+        try:
+            ask: wire.GroupInfoRequest = self._decode(msg, wire.GroupInfoRequest)
+        except CorralError as exc:
+            await self._error(msg.reply, wire.error_code(exc), str(exc))
+            return
+        key = (msg.subject.split(".")[2], ask.run)
+        g = self.groups.get(key)
+        if g is None or ask.member not in g.members:
+            await self._error(msg.reply, "group-refused", f"not a member of group {key[0]!r}")
+            return
+        ranks = tuple(wire.GroupRank(rank=r, host=h, pid=p, state=s) for r, h, p, s in g.ranks())
+        info = wire.GroupInfo(
+            name=key[0], group_id=self.ids[key], size=g.size, asked=g.asked, ranks=ranks
+        )
+        if msg.reply:
+            await self.nc.publish(msg.reply, wire.encode(info), headers=wire.HEADERS)
 
     # --- decisions ----------------------------------------------------------------------
 

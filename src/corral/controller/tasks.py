@@ -562,6 +562,8 @@ class TaskService:
                 traceback=r.traceback,
                 worker=r.worker,
                 reporter=node,
+                logs=r.logs,
+                log_limit=self.ctl.config.task_log_limit,
             )
             if inst is None:
                 log.debug("stale result dropped", extra={"node": node, "lease": r.lease})

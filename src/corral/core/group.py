@@ -242,6 +242,15 @@ class Group:
         m.left = True
         return self._after_membership_change(now)
 
+    def ranks(self) -> list[tuple[int, str, int, str]]:
+        """Every ranked member as (rank, host, pid, state), state ``alive``, ``dead`` or
+        ``left``, in rank order (empty while the group forms)."""
+        return sorted(
+            (m.rank, m.host, m.pid, "left" if m.left else "alive" if m.alive else "dead")
+            for m in self.members.values()
+            if m.rank >= 0
+        )
+
     def _live(self) -> list[Member]:
         return [m for m in self.members.values() if m.alive and not m.left]
 

@@ -201,6 +201,15 @@ class Registry:
             if node.status == S.UP and node.last_seen < cutoff
         ]
 
+    def forget(self, name: str) -> NodeRecord | None:
+        """Drop node ``name`` from the registry (``node_delete``); its next write is dropped.
+
+        Returns:
+            The record forgotten, or None if there was none.
+        """
+        self._dirty.discard(name)
+        return self.nodes.pop(name, None)
+
     def take_dirty(self) -> list[NodeRecord]:
         """Records changed (joined, moved) since the last call, for persisting."""
         names, self._dirty = self._dirty, set()

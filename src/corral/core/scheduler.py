@@ -42,7 +42,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from corral.core.taskstate import TaskInstance, TaskStatus, move
+from corral.core.taskstate import TaskInstance, TaskStatus, cut_log, move
 from corral.errors import NotFound, UnknownTask
 
 __all__ = ["LEASE_BYTES", "NodeWorkers", "Scheduler", "Stop", "new_lease"]
@@ -408,6 +408,8 @@ class Scheduler:
         traceback: str = "",
         worker: int = -1,
         reporter: str | None = None,
+        logs: str = "",
+        log_limit: int = 65_536,
     ) -> TaskInstance | None:
         """A task ended on its node: ``outcome`` is ``complete``, ``failed`` or ``stopped``.
 
@@ -420,6 +422,8 @@ class Scheduler:
             traceback: the task's traceback, for ``failed``.
             worker: the worker slot that ran it.
             reporter: the reporting node; one that does not hold ``lease`` changes nothing.
+            logs: what the attempt printed and logged (added to the instance's logs).
+            log_limit: most characters of logs kept per instance (oldest cut first).
 
         Returns:
             The instance, or ``None`` for a stale lease or another node's lease (the result
@@ -430,6 +434,9 @@ class Scheduler:
             return None
         if worker >= 0:
             inst.worker = worker
+        if logs:
+            head = f"--- attempt {inst.attempts} on {inst.node} ---\n" if inst.attempts > 1 else ""
+            inst.logs = cut_log(inst.logs + head + logs, log_limit)
         self._leases.pop(lease, None)
         node = self.nodes.get(inst.node)
         if node is not None:

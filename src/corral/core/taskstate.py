@@ -25,7 +25,7 @@ import msgspec
 
 from corral.errors import IllegalTransition
 
-__all__ = ["TERMINAL", "TRANSITIONS", "TaskInstance", "TaskStatus", "move"]
+__all__ = ["TERMINAL", "TRANSITIONS", "TaskInstance", "TaskStatus", "cut_log", "move"]
 
 
 class TaskStatus(enum.StrEnum):
@@ -85,6 +85,8 @@ class TaskInstance(msgspec.Struct, kw_only=True):
         force: A cancel asked to kill the worker after the grace period.
         cancel_at: Epoch seconds the cancel was requested.
         history: One entry per attempt: node, worker, lease, started, ended, outcome, error.
+        logs: The task's stdout, stderr and ``ctx.log`` lines, every attempt's, bounded
+            (``task_log_limit``; the oldest text is cut, with a marker).
     """
 
     id: int
@@ -111,6 +113,7 @@ class TaskInstance(msgspec.Struct, kw_only=True):
     force: bool = False
     cancel_at: float | None = None
     history: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    logs: str = ""
 
     def __repr__(self) -> str:
         where = f" on {self.node}/{self.worker}" if self.node else ""
@@ -123,6 +126,30 @@ class TaskInstance(msgspec.Struct, kw_only=True):
     def terminal(self) -> bool:
         """True once the instance can never change again."""
         return self.status in TERMINAL
+
+
+#: What replaces the oldest text of a log over its bound: ``[... N characters cut ...]``.
+CUT_MARKER = "[... {} characters cut ...]\n"
+
+
+def cut_log(text: str, limit: int, already_cut: int = 0) -> str:
+    """Keep the newest ``limit`` characters of ``text``, after a marker saying how many went.
+
+    Args:
+        text: the log, perhaps starting with an earlier marker.
+        limit: most characters to keep (besides the marker).
+        already_cut: characters cut before ``text`` was put together.
+
+    Returns:
+        ``text`` unchanged if it fits, else the marker and the newest ``limit`` characters.
+    """
+    if limit <= 0 or len(text) <= limit and not already_cut:
+        return text
+    if text.startswith("[... ") and " characters cut ...]\n" in text[:60]:
+        head, _, text = text.partition("\n")
+        already_cut += int(head[5:].split(" ", 1)[0])
+    cut = max(0, len(text) - limit)
+    return CUT_MARKER.format(already_cut + cut) + text[cut:] if cut or already_cut else text
 
 
 def move(instance: TaskInstance, new: TaskStatus) -> None:

@@ -87,10 +87,17 @@ class TaskPages:
         return redirect(safe_next(fields.get("next", "")) if fields.get("next") else "/ui/tasks")
 
     async def task(self, request: Request, ident: int) -> Response:
-        """One instance: arguments, attempts, result or traceback."""
+        """One instance: arguments, attempts, result or traceback, and its logs."""
         session = await self.gate.require(request, Role.READ)
         view = await self.calls.task_history_detail(m.TaskDetail(task_instance_id=ident))
-        return render("task.html", session, task=view, can_cancel=session.role.allows(Role.OPERATE))
+        logs = await self.calls.task_logs(m.TaskLogs(task_instance_id=ident))
+        return render(
+            "task.html",
+            session,
+            task=view,
+            logs=logs.logs,
+            can_cancel=session.role.allows(Role.OPERATE),
+        )
 
     async def history(self, request: Request, key: str) -> Response:
         """The instances of one task key, newest first, a page at a time."""

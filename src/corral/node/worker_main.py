@@ -6,19 +6,24 @@ stdout; the task's own ``print`` goes to stderr, i.e. the node's log, so it cann
 protocol. A reader thread takes frames off stdin: runs go to a queue that the main thread
 works through in order; a stop sets the flag of the task it names (or marks a task still
 waiting in the queue, which is then never started). Being a process of its own is what lets a
-forced cancel kill a task that ignores its stop flag.
+forced cancel kill a task that ignores its stop flag. While a task runs, what it prints (stdout
+and stderr) and its ``ctx.log`` lines are also kept, the newest ``CORRAL_TASK_LOG_LIMIT``
+characters of them, and sent with its result.
 
 Frames in: ``["run", lease, id, key, args, attempt]``, ``["stop", lease]``,
 ``["mapped", lease, ok, results, error]``.
 Frames out: ``["ready", keys, pid, subtask keys, signatures]``,
 ``["progress", lease, percent, message]``, ``["map", lease, key, args]``,
-``["done", lease, outcome, result, error, traceback]``, ``["error", message]``.
+``["done", lease, outcome, result, error, traceback, logs]``, ``["error", message]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import io
+import logging
 import os
 import queue
 import struct
@@ -30,6 +35,7 @@ from typing import Any
 import msgspec
 
 from corral.core.signatures import describe
+from corral.core.taskstate import cut_log
 from corral.errors import TaskFailed, TaskStopped
 from corral.tasks import REGISTRY, TaskContext, TaskDef, _current
 
@@ -126,6 +132,49 @@ def _execute(
     return ["done", lease, "complete", result, "", ""]
 
 
+class _Capture(io.TextIOBase):
+    """A task's stdout and stderr: written through to the node's log, the newest ``limit``
+    characters kept for the instance."""
+
+    def __init__(self, through: Any, limit: int) -> None:
+        self.through = through
+        self.limit = limit
+        self.parts: list[str] = []
+        self.size = 0
+        self.cut = 0
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        """Write ``text`` to the node's log and keep it."""
+        with contextlib.suppress(Exception):
+            self.through.write(text)
+        with self.lock:
+            self.parts.append(text)
+            self.size += len(text)
+            if self.size > 2 * self.limit > 0:  # compact: keep the newest ``limit``
+                whole = "".join(self.parts)
+                self.cut += len(whole) - self.limit
+                self.parts, self.size = [whole[-self.limit :]], self.limit
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the node's log."""
+        with contextlib.suppress(Exception):
+            self.through.flush()
+
+    def text(self) -> str:
+        """What was kept, with a marker first if older text was cut."""
+        with self.lock:
+            return cut_log("".join(self.parts), self.limit, self.cut)
+
+
+def _log_limit() -> int:
+    try:
+        return int(os.environ.get("CORRAL_TASK_LOG_LIMIT", "65536"))
+    except ValueError:
+        return 65536
+
+
 class _Serve:
     """The worker's state: the run queue, the stop marks, the task running now."""
 
@@ -180,7 +229,15 @@ class _Serve:
             self.current = ctx
             if lease in self.stopped:  # the stop arrived between the check above and now
                 ctx.request_stop()
-            reply = _execute(run, self.send, loop, ctx)
+            out, err = sys.stdout, sys.stderr
+            capture = _Capture(err, _log_limit())
+            ctx.sink = capture.write
+            sys.stdout = sys.stderr = capture
+            try:
+                reply = _execute(run, self.send, loop, ctx)
+            finally:
+                sys.stdout, sys.stderr = out, err
+            reply.append(capture.text())
             self.current = None
             self.stopped.discard(lease)
             self.send(reply)
@@ -209,6 +266,12 @@ def main(modules: list[str]) -> int:
     """
     out_fd = os.dup(1)
     os.dup2(2, 1)  # the task's print() goes to the node's log, not into the protocol
+    # ctx.log lines go to the node's log here, and to the instance's logs through ctx.sink.
+    handler = logging.StreamHandler(sys.__stderr__)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("corral.task").addHandler(handler)
+    logging.getLogger("corral.task").setLevel(logging.INFO)
+    logging.getLogger("corral.task").propagate = False
     send = _Out(out_fd)
     for name in modules:
         try:

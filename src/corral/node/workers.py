@@ -74,6 +74,8 @@ class _Worker:
         self.proc = proc
         self.pending: dict[str, list[Any]] = {}
         self.killing: str | None = None
+        #: who killed it on purpose (``kill_worker``), for the failed task's error
+        self.killed_by = ""
         #: its running task waits for a map (the worker takes no new runs meanwhile)
         self.blocked = False
         #: the process exited; its runs wait for its replacement
@@ -141,7 +143,11 @@ class WorkerPool:
         )
 
     async def _spawn(self, index: int) -> _Worker:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            "CORRAL_TASK_LOG_LIMIT": str(self.node.config.task_log_limit),
+        }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -197,10 +203,11 @@ class WorkerPool:
         while (message := await self._read(worker.proc)) is not None:
             kind = message[0]
             if kind == "done":
-                _, lease, outcome, result, error, tb = message
+                _, lease, outcome, result, error, tb = message[:6]
+                logs = str(message[6]) if len(message) > 6 else ""
                 worker.pending.pop(lease, None)
                 self._where.pop(lease, None)
-                self._result(wire.TaskResult(lease, outcome, result, error, tb, worker.index))
+                self._result(wire.TaskResult(lease, outcome, result, error, tb, worker.index, logs))
             elif kind == "map":
                 await self._map(worker, message[1], message[2], message[3])
             elif kind == "progress":
@@ -268,12 +275,17 @@ class WorkerPool:
                     )
                 )
             else:
+                why = (
+                    f"its worker (slot {worker.index}) was killed by {worker.killed_by}"
+                    if worker.killed_by
+                    else f"its worker process died (exit status {code}) while running it"
+                )
                 self._result(
                     wire.TaskResult(
                         running,
                         "failed",
                         None,
-                        f"its worker process died (exit status {code}) while running it",
+                        why,
                         "",
                         worker.index,
                     )
@@ -308,6 +320,8 @@ class WorkerPool:
             self._stop(body.lease, body.force)
         elif isinstance(body, wire.TaskMapped):
             self._mapped(body)
+        elif isinstance(body, wire.TaskKillWorker):
+            self._kill(body.slot, body.actor)
         elif isinstance(body, wire.TaskResync):
             self._resync += 1
             async with self.node._join_changed:
@@ -341,6 +355,19 @@ class WorkerPool:
             return
         worker.write(frame(["stop", lease]))
 
+    def _kill(self, slot: int, actor: str) -> None:
+        """Kill the worker process of ``slot`` (an operator asked); it is restarted."""
+        if not 0 <= slot < len(self.workers) or self.workers[slot].dead:
+            return
+        worker = self.workers[slot]
+        log.warning(
+            "killing a task worker (kill_worker)",
+            extra={"node": self.node.name, "worker": slot, "actor": actor},
+        )
+        worker.killed_by = actor or "an operator"
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.send_signal(signal.SIGKILL)
+
     async def _flush_loop(self) -> None:
         subject = subjects.node_in(self.node.name, subjects.TASK_REPORT_VERB)
         while True:
@@ -351,9 +378,14 @@ class WorkerPool:
             nc = self.node.nc
             if nc is None or not nc.is_connected or not self.node.joined.is_set():
                 continue  # results stay unacked and are re-sent
-            report = wire.TaskReport(progress=progress, results=results)
-            with contextlib.suppress(Exception):
-                await nc.publish(subject, wire.encode(report), headers=wire.HEADERS)
+            # Results carry logs (up to task_log_limit each): split a big batch so that no
+            # report outgrows the bus's max_payload (it would never be sent, nor acked).
+            budget = max(64 * 1024, nc.max_payload // 2)
+            for batch in _batches(results, budget):
+                report = wire.TaskReport(progress=progress, results=batch)
+                progress = []
+                with contextlib.suppress(Exception):
+                    await nc.publish(subject, wire.encode(report), headers=wire.HEADERS)
 
     async def _resend_loop(self) -> None:
         while True:
@@ -398,3 +430,18 @@ class WorkerPool:
                 await asyncio.sleep(0.5)
                 continue
             said = joins
+
+
+def _batches(results: list[wire.TaskResult], budget: int) -> list[list[wire.TaskResult]]:
+    """``results`` in runs of at most ``budget`` bytes of results and logs (one at least;
+    one empty run when there are none, so progress alone is still sent)."""
+    batches: list[list[wire.TaskResult]] = [[]]
+    size = 0
+    for r in results:
+        weight = len(r.result or b"") + len(r.logs) + len(r.error) + len(r.traceback)
+        if batches[-1] and size + weight > budget:
+            batches.append([])
+            size = 0
+        batches[-1].append(r)
+        size += weight
+    return batches

@@ -10,8 +10,8 @@ nodes             text escaped; then stored without its attributes, host and ver
 transitions       text escaped; else refused (logged)
 audit             text escaped; else refused (logged)
 outcomes          text escaped; then kept with its state, output dropped, error saying so
-task_instances    text escaped; then kept with its status, message, error, traceback and
-                  history replaced by a note saying so
+task_instances    text escaped; then kept with its status, message, error, traceback,
+                  history and logs replaced by a note saying so
 ================  =====================================================================
 
 "Text escaped" is :func:`corral.core.text.escape`: every NUL in a string field or a nested
@@ -103,5 +103,6 @@ def task_versions(row: dict[str, Any], why: str) -> list[dict[str, Any]]:
         error=f"the store refused this instance's text ({why}); it was dropped",
         traceback="",
         history=[],
+        logs="",
     )
     return [escape(row), escape(minimal)]

@@ -163,6 +163,8 @@ task_instances = Table(
     Column("force", Boolean, nullable=False),
     Column("cancel_at", Double, nullable=True),
     Column("history", JSON, nullable=False),
+    # what the task printed and logged, bounded (migration 0006_task_logs)
+    Column("logs", Text, nullable=False, server_default=""),
     Index("ix_task_instances_key", "key", "id"),
     Index("ix_task_instances_status", "status", "id"),
     Index("ix_task_instances_parent", "parent"),

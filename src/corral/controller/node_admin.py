@@ -1,0 +1,145 @@
+"""Fleet hygiene calls of the controller API: kill a worker, forget a node (Pydra's
+``kill_worker`` and ``node_delete``).
+
+Killing a worker is a message to the node (``TaskKillWorker``): the node kills that slot's
+process, reports the task it ran as failed (as any crashed worker's) and
+starts the slot again. Forgetting a node removes it from the registry and the store and
+revokes its credentials, so it cannot come back without a new ``corral enroll``; a node that
+is UP is refused: stop it first.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from corral import api_models as m
+from corral import subjects, wire
+from corral.core.registry import NodeStatus
+from corral.errors import CorralError, NotFound, RemoteError, UsageError
+from corral.security import Authority
+
+if TYPE_CHECKING:
+    from corral.controller.service import Controller
+
+__all__ = ["delete_node", "kill_worker"]
+
+log = logging.getLogger("corral.api")
+
+
+async def kill_worker(ctl: Controller, req: m.KillWorker, actor: str) -> m.KilledWorker:
+    """Ask node ``req.node`` to kill the worker process of slot ``req.slot``.
+
+    Args:
+        ctl: the controller.
+        req: the node and slot.
+        actor: who asks (goes to the node's log and the failed task's error).
+
+    Returns:
+        The slot and the task it was running when asked (None if idle).
+
+    Raises:
+        NotFound: no such node.
+        RemoteError: the node is not UP, runs no task workers, or has no such slot.
+    """
+    record = ctl.registry.nodes.get(req.node)
+    if record is None:
+        raise NotFound(f"no node named {req.node!r}", 404)
+    core = ctl.tasks.core if ctl.tasks is not None else None
+    workers = core.nodes.get(req.node) if core is not None else None
+    if record.status != NodeStatus.UP or workers is None or core is None:
+        raise RemoteError(
+            f"node {req.node!r} is {record.status} or runs no task workers: "
+            "there is no worker process to kill",
+            409,
+        )
+    if not 0 <= req.slot < workers.slots:
+        raise RemoteError(
+            f"node {req.node!r} has worker slots 0..{workers.slots - 1}, not {req.slot}", 400
+        )
+    running = [
+        core.active[i]
+        for i in workers.leases.values()
+        if i in core.active and core.active[i].worker == req.slot
+    ]
+    nc = ctl.nc
+    assert nc is not None
+    kill = wire.TaskKillWorker(slot=req.slot, actor=actor)
+    await nc.publish(subjects.node_tasks(req.node), wire.encode(kill), headers=wire.HEADERS)
+    log.warning("worker kill sent", extra={"node": req.node, "slot": req.slot, "actor": actor})
+    task = running[0] if running else None
+    return m.KilledWorker(
+        node=req.node,
+        slot=req.slot,
+        task=task.id if task else None,
+        key=task.key if task else "",
+    )
+
+
+async def delete_node(ctl: Controller, req: m.NodeDelete) -> m.NodeDeleted:
+    """Forget node ``req.id``: registry, store, and its credentials revoked.
+
+    Args:
+        ctl: the controller.
+        req: the node's name.
+
+    Returns:
+        The node's last status, how many credentials were revoked now, and a note when the
+        credentials could not be revoked from this host.
+
+    Raises:
+        NotFound: no such node.
+        RemoteError: the node is UP (stop it, or wait until it is DOWN, first).
+    """
+    name = req.id
+    record = ctl.registry.nodes.get(name)
+    if record is None:
+        raise NotFound(f"no node named {name!r}; `corral nodes` lists them", 404)
+    if record.status == NodeStatus.UP:
+        raise RemoteError(
+            f"node {name!r} is UP: stop it (`corral stop` on its host) or revoke it "
+            f"(`corral revoke {name}`) first, then forget it",
+            409,
+        )
+    status = str(record.status)
+    ctl.registry.forget(name)
+    if ctl.store is not None:
+        await ctl.store.delete_node(name)
+    revoked, note = 0, ""
+    if Authority.exists(ctl.config.data_path):
+        authority = Authority.load(ctl.config.data_path)
+        try:
+            revoked = len(authority.revoke(name))
+        except UsageError:
+            note = "it was never enrolled with this authority: no credential to revoke"
+        else:
+            authority.write_server_fragment()
+            if revoked and not await _push(ctl, authority):
+                note = "the bus did not take the new account JWT: revoked at its next start"
+    else:
+        note = (
+            "the authority is not on the controller's host: run `corral revoke "
+            f"{name}` there to revoke its credentials"
+        )
+    return m.NodeDeleted(name=name, status=status, revoked=revoked, note=note)
+
+
+async def _push(ctl: Controller, authority: Authority) -> bool:
+    """Push the re-signed account JWT, so the server closes revoked connections now."""
+    from corral import bus
+
+    try:
+        nc = await bus.connect(
+            ctl.config, "system", creds=authority.directory / "system.creds", name="corral-forget"
+        )
+    except CorralError:
+        return False
+    try:
+        reply = await nc.request(
+            "$SYS.REQ.CLAIMS.UPDATE", authority.account_jwt().encode(), timeout=5
+        )
+        return b'"code":200' in reply.data
+    except Exception:  # the push is best effort: the fragment on disk is the record
+        return False
+    finally:
+        await nc.close()

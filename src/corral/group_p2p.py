@@ -1,0 +1,292 @@
+"""Point-to-point values between two members of a group (socketComm's ``writeDataTo`` /
+``readDataFrom``) and ``info``: the part of :class:`corral.group.Group` that does them.
+
+Theory of operation: a sender numbers its values to each receiver 1, 2, 3, ... and publishes
+each value's chunks on the receiver's inbox subject (:func:`corral.subjects.group_p2p`). The
+bus keeps one publisher's messages on one subject in order, but the receiver does not rely on
+it: it reassembles chunks per (sender, number) and hands values out strictly by number, so a
+reader always gets a sender's values in the order they were written, each once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import msgspec
+import nats.errors
+
+from corral import bus, subjects, wire
+from corral.errors import (
+    ControllerUnavailable,
+    CorralError,
+    GroupRefused,
+    GroupTimeout,
+    MalformedMessage,
+    UsageError,
+)
+
+__all__ = ["Inbox", "PointToPoint"]
+
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+class Inbox:
+    """Values sent to this member, per sender rank, handed out in the order they were sent."""
+
+    def __init__(self) -> None:
+        # src -> number -> the value's pieces so far
+        self._parts: dict[int, dict[int, list[bytes | None]]] = {}
+        self._next: dict[int, int] = {}  # src -> number of the next value to hand out
+        self._arrived: dict[int, asyncio.Event] = {}
+
+    def __repr__(self) -> str:
+        waiting = {src: len(p) for src, p in self._parts.items() if p}
+        return f"<Inbox waiting={waiting}>"
+
+    def add(self, src: int, seq: int, index: int, total: int, data: bytes) -> None:
+        """Store one chunk of value ``seq`` from ``src`` (duplicates and old values ignored).
+
+        Args:
+            src: the sender's rank.
+            seq: the value's number from this sender (1, 2, ...).
+            index: the chunk's place in the value.
+            total: how many chunks the value has.
+            data: the chunk.
+        """
+        if seq < self._next.get(src, 1) or not 0 <= index < total:
+            return
+        parts = self._parts.setdefault(src, {}).setdefault(seq, [None] * total)
+        if len(parts) != total:
+            return  # a malformed chunk: its value's pieces disagree on the count
+        parts[index] = data
+        if all(p is not None for p in parts):
+            self._event(src).set()
+
+    def _event(self, src: int) -> asyncio.Event:
+        return self._arrived.setdefault(src, asyncio.Event())
+
+    def ready(self, src: int) -> bool:
+        """True if the next value from ``src`` arrived whole (and :meth:`take` returns it)."""
+        parts = self._parts.get(src, {}).get(self._next.get(src, 1))
+        return parts is not None and all(p is not None for p in parts)
+
+    def take(self, src: int) -> bytes | None:
+        """The next value from ``src`` if it arrived whole, else None."""
+        seq = self._next.get(src, 1)
+        parts = self._parts.get(src, {}).get(seq)
+        if parts is None or any(p is None for p in parts):
+            return None
+        del self._parts[src][seq]
+        self._next[src] = seq + 1
+        return b"".join(p for p in parts if p is not None)
+
+    async def wait(self, src: int, timeout: float) -> bytes | None:
+        """Wait up to ``timeout`` seconds for the next value from ``src``.
+
+        Returns:
+            The value's bytes, or None if it did not arrive in time.
+        """
+        event = self._event(src)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (value := self.take(src)) is None:
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            event.clear()
+            try:
+                await asyncio.wait_for(event.wait(), left)
+            except TimeoutError:
+                return self.take(src)
+        return value
+
+
+class PointToPoint:
+    """The point-to-point calls of a group member (mixed into :class:`corral.group.Group`)."""
+
+    nc: bus.NATS
+    name: str
+    run: str
+    member: str
+    id: str
+    rank: int
+    size: int
+    asked: int
+    _inbox: Inbox
+    _sent: dict[int, int]
+    _poll: float
+    _early: list[Any]
+    _p2p_any: Any
+    _alive_at: dict[int, float]
+
+    async def _publish(self, seq: int, to: str, data: bytes, subject: str = "") -> None:
+        raise NotImplementedError  # the group's chunked publish
+
+    async def _own_inbox(self) -> None:
+        # Until our rank was known every inbox was heard; now only ours, then the early ones.
+        await self.nc.subscribe(
+            subjects.group_p2p(self.name, self.id, str(self.rank)),
+            cb=self._on_p2p,
+            pending_bytes_limit=1 << 30,
+        )
+        await self.nc.flush()
+        await self._p2p_any.unsubscribe()
+        early, self._early = self._early, []
+        for msg in early:
+            await self._on_p2p(msg)
+
+    async def write_data_to(self, rank: int, value: Any, timeout: float = 30.0) -> None:
+        """Send ``value`` to member ``rank`` (socketComm's ``writeDataTo``).
+
+        Returns once the value is on the bus; ``rank`` reads it with :meth:`read_data_from`.
+        Values from one member to another are read in the order they were written.
+
+        Args:
+            rank: the receiving member's rank.
+            value: msgpack-able data (any size: large values travel in chunks).
+            timeout: seconds to wait for the coordinator's word on whether ``rank`` lives.
+
+        Raises:
+            UsageError: ``rank`` is not a rank of this group, or is this member's own.
+            GroupRefused: ``rank`` died or left the group.
+            MalformedMessage: ``value`` is not msgpack-able.
+            GroupTimeout: the coordinator did not answer within ``timeout``.
+        """
+        self._check_peer(rank)
+        data = _encode(value)
+        await self._refuse_if_gone(rank, timeout, "nothing can be sent to it")
+        seq = self._sent[rank] = self._sent.get(rank, 0) + 1
+        await self._publish(seq, "", data, subjects.group_p2p(self.name, self.id, str(rank)))
+
+    async def read_data_from(self, rank: int, timeout: float = 30.0) -> Any:
+        """Return the next value member ``rank`` wrote to this one (socketComm's
+        ``readDataFrom``); wait for it if none came yet.
+
+        Values that arrived before ``rank`` died or left are still read, in order.
+
+        Args:
+            rank: the sending member's rank.
+            timeout: seconds to wait for the value.
+
+        Raises:
+            UsageError: ``rank`` is not a rank of this group, or is this member's own.
+            GroupRefused: ``rank`` died or left the group with nothing more sent.
+            GroupTimeout: nothing came from ``rank`` within ``timeout`` (``missing`` is
+                ``(rank,)``).
+        """
+        self._check_peer(rank)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            data = await self._inbox.wait(rank, max(0.0, min(self._poll, left)))
+            if data is not None:
+                return msgspec.msgpack.decode(data)
+            if loop.time() >= deadline:
+                raise GroupTimeout(
+                    f"nothing came from rank {rank} of group {self.name!r} within {timeout}s",
+                    (rank,),
+                )
+            await self._refuse_if_gone(rank, max(1.0, left), "and sent nothing more", True)
+
+    async def info(self, rank: int | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """What the coordinator knows of member ``rank`` (default: this member).
+
+        Returns:
+            ``group``, ``run``, ``id``, ``size``, ``asked``, ``rank``, ``host``, ``pid`` and
+            ``state`` (``alive``, ``dead`` or ``left``) of that rank.
+
+        Raises:
+            UsageError: ``rank`` is not a rank of this group.
+            GroupTimeout: the coordinator did not answer within ``timeout``.
+        """
+        rank = self.rank if rank is None else rank
+        if not 0 <= rank < self.size:
+            raise UsageError(self._no_such_rank(rank))
+        known = await self._ask_info(timeout)
+        (entry,) = [r for r in known.ranks if r.rank == rank] or [
+            wire.GroupRank(rank=rank, host="", pid=0, state="dead")
+        ]
+        return {
+            "group": self.name,
+            "run": self.run,
+            "id": self.id,
+            "size": self.size,
+            "asked": self.asked,
+            "rank": rank,
+            "host": entry.host,
+            "pid": entry.pid,
+            "state": entry.state,
+        }
+
+    def _no_such_rank(self, rank: int) -> str:
+        return (
+            f"group {self.name!r} has no rank {rank}: its ranks are 0..{self.size - 1} "
+            f"({self.size} members)"
+        )
+
+    def _check_peer(self, rank: int) -> None:
+        if not 0 <= rank < self.size:
+            raise UsageError(self._no_such_rank(rank))
+        if rank == self.rank:
+            raise UsageError(f"rank {rank} is this member: point-to-point needs another rank")
+
+    async def _ask_info(self, timeout: float) -> wire.GroupInfo:
+        ask = wire.GroupInfoRequest(member=self.member, run=self.run)
+        subject = subjects.group(self.name, "info")
+        known: wire.GroupInfo = await _request(self.nc, subject, ask, wire.GroupInfo, timeout)
+        return known
+
+    async def _refuse_if_gone(
+        self, rank: int, timeout: float, what: str, reading: bool = False
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if not reading and loop.time() - self._alive_at.get(rank, -math.inf) < self._poll:
+            return  # alive a heartbeat ago: a burst of writes asks the coordinator once
+        known = await self._ask_info(timeout)
+        state = next((r.state for r in known.ranks if r.rank == rank), "dead")
+        if state == "alive":
+            self._alive_at[rank] = loop.time()
+            return
+        if reading and self._inbox.ready(rank):
+            return  # its last values came in while we asked: read them first
+        how = "died" if state == "dead" else "left the group"
+        raise GroupRefused(f"rank {rank} of group {self.name!r} {how}; {what}")
+
+    async def _on_p2p(self, msg: Any) -> None:
+        if self.rank < 0:
+            self._early.append(msg)
+            return
+        try:
+            chunk = wire.decode(msg.data, wire.GroupChunk, msg.headers)
+        except CorralError:
+            return
+        tokens = msg.subject.split(".")
+        group_id, to = tokens[3], tokens[-1]
+        if group_id != self.id or to != str(self.rank) or chunk.src == self.rank:
+            return
+        self._inbox.add(chunk.src, chunk.seq, chunk.index, chunk.total, chunk.data)
+
+
+def _encode(value: Any) -> bytes:
+    try:
+        return _ENCODER.encode(value)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise MalformedMessage(f"group values must be msgpack-able: {exc}") from None
+
+
+async def _request(
+    nc: bus.NATS, subject: str, msg: msgspec.Struct, kind: Any, timeout: float
+) -> Any:
+    try:
+        reply = await nc.request(subject, wire.encode(msg), timeout=timeout, headers=wire.HEADERS)
+    except nats.errors.NoRespondersError:
+        raise ControllerUnavailable(
+            "no group coordinator answers: process groups need a running controller "
+            "(`corral up` or `corral controller`)"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise GroupTimeout(f"the group coordinator did not answer within {timeout}s") from None
+    return wire.decode_reply(reply.data, kind, reply.headers)
