@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,17 @@ async def test_enrolling_with_a_controller_running_is_audited(
     # The actor is the credential the CLI connected with; $USER@host is only its claim.
     assert (entry.actor, entry.role) == ("bus:admin", "admin")
     assert entry.detail["on_behalf_of"].count("@") == 1
+
+
+def test_the_cli_starts_without_loading_the_store() -> None:
+    """`corral node` (and every command) starts through the CLI app: SQLAlchemy, Alembic and
+    the database drivers cost a third of a second there, so only commands that open the store
+    load them (bench_join's workers' start-up doubled when one module imported them eagerly)."""
+    code = (
+        "import sys, corral.cli.app\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('sqlalchemy', 'alembic', 'psycopg', 'aiosqlite') or m.startswith('corral.store'))\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -13,7 +13,6 @@ import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import make_url
 
 from corral import pki, wire
 from corral.cli.common import configure, err, fail, local_audit, run
@@ -22,7 +21,6 @@ from corral.config import FIELDS, Config
 from corral.errors import BusUnavailable, ControllerUnavailable, CorralError
 from corral.security import Authority, write_secret
 from corral.sender import Sender
-from corral.store import Store, normalize_url
 
 __all__ = ["initialise", "nodes_table", "register"]
 
@@ -84,6 +82,12 @@ async def _create_store(config: Config) -> str:
     A PostgreSQL store is migrated by the controller at its first start: the server need
     not be reachable when the data directory is made.
     """
+    # Imported here: SQLAlchemy and the drivers cost every other CLI command (`corral node`
+    # included) a third of a second at start.
+    from sqlalchemy.engine import make_url
+
+    from corral.store import Store, normalize_url
+
     url = normalize_url(config.store_url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
