@@ -23,6 +23,7 @@ from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise
 from corral.config import Config
 from corral.controller import Controller
+from corral.guardian import Guardian
 from corral.security import Authority
 from corral.sender import Sender
 
@@ -195,3 +196,14 @@ def procs(config: Config, tmp_path: Path) -> Iterator[Procs]:
         yield p
     finally:
         p.cleanup()
+
+
+@pytest.fixture
+async def hosted(broker: EmbeddedBroker, config: Config) -> AsyncIterator[list[Guardian]]:
+    """Guardians started by a test (tests/test_guardian.py ``start``), stopped at its end."""
+    started: list[Guardian] = []
+    try:
+        yield started
+    finally:
+        for g in started:
+            await g.stop()

@@ -75,17 +75,6 @@ async def client(broker: EmbeddedBroker, config: Config) -> AsyncIterator[Guardi
         await c.close()
 
 
-@pytest.fixture
-async def hosted(broker: EmbeddedBroker, config: Config) -> AsyncIterator[list[Guardian]]:
-    """Guardians started by a test, stopped at its end."""
-    started: list[Guardian] = []
-    try:
-        yield started
-    finally:
-        for g in started:
-            await g.stop()
-
-
 async def start(hosted: list[Guardian], config: Config, path: Path, name: str) -> Guardian:
     g = Guardian(path, name, config=config, cycle=0.01)
     await g.start()

@@ -27,6 +27,7 @@ from corral.config import Config
 from corral.errors import SystemLoadError
 from corral.guardian import Guardian, GuardianClient
 from corral.guardian.sync import GuardianClient as SyncGuardianClient
+from test_guardian import start, system  # the same hosting helpers (`hosted`: conftest)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "guardian"
 
@@ -65,12 +66,6 @@ SEED_SUS = textwrap.dedent(
 )
 
 
-def system(tmp: Path, text: str, name: str) -> Path:
-    path = tmp / name
-    path.write_text(text)
-    return path
-
-
 @pytest.fixture
 async def client(broker: EmbeddedBroker, config: Config) -> AsyncIterator[GuardianClient]:
     c = await GuardianClient.connect(config, by="operator")
@@ -78,23 +73,6 @@ async def client(broker: EmbeddedBroker, config: Config) -> AsyncIterator[Guardi
         yield c
     finally:
         await c.close()
-
-
-@pytest.fixture
-async def hosted(broker: EmbeddedBroker, config: Config) -> AsyncIterator[list[Guardian]]:
-    started: list[Guardian] = []
-    try:
-        yield started
-    finally:
-        for g in started:
-            await g.stop()
-
-
-async def start(hosted: list[Guardian], config: Config, path: Path, name: str) -> Guardian:
-    g = Guardian(path, name, config=config, cycle=0.01)
-    await g.start()
-    hosted.append(g)
-    return g
 
 
 async def until(
