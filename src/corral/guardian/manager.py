@@ -276,11 +276,14 @@ class NodeManager:
             self._watch.result()  # raises what stopped it
 
     async def _detach(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            # _follow sees that it is no longer the current watch and ends: a cancellation
+            # that a library turns into an error it handles (a bus request cancelled while the
+            # connection closes) must not leave it retrying for ever.
+            watch.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watch
-        self._watch = None
+                await watch
 
     async def _follow(self) -> None:
         """Keep the local copies of every node's view up to date (a KV watch per manager).
@@ -289,10 +292,13 @@ class NodeManager:
         three times ``stale_after`` is broken (e.g. a restarted server lost the in-memory
         bucket and its consumer): it is made again. Meanwhile the nodes turn CONNECTION_ERROR.
         """
-        while True:
+        me = asyncio.current_task()
+        while self._watch is me:
             try:
                 await self._watch_once()
             except (nats.errors.Error, CorralError, OSError) as exc:
+                if self._watch is not me:
+                    return  # detached meanwhile (the guardian stops)
                 log.warning("manager watch failed: %s", exc, extra={"guardian": self.name})
                 await asyncio.sleep(min(1.0, self.stale_after))
 
