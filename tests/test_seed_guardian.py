@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import re
 import shutil
-import subprocess
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Procs, child_env, corral_argv, scaled
+from conftest import Procs, scaled
 from corral import wire
 from corral.broker import EmbeddedBroker
 from corral.config import Config
@@ -28,6 +27,7 @@ from corral.errors import SystemLoadError
 from corral.guardian import Guardian, GuardianClient
 from corral.guardian.sync import GuardianClient as SyncGuardianClient
 from test_guardian import start, system  # the same hosting helpers (`hosted`: conftest)
+from test_guardian_processes import cli
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "guardian"
 
@@ -97,17 +97,6 @@ async def until(
         return await asyncio.wait_for(watch(), scaled(timeout))
     except TimeoutError:
         raise AssertionError(f"{name}: condition not met; last view {last}") from None
-
-
-def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``corral ARGS`` (call through asyncio.to_thread)."""
-    return subprocess.run(
-        corral_argv(config, *args),
-        env=child_env(config),
-        capture_output=True,
-        text=True,
-        timeout=scaled(60),
-    )
 
 
 async def test_a_seed_module_importing_from_guardian_runs_with_log_notify_and_decorators(
