@@ -412,7 +412,7 @@ class Agent(metaclass=agent_names.AgentType):
         try:
             incoming = wire.decode(msg.data, wire.AgentMessage, msg.headers)
         except CorralError as exc:
-            await self._reply(msg, wire.ErrorReply(code=wire.error_code(exc), error=str(exc)))
+            await self._reply(msg, wire.error_reply(exc))
             return
         if incoming.message == _WHOIS:
             await self._reply(msg, wire.AgentReply(data={"host": _HOST, "pid": os.getpid()}))

@@ -248,12 +248,14 @@ class ListCommands(_Body):
 class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Every error reply: Pydra's ``code`` and what went wrong.
 
+    ``kind``: the :mod:`corral.errors` class raised (the Python client raises the same one).
     ``fields``: when task arguments do not fit the task's signature (422), what is wrong with
     each argument, by name (``args[<i>].<name>`` in ``queue_tasks``); absent otherwise.
     """
 
     code: int
     error: str
+    kind: str = ""
     fields: dict[str, str] = {}
 
 

@@ -54,19 +54,12 @@ from corral.controller.api_calls import ApiCalls, Caller
 from corral.controller.http_limits import EntryLimits
 from corral.core.limits import CallLimiter, json_depth_error
 from corral.errors import (
-    AuthenticationFailed,
     ConfigError,
-    ControllerError,
     CorralError,
-    Forbidden,
-    InvalidArguments,
-    NoKey,
-    NotFound,
+    FunctionNotFound,
     ProtocolError,
-    Refused,
-    Timeout,
-    Unavailable,
-    UsageError,
+    UnknownError,
+    http_error,
 )
 from corral.tokens import Role, TokenChecker
 
@@ -129,32 +122,13 @@ _JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
 
 
-def _error(status: int, code: int, message: str, fields: dict[str, str] | None = None) -> Response:
-    body = m.ErrorBody(code=code, error=message, fields=fields or {})
-    return Response(_encode(body), status, media_type=_JSON)
-
-
 def error_response(exc: Exception) -> Response:
-    """The HTTP reply for an exception raised by an API function or the gate."""
-    if isinstance(exc, ControllerError):
-        default = {
-            NoKey: 401,
-            Forbidden: 403,
-            AuthenticationFailed: 401,
-            NotFound: 404,
-        }.get(type(exc), 400 if exc.code == -3 else 500)
-        fields = exc.fields if isinstance(exc, InvalidArguments) else None
-        return _error(exc.status or default, exc.code, str(exc), fields)
-    if isinstance(exc, Timeout):
-        return _error(504, -3, str(exc))
-    if isinstance(exc, ProtocolError):
-        return _error(422, -3, str(exc))
-    if isinstance(exc, UsageError | Refused):
-        return _error(400, -3, str(exc))
-    if isinstance(exc, Unavailable):
-        return _error(503, -2, str(exc))
-    log.error("API function failed", exc_info=exc)
-    return _error(500, -5, f"{type(exc).__name__}: {exc}")
+    """The HTTP reply for an exception raised by an API function or the gate: the status and
+    body :func:`corral.errors.http_error` gives it."""
+    if not isinstance(exc, CorralError):
+        log.error("API function failed", exc_info=exc)
+    status, body = http_error(exc)
+    return Response(_encode(body), status, media_type=_JSON)
 
 
 def _bearer(request: Request) -> str | None:
@@ -227,14 +201,14 @@ def _endpoint(
             else:
                 body = await request.body()
                 if (deep := json_depth_error(body)) is not None:
-                    return _error(422, -3, f"invalid arguments: {deep}")
+                    return error_response(ProtocolError(f"invalid arguments: {deep}"))
                 try:
                     args = decoder.decode(body or b"{}")
                 except msgspec.DecodeError as exc:
                     assert kind is not None
                     args = _pydra_form(body, kind, decoder)
                     if args is None:
-                        return _error(422, -3, f"invalid arguments: {exc}")
+                        return error_response(ProtocolError(f"invalid arguments: {exc}"))
                 result = await handler(args, **extra)
             return Response(_encode(result), media_type=_JSON)
         except Exception as exc:  # every failure becomes a coded error reply
@@ -327,13 +301,14 @@ def build_app(calls: ApiCalls, checker: TokenChecker) -> FastAPI:
     async def not_found(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code in (404, 405):
             known = ", ".join(FUNCTIONS)
-            return _error(
-                exc.status_code,
-                -6,
-                f"no API function {request.method} {request.url.path}; the functions are "
-                f"POST /<name> for: {known}",
+            return error_response(
+                FunctionNotFound(
+                    f"no API function {request.method} {request.url.path}; the functions are "
+                    f"POST /<name> for: {known}",
+                    exc.status_code,
+                )
             )
-        return _error(exc.status_code, -5, str(exc.detail))
+        return error_response(UnknownError(str(exc.detail), exc.status_code))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -592,7 +592,7 @@ class TaskService:
             hello = wire.decode(msg.data, wire.TaskHello, msg.headers)
         except CorralError as exc:
             if msg.reply:
-                error = wire.ErrorReply(code=wire.error_code(exc), error=str(exc))
+                error = wire.error_reply(exc)
                 await self.ctl.nc.publish(msg.reply, wire.encode(error), headers=wire.HEADERS)
             return
         record = self.ctl.registry.nodes.get(node)
