@@ -17,7 +17,6 @@ a failure raises the same class over HTTP and over the bus. The tree::
     │   ├── SystemLoadError     -3 400  a guardian system module failed to import
     │   ├── IllegalTransition   -3 409  a task instance asked to move where its table forbids
     │   ├── NotSerializable     -3 422  task arguments or a result msgpack cannot carry
-    │   ├── InvalidArguments    -3 422  task arguments that do not fit the task (``fields``)
     │   ├── BadTarget           -3 400  a target that is no name, glob or ``kind:value``
     │   ├── Refusal             -3 400  the node will not do this (disabled kind, bad path)
     │   └── FunctionNotFound    -6 404  the controller API has no such function
@@ -28,6 +27,7 @@ a failure raises the same class over HTTP and over the bus. The tree::
     ├── Refused                 -3 400  a peer understood and said no (``RemoteError``)
     │   ├── NotFound            -3 404  no task instance, node or command with that id
     │   │   └── UnknownTask     -3 404  no node offers that task key
+    │   ├── InvalidArguments    -3 422  arguments that do not fit the function or task (``fields``)
     │   ├── DuplicateName       -3 409  a live node (or agent) already holds that name
     │   ├── RetryLater          -3 503  not now; ask again after ``retry_after`` seconds
     │   ├── UnknownMessage      -3 404  the agent has no handler for that message
@@ -187,23 +187,6 @@ class NotSerializable(UsageError):
     status = 422
 
 
-class InvalidArguments(UsageError):
-    """Task arguments that do not fit the task function's signature (HTTP 422).
-
-    Raised when a task is queued (nothing is stored then). ``fields`` maps each argument at
-    fault to what is wrong with it (Pydra's per-field errors), e.g. ``{"count": "expected
-    int, got str"}``; in ``queue_tasks`` the names are ``args[<i>].<name>``.
-    """
-
-    status = 422
-
-    def __init__(
-        self, message: str = "", status: int | None = None, fields: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message, status)
-        self.fields: dict[str, str] = dict(fields or {})
-
-
 class BadTarget(UsageError):
     """A target string that is neither a name, a glob, nor a known ``kind:value`` form."""
 
@@ -261,6 +244,24 @@ class UnknownTask(NotFound):
     """No node offers the task key asked for."""
 
     reply_code = "unknown-task"
+
+
+class InvalidArguments(Refused):
+    """Arguments that do not fit an API function, or a task function's signature (HTTP 422).
+
+    Nothing was done. For a task it is raised when the task is queued (nothing is stored
+    then), and ``fields`` maps each argument at fault to what is wrong with it (Pydra's
+    per-field errors), e.g. ``{"count": "expected int, got str"}``; in ``queue_tasks`` the
+    names are ``args[<i>].<name>``.
+    """
+
+    status = 422
+
+    def __init__(
+        self, message: str = "", status: int | None = None, fields: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, status)
+        self.fields: dict[str, str] = dict(fields or {})
 
 
 class DuplicateName(Refused):
@@ -518,7 +519,7 @@ def _by_code(code: int, status: int, message: str, fields: Mapping[str, str]) ->
     if code == -3:
         if status == 422 and "idempotency key" in message:
             return IdempotencyKeyReused
-        if status == 422 and fields:
+        if status == 422 and (fields or message.startswith("invalid arguments")):
             return InvalidArguments
         return {404: NotFound, 413: OversizedMessage, 422: ProtocolError, 429: Overloaded}.get(
             status, Refused

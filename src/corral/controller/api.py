@@ -57,7 +57,7 @@ from corral.errors import (
     ConfigError,
     CorralError,
     FunctionNotFound,
-    ProtocolError,
+    InvalidArguments,
     UnknownError,
     http_error,
 )
@@ -150,7 +150,7 @@ def _pydra_form(body: bytes, kind: type[Any], decoder: msgspec.json.Decoder[Any]
         The request, or ``None`` when the body is not in Pydra's form either.
 
     Raises:
-        ProtocolError: it is in Pydra's form, but its arguments do not fit (422).
+        InvalidArguments: it is in Pydra's form, but its arguments do not fit (422).
     """
     try:
         data = _generic.decode(body)
@@ -164,18 +164,18 @@ def _pydra_form(body: bytes, kind: type[Any], decoder: msgspec.json.Decoder[Any]
     fields = kind.__struct_fields__
     how = f"Pydra's form: args fill {', '.join(fields)} in order, kwargs the rest"
     if len(positional) > len(fields):
-        raise ProtocolError(
+        raise InvalidArguments(
             f"invalid arguments: {len(positional)} positional arguments, but this function "
             f"takes at most {len(fields)} ({how})"
         )
     values = dict(zip(fields, positional, strict=False))
     twice = sorted(set(values) & set(named))
     if twice:
-        raise ProtocolError(f"invalid arguments: {', '.join(twice)} given twice ({how})")
+        raise InvalidArguments(f"invalid arguments: {', '.join(twice)} given twice ({how})")
     try:
         return decoder.decode(_encode({**values, **named}))
     except msgspec.DecodeError as exc:
-        raise ProtocolError(f"invalid arguments: {exc} ({how})") from None
+        raise InvalidArguments(f"invalid arguments: {exc} ({how})") from None
 
 
 def _endpoint(
@@ -201,14 +201,14 @@ def _endpoint(
             else:
                 body = await request.body()
                 if (deep := json_depth_error(body)) is not None:
-                    return error_response(ProtocolError(f"invalid arguments: {deep}"))
+                    return error_response(InvalidArguments(f"invalid arguments: {deep}"))
                 try:
                     args = decoder.decode(body or b"{}")
                 except msgspec.DecodeError as exc:
                     assert kind is not None
                     args = _pydra_form(body, kind, decoder)
                     if args is None:
-                        return error_response(ProtocolError(f"invalid arguments: {exc}"))
+                        return error_response(InvalidArguments(f"invalid arguments: {exc}"))
                 result = await handler(args, **extra)
             return Response(_encode(result), media_type=_JSON)
         except Exception as exc:  # every failure becomes a coded error reply
