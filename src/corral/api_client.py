@@ -57,7 +57,13 @@ def _raise(response: httpx.Response) -> None:
         text = f"HTTP {response.status_code}: {response.text[:200]}"
         body = m.ErrorBody(code=-5, error=text)
     raise from_wire(
-        body.kind, body.error, code=body.code, status=response.status_code, fields=body.fields
+        body.kind,
+        body.error,
+        code=body.code,
+        status=response.status_code,
+        fields=body.fields,
+        retry_after=body.retry_after,
+        step=body.step,
     )
 
 

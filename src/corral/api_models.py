@@ -257,6 +257,9 @@ class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: str
     kind: str = ""
     fields: dict[str, str] = {}
+    #: a :class:`~corral.errors.RetryLater`'s delay; a :class:`~corral.errors.GroupRefused`'s step
+    retry_after: float = 0.0
+    step: int = 0
 
 
 class TaskKeyView(msgspec.Struct, kw_only=True):

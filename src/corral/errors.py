@@ -489,11 +489,12 @@ def to_wire(exc: BaseException) -> WireError:
 
 def http_error(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """The HTTP status and JSON body answering ``exc``: ``{"code", "error", "kind"}``, and
-    ``"fields"`` when there are per-field errors."""
+    ``"fields"``, ``"retry_after"``, ``"step"`` when the error carries them."""
     wire = to_wire(exc)
     body: dict[str, Any] = {"code": wire.code, "error": wire.error, "kind": wire.kind}
-    if wire.fields:
-        body["fields"] = wire.fields
+    for name in ("fields", "retry_after", "step"):
+        if value := getattr(wire, name):
+            body[name] = value
     return wire.status, body
 
 
