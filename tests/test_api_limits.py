@@ -193,7 +193,9 @@ async def test_arguments_over_max_payload_are_refused_and_nothing_is_stored(
 ) -> None:
     assert controller.nc is not None
     max_payload = controller.nc.max_payload
-    with pytest.raises(OversizedMessage, match=r"argument mapping #1 encode to \d+ bytes") as caught:
+    with pytest.raises(
+        OversizedMessage, match=r"argument mapping #1 encode to \d+ bytes"
+    ) as caught:
         await api.queue_tasks("echo", [{"value": 1}, {"value": "x" * max_payload}])
     assert caught.value.status == 413 and "Nothing was queued" in str(caught.value)
     assert f"at most {max_payload - 300}" not in str(caught.value)  # a real limit, said

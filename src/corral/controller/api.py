@@ -6,18 +6,20 @@ Theory of operation: every function of :class:`~corral.controller.api_calls.ApiC
 order), so the Python client calls it like a local method. Each call goes through
 :func:`_endpoint`: the token is checked first (no token: 401 and nothing happens), then the
 body is decoded into the function's msgspec struct (invalid: 422), then the function runs.
-Errors come back as ``{"code": <Pydra code>, "error": "..."}`` (task arguments that do not fit
-the task's signature add ``"fields"``, one message per argument) with the matching HTTP
-status:
+Errors come back as ``{"code": <Pydra code>, "error": "...", "kind": "<class>"}`` (plus
+``"fields"``, one message per argument, when arguments do not fit) with the HTTP status of
+the error's class: :func:`corral.errors.http_error` makes the reply from the code and status
+each class of the one error tree carries, and the client raises the class ``kind`` names, as
+a bus client does for the same failure:
 
 =====  ===========  ============================================================
 code   HTTP         meaning
 =====  ===========  ============================================================
 -1     401 / 403    authentication failure: token refused / role too low
 -2     503          disconnection: the controller lost its store or bus
--3     400 404 422  error in the remote function: refused arguments, no such id
-       504          (504: a ``wait`` ran out of time)
-       413 429      the body is over ``max_request_bytes``; the token made too many calls
+-3     400 404 409  error in the remote function: refused, no such id, conflict
+       413 422 429  body or arguments too large, arguments that do not fit, too many calls
+       504          a ``wait`` ran out of time
 -4     401          no key: no token was sent
 -5     500          unknown error
 -6     404 / 405    remote function not found
@@ -239,7 +241,8 @@ def _openapi_extra(kind: type[Any] | None, reply: Any, name: str = "") -> dict[s
             (413, "request body over max_request_bytes (code -3)"),
             (429, "too many calls for this token; see Retry-After (code -3)"),
             (400, "the function refused its arguments (code -3)"),
-            (404, "no such instance or node (code -3)"),
+            (404, "no such instance, node or command; no node offers the task (code -3)"),
+            (409, "the request conflicts with the current state (code -3)"),
             (503, "the controller lost its store or bus (code -2)"),
             (504, "a wait ran out of time (code -3)"),
         )
