@@ -28,6 +28,7 @@ a failure raises the same class over HTTP and over the bus. The tree::
     │   ├── NotFound            -3 404  no task instance, node or command with that id
     │   │   └── UnknownTask     -3 404  no node offers that task key
     │   ├── InvalidArguments    -3 422  arguments that do not fit the function or task (``fields``)
+    │   ├── Conflict            -3 409  the request does not fit the current state of its object
     │   ├── DuplicateName       -3 409  a live node (or agent) already holds that name
     │   ├── RetryLater          -3 503  not now; ask again after ``retry_after`` seconds
     │   ├── UnknownMessage      -3 404  the agent has no handler for that message
@@ -70,6 +71,7 @@ __all__ = [
     "BadTarget",
     "BusUnavailable",
     "ConfigError",
+    "Conflict",
     "ControllerError",
     "ControllerUnavailable",
     "CorralError",
@@ -262,6 +264,13 @@ class InvalidArguments(Refused):
     ) -> None:
         super().__init__(message, status)
         self.fields: dict[str, str] = dict(fields or {})
+
+
+class Conflict(Refused):
+    """The request does not fit the current state of what it names (HTTP 409): e.g. a node
+    that is UP cannot be forgotten, one that is not UP has no worker to kill."""
+
+    status, reply_code = 409, "conflict"
 
 
 class DuplicateName(Refused):
