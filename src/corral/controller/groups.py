@@ -17,7 +17,7 @@ import msgspec
 
 from corral import bus, subjects, wire
 from corral.core.group import Decision, Formed, Group, GroupFailed, Refuse, RoundDone, RoundFailed
-from corral.errors import CorralError, GroupRefused
+from corral.errors import CorralError, GroupRefused, GroupTimeout
 
 __all__ = ["GroupService"]
 
@@ -209,11 +209,11 @@ class GroupService:
                 for member in d.waiters:
                     await self._answer(key, member, failed)
             elif isinstance(d, GroupFailed):
-                error = wire.ErrorReply(code="group-timeout", error=d.reason)
+                error = wire.error_reply(GroupTimeout(d.reason))
                 for member in d.members:
                     await self._answer(key, member, error)
             elif isinstance(d, Refuse):
-                refusal = wire.ErrorReply(code="group-refused", error=d.reason, step=d.step)
+                refusal = wire.error_reply(GroupRefused(d.reason, d.step))
                 await self._answer(key, d.member, refusal)
         g = self.groups.get(key)
         if g is not None and g.ended:

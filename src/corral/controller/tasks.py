@@ -37,6 +37,7 @@ from corral.errors import (
     NotFound,
     OversizedMessage,
     RecordRefused,
+    RetryLater,
     StoreError,
     Timeout,
 )
@@ -598,8 +599,8 @@ class TaskService:
         record = self.ctl.registry.nodes.get(node)
         if record is None or record.instance != hello.instance or record.status != "UP":
             if msg.reply:
-                error = wire.ErrorReply(
-                    code="retry", error="join first: this node instance is not UP", retry_after=0.5
+                error = wire.error_reply(
+                    RetryLater("join first: this node instance is not UP", retry_after=0.5)
                 )
                 await self.ctl.nc.publish(msg.reply, wire.encode(error), headers=wire.HEADERS)
             return
