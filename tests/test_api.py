@@ -20,6 +20,7 @@ from corral.errors import (
     AuthenticationFailed,
     Forbidden,
     FunctionNotFound,
+    InvalidArguments,
     NoKey,
     NotFound,
     RemoteError,
@@ -96,10 +97,10 @@ async def test_unknown_functions_and_ids_carry_pydra_codes(api: AsyncController)
     with pytest.raises(NotFound) as missing:
         await api.task_history_detail(987654)
     assert (missing.value.code, missing.value.status) == (-3, 404)
-    with pytest.raises(RemoteError, match="invalid arguments") as invalid:
+    with pytest.raises(InvalidArguments, match="invalid arguments") as invalid:
         await api.call("task_history", key="echo", page=0)
-    assert invalid.value.status == 422
-    with pytest.raises(RemoteError, match="unknown field"):
+    assert invalid.value.status == 422 and isinstance(invalid.value, RemoteError)
+    with pytest.raises(InvalidArguments, match="unknown field"):
         await api.call("list_tasks", toplevel=True, bogus=1)
 
 

@@ -21,7 +21,7 @@ from corral.broker import EmbeddedBroker
 from corral.config import Config
 from corral.controller import Controller
 from corral.core.taskstate import TaskInstance
-from corral.errors import RemoteError
+from corral.errors import OversizedMessage
 from corral.node import Node
 from corral.security import Authority
 from corral.tokens import Role
@@ -130,7 +130,7 @@ async def test_a_64_mib_body_is_refused_413_before_it_is_read(
     assert (await api.task_history("echo")).total == 0
     # The Python client gets the 413 as an error that says what to do.
     for size in (2 * MiB, 16 * MiB):
-        with pytest.raises(RemoteError, match="raise max_request_bytes") as caught:
+        with pytest.raises(OversizedMessage, match="raise max_request_bytes") as caught:
             await api.queue_tasks("echo", [{"value": "z" * size}])
         assert caught.value.status == 413
     assert (await api.task_history("echo")).total == 0
@@ -193,9 +193,11 @@ async def test_arguments_over_max_payload_are_refused_and_nothing_is_stored(
 ) -> None:
     assert controller.nc is not None
     max_payload = controller.nc.max_payload
-    with pytest.raises(RemoteError, match=r"argument mapping #1 encode to \d+ bytes") as caught:
+    with pytest.raises(
+        OversizedMessage, match=r"argument mapping #1 encode to \d+ bytes"
+    ) as caught:
         await api.queue_tasks("echo", [{"value": 1}, {"value": "x" * max_payload}])
-    assert caught.value.status == 422 and "Nothing was queued" in str(caught.value)
+    assert caught.value.status == 413 and "Nothing was queued" in str(caught.value)
     assert f"at most {max_payload - 300}" not in str(caught.value)  # a real limit, said
     assert (await api.task_history("echo")).total == 0
     assert all(v.held == 0 for v in await api.node_status())

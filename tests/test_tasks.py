@@ -12,7 +12,7 @@ from conftest import scaled
 from corral import AsyncController, TaskFailed
 from corral.config import Config
 from corral.controller import Controller
-from corral.errors import NotSerializable, RemoteError
+from corral.errors import NotSerializable, UnknownTask
 from corral.node import Node
 from tasks_fixtures import api, node  # noqa: F401 - fixtures
 
@@ -54,9 +54,9 @@ async def test_a_task_that_raises_fails_with_its_traceback(api: AsyncController)
 async def test_arguments_are_checked_before_anything_is_queued(api: AsyncController) -> None:  # noqa: F811
     with pytest.raises(NotSerializable, match="msgpack"):
         await api.queue_task("echo", value=object())
-    with pytest.raises(RemoteError, match="no node offers task 'nope'") as caught:
+    with pytest.raises(UnknownTask, match="no node offers task 'nope'") as caught:
         await api.queue_task("nope")
-    assert caught.value.code == -3 and caught.value.status == 400
+    assert caught.value.code == -3 and caught.value.status == 404
     assert (await api.task_history("echo")).total == 0
 
 

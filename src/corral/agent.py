@@ -40,7 +40,15 @@ import nats.errors
 from corral import agent_names, bus, subjects, wire
 from corral import sender as _sender
 from corral.config import Config, load_config
-from corral.errors import ConfigError, CorralError, DuplicateName
+from corral.errors import (
+    AgentError,
+    ConfigError,
+    CorralError,
+    DuplicateName,
+    NoSuchAgent,
+    Overloaded,
+    UnknownMessage,
+)
 from corral.security import agent_inbox, credential_name
 from corral.sender import Sender, class_or_instance
 
@@ -358,9 +366,7 @@ class Agent(metaclass=agent_names.AgentType):
             log.info("agent stopped", extra={"agent": self.name, "handled": self.handled})
 
     def _stopped_error(self) -> wire.ErrorReply:
-        return wire.ErrorReply(
-            code="agent-stopped", error=f"agent {self.name!r} stopped before handling this"
-        )
+        return wire.error_reply(NoSuchAgent(f"agent {self.name!r} stopped before handling this"))
 
     async def _refuse_waiting(self) -> None:
         """Answer the messages still in the inbox at once rather than let askers time out."""
@@ -412,7 +418,7 @@ class Agent(metaclass=agent_names.AgentType):
         try:
             incoming = wire.decode(msg.data, wire.AgentMessage, msg.headers)
         except CorralError as exc:
-            await self._reply(msg, wire.ErrorReply(code=wire.error_code(exc), error=str(exc)))
+            await self._reply(msg, wire.error_reply(exc))
             return
         if incoming.message == _WHOIS:
             await self._reply(msg, wire.AgentReply(data={"host": _HOST, "pid": os.getpid()}))
@@ -428,7 +434,7 @@ class Agent(metaclass=agent_names.AgentType):
                     "messages is full; retry later, or make the handlers faster or the agent "
                     "a pool"
                 )
-                await self._reply(msg, wire.ErrorReply(code="overloaded", error=error))
+                await self._reply(msg, wire.error_reply(Overloaded(error)))
 
     async def _consume(self) -> None:
         assert self._inbox is not None
@@ -453,10 +459,11 @@ class Agent(metaclass=agent_names.AgentType):
         handler = self.actions_by_message.get(incoming.message)
         if handler is None:
             known = ", ".join(repr(m) for m in sorted(self.actions_by_message)) or "none"
-            return wire.ErrorReply(
-                code="unknown-message",
-                error=f"agent {self.name!r} does not handle {incoming.message!r}; "
-                f"it handles: {known} (and {self.SHUTDOWN!r})",
+            return wire.error_reply(
+                UnknownMessage(
+                    f"agent {self.name!r} does not handle {incoming.message!r}; "
+                    f"it handles: {known} (and {self.SHUTDOWN!r})"
+                )
             )
         message = Message(incoming.message, incoming.data, incoming.sender)
         try:
@@ -470,9 +477,8 @@ class Agent(metaclass=agent_names.AgentType):
             log.exception(
                 "handler raised", extra={"agent": self.name, "handling": incoming.message}
             )
-            return wire.ErrorReply(
-                code="handler-error",
-                error=f"agent {self.name!r} failed on {incoming.message!r}: {self.last_error}",
+            return wire.error_reply(
+                AgentError(f"agent {self.name!r} failed on {incoming.message!r}: {self.last_error}")
             )
         finally:
             self.handled += 1
@@ -506,9 +512,10 @@ class Agent(metaclass=agent_names.AgentType):
             data = wire.encode(payload)
         except (TypeError, msgspec.EncodeError) as exc:
             data = wire.encode(
-                wire.ErrorReply(
-                    code="handler-error",
-                    error=f"agent {self.name!r} returned a value that is not msgpack-able: {exc}",
+                wire.error_reply(
+                    AgentError(
+                        f"agent {self.name!r} returned a value that is not msgpack-able: {exc}"
+                    )
                 )
             )
         await self.nc.publish(subject, data, headers=wire.HEADERS)

@@ -33,21 +33,13 @@ from corral import api_models as m
 from corral._http import LeanTransport
 from corral.config import Config, load_config
 from corral.errors import (
-    AuthenticationFailed,
-    ControllerError,
     Disconnected,
-    Forbidden,
     FunctionNotFound,
-    IdempotencyKeyReused,
-    InvalidArguments,
     NoKey,
-    NotFound,
     NotSerializable,
-    RemoteError,
     TaskFailed,
-    Timeout,
-    UnknownError,
     UsageError,
+    from_wire,
 )
 from corral.tokens import load_token, read_token
 
@@ -55,35 +47,24 @@ __all__ = ["AsyncController", "Controller", "WebController"]
 
 T = TypeVar("T")
 
-_CODES: dict[int, type[ControllerError]] = {
-    -1: AuthenticationFailed,
-    -2: Disconnected,
-    -3: RemoteError,
-    -4: NoKey,
-    -5: UnknownError,
-    -6: FunctionNotFound,
-}
 _error_decoder = msgspec.json.Decoder(m.ErrorBody)
 
 
 def _raise(response: httpx.Response) -> None:
     try:
         body = _error_decoder.decode(response.content)
-        code, message = body.code, body.error
     except msgspec.DecodeError:
-        code, message = -5, f"HTTP {response.status_code}: {response.text[:200]}"
-        body = m.ErrorBody(code=code, error=message)
-    if response.status_code == 504:
-        raise Timeout(message)
-    if code == -1 and response.status_code == 403:
-        raise Forbidden(message, 403)
-    if code == -3 and response.status_code == 404:
-        raise NotFound(message, 404)
-    if code == -3 and response.status_code == 422 and "idempotency key" in message:
-        raise IdempotencyKeyReused(message, 422)
-    if code == -3 and response.status_code == 422 and body.fields:
-        raise InvalidArguments(message, 422, body.fields)
-    raise _CODES.get(code, UnknownError)(message, response.status_code)
+        text = f"HTTP {response.status_code}: {response.text[:200]}"
+        body = m.ErrorBody(code=-5, error=text)
+    raise from_wire(
+        body.kind,
+        body.error,
+        code=body.code,
+        status=response.status_code,
+        fields=body.fields,
+        retry_after=body.retry_after,
+        step=body.step,
+    )
 
 
 def _check_args(args: dict[str, Any]) -> None:

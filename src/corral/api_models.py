@@ -248,13 +248,18 @@ class ListCommands(_Body):
 class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Every error reply: Pydra's ``code`` and what went wrong.
 
+    ``kind``: the :mod:`corral.errors` class raised (the Python client raises the same one).
     ``fields``: when task arguments do not fit the task's signature (422), what is wrong with
     each argument, by name (``args[<i>].<name>`` in ``queue_tasks``); absent otherwise.
     """
 
     code: int
     error: str
+    kind: str = ""
     fields: dict[str, str] = {}
+    #: a :class:`~corral.errors.RetryLater`'s delay; a :class:`~corral.errors.GroupRefused`'s step
+    retry_after: float = 0.0
+    step: int = 0
 
 
 class TaskKeyView(msgspec.Struct, kw_only=True):

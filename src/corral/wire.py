@@ -11,28 +11,17 @@ Nothing here does I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import msgspec
 
 from corral._version import __version__
 from corral.errors import (
-    AgentError,
-    DuplicateName,
-    GroupRefused,
-    GroupTimeout,
-    GuardianRefused,
     MalformedMessage,
-    NoSuchAgent,
-    NoSuchGuardian,
-    Overloaded,
     OversizedMessage,
-    ProtocolError,
-    Refused,
-    RetryLater,
-    UnknownMessage,
-    UsageError,
     VersionMismatch,
+    from_wire,
+    to_wire,
 )
 
 __all__ = [
@@ -115,6 +104,7 @@ __all__ = [
     "decode",
     "decode_reply",
     "encode",
+    "error_reply",
     "raise_for_error",
 ]
 
@@ -195,7 +185,11 @@ class Rejoin(_Msg, frozen=True):
 
 
 class ErrorReply(_Msg, frozen=True):
-    """Any request refused. ``code`` is machine-readable, ``error`` says what to do."""
+    """Any request refused. ``code`` is machine-readable, ``error`` says what to do.
+
+    Made by :func:`error_reply` from the exception, read by :func:`raise_for_error`, which
+    raises the class ``kind`` names (by ``code`` when it names none known here).
+    """
 
     code: str
     error: str
@@ -204,6 +198,10 @@ class ErrorReply(_Msg, frozen=True):
     #: for code ``group-refused`` of a collective: the group's current collective number
     #: (calling again at it is counted); 0 when it does not apply
     step: int = 0
+    #: the name of the :mod:`corral.errors` class raised (the client raises the same one)
+    kind: str = ""
+    #: per-field errors (:class:`~corral.errors.InvalidArguments`)
+    fields: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Ok(_Msg, frozen=True):
@@ -944,43 +942,32 @@ def decode_reply(data: bytes, kind: type[T], headers: Mapping[str, str] | None =
     return msg  # type: ignore[no-any-return]
 
 
-_ERRORS: dict[str, type[Exception]] = {
-    "duplicate-name": DuplicateName,
-    "unknown-message": UnknownMessage,
-    "handler-error": AgentError,
-    "overloaded": Overloaded,
-    "agent-stopped": NoSuchAgent,
-    "malformed": MalformedMessage,
-    "oversized": OversizedMessage,
-    "version": VersionMismatch,
-    "group-timeout": GroupTimeout,
-    "group-refused": GroupRefused,
-    "protocol": ProtocolError,
-    "usage": UsageError,
-    "guardian-refused": GuardianRefused,
-    "no-guardian": NoSuchGuardian,
-}
+def error_reply(exc: BaseException) -> ErrorReply:
+    """The bus reply for ``exc`` (see :func:`corral.errors.to_wire`)."""
+    w = to_wire(exc)
+    return ErrorReply(
+        code=w.reply_code,
+        error=w.error,
+        retry_after=w.retry_after,
+        step=w.step,
+        kind=w.kind,
+        fields=w.fields,
+    )
 
 
-def raise_for_error(reply: ErrorReply) -> None:
-    """Raise the corral error that an :class:`ErrorReply` stands for.
+def raise_for_error(reply: ErrorReply) -> NoReturn:
+    """Raise the corral error that an :class:`ErrorReply` stands for: the class its ``kind``
+    names, else the one its ``code`` stands for (:class:`~corral.errors.Refused` if none)."""
+    raise from_wire(
+        reply.kind,
+        reply.error,
+        code=reply.code,
+        fields=reply.fields,
+        retry_after=reply.retry_after,
+        step=reply.step,
+    )
 
-    Raises:
-        Refused: or the subclass named by ``reply.code``; always. A ``retry`` refusal is a
-            :class:`~corral.errors.RetryLater` carrying ``retry_after``.
-    """
-    if reply.code == "retry":
-        raise RetryLater(reply.error, reply.retry_after)
-    if reply.code == "group-refused":
-        raise GroupRefused(reply.error, reply.step)
-    raise _ERRORS.get(reply.code, Refused)(reply.error)
 
-
-def error_code(exc: Exception) -> str:
-    """The wire code for a corral error (the inverse of :func:`raise_for_error`)."""
-    for code, kind in _ERRORS.items():
-        if type(exc) is kind:
-            return code
-    if isinstance(exc, UsageError):
-        return "usage"  # a caller's mistake (bad target, kind, limit), in any subclass
-    return "refused"
+def error_code(exc: BaseException) -> str:
+    """The bus ``ErrorReply.code`` for an exception (see :func:`error_reply`)."""
+    return to_wire(exc).reply_code

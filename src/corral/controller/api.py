@@ -6,18 +6,20 @@ Theory of operation: every function of :class:`~corral.controller.api_calls.ApiC
 order), so the Python client calls it like a local method. Each call goes through
 :func:`_endpoint`: the token is checked first (no token: 401 and nothing happens), then the
 body is decoded into the function's msgspec struct (invalid: 422), then the function runs.
-Errors come back as ``{"code": <Pydra code>, "error": "..."}`` (task arguments that do not fit
-the task's signature add ``"fields"``, one message per argument) with the matching HTTP
-status:
+Errors come back as ``{"code": <Pydra code>, "error": "...", "kind": "<class>"}`` (plus
+``"fields"``, one message per argument, when arguments do not fit) with the HTTP status of
+the error's class: :func:`corral.errors.http_error` makes the reply from the code and status
+each class of the one error tree carries, and the client raises the class ``kind`` names, as
+a bus client does for the same failure:
 
 =====  ===========  ============================================================
 code   HTTP         meaning
 =====  ===========  ============================================================
 -1     401 / 403    authentication failure: token refused / role too low
 -2     503          disconnection: the controller lost its store or bus
--3     400 404 422  error in the remote function: refused arguments, no such id
-       504          (504: a ``wait`` ran out of time)
-       413 429      the body is over ``max_request_bytes``; the token made too many calls
+-3     400 404 409  error in the remote function: refused, no such id, conflict
+       413 422 429  body or arguments too large, arguments that do not fit, too many calls
+       504          a ``wait`` ran out of time
 -4     401          no key: no token was sent
 -5     500          unknown error
 -6     404 / 405    remote function not found
@@ -54,19 +56,12 @@ from corral.controller.api_calls import ApiCalls, Caller
 from corral.controller.http_limits import EntryLimits
 from corral.core.limits import CallLimiter, json_depth_error
 from corral.errors import (
-    AuthenticationFailed,
     ConfigError,
-    ControllerError,
     CorralError,
-    Forbidden,
+    FunctionNotFound,
     InvalidArguments,
-    NoKey,
-    NotFound,
-    ProtocolError,
-    Refused,
-    Timeout,
-    Unavailable,
-    UsageError,
+    UnknownError,
+    http_error,
 )
 from corral.tokens import Role, TokenChecker
 
@@ -129,32 +124,13 @@ _JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
 
 
-def _error(status: int, code: int, message: str, fields: dict[str, str] | None = None) -> Response:
-    body = m.ErrorBody(code=code, error=message, fields=fields or {})
-    return Response(_encode(body), status, media_type=_JSON)
-
-
 def error_response(exc: Exception) -> Response:
-    """The HTTP reply for an exception raised by an API function or the gate."""
-    if isinstance(exc, ControllerError):
-        default = {
-            NoKey: 401,
-            Forbidden: 403,
-            AuthenticationFailed: 401,
-            NotFound: 404,
-        }.get(type(exc), 400 if exc.code == -3 else 500)
-        fields = exc.fields if isinstance(exc, InvalidArguments) else None
-        return _error(exc.status or default, exc.code, str(exc), fields)
-    if isinstance(exc, Timeout):
-        return _error(504, -3, str(exc))
-    if isinstance(exc, ProtocolError):
-        return _error(422, -3, str(exc))
-    if isinstance(exc, UsageError | Refused):
-        return _error(400, -3, str(exc))
-    if isinstance(exc, Unavailable):
-        return _error(503, -2, str(exc))
-    log.error("API function failed", exc_info=exc)
-    return _error(500, -5, f"{type(exc).__name__}: {exc}")
+    """The HTTP reply for an exception raised by an API function or the gate: the status and
+    body :func:`corral.errors.http_error` gives it."""
+    if not isinstance(exc, CorralError):
+        log.error("API function failed", exc_info=exc)
+    status, body = http_error(exc)
+    return Response(_encode(body), status, media_type=_JSON)
 
 
 def _bearer(request: Request) -> str | None:
@@ -176,7 +152,7 @@ def _pydra_form(body: bytes, kind: type[Any], decoder: msgspec.json.Decoder[Any]
         The request, or ``None`` when the body is not in Pydra's form either.
 
     Raises:
-        ProtocolError: it is in Pydra's form, but its arguments do not fit (422).
+        InvalidArguments: it is in Pydra's form, but its arguments do not fit (422).
     """
     try:
         data = _generic.decode(body)
@@ -190,18 +166,18 @@ def _pydra_form(body: bytes, kind: type[Any], decoder: msgspec.json.Decoder[Any]
     fields = kind.__struct_fields__
     how = f"Pydra's form: args fill {', '.join(fields)} in order, kwargs the rest"
     if len(positional) > len(fields):
-        raise ProtocolError(
+        raise InvalidArguments(
             f"invalid arguments: {len(positional)} positional arguments, but this function "
             f"takes at most {len(fields)} ({how})"
         )
     values = dict(zip(fields, positional, strict=False))
     twice = sorted(set(values) & set(named))
     if twice:
-        raise ProtocolError(f"invalid arguments: {', '.join(twice)} given twice ({how})")
+        raise InvalidArguments(f"invalid arguments: {', '.join(twice)} given twice ({how})")
     try:
         return decoder.decode(_encode({**values, **named}))
     except msgspec.DecodeError as exc:
-        raise ProtocolError(f"invalid arguments: {exc} ({how})") from None
+        raise InvalidArguments(f"invalid arguments: {exc} ({how})") from None
 
 
 def _endpoint(
@@ -227,14 +203,14 @@ def _endpoint(
             else:
                 body = await request.body()
                 if (deep := json_depth_error(body)) is not None:
-                    return _error(422, -3, f"invalid arguments: {deep}")
+                    return error_response(InvalidArguments(f"invalid arguments: {deep}"))
                 try:
                     args = decoder.decode(body or b"{}")
                 except msgspec.DecodeError as exc:
                     assert kind is not None
                     args = _pydra_form(body, kind, decoder)
                     if args is None:
-                        return _error(422, -3, f"invalid arguments: {exc}")
+                        return error_response(InvalidArguments(f"invalid arguments: {exc}"))
                 result = await handler(args, **extra)
             return Response(_encode(result), media_type=_JSON)
         except Exception as exc:  # every failure becomes a coded error reply
@@ -265,7 +241,8 @@ def _openapi_extra(kind: type[Any] | None, reply: Any, name: str = "") -> dict[s
             (413, "request body over max_request_bytes (code -3)"),
             (429, "too many calls for this token; see Retry-After (code -3)"),
             (400, "the function refused its arguments (code -3)"),
-            (404, "no such instance or node (code -3)"),
+            (404, "no such instance, node or command; no node offers the task (code -3)"),
+            (409, "the request conflicts with the current state (code -3)"),
             (503, "the controller lost its store or bus (code -2)"),
             (504, "a wait ran out of time (code -3)"),
         )
@@ -327,13 +304,14 @@ def build_app(calls: ApiCalls, checker: TokenChecker) -> FastAPI:
     async def not_found(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code in (404, 405):
             known = ", ".join(FUNCTIONS)
-            return _error(
-                exc.status_code,
-                -6,
-                f"no API function {request.method} {request.url.path}; the functions are "
-                f"POST /<name> for: {known}",
+            return error_response(
+                FunctionNotFound(
+                    f"no API function {request.method} {request.url.path}; the functions are "
+                    f"POST /<name> for: {known}",
+                    exc.status_code,
+                )
             )
-        return _error(exc.status_code, -5, str(exc.detail))
+        return error_response(UnknownError(str(exc.detail), exc.status_code))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

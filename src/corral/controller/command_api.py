@@ -16,7 +16,7 @@ from corral import subjects, wire
 from corral.controller.commands import CommandService, counts
 from corral.controller.idempotency import Stamp, Submissions
 from corral.controller.reports import ReportService
-from corral.errors import CorralError, Refused
+from corral.errors import CorralError, NotFound, Refused
 from corral.store import Store
 
 __all__ = ["BUS_ROLES", "CommandEndpoints", "bus_caller"]
@@ -191,7 +191,7 @@ class CommandEndpoints:
         if view is None:
             last = self.commands.book.last_serial
             await self._reject(
-                msg, Refused(f"no command #{query.serial}: serials so far run from 1 to {last}")
+                msg, NotFound(f"no command #{query.serial}: serials so far run from 1 to {last}")
             )
             return
         await self._reply(msg, view)

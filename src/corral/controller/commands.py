@@ -531,7 +531,7 @@ class CommandService:
                 waiter.set_exception(error)
             reply = batch.replies.pop(serial, None)
             if reply is not None and self.nc is not None:
-                answer = wire.ErrorReply(code=wire.error_code(error), error=str(error))
+                answer = wire.error_reply(error)
                 await self.nc.publish(reply[0], wire.encode(answer), headers=wire.HEADERS)
 
     async def committed(self, batch: Batch) -> None:

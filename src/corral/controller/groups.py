@@ -17,7 +17,7 @@ import msgspec
 
 from corral import bus, subjects, wire
 from corral.core.group import Decision, Formed, Group, GroupFailed, Refuse, RoundDone, RoundFailed
-from corral.errors import CorralError
+from corral.errors import CorralError, GroupRefused, GroupTimeout
 
 __all__ = ["GroupService"]
 
@@ -77,25 +77,24 @@ class GroupService:
     def _decode(self, msg: Any, kind: type[Any]) -> Any:
         return wire.decode(msg.data, kind, msg.headers, limit=self.limit)
 
-    async def _error(self, reply: str, code: str, error: str) -> None:
+    async def _error(self, reply: str, exc: CorralError) -> None:
         if reply:
-            await self.nc.publish(
-                reply, wire.encode(wire.ErrorReply(code=code, error=error)), headers=wire.HEADERS
-            )
+            await self.nc.publish(reply, wire.encode(wire.error_reply(exc)), headers=wire.HEADERS)
 
     async def _on_join(self, msg: Any) -> None:
         try:
             name = subjects.check_name(msg.subject.split(".")[2], "group")
             join: wire.GroupJoin = self._decode(msg, wire.GroupJoin)
         except CorralError as exc:
-            await self._error(msg.reply, wire.error_code(exc), str(exc))
+            await self._error(msg.reply, exc)
             return
         if join.size < 1 or not 0 <= join.startup_timeout <= 86400:
             await self._error(
                 msg.reply,
-                "group-refused",
-                f"size must be >= 1 and startup_timeout within 0..86400 s, got {join.size} "
-                f"and {join.startup_timeout}",
+                GroupRefused(
+                    f"size must be >= 1 and startup_timeout within 0..86400 s, got {join.size} "
+                    f"and {join.startup_timeout}"
+                ),
             )
             return
         key, now = (name, join.run), self.clock()
@@ -129,12 +128,12 @@ class GroupService:
         try:
             arrive: wire.GroupArrive = self._decode(msg, wire.GroupArrive)
         except CorralError as exc:
-            await self._error(msg.reply, wire.error_code(exc), str(exc))
+            await self._error(msg.reply, exc)
             return
         key = (msg.subject.split(".")[2], arrive.run)
         g = self.groups.get(key)
         if g is None:
-            await self._error(msg.reply, "group-refused", f"no running group {key[0]!r}")
+            await self._error(msg.reply, GroupRefused(f"no running group {key[0]!r}"))
             return
         self._waiting[(key, arrive.member)] = msg.reply
         decisions = g.arrive(arrive.member, arrive.kind, arrive.seq, arrive.timeout, self.clock())
@@ -154,12 +153,12 @@ class GroupService:
         try:
             ask: wire.GroupInfoRequest = self._decode(msg, wire.GroupInfoRequest)
         except CorralError as exc:
-            await self._error(msg.reply, wire.error_code(exc), str(exc))
+            await self._error(msg.reply, exc)
             return
         key = (msg.subject.split(".")[2], ask.run)
         g = self.groups.get(key)
         if g is None or ask.member not in g.members:
-            await self._error(msg.reply, "group-refused", f"not a member of group {key[0]!r}")
+            await self._error(msg.reply, GroupRefused(f"not a member of group {key[0]!r}"))
             return
         ranks = tuple(wire.GroupRank(rank=r, host=h, pid=p, state=s) for r, h, p, s in g.ranks())
         info = wire.GroupInfo(
@@ -210,11 +209,11 @@ class GroupService:
                 for member in d.waiters:
                     await self._answer(key, member, failed)
             elif isinstance(d, GroupFailed):
-                error = wire.ErrorReply(code="group-timeout", error=d.reason)
+                error = wire.error_reply(GroupTimeout(d.reason))
                 for member in d.members:
                     await self._answer(key, member, error)
             elif isinstance(d, Refuse):
-                refusal = wire.ErrorReply(code="group-refused", error=d.reason, step=d.step)
+                refusal = wire.error_reply(GroupRefused(d.reason, d.step))
                 await self._answer(key, d.member, refusal)
         g = self.groups.get(key)
         if g is not None and g.ended:

@@ -14,7 +14,8 @@ not measured:
   is valid is checked behind, by the API's gate, so a flood of one token is cut off before
   it costs a store lookup.
 
-Answers use the API's error shape, ``{"code": -3, "error": "..."}``.
+Answers use the API's error shape, ``{"code": -3, "error": "...", "kind": "..."}``
+(:func:`corral.errors.http_error`): ``OversizedMessage`` (413), ``Overloaded`` (429).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import msgspec
 
 from corral.core.limits import CallLimiter, retry_after_header
+from corral.errors import CorralError, Overloaded, OversizedMessage, UsageError, http_error
 
 __all__ = ["EntryLimits"]
 
@@ -41,9 +43,10 @@ _encode = msgspec.json.Encoder().encode
 
 
 async def _answer(
-    send: Send, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
+    send: Send, exc: CorralError, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
-    body = _encode({"code": -3, "error": message})
+    status, error = http_error(exc)
+    body = _encode(error)
     await send(
         {
             "type": "http.response.start",
@@ -101,7 +104,7 @@ class EntryLimits:
             try:
                 size = int(length)
             except ValueError:
-                await _answer(send, 400, f"malformed Content-Length {length[:40]!r}")
+                await _answer(send, UsageError(f"malformed Content-Length {length[:40]!r}"))
                 return
             if size > self.max_body:
                 await self._too_large(send, f"of {size} bytes")
@@ -127,9 +130,10 @@ class EntryLimits:
             setting = "api_max_in_flight" if reason == "in_flight" else "api_rate, api_burst"
             await _answer(
                 send,
-                429,
-                f"too many calls: this token made {what}; retry after the Retry-After "
-                f"delay, or raise {setting} on the controller",
+                Overloaded(
+                    f"too many calls: this token made {what}; retry after the Retry-After "
+                    f"delay, or raise {setting} on the controller"
+                ),
                 [(b"retry-after", retry_after_header(wait).encode())],
             )
             return
@@ -141,9 +145,10 @@ class EntryLimits:
     async def _too_large(self, send: Send, what: str) -> None:
         await _answer(
             send,
-            413,
-            f"request body {what} exceeds the limit of {self.max_body} bytes: send less, "
-            "or raise max_request_bytes (CORRAL_MAX_REQUEST_BYTES) on the controller",
+            OversizedMessage(
+                f"request body {what} exceeds the limit of {self.max_body} bytes: send less, "
+                "or raise max_request_bytes (CORRAL_MAX_REQUEST_BYTES) on the controller"
+            ),
             [(b"connection", b"close")],
         )
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from corral import api_models as m
 from corral import subjects, wire
 from corral.core.registry import NodeStatus
-from corral.errors import CorralError, NotFound, RemoteError, UsageError
+from corral.errors import Conflict, CorralError, NotFound, RemoteError, UsageError
 from corral.security import Authority
 
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ async def kill_worker(ctl: Controller, req: m.KillWorker, actor: str) -> m.Kille
 
     Raises:
         NotFound: no such node.
-        RemoteError: the node is not UP, runs no task workers, or has no such slot.
+        Conflict: the node is not UP or runs no task workers.
+        RemoteError: the node has no such slot.
     """
     record = ctl.registry.nodes.get(req.node)
     if record is None:
@@ -48,10 +49,9 @@ async def kill_worker(ctl: Controller, req: m.KillWorker, actor: str) -> m.Kille
     core = ctl.tasks.core if ctl.tasks is not None else None
     workers = core.nodes.get(req.node) if core is not None else None
     if record.status != NodeStatus.UP or workers is None or core is None:
-        raise RemoteError(
+        raise Conflict(
             f"node {req.node!r} is {record.status} or runs no task workers: "
-            "there is no worker process to kill",
-            409,
+            "there is no worker process to kill"
         )
     if not 0 <= req.slot < workers.slots:
         raise RemoteError(
@@ -89,17 +89,16 @@ async def delete_node(ctl: Controller, req: m.NodeDelete) -> m.NodeDeleted:
 
     Raises:
         NotFound: no such node.
-        RemoteError: the node is UP (stop it, or wait until it is DOWN, first).
+        Conflict: the node is UP (stop it, or wait until it is DOWN, first).
     """
     name = req.id
     record = ctl.registry.nodes.get(name)
     if record is None:
         raise NotFound(f"no node named {name!r}; `corral nodes` lists them", 404)
     if record.status == NodeStatus.UP:
-        raise RemoteError(
+        raise Conflict(
             f"node {name!r} is UP: stop it (`corral stop` on its host) or revoke it "
-            f"(`corral revoke {name}`) first, then forget it",
-            409,
+            f"(`corral revoke {name}`) first, then forget it"
         )
     status = str(record.status)
     ctl.registry.forget(name)

@@ -430,10 +430,10 @@ class Controller(CommandEndpoints):
             await self.nc.publish(msg.reply, wire.encode(payload), headers=wire.HEADERS)
 
     async def _reject(self, msg: Any, exc: CorralError) -> None:
-        code = wire.error_code(exc)
-        self.counters[f"rejected.{code}"] += 1
+        reply = wire.error_reply(exc)
+        self.counters[f"rejected.{reply.code}"] += 1
         log.warning("message rejected", extra={"subject": msg.subject, "error": str(exc)})
-        await self._reply(msg, wire.ErrorReply(code=code, error=str(exc)))
+        await self._reply(msg, reply)
 
     def _handler(
         self,

@@ -62,7 +62,7 @@ class TaskMaps:
             if group is not None and self.maps.get(group.parent) is group:
                 del self.maps[group.parent]
                 self.tasks.core.lend(group.node, -1)
-            reply: Any = wire.ErrorReply(code=wire.error_code(exc), error=str(exc))
+            reply: Any = wire.error_reply(exc)
         else:
             reply = wire.Ok()
         if msg.reply:

@@ -37,6 +37,7 @@ from corral.errors import (
     NotFound,
     OversizedMessage,
     RecordRefused,
+    RetryLater,
     StoreError,
     Timeout,
 )
@@ -592,14 +593,14 @@ class TaskService:
             hello = wire.decode(msg.data, wire.TaskHello, msg.headers)
         except CorralError as exc:
             if msg.reply:
-                error = wire.ErrorReply(code=wire.error_code(exc), error=str(exc))
+                error = wire.error_reply(exc)
                 await self.ctl.nc.publish(msg.reply, wire.encode(error), headers=wire.HEADERS)
             return
         record = self.ctl.registry.nodes.get(node)
         if record is None or record.instance != hello.instance or record.status != "UP":
             if msg.reply:
-                error = wire.ErrorReply(
-                    code="retry", error="join first: this node instance is not UP", retry_after=0.5
+                error = wire.error_reply(
+                    RetryLater("join first: this node instance is not UP", retry_after=0.5)
                 )
                 await self.ctl.nc.publish(msg.reply, wire.encode(error), headers=wire.HEADERS)
             return

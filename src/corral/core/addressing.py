@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.errors import UsageError
+from corral.errors import BadTarget
 
 __all__ = ["NodeFacts", "Resolution", "Target", "attribute_text", "parse_target", "resolve"]
 
@@ -37,10 +37,6 @@ _ATTR_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 # A value: printable, no space or comma (a comma separates targets), at most 200 characters.
 _ATTR_VALUE = re.compile(r"[^\s,\x00-\x1f\x7f]{1,200}")
 _KINDS_HELP = "use label:NAME, has:NAME, attr:KEY or attr:KEY=VALUE"
-
-
-class BadTarget(UsageError):
-    """A target string that is neither a name, a glob, nor a known ``kind:value`` form."""
 
 
 @dataclass(frozen=True)

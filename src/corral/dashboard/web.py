@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from corral.core.limits import json_depth_error
 from corral.dashboard.auth import Session
-from corral.errors import CorralError, Forbidden, NoKey, UsageError
+from corral.errors import CorralError, Forbidden, NoKey, UsageError, http_error
 
 __all__ = ["HEADERS", "flash", "guarded", "json_object", "redirect", "render", "safe_next"]
 
@@ -95,6 +95,11 @@ def redirect(url: str) -> RedirectResponse:
 Page = Callable[..., Awaitable[Response]]
 
 
+def _json_error(exc: CorralError) -> tuple[dict[str, Any], int]:
+    status, body = http_error(exc)
+    return body, status
+
+
 def guarded(page: Page, *, json_errors: bool = False) -> Page:
     """Turn ``page``'s auth errors into a sign-in redirect (or 401/403 for SSE and JSON)."""
 
@@ -103,18 +108,18 @@ def guarded(page: Page, *, json_errors: bool = False) -> Page:
             return await page(request, *args, **kwargs)
         except NoKey as exc:
             if json_errors or request.method != "GET":
-                return JSONResponse({"code": exc.code, "error": str(exc)}, 401, headers=HEADERS)
+                return JSONResponse(*_json_error(exc), headers=HEADERS)
             target = quote(
                 request.url.path + (f"?{request.url.query}" if request.url.query else "")
             )
             return redirect(f"/ui/login?next={target}")
         except Forbidden as exc:
             if json_errors:
-                return JSONResponse({"code": exc.code, "error": str(exc)}, 403, headers=HEADERS)
+                return JSONResponse(*_json_error(exc), headers=HEADERS)
             return render("error.html", None, 403, title="Forbidden", message=str(exc))
         except CorralError as exc:
             if json_errors:
-                return JSONResponse({"code": -3, "error": str(exc)}, 400, headers=HEADERS)
+                return JSONResponse(*_json_error(exc), headers=HEADERS)
             return render("error.html", None, 400, title="Refused", message=str(exc))
 
     wrapper.__name__ = page.__name__

@@ -292,7 +292,7 @@ class Guardian:
                 )
             reply = await self._handle(wire.decode(msg.data, kind, msg.headers, limit=65536))
         except CorralError as exc:
-            reply = wire.ErrorReply(code=wire.error_code(exc), error=str(exc))
+            reply = wire.error_reply(exc)
         if msg.reply:
             assert self.nc is not None
             with contextlib.suppress(nats.errors.Error):

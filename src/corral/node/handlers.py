@@ -43,7 +43,7 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
-from corral.errors import ConfigError, UsageError
+from corral.errors import ConfigError, Refusal, ShadowsBuiltin, UsageError
 
 __all__ = [
     "Handlers",
@@ -78,17 +78,9 @@ BUILTIN_COMMANDS = frozenset({"ping"})
 BUILTIN_KINDS = frozenset({"command", "shell", "get", "set", "put", "execute"})
 
 
-class ShadowsBuiltin(ConfigError):
-    """A handler module registers a handler under a name corral's built-ins already use."""
-
-
 def _where(f: Callable[..., Any]) -> str:
     module = getattr(f, "__module__", None) or "?"
     return f"{getattr(f, '__qualname__', repr(f))} in module {module!r}"
-
-
-class Refusal(UsageError):
-    """The node will not do this (disabled kind, path outside the work directory, ...)."""
 
 
 @dataclass

@@ -24,7 +24,7 @@ from collections import deque
 from typing import Any
 
 from corral import bus, subjects, wire
-from corral.errors import CorralError
+from corral.errors import CorralError, NotFound
 
 __all__ = ["NodeStream", "StreamHub"]
 
@@ -184,9 +184,8 @@ class StreamHub:
         if stream is None:
             if msg.reply and self.nc is not None:
                 known = ", ".join(sorted(self.streams)) or "none"
-                error = wire.ErrorReply(
-                    code="refused",
-                    error=f"node {self.node} has no stream {control.stream!r} (it has: {known})",
+                error = wire.error_reply(
+                    NotFound(f"node {self.node} has no stream {control.stream!r} (it has: {known})")
                 )
                 await self.nc.publish(msg.reply, wire.encode(error), headers=wire.HEADERS)
             return
