@@ -135,6 +135,11 @@ class Writer:
     def __repr__(self) -> str:
         return f"<Writer {self._masked!r} pending={len(self._queue)} commits={self.commits}>"
 
+    @property
+    def pending(self) -> int:
+        """Units waiting for the writer to take them."""
+        return len(self._queue)
+
     async def write(self, unit: Unit[R]) -> R:
         """Write ``unit`` with whatever else is pending; return its answer once committed.
 
