@@ -117,8 +117,9 @@ class Writer:
         options = _engine_options(url)
         # One connection, used by the writer's thread only; checked before use on PostgreSQL
         # so a restarted server costs a reconnection, not a failed group.
+        postgresql = sync_url(url).get_backend_name() == "postgresql"
         self._engine: Engine = create_engine(
-            sync_url(url), pool_size=1, max_overflow=0, pool_pre_ping=True, **options
+            sync_url(url), pool_size=1, max_overflow=0, pool_pre_ping=postgresql, **options
         )
         _listen(self._engine)
         self._sqlite = self._engine.dialect.name == "sqlite"
@@ -205,16 +206,14 @@ class Writer:
     def _begin(self, conn: Connection) -> None:
         if self._sqlite:
             # pysqlite opens its transaction lazily, at the first INSERT: without an explicit
-            # BEGIN, releasing the first savepoint would commit on its own. IMMEDIATE takes
-            # the write lock at once (a reader upgrading later could deadlock).
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # BEGIN, releasing the first savepoint would commit on its own.
+            conn.exec_driver_sql("BEGIN")
 
     def _commit(self, group: list[_Pending]) -> None:
         results: list[Any] = []
         try:
             with self._engine.connect() as conn, conn.begin():
-                self._begin(conn)
-                for p in group:
+                for p in group:  # no savepoints here: pysqlite's lazy BEGIN will do
                     results.append(p.unit.write(conn))
         except WRITE_FAILURES as exc:
             if is_transient(exc):
