@@ -24,7 +24,7 @@ from corral.core.taskstate import TaskInstance
 from corral.errors import StoreError
 from corral.records import AuditEntry, NodeRecord, TokenRow, Transition
 from corral.store import SqlStore
-from corral.store.writer import Unit
+from corral.store.writer import CommittedThenCancelled, Unit
 
 _BIG = 2**70  # past any integer column: a node's pid is repaired away, a task's id refused
 
@@ -140,6 +140,40 @@ async def test_a_cancelled_caller_withdraws_a_unit_not_yet_taken(store: SqlStore
     await held
     await store.tasks.commit([_task(8)])  # the writer goes on
     assert [t.id for t in await store.tasks.get_many([7, 8])] == [8]
+
+
+async def test_a_caller_cancelled_mid_commit_learns_whether_its_unit_is_on_disk(
+    store: SqlStore,
+) -> None:
+    for fails in (False, True):
+        gate = Gate()
+
+        def write(conn: Connection, gate: Gate = gate, fails: bool = fails) -> None:
+            store.tasks._write(conn, [_task(100 + fails)])
+            gate.write(conn)
+            if fails:
+                raise ValueError("refused after all")
+
+        seen: list[BaseException] = []
+
+        async def caller(write: Any = write, seen: list[BaseException] = seen) -> None:
+            try:
+                await store.write(Unit("write behind a gate", write))
+            except BaseException as exc:  # what the caller itself sees, as _flush does
+                seen.append(exc)
+                raise
+
+        call = asyncio.ensure_future(caller())
+        assert await asyncio.to_thread(gate.entered.wait, scaled(30))
+        call.cancel()  # the writer holds the unit: the call waits for its outcome
+        await asyncio.sleep(0)
+        assert not call.done()
+        gate.open()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert isinstance(seen[0], asyncio.CancelledError)
+        assert isinstance(seen[0], CommittedThenCancelled) is not fails
+    assert [t.id for t in await store.tasks.get_many([100, 101])] == [100]
 
 
 async def test_a_closed_store_refuses_writes_with_a_clear_error(store_url: str) -> None:

@@ -173,7 +173,8 @@ class Writer:
             # caller knows whether what it wrote is on disk.
             while not pending.future.done():
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(pending.future)
+                    await asyncio.wait([pending.future])  # never cancels the future
+            pending.future.exception()  # retrieved: the outcome is told below
             if pending.committed:
                 raise CommittedThenCancelled() from None
             raise
