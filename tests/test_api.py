@@ -182,7 +182,7 @@ async def test_tokens_are_stored_hashed(controller: ControllerService) -> None:
     assert controller.store is not None
     _, text = await create_token(controller.store, Role.READ, "hashed")
     async with await Store.open(controller.config.store_url) as store:
-        async with store.engine.connect() as conn:
+        async with store.reader() as conn:
             from sqlalchemy import text as sql
 
             rows = (await conn.execute(sql("SELECT hash, role FROM api_tokens"))).all()

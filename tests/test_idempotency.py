@@ -25,7 +25,6 @@ from corral.node import Node
 from corral.records import IdempotencyRow
 from corral.store import Store
 from corral.store.idempotency import find_key
-from corral.store.tasks import TaskStore
 from corral.tokens import Role, create_token
 from tasks_fixtures import start_task_node
 from test_commands import _wait_consumers, start_node
@@ -56,7 +55,7 @@ async def offered(controller: Controller, name: str) -> None:
 
 async def instances(store: Store, key: str) -> int:
     """How many instances of task ``key`` the store holds."""
-    return (await TaskStore(store).page(key=key)).total
+    return (await store.tasks.page(key=key)).total
 
 
 async def token(controller: Controller) -> str:
@@ -247,7 +246,7 @@ async def test_a_client_retry_across_a_dropped_connection_queues_once(
     assert proxy.requests == 4  # each submission was sent twice, with one key
     assert await instances(controller.store, "echo") == 1
     assert await instances(controller.store, "noop") == 2
-    found = await TaskStore(controller.store).get(ident)
+    found = await controller.store.tasks.get(ident)
     assert found is not None and found.key == "echo"
     assert len(ids) == 2 and controller.submissions.repeats == 2
 

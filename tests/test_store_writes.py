@@ -27,7 +27,6 @@ from corral.records import AuditEntry, CommandRow, NodeRecord, OutcomeRow, Trans
 from corral.store import Store
 from corral.store._errors import is_transient
 from corral.store.schema import command_outcomes
-from corral.store.tasks import TaskStore
 from corral.store.writes import Backoff, Isolation
 
 # --- the isolation core -----------------------------------------------------------------------
@@ -192,7 +191,7 @@ async def _stored(store: Store, kind: str, record: Any) -> Any:
         got = await store.get_command(record.serial) if record.serial < 2**62 else None
         return msgspec.structs.replace(got[0], body=b"") if got else None
     o = command_outcomes
-    async with store.engine.connect() as conn:
+    async with store.reader() as conn:
         row = (
             (await conn.execute(select(o).where(o.c.serial == record.serial, o.c.node == "w")))
             .mappings()
@@ -255,38 +254,35 @@ def test_the_task_writer_never_stalls_and_keeps_every_instance(
 
 async def _check_task_batch(url: str, poisons: list[str]) -> None:
     async with await Store.open(url) as store:
-        tasks = TaskStore(store)
-        try:
-            rows = []
-            for poison in poisons:
-                inst = TaskInstance(
-                    id=next(_ids),
-                    key="k",
-                    args=b"\x00\x01",  # bytes keep their NUL: not text
-                    error="Type\x00Error" if poison == "nul" else "",
-                    traceback="tb\x00" if poison == "nul" else "",
-                    history=[{"event": "e\x00"}] if poison == "nul" else [],
-                    item=_BIG if poison == "big" else None,
-                )
-                rows.append(msgspec.structs.asdict(inst))
-            written = await tasks.commit(rows)
-            stored = {i.id: i for i in await tasks.get_many(r["id"] for r in rows)}
-            refused = {r.record["id"] for r in written.refused}
-            for poison, row in zip(poisons, rows, strict=True):
-                if poison == "big":  # no version fits an integer column: refused
-                    assert row["id"] in refused and row["id"] not in stored
-                    continue
-                inst = stored[row["id"]]
-                assert inst.args == b"\x00\x01"
-                if poison == "nul" and store.backend == "postgresql":
-                    assert inst.error == escape(row["error"]) == "Type\\x00Error"
-                    assert inst.history == [{"event": "e\\x00"}]
-                else:
-                    assert inst.error == row["error"] and inst.history == row["history"]
-            extra = msgspec.structs.asdict(TaskInstance(id=next(_ids), key="k", args=b""))
-            assert (await tasks.commit([extra])).refused == []
-        finally:
-            tasks.close()
+        tasks = store.tasks
+        rows = []
+        for poison in poisons:
+            inst = TaskInstance(
+                id=next(_ids),
+                key="k",
+                args=b"\x00\x01",  # bytes keep their NUL: not text
+                error="Type\x00Error" if poison == "nul" else "",
+                traceback="tb\x00" if poison == "nul" else "",
+                history=[{"event": "e\x00"}] if poison == "nul" else [],
+                item=_BIG if poison == "big" else None,
+            )
+            rows.append(msgspec.structs.asdict(inst))
+        written = await tasks.commit(rows)
+        stored = {i.id: i for i in await tasks.get_many(r["id"] for r in rows)}
+        refused = {r.record["id"] for r in written.refused}
+        for poison, row in zip(poisons, rows, strict=True):
+            if poison == "big":  # no version fits an integer column: refused
+                assert row["id"] in refused and row["id"] not in stored
+                continue
+            inst = stored[row["id"]]
+            assert inst.args == b"\x00\x01"
+            if poison == "nul" and store.backend == "postgresql":
+                assert inst.error == escape(row["error"]) == "Type\\x00Error"
+                assert inst.history == [{"event": "e\\x00"}]
+            else:
+                assert inst.error == row["error"] and inst.history == row["history"]
+        extra = msgspec.structs.asdict(TaskInstance(id=next(_ids), key="k", args=b""))
+        assert (await tasks.commit([extra])).refused == []
 
 
 async def test_a_refused_command_takes_its_audit_entry_with_it(store_url: str) -> None:

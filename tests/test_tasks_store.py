@@ -7,7 +7,6 @@ import pytest
 from corral.core.taskstate import TaskInstance
 from corral.errors import AuthenticationFailed, Forbidden, NoKey, UsageError
 from corral.store import Store
-from corral.store.tasks import TaskStore
 from corral.tokens import Role, TokenChecker, create_token, list_tokens, revoke_token
 
 
@@ -19,36 +18,33 @@ def row(inst: TaskInstance) -> dict[str, object]:
 
 async def test_upserts_load_the_unfinished_and_page_in_sql(store_url: str) -> None:
     async with await Store.open(store_url) as store:
-        tasks = TaskStore(store)
-        try:
-            assert await tasks.max_id() == 0
-            batch = [
-                TaskInstance(id=i, key="k" if i % 2 else "j", args=b"\x81\xa1x\x01", queued_at=i)
-                for i in range(1, 26)
-            ]
-            batch[0].history = [{"attempt": 1, "node": "n", "started": 1.0}]
-            await tasks.commit([row(i) for i in batch])
-            batch[0].status, batch[0].result = "complete", b"\x05"
-            batch[1].status, batch[1].parent, batch[1].item = "running", 1, 0
-            await tasks.commit([row(batch[0]), row(batch[1])])  # a later write replaces
-            assert await tasks.max_id() == 25
-            active = await tasks.load_active()
-            assert [i.id for i in active] == list(range(2, 26))
-            first = await tasks.get(1)
-            assert first is not None and first.result == b"\x05" and first.args == b"\x81\xa1x\x01"
-            assert first.history == [{"attempt": 1, "node": "n", "started": 1.0}]
-            page = await tasks.page(key="k", page=1, per_page=5)
-            assert (page.total, page.pages, page.next, page.prev) == (13, 3, 2, None)
-            assert [i.id for i in page.items] == [25, 23, 21, 19, 17]
-            last = await tasks.page(key="k", page=99, per_page=5)
-            assert last.page == 3 and [i.id for i in last.items] == [5, 3, 1]
-            queued = await tasks.page(statuses=["queued"], newest_first=False, per_page=3)
-            assert [i.id for i in queued.items] == [3, 4, 5] and queued.total == 23
-            top = await tasks.page(toplevel=True, per_page=100)
-            assert 2 not in {i.id for i in top.items} and top.total == 24
-            assert await tasks.keys() == ["j", "k"]
-        finally:
-            tasks.close()
+        tasks = store.tasks
+        assert await tasks.max_id() == 0
+        batch = [
+            TaskInstance(id=i, key="k" if i % 2 else "j", args=b"\x81\xa1x\x01", queued_at=i)
+            for i in range(1, 26)
+        ]
+        batch[0].history = [{"attempt": 1, "node": "n", "started": 1.0}]
+        await tasks.commit([row(i) for i in batch])
+        batch[0].status, batch[0].result = "complete", b"\x05"
+        batch[1].status, batch[1].parent, batch[1].item = "running", 1, 0
+        await tasks.commit([row(batch[0]), row(batch[1])])  # a later write replaces
+        assert await tasks.max_id() == 25
+        active = await tasks.load_active()
+        assert [i.id for i in active] == list(range(2, 26))
+        first = await tasks.get(1)
+        assert first is not None and first.result == b"\x05" and first.args == b"\x81\xa1x\x01"
+        assert first.history == [{"attempt": 1, "node": "n", "started": 1.0}]
+        page = await tasks.page(key="k", page=1, per_page=5)
+        assert (page.total, page.pages, page.next, page.prev) == (13, 3, 2, None)
+        assert [i.id for i in page.items] == [25, 23, 21, 19, 17]
+        last = await tasks.page(key="k", page=99, per_page=5)
+        assert last.page == 3 and [i.id for i in last.items] == [5, 3, 1]
+        queued = await tasks.page(statuses=["queued"], newest_first=False, per_page=3)
+        assert [i.id for i in queued.items] == [3, 4, 5] and queued.total == 23
+        top = await tasks.page(toplevel=True, per_page=100)
+        assert 2 not in {i.id for i in top.items} and top.total == 24
+        assert await tasks.keys() == ["j", "k"]
 
 
 async def test_tokens_are_checked_by_role_and_revoked(store_url: str) -> None:
@@ -95,15 +91,12 @@ async def test_task_logs_are_stored_and_survive_migration_0006(store_url: str) -
     )
     await asyncio.to_thread(_alembic, store_url, "upgrade", "0005_idempotency", older)
     async with await Store.open(store_url) as store:  # migrates to head
-        tasks = TaskStore(store)
-        try:
-            old = await tasks.get(1)
-            assert old is not None and old.key == "old" and old.logs == ""
-            new = TaskInstance(id=2, key="chatty", logs="out 0\nstep 0\x00 of 1\n")
-            await tasks.commit([row(new)])
-            got = await tasks.get(2)
-            assert got is not None and got.logs in (new.logs, "out 0\nstep 0\\x00 of 1\n")
-        finally:
-            tasks.close()
+        tasks = store.tasks
+        old = await tasks.get(1)
+        assert old is not None and old.key == "old" and old.logs == ""
+        new = TaskInstance(id=2, key="chatty", logs="out 0\nstep 0\x00 of 1\n")
+        await tasks.commit([row(new)])
+        got = await tasks.get(2)
+        assert got is not None and got.logs in (new.logs, "out 0\nstep 0\\x00 of 1\n")
     await asyncio.to_thread(_alembic, store_url, "downgrade", "0005_idempotency")
     await asyncio.to_thread(_alembic, store_url, "upgrade", "head")

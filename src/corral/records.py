@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["AuditEntry", "IdempotencyRow", "NodeRecord", "Transition"]
+__all__ = ["AuditEntry", "IdempotencyRow", "NodeRecord", "TokenRow", "Transition", "UserRow"]
 
 
 class NodeRecord(msgspec.Struct, kw_only=True):
@@ -163,3 +163,39 @@ class IdempotencyRow(msgspec.Struct, frozen=True):
     request_hash: str
     answer: bytes
     created: float
+
+
+class TokenRow(msgspec.Struct, frozen=True, kw_only=True):
+    """An API token as stored: never its secret, only the secret's SHA-256.
+
+    Attributes:
+        id: The token's public id (the part after ``crl_``).
+        name: A name for people.
+        role: ``read``, ``operate``, ``execute`` or ``admin``.
+        hash: SHA-256 of the secret, hex.
+        created_at: Epoch seconds of its creation.
+        revoked_at: Epoch seconds of its revocation, if revoked.
+    """
+
+    id: str
+    name: str
+    role: str
+    hash: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+class UserRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A dashboard user as stored.
+
+    Attributes:
+        name: The user's name (primary key).
+        role: Their role, one of the API's roles.
+        hash: ``scrypt$<n>$<r>$<p>$<salt>$<key>``, never the password.
+        created_at: Epoch seconds of the user's creation.
+    """
+
+    name: str
+    role: str
+    hash: str
+    created_at: float

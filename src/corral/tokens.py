@@ -24,12 +24,13 @@ import secrets
 import string
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from corral.config import Config
 from corral.errors import AuthenticationFailed, Forbidden, NoKey, UsageError
+from corral.records import TokenRow
 from corral.security import write_secret
 
 if TYPE_CHECKING:  # the store pulls in SQLAlchemy; API clients never need it
@@ -191,9 +192,6 @@ async def create_token(
         UsageError: ``role`` is not a role.
         StoreError: it could not be stored.
     """
-    from corral.store._errors import translate
-    from corral.store.schema import api_tokens
-
     try:
         role = Role(role)
     except ValueError:
@@ -203,22 +201,23 @@ async def create_token(
     token = Token(
         id=ident, name=name or f"{role.value}-token", role=role.value, created_at=time.time()
     )
-    row = {**msgspec.structs.asdict(token), "hash": _hash(secret)}
-    with translate("store an API token", store.masked_url):
-        async with store.engine.begin() as conn:
-            await conn.execute(api_tokens.insert(), row)
-            if audit is not None:
-                entry = msgspec.structs.replace(
-                    audit, target=ident, detail={"name": token.name, "role": token.role}
-                )
-                await _write_audit(conn, entry)
+    row = TokenRow(**msgspec.structs.asdict(token), hash=_hash(secret))
+    if audit is not None:
+        audit = msgspec.structs.replace(
+            audit, target=ident, detail={"name": token.name, "role": token.role}
+        )
+    await store.auth.add_token(row, audit)
     return token, f"{PREFIX}{ident}_{secret}"
 
 
-async def _write_audit(conn: Any, entry: AuditEntry) -> None:
-    from corral.store.schema import audit_log
-
-    await conn.execute(audit_log.insert(), msgspec.structs.asdict(entry))
+def _token(row: TokenRow) -> Token:
+    return Token(
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
 
 
 async def list_tokens(store: Store) -> list[Token]:
@@ -227,16 +226,7 @@ async def list_tokens(store: Store) -> list[Token]:
     Raises:
         StoreError: the query failed.
     """
-    from sqlalchemy import select
-
-    from corral.store._errors import translate
-    from corral.store.schema import api_tokens
-
-    cols = [api_tokens.c[n] for n in Token.__struct_fields__]
-    with translate("list API tokens", store.masked_url):
-        async with store.engine.connect() as conn:
-            rows = await conn.execute(select(*cols).order_by(api_tokens.c.created_at))
-            return [Token(**row) for row in rows.mappings()]
+    return [_token(row) for row in await store.auth.tokens()]
 
 
 async def revoke_token(store: Store, ident: str, audit: AuditEntry | None = None) -> bool:
@@ -247,22 +237,9 @@ async def revoke_token(store: Store, ident: str, audit: AuditEntry | None = None
     Raises:
         StoreError: the statement failed.
     """
-    from sqlalchemy import update
-
-    from corral.store._errors import translate
-    from corral.store.schema import api_tokens
-
-    stmt = (
-        update(api_tokens)
-        .where(api_tokens.c.id == ident, api_tokens.c.revoked_at.is_(None))
-        .values(revoked_at=time.time())
-    )
-    with translate("revoke an API token", store.masked_url):
-        async with store.engine.begin() as conn:
-            result = await conn.execute(stmt)
-            if audit is not None and result.rowcount > 0:
-                await _write_audit(conn, msgspec.structs.replace(audit, target=ident))
-    return result.rowcount > 0
+    if audit is not None:
+        audit = msgspec.structs.replace(audit, target=ident)
+    return await store.auth.revoke_token(ident, time.time(), audit)
 
 
 class TokenChecker:
@@ -315,21 +292,8 @@ class TokenChecker:
         return token
 
     async def _load(self, ident: str) -> tuple[Token | None, str]:
-        from sqlalchemy import select
-
-        from corral.store._errors import translate
-        from corral.store.schema import api_tokens
-
-        cols = [api_tokens.c[n] for n in Token.__struct_fields__]
-        query = select(*cols, api_tokens.c.hash).where(api_tokens.c.id == ident)
-        with translate("read an API token", self.store.masked_url):
-            async with self.store.engine.connect() as conn:
-                row = (await conn.execute(query)).mappings().first()
-        if row is None:
-            return None, ""
-        values = dict(row)
-        stored = str(values.pop("hash"))
-        return Token(**values), stored
+        row = await self.store.auth.token(ident)
+        return (None, "") if row is None else (_token(row), row.hash)
 
 
 def admin_token_path(config: Config) -> Path:

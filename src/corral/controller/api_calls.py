@@ -8,12 +8,10 @@ what right now) comes from the scheduler.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sqlalchemy import func, select
 
 from corral import api_models as m
 from corral import subjects, wire
@@ -23,9 +21,7 @@ from corral.core.taskstate import TaskInstance, TaskStatus
 from corral.errors import InvalidArguments, NotFound, NotSerializable, RemoteError
 from corral.records import AuditEntry
 from corral.security import Authority
-from corral.store._errors import translate
-from corral.store.schema import nodes as nodes_table
-from corral.store.tasks import Page, TaskStore
+from corral.store import Page, TaskRecords
 from corral.tokens import Token
 
 if TYPE_CHECKING:
@@ -150,7 +146,7 @@ class ApiCalls:
         return self.ctl.tasks
 
     @property
-    def task_store(self) -> TaskStore:
+    def task_store(self) -> TaskRecords:
         """The task instances' store."""
         assert self.tasks.store is not None
         return self.tasks.store
@@ -436,29 +432,16 @@ class ApiCalls:
 
     async def node_list(self, req: m.PageRequest) -> m.NodePage:
         """The nodes the controller knows, by name, 25 a page (paged in SQL)."""
-        per_page = req.per_page or 25
         store = self.ctl.store
         assert store is not None
-        cols = [nodes_table.c[n] for n in _NODE_FIELDS]
-        with translate("page nodes", store.masked_url):
-            async with store.engine.connect() as conn:
-                count = select(func.count()).select_from(nodes_table)
-                total = int((await conn.execute(count)).scalar_one())
-                pages = max(1, math.ceil(total / per_page))
-                page = min(req.page, pages)
-                query = (
-                    select(*cols)
-                    .order_by(nodes_table.c.name)
-                    .limit(per_page)
-                    .offset((page - 1) * per_page)
-                )
-                rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+        found = await store.node_page(req.page, req.per_page or 25)
+        page, pages = found.page, found.pages
         return m.NodePage(
-            items=[_node_view(r) for r in rows],
+            items=[_node_view(msgspec.structs.asdict(r)) for r in found.items],
             page=page,
             pages=pages,
-            per_page=per_page,
-            total=total,
+            per_page=found.per_page,
+            total=found.total,
             prev=page - 1 if page > 1 else None,
             next=page + 1 if page < pages else None,
         )

@@ -30,7 +30,6 @@ import msgspec
 
 from corral.errors import IdempotencyKeyReused, RemoteError
 from corral.records import IdempotencyRow
-from corral.store.idempotency import find_key, recent_keys
 
 __all__ = ["MAX_KEY", "Stamp", "Submissions", "request_hash"]
 
@@ -128,7 +127,7 @@ class Submissions:
             StoreError: The keys could not be read.
         """
         now = self.clock()
-        pairs = await recent_keys(self.store, now - self.window, _TRACKED)
+        pairs = await self.store.recent_keys(now - self.window, _TRACKED)
         self._seen = None if pairs is None else OrderedDict.fromkeys(pairs, now)
 
     def _maybe_stored(self, ident: tuple[str, str], now: float) -> bool:
@@ -195,7 +194,7 @@ class Submissions:
             if row is None or row.created < now - self.window:
                 row = None
                 if self._maybe_stored(ident, now):
-                    row = await find_key(self.store, caller, key, now - self.window)
+                    row = await self.store.find_key(caller, key, now - self.window)
             if row is not None:
                 stored: T = self._answer(row, function, digest, reply)
                 return stored

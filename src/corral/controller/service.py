@@ -44,6 +44,7 @@ from corral.records import AuditEntry, NodeRecord, Transition
 from corral.security import Authority
 from corral.sender import gather_agents
 from corral.store import Store
+from corral.store.writer import CommittedThenCancelled
 from corral.store.writes import Backoff, Written, log_written
 
 __all__ = ["Controller"]
@@ -297,9 +298,11 @@ class Controller(CommandEndpoints):
         self._wake.set()
 
     async def _commit_loop(self) -> None:
-        """The only writer: batches every change since the last commit into one transaction.
+        """Batches every change since the last commit into one unit of the store's writer.
 
-        Handlers never wait for the disk themselves (nats-py runs a subscription's handler one
+        The store's one writer commits it off the event loop, in one transaction with
+        whatever else is pending (task instances, tokens...). Handlers never wait for the disk
+        themselves (nats-py runs a subscription's handler one
         message at a time, so waiting would serialise joins into one fsync each); they queue
         their reply, and it is sent after the commit that made its change durable. A record
         the store refuses for its data is isolated and its caller answered with the reason
@@ -404,6 +407,8 @@ class Controller(CommandEndpoints):
                 idempotency=batch.keys,
                 prune_keys_before=batch.prune_keys_before,
             )
+        except CommittedThenCancelled:
+            raise  # on disk: nothing to keep for a retry
         except BaseException:
             # Failed or cancelled mid-transaction: keep everything for the next attempt.
             self._waiting = _describe(

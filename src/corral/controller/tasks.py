@@ -3,8 +3,9 @@
 Theory of operation: every event (a task queued through the API, a node's hello or report,
 the tick) is fed to the scheduler core; then :meth:`TaskService._pump` drains its outboxes:
 runs go to each node at once in one ``TaskAssign`` per node, stops as ``TaskStop``, and the
-changed instances join the next group commit. The commit loop is the only writer: it upserts
-everything changed since the last commit in one transaction, and only then answers what
+changed instances join the next group commit. The commit loop hands everything changed since
+the last commit to the store's one writer (off the event loop, in one transaction with what
+else is pending: the registry's flush, tokens, audit), and only then answers what
 waited on durability — the API's ``queue_task`` (an accepted task is on disk), waiters on a
 result, and the nodes' results (acknowledged so they stop re-sending them). Runs are sent
 before their instance is on disk: a crash in between loses nothing acknowledged, and the
@@ -42,7 +43,8 @@ from corral.errors import (
     Timeout,
 )
 from corral.records import AuditEntry, IdempotencyRow
-from corral.store.tasks import TaskStore
+from corral.store import TaskRecords
+from corral.store.writer import CommittedThenCancelled
 from corral.store.writes import Backoff, log_written
 
 if TYPE_CHECKING:
@@ -76,7 +78,7 @@ class TaskService:
         self.max_attempts = config.task_max_attempts
         #: each key's signatures from the nodes' hellos: queue calls are checked against them
         self.signatures = Signatures()
-        self.store: TaskStore | None = None
+        self.store: TaskRecords | None = None
         self._next_id = 1
         self._dirty: dict[int, TaskInstance] = {}
         self._finished: list[TaskInstance] = []
@@ -118,7 +120,7 @@ class TaskService:
             StoreError: The store could not be read.
         """
         assert self.ctl.store is not None and self.ctl.nc is not None
-        self.store = TaskStore(self.ctl.store)
+        self.store = self.ctl.store.tasks
         self._next_id = await self.store.max_id() + 1
         self.core.load(await self.store.load_active(), self.clock())
         await self._pump()
@@ -149,8 +151,6 @@ class TaskService:
         with contextlib.suppress(CorralError):
             await self._commit()
             await self._send_acks()
-        if self.store is not None:
-            self.store.close()
 
     # --- the API's calls ----------------------------------------------------------------
 
@@ -393,14 +393,10 @@ class TaskService:
         extra, self._extra = self._extra, []
         try:
             written = await self.store.commit([_asdict(i) for i in dirty.values()], extra)
+        except CommittedThenCancelled:
+            raise  # on disk: nothing to keep for a retry
         except BaseException:
-            self._extra[:0] = extra
-            # Keep everything for the next attempt (newer changes of the same instance win).
-            self._dirty = {**dirty, **self._dirty}
-            self._finished[:0] = finished
-            for node, leases in acks.items():
-                self._acks.setdefault(node, [])[:0] = leases
-            self._durable[:0] = durable
+            self._keep(dirty, finished, acks, durable, extra)
             raise
         self.commits += 1
         log_written(log, written)
@@ -433,6 +429,23 @@ class TaskService:
                 await self.mapping.end(self.maps[inst.id], cancel=True)
         for node, leases in acks.items():
             self._ack_due.setdefault(node, []).extend(leases)
+
+    def _keep(
+        self,
+        dirty: dict[int, TaskInstance],
+        finished: list[TaskInstance],
+        acks: dict[str, list[str]],
+        durable: list[tuple[asyncio.Future[None], frozenset[int]]],
+        extra: list[IdempotencyRow | AuditEntry],
+    ) -> None:
+        """Keep what a failed commit held for the next attempt (newer changes of an
+        instance win)."""
+        self._extra[:0] = extra
+        self._dirty = {**dirty, **self._dirty}
+        self._finished[:0] = finished
+        for node, leases in acks.items():
+            self._acks.setdefault(node, [])[:0] = leases
+        self._durable[:0] = durable
 
     async def _send_acks(self) -> None:
         """Tell nodes which results are on disk. Not urgent (a node re-sends a result only

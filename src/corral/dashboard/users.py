@@ -13,11 +13,12 @@ import hashlib
 import hmac
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from corral.errors import StoreError, UsageError
+from corral.errors import UsageError
+from corral.records import UserRow
 from corral.tokens import Role
 
 if TYPE_CHECKING:
@@ -89,11 +90,6 @@ async def add_user(
         UsageError: a bad name, role or short password, or the user exists already.
         StoreError: it could not be stored.
     """
-    from sqlalchemy.exc import IntegrityError
-
-    from corral.store._errors import translate
-    from corral.store.schema import users
-
     _check_name(name)
     try:
         role = Role(role)
@@ -104,37 +100,21 @@ async def add_user(
         raise UsageError(f"the password is too short: use at least {MIN_PASSWORD} characters")
     hashed = await asyncio.to_thread(hash_password, password)
     user = User(name=name, role=role.value, created_at=time.time())
-    try:
-        with translate("store a user", store.masked_url):
-            async with store.engine.begin() as conn:
-                await conn.execute(users.insert(), {**msgspec.structs.asdict(user), "hash": hashed})
-                if audit is not None:
-                    entry = msgspec.structs.replace(audit, target=name, detail={"role": user.role})
-                    await _write_audit(conn, entry)
-    except StoreError as exc:
-        if not isinstance(exc.__cause__, IntegrityError):
-            raise
+    if audit is not None:
+        audit = msgspec.structs.replace(audit, target=name, detail={"role": user.role})
+    row = UserRow(name=name, role=user.role, hash=hashed, created_at=user.created_at)
+    if not await store.auth.add_user(row, audit):
         raise UsageError(
             f"user {name!r} exists already: `corral user remove {name}` first to replace it"
-        ) from None
+        )
     return user
 
 
 async def _row(store: Store, name: str) -> tuple[User, str] | None:
-    from sqlalchemy import select
-
-    from corral.store._errors import translate
-    from corral.store.schema import users
-
-    query = select(users).where(users.c.name == name)
-    with translate("read a user", store.masked_url):
-        async with store.engine.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
+    row = await store.auth.user(name)
     if row is None:
         return None
-    values = dict(row)
-    hashed = str(values.pop("hash"))
-    return User(**values), hashed
+    return User(name=row.name, role=row.role, created_at=row.created_at), row.hash
 
 
 async def get_user(store: Store, name: str) -> User | None:
@@ -166,22 +146,10 @@ async def list_users(store: Store) -> list[User]:
     Raises:
         StoreError: the query failed.
     """
-    from sqlalchemy import select
-
-    from corral.store._errors import translate
-    from corral.store.schema import users
-
-    cols = [users.c[n] for n in User.__struct_fields__]
-    with translate("list users", store.masked_url):
-        async with store.engine.connect() as conn:
-            rows = await conn.execute(select(*cols).order_by(users.c.name))
-            return [User(**r) for r in rows.mappings()]
-
-
-async def _write_audit(conn: Any, entry: AuditEntry) -> None:
-    from corral.store.schema import audit_log
-
-    await conn.execute(audit_log.insert(), msgspec.structs.asdict(entry))
+    return [
+        User(name=row.name, role=row.role, created_at=row.created_at)
+        for row in await store.auth.users()
+    ]
 
 
 async def remove_user(store: Store, name: str, audit: AuditEntry | None = None) -> bool:
@@ -192,14 +160,6 @@ async def remove_user(store: Store, name: str, audit: AuditEntry | None = None) 
     Raises:
         StoreError: the statement failed.
     """
-    from sqlalchemy import delete
-
-    from corral.store._errors import translate
-    from corral.store.schema import users
-
-    with translate("remove a user", store.masked_url):
-        async with store.engine.begin() as conn:
-            result = await conn.execute(delete(users).where(users.c.name == name))
-            if audit is not None and result.rowcount > 0:
-                await _write_audit(conn, msgspec.structs.replace(audit, target=name))
-    return result.rowcount > 0
+    if audit is not None:
+        audit = msgspec.structs.replace(audit, target=name)
+    return await store.auth.remove_user(name, audit)

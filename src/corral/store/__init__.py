@@ -1,7 +1,10 @@
-"""The SQL store: where the controller keeps nodes, their history, and the audit log.
+"""The store: where the controller keeps nodes, their history, tasks, tokens and the audit log.
 
-SQLite by default (a single file, WAL mode), PostgreSQL given a DSN. The schema is managed by
-Alembic migrations shipped in this package and applied by :meth:`Store.open`::
+:class:`Store` is the interface callers type against (a Protocol, with ``store.tasks`` and
+``store.auth``); :class:`SqlStore` implements it on SQLite by default (a single file, WAL
+mode) or PostgreSQL given a DSN. Every write goes through the store's one group-commit writer,
+off the event loop (:mod:`corral.store.writer`). The schema is managed by Alembic migrations
+shipped in this package and applied by :meth:`Store.open`::
 
     store = await Store.open("/var/lib/corral/corral.db")   # or "postgresql://…"
     await store.commit(nodes=[...], transitions=[...], audit=[...])
@@ -18,6 +21,22 @@ from corral.records import NodeRecord as NodeRecord
 from corral.records import Transition as Transition
 
 from ._url import normalize_url as normalize_url
-from .store import Store as Store
+from .interface import AuthRecords as AuthRecords
+from .interface import NodePage as NodePage
+from .interface import Page as Page
+from .interface import Store as Store
+from .interface import TaskRecords as TaskRecords
+from .store import SqlStore as SqlStore
 
-__all__ = ["AuditEntry", "NodeRecord", "Store", "Transition", "normalize_url"]
+__all__ = [
+    "AuditEntry",
+    "AuthRecords",
+    "NodePage",
+    "NodeRecord",
+    "Page",
+    "SqlStore",
+    "Store",
+    "TaskRecords",
+    "Transition",
+    "normalize_url",
+]

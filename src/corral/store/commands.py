@@ -1,7 +1,8 @@
 """The store's side of commands: their rows, per-node outcomes, history queries.
 
 A mixin of :class:`~corral.store.Store`, kept apart so the store module stays about nodes.
-Commands and outcomes are written by :meth:`Store.commit` in the controller's group commit.
+Commands and outcomes are written by :meth:`Store.commit` in the controller's flush, through
+the store's one writer.
 A command's row lists the nodes it resolved to; a node has an outcome row once it answered
 (or was expired). A target without a row is ``pending``: the readers below fill those in, so
 sending to 1,000 nodes writes one row, not 1,001.
@@ -13,10 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Table, func, select
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from corral.records import CommandRow, OutcomeRow
@@ -37,21 +38,21 @@ def _upsert(dialect: str, table: Table, keys: list[str]) -> Insert:
     return stmt.on_conflict_do_update(index_elements=keys, set_=changes)
 
 
-async def write_commands(
-    conn: AsyncConnection,
+def write_commands(
+    conn: Connection,
     rows: Sequence[CommandRow],
     outcomes: Sequence[OutcomeRow],
 ) -> None:
     """Insert new commands (their targets are ``pending`` until they have an outcome row),
-    then upsert changed outcomes."""
+    then upsert changed outcomes (in the store's writer thread)."""
     asdict = msgspec.structs.asdict
     if rows:
-        await conn.execute(commands.insert(), [asdict(r) for r in rows])
+        conn.execute(commands.insert(), [asdict(r) for r in rows])
     if outcomes:
         stmt = _upsert(conn.dialect.name, command_outcomes, ["serial", "node"])
         params = [asdict(o) for o in outcomes]
         for start in range(0, len(params), 1000):
-            await conn.execute(stmt, params[start : start + 1000])
+            conn.execute(stmt, params[start : start + 1000])
 
 
 def _row(row: Any, body: bytes = b"") -> CommandRow:

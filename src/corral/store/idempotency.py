@@ -1,8 +1,8 @@
 """Idempotency keys in the store: the first answer to a keyed submission.
 
-Rows are written only inside the transaction of the submission they answer (the task store's
-commit for ``queue_task``/``queue_tasks``/``run_task``, the controller's group commit for
-``send_command``), through :func:`write_keys`; this module adds no writer of its own. Reads
+Rows are written only inside the transaction of the submission they answer (the task
+instances' unit for ``queue_task``/``queue_tasks``/``run_task``, the controller's flush for
+``send_command``, both through the store's one writer), by :func:`write_keys`. Reads
 (:func:`find_key`) ignore rows older than the window, so a key is answered the same until
 it expires whether or not it has been pruned yet; pruning (:func:`prune_keys`) runs inside the
 controller's group commit too.
@@ -30,15 +30,14 @@ _COLUMNS = [k.c[name] for name in IdempotencyRow.__struct_fields__]
 
 
 def write_keys(conn: Any, rows: Sequence[IdempotencyRow]) -> Any:
-    """Insert ``rows`` on ``conn`` (sync or async connection, inside its transaction).
+    """Insert ``rows`` on ``conn`` (the writer's connection, inside its transaction).
 
     A row already stored for the same caller and key is replaced: within the window the
     controller never writes a key twice (it answers from the first), so that row had expired
     and was waiting to be pruned.
 
     Returns:
-        What ``conn.execute`` returns: await it on an async connection (call only with
-        rows there).
+        What ``conn.execute`` returns.
     """
     if not rows:
         return None
@@ -57,7 +56,7 @@ async def recent_keys(store: Any, since: float, limit: int) -> list[tuple[str, s
     """The ``(caller, key)`` of every key written at ``since`` or later, if at most ``limit``.
 
     Args:
-        store: An open :class:`~corral.store.Store`.
+        store: An open :class:`~corral.store.store.SqlStore`.
         since: Epoch seconds: older rows are expired.
         limit: The most pairs to return.
 
@@ -69,7 +68,7 @@ async def recent_keys(store: Any, since: float, limit: int) -> list[tuple[str, s
     """
     query = select(k.c.caller, k.c.key).where(k.c.created >= since).limit(limit + 1)
     with translate("read the idempotency keys", store.masked_url):
-        async with store.engine.connect() as conn:
+        async with store.reader() as conn:
             pairs = [(str(c), str(key)) for c, key in (await conn.execute(query)).all()]
     return None if len(pairs) > limit else pairs
 
@@ -78,7 +77,7 @@ async def find_key(store: Any, caller: str, key: str, since: float) -> Idempoten
     """The stored answer to ``caller``'s ``key`` if it was written at ``since`` or later.
 
     Args:
-        store: An open :class:`~corral.store.Store`.
+        store: An open :class:`~corral.store.store.SqlStore`.
         caller: Who sent the key.
         key: The key.
         since: Epoch seconds: older rows are expired.
@@ -90,7 +89,7 @@ async def find_key(store: Any, caller: str, key: str, since: float) -> Idempoten
         and_(k.c.caller == caller, k.c.key == key, k.c.created >= since)
     )
     with translate("read an idempotency key", store.masked_url):
-        async with store.engine.connect() as conn:
+        async with store.reader() as conn:
             row = (await conn.execute(query)).mappings().first()
     return None if row is None else IdempotencyRow(**row)
 
@@ -99,6 +98,6 @@ def prune_keys(conn: Any, before: float) -> Any:
     """Delete keys written before ``before`` on ``conn`` (inside its transaction).
 
     Returns:
-        What ``conn.execute`` returns (await it on an async connection).
+        What ``conn.execute`` returns.
     """
     return conn.execute(delete(k).where(k.c.created < before))

@@ -1,24 +1,25 @@
 """The SQL store: nodes, their transitions, the audit log and a key/value ``meta`` table.
 
-SQLite (the default, one file) or PostgreSQL (given a DSN), through SQLAlchemy Core on an
-async driver. :meth:`Store.open` migrates the schema to head before anything else, so a
-``Store`` always sees the tables it expects. :meth:`Store.commit` is the controller's hot
-path: one transaction per flush, each table written with a single ``executemany``.
+SQLite (the default, one file) or PostgreSQL (given a DSN), through SQLAlchemy Core.
+:meth:`SqlStore.open` migrates the schema to head before anything else, so a store always
+sees the tables it expects. Reads run on an async engine; every write goes through the
+store's one writer (:mod:`corral.store.writer`), a thread that group-commits what every caller
+submitted. :meth:`SqlStore.commit` is the controller's hot path: one unit per flush, each
+table written with a single ``executemany``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import Table, delete, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.dml import Insert
 
 from corral.errors import StoreError
 from corral.records import (
@@ -31,29 +32,25 @@ from corral.records import (
 )
 
 from ._engine import async_engine, migrate
-from ._errors import FOREIGN, WRITE_FAILURES, driver_error, is_transient, open_error, translate
-from ._repairs import record_versions
+from ._errors import FOREIGN, driver_error, open_error, translate
 from ._url import mask_password, normalize_url
-from .commands import CommandQueries, write_commands
-from .idempotency import prune_keys, write_keys
+from .auth import AuthTables
+from .batch import Batch, upsert
+from .commands import CommandQueries
+from .idempotency import find_key, recent_keys
+from .interface import NodePage
 from .schema import audit_log, meta, node_transitions, nodes
-from .writes import Isolation, Written, isolate
+from .tasks import TaskTables
+from .writer import Unit, Writer
+from .writes import Written
 
-__all__ = ["Store", "normalize_url"]
+__all__ = ["SqlStore", "normalize_url"]
 
-# Rows per executemany call: bounds the parameter list held at once, not round trips.
-_BATCH = 1000
+R = TypeVar("R")
 
 _NODE_COLUMNS = [nodes.c[name] for name in NodeRecord.__struct_fields__]
 _TRANSITION_COLUMNS = [node_transitions.c[name] for name in Transition.__struct_fields__]
 _AUDIT_COLUMNS = [audit_log.c[name] for name in AuditEntry.__struct_fields__]
-
-
-def _upsert(dialect: str, table: Table, key: str) -> Insert:
-    """``INSERT … ON CONFLICT (key) DO UPDATE`` setting every other column."""
-    stmt = sqlite_insert(table) if dialect == "sqlite" else pg_insert(table)
-    changes = {c.name: stmt.excluded[c.name] for c in table.columns if c.name != key}
-    return stmt.on_conflict_do_update(index_elements=[key], set_=changes)
 
 
 def _node(row: Any) -> NodeRecord:
@@ -64,56 +61,15 @@ def _node(row: Any) -> NodeRecord:
     return NodeRecord(**values)
 
 
-# One record, or a command with the audit entries naming its serial: (kind, record) pairs.
-_Unit = tuple[tuple[str, Any], ...]
-_KINDS = ("nodes", "transitions", "audit", "commands", "outcomes", "keys")
-
-
-def _units(
-    nodes: Sequence[NodeRecord],
-    transitions: Sequence[Transition],
-    audit: Sequence[AuditEntry],
-    commands: Sequence[CommandRow],
-    outcomes: Sequence[OutcomeRow],
-    keys: Sequence[IdempotencyRow],
-) -> list[_Unit]:
-    serials = {row.serial for row in commands}
-    of_command: dict[int, list[AuditEntry]] = {}
-    alone: list[AuditEntry] = []
-    for entry in audit:
-        serial = entry.detail.get("serial")
-        if serial in serials:
-            of_command.setdefault(serial, []).append(entry)
-        else:
-            alone.append(entry)
-    units: list[_Unit] = [(("nodes", r),) for r in nodes]
-    units += [(("transitions", r),) for r in transitions]
-    units += [(("audit", r),) for r in alone]
-    units += [
-        (("commands", r), *(("audit", a) for a in of_command.get(r.serial, ()))) for r in commands
-    ]
-    units += [(("outcomes", r),) for r in outcomes]
-    units += [(("keys", r),) for r in keys]
-    return units
-
-
-def _repair(unit: _Unit, level: int, why: str) -> _Unit | None:
-    if len(unit) != 1:
-        return None  # a command with its audit entries: refused together
-    ((kind, record),) = unit
-    versions = record_versions(kind, record, why)
-    return ((kind, versions[level]),) if level < len(versions) else None
-
-
 def _check_limit(limit: int) -> None:
     if limit < 0:
         raise StoreError(f"limit must be zero or more, got {limit}: pass how many rows to return")
 
 
-class Store(CommandQueries):
-    """Persistent state of the fleet in SQLite or PostgreSQL.
+class SqlStore(CommandQueries):
+    """The :class:`~corral.store.Store` on SQLite or PostgreSQL.
 
-    Build one with :meth:`Store.open`, not the constructor. Every method raises
+    Build one with :meth:`open`, not the constructor. Every method raises
     :class:`~corral.errors.StoreError` and nothing else on failure. Use it as an async
     context manager, or call :meth:`close` when done.
     """
@@ -122,7 +78,7 @@ class Store(CommandQueries):
         """Wrap an engine whose database is already migrated (use :meth:`open` instead).
 
         Args:
-            engine: The async engine.
+            engine: The async engine (for reads).
             url: Its normalized URL.
         """
         self._engine = engine
@@ -130,11 +86,16 @@ class Store(CommandQueries):
         self._masked = mask_password(url)
         self._closed = False
         dialect = engine.dialect.name
-        self._upsert_nodes = _upsert(dialect, nodes, "name")
-        self._upsert_meta = _upsert(dialect, meta, "key")
+        self._upsert_nodes = upsert(dialect, nodes, "name")
+        self._upsert_meta = upsert(dialect, meta, "key")
+        self._writer = Writer(url, self._masked)
+        #: task instances
+        self.tasks = TaskTables(self)
+        #: API tokens and dashboard users
+        self.auth = AuthTables(self)
 
     @classmethod
-    async def open(cls, url: str) -> Store:
+    async def open(cls, url: str) -> SqlStore:
         """Connect to a store, creating and migrating its schema as needed.
 
         Opening an already migrated database again, even while it is open, is safe; on
@@ -162,18 +123,12 @@ class Store(CommandQueries):
             await asyncio.to_thread(migrate, url)
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
+            return cls(engine, url)
         except BaseException as exc:  # incl. cancellation: never leak the engine
             await engine.dispose()
             if isinstance(exc, FOREIGN):
                 raise open_error(exc, url, masked) from exc
             raise
-        return cls(engine, url)
-
-    @property
-    def engine(self) -> AsyncEngine:
-        """The async engine, for stores of other concepts (``corral.store.tasks``)."""
-        self._usable("use the store")
-        return self._engine
 
     @property
     def url(self) -> str:
@@ -190,8 +145,13 @@ class Store(CommandQueries):
         """``"sqlite"`` or ``"postgresql"``."""
         return self._engine.dialect.name
 
+    @property
+    def writer(self) -> Writer:
+        """The store's one writer (its counters tell how many transactions it committed)."""
+        return self._writer
+
     async def close(self) -> None:
-        """Close every pooled connection. Closing twice is harmless.
+        """Write what is pending, then close every connection. Closing twice is harmless.
 
         Raises:
             StoreError: A connection could not be closed cleanly.
@@ -200,9 +160,10 @@ class Store(CommandQueries):
             return
         self._closed = True
         with translate("close the store", self._masked):
+            await self._writer.close()
             await self._engine.dispose()
 
-    async def __aenter__(self) -> Store:
+    async def __aenter__(self) -> SqlStore:
         """Return the store itself."""
         return self
 
@@ -217,11 +178,30 @@ class Store(CommandQueries):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Store [{self.backend}, {self._masked!r}, {state}]>"
+        return f"<SqlStore [{self.backend}, {self._masked!r}, {state}]>"
 
     def _usable(self, action: str) -> None:
         if self._closed:
             raise StoreError(f"cannot {action}: the store is closed; open it again with Store.open")
+
+    # --- the one writer, and the reads beside it ------------------------------------------
+
+    async def write(self, unit: Unit[R]) -> R:
+        """Write ``unit`` through the store's one writer (see :mod:`corral.store.writer`).
+
+        Raises:
+            TransientStoreError: A failure a retry may cure; nothing of it was written.
+            StoreError: The store refused it (nothing of it was written), or is closed.
+        """
+        self._usable(unit.what)
+        return await self._writer.write(unit)
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads (never for writes: those go through :meth:`write`)."""
+        self._usable("read the store")
+        async with self._engine.connect() as conn:
+            yield conn
 
     async def commit(
         self,
@@ -240,10 +220,12 @@ class Store(CommandQueries):
         :mod:`corral.store.writes`): it is stored repaired (its NUL escaped...) or refused,
         and the rest of the batch is written. A command and the audit entries that name its
         serial in their ``detail`` are written together or not at all. A node already stored
-        is replaced whole; if a name appears twice in ``nodes`` the later row wins.
+        is replaced whole; if a name appears twice in ``nodes`` the later row wins. The batch
+        shares its transaction with whatever else the writer has pending.
 
         Args:
-            nodes: Node rows to insert or replace, keyed by name.
+            nodes: Node rows to insert or replace, keyed by name (copied at once: the
+                caller may go on changing them).
             transitions: Status transitions to append.
             audit: Audit entries to append.
             commands: New commands (each gets a ``pending`` outcome per resolved node).
@@ -260,98 +242,64 @@ class Store(CommandQueries):
                 was written.
             StoreError: The store is closed, or another failure; nothing was written.
         """
-        if not (nodes or transitions or audit or commands or outcomes or idempotency):
-            if prune_keys_before is None:
-                return Written()
-        self._usable("commit")
-        with translate(f"commit {len(nodes)} node(s)", self._masked):
-            try:
-                async with self._engine.begin() as conn:
-                    await self._write(
-                        conn, nodes, transitions, audit, commands, outcomes, idempotency
-                    )
-                    await self._prune(conn, prune_keys_before)
-                return Written()
-            except WRITE_FAILURES as exc:
-                if is_transient(exc):
-                    raise
-            # A record's data was refused: write again, isolating it (one transaction).
-            units = _units(nodes, transitions, audit, commands, outcomes, idempotency)
-            plan = Isolation(units, _repair)
-            async with self._engine.begin() as conn:
-                if self.backend == "sqlite":
-                    # pysqlite opens its transaction lazily, at the first INSERT: without an
-                    # explicit BEGIN, releasing the first savepoint would commit on its own.
-                    await conn.exec_driver_sql("BEGIN")
-                await isolate(conn, plan, self._write_units)
-                await self._prune(conn, prune_keys_before)
-        return plan.result(lambda unit: unit[0][0], lambda unit: unit[0][1])
-
-    async def _write(
-        self,
-        conn: AsyncConnection,
-        nodes: Sequence[NodeRecord],
-        transitions: Sequence[Transition],
-        audit: Sequence[AuditEntry],
-        commands: Sequence[CommandRow],
-        outcomes: Sequence[OutcomeRow],
-        keys: Sequence[IdempotencyRow] = (),
-    ) -> None:
-        asdict = msgspec.structs.asdict
-        node_params = [asdict(row) for row in nodes]
-        for start in range(0, len(node_params), _BATCH):
-            await conn.execute(self._upsert_nodes, node_params[start : start + _BATCH])
-        if transitions:
-            await conn.execute(node_transitions.insert(), [asdict(row) for row in transitions])
-        if audit:
-            await conn.execute(audit_log.insert(), [asdict(row) for row in audit])
-        if commands or outcomes:
-            await write_commands(conn, commands, outcomes)
-        if keys:
-            await write_keys(conn, keys)
-
-    @staticmethod
-    async def _prune(conn: AsyncConnection, before: float | None) -> None:
-        if before is not None:
-            await prune_keys(conn, before)
-
-    async def _write_units(self, conn: AsyncConnection, units: list[_Unit]) -> None:
-        by_kind: dict[str, list[Any]] = {kind: [] for kind in _KINDS}
-        for unit in units:
-            for kind, record in unit:
-                by_kind[kind].append(record)
-        await self._write(conn, *(by_kind[kind] for kind in _KINDS))
+        # Copied here, on the caller's loop: the registry goes on changing its records while
+        # the writer's thread writes them.
+        copies = [msgspec.structs.replace(n) for n in nodes]
+        batch = Batch(
+            nodes=copies,
+            originals={id(c): n for c, n in zip(copies, nodes, strict=True)},
+            transitions=list(transitions),
+            audit=list(audit),
+            commands=list(commands),
+            outcomes=list(outcomes),
+            keys=list(idempotency),
+            prune_keys_before=prune_keys_before,
+        )
+        if batch.empty():
+            return Written()
+        return await self.write(batch.unit(self._upsert_nodes))
 
     async def load_nodes(self) -> list[NodeRecord]:
         """Every stored node, ordered by name.
 
-        Returns:
-            The nodes.
-
         Raises:
             StoreError: The query failed.
         """
-        self._usable("load nodes")
         with translate("load nodes", self._masked):
-            async with self._engine.connect() as conn:
+            async with self.reader() as conn:
                 result = await conn.execute(select(*_NODE_COLUMNS).order_by(nodes.c.name))
                 return [_node(row) for row in result.mappings()]
 
-    async def get_node(self, name: str) -> NodeRecord | None:
-        """One node by name.
-
-        Args:
-            name: The node's name.
-
-        Returns:
-            The node, or ``None`` if none is stored under that name.
+    async def node_page(self, page: int = 1, per_page: int = 25) -> NodePage:
+        """One page of the stored nodes, by name; past the last page gives the last page.
 
         Raises:
             StoreError: The query failed.
         """
-        self._usable("get a node")
+        per_page = max(1, per_page)
+        with translate("page nodes", self._masked):
+            async with self.reader() as conn:
+                count = select(func.count()).select_from(nodes)
+                total = int((await conn.execute(count)).scalar_one())
+                pages = max(1, math.ceil(total / per_page))
+                page = min(max(1, page), pages)
+                query = (
+                    select(*_NODE_COLUMNS)
+                    .order_by(nodes.c.name)
+                    .limit(per_page)
+                    .offset((page - 1) * per_page)
+                )
+                items = [_node(row) for row in (await conn.execute(query)).mappings()]
+        return NodePage(items=items, page=page, pages=pages, per_page=per_page, total=total)
+
+    async def get_node(self, name: str) -> NodeRecord | None:
+        """One node by name, or ``None`` if none is stored under that name.
+
+        Raises:
+            StoreError: The query failed.
+        """
         with translate(f"get node {name!r}", self._masked):
-            async with self._engine.connect() as conn:
+            async with self.reader() as conn:
                 query = select(*_NODE_COLUMNS).where(nodes.c.name == name)
                 row = (await conn.execute(query)).mappings().first()
         return None if row is None else _node(row)
@@ -359,79 +307,58 @@ class Store(CommandQueries):
     async def delete_node(self, name: str) -> bool:
         """Forget a node. Its transitions and audit entries are kept as history.
 
-        Args:
-            name: The node's name.
-
         Returns:
             ``True`` if a node was deleted, ``False`` if none had that name.
 
         Raises:
             StoreError: The statement failed.
         """
-        self._usable("delete a node")
-        with translate(f"delete node {name!r}", self._masked):
-            async with self._engine.begin() as conn:
-                result = await conn.execute(delete(nodes).where(nodes.c.name == name))
-        return result.rowcount > 0
+
+        def write(conn: Connection) -> bool:
+            return bool(conn.execute(delete(nodes).where(nodes.c.name == name)).rowcount > 0)
+
+        return await self.write(Unit(f"delete node {name!r}", write))
 
     async def transitions(self, node: str | None = None, limit: int = 100) -> list[Transition]:
-        """Recent status transitions, newest first.
+        """Recent status transitions, newest first (by time, then insertion order).
 
         Args:
             node: Only this node's transitions; all nodes' if ``None``.
             limit: At most this many rows.
 
-        Returns:
-            The transitions, ordered by time then insertion order, newest first.
-
         Raises:
             StoreError: ``limit`` is negative, or the query failed.
         """
         _check_limit(limit)
-        self._usable("read transitions")
         t = node_transitions
         query = select(*_TRANSITION_COLUMNS).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
         if node is not None:
             query = query.where(t.c.node == node)
         with translate("read transitions", self._masked):
-            async with self._engine.connect() as conn:
+            async with self.reader() as conn:
                 return [Transition(**row) for row in (await conn.execute(query)).mappings()]
 
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
-        """Recent audit entries, newest first.
-
-        Args:
-            limit: At most this many rows.
-
-        Returns:
-            The entries, ordered by time then insertion order, newest first.
+        """Recent audit entries, newest first (by time, then insertion order).
 
         Raises:
             StoreError: ``limit`` is negative, or the query failed.
         """
         _check_limit(limit)
-        self._usable("read the audit log")
         a = audit_log
         query = select(*_AUDIT_COLUMNS).order_by(a.c.at.desc(), a.c.id.desc()).limit(limit)
         with translate("read the audit log", self._masked):
-            async with self._engine.connect() as conn:
+            async with self.reader() as conn:
                 return [AuditEntry(**row) for row in (await conn.execute(query)).mappings()]
 
     async def get_meta(self, key: str) -> str | None:
-        """Read a value from the ``meta`` key/value table.
-
-        Args:
-            key: The key.
-
-        Returns:
-            Its value, or ``None`` if it was never set.
+        """A value of the ``meta`` key/value table, or ``None`` if it was never set.
 
         Raises:
             StoreError: The query failed.
         """
-        self._usable("read meta")
         with translate(f"read meta key {key!r}", self._masked):
-            async with self._engine.connect() as conn:
+            async with self.reader() as conn:
                 query = select(meta.c.value).where(meta.c.key == key)
                 value: str | None = (await conn.execute(query)).scalar_one_or_none()
         return value
@@ -439,14 +366,29 @@ class Store(CommandQueries):
     async def set_meta(self, key: str, value: str) -> None:
         """Write a value to the ``meta`` key/value table, replacing any previous one.
 
-        Args:
-            key: The key.
-            value: The value.
-
         Raises:
             StoreError: The statement failed.
         """
-        self._usable("write meta")
-        with translate(f"write meta key {key!r}", self._masked):
-            async with self._engine.begin() as conn:
-                await conn.execute(self._upsert_meta, {"key": key, "value": value})
+
+        def write(conn: Connection) -> None:
+            conn.execute(self._upsert_meta, {"key": key, "value": value})
+
+        await self.write(Unit(f"write meta key {key!r}", write))
+
+    async def find_key(self, caller: str, key: str, since: float) -> IdempotencyRow | None:
+        """The stored answer to ``caller``'s idempotency ``key`` if written at ``since`` or
+        later (see :mod:`corral.store.idempotency`).
+
+        Raises:
+            StoreError: The query failed.
+        """
+        return await find_key(self, caller, key, since)
+
+    async def recent_keys(self, since: float, limit: int) -> list[tuple[str, str]] | None:
+        """The ``(caller, key)`` of every idempotency key written at ``since`` or later, or
+        ``None`` when there are more than ``limit``.
+
+        Raises:
+            StoreError: The query failed.
+        """
+        return await recent_keys(self, since, limit)

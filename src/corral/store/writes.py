@@ -9,25 +9,25 @@ the first version the database takes is written, and a record none of whose vers
 *refused*. Everything else commits at once, in that one transaction: either the good records
 and the repaired ones are all on disk, or (a transient failure meanwhile) nothing is and the
 whole batch is retried. :class:`Isolation` holds these decisions, without I/O;
-:func:`isolate` and :func:`isolate_sync` drive it on a connection.
+:func:`isolate` drives it on the connection of the store's one writer (:mod:`corral.store.writer`),
+inside the savepoint that writer gives each unit of its group commit.
 
-Transient failures are retried by the writers' loops with :class:`Backoff`: growing delays,
+Transient failures are retried by the callers' loops with :class:`Backoff`: growing delays,
 and after ``bound`` seconds the callers still waiting are answered with an error.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._errors import WRITE_FAILURES, is_transient, reason
 
-__all__ = ["Backoff", "Isolation", "Refusal", "Written", "isolate", "isolate_sync", "log_written"]
+__all__ = ["Backoff", "Isolation", "Refusal", "Written", "isolate", "log_written"]
 
 U = TypeVar("U")
 
@@ -163,39 +163,14 @@ class Isolation(Generic[U]):
         return out
 
 
-async def isolate(
-    conn: AsyncConnection,
-    plan: Isolation[U],
-    write: Callable[[AsyncConnection, list[U]], Awaitable[None]],
-) -> None:
-    """Drive ``plan`` on ``conn`` (in a transaction), each group in a savepoint.
-
-    Args:
-        conn: An async connection inside a transaction.
-        plan: The isolation to carry out.
-        write: Writes a group of units on the connection.
-
-    Raises:
-        Exception: A transient failure (the caller's transaction is then rolled back).
-    """
-    while (group := plan.next()) is not None:
-        try:
-            async with conn.begin_nested():
-                await write(conn, group)
-        except WRITE_FAILURES as exc:
-            if is_transient(exc):
-                raise
-            plan.failed(reason(exc))
-        else:
-            plan.ok()
-
-
-def isolate_sync(
+def isolate(
     conn: Connection,
     plan: Isolation[U],
     write: Callable[[Connection, list[U]], None],
 ) -> None:
-    """:func:`isolate` on a blocking connection (the SQLite task writer's thread).
+    """Drive ``plan`` on ``conn`` (in a transaction), each group in a savepoint.
+
+    Runs in the store's writer thread (:mod:`corral.store.writer`), on its connection.
 
     Args:
         conn: A connection inside a transaction.
