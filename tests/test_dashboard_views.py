@@ -94,7 +94,13 @@ def test_node_stats_read_cpu_and_memory_only_when_a_node_sends_them() -> None:
     class Bogus:
         stats = {"cpu_percent": "high", "mem_percent": True}
 
+    class AsStruct:
+        class stats:  # a struct-like value, as a heartbeat's stats may be
+            cpu_percent = 7
+            mem_percent = None
+
     assert node_stats(WithStats()) == (12.35, 50.0)
+    assert node_stats(AsStruct()) == (7.0, None)
     assert node_stats(Bogus()) == (None, None)
     assert node_stats(object()) == (None, None)  # a node record without stats
     row = Trends().add(Sample(t=1.0, stats={"a": (12.0, None), "b": (None, 40.0)}))

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +80,11 @@ def _num(value: Any) -> float | None:
 
 
 def node_stats(record: Any) -> tuple[float | None, float | None]:
-    """A node record's CPU and memory percent, from its ``stats`` mapping (None if absent).
+    """A node record's CPU and memory percent, from its ``stats`` (None where absent).
+
+    The only place the charts touch the nodes' heartbeat stats: ``record.stats`` may be a
+    mapping or a struct; ``cpu_percent`` and ``mem_percent`` are read from it, and anything
+    missing or not a number is None.
 
     Args:
         record: a :class:`~corral.records.NodeRecord` (or anything with ``stats``).
@@ -89,9 +93,11 @@ def node_stats(record: Any) -> tuple[float | None, float | None]:
         ``(cpu_percent, mem_percent)``, each None when the node does not send it.
     """
     stats = getattr(record, "stats", None)
-    if not isinstance(stats, dict):
+    if stats is None:
         return None, None
-    return _num(stats.get("cpu_percent")), _num(stats.get("mem_percent"))
+    if isinstance(stats, Mapping):
+        return _num(stats.get("cpu_percent")), _num(stats.get("mem_percent"))
+    return _num(getattr(stats, "cpu_percent", None)), _num(getattr(stats, "mem_percent", None))
 
 
 class Trends:
