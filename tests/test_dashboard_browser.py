@@ -277,6 +277,8 @@ def test_request_a_guardian_state_and_see_it_arrive(
     expect(page.locator("#g-ok")).to_have_text("OK", timeout=scaled(30) * 1000)
     # The state graph, laid out in the browser (no Graphviz): every state drawn, the current
     # one highlighted, and the highlight moving live with the next request.
+    problems = watch_errors(page)
+    page.reload()
     graph = page.locator("#graph svg.state-graph")
     expect(graph).to_be_visible()
     expect(graph.locator("g.gnode")).to_have_count(
@@ -286,6 +288,7 @@ def test_request_a_guardian_state_and_see_it_arrive(
     expect(graph.locator("g.gnode.requested")).to_have_attribute("data-state", "ALIGNED")
     assert graph.locator("path.gedge").count() >= 4
     shot(page, tmp_path, "guardian")
+    assert problems == []
     page.select_option("#mode-form select[name=mode]", "MANUAL")
     page.click("#mode-form button")
     page.select_option("#request-form select[name=state]", "DOWN")
@@ -361,6 +364,14 @@ def test_csrf_and_unauthenticated_requests_are_refused(cluster: Cluster) -> None
         assert history["total"] == 0
 
 
+def watch_errors(page: Any) -> list[str]:
+    """Collect the page's script errors and console errors (CSP refusals among them)."""
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    return problems
+
+
 def chart_number(page: Any, chart: str, field: str) -> float:
     """A chart's ``data-<field>`` (charts.js: ``points`` drawn, ``total`` of every value)."""
     return float(page.locator(f"#{chart}").get_attribute(f"data-{field}") or 0)
@@ -369,6 +380,7 @@ def chart_number(page: Any, chart: str, field: str) -> float:
 def test_charts_draw_and_move_with_the_fleet(page: Any, cluster: Cluster, tmp_path: Path) -> None:
     expect = playwright_api.expect
     sign_in(page, cluster)
+    problems = watch_errors(page)
     page.goto("/ui/charts")
     expect(page.locator("#live-state")).to_have_class("live-state live-on")
     for chart in (
@@ -409,6 +421,7 @@ def test_charts_draw_and_move_with_the_fleet(page: Any, cluster: Cluster, tmp_pa
         timeout=timeout,
     )
     shot(page, tmp_path, "charts")
+    assert problems == []  # no script error, nothing the Content-Security-Policy refused
 
 
 def offline(context: Any, cluster: Cluster) -> list[str]:

@@ -4,7 +4,9 @@ FastAPI's own documentation pages load their JavaScript and CSS from a CDN: on a
 with no route to the internet ``/docs`` is blank ("SwaggerUIBundle is not defined"). These
 routes render the same pages with every asset taken from ``docs_static/`` in this package
 (Swagger UI and ReDoc, vendored with their licences; see its README), mounted at
-:data:`STATIC`. No Google Fonts, no external favicon: the pages make no request off the host.
+:data:`STATIC`. No Google Fonts, no external favicon, no online spec validator: the pages
+make no request off the host (but ReDoc's own logo in its footer, which hides itself when it
+cannot be fetched).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def add_docs(app: FastAPI, openapi_url: str = "/openapi.json") -> None:
             swagger_js_url=f"{STATIC}/swagger-ui-bundle.js",
             swagger_css_url=f"{STATIC}/swagger-ui.css",
             swagger_favicon_url=f"{STATIC}/favicon-32x32.png",
+            # not swagger.io's online validator (a badge fetched from there, for every spec)
+            swagger_ui_parameters={"validatorUrl": None},
         )
 
     async def redoc() -> HTMLResponse:
