@@ -201,11 +201,16 @@ def test_send_a_shell_command_to_a_glob_and_see_each_nodes_result(
     expect = playwright_api.expect
     sign_in(page, cluster)
     page.goto("/ui/commands")
+    assert page.locator("#target-hints option").first.get_attribute("value") == "*"
     page.fill("#command-form input[name=targets]", "node-[12]")
     page.select_option("#kind", "shell")
     page.fill("#command-form input[name=cmd]", "echo hello-from-shell")
     page.click("#command-form button")
     page.wait_for_url("**/ui/commands/*")
+    # Right after sending, before any reload: the command's head is filled in.
+    expect(page.locator("#cmd-kind")).to_have_text("shell")
+    expect(page.locator("#cmd-targets")).to_have_text("node-[12]")
+    expect(page.locator("#cmd-actor")).to_contain_text("token:")
     for name in ("node-1", "node-2"):
         row = page.locator(f'#outcomes tr[data-node="{name}"]')
         expect(row.locator(".state")).to_have_text("done", timeout=scaled(30) * 1000)
@@ -270,13 +275,28 @@ def test_request_a_guardian_state_and_see_it_arrive(
     page.select_option("#mode-form select[name=mode]", "AUTO")
     page.click("#mode-form button")
     expect(page.locator("#g-ok")).to_have_text("OK", timeout=scaled(30) * 1000)
-    if shutil.which("dot"):
-        expect(page.locator("#graph")).to_be_visible()
-        svg = page.request.get("/ui/guardians/SUS1/graph.svg")
-        assert svg.headers["content-type"] == "image/svg+xml" and b"ALIGNED" in svg.body()
-    else:
-        expect(page.locator("#graph-dot")).to_contain_text("ALIGNED")
+    # The state graph, laid out in the browser (no Graphviz): every state drawn, the current
+    # one highlighted, and the highlight moving live with the next request.
+    problems = watch_errors(page)
+    page.reload()
+    graph = page.locator("#graph svg.state-graph")
+    expect(graph).to_be_visible()
+    expect(graph.locator("g.gnode")).to_have_count(
+        len(page.request.get("/ui/guardians/SUS1/graph.json").json()["states"])
+    )
+    expect(graph.locator("g.gnode.current")).to_have_attribute("data-state", "ALIGNED")
+    expect(graph.locator("g.gnode.requested")).to_have_attribute("data-state", "ALIGNED")
+    assert graph.locator("path.gedge").count() >= 4
     shot(page, tmp_path, "guardian")
+    assert problems == []
+    page.select_option("#mode-form select[name=mode]", "MANUAL")
+    page.click("#mode-form button")
+    page.select_option("#request-form select[name=state]", "DOWN")
+    page.click("#request-form button")
+    expect(graph.locator("g.gnode.requested")).to_have_attribute("data-state", "DOWN")
+    expect(graph.locator("g.gnode.current")).to_have_attribute(
+        "data-state", "DOWN", timeout=scaled(30) * 1000
+    )
 
 
 def test_groups_and_agents_page_renders_live(page: Any, cluster: Cluster, tmp_path: Path) -> None:
@@ -342,3 +362,138 @@ def test_csrf_and_unauthenticated_requests_are_refused(cluster: Cluster) -> None
         assert cluster.api("list_queue")["total"] == before
         history = cluster.api("task_history", key="noop")
         assert history["total"] == 0
+
+
+def watch_errors(page: Any) -> list[str]:
+    """Collect the page's script errors and console errors (CSP refusals among them)."""
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    return problems
+
+
+def chart_number(page: Any, chart: str, field: str) -> float:
+    """A chart's ``data-<field>`` (charts.js: ``points`` drawn, ``total`` of every value)."""
+    return float(page.locator(f"#{chart}").get_attribute(f"data-{field}") or 0)
+
+
+def test_charts_draw_and_move_with_the_fleet(page: Any, cluster: Cluster, tmp_path: Path) -> None:
+    expect = playwright_api.expect
+    sign_in(page, cluster)
+    problems = watch_errors(page)
+    page.goto("/ui/charts")
+    expect(page.locator("#live-state")).to_have_class("live-state live-on")
+    for chart in (
+        "chart-nodes",
+        "chart-queue",
+        "chart-throughput",
+        "chart-latency",
+        "chart-commands",
+    ):
+        expect(page.locator(f"#{chart} canvas").first).to_be_visible()
+        expect(page.locator(f"#{chart}")).not_to_have_attribute("data-points", "0")
+    # No node sends CPU or memory stats yet (or some do): either way the chart says so.
+    for chart in ("chart-cpu", "chart-mem"):
+        expect(page.locator(f"#{chart} canvas, #{chart} .nodata").first).to_be_visible()
+    assert chart_number(page, "chart-nodes", "total") > 0  # nodes were UP
+    points = chart_number(page, "chart-nodes", "points")
+    ended = chart_number(page, "chart-throughput", "total")
+    outcomes = chart_number(page, "chart-commands", "total")
+    # Three tasks and a command: the throughput and command charts gain new points.
+    for _ in range(3):
+        cluster.api("queue_task", task_key="noop")
+    sent = cluster.api("send_command", targets=["node-1"], kind="get", name="version")
+    assert sent
+    timeout = scaled(30) * 1000
+    page.wait_for_function(
+        "([p]) => +document.getElementById('chart-nodes').dataset.points > p",
+        arg=[points],
+        timeout=timeout,
+    )
+    page.wait_for_function(
+        "([n]) => +document.getElementById('chart-throughput').dataset.total >= n + 3",
+        arg=[ended],
+        timeout=timeout,
+    )
+    page.wait_for_function(
+        "([n]) => +document.getElementById('chart-commands').dataset.total >= n + 1",
+        arg=[outcomes],
+        timeout=timeout,
+    )
+    shot(page, tmp_path, "charts")
+    assert problems == []  # no script error, nothing the Content-Security-Policy refused
+
+
+def offline(context: Any, cluster: Cluster) -> list[str]:
+    """Refuse every request that leaves the controller; the list of those refused."""
+    refused: list[str] = []
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(cluster.url):
+            r.continue_()
+        else:
+            refused.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    return refused
+
+
+def test_api_docs_work_with_no_network(page: Any, cluster: Cluster, tmp_path: Path) -> None:
+    expect = playwright_api.expect
+    refused = offline(page.context, cluster)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto("/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("corral controller API")
+    expect(page.locator(".opblock-summary-path").filter(has_text="/node_status")).to_have_count(1)
+    assert page.evaluate("typeof window.SwaggerUIBundle") == "function"
+    shot(page, tmp_path, "docs")
+    page.goto("/redoc")
+    expect(page.locator("h1").first).to_contain_text("corral controller API")
+    expect(page.get_by_text("node_status").first).to_be_attached()
+    shot(page, tmp_path, "redoc")
+    # ReDoc's footer asks for Redocly's logo from its CDN; offline the image hides itself.
+    assert [u for u in refused if not u.endswith("cdn.redoc.ly/redoc/logo-mini.svg")] == []
+    assert errors == []
+
+
+def test_forget_a_node_that_left(page: Any, cluster: Cluster, tmp_path: Path) -> None:
+    expect = playwright_api.expect
+    creds = cluster.logs / "leaver.creds"
+    enrolled = subprocess.run(
+        corral_argv(cluster.config, "enroll", "leaver", "--out", str(creds)),
+        env=child_env(cluster.config),
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    leaver = cluster.start("node", "--name", "leaver", "--creds", str(creds), log="leaver")
+
+    def status() -> str:
+        found = [n for n in cluster.api("node_list")["items"] if n["name"] == "leaver"]
+        return found[0]["status"] if found else ""
+
+    _until(lambda: status() == "UP", 60, "node leaver UP")
+    sign_in(page, cluster)
+    page.goto("/ui/nodes/leaver")
+    expect(page.locator("#forget-form")).to_be_hidden()  # UP: nothing to forget yet
+    leaver.send_signal(signal.SIGTERM)  # a clean stop: the node leaves
+    leaver.wait(scaled(30))
+    expect(page.locator("#node-status")).to_have_text("LEFT", timeout=scaled(30) * 1000)
+    expect(page.locator("#forget-form")).to_be_visible()
+    shot(page, tmp_path, "node-left")
+    asked: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", answer)
+    page.click("#forget")
+    page.wait_for_url("**/ui/fleet")
+    expect(page.locator("#flash")).to_contain_text("node leaver forgotten")
+    expect(page.locator('#nodes tr[data-node="leaver"]')).to_have_count(0)
+    assert asked and "leaver" in asked[0]
+    assert status() == ""

@@ -53,6 +53,7 @@ from corral import api_models as m
 from corral import wire
 from corral._version import __version__
 from corral.controller.api_calls import ApiCalls, Caller
+from corral.controller.api_docs import add_docs
 from corral.controller.http_limits import EntryLimits
 from corral.core.limits import CallLimiter, json_depth_error
 from corral.errors import (
@@ -286,7 +287,10 @@ def build_app(calls: ApiCalls, checker: TokenChecker) -> FastAPI:
             "are `{code, error}` with Pydra's codes: -1 authentication, -2 disconnection, "
             "-3 error in remote function, -4 no key, -5 unknown, -6 function not found."
         ),
+        docs_url=None,  # /docs and /redoc come from the package's own assets (offline)
+        redoc_url=None,
     )
+    add_docs(app)
     for name, (kind, reply, role) in FUNCTIONS.items():
         handler = getattr(calls, name)
         app.add_api_route(
@@ -418,7 +422,7 @@ class ApiServer:
     async def stop(self) -> None:
         """Stop serving (open requests get a second to finish)."""
         if self.dashboard is not None:
-            await self.dashboard.board.stop()
+            await self.dashboard.stop()
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError, CorralError):

@@ -107,6 +107,9 @@ class TaskService:
         #: nodes that ever offered tasks, and when each was last asked to say hello again
         self._task_nodes: set[str] = set()
         self._resync_asked: dict[str, float] = {}
+        #: hooks called with the instances that just ended (the dashboard's charts count
+        #: them); each must be quick, and one that raises is logged and skipped
+        self.on_finished: list[Callable[[list[TaskInstance]], None]] = []
 
     def __repr__(self) -> str:
         return f"<TaskService {self.core!r} commits={self.commits}>"
@@ -344,6 +347,11 @@ class TaskService:
             self._wake.set()
         if finished:
             self._urgent.set()
+            for hook in self.on_finished:
+                try:
+                    hook(finished)
+                except Exception:
+                    log.exception("a task-finished hook failed")
         nc = self.ctl.nc
         undone = False
         for node, insts in runs.items():

@@ -26,6 +26,7 @@ __all__ = [
     "groups",
     "matches",
     "reports",
+    "target_hints",
     "tasks_live",
 ]
 
@@ -78,6 +79,16 @@ def fleet(ctl: Controller, pattern: str = "") -> list[dict[str, Any]]:
     return out
 
 
+def target_hints(ctl: Controller, most: int = 200) -> list[str]:
+    """Targets to suggest in the command form: each label (``label:NAME``), then node names.
+
+    ``*`` (every node) is offered by the form itself.
+    """
+    labels = sorted({f"label:{label}" for r in ctl.registry.all() for label in r.labels})
+    names = sorted(r.name for r in ctl.registry.all())
+    return (labels + names)[:most]
+
+
 def _command(view: Any) -> dict[str, Any]:
     return msgspec.to_builtins(view)  # type: ignore[no-any-return]
 
@@ -87,8 +98,15 @@ async def command_history(ctl: Controller, limit: int = 50) -> list[dict[str, An
     from corral.controller.commands import counts
 
     assert ctl.store is not None
+    found = list(await ctl.store.recent_commands(limit, None))
+    # Commands accepted but not yet written by the group commit are newer than any stored.
+    newest = found[0][0].serial if found else 0
+    fresh: list[tuple[Any, dict[str, int]]] = [
+        (r, {}) for s, r in ctl.commands.rows.items() if s > newest
+    ]
+    rows = sorted(fresh, key=lambda f: -f[0].serial) + found
     out = []
-    for row, stored in await ctl.store.recent_commands(limit, None):
+    for row, stored in rows[:limit]:
         live = ctl.commands.live_outcomes(row.serial)
         out.append(
             {
@@ -108,13 +126,19 @@ async def command_history(ctl: Controller, limit: int = 50) -> list[dict[str, An
 async def command_detail(ctl: Controller, serial: int) -> dict[str, Any] | None:
     """One command and every node's outcome (the book's live view over the stored one)."""
     live = ctl.commands.live_outcomes(serial)
-    assert ctl.store is not None
-    found = await ctl.store.get_command(serial)
-    if found is None and live is None:
-        return None
+    # A command just accepted is in the service's memory before the group commit writes it:
+    # without its row the page (and its live updates) showed blank kind, actor and targets.
+    row: Any = ctl.commands.rows.get(serial)
+    stored: Any = ()
+    if row is None or live is None:
+        assert ctl.store is not None
+        found = await ctl.store.get_command(serial)
+        if found is None and live is None:
+            return None
+        if found is not None:
+            row, stored = found
     head: dict[str, Any] = {"serial": serial}
-    if found is not None:
-        row, stored = found
+    if row is not None:
         head.update(
             created=row.created,
             actor=row.actor,

@@ -1,4 +1,5 @@
-"""The dashboard's guardian pages: views, request and mode forms, the state graph."""
+"""The dashboard's guardian pages: views, request and mode forms, the state graph (as JSON,
+laid out and drawn by the browser with the vendored dagre: no Graphviz on the host)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from corral.dashboard.auth import Gate, Session
-from corral.dashboard.guardians import render_svg
 from corral.dashboard.web import HEADERS, flash, redirect, render
 from corral.errors import CorralError
 from corral.tokens import Role
@@ -42,16 +42,15 @@ class GuardianPages:
         return render("guardians.html", session, guardians=self.board.snapshot())
 
     async def guardian(self, request: Request, name: str) -> Response:
-        """One guardian: its view, notifications, forms, and its state graph."""
+        """One guardian: its view, notifications, forms, and its state graph (drawn in the
+        browser from :meth:`guardian_graph`)."""
         session = await self.gate.require(request, Role.READ)
         self.board.start()
         view = self.board.seen(name) if name in self.board.views else None
-        dot = ""
         requestable: list[str] = []
         try:
             graph = await self.board.client("dashboard").graph(name)
             requestable = [s.name for s in graph.states if s.request]
-            dot = await self.board.dot(name)
             if view is None:
                 view = graph.view
         except CorralError as exc:
@@ -59,28 +58,23 @@ class GuardianPages:
                 return render(
                     "error.html", session, 404, title="No such guardian", message=str(exc)
                 )
-        svg = dot and await render_svg(dot) is not None
         return render(
             "guardian.html",
             session,
             g=msgspec.to_builtins(view),
-            dot=dot,
-            svg=svg,
             states=requestable,
             can_operate=session.role.allows(Role.OPERATE),
             now=time.time(),
         )
 
-    async def guardian_svg(self, request: Request, name: str) -> Response:
-        """The state graph as SVG (served as an image: scripts in it never run)."""
+    async def guardian_graph(self, request: Request, name: str) -> Response:
+        """``GET /ui/guardians/<name>/graph.json``: states, edges and view, as JSON."""
         await self.gate.require(request, Role.READ)
         try:
-            svg = await render_svg(await self.board.dot(name))
-        except CorralError:
-            svg = None
-        if svg is None:
-            return Response(b"", 404, headers=HEADERS)
-        return Response(svg, media_type="image/svg+xml", headers=HEADERS)
+            graph = await self.board.graph(name)
+        except CorralError as exc:
+            return JSONResponse({"error": str(exc)}, 404, headers=HEADERS)
+        return JSONResponse(graph, headers=HEADERS)
 
     async def guardian_request(self, request: Request, name: str) -> Response:
         """Ask a guardian for a state."""

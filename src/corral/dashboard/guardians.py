@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -25,7 +24,7 @@ from corral.guardian.views import as_seen
 if TYPE_CHECKING:
     from corral.controller.service import Controller
 
-__all__ = ["GuardianBoard", "render_svg"]
+__all__ = ["GuardianBoard"]
 
 log = logging.getLogger("corral.dashboard")
 
@@ -92,35 +91,27 @@ class GuardianBoard:
         """
         return as_seen(self.views[name], self.ctl.config.down_after)
 
-    async def dot(self, name: str) -> str:
-        """Guardian ``name``'s graph in DOT, its state filled and its path in bold.
+    async def graph(self, name: str) -> dict[str, Any]:
+        """Guardian ``name``'s state graph as JSON-able data, for the browser to lay out.
+
+        ``states`` in declaration order (``goto`` states have an implicit edge from every
+        state, not listed), ``edges`` as ``[from, to]`` pairs, and the view (state, request,
+        path) to highlight; the page's live updates move the highlight afterwards.
 
         Raises:
             NoSuchGuardian, Timeout: it is not running or did not answer.
+            UsageError: the graph names an edge to a state it does not have.
         """
         reply = await self.client("dashboard").graph(name)
         g = Graph.build(
             (StateInfo(s.name, s.goto, s.request, s.index) for s in reply.states), reply.edges
         )
-        return g.dot(name, reply.view.state, reply.view.path)
-
-
-async def render_svg(dot: str) -> bytes | None:
-    """``dot`` rendered to SVG by Graphviz, or None if ``dot`` is not installed or fails."""
-    exe = shutil.which("dot")
-    if exe is None:
-        return None
-    proc = await asyncio.create_subprocess_exec(
-        exe,
-        "-Tsvg",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(dot.encode()), 10.0)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return None
-    return out if proc.returncode == 0 else None
+        return {
+            "name": name,
+            "states": [
+                {"name": s.name, "goto": s.goto, "request": s.request, "index": s.index}
+                for s in g.states
+            ],
+            "edges": [list(e) for e in g.edges],
+            "view": msgspec.to_builtins(reply.view),
+        }

@@ -20,6 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from corral import api_models as m
 from corral.dashboard import data
+from corral.dashboard.trends import KEEP
 from corral.dashboard.web import HEADERS
 from corral.errors import CorralError, UsageError
 from corral.sender import gather_agents
@@ -128,10 +129,26 @@ class Live:
             "groups": groups,
             "guardians": guardians,
             "reports": reports,
+            "charts": self._charts(),
         }
         if page not in sources:
             raise UsageError(f"no event stream {page!r}: use one of {', '.join(sources)}")
         return sources[page]
+
+    def _charts(self) -> Callable[[], Awaitable[Any]]:
+        """The charts' source for one stream: the whole ring of samples once, then only the
+        samples this stream has not sent yet (``reset`` tells the page to start afresh)."""
+        sent = 0
+
+        async def charts() -> Any:
+            nonlocal sent
+            rows = self.d.trends.since(sent)
+            reset = sent == 0
+            if rows:
+                sent = rows[-1]["seq"]
+            return {"reset": reset, "keep": KEEP, "samples": rows}
+
+        return charts
 
     async def events(self, request: Request, page: str) -> Response:
         """``GET /ui/events/<page>``: the page's data as server-sent events."""

@@ -27,11 +27,13 @@ from corral import wire
 from corral.controller.api_calls import ApiCalls
 from corral.dashboard import data
 from corral.dashboard.auth import COOKIE, LOGIN_COOKIE, Gate, Session, check_origin, read_form
+from corral.dashboard.chart_pages import ChartPages
 from corral.dashboard.guardian_pages import GuardianPages
 from corral.dashboard.guardians import GuardianBoard
 from corral.dashboard.live import Live
 from corral.dashboard.lockout import Lockout, SignInThrottle, Verdict
 from corral.dashboard.task_pages import TaskPages
+from corral.dashboard.trends import Sampler, Trends
 from corral.dashboard.users import check_password
 from corral.dashboard.web import flash, guarded, json_object, redirect, render, safe_next
 from corral.errors import CorralError, UsageError
@@ -48,7 +50,7 @@ _KINDS = ("command", "shell", "get", "set")
 log = logging.getLogger("corral.dashboard")
 
 
-class Dashboard(TaskPages, GuardianPages):
+class Dashboard(TaskPages, GuardianPages, ChartPages):
     """The dashboard of one controller.
 
     Args:
@@ -63,6 +65,9 @@ class Dashboard(TaskPages, GuardianPages):
         self.calls = ApiCalls(controller)
         self.board = GuardianBoard(controller)
         self.live = Live(self)
+        #: the charts' samples, taken every few seconds from the controller's memory
+        self.trends = Trends()
+        self.sampler = Sampler(controller, self.trends)
         #: scrypt takes 16 MiB and tens of milliseconds: at most two checks at a time, so a
         #: flood of sign-ins can neither exhaust memory nor starve the controller's loop
         self.password_checks = asyncio.Semaphore(2)
@@ -73,6 +78,11 @@ class Dashboard(TaskPages, GuardianPages):
 
     def __repr__(self) -> str:
         return f"<Dashboard {self.gate!r}>"
+
+    async def stop(self) -> None:
+        """Stop the guardian watch and the charts' sampler."""
+        await self.sampler.stop()
+        await self.board.stop()
 
     def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
         """Record a dashboard action in the audit log (written with the next commit)."""
@@ -245,6 +255,19 @@ class Dashboard(TaskPages, GuardianPages):
             flash(session, f"node {name} updated", "ok")
         return redirect(f"/ui/nodes/{name}")
 
+    async def node_forget(self, request: Request, name: str) -> Response:
+        """Forget a node that is not UP (the API's node_delete: registry, store, credentials)."""
+        session, _ = await self.gate.form(request, Role.OPERATE)
+        try:
+            gone = await self.calls.node_delete(m.NodeDelete(id=name))
+        except CorralError as exc:
+            flash(session, str(exc))
+            return redirect(f"/ui/nodes/{name}")
+        self.audit(session, "node_delete", name, status=gone.status, revoked=gone.revoked)
+        note = f" ({gone.note})" if gone.note else ""
+        flash(session, f"node {name} forgotten, {gone.revoked} credential(s) revoked{note}", "ok")
+        return redirect("/ui/fleet")
+
     # --- commands -----------------------------------------------------------------------
 
     async def commands(self, request: Request) -> Response:
@@ -257,6 +280,7 @@ class Dashboard(TaskPages, GuardianPages):
             history=await data.command_history(self.ctl),
             kinds=kinds,
             can_send=session.role.allows(Role.OPERATE),
+            target_hints=data.target_hints(self.ctl),
         )
 
     async def send(self, request: Request) -> Response:
@@ -275,6 +299,8 @@ class Dashboard(TaskPages, GuardianPages):
                 raise UsageError(
                     "say which nodes: a name, a glob like web-*, label:NAME, attr:KEY=VALUE or *"
                 )
+            if "all" in targets and "all" not in self.ctl.registry.nodes:
+                raise UsageError("no node is named 'all': every node is *")
             args = json_object(fields.get("args", ""), "args")
             if kind == "shell" and fields.get("cmd", "").strip():
                 args["cmd"] = fields["cmd"]
@@ -341,8 +367,10 @@ def mount(app: FastAPI, controller: Controller, checker: TokenChecker) -> Dashbo
         ("/ui/login", "POST", d.login),
         ("/ui/logout", "POST", d.logout),
         ("/ui/fleet", "GET", d.fleet),
+        ("/ui/charts", "GET", d.charts),
         ("/ui/nodes/{name}", "GET", d.node),
         ("/ui/nodes/{name}/edit", "POST", d.node_edit),
+        ("/ui/nodes/{name}/forget", "POST", d.node_forget),
         ("/ui/commands", "GET", d.commands),
         ("/ui/commands", "POST", d.send),
         ("/ui/commands/{serial}", "GET", d.command),
@@ -355,7 +383,7 @@ def mount(app: FastAPI, controller: Controller, checker: TokenChecker) -> Dashbo
         ("/ui/reports", "GET", d.reports),
         ("/ui/guardians", "GET", d.guardians),
         ("/ui/guardians/{name}", "GET", d.guardian),
-        ("/ui/guardians/{name}/graph.svg", "GET", d.guardian_svg),
+        ("/ui/guardians/{name}/graph.json", "GET", d.guardian_graph),
         ("/ui/guardians/{name}/request", "POST", d.guardian_request),
         ("/ui/guardians/{name}/mode", "POST", d.guardian_mode),
     ]
@@ -374,6 +402,7 @@ def mount(app: FastAPI, controller: Controller, checker: TokenChecker) -> Dashbo
         include_in_schema=False,
         response_class=Response,
     )
+    d.sampler.start()
     static = files("corral.dashboard").joinpath("static")
     app.mount("/ui/static", StaticFiles(directory=str(static)), name="dashboard-static")
     return d

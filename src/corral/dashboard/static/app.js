@@ -1,4 +1,5 @@
-// corral dashboard: live updates by server-sent events. No build step, no dependencies.
+// corral dashboard: live updates by server-sent events. No build step; the charts and the
+// guardian graphs use the libraries vendored in static/vendor/ (charts.js, graph.js).
 // Every value from the server is put into the page with textContent (never innerHTML), so
 // whatever a node, task or guardian calls itself is shown, never run.
 "use strict";
@@ -95,6 +96,9 @@
         s.textContent = d.node[0].status;
         s.className = "status status-" + d.node[0].status;
       }
+      // Only a node that is not UP can be forgotten: the button follows its status.
+      const forget = document.getElementById("forget-form");
+      if (forget && d.node.length) forget.hidden = d.node[0].status === "UP";
       fill("#node-reports", d.reports.map((r) => ({
         cells: [r.topic, json(r.value), when(r.at), spark(series(r))],
       })), "no reports", 4);
@@ -109,6 +113,12 @@
     },
     command(cmd) {
       if (!cmd || !cmd.outcomes) return;
+      const set = (id, v) => { const e = document.getElementById(id); if (e && v !== undefined) e.textContent = v; };
+      set("cmd-kind", cmd.kind);
+      set("cmd-name", cmd.name);
+      set("cmd-actor", cmd.actor);
+      set("cmd-targets", cmd.targets ? cmd.targets.join(" ") : undefined);
+      if (cmd.created) set("cmd-created", when(cmd.created));
       fill("#outcomes", cmd.outcomes.map((o) => {
         const pre = el("pre", (o.stdout || "") + (o.stderr || ""));
         return {
@@ -121,12 +131,18 @@
     tasks(live) {
       const canCancel = !!document.getElementById("queue-form");
       fill("#running", live.running.map((t) => {
-        const bar = el("progress");
-        bar.max = 100;
-        bar.value = t.progress;
+        // A prefetched instance waits in its node's worker pipe: not running, no progress yet.
+        const assigned = t.status === "assigned";
+        let bar = { text: "prefetched: waits for a free worker", cls: "assigned" };
+        if (!assigned) {
+          bar = el("progress");
+          bar.max = 100;
+          bar.value = t.progress;
+        }
         return {
-          data: { task: t.id },
-          cells: [link("/ui/tasks/" + t.id, t.id), t.key, t.node, t.status, bar, t.message,
+          data: { task: t.id, status: t.status },
+          cells: [link("/ui/tasks/" + t.id, t.id), t.key, t.node,
+            { text: t.status, cls: "state state-" + t.status }, bar, t.message,
             canCancel ? postButton("/ui/tasks/" + t.id + "/cancel", "Cancel", "cancel") : ""],
         };
       }));
@@ -179,11 +195,7 @@
       set("g-path", g.path.join(" → "));
       set("g-manager", g.manager);
       set("g-notifications", g.notifications.join("; "));
-      const img = document.getElementById("graph");
-      if (img && img.dataset.seq !== String(g.seq)) {
-        img.dataset.seq = String(g.seq);
-        img.src = img.dataset.base + "?seq=" + encodeURIComponent(g.seq);
-      }
+      if (window.corralGraph) window.corralGraph.update(g);
     },
     reports(snap) {
       fill("#reports", snap.reports.map((r) => ({
@@ -232,6 +244,15 @@
     for (const e of document.querySelectorAll("td.since[data-at]")) e.textContent = ago(+e.dataset.at);
   }, 1000);
 
+  // Forms that ask first (forget a node): data-confirm holds the question.
+  document.addEventListener("submit", (ev) => {
+    const form = ev.target;
+    if (form instanceof HTMLFormElement && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+      ev.preventDefault();
+    }
+  });
+
+  Object.assign(render, window.corralRender || {}); // charts.js adds the charts page
   if (!page || !render[page] || !window.EventSource) return;
   const state = document.getElementById("live-state");
   const query = body.dataset.query ? "?" + body.dataset.query : "";
