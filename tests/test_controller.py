@@ -13,6 +13,7 @@ import pytest
 
 from conftest import scaled
 from corral import bus, subjects, wire
+from corral.app import ControllerService
 from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
@@ -134,7 +135,7 @@ async def test_node_started_before_the_controller_joins_when_it_appears(
     node = await start_node(config, "early")
     try:
         assert not node.joined.is_set()
-        controller = Controller(config)
+        controller = ControllerService(config)
         await controller.start()
         try:
             await asyncio.wait_for(node.joined.wait(), scaled(5))
@@ -148,12 +149,12 @@ async def test_node_started_before_the_controller_joins_when_it_appears(
 async def test_nodes_reattach_after_a_controller_restart(
     broker: EmbeddedBroker, config: Config
 ) -> None:
-    first = Controller(config)
+    first = ControllerService(config)
     await first.start()
     node = await start_node(config, "stay")
     await asyncio.wait_for(node.joined.wait(), scaled(5))
     await first.stop()
-    second = Controller(config)
+    second = ControllerService(config)
     await second.start()
     try:
         assert second.registry.nodes["stay"].status == "UP"  # loaded from the store
@@ -235,7 +236,7 @@ async def test_stats_count_handled_and_rejected_messages(
 async def test_registry_survives_the_controller_on_its_store(
     broker: EmbeddedBroker, config: Config
 ) -> None:
-    controller = Controller(config)
+    controller = ControllerService(config)
     await controller.start()
     node = await start_node(config, "kept", labels=("a",))
     try:
@@ -255,6 +256,6 @@ async def test_registry_survives_the_controller_on_its_store(
 async def test_a_second_controller_on_the_same_bus_refuses_to_start(
     controller: Controller, config: Config
 ) -> None:
-    second = Controller(config)
+    second = ControllerService(config)
     with pytest.raises(Refused, match=f"another controller \\({controller.id[:8]}"):
         await second.start()

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import scaled
 from corral import AsyncController
+from corral.app import ControllerService
 from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
@@ -139,7 +140,7 @@ async def test_the_first_answer_survives_a_controller_restart(
     """The restarted controller learns the stored keys (or, past its tracking cap, looks
     every key up): either way the key is answered from the store, never queued again."""
     monkeypatch.setattr(idempotency, "_TRACKED", tracked)
-    first = Controller(config)
+    first = ControllerService(config)
     await first.start()
     node = await start_task_node(config, "w1", slots=1)
     try:
@@ -151,7 +152,7 @@ async def test_the_first_answer_survives_a_controller_restart(
         assert answer.status_code == 200, answer.text
     finally:
         await first.stop()
-    second = Controller(config)
+    second = ControllerService(config)
     await second.start()
     try:
         assert second.api is not None and second.store is not None
@@ -316,7 +317,7 @@ async def test_expired_keys_are_forgotten_and_pruned(store_url: str) -> None:
 async def test_the_bus_client_sends_again_with_its_key_until_a_controller_answers(
     config: Config, broker: EmbeddedBroker
 ) -> None:
-    first = Controller(config)
+    first = ControllerService(config)
     await first.start()
     node = await start_node(config, "b2")
     try:
@@ -327,7 +328,7 @@ async def test_the_bus_client_sends_again_with_its_key_until_a_controller_answer
         client.timeout = scaled(2)
         sending = asyncio.create_task(client.command("b2", "command", "whoami"))
         # No controller answers now: the client keeps trying with the same key until one does.
-        second = Controller(config)
+        second = ControllerService(config)
         await second.start()
         try:
             handle = await asyncio.wait_for(sending, scaled(20))
@@ -345,7 +346,7 @@ async def test_a_key_past_the_window_is_pruned_and_queues_anew(
     config: Config, broker: EmbeddedBroker
 ) -> None:
     config = msgspec.structs.replace(config, idempotency_window=scaled(1.0))
-    controller = Controller(config)
+    controller = ControllerService(config)
     await controller.start()
     node = await start_task_node(config, "w1", slots=1)
     try:

@@ -48,8 +48,8 @@ async def _until_signalled(main: asyncio.Task[Any]) -> None:
 
 async def _controller(config: Config) -> None:
     # Imported here: `corral node` processes should not pay for the store's imports.
+    from corral.app import ControllerService
     from corral.broker import EmbeddedBroker
-    from corral.controller import Controller
 
     broker = None
     if config.embedded:
@@ -58,7 +58,7 @@ async def _controller(config: Config) -> None:
         await broker.start()
         err.print(f"nats-server listening on {broker.url} (log {broker.log_path})")
     try:
-        controller = Controller(config)
+        controller = ControllerService(config)
         await _until_signalled(asyncio.create_task(controller.serve_forever()))
     finally:
         if broker is not None:

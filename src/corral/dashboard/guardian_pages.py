@@ -16,7 +16,7 @@ from corral.errors import CorralError
 from corral.tokens import Role
 
 if TYPE_CHECKING:
-    from corral.controller.service import Controller
+    from corral.controller.parts import ControllerParts
     from corral.dashboard.guardians import GuardianBoard
 
 __all__ = ["GuardianPages"]
@@ -25,7 +25,7 @@ __all__ = ["GuardianPages"]
 class GuardianPages:
     """Guardian pages, a mixin of :class:`~corral.dashboard.routes.Dashboard`."""
 
-    ctl: Controller
+    ctl: ControllerParts
     gate: Gate
     board: GuardianBoard
 

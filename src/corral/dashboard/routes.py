@@ -39,7 +39,7 @@ from corral.records import AuditEntry
 from corral.tokens import Role, TokenChecker
 
 if TYPE_CHECKING:
-    from corral.controller.service import Controller
+    from corral.controller.parts import ControllerParts
 
 __all__ = ["Dashboard", "mount"]
 
@@ -52,12 +52,11 @@ class Dashboard(TaskPages, GuardianPages):
     """The dashboard of one controller.
 
     Args:
-        controller: the running controller.
+        controller: the started controller's services (registry, commands, tasks, store...).
         checker: the API's token checker.
     """
 
-    def __init__(self, controller: Controller, checker: TokenChecker) -> None:
-        assert controller.store is not None
+    def __init__(self, controller: ControllerParts, checker: TokenChecker) -> None:
         self.ctl = controller
         self.gate = Gate(controller.store, checker)
         self.calls = ApiCalls(controller)
@@ -76,7 +75,7 @@ class Dashboard(TaskPages, GuardianPages):
 
     def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
         """Record a dashboard action in the audit log (written with the next commit)."""
-        self.ctl._audit.append(
+        self.ctl.audit(
             AuditEntry(
                 at=self.ctl.clock(),
                 actor=session.user,
@@ -86,7 +85,6 @@ class Dashboard(TaskPages, GuardianPages):
                 role=session.role.value,
             )
         )
-        self.ctl._wake.set()
 
     # --- sign-in ------------------------------------------------------------------------
 
@@ -178,7 +176,7 @@ class Dashboard(TaskPages, GuardianPages):
             "dashboard sign-in locked",
             extra={"kind": lock.kind, "key": lock.key, "failures": lock.failures, "for": seconds},
         )
-        self.ctl._audit.append(
+        self.ctl.audit(
             AuditEntry(
                 at=self.ctl.clock(),
                 actor=f"address:{address}",
@@ -187,7 +185,6 @@ class Dashboard(TaskPages, GuardianPages):
                 detail={"failures": lock.failures, "seconds": seconds},
             )
         )
-        self.ctl._wake.set()
 
     async def logout(self, request: Request) -> Response:
         """Sign out (a form with the CSRF token)."""
@@ -328,7 +325,7 @@ class Dashboard(TaskPages, GuardianPages):
         return redirect("/ui/fleet")
 
 
-def mount(app: FastAPI, controller: Controller, checker: TokenChecker) -> Dashboard:
+def mount(app: FastAPI, controller: ControllerParts, checker: TokenChecker) -> Dashboard:
     """Add the dashboard's routes (``/ui/...``, ``/`` redirecting there) to ``app``."""
     from importlib.resources import files
 

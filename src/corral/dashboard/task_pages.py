@@ -17,7 +17,7 @@ from corral.tokens import Role
 
 if TYPE_CHECKING:
     from corral.controller.api_calls import ApiCalls
-    from corral.controller.service import Controller
+    from corral.controller.parts import ControllerParts
 
 __all__ = ["TaskPages"]
 
@@ -25,7 +25,7 @@ __all__ = ["TaskPages"]
 class TaskPages:
     """Task pages, a mixin of :class:`~corral.dashboard.routes.Dashboard`."""
 
-    ctl: Controller
+    ctl: ControllerParts
     gate: Gate
     calls: ApiCalls
 
