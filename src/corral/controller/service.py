@@ -42,7 +42,6 @@ from corral.errors import (
 )
 from corral.records import AuditEntry, NodeRecord, Transition
 from corral.security import Authority
-from corral.sender import gather_agents
 from corral.store import Store
 from corral.store.writes import Backoff, Written, log_written
 
@@ -592,7 +591,7 @@ class Controller:
     async def _on_agents(self, msg: Any, _: str, request: wire.AgentsRequest) -> None:
         """The live agents, for API clients (the controller gathers them from the bus)."""
         assert self.nc is not None
-        found = await gather_agents(self.nc, min(max(request.wait, 0.05), 5.0))
+        found = await bus.gather_agents(self.nc, min(max(request.wait, 0.05), 5.0))
         await self._reply(msg, wire.AgentsReply(agents=found))
 
     async def _on_auth(self, msg: Any, _: str, event: wire.AuthEvent) -> None:

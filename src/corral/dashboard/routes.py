@@ -61,7 +61,7 @@ class Dashboard(TaskPages, GuardianPages):
         self.gate = Gate(controller.store, checker)
         self.calls = ApiCalls(controller)
         self.board = GuardianBoard(controller)
-        self.live = Live(self)
+        self.live = Live(self.ctl, self.calls, self.board, self.gate)
         #: scrypt takes 16 MiB and tens of milliseconds: at most two checks at a time, so a
         #: flood of sign-ins can neither exhaust memory nor starve the controller's loop
         self.password_checks = asyncio.Semaphore(2)
