@@ -259,3 +259,35 @@ async def test_a_second_controller_on_the_same_bus_refuses_to_start(
     second = ControllerService(config)
     with pytest.raises(Refused, match=f"another controller \\({controller.id[:8]}"):
         await second.start()
+
+
+async def test_a_controller_without_an_app_factory_serves_the_bus_and_no_http(
+    broker: EmbeddedBroker, config: Config
+) -> None:
+    """The controller knows nothing of HTTP: only corral.app's factory adds the API."""
+    controller = Controller(config)  # api_port is 0 (any port), but no HTTP factory
+    with pytest.raises(Refused, match="has not started"):
+        controller.parts()
+    await controller.start()
+    try:
+        assert controller.api is None
+        parts = controller.parts()
+        assert parts.registry is controller.registry and parts.store is controller.store
+        async with await Client.connect(config) as client:
+            stats = await client.stats()
+        assert stats.controller == controller.id
+    finally:
+        await controller.stop()
+
+
+async def test_the_shipped_controller_serves_the_api_and_the_dashboard(
+    controller: ControllerService,
+) -> None:
+    import httpx
+
+    assert controller.api is not None
+    async with httpx.AsyncClient(base_url=controller.api.url, timeout=scaled(20)) as http:
+        api = await http.post("/node_list", json={})
+        page = await http.get("/ui/login")
+    assert api.status_code == 401  # the API is there, behind its token check
+    assert page.status_code == 200 and "password" in page.text.lower()
