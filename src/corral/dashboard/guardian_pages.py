@@ -3,35 +3,41 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 from fastapi import Request
 from fastapi.responses import Response
 
-from corral.dashboard.auth import Gate, Session
+from corral.dashboard.auth import Gate
 from corral.dashboard.guardians import render_svg
 from corral.dashboard.web import HEADERS, flash, redirect, render
 from corral.errors import CorralError
 from corral.tokens import Role
 
 if TYPE_CHECKING:
-    from corral.controller.parts import ControllerParts
     from corral.dashboard.guardians import GuardianBoard
 
 __all__ = ["GuardianPages"]
 
 
 class GuardianPages:
-    """Guardian pages, a mixin of :class:`~corral.dashboard.routes.Dashboard`."""
+    """The dashboard's guardian pages.
 
-    ctl: ControllerParts
-    gate: Gate
-    board: GuardianBoard
+    Args:
+        gate: who is signed in, with which role.
+        board: the guardians, as the controller's connection sees them.
+        audit: records a dashboard action (``audit(session, action, target, **detail)``).
+    """
 
-    def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
-        """Record a dashboard action in the audit log (provided by the dashboard)."""
-        raise NotImplementedError
+    def __init__(self, *, gate: Gate, board: GuardianBoard, audit: Callable[..., None]) -> None:
+        self.gate = gate
+        self.board = board
+        self.audit = audit
+
+    def __repr__(self) -> str:
+        return "<GuardianPages>"
 
     # --- guardians ----------------------------------------------------------------------
 

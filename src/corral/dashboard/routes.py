@@ -48,7 +48,7 @@ _KINDS = ("command", "shell", "get", "set")
 log = logging.getLogger("corral.dashboard")
 
 
-class Dashboard(TaskPages, GuardianPages):
+class Dashboard:
     """The dashboard of one controller.
 
     Args:
@@ -62,6 +62,10 @@ class Dashboard(TaskPages, GuardianPages):
         self.calls = ApiCalls(controller)
         self.board = GuardianBoard(controller)
         self.live = Live(self.ctl, self.calls, self.board, self.gate)
+        self.task_pages = TaskPages(
+            ctl=self.ctl, gate=self.gate, calls=self.calls, audit=self.audit
+        )
+        self.guardian_pages = GuardianPages(gate=self.gate, board=self.board, audit=self.audit)
         #: scrypt takes 16 MiB and tens of milliseconds: at most two checks at a time, so a
         #: flood of sign-ins can neither exhaust memory nor starve the controller's loop
         self.password_checks = asyncio.Semaphore(2)
@@ -330,6 +334,7 @@ def mount(app: FastAPI, controller: ControllerParts, checker: TokenChecker) -> D
     from importlib.resources import files
 
     d = Dashboard(controller, checker)
+    t, g = d.task_pages, d.guardian_pages
     pages: list[tuple[str, str, Any]] = [
         ("/", "GET", d.home),
         ("/ui", "GET", d.home),
@@ -343,18 +348,18 @@ def mount(app: FastAPI, controller: ControllerParts, checker: TokenChecker) -> D
         ("/ui/commands", "GET", d.commands),
         ("/ui/commands", "POST", d.send),
         ("/ui/commands/{serial}", "GET", d.command),
-        ("/ui/tasks", "GET", d.tasks),
-        ("/ui/tasks", "POST", d.queue),
-        ("/ui/tasks/{ident}", "GET", d.task),
-        ("/ui/tasks/{ident}/cancel", "POST", d.cancel),
-        ("/ui/history/{key}", "GET", d.history),
+        ("/ui/tasks", "GET", t.tasks),
+        ("/ui/tasks", "POST", t.queue),
+        ("/ui/tasks/{ident}", "GET", t.task),
+        ("/ui/tasks/{ident}/cancel", "POST", t.cancel),
+        ("/ui/history/{key}", "GET", t.history),
         ("/ui/groups", "GET", d.groups),
         ("/ui/reports", "GET", d.reports),
-        ("/ui/guardians", "GET", d.guardians),
-        ("/ui/guardians/{name}", "GET", d.guardian),
-        ("/ui/guardians/{name}/graph.svg", "GET", d.guardian_svg),
-        ("/ui/guardians/{name}/request", "POST", d.guardian_request),
-        ("/ui/guardians/{name}/mode", "POST", d.guardian_mode),
+        ("/ui/guardians", "GET", g.guardians),
+        ("/ui/guardians/{name}", "GET", g.guardian),
+        ("/ui/guardians/{name}/graph.svg", "GET", g.guardian_svg),
+        ("/ui/guardians/{name}/request", "POST", g.guardian_request),
+        ("/ui/guardians/{name}/mode", "POST", g.guardian_mode),
     ]
     for path, method, page in pages:
         app.add_api_route(
