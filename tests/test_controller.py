@@ -23,6 +23,7 @@ from corral.errors import (
     MalformedMessage,
     OversizedMessage,
     Refused,
+    UsageError,
     VersionMismatch,
 )
 from corral.node import Node
@@ -266,7 +267,7 @@ async def test_a_controller_without_an_app_factory_serves_the_bus_and_no_http(
 ) -> None:
     """The controller knows nothing of HTTP: only corral.app's factory adds the API."""
     controller = Controller(config)  # api_port is 0 (any port), but no HTTP factory
-    with pytest.raises(Refused, match="has not started"):
+    with pytest.raises(UsageError, match="has not started"):
         controller.parts()
     await controller.start()
     try:

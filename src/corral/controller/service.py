@@ -39,6 +39,7 @@ from corral.errors import (
     Refused,
     StoreError,
     Timeout,
+    UsageError,
 )
 from corral.records import AuditEntry, NodeRecord, Transition
 from corral.security import Authority
@@ -140,7 +141,7 @@ class Controller:
         """The started controller's services, for the HTTP API and the dashboard.
 
         Raises:
-            Refused: the controller has not started yet.
+            UsageError: the controller has not started yet.
         """
         if (
             self.store is None
@@ -149,7 +150,7 @@ class Controller:
             or self.groups is None
             or self.endpoints is None
         ):
-            raise Refused("the controller has not started: call start() first")
+            raise UsageError("the controller has not started: call start() first")
         return ControllerParts(
             id=self.id,
             started=self.started,
