@@ -46,7 +46,7 @@ from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise
 from corral.config import Config
 from corral.security import Authority
-from corral.store import Store
+from corral.store import open_store
 from corral.tokens import Role, create_token
 
 console = Console(stderr=True)
@@ -98,7 +98,7 @@ async def start_corral(
     data = root / "data"
     config = Config(data_dir=str(data), nats_port=free_port(), api_port=free_port())
     initialise(config)
-    async with await Store.open(config.store_url) as store:
+    async with await open_store(config.store_url) as store:
         _, token = await create_token(store, Role.OPERATE, "bench")
     authority = Authority.load(data)
     broker = EmbeddedBroker(config, authority)

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from corral.app import ControllerService
 from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise
 from corral.config import Config
@@ -106,7 +107,7 @@ async def broker(config: Config) -> AsyncIterator[EmbeddedBroker]:
 @pytest.fixture
 async def controller(config: Config, broker: EmbeddedBroker) -> AsyncIterator[Controller]:
     """A controller running in this process against the test's broker."""
-    c = Controller(config)
+    c = ControllerService(config)
     await c.start()
     try:
         yield c

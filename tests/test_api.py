@@ -26,7 +26,7 @@ from corral.errors import (
     RemoteError,
 )
 from corral.node import Node
-from corral.store import Store
+from corral.store import open_store
 from corral.tokens import Role, create_token, revoke_token
 from tasks_fixtures import api, node, token_for  # noqa: F401 - fixtures
 
@@ -181,7 +181,7 @@ async def test_openapi_schema_fuzzed_without_a_server_error(
 async def test_tokens_are_stored_hashed(controller: ControllerService) -> None:
     assert controller.store is not None
     _, text = await create_token(controller.store, Role.READ, "hashed")
-    async with await Store.open(controller.config.store_url) as store:
+    async with await open_store(controller.config.store_url) as store:
         async with store.reader() as conn:
             from sqlalchemy import text as sql
 

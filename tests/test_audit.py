@@ -24,7 +24,7 @@ from corral.config import Config
 from corral.controller import Controller
 from corral.node import Node
 from corral.records import AuditEntry
-from corral.store import Store
+from corral.store import Store, open_store
 from corral.tokens import Role, create_token
 from tasks_fixtures import start_task_node
 from test_commands import _wait_consumers, start_node
@@ -183,7 +183,7 @@ def cli(config: Config, *args: str, **env: str) -> subprocess.CompletedProcess[s
 
 
 async def stored_audit(config: Config) -> list[AuditEntry]:
-    async with await Store.open(config.store_url) as store:
+    async with await open_store(config.store_url) as store:
         return list(reversed(await store.audit_log()))
 
 
@@ -264,11 +264,11 @@ async def test_an_older_store_keeps_its_audit_log_through_migration_0005(store_u
         "VALUES (1.0, 'alice@lab', 'enroll', 'n1', '{}')"
     )
     await asyncio.to_thread(_alembic, store_url, "upgrade", "0004_users", older)
-    async with await Store.open(store_url) as store:  # migrates to head
+    async with await open_store(store_url) as store:  # migrates to head
         (entry,) = await store.audit_log()
         assert (entry.actor, entry.role) == ("alice@lab", "")
     # ... and back down again (the column and the table go), then up.
     await asyncio.to_thread(_alembic, store_url, "downgrade", "0004_users")
     await asyncio.to_thread(_alembic, store_url, "upgrade", "head")
-    async with await Store.open(store_url) as store:
+    async with await open_store(store_url) as store:
         assert [e.actor for e in await store.audit_log()] == ["alice@lab"]

@@ -15,14 +15,14 @@ from corral.config import Config
 from corral.controller import Controller
 from corral.node import Node
 from corral.records import AuditEntry
-from corral.store import Store
+from corral.store import open_store
 
 
 def audit_log(config: Config) -> list[AuditEntry]:
     """The store's audit log, newest first (read with no controller running)."""
 
     async def read() -> list[AuditEntry]:
-        async with await Store.open(config.store_url) as store:
+        async with await open_store(config.store_url) as store:
             return await store.audit_log()
 
     return asyncio.run(read())

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import scaled
 from corral import bus, subjects, wire
+from corral.app import ControllerService
 from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
@@ -425,14 +426,14 @@ async def test_a_node_away_catches_up_in_order_and_expired_commands_are_reported
 async def test_outcomes_are_persisted_and_serials_continue_after_a_controller_restart(
     config: Config, broker: Any
 ) -> None:
-    first = Controller(config)
+    first = ControllerService(config)
     await first.start()
     client = await Client.connect(config)
     node = await start_node(config, "r1")
     await _wait_consumers(first, ["r1"])
     a = await run(client, "r1")
     await first.stop()
-    second = Controller(config)
+    second = ControllerService(config)
     await second.start()
     try:
         # The bus may briefly answer "no responders" for the new controller's subjects to a

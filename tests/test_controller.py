@@ -13,6 +13,7 @@ import pytest
 
 from conftest import scaled
 from corral import bus, subjects, wire
+from corral.app import ControllerService
 from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
@@ -22,11 +23,12 @@ from corral.errors import (
     MalformedMessage,
     OversizedMessage,
     Refused,
+    UsageError,
     VersionMismatch,
 )
 from corral.node import Node
 from corral.security import Authority
-from corral.store import Store
+from corral.store import open_store
 
 
 @pytest.fixture
@@ -82,7 +84,7 @@ async def test_node_joins_with_everything_it_says_about_itself(
         assert view.attributes == {"sink": True, "room": "B"}
         assert view.slots == 4 and view.pid > 0 and view.host and view.version
         # The join was persisted before it was acknowledged.
-        store = await Store.open(config.store_url)
+        store = await open_store(config.store_url)
         try:
             row = await store.get_node("web1")
             assert row is not None and row.status == "UP" and row.labels == ("gpu", "rack1")
@@ -134,7 +136,7 @@ async def test_node_started_before_the_controller_joins_when_it_appears(
     node = await start_node(config, "early")
     try:
         assert not node.joined.is_set()
-        controller = Controller(config)
+        controller = ControllerService(config)
         await controller.start()
         try:
             await asyncio.wait_for(node.joined.wait(), scaled(5))
@@ -148,12 +150,12 @@ async def test_node_started_before_the_controller_joins_when_it_appears(
 async def test_nodes_reattach_after_a_controller_restart(
     broker: EmbeddedBroker, config: Config
 ) -> None:
-    first = Controller(config)
+    first = ControllerService(config)
     await first.start()
     node = await start_node(config, "stay")
     await asyncio.wait_for(node.joined.wait(), scaled(5))
     await first.stop()
-    second = Controller(config)
+    second = ControllerService(config)
     await second.start()
     try:
         assert second.registry.nodes["stay"].status == "UP"  # loaded from the store
@@ -235,7 +237,7 @@ async def test_stats_count_handled_and_rejected_messages(
 async def test_registry_survives_the_controller_on_its_store(
     broker: EmbeddedBroker, config: Config
 ) -> None:
-    controller = Controller(config)
+    controller = ControllerService(config)
     await controller.start()
     node = await start_node(config, "kept", labels=("a",))
     try:
@@ -243,7 +245,7 @@ async def test_registry_survives_the_controller_on_its_store(
     finally:
         await node.stop()
         await controller.stop()
-    store = await Store.open(config.store_url)
+    store = await open_store(config.store_url)
     try:
         row = await store.get_node("kept")
         assert row is not None and row.status == "LEFT" and row.labels == ("a",)
@@ -255,6 +257,38 @@ async def test_registry_survives_the_controller_on_its_store(
 async def test_a_second_controller_on_the_same_bus_refuses_to_start(
     controller: Controller, config: Config
 ) -> None:
-    second = Controller(config)
+    second = ControllerService(config)
     with pytest.raises(Refused, match=f"another controller \\({controller.id[:8]}"):
         await second.start()
+
+
+async def test_a_controller_without_an_app_factory_serves_the_bus_and_no_http(
+    broker: EmbeddedBroker, config: Config
+) -> None:
+    """The controller knows nothing of HTTP: only corral.app's factory adds the API."""
+    controller = Controller(config)  # api_port is 0 (any port), but no HTTP factory
+    with pytest.raises(UsageError, match="has not started"):
+        controller.parts()
+    await controller.start()
+    try:
+        assert controller.api is None
+        parts = controller.parts()
+        assert parts.registry is controller.registry and parts.store is controller.store
+        async with await Client.connect(config) as client:
+            stats = await client.stats()
+        assert stats.controller == controller.id
+    finally:
+        await controller.stop()
+
+
+async def test_the_shipped_controller_serves_the_api_and_the_dashboard(
+    controller: ControllerService,
+) -> None:
+    import httpx
+
+    assert controller.api is not None
+    async with httpx.AsyncClient(base_url=controller.api.url, timeout=scaled(20)) as http:
+        api = await http.post("/node_list", json={})
+        page = await http.get("/ui/login")
+    assert api.status_code == 401  # the API is there, behind its token check
+    assert page.status_code == 200 and "password" in page.text.lower()

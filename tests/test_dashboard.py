@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from corral.dashboard.auth import COOKIE
 from corral.dashboard.users import add_user, check_password, hash_password, verify_password
 from corral.errors import UsageError
 from corral.group import Group
+from corral.guardian import Guardian
 from corral.node import Node
 from corral.tokens import Role, revoke_token
 from dashboard_fixtures import sign_in
@@ -414,3 +416,42 @@ async def test_the_task_page_shows_the_instance_logs(
     detail = (await web.get(f"/ui/tasks/{page.items[0].id}")).text
     assert 'id="logs"' in detail
     assert "out 1 xxxxxxxxxx\nstep 1 of 2\nto stderr" in detail
+
+
+async def test_guardian_pages_show_a_guardian_and_audit_a_request(
+    controller: Controller,
+    web: httpx.AsyncClient,
+    config: Config,
+    hosted: list[Guardian],
+    tmp_path: Path,
+) -> None:
+    """The guardian pages over plain HTTP (the browser tests need chromium)."""
+    path = tmp_path / "two.py"
+    path.write_text(
+        "from corral.guardian import GuardState\n"
+        "class DOWN(GuardState):\n    goto = True\n"
+        "class UP(GuardState):\n    pass\n"
+        'edges = [("DOWN", "UP")]\n'
+    )
+    guardian = Guardian(path, "G1", config=config, cycle=0.01)
+    await guardian.start()
+    hosted.append(guardian)
+    csrf = await sign_in(web, token=await token_for(controller, Role.OPERATE))
+    async with asyncio.timeout(scaled(20)):
+        while 'data-guardian="G1"' not in (listing := (await web.get("/ui/guardians")).text):
+            await asyncio.sleep(0.1)
+    assert listing.count('data-guardian="G1"') == 1
+    asked = await web.post("/ui/guardians/G1/request", data={"csrf": csrf, "state": "UP"})
+    assert asked.status_code == 303 and asked.headers["location"] == "/ui/guardians/G1"
+    assert "asked G1 for UP" in (await web.get("/ui/guardians/G1")).text
+    assert controller.store is not None
+    async with asyncio.timeout(scaled(20)):  # written with the controller's next commit
+        while True:
+            audit = await controller.store.audit_log(50)
+            entries = [e for e in audit if e.action == "dashboard.guardian_request"]
+            if entries:
+                break
+            await asyncio.sleep(0.1)
+    assert entries[0].target == "G1" and entries[0].detail == {"state": "UP"}
+    missing = await web.get("/ui/guardians/NOPE")
+    assert missing.status_code == 404

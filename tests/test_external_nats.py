@@ -13,10 +13,10 @@ import pytest
 
 from conftest import free_port, scaled
 from corral import procs
+from corral.app import ControllerService
 from corral.broker import find_nats_server, wait_listening
 from corral.client import Client
 from corral.config import Config
-from corral.controller import Controller
 from corral.node import Node
 from corral.security import Authority
 
@@ -45,7 +45,7 @@ async def test_controller_and_nodes_on_an_external_nats(config: Config, external
     config = msgspec.structs.replace(config, nats_url=external)
     creds = config.data_path / "ext1.creds"
     creds.write_text(Authority.load(config.data_path).enroll("ext1"))
-    controller = Controller(config)
+    controller = ControllerService(config)
     await controller.start()
     node = Node(config, "ext1", creds=creds, interfaces=("eth0",))
     try:

@@ -138,14 +138,14 @@ async def test_the_coordinator_refuses_nonsense_joins(
     controller: Controller, config: Config
 ) -> None:
     from corral import bus, subjects, wire
-    from corral.group import _request
+    from corral.group_p2p import coordinator_request
     from corral.security import GROUP_INBOX
 
     nc = await bus.connect(config, "group", inbox_prefix=GROUP_INBOX)
     try:
         bad = wire.GroupJoin(member="m", size=0)
         with pytest.raises(GroupRefused, match="size must be >= 1"):
-            await _request(nc, subjects.group("x", "join"), bad, wire.GroupFormed, 5)
+            await coordinator_request(nc, subjects.group("x", "join"), bad, wire.GroupFormed, 5)
         with pytest.raises(MalformedMessage):
             reply = await nc.request(subjects.group("x", "join"), b"\xc1", headers=wire.HEADERS)
             wire.decode_reply(reply.data, wire.GroupFormed, reply.headers)

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import scaled
 from corral import AsyncController
+from corral.app import ControllerService
 from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
@@ -23,7 +24,7 @@ from corral.controller import Controller, idempotency
 from corral.errors import Disconnected, IdempotencyKeyReused, Refused
 from corral.node import Node
 from corral.records import IdempotencyRow
-from corral.store import Store
+from corral.store import Store, open_store
 from corral.store.idempotency import find_key
 from corral.tokens import Role, create_token
 from tasks_fixtures import start_task_node
@@ -138,7 +139,7 @@ async def test_the_first_answer_survives_a_controller_restart(
     """The restarted controller learns the stored keys (or, past its tracking cap, looks
     every key up): either way the key is answered from the store, never queued again."""
     monkeypatch.setattr(idempotency, "_TRACKED", tracked)
-    first = Controller(config)
+    first = ControllerService(config)
     await first.start()
     node = await start_task_node(config, "w1", slots=1)
     try:
@@ -150,7 +151,7 @@ async def test_the_first_answer_survives_a_controller_restart(
         assert answer.status_code == 200, answer.text
     finally:
         await first.stop()
-    second = Controller(config)
+    second = ControllerService(config)
     await second.start()
     try:
         assert second.api is not None and second.store is not None
@@ -294,7 +295,7 @@ async def test_a_command_sent_twice_on_the_bus_with_one_key_is_recorded_once(
 
 
 async def test_expired_keys_are_forgotten_and_pruned(store_url: str) -> None:
-    async with await Store.open(store_url) as store:
+    async with await open_store(store_url) as store:
 
         def row(key: str, created: float) -> IdempotencyRow:
             return IdempotencyRow("token:t", key, "send_command", "h", b"{}", created)
@@ -315,7 +316,7 @@ async def test_expired_keys_are_forgotten_and_pruned(store_url: str) -> None:
 async def test_the_bus_client_sends_again_with_its_key_until_a_controller_answers(
     config: Config, broker: EmbeddedBroker
 ) -> None:
-    first = Controller(config)
+    first = ControllerService(config)
     await first.start()
     node = await start_node(config, "b2")
     try:
@@ -326,7 +327,7 @@ async def test_the_bus_client_sends_again_with_its_key_until_a_controller_answer
         client.timeout = scaled(2)
         sending = asyncio.create_task(client.command("b2", "command", "whoami"))
         # No controller answers now: the client keeps trying with the same key until one does.
-        second = Controller(config)
+        second = ControllerService(config)
         await second.start()
         try:
             handle = await asyncio.wait_for(sending, scaled(20))
@@ -335,7 +336,7 @@ async def test_the_bus_client_sends_again_with_its_key_until_a_controller_answer
         finally:
             await second.stop()
             await node.stop()
-    async with await Store.open(config.store_url) as store:
+    async with await open_store(config.store_url) as store:
         commands = [e for e in await store.audit_log() if e.action == "command"]
     assert len(commands) == 1
 
@@ -344,7 +345,7 @@ async def test_a_key_past_the_window_is_pruned_and_queues_anew(
     config: Config, broker: EmbeddedBroker
 ) -> None:
     config = msgspec.structs.replace(config, idempotency_window=scaled(1.0))
-    controller = Controller(config)
+    controller = ControllerService(config)
     await controller.start()
     node = await start_task_node(config, "w1", slots=1)
     try:

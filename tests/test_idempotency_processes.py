@@ -18,7 +18,7 @@ from corral import AsyncController
 from corral.broker import EmbeddedBroker
 from corral.config import Config
 from corral.errors import RemoteError
-from corral.store import Store
+from corral.store import open_store
 from test_tasks_processes import (  # noqa: F401 - fixtures
     api_config,
     client,
@@ -72,7 +72,7 @@ async def test_submissions_across_a_controller_kill_9_are_queued_exactly_once(
         stop.set()
         await asyncio.gather(*loops)
     assert len(set(returned)) == len(returned)  # no call answered with another's instance
-    async with await Store.open(api_config.store_url) as store:
+    async with await open_store(api_config.store_url) as store:
         stored = (await store.tasks.page(key="noop", per_page=1)).total
     # Every instance in the store was answered to exactly one call: none queued twice, none
     # queued by a call that reported failure.

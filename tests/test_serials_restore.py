@@ -19,6 +19,7 @@ import pytest
 
 from conftest import scaled
 from corral import bus, subjects, wire
+from corral.app import ControllerService
 from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
@@ -55,7 +56,7 @@ class Fleet:
     async def start_controller(
         self, config: Config | None = None, *, wait_nodes: bool = True
     ) -> Controller:
-        self.controller = Controller(config or self.config)
+        self.controller = ControllerService(config or self.config)
         await self.controller.start()
         if self.client is None:
             self.client = await Client.connect(self.config)

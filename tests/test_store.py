@@ -19,13 +19,13 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from corral.errors import StoreError
-from corral.store import AuditEntry, NodeRecord, Store, Transition, normalize_url
+from corral.store import AuditEntry, NodeRecord, Store, Transition, normalize_url, open_store
 
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     """An open store on an empty database."""
-    s = await Store.open(store_url)
+    s = await open_store(store_url)
     try:
         yield s
     finally:
@@ -66,8 +66,8 @@ def node(name: str, **changes: object) -> NodeRecord:
 
 
 async def test_open_migrates_and_is_idempotent(store_url: str) -> None:
-    first = await Store.open(store_url)
-    second = await Store.open(store_url)  # same database, migrations already at head
+    first = await open_store(store_url)
+    second = await open_store(store_url)  # same database, migrations already at head
     try:
         await first.commit(nodes=[node("a")])
         assert [n.name for n in await second.load_nodes()] == ["a"]
@@ -96,7 +96,7 @@ async def test_open_migrates_and_is_idempotent(store_url: str) -> None:
 
 async def test_sqlite_pragmas_and_parent_dir(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "corral.db"
-    async with await Store.open(str(path)) as s:
+    async with await open_store(str(path)) as s:
         assert s.backend == "sqlite"
     assert path.exists()
     with sqlite3.connect(path) as conn:
@@ -105,14 +105,14 @@ async def test_sqlite_pragmas_and_parent_dir(tmp_path: Path) -> None:
 
 
 async def test_data_survives_reopen(store_url: str) -> None:
-    async with await Store.open(store_url) as s:
+    async with await open_store(store_url) as s:
         await s.commit(
             nodes=[node("a")],
             transitions=[Transition("a", "DOWN", "UP", 1.0)],
             audit=[AuditEntry(1.0, "alice", "join", "a")],
         )
         await s.set_meta("k", "v")
-    async with await Store.open(store_url) as s:
+    async with await open_store(store_url) as s:
         assert await s.load_nodes() == [node("a")]
         assert len(await s.transitions()) == 1
         assert len(await s.audit_log()) == 1
@@ -131,7 +131,7 @@ async def test_repr_and_closed_store(store: Store) -> None:
 async def test_open_error_masks_password() -> None:
     # Nothing listens on port 1: open fails, but the message must not leak the password.
     with pytest.raises(StoreError) as info:
-        await Store.open("postgresql://corral:s3cret@127.0.0.1:1/corral")
+        await open_store("postgresql://corral:s3cret@127.0.0.1:1/corral")
     assert "s3cret" not in str(info.value)
 
 
@@ -254,47 +254,47 @@ async def test_meta_get_set(store: Store) -> None:
 )
 async def test_bad_url_raises_store_error(url: str) -> None:
     with pytest.raises(StoreError, match="sqlite|SQLite|postgresql|PostgreSQL"):
-        await Store.open(url)
+        await open_store(url)
 
 
 async def test_in_memory_sqlite_is_refused() -> None:
     with pytest.raises(StoreError, match="in-memory"):
-        await Store.open("sqlite:///:memory:")
+        await open_store("sqlite:///:memory:")
 
 
 async def test_unreachable_postgres() -> None:
     with pytest.raises(StoreError, match=r"cannot reach PostgreSQL at 127\.0\.0\.1:1: .*DSN"):
-        await Store.open("postgresql://postgres@127.0.0.1:1/corral")
+        await open_store("postgresql://postgres@127.0.0.1:1/corral")
 
 
 async def test_not_a_database_file(tmp_path: Path) -> None:
     path = tmp_path / "junk.db"
     path.write_bytes(b"this is not a sqlite database at all" * 100)
     with pytest.raises(StoreError, match="cannot open SQLite database at .*junk.db"):
-        await Store.open(str(path))
+        await open_store(str(path))
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "corral.db"
-    async with await Store.open(str(path)):
+    async with await open_store(str(path)):
         pass
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '9999'")
     conn.close()
     with pytest.raises(StoreError, match="newer corral"):
-        await Store.open(str(path))
+        await open_store(str(path))
 
 
 async def test_unwritable_parent(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(StoreError, match="cannot open SQLite database"):
-        await Store.open(str(blocker / "sub" / "corral.db"))
+        await open_store(str(blocker / "sub" / "corral.db"))
 
 
 async def test_sync_only_driver_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="async driver"):
-        await Store.open(f"sqlite+pysqlite:///{tmp_path / 'x.db'}")
+        await open_store(f"sqlite+pysqlite:///{tmp_path / 'x.db'}")
 
 
 # --- normalize_url ------------------------------------------------------------------------

@@ -11,12 +11,12 @@ import msgspec
 import pytest
 
 from corral.records import CommandRow, OutcomeRow
-from corral.store import Store
+from corral.store import Store, open_store
 
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
-    s = await Store.open(store_url)
+    s = await open_store(store_url)
     try:
         yield s
     finally:

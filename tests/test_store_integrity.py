@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from conftest import child_env, corral_argv, scaled
 from corral.config import Config
 from corral.errors import StoreError
-from corral.store import Store
+from corral.store import open_store
 from test_store import sync_url
 
 WAY_OUT = "Restore the store from a backup"
@@ -36,7 +36,7 @@ async def test_zero_byte_file_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "corral.db"
     path.touch()
     with pytest.raises(StoreError, match=r"corral\.db: the file is empty \(0 bytes\)") as info:
-        await Store.open(str(path))
+        await open_store(str(path))
     assert WAY_OUT in str(info.value) and "move the file away" in str(info.value)
     assert path.stat().st_size == 0  # not silently turned into a brand-new store
 
@@ -45,7 +45,7 @@ async def test_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "corral.db"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(5000))
     with pytest.raises(StoreError, match="is not a SQLite database") as info:
-        await Store.open(str(path))
+        await open_store(str(path))
     assert WAY_OUT in str(info.value)
 
 
@@ -56,7 +56,7 @@ async def test_sqlite_file_without_corral_tables_is_refused(tmp_path: Path) -> N
     conn.commit()
     conn.close()
     with pytest.raises(StoreError, match=r"not a corral store \(no table alembic_version") as e:
-        await Store.open(str(path))
+        await open_store(str(path))
     assert "it has photos" in str(e.value)
     conn = sqlite3.connect(path)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -66,7 +66,7 @@ async def test_sqlite_file_without_corral_tables_is_refused(tmp_path: Path) -> N
 
 async def test_random_bytes_in_the_middle_are_caught_by_quick_check(tmp_path: Path) -> None:
     path = tmp_path / "corral.db"
-    async with await Store.open(str(path)) as store:
+    async with await open_store(str(path)) as store:
         await store.set_meta("before", "damage")
     # Enough rows that every page in the middle of the file holds table or index data.
     conn = sqlite3.connect(path)
@@ -79,7 +79,7 @@ async def test_random_bytes_in_the_middle_are_caught_by_quick_check(tmp_path: Pa
     assert not Path(f"{path}-wal").exists()  # everything is in the main file
     size = path.stat().st_size
     assert size > 1_000_000
-    async with await Store.open(str(path)) as store:  # healthy: opens fine
+    async with await open_store(str(path)) as store:  # healthy: opens fine
         assert await store.get_meta("before") == "damage"
 
     offset = (size // 2) // 4096 * 4096
@@ -88,14 +88,14 @@ async def test_random_bytes_in_the_middle_are_caught_by_quick_check(tmp_path: Pa
         handle.write(random.Random(12).randbytes(64 * 1024))
     damaged = path.read_bytes()
     with pytest.raises(StoreError, match=r"corral\.db: the file is damaged") as info:
-        await Store.open(str(path))
+        await open_store(str(path))
     assert WAY_OUT in str(info.value) and "docs/operations.md" in str(info.value)
     assert path.read_bytes() == damaged  # nothing was written to the damaged file
 
 
 async def test_new_store_file_is_private(tmp_path: Path) -> None:
     path = tmp_path / "data" / "corral.db"
-    async with await Store.open(str(path)) as store:
+    async with await open_store(str(path)) as store:
         await store.set_meta("k", "v")  # a write, so the -wal and -shm exist
         assert path.stat().st_mode & 0o777 == 0o600
         assert path.parent.stat().st_mode & 0o777 == 0o700
@@ -105,14 +105,14 @@ async def test_new_store_file_is_private(tmp_path: Path) -> None:
 
 
 async def test_schema_newer_than_the_code_is_refused(store_url: str) -> None:
-    async with await Store.open(store_url):
+    async with await open_store(store_url):
         pass
     engine = create_engine(sync_url(store_url))
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
     engine.dispose()
     with pytest.raises(StoreError, match="revision 0099_from_the_future") as info:
-        await Store.open(store_url)
+        await open_store(store_url)
     message = str(info.value)
     assert "a newer corral wrote it" in message and "knows up to 0" in message
     engine = create_engine(sync_url(store_url))

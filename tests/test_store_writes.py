@@ -24,7 +24,7 @@ from corral.core.taskstate import TaskInstance
 from corral.core.text import escape, has_nul
 from corral.errors import TransientStoreError
 from corral.records import AuditEntry, CommandRow, NodeRecord, OutcomeRow, Transition
-from corral.store import Store
+from corral.store import Store, open_store
 from corral.store._errors import is_transient
 from corral.store.schema import command_outcomes
 from corral.store.writes import Backoff, Isolation
@@ -215,7 +215,7 @@ def test_the_store_writer_never_stalls_and_loses_no_good_record(
 
 
 async def _check_store_batch(url: str, batch: list[tuple[str, str]]) -> None:
-    async with await Store.open(url) as store:
+    async with await open_store(url) as store:
         items = [(kind, poison, _record(kind, poison, next(_ids))) for kind, poison in batch]
         args: dict[str, list[Any]] = {k: [] for k in KINDS}
         for kind, _, record in items:
@@ -253,7 +253,7 @@ def test_the_task_writer_never_stalls_and_keeps_every_instance(
 
 
 async def _check_task_batch(url: str, poisons: list[str]) -> None:
-    async with await Store.open(url) as store:
+    async with await open_store(url) as store:
         tasks = store.tasks
         rows = []
         for poison in poisons:
@@ -286,7 +286,7 @@ async def _check_task_batch(url: str, poisons: list[str]) -> None:
 
 
 async def test_a_refused_command_takes_its_audit_entry_with_it(store_url: str) -> None:
-    async with await Store.open(store_url) as store:
+    async with await open_store(store_url) as store:
         bad = _record("commands", "null", 501)
         entry = AuditEntry(at=1.0, actor="op", action="command", target="x", detail={"serial": 501})
         other = AuditEntry(at=2.0, actor="op2", action="enroll", target="y")
@@ -303,7 +303,7 @@ async def test_a_locked_sqlite_file_is_a_transient_failure_and_nothing_is_writte
     tmp_path: Any,
 ) -> None:
     path = tmp_path / "corral.db"
-    async with await Store.open(str(path)) as store:
+    async with await open_store(str(path)) as store:
         holder = sqlite3.connect(path, isolation_level=None)
         holder.execute("PRAGMA busy_timeout=0")
         holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock

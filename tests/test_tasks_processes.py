@@ -20,7 +20,7 @@ from corral.broker import EmbeddedBroker
 from corral.config import Config
 from corral.errors import Disconnected
 from corral.security import Authority
-from corral.store import Store
+from corral.store import open_store
 from corral.tokens import Role, create_token
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def api_config(config: Config, monkeypatch: pytest.MonkeyPatch) -> Config:
 
 @pytest.fixture
 async def token(api_config: Config) -> str:
-    async with await Store.open(api_config.store_url) as store:
+    async with await open_store(api_config.store_url) as store:
         _, text = await create_token(store, Role.OPERATE, "test")
     return text
 

@@ -6,7 +6,7 @@ import pytest
 
 from corral.core.taskstate import TaskInstance
 from corral.errors import AuthenticationFailed, Forbidden, NoKey, UsageError
-from corral.store import Store
+from corral.store import open_store
 from corral.tokens import Role, TokenChecker, create_token, list_tokens, revoke_token
 
 
@@ -17,7 +17,7 @@ def row(inst: TaskInstance) -> dict[str, object]:
 
 
 async def test_upserts_load_the_unfinished_and_page_in_sql(store_url: str) -> None:
-    async with await Store.open(store_url) as store:
+    async with await open_store(store_url) as store:
         tasks = store.tasks
         assert await tasks.max_id() == 0
         batch = [
@@ -48,7 +48,7 @@ async def test_upserts_load_the_unfinished_and_page_in_sql(store_url: str) -> No
 
 
 async def test_tokens_are_checked_by_role_and_revoked(store_url: str) -> None:
-    async with await Store.open(store_url) as store:
+    async with await open_store(store_url) as store:
         token, text = await create_token(store, Role.OPERATE, "ops")
         checker = TokenChecker(store, ttl=0.0)
         assert (await checker.check(text, Role.READ)).id == token.id
@@ -90,7 +90,7 @@ async def test_task_logs_are_stored_and_survive_migration_0006(store_url: str) -
         "100.0, '', '', '', false, '[]')"
     )
     await asyncio.to_thread(_alembic, store_url, "upgrade", "0005_idempotency", older)
-    async with await Store.open(store_url) as store:  # migrates to head
+    async with await open_store(store_url) as store:  # migrates to head
         tasks = store.tasks
         old = await tasks.get(1)
         assert old is not None and old.key == "old" and old.logs == ""

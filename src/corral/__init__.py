@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from corral.api_client import AsyncController as AsyncController
     from corral.api_client import Controller as Controller
     from corral.api_client import WebController as WebController
-    from corral.controller import Controller as ControllerService
+    from corral.app import ControllerService as ControllerService
     from corral.controller.reports import aggregator as aggregator
     from corral.tasks import TaskContext as TaskContext
     from corral.tasks import task as task
@@ -68,9 +68,9 @@ def __getattr__(name: str) -> object:
     # The controller service pulls in SQLAlchemy and Alembic, the API client httpx; node
     # processes need neither, and importing them would cost every node a third of a second.
     if name == "ControllerService":
-        from corral.controller import Controller as service
+        from corral.app import ControllerService
 
-        return service
+        return ControllerService
     if name == "aggregator":
         from corral.controller.reports import aggregator
 

@@ -9,6 +9,7 @@ credential was refused, an unreachable server a :class:`~corral.errors.BusUnavai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import ssl
@@ -23,11 +24,18 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.client import RawCredentials
 
-from corral import pki, wire
+from corral import pki, subjects, wire
 from corral.config import Config
-from corral.errors import AuthError, BusUnavailable, ConfigError, ControllerUnavailable, Timeout
+from corral.errors import (
+    AuthError,
+    BusUnavailable,
+    ConfigError,
+    ControllerUnavailable,
+    CorralError,
+    Timeout,
+)
 
-__all__ = ["NATS", "connect", "request"]
+__all__ = ["NATS", "connect", "gather_agents", "request"]
 
 log = logging.getLogger("corral.bus")
 
@@ -179,3 +187,26 @@ async def request(
     except nats.errors.TimeoutError:
         raise Timeout(f"the controller did not answer {subject} within {timeout}s") from None
     return wire.decode_reply(reply.data, reply_type, reply.headers)
+
+
+async def gather_agents(nc: NATS, wait: float = 0.5) -> list[wire.AgentInfo]:
+    """Ask every agent what it is; return those that answer within ``wait`` seconds."""
+    inbox = nc.new_inbox()
+    found: list[wire.AgentInfo] = []
+
+    async def collect(msg: Any) -> None:
+        with contextlib.suppress(CorralError):
+            found.append(wire.decode(msg.data, wire.AgentInfo, msg.headers))
+
+    sub = await nc.subscribe(inbox, cb=collect)
+    try:
+        await nc.publish(
+            subjects.AGENTS_INFO,
+            wire.encode(wire.AgentInfoRequest()),
+            reply=inbox,
+            headers=wire.HEADERS,
+        )
+        await asyncio.sleep(wait)  # a broadcast has no "last reply": listen for a while
+    finally:
+        await sub.unsubscribe()
+    return sorted(found, key=lambda a: (a.name, a.host, a.pid))

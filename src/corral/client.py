@@ -23,7 +23,6 @@ from corral.config import Config
 from corral.errors import AuthError, ConfigError, ControllerUnavailable, Timeout, UsageError
 from corral.outcomes import CommandHandle
 from corral.security import ADMIN_INBOX, credential_name
-from corral.sender import gather_agents
 from corral.streams import StreamReader
 
 __all__ = ["Client"]
@@ -128,7 +127,7 @@ class Client:
 
         Agents answer a broadcast; those that answer within ``wait`` seconds are listed.
         """
-        return await gather_agents(self.nc, wait)
+        return await bus.gather_agents(self.nc, wait)
 
     async def auth_event(self, event: wire.AuthEvent) -> None:
         """Tell the controller about an enrollment or revocation (audit log, registry).

@@ -41,7 +41,7 @@ from corral.errors import (
     GroupTimeout,
     UsageError,
 )
-from corral.group_p2p import Inbox, PointToPoint, _encode, _request
+from corral.group_p2p import Inbox, PointToPoint, coordinator_request, encode_value
 from corral.security import GROUP_INBOX
 
 __all__ = ["Collected", "Group", "Reached"]
@@ -175,7 +175,7 @@ class Group(PointToPoint):
                 host=socket.gethostname(),
                 pid=os.getpid(),
             )
-            formed: wire.GroupFormed = await _request(
+            formed: wire.GroupFormed = await coordinator_request(
                 nc, subjects.group(name, "join"), request, wire.GroupFormed, startup_timeout + 10
             )
             self.id, self.rank, self.size, self.asked = (
@@ -264,7 +264,7 @@ class Group(PointToPoint):
             GroupTimeout, GroupRefused: as :meth:`barrier`.
         """
         seq = self._seq + 1
-        data = _encode(value)
+        data = encode_value(value)
         if self.rank != 0:
             await self._publish(seq, "0", data)
             await self._arrive("collect", timeout)
@@ -288,7 +288,7 @@ class Group(PointToPoint):
         """
         seq = self._seq + 1
         if self.rank == 0:
-            await self._publish(seq, "all", _encode(value))
+            await self._publish(seq, "all", encode_value(value))
             await self._arrive("distribute", timeout)
             return value
         done = await self._arrive("distribute", timeout)
@@ -308,7 +308,7 @@ class Group(PointToPoint):
             member=self.member, kind=kind, seq=self._seq, timeout=timeout, run=self.run
         )
         try:
-            done: wire.GroupRound = await _request(
+            done: wire.GroupRound = await coordinator_request(
                 self.nc, subjects.group(self.name, "arrive"), request, wire.GroupRound, timeout + 10
             )
         except GroupRefused as exc:

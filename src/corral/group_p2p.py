@@ -27,7 +27,7 @@ from corral.errors import (
     UsageError,
 )
 
-__all__ = ["Inbox", "PointToPoint"]
+__all__ = ["Inbox", "PointToPoint", "coordinator_request", "encode_value"]
 
 _ENCODER = msgspec.msgpack.Encoder()
 
@@ -155,7 +155,7 @@ class PointToPoint:
             GroupTimeout: the coordinator did not answer within ``timeout``.
         """
         self._check_peer(rank)
-        data = _encode(value)
+        data = encode_value(value)
         await self._refuse_if_gone(rank, timeout, "nothing can be sent to it")
         seq = self._sent[rank] = self._sent.get(rank, 0) + 1
         await self._publish(seq, "", data, subjects.group_p2p(self.name, self.id, str(rank)))
@@ -236,7 +236,9 @@ class PointToPoint:
     async def _ask_info(self, timeout: float) -> wire.GroupInfo:
         ask = wire.GroupInfoRequest(member=self.member, run=self.run)
         subject = subjects.group(self.name, "info")
-        known: wire.GroupInfo = await _request(self.nc, subject, ask, wire.GroupInfo, timeout)
+        known: wire.GroupInfo = await coordinator_request(
+            self.nc, subject, ask, wire.GroupInfo, timeout
+        )
         return known
 
     async def _refuse_if_gone(
@@ -270,16 +272,27 @@ class PointToPoint:
         self._inbox.add(chunk.src, chunk.seq, chunk.index, chunk.total, chunk.data)
 
 
-def _encode(value: Any) -> bytes:
+def encode_value(value: Any) -> bytes:
+    """``value`` as msgpack, for a group message.
+
+    Raises:
+        MalformedMessage: it is not msgpack-able.
+    """
     try:
         return _ENCODER.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise MalformedMessage(f"group values must be msgpack-able: {exc}") from None
 
 
-async def _request(
+async def coordinator_request(
     nc: bus.NATS, subject: str, msg: msgspec.Struct, kind: Any, timeout: float
 ) -> Any:
+    """Ask the group coordinator (in the controller) and decode its ``kind`` reply.
+
+    Raises:
+        ControllerUnavailable: no coordinator answers.
+        GroupTimeout: it did not answer within ``timeout`` seconds.
+    """
     try:
         reply = await nc.request(subject, wire.encode(msg), timeout=timeout, headers=wire.HEADERS)
     except nats.errors.NoRespondersError:

@@ -96,16 +96,18 @@ class CommandHandle:
             wire.CommandView,
             timeout=self.timeout,
         )
-        await self._merge(view.outcomes)
+        await self.merge(view.outcomes)
 
     async def _on_update(self, msg: Any) -> None:
         try:
             update = wire.decode(msg.data, wire.CommandUpdate, msg.headers)
         except Exception:
             return
-        await self._merge(update.outcomes)
+        await self.merge(update.outcomes)
 
-    async def _merge(self, outcomes: list[wire.OutcomeView]) -> None:
+    async def merge(self, outcomes: list[wire.OutcomeView]) -> None:
+        """Take these outcomes where they are newer than the ones held (a view read from
+        the controller, or an update)."""
         async with self._changed:
             for o in outcomes:
                 old = self.outcomes.get(o.node)

@@ -18,12 +18,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["spawn", "stop"]
+__all__ = ["die_with_parent", "spawn", "stop"]
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the parent dies (Linux; a ``preexec_fn``: it runs in
+    the child between fork and exec)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -53,7 +55,7 @@ def spawn(
             stderr=subprocess.STDOUT if out else None,
             stdin=subprocess.DEVNULL,
             cwd=cwd,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             # Its own process group: Ctrl-C in a terminal reaches only the parent, which then
             # stops the children in order (nodes first, the broker last). nats-server would
             # otherwise catch the SIGINT and vanish before the nodes can say goodbye.

@@ -13,8 +13,6 @@ class are the blocking module functions; called on an instance they stay the asy
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import threading
 import types
@@ -26,10 +24,10 @@ import nats.errors
 
 from corral import bus, subjects, wire
 from corral.config import Config, load_config
-from corral.errors import CorralError, MalformedMessage, NoSuchAgent, Timeout
+from corral.errors import MalformedMessage, NoSuchAgent, Timeout
 from corral.security import agent_inbox, credential_name
 
-__all__ = ["Sender", "ask", "class_or_instance", "gather_agents", "send_to"]
+__all__ = ["Sender", "ask", "class_or_instance", "send_to"]
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -162,29 +160,6 @@ class Sender:
             raise Timeout(f"agent {name!r} did not answer {message!r} within {timeout}s") from None
         answer: wire.AgentReply = wire.decode_reply(reply.data, wire.AgentReply, reply.headers)
         return answer.data
-
-
-async def gather_agents(nc: bus.NATS, wait: float = 0.5) -> list[wire.AgentInfo]:
-    """Ask every agent what it is; return those that answer within ``wait`` seconds."""
-    inbox = nc.new_inbox()
-    found: list[wire.AgentInfo] = []
-
-    async def collect(msg: Any) -> None:
-        with contextlib.suppress(CorralError):
-            found.append(wire.decode(msg.data, wire.AgentInfo, msg.headers))
-
-    sub = await nc.subscribe(inbox, cb=collect)
-    try:
-        await nc.publish(
-            subjects.AGENTS_INFO,
-            wire.encode(wire.AgentInfoRequest()),
-            reply=inbox,
-            headers=wire.HEADERS,
-        )
-        await asyncio.sleep(wait)  # a broadcast has no "last reply": listen for a while
-    finally:
-        await sub.unsubscribe()
-    return sorted(found, key=lambda a: (a.name, a.host, a.pid))
 
 
 _shared: Sender | None = None

@@ -116,7 +116,8 @@ def task(
     return register
 
 
-_current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("corral_task")
+#: the context of the task running in this worker (set by the worker around each run)
+CONTEXT: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("corral_task")
 
 
 def current() -> TaskContext:
@@ -126,7 +127,7 @@ def current() -> TaskContext:
         UsageError: called outside a task.
     """
     try:
-        return _current.get()
+        return CONTEXT.get()
     except LookupError:
         raise UsageError("corral.tasks.current() called outside a running task") from None
 

@@ -86,13 +86,13 @@ async def _create_store(config: Config) -> str:
     # included) a third of a second at start.
     from sqlalchemy.engine import make_url
 
-    from corral.store import Store, normalize_url
+    from corral.store import normalize_url, open_store
 
     url = normalize_url(config.store_url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return ""
-    async with await Store.open(url):
+    async with await open_store(url):
         pass
     return parsed.database or ""
 
@@ -113,13 +113,13 @@ async def _notify(config: Config, event: wire.AuthEvent) -> bool:
 
 async def _audit_locally(config: Config, event: wire.AuthEvent) -> bool:
     """Append the enrollment or revocation to the store's audit log (no controller runs)."""
-    from corral.store import Store
+    from corral.store import open_store
 
     entry = local_audit(
         event.action, event.name, keys=list(event.keys), host=event.host, pid=event.pid
     )
     try:
-        async with await Store.open(config.store_url) as store:
+        async with await open_store(config.store_url) as store:
             await store.commit(audit=[entry])
     except CorralError as exc:
         err.print(f"[yellow]warning:[/] could not write the audit log: {exc}", soft_wrap=True)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+import corral.cli.guardian_top  # noqa: F401 - adds `guardian show` and `guardian top`
 from corral._version import __version__
 from corral.cli import admin, commands, fleet, launch, running
 from corral.cli import guardian as guardian_cli

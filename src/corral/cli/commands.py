@@ -380,7 +380,7 @@ async def _detail(config: Config, serial: int) -> tuple[wire.CommandView, Comman
             serial=view.serial, created=view.created, nodes=view.nodes, unknown=view.unknown
         )
         handle = CommandHandle(client.nc, accepted, client.timeout)
-        await handle._merge(view.outcomes)
+        await handle.merge(view.outcomes)
         return view, handle
 
 

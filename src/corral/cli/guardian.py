@@ -410,7 +410,6 @@ def render(dot: str, output: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``corral guardian ...`` to ``app``."""
-    from corral.cli import guardian_top  # noqa: F401 - registers `show` and `top`
-
+    """Add ``corral guardian ...`` to ``app`` (import :mod:`corral.cli.guardian_top` first:
+    it adds ``show`` and ``top``)."""
     app.add_typer(guardian_app, name="guardian")

@@ -48,8 +48,8 @@ async def _until_signalled(main: asyncio.Task[Any]) -> None:
 
 async def _controller(config: Config) -> None:
     # Imported here: `corral node` processes should not pay for the store's imports.
+    from corral.app import ControllerService
     from corral.broker import EmbeddedBroker
-    from corral.controller import Controller
 
     broker = None
     if config.embedded:
@@ -58,7 +58,7 @@ async def _controller(config: Config) -> None:
         await broker.start()
         err.print(f"nats-server listening on {broker.url} (log {broker.log_path})")
     try:
-        controller = Controller(config)
+        controller = ControllerService(config)
         await _until_signalled(asyncio.create_task(controller.serve_forever()))
     finally:
         if broker is not None:
@@ -217,10 +217,10 @@ def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes
 
 async def _up(config: Config, count: int, node_args: list[str], controller_args: list[str]) -> None:
     from corral.broker import EmbeddedBroker
-    from corral.store import Store
+    from corral.store import open_store
 
     initialise(config)
-    async with await Store.open(config.store_url) as store:
+    async with await open_store(config.store_url) as store:
         await ensure_admin_token(config, store, local_audit("token_create", ""))
     authority = Authority.load(config.data_path)
     broker = EmbeddedBroker(config, authority)

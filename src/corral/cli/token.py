@@ -38,9 +38,9 @@ def create(
         raise typer.BadParameter(f"unknown role {role!r}: use read, operate, execute or admin")
 
     async def main() -> tuple[Token, str]:
-        from corral.store import Store
+        from corral.store import open_store
 
-        async with await Store.open(config.store_url) as store:
+        async with await open_store(config.store_url) as store:
             return await create_token(store, role, name, local_audit("token_create", ""))
 
     token, text = run(main())
@@ -59,9 +59,9 @@ def list_(
     config, _ = configure()
 
     async def main() -> list[Token]:
-        from corral.store import Store
+        from corral.store import open_store
 
-        async with await Store.open(config.store_url) as store:
+        async with await open_store(config.store_url) as store:
             return await list_tokens(store)
 
     tokens = run(main())
@@ -86,9 +86,9 @@ def revoke(ident: Annotated[str, typer.Argument(metavar="ID", help="The token's 
     config, _ = configure()
 
     async def main() -> bool:
-        from corral.store import Store
+        from corral.store import open_store
 
-        async with await Store.open(config.store_url) as store:
+        async with await open_store(config.store_url) as store:
             return await revoke_token(store, ident, local_audit("token_revoke", ident))
 
     if not run(main()):

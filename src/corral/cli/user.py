@@ -42,9 +42,9 @@ def add(
     )
 
     async def main() -> User:
-        from corral.store import Store
+        from corral.store import open_store
 
-        async with await Store.open(config.store_url) as store:
+        async with await open_store(config.store_url) as store:
             return await add_user(store, name, role, password, local_audit("user_add", name))
 
     user = run(main())
@@ -57,9 +57,9 @@ def list_() -> None:
     config, _ = configure()
 
     async def main() -> list[User]:
-        from corral.store import Store
+        from corral.store import open_store
 
-        async with await Store.open(config.store_url) as store:
+        async with await open_store(config.store_url) as store:
             return await list_users(store)
 
     table = Table(title="dashboard users")
@@ -76,9 +76,9 @@ def remove(name: Annotated[str, typer.Argument(help="The user's name.")]) -> Non
     config, _ = configure()
 
     async def main() -> bool:
-        from corral.store import Store
+        from corral.store import open_store
 
-        async with await Store.open(config.store_url) as store:
+        async with await open_store(config.store_url) as store:
             return await remove_user(store, name, local_audit("user_remove", name))
 
     if not run(main()):

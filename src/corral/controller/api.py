@@ -41,7 +41,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import uvicorn
@@ -52,6 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from corral import api_models as m
 from corral import wire
 from corral._version import __version__
+from corral.config import Config
 from corral.controller.api_calls import ApiCalls, Caller
 from corral.controller.api_docs import add_docs
 from corral.controller.http_limits import EntryLimits
@@ -65,10 +66,6 @@ from corral.errors import (
     http_error,
 )
 from corral.tokens import Role, TokenChecker
-
-if TYPE_CHECKING:
-    from corral.controller.service import Controller
-    from corral.dashboard.routes import Dashboard
 
 __all__ = ["ApiServer", "FUNCTIONS", "build_app"]
 
@@ -351,18 +348,20 @@ class _Server(uvicorn.Server):
 
 
 class ApiServer:
-    """Serves the API from inside the controller's event loop.
+    """Serves an ASGI app (the API, and the dashboard beside it) inside the controller's loop.
 
     Args:
-        controller: The controller whose task service and registry the API exposes.
+        config: Where to listen (``api_host``, ``api_port``) and the entry limits.
+        app: The application: :func:`build_app`'s, with whatever else is mounted on it
+            (:mod:`corral.app` adds the dashboard).
     """
 
-    def __init__(self, controller: Controller) -> None:
-        self.ctl = controller
+    def __init__(self, config: Config, app: FastAPI) -> None:
+        self.config = config
+        self.app = app
         self.url = ""
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
-        self.dashboard: Dashboard | None = None
         self.limiter: CallLimiter | None = None
 
     def __repr__(self) -> str:
@@ -374,17 +373,11 @@ class ApiServer:
         Raises:
             ConfigError: the address cannot be bound (in use, or not ours).
         """
-        config = self.ctl.config
-        assert self.ctl.store is not None
-        checker = TokenChecker(self.ctl.store)
-        app = build_app(ApiCalls(self.ctl), checker)
-        from corral.dashboard.routes import mount  # the web dashboard under /ui (issue #8)
-
-        self.dashboard = mount(app, self.ctl, checker)
+        config = self.config
         self.limiter = CallLimiter(
             config.api_rate, config.api_burst, config.api_max_in_flight, clock=time.monotonic
         )
-        limited = EntryLimits(app, max_body=config.request_limit, limiter=self.limiter)
+        limited = EntryLimits(self.app, max_body=config.request_limit, limiter=self.limiter)
         family = socket.AF_INET6 if ":" in config.api_host else socket.AF_INET
         # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP,
         # and without it every reply waits ~40 ms for the client's delayed ACK (Nagle).
@@ -421,8 +414,6 @@ class ApiServer:
 
     async def stop(self) -> None:
         """Stop serving (open requests get a second to finish)."""
-        if self.dashboard is not None:
-            await self.dashboard.stop()
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError, CorralError):

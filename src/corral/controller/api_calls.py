@@ -25,7 +25,7 @@ from corral.store import Page, TaskRecords
 from corral.tokens import Token
 
 if TYPE_CHECKING:
-    from corral.controller.service import Controller
+    from corral.controller.parts import ControllerParts
     from corral.controller.tasks import TaskService
 
 __all__ = ["ApiCalls", "Caller", "task_view"]
@@ -130,20 +130,20 @@ class ApiCalls:
     """The API functions of one controller.
 
     Args:
-        controller: The running controller (its task service, registry and store).
+        parts: The started controller's services (task service, registry, command router,
+            store) and its ``audit`` and ``wake`` functions.
     """
 
-    def __init__(self, controller: Controller) -> None:
-        self.ctl = controller
+    def __init__(self, parts: ControllerParts) -> None:
+        self.parts = parts
 
     def __repr__(self) -> str:
-        return f"<ApiCalls {self.ctl!r}>"
+        return f"<ApiCalls of controller {self.parts.id[:8]}>"
 
     @property
     def tasks(self) -> TaskService:
-        """The task service (started before the API)."""
-        assert self.ctl.tasks is not None
-        return self.ctl.tasks
+        """The task service."""
+        return self.parts.tasks
 
     @property
     def task_store(self) -> TaskRecords:
@@ -178,7 +178,7 @@ class ApiCalls:
         via_execute: bool,
         kind: str | None = None,
     ) -> wire.CommandAccepted:
-        limit = self.ctl.config.max_command_bytes
+        limit = self.parts.config.max_command_bytes
         if len(req.data) > limit:
             raise RemoteError(
                 f"data of {len(req.data)} bytes exceeds max_command_bytes ({limit}): send less"
@@ -190,32 +190,32 @@ class ApiCalls:
             args=req.args,
             data=req.data,
             timeout=req.timeout,
-            retire_after=self.ctl.config.retire_after
+            retire_after=self.parts.config.retire_after
             if req.retire_after is None
             else req.retire_after,
             actor=caller.actor,
         )
 
         async def submit(stamp: Stamp | None) -> wire.CommandAccepted:
-            return await self.ctl.commands.accept_durably(
+            return await self.parts.commands.accept_durably(
                 request, via_execute, role=caller.role, stamp=stamp
             )
 
         function = "execute_command" if via_execute else "send_command"
-        return await self.ctl.submissions.once(
+        return await self.parts.submissions.once(
             caller.scope, key, function, req, wire.CommandAccepted, submit
         )
 
     async def command_detail(self, req: m.CommandDetail) -> wire.CommandView:
         """One command with every node's outcome (live while the controller follows it)."""
-        view = await self.ctl.command_view(req.serial)
+        view = await self.parts.endpoints.command_view(req.serial)
         if view is None:
             raise NotFound(f"no command #{req.serial}", 404)
         return view
 
     async def list_commands(self, req: m.ListCommands) -> list[wire.CommandView]:
         """Recent commands, newest first, with how many nodes are in each state."""
-        return await self.ctl.command_views(req.limit, req.before)
+        return await self.parts.endpoints.command_views(req.limit, req.before)
 
     # --- tasks --------------------------------------------------------------------------
 
@@ -241,7 +241,7 @@ class ApiCalls:
 
     def _entry(self, caller: Caller, action: str, target: str, **detail: Any) -> AuditEntry:
         return AuditEntry(
-            at=self.ctl.clock(),
+            at=self.parts.clock(),
             actor=caller.actor,
             action=action,
             target=target,
@@ -257,8 +257,7 @@ class ApiCalls:
         """
         if caller is None:
             return
-        self.ctl._audit.append(self._entry(caller, action, target, **detail))
-        self.ctl._wake.set()
+        self.parts.audit(self._entry(caller, action, target, **detail))
 
     def _check_args(self, key: str, args: list[dict[str, Any]], *, batch: bool) -> None:
         """Refuse arguments that do not fit the task's signature, before storing anything.
@@ -322,7 +321,7 @@ class ApiCalls:
             return reply(insts)
 
         scope = caller.scope if caller is not None else "controller"
-        return await self.ctl.submissions.once(scope, key, function, req, kind, submit)
+        return await self.parts.submissions.once(scope, key, function, req, kind, submit)
 
     async def queue_task(
         self, req: m.QueueTask, caller: Caller | None = None, key: str | None = None
@@ -432,8 +431,7 @@ class ApiCalls:
 
     async def node_list(self, req: m.PageRequest) -> m.NodePage:
         """The nodes the controller knows, by name, 25 a page (paged in SQL)."""
-        store = self.ctl.store
-        assert store is not None
+        store = self.parts.store
         found = await store.node_page(req.page, req.per_page or 25)
         page, pages = found.page, found.pages
         return m.NodePage(
@@ -448,7 +446,7 @@ class ApiCalls:
 
     async def node_detail(self, req: m.NodeDetail) -> m.NodeView:
         """One node as the registry keeps it now."""
-        record = self.ctl.registry.nodes.get(req.id)
+        record = self.parts.registry.nodes.get(req.id)
         if record is None:
             raise NotFound(f"no node named {req.id!r}", 404)
         return _node_view(msgspec.structs.asdict(record))
@@ -473,7 +471,7 @@ class ApiCalls:
             raise RemoteError(
                 f"node_edit cannot set {', '.join(unknown)}: only {', '.join(_EDITABLE)}", 400
             )
-        record = self.ctl.registry.nodes.get(name)
+        record = self.parts.registry.nodes.get(name)
         if record is None:
             raise NotFound(f"no node named {name!r}", 404)
         try:
@@ -484,16 +482,16 @@ class ApiCalls:
             record.labels = tuple(checked["labels"])
         if "attributes" in checked:
             record.attributes = checked["attributes"]
-        self.ctl.registry.mark_dirty([name])
+        self.parts.registry.mark_dirty([name])
         self._audit(caller, "node_edit", name, **msgspec.to_builtins(checked))
-        self.ctl._wake.set()
+        self.parts.wake()
         return _node_view(msgspec.structs.asdict(record))
 
     async def node_status(self) -> list[m.NodeStatusView]:
         """Every node and its worker slots: idle, busy with a task, or not connected."""
         out = []
         core = self.tasks.core
-        for record in self.ctl.registry.all():
+        for record in self.parts.registry.all():
             workers = core.nodes.get(record.name)
             if record.status != "UP" or workers is None:
                 slots = [m.WorkerView(slot=i, state="not connected") for i in range(record.slots)]
@@ -521,37 +519,40 @@ class ApiCalls:
 
     async def connect(self, caller: Caller | None = None) -> dict[str, int]:
         """Announce the controller now, so nodes waiting to join do so at once."""
-        nc = self.ctl.nc
-        assert nc is not None
+        nc = self.parts.nc
         announce = wire.Announce(
-            controller=self.ctl.id,
-            started=self.ctl.started,
-            heartbeat_interval=self.ctl.config.heartbeat_interval,
+            controller=self.parts.id,
+            started=self.parts.started,
+            heartbeat_interval=self.parts.config.heartbeat_interval,
         )
         await nc.publish(subjects.ANNOUNCE, wire.encode(announce), headers=wire.HEADERS)
         self._audit(caller, "connect", "nodes")
-        return {"nodes": len(self.ctl.registry)}
+        return {"nodes": len(self.parts.registry)}
 
     async def kill_worker(self, req: m.KillWorker, caller: Caller | None = None) -> m.KilledWorker:
         """Kill worker ``slot`` of ``node``: its task fails as a crashed worker's; it restarts."""
         actor = caller.actor if caller is not None else "the controller"
-        killed = await node_admin.kill_worker(self.ctl, req, actor)
+        killed = await node_admin.kill_worker(
+            self.parts.registry, self.tasks.core, self.parts.nc, req, actor
+        )
         self._audit(caller, "kill_worker", req.node, slot=req.slot, task=killed.task)
         return killed
 
     async def node_delete(self, req: m.NodeDelete, caller: Caller | None = None) -> m.NodeDeleted:
         """Forget a node that is not UP: registry, store, and its credentials revoked."""
-        deleted = await node_admin.delete_node(self.ctl, req)
+        deleted = await node_admin.delete_node(
+            self.parts.registry, self.parts.store, self.parts.config, req
+        )
         self._audit(caller, "node_delete", req.id, status=deleted.status, revoked=deleted.revoked)
         return deleted
 
     async def list_known_nodes(self) -> list[m.KnownNode]:
         """Nodes enrolled with this authority that the controller has never seen."""
-        data = self.ctl.config.data_path
+        data = self.parts.config.data_path
         if not Authority.exists(data):
             return []
         enrolled = Authority.load(data).enrolled()
-        seen = self.ctl.registry.nodes
+        seen = self.parts.registry.nodes
         return [
             m.KnownNode(name=name, enrolled_at=keys[0].issued_at)
             for name, keys in sorted(enrolled.items())

@@ -1,4 +1,5 @@
-"""The controller's bus endpoints for commands and reports (SEER), as a mixin of the controller.
+"""The controller's bus endpoints for commands and reports (SEER): an object the controller
+subscribes, given the services and the reply functions it uses.
 
 Kept apart from :mod:`corral.controller.service` so that module stays about the registry and
 the group commit; the decisions themselves live in :mod:`corral.controller.commands` and
@@ -8,6 +9,8 @@ the group commit; the decisions themselves live in :mod:`corral.controller.comma
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -47,27 +50,60 @@ def bus_caller(subject: str) -> tuple[str, str, str]:
 
 
 class CommandEndpoints:
-    """Handlers of ``corral.ctl.send|execute|command|commands|reports`` and node reports."""
+    """Handlers of ``corral.ctl.send|execute|command|commands|reports`` and node reports.
 
-    commands: CommandService
-    reports: ReportService
-    store: Store | None
-    submissions: Submissions
-    #: keyed sends being answered (each waits for its commit off the subscription's loop)
-    _keyed: set[asyncio.Task[None]]
+    Args:
+        commands: The command router.
+        reports: The node reports.
+        store: The opened store (stored commands and outcomes).
+        submissions: The idempotency keys of submissions.
+        reply: Answers a bus message (``reply(msg, payload)``).
+        reject: Answers a bus message with an error (``reject(msg, exc)``), and counts it.
+        after_commit: Sends ``payload`` to a reply subject once the current state is on disk
+            (``after_commit(subject, payload)``).
+    """
 
-    async def _reply(self, msg: Any, payload: msgspec.Struct) -> None:
-        raise NotImplementedError  # provided by the controller
+    def __init__(
+        self,
+        *,
+        commands: CommandService,
+        reports: ReportService,
+        store: Store,
+        submissions: Submissions,
+        reply: Callable[[Any, msgspec.Struct], Awaitable[None]],
+        reject: Callable[[Any, CorralError], Awaitable[None]],
+        after_commit: Callable[[str, msgspec.Struct], None],
+    ) -> None:
+        self.commands = commands
+        self.reports = reports
+        self.store = store
+        self.submissions = submissions
+        self._reply = reply
+        self._reject = reject
+        self._after_commit = after_commit
+        #: keyed sends being answered (each waits for its commit off the subscription's loop)
+        self._keyed: set[asyncio.Task[None]] = set()
 
-    async def _reject(self, msg: Any, exc: CorralError) -> None:
-        raise NotImplementedError  # provided by the controller
+    def __repr__(self) -> str:
+        return f"<CommandEndpoints {len(self._keyed)} keyed sends in flight>"
 
-    def _after_commit(self, reply: str, payload: msgspec.Struct) -> None:
-        raise NotImplementedError  # provided by the controller
+    async def stop(self) -> None:
+        """End the keyed sends not yet answered."""
+        keyed = list(self._keyed)
+        for task in keyed:
+            task.cancel()
+        for task in keyed:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    def endpoints(self) -> dict[str, tuple[type[Any], Any]]:
+    def subscriptions(self) -> dict[str, tuple[type[Any], Any]]:
         """Subject -> (message type, handler) for the controller to subscribe."""
         return {
+            # The bare subjects name no sender: an old client is told to update.
+            subjects.ctl("send"): (wire.CommandRequest, self._on_send),
+            subjects.ctl("execute"): (wire.CommandRequest, self._on_send),
+            subjects.ctl_as("send", "*"): (wire.CommandRequest, self._on_send),
+            subjects.ctl_as("execute", "*"): (wire.CommandRequest, self._on_send),
             subjects.node_in_wildcard("out"): (wire.CommandReport, self._on_command_report),
             subjects.ctl("command"): (wire.CommandQuery, self._on_command),
             subjects.ctl("commands"): (wire.CommandsQuery, self._on_commands),
@@ -147,7 +183,6 @@ class CommandEndpoints:
         Raises:
             StoreError: the store could not be read.
         """
-        assert self.store is not None
         row = self.commands.rows.get(serial)
         live = self.commands.live_outcomes(serial)
         if row is not None and live is not None:  # followed by the book: no store read
@@ -177,7 +212,6 @@ class CommandEndpoints:
         Raises:
             StoreError: the store could not be read.
         """
-        assert self.store is not None
         rows = await self.store.recent_commands(min(max(limit, 1), 1000), before)
         views = []
         for row, stored_counts in rows:

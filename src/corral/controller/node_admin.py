@@ -20,18 +20,26 @@ from corral.errors import Conflict, CorralError, NotFound, RemoteError, UsageErr
 from corral.security import Authority
 
 if TYPE_CHECKING:
-    from corral.controller.service import Controller
+    from corral.bus import NATS
+    from corral.config import Config
+    from corral.core.registry import Registry
+    from corral.core.scheduler import Scheduler
+    from corral.store import Store
 
 __all__ = ["delete_node", "kill_worker"]
 
 log = logging.getLogger("corral.api")
 
 
-async def kill_worker(ctl: Controller, req: m.KillWorker, actor: str) -> m.KilledWorker:
+async def kill_worker(
+    registry: Registry, core: Scheduler, nc: NATS, req: m.KillWorker, actor: str
+) -> m.KilledWorker:
     """Ask node ``req.node`` to kill the worker process of slot ``req.slot``.
 
     Args:
-        ctl: the controller.
+        registry: the controller's node registry.
+        core: the task scheduler (which node runs which task in which slot).
+        nc: the controller's bus connection.
         req: the node and slot.
         actor: who asks (goes to the node's log and the failed task's error).
 
@@ -43,12 +51,11 @@ async def kill_worker(ctl: Controller, req: m.KillWorker, actor: str) -> m.Kille
         Conflict: the node is not UP or runs no task workers.
         RemoteError: the node has no such slot.
     """
-    record = ctl.registry.nodes.get(req.node)
+    record = registry.nodes.get(req.node)
     if record is None:
         raise NotFound(f"no node named {req.node!r}", 404)
-    core = ctl.tasks.core if ctl.tasks is not None else None
-    workers = core.nodes.get(req.node) if core is not None else None
-    if record.status != NodeStatus.UP or workers is None or core is None:
+    workers = core.nodes.get(req.node)
+    if record.status != NodeStatus.UP or workers is None:
         raise Conflict(
             f"node {req.node!r} is {record.status} or runs no task workers: "
             "there is no worker process to kill"
@@ -62,8 +69,6 @@ async def kill_worker(ctl: Controller, req: m.KillWorker, actor: str) -> m.Kille
         for i in workers.leases.values()
         if i in core.active and core.active[i].worker == req.slot
     ]
-    nc = ctl.nc
-    assert nc is not None
     kill = wire.TaskKillWorker(slot=req.slot, actor=actor)
     await nc.publish(subjects.node_tasks(req.node), wire.encode(kill), headers=wire.HEADERS)
     log.warning("worker kill sent", extra={"node": req.node, "slot": req.slot, "actor": actor})
@@ -76,11 +81,15 @@ async def kill_worker(ctl: Controller, req: m.KillWorker, actor: str) -> m.Kille
     )
 
 
-async def delete_node(ctl: Controller, req: m.NodeDelete) -> m.NodeDeleted:
+async def delete_node(
+    registry: Registry, store: Store, config: Config, req: m.NodeDelete
+) -> m.NodeDeleted:
     """Forget node ``req.id``: registry, store, and its credentials revoked.
 
     Args:
-        ctl: the controller.
+        registry: the controller's node registry.
+        store: the controller's store.
+        config: where the authority lives (``data_path``) and how to reach the bus.
         req: the node's name.
 
     Returns:
@@ -92,7 +101,7 @@ async def delete_node(ctl: Controller, req: m.NodeDelete) -> m.NodeDeleted:
         Conflict: the node is UP (stop it, or wait until it is DOWN, first).
     """
     name = req.id
-    record = ctl.registry.nodes.get(name)
+    record = registry.nodes.get(name)
     if record is None:
         raise NotFound(f"no node named {name!r}; `corral nodes` lists them", 404)
     if record.status == NodeStatus.UP:
@@ -101,19 +110,18 @@ async def delete_node(ctl: Controller, req: m.NodeDelete) -> m.NodeDeleted:
             f"(`corral revoke {name}`) first, then forget it"
         )
     status = str(record.status)
-    ctl.registry.forget(name)
-    if ctl.store is not None:
-        await ctl.store.delete_node(name)
+    registry.forget(name)
+    await store.delete_node(name)
     revoked, note = 0, ""
-    if Authority.exists(ctl.config.data_path):
-        authority = Authority.load(ctl.config.data_path)
+    if Authority.exists(config.data_path):
+        authority = Authority.load(config.data_path)
         try:
             revoked = len(authority.revoke(name))
         except UsageError:
             note = "it was never enrolled with this authority: no credential to revoke"
         else:
             authority.write_server_fragment()
-            if revoked and not await _push(ctl, authority):
+            if revoked and not await _push(config, authority):
                 note = "the bus did not take the new account JWT: revoked at its next start"
     else:
         note = (
@@ -123,13 +131,13 @@ async def delete_node(ctl: Controller, req: m.NodeDelete) -> m.NodeDeleted:
     return m.NodeDeleted(name=name, status=status, revoked=revoked, note=note)
 
 
-async def _push(ctl: Controller, authority: Authority) -> bool:
+async def _push(config: Config, authority: Authority) -> bool:
     """Push the re-signed account JWT, so the server closes revoked connections now."""
     from corral import bus
 
     try:
         nc = await bus.connect(
-            ctl.config, "system", creds=authority.directory / "system.creds", name="corral-forget"
+            config, "system", creds=authority.directory / "system.creds", name="corral-forget"
         )
     except CorralError:
         return False

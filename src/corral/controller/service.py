@@ -23,11 +23,11 @@ import msgspec
 
 from corral import bus, subjects, wire
 from corral.config import Config
-from corral.controller.api import ApiServer
 from corral.controller.command_api import CommandEndpoints, bus_caller
 from corral.controller.commands import Batch, CommandService
 from corral.controller.groups import GroupService
 from corral.controller.idempotency import Submissions
+from corral.controller.parts import ControllerParts, HttpFactory, HttpServer
 from corral.controller.reports import ReportService
 from corral.controller.tasks import TaskService
 from corral.core.registry import Refusal, Registry
@@ -39,11 +39,11 @@ from corral.errors import (
     Refused,
     StoreError,
     Timeout,
+    UsageError,
 )
 from corral.records import AuditEntry, NodeRecord, Transition
 from corral.security import Authority
-from corral.sender import gather_agents
-from corral.store import Store
+from corral.store import Store, open_store
 from corral.store.writer import CommittedThenCancelled
 from corral.store.writes import Backoff, Written, log_written
 
@@ -73,15 +73,23 @@ def _view(record: NodeRecord, behind: int = 0) -> wire.NodeView:
     return wire.NodeView(**fields, behind=behind)
 
 
-class Controller(CommandEndpoints):
+class Controller:
     """Registry of nodes over the bus, persisted in the store.
 
     Args:
         config: bus, store and timing settings.
         clock: wall-clock source (seconds since the epoch); injectable for tests.
+        http: builds the HTTP server (API, dashboard) once started, if ``api_port`` is not
+            -1; without it the controller serves the bus only. :mod:`corral.app` gives one.
     """
 
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        *,
+        http: HttpFactory | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.id = uuid.uuid4().hex
@@ -94,7 +102,10 @@ class Controller(CommandEndpoints):
         self.groups: GroupService | None = None
         #: the task scheduler and the HTTP API (issue #4), once started
         self.tasks: TaskService | None = None
-        self.api: ApiServer | None = None
+        self.api: HttpServer | None = None
+        self._http = http
+        #: the command and report endpoints on the bus, once started
+        self.endpoints: CommandEndpoints | None = None
         #: idempotency keys of submissions (set once the store is open)
         self.submissions: Submissions
         self._pending: list[Transition] = []
@@ -106,7 +117,6 @@ class Controller(CommandEndpoints):
         self.backoff = Backoff()
         #: what the last failed flush held, for the log line that says what waits
         self._waiting = ""
-        self._keyed: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._persist_all = False
         #: seconds between writes of every live node's last-seen time
@@ -119,6 +129,47 @@ class Controller(CommandEndpoints):
     def __repr__(self) -> str:
         return f"<Controller {self.id[:8]} {self.config.bus_url} {self.registry!r}>"
 
+    def audit(self, entry: AuditEntry) -> None:
+        """Queue ``entry`` for the audit log: it is written with the next group commit."""
+        self._audit.append(entry)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Wake the group commit (a registry record was changed in place, say)."""
+        self._wake.set()
+
+    def parts(self) -> ControllerParts:
+        """The started controller's services, for the HTTP API and the dashboard.
+
+        Raises:
+            UsageError: the controller has not started yet.
+        """
+        if (
+            self.store is None
+            or self.nc is None
+            or self.tasks is None
+            or self.groups is None
+            or self.endpoints is None
+        ):
+            raise UsageError("the controller has not started: call start() first")
+        return ControllerParts(
+            id=self.id,
+            started=self.started,
+            config=self.config,
+            clock=self.clock,
+            registry=self.registry,
+            commands=self.commands,
+            endpoints=self.endpoints,
+            reports=self.reports,
+            groups=self.groups,
+            tasks=self.tasks,
+            submissions=self.submissions,
+            store=self.store,
+            nc=self.nc,
+            audit=self.audit,
+            wake=self.wake,
+        )
+
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -129,7 +180,7 @@ class Controller(CommandEndpoints):
             AuthError, BusUnavailable: the bus refused or could not be reached.
             Refused: another controller already serves this bus.
         """
-        self.store = await Store.open(self.config.store_url)
+        self.store = await open_store(self.config.store_url)
         self.submissions = Submissions(self.store, self.config.idempotency_window, self.clock)
         await self.submissions.load()
         rows = await self.store.load_nodes()
@@ -143,8 +194,24 @@ class Controller(CommandEndpoints):
         await self.groups.start()
         await self.commands.start(self.nc, self.store)
         self.reports.nc = self.nc
-        self.tasks = TaskService(self)
+        self.tasks = TaskService(
+            config=self.config,
+            clock=self.clock,
+            registry=self.registry,
+            store=self.store,
+            nc=self.nc,
+            counters=self.counters,
+        )
         await self.tasks.start()
+        self.endpoints = CommandEndpoints(
+            commands=self.commands,
+            reports=self.reports,
+            store=self.store,
+            submissions=self.submissions,
+            reply=self._reply,
+            reject=self._reject,
+            after_commit=self._after_commit,
+        )
         handlers: dict[str, tuple[type[Any], Callable[[Any, str, Any], Awaitable[None]]]] = {
             subjects.node_in_wildcard("join"): (wire.Join, self._on_join),
             subjects.node_in_wildcard("hb"): (wire.Heartbeat, self._on_heartbeat),
@@ -160,20 +227,12 @@ class Controller(CommandEndpoints):
                 subject, cb=self._handler(kind, handle), pending_msgs_limit=100_000
             )
         # Commands, their reports and results may be as large as max_command_bytes.
-        commands: dict[str, tuple[type[Any], Any]] = {
-            # The bare subjects name no sender: an old client is told to update.
-            subjects.ctl("send"): (wire.CommandRequest, self._on_send),
-            subjects.ctl("execute"): (wire.CommandRequest, self._on_send),
-            subjects.ctl_as("send", "*"): (wire.CommandRequest, self._on_send),
-            subjects.ctl_as("execute", "*"): (wire.CommandRequest, self._on_send),
-            **self.endpoints(),
-        }
-        for subject, (kind, handle) in commands.items():
+        for subject, (kind, handle) in self.endpoints.subscriptions().items():
             handler = self._handler(kind, handle, limit=self.config.max_command_bytes)
             await self.nc.subscribe(subject, cb=handler, pending_msgs_limit=100_000)
         await self.nc.flush()
-        if self.config.api_port >= 0:
-            self.api = ApiServer(self)
+        if self.config.api_port >= 0 and self._http is not None:
+            self.api = self._http(self.parts())
             await self.api.start()
         self._tasks = [
             asyncio.create_task(self._announce_loop(), name="announce"),
@@ -218,11 +277,13 @@ class Controller(CommandEndpoints):
     async def stop(self) -> None:
         """Stop serving, flush what is pending, close the bus and the store."""
         await self.commands.stop()
-        for task in [*self._tasks, *self._keyed]:  # keyed sends not yet answered end here
+        for task in self._tasks:
             task.cancel()
-        for task in [*self._tasks, *self._keyed]:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.endpoints is not None:  # keyed sends not yet answered end here
+            await self.endpoints.stop()
         if self.api is not None:
             await self.api.stop()
         if self.tasks is not None:
@@ -536,7 +597,7 @@ class Controller(CommandEndpoints):
     async def _on_agents(self, msg: Any, _: str, request: wire.AgentsRequest) -> None:
         """The live agents, for API clients (the controller gathers them from the bus)."""
         assert self.nc is not None
-        found = await gather_agents(self.nc, min(max(request.wait, 0.05), 5.0))
+        found = await bus.gather_agents(self.nc, min(max(request.wait, 0.05), 5.0))
         await self._reply(msg, wire.AgentsReply(agents=found))
 
     async def _on_auth(self, msg: Any, _: str, event: wire.AuthEvent) -> None:

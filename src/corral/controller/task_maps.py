@@ -9,49 +9,69 @@ child that fails or is cancelled ends the map at once with its error and cancels
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from corral import subjects, wire
+from corral import bus, subjects, wire
+from corral.core.scheduler import Scheduler
 from corral.core.taskstate import TaskInstance
 from corral.errors import CorralError, NotFound
 
-if TYPE_CHECKING:
-    from corral.controller.tasks import TaskService
+__all__ = ["MapGroup", "TaskMaps"]
 
-__all__ = ["TaskMaps"]
+#: ``queue(key, args, *, priority, max_attempts, parent)``: the task service's queue call
+Queue = Callable[..., Awaitable[list[TaskInstance]]]
 
 
 class TaskMaps:
     """Every map in progress, by parent instance id.
 
     Args:
-        tasks: The task service the children are queued through.
+        core: The scheduler the parents run in (leases, lent slots, cancels).
+        clock: Wall-clock source (seconds since the epoch).
+        nc: The controller's bus connection (answers to the parents' nodes).
+        queue: Queues the children (the task service's :meth:`queue`).
+        next_id: The id the next queued instance will get.
+        pump: Drains the scheduler's outboxes once a map has ended.
     """
 
-    def __init__(self, tasks: TaskService) -> None:
-        self.tasks = tasks
-        self.maps: dict[int, _Map] = {}
+    def __init__(
+        self,
+        *,
+        core: Scheduler,
+        clock: Callable[[], float],
+        nc: bus.NATS,
+        queue: Queue,
+        next_id: Callable[[], int],
+        pump: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.core = core
+        self.clock = clock
+        self.nc = nc
+        self.queue = queue
+        self.next_id = next_id
+        self.pump = pump
+        self.maps: dict[int, MapGroup] = {}
 
     def __repr__(self) -> str:
         return f"<TaskMaps {len(self.maps)} in progress>"
 
     async def on_map(self, msg: Any) -> None:
         """A running task maps a subtask over items: queue them as its children."""
-        assert self.tasks.ctl.nc is not None
-        group: _Map | None = None
+        group: MapGroup | None = None
         try:
             node = subjects.parse_node_in(msg.subject)[0]
             request = wire.decode(msg.data, wire.TaskMap, msg.headers)
-            parent = self.tasks.core.lease_of(request.lease)
+            parent = self.core.lease_of(request.lease)
             if parent is None or parent.node != node:
                 raise NotFound(f"no running task holds lease {request.lease}")
             # Registered before queueing: a child may finish before the queue is durable.
-            first = self.tasks._next_id
+            first = self.next_id()
             ids = list(range(first, first + len(request.args)))
-            group = _Map(parent.id, node, request.lease, request.key, ids)
+            group = MapGroup(parent.id, node, request.lease, request.key, ids)
             self.maps[parent.id] = group
-            self.tasks.core.lend(node, +1)
-            await self.tasks.queue(
+            self.core.lend(node, +1)
+            await self.queue(
                 request.key,
                 request.args,
                 priority=parent.priority,
@@ -61,12 +81,12 @@ class TaskMaps:
         except CorralError as exc:
             if group is not None and self.maps.get(group.parent) is group:
                 del self.maps[group.parent]
-                self.tasks.core.lend(group.node, -1)
+                self.core.lend(group.node, -1)
             reply: Any = wire.error_reply(exc)
         else:
             reply = wire.Ok()
         if msg.reply:
-            await self.tasks.ctl.nc.publish(msg.reply, wire.encode(reply), headers=wire.HEADERS)
+            await self.nc.publish(msg.reply, wire.encode(reply), headers=wire.HEADERS)
 
     async def child_done(self, child: TaskInstance) -> None:
         assert child.parent is not None and child.item is not None
@@ -79,14 +99,14 @@ class TaskMaps:
         elif len(group.results) == len(group.children):
             await self.end(group)
 
-    async def end(self, group: _Map, *, cancel: bool = False, error: str = "") -> None:
+    async def end(self, group: MapGroup, *, cancel: bool = False, error: str = "") -> None:
         """Answer the parent (results in item order, or the error) and free the lent slot."""
         self.maps.pop(group.parent, None)
-        self.tasks.core.lend(group.node, -1)
+        self.core.lend(group.node, -1)
         if cancel:
             for ident in group.children:
-                if ident in self.tasks.core.active:
-                    self.tasks.core.cancel(ident, self.tasks.clock(), force=True)
+                if ident in self.core.active:
+                    self.core.cancel(ident, self.clock(), force=True)
         ordered = (
             [group.results[n].result for n in range(len(group.children))]
             if not (cancel or error)
@@ -95,15 +115,15 @@ class TaskMaps:
         done = wire.TaskMapped(
             lease=group.lease, ok=not (cancel or error), results=ordered, error=error or "cancelled"
         )
-        nc = self.tasks.ctl.nc
-        if nc is not None and not nc.is_closed:
+        nc = self.nc
+        if not nc.is_closed:
             await nc.publish(
                 subjects.node_tasks(group.node), wire.encode(done), headers=wire.HEADERS
             )
-        await self.tasks._pump()
+        await self.pump()
 
 
-class _Map:
+class MapGroup:
     """A parent's map in progress: its children by item, and the results so far."""
 
     def __init__(self, parent: int, node: str, lease: str, key: str, children: list[int]) -> None:

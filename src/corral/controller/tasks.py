@@ -21,15 +21,18 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from nats.errors import MaxPayloadError
 
-from corral import subjects, wire
+from corral import bus, subjects, wire
+from corral.config import Config
 from corral.controller import task_runs
-from corral.controller.task_maps import TaskMaps, _Map
+from corral.controller.task_maps import MapGroup, TaskMaps
+from corral.core.registry import Registry
 from corral.core.scheduler import Scheduler, Stop
 from corral.core.signatures import Signatures
 from corral.core.taskstate import TaskInstance
@@ -43,12 +46,9 @@ from corral.errors import (
     Timeout,
 )
 from corral.records import AuditEntry, IdempotencyRow
-from corral.store import TaskRecords
+from corral.store import Store, TaskRecords
 from corral.store.writer import CommittedThenCancelled
 from corral.store.writes import Backoff, log_written
-
-if TYPE_CHECKING:
-    from corral.controller.service import Controller
 
 __all__ = ["TaskService"]
 
@@ -61,13 +61,30 @@ class TaskService:
     """Queues, runs and persists task instances for one controller.
 
     Args:
-        controller: The controller (its bus connection, store, registry, configuration).
+        config: Task settings (prefetch, grace, attempts, log limit) and ``down_after``.
+        clock: Wall-clock source (seconds since the epoch).
+        registry: The node registry: a node's leases follow its liveness there.
+        store: The opened store the task instances are kept in.
+        nc: The controller's bus connection.
+        counters: The controller's counters (refused reports are counted there).
     """
 
-    def __init__(self, controller: Controller) -> None:
-        self.ctl = controller
-        config = controller.config
-        self.clock = controller.clock
+    def __init__(
+        self,
+        *,
+        config: Config,
+        clock: Callable[[], float],
+        registry: Registry,
+        store: Store,
+        nc: bus.NATS,
+        counters: Counter[str],
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.registry = registry
+        self.nc = nc
+        self.counters = counters
+        self._store = store
         self.core = Scheduler(
             prefetch=config.task_prefetch,
             grace=config.cancel_grace,
@@ -103,7 +120,14 @@ class TaskService:
         #: results on disk, to acknowledge to their nodes on the next tick
         self._ack_due: dict[str, list[str]] = {}
         #: parent id -> its running map
-        self.mapping = TaskMaps(self)
+        self.mapping = TaskMaps(
+            core=self.core,
+            clock=clock,
+            nc=nc,
+            queue=self.queue,
+            next_id=lambda: self._next_id,
+            pump=self._pump,
+        )
         #: nodes that ever offered tasks, and when each was last asked to say hello again
         self._task_nodes: set[str] = set()
         self._resync_asked: dict[str, float] = {}
@@ -122,12 +146,11 @@ class TaskService:
         Raises:
             StoreError: The store could not be read.
         """
-        assert self.ctl.store is not None and self.ctl.nc is not None
-        self.store = self.ctl.store.tasks
+        self.store = self._store.tasks
         self._next_id = await self.store.max_id() + 1
         self.core.load(await self.store.load_active(), self.clock())
         await self._pump()
-        nc = self.ctl.nc
+        nc = self.nc
         await nc.subscribe(
             subjects.node_in_wildcard(subjects.TASK_REPORT_VERB),
             cb=self._on_report,
@@ -185,7 +208,7 @@ class TaskService:
                 node (nothing is queued then).
             StoreError: the store failed (the instances are kept and retried).
         """
-        task_runs.check_sizes(self.ctl.nc, key, args)
+        task_runs.check_sizes(self.nc, key, args)
         now = self.clock()
         wanted = sorted(set(labels))
         attempts = max_attempts or self.max_attempts
@@ -293,7 +316,7 @@ class TaskService:
             fut.cancel()
 
     @property
-    def maps(self) -> dict[int, _Map]:
+    def maps(self) -> dict[int, MapGroup]:
         """Maps in progress, by parent id."""
         return self.mapping.maps
 
@@ -352,7 +375,7 @@ class TaskService:
                     hook(finished)
                 except Exception:
                     log.exception("a task-finished hook failed")
-        nc = self.ctl.nc
+        nc = self.nc
         undone = False
         for node, insts in runs.items():
             if not await self._send_runs(nc, node, insts):
@@ -459,8 +482,8 @@ class TaskService:
         """Tell nodes which results are on disk. Not urgent (a node re-sends a result only
         after a second), so acks go out in batches on the tick, not one message per result."""
         due, self._ack_due = self._ack_due, {}
-        nc = self.ctl.nc
-        if nc is None or nc.is_closed:
+        nc = self.nc
+        if nc.is_closed:
             return
         for node, leases in due.items():
             ack = wire.encode(wire.TaskAck(leases=leases))
@@ -513,12 +536,12 @@ class TaskService:
         await asyncio.sleep(delay)
 
     async def _tick_loop(self) -> None:
-        period = min(0.1, self.ctl.config.down_after / 4)
+        period = min(0.1, self.config.down_after / 4)
         while True:
             await asyncio.sleep(period)
             await self._send_acks()
             now = self.clock()
-            nodes = self.ctl.registry.nodes
+            nodes = self.registry.nodes
             for name, workers in list(self.core.nodes.items()):
                 record = nodes.get(name)
                 if record is None or record.status != "UP":
@@ -539,9 +562,7 @@ class TaskService:
     async def _resync(self, nodes: dict[str, Any], now: float) -> None:
         """Ask for a hello from task nodes UP again without a join (DOWN -> UP on heartbeats
         resuming): the scheduler dropped their workers when they went DOWN."""
-        nc = self.ctl.nc
-        if nc is None:
-            return
+        nc = self.nc
         for name in self._task_nodes:
             record = nodes.get(name)
             if record is None or record.status != "UP" or name in self.core.nodes:
@@ -559,7 +580,7 @@ class TaskService:
         holder = self.core.foreign(lease, node)
         if holder is None:
             return False
-        self.ctl.counters["tasks.rejected.foreign-lease"] += 1
+        self.counters["tasks.rejected.foreign-lease"] += 1
         log.warning(
             "task %s refused: node %s reported on lease %s, which node %s holds",
             what,
@@ -585,7 +606,7 @@ class TaskService:
                 worker=r.worker,
                 reporter=node,
                 logs=r.logs,
-                log_limit=self.ctl.config.task_log_limit,
+                log_limit=self.config.task_log_limit,
             )
             if inst is None:
                 log.debug("stale result dropped", extra={"node": node, "lease": r.lease})
@@ -608,22 +629,21 @@ class TaskService:
         await self._pump()
 
     async def _on_hello(self, msg: Any) -> None:
-        assert self.ctl.nc is not None
         try:
             node = subjects.parse_node_in(msg.subject)[0]
             hello = wire.decode(msg.data, wire.TaskHello, msg.headers)
         except CorralError as exc:
             if msg.reply:
                 error = wire.error_reply(exc)
-                await self.ctl.nc.publish(msg.reply, wire.encode(error), headers=wire.HEADERS)
+                await self.nc.publish(msg.reply, wire.encode(error), headers=wire.HEADERS)
             return
-        record = self.ctl.registry.nodes.get(node)
+        record = self.registry.nodes.get(node)
         if record is None or record.instance != hello.instance or record.status != "UP":
             if msg.reply:
                 error = wire.error_reply(
                     RetryLater("join first: this node instance is not UP", retry_after=0.5)
                 )
-                await self.ctl.nc.publish(msg.reply, wire.encode(error), headers=wire.HEADERS)
+                await self.nc.publish(msg.reply, wire.encode(error), headers=wire.HEADERS)
             return
         now = self.clock()
         self._task_nodes.add(node)
@@ -646,4 +666,4 @@ class TaskService:
         await self._pump()
         self._wake.set()
         if msg.reply:
-            await self.ctl.nc.publish(msg.reply, wire.encode(wire.Ok()), headers=wire.HEADERS)
+            await self.nc.publish(msg.reply, wire.encode(wire.Ok()), headers=wire.HEADERS)

@@ -15,9 +15,17 @@ __all__ = ["ChartPages"]
 
 
 class ChartPages:
-    """The charts page, a mixin of :class:`~corral.dashboard.routes.Dashboard`."""
+    """The dashboard's charts page.
 
-    gate: Gate
+    Args:
+        gate: who is signed in, with which role.
+    """
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def __repr__(self) -> str:
+        return "<ChartPages>"
 
     async def charts(self, request: Request) -> Response:
         """Charts that move live (the samples come over ``/ui/events/charts``)."""

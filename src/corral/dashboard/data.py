@@ -17,7 +17,7 @@ from corral import wire
 from corral.controller.api_calls import ApiCalls
 
 if TYPE_CHECKING:
-    from corral.controller.service import Controller
+    from corral.controller.parts import ControllerParts
 
 __all__ = [
     "command_detail",
@@ -42,7 +42,7 @@ def matches(record: Any, pattern: str) -> bool:
     return fnmatch.fnmatchcase(record.name, pattern) or pattern in record.labels
 
 
-def fleet(ctl: Controller, pattern: str = "") -> list[dict[str, Any]]:
+def fleet(ctl: ControllerParts, pattern: str = "") -> list[dict[str, Any]]:
     """Every node (matching ``pattern``): status and since, labels, serial, behind, slots."""
     behind = ctl.commands.book.behind()
     core = ctl.tasks.core if ctl.tasks is not None else None
@@ -79,7 +79,7 @@ def fleet(ctl: Controller, pattern: str = "") -> list[dict[str, Any]]:
     return out
 
 
-def target_hints(ctl: Controller, most: int = 200) -> list[str]:
+def target_hints(ctl: ControllerParts, most: int = 200) -> list[str]:
     """Targets to suggest in the command form: each label (``label:NAME``), then node names.
 
     ``*`` (every node) is offered by the form itself.
@@ -93,7 +93,7 @@ def _command(view: Any) -> dict[str, Any]:
     return msgspec.to_builtins(view)  # type: ignore[no-any-return]
 
 
-async def command_history(ctl: Controller, limit: int = 50) -> list[dict[str, Any]]:
+async def command_history(ctl: ControllerParts, limit: int = 50) -> list[dict[str, Any]]:
     """The latest commands, newest first, with how many nodes are in each state."""
     from corral.controller.commands import counts
 
@@ -123,7 +123,7 @@ async def command_history(ctl: Controller, limit: int = 50) -> list[dict[str, An
     return out
 
 
-async def command_detail(ctl: Controller, serial: int) -> dict[str, Any] | None:
+async def command_detail(ctl: ControllerParts, serial: int) -> dict[str, Any] | None:
     """One command and every node's outcome (the book's live view over the stored one)."""
     live = ctl.commands.live_outcomes(serial)
     # A command just accepted is in the service's memory before the group commit writes it:
@@ -173,7 +173,7 @@ async def command_detail(ctl: Controller, serial: int) -> dict[str, Any] | None:
     return head
 
 
-async def tasks_live(ctl: Controller) -> dict[str, Any]:
+async def tasks_live(ctl: ControllerParts) -> dict[str, Any]:
     """Running instances with their progress, and the queue's first page."""
     calls = ApiCalls(ctl)
     running = [msgspec.to_builtins(s) for s in await calls.task_statuses()]
@@ -188,7 +188,7 @@ async def tasks_live(ctl: Controller) -> dict[str, Any]:
     }
 
 
-def groups(ctl: Controller) -> list[dict[str, Any]]:
+def groups(ctl: ControllerParts) -> list[dict[str, Any]]:
     """Every live group: phase, members, the current barrier and who it still waits for."""
     service = ctl.groups
     if service is None:
@@ -229,7 +229,7 @@ def groups(ctl: Controller) -> list[dict[str, Any]]:
     return out
 
 
-def reports(ctl: Controller) -> dict[str, Any]:
+def reports(ctl: ControllerParts) -> dict[str, Any]:
     """The latest report of every node and topic, and each topic's aggregate."""
     snap = ctl.reports.snapshot()
     return msgspec.to_builtins(snap)  # type: ignore[no-any-return]

@@ -4,34 +4,40 @@ laid out and drawn by the browser with the vendored dagre: no Graphviz on the ho
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from corral.dashboard.auth import Gate, Session
+from corral.dashboard.auth import Gate
 from corral.dashboard.web import HEADERS, flash, redirect, render
 from corral.errors import CorralError
 from corral.tokens import Role
 
 if TYPE_CHECKING:
-    from corral.controller.service import Controller
     from corral.dashboard.guardians import GuardianBoard
 
 __all__ = ["GuardianPages"]
 
 
 class GuardianPages:
-    """Guardian pages, a mixin of :class:`~corral.dashboard.routes.Dashboard`."""
+    """The dashboard's guardian pages.
 
-    ctl: Controller
-    gate: Gate
-    board: GuardianBoard
+    Args:
+        gate: who is signed in, with which role.
+        board: the guardians, as the controller's connection sees them.
+        audit: records a dashboard action (``audit(session, action, target, **detail)``).
+    """
 
-    def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
-        """Record a dashboard action in the audit log (provided by the dashboard)."""
-        raise NotImplementedError
+    def __init__(self, *, gate: Gate, board: GuardianBoard, audit: Callable[..., None]) -> None:
+        self.gate = gate
+        self.board = board
+        self.audit = audit
+
+    def __repr__(self) -> str:
+        return "<GuardianPages>"
 
     # --- guardians ----------------------------------------------------------------------
 

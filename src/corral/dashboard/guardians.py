@@ -22,7 +22,7 @@ from corral.guardian.graph import Graph, StateInfo
 from corral.guardian.views import as_seen
 
 if TYPE_CHECKING:
-    from corral.controller.service import Controller
+    from corral.controller.parts import ControllerParts
 
 __all__ = ["GuardianBoard"]
 
@@ -36,7 +36,7 @@ class GuardianBoard:
         controller: whose bus connection to use.
     """
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: ControllerParts) -> None:
         self.ctl = controller
         self.views: dict[str, wire.GuardianView] = {}
         #: set once the stored views have been read (the page shows "loading" until then)

@@ -19,15 +19,18 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from corral import api_models as m
+from corral import bus
 from corral.dashboard import data
-from corral.dashboard.trends import KEEP
+from corral.dashboard.trends import KEEP, Trends
 from corral.dashboard.web import HEADERS
 from corral.errors import CorralError, UsageError
-from corral.sender import gather_agents
 from corral.tokens import Role
 
 if TYPE_CHECKING:
-    from corral.dashboard.routes import Dashboard
+    from corral.controller.api_calls import ApiCalls
+    from corral.controller.parts import ControllerParts
+    from corral.dashboard.auth import Gate
+    from corral.dashboard.guardians import GuardianBoard
 
 __all__ = ["Live"]
 
@@ -42,11 +45,26 @@ class Live:
     """The event streams of one dashboard.
 
     Args:
-        dashboard: whose controller, gate and guardian board to read.
+        ctl: the started controller's services the pages' data is read from.
+        calls: the API's functions (a task's detail).
+        board: the guardians the guardian pages show.
+        gate: who may read (every stream is re-checked each round).
+        trends: the charts' samples.
     """
 
-    def __init__(self, dashboard: Dashboard) -> None:
-        self.d = dashboard
+    def __init__(
+        self,
+        ctl: ControllerParts,
+        calls: ApiCalls,
+        board: GuardianBoard,
+        gate: Gate,
+        trends: Trends,
+    ) -> None:
+        self.ctl = ctl
+        self.trends = trends
+        self.calls = calls
+        self.board = board
+        self.gate = gate
         self._agents: tuple[float, list[dict[str, Any]]] = (0.0, [])
         self._agents_lock = asyncio.Lock()
 
@@ -58,8 +76,8 @@ class Live:
         async with self._agents_lock:
             at, found = self._agents
             if time.monotonic() - at > AGENTS_EVERY:
-                assert self.d.ctl.nc is not None
-                infos = await gather_agents(self.d.ctl.nc, 0.3)
+                assert self.ctl.nc is not None
+                infos = await bus.gather_agents(self.ctl.nc, 0.3)
                 found = [msgspec.to_builtins(a) for a in infos]
                 self._agents = (time.monotonic(), found)
             return found
@@ -70,7 +88,7 @@ class Live:
         Raises:
             UsageError: no such page, or a bad parameter.
         """
-        ctl = self.d.ctl
+        ctl = self.ctl
         q = request.query_params
 
         async def fleet() -> Any:
@@ -101,7 +119,7 @@ class Live:
                 ident = int(q.get("id", ""))
             except ValueError:
                 raise UsageError("events/task needs ?id=N") from None
-            view = await self.d.calls.task_history_detail(m.TaskDetail(task_instance_id=ident))
+            view = await self.calls.task_history_detail(m.TaskDetail(task_instance_id=ident))
             return {
                 "status": view.status,
                 "progress": view.progress,
@@ -113,8 +131,8 @@ class Live:
             return {"groups": data.groups(ctl), "agents": await self.agents()}
 
         async def guardians() -> Any:
-            self.d.board.start()
-            return self.d.board.snapshot()
+            self.board.start()
+            return self.board.snapshot()
 
         async def reports() -> Any:
             return data.reports(ctl)
@@ -142,7 +160,7 @@ class Live:
 
         async def charts() -> Any:
             nonlocal sent
-            rows = self.d.trends.since(sent)
+            rows = self.trends.since(sent)
             reset = sent == 0
             if rows:
                 sent = rows[-1]["seq"]
@@ -152,7 +170,7 @@ class Live:
 
     async def events(self, request: Request, page: str) -> Response:
         """``GET /ui/events/<page>``: the page's data as server-sent events."""
-        await self.d.gate.require(request, Role.READ)
+        await self.gate.require(request, Role.READ)
         read = self.source(page, request)
         first = await read()  # a bad parameter fails here, as a 400, not mid-stream
 
@@ -172,7 +190,7 @@ class Live:
                 await asyncio.sleep(INTERVAL)
                 if await request.is_disconnected():
                     return
-                if await self.d.gate.session(request) is None:
+                if await self.gate.session(request) is None:
                     yield b"event: signout\ndata: {}\n\n"
                     return
                 try:

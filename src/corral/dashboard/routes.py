@@ -41,7 +41,7 @@ from corral.records import AuditEntry
 from corral.tokens import Role, TokenChecker
 
 if TYPE_CHECKING:
-    from corral.controller.service import Controller
+    from corral.controller.parts import ControllerParts
 
 __all__ = ["Dashboard", "mount"]
 
@@ -50,24 +50,28 @@ _KINDS = ("command", "shell", "get", "set")
 log = logging.getLogger("corral.dashboard")
 
 
-class Dashboard(TaskPages, GuardianPages, ChartPages):
+class Dashboard:
     """The dashboard of one controller.
 
     Args:
-        controller: the running controller.
+        controller: the started controller's services (registry, commands, tasks, store...).
         checker: the API's token checker.
     """
 
-    def __init__(self, controller: Controller, checker: TokenChecker) -> None:
-        assert controller.store is not None
+    def __init__(self, controller: ControllerParts, checker: TokenChecker) -> None:
         self.ctl = controller
         self.gate = Gate(controller.store, checker)
         self.calls = ApiCalls(controller)
         self.board = GuardianBoard(controller)
-        self.live = Live(self)
         #: the charts' samples, taken every few seconds from the controller's memory
         self.trends = Trends()
         self.sampler = Sampler(controller, self.trends)
+        self.live = Live(self.ctl, self.calls, self.board, self.gate, self.trends)
+        self.task_pages = TaskPages(
+            ctl=self.ctl, gate=self.gate, calls=self.calls, audit=self.audit
+        )
+        self.guardian_pages = GuardianPages(gate=self.gate, board=self.board, audit=self.audit)
+        self.chart_pages = ChartPages(self.gate)
         #: scrypt takes 16 MiB and tens of milliseconds: at most two checks at a time, so a
         #: flood of sign-ins can neither exhaust memory nor starve the controller's loop
         self.password_checks = asyncio.Semaphore(2)
@@ -86,7 +90,7 @@ class Dashboard(TaskPages, GuardianPages, ChartPages):
 
     def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
         """Record a dashboard action in the audit log (written with the next commit)."""
-        self.ctl._audit.append(
+        self.ctl.audit(
             AuditEntry(
                 at=self.ctl.clock(),
                 actor=session.user,
@@ -96,7 +100,6 @@ class Dashboard(TaskPages, GuardianPages, ChartPages):
                 role=session.role.value,
             )
         )
-        self.ctl._wake.set()
 
     # --- sign-in ------------------------------------------------------------------------
 
@@ -188,7 +191,7 @@ class Dashboard(TaskPages, GuardianPages, ChartPages):
             "dashboard sign-in locked",
             extra={"kind": lock.kind, "key": lock.key, "failures": lock.failures, "for": seconds},
         )
-        self.ctl._audit.append(
+        self.ctl.audit(
             AuditEntry(
                 at=self.ctl.clock(),
                 actor=f"address:{address}",
@@ -197,7 +200,6 @@ class Dashboard(TaskPages, GuardianPages, ChartPages):
                 detail={"failures": lock.failures, "seconds": seconds},
             )
         )
-        self.ctl._wake.set()
 
     async def logout(self, request: Request) -> Response:
         """Sign out (a form with the CSRF token)."""
@@ -354,11 +356,12 @@ class Dashboard(TaskPages, GuardianPages, ChartPages):
         return redirect("/ui/fleet")
 
 
-def mount(app: FastAPI, controller: Controller, checker: TokenChecker) -> Dashboard:
+def mount(app: FastAPI, controller: ControllerParts, checker: TokenChecker) -> Dashboard:
     """Add the dashboard's routes (``/ui/...``, ``/`` redirecting there) to ``app``."""
     from importlib.resources import files
 
     d = Dashboard(controller, checker)
+    t, g = d.task_pages, d.guardian_pages
     pages: list[tuple[str, str, Any]] = [
         ("/", "GET", d.home),
         ("/ui", "GET", d.home),
@@ -367,25 +370,25 @@ def mount(app: FastAPI, controller: Controller, checker: TokenChecker) -> Dashbo
         ("/ui/login", "POST", d.login),
         ("/ui/logout", "POST", d.logout),
         ("/ui/fleet", "GET", d.fleet),
-        ("/ui/charts", "GET", d.charts),
+        ("/ui/charts", "GET", d.chart_pages.charts),
         ("/ui/nodes/{name}", "GET", d.node),
         ("/ui/nodes/{name}/edit", "POST", d.node_edit),
         ("/ui/nodes/{name}/forget", "POST", d.node_forget),
         ("/ui/commands", "GET", d.commands),
         ("/ui/commands", "POST", d.send),
         ("/ui/commands/{serial}", "GET", d.command),
-        ("/ui/tasks", "GET", d.tasks),
-        ("/ui/tasks", "POST", d.queue),
-        ("/ui/tasks/{ident}", "GET", d.task),
-        ("/ui/tasks/{ident}/cancel", "POST", d.cancel),
-        ("/ui/history/{key}", "GET", d.history),
+        ("/ui/tasks", "GET", t.tasks),
+        ("/ui/tasks", "POST", t.queue),
+        ("/ui/tasks/{ident}", "GET", t.task),
+        ("/ui/tasks/{ident}/cancel", "POST", t.cancel),
+        ("/ui/history/{key}", "GET", t.history),
         ("/ui/groups", "GET", d.groups),
         ("/ui/reports", "GET", d.reports),
-        ("/ui/guardians", "GET", d.guardians),
-        ("/ui/guardians/{name}", "GET", d.guardian),
-        ("/ui/guardians/{name}/graph.json", "GET", d.guardian_graph),
-        ("/ui/guardians/{name}/request", "POST", d.guardian_request),
-        ("/ui/guardians/{name}/mode", "POST", d.guardian_mode),
+        ("/ui/guardians", "GET", g.guardians),
+        ("/ui/guardians/{name}", "GET", g.guardian),
+        ("/ui/guardians/{name}/graph.json", "GET", g.guardian_graph),
+        ("/ui/guardians/{name}/request", "POST", g.guardian_request),
+        ("/ui/guardians/{name}/mode", "POST", g.guardian_mode),
     ]
     for path, method, page in pages:
         app.add_api_route(

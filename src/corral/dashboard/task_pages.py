@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 from fastapi import Request
@@ -10,28 +11,38 @@ from fastapi.responses import Response
 
 from corral import api_models as m
 from corral.dashboard import data
-from corral.dashboard.auth import Gate, Session
+from corral.dashboard.auth import Gate
 from corral.dashboard.web import flash, json_object, redirect, render, safe_next
 from corral.errors import CorralError, UsageError
 from corral.tokens import Role
 
 if TYPE_CHECKING:
     from corral.controller.api_calls import ApiCalls
-    from corral.controller.service import Controller
+    from corral.controller.parts import ControllerParts
 
 __all__ = ["TaskPages"]
 
 
 class TaskPages:
-    """Task pages, a mixin of :class:`~corral.dashboard.routes.Dashboard`."""
+    """The dashboard's task pages.
 
-    ctl: Controller
-    gate: Gate
-    calls: ApiCalls
+    Args:
+        ctl: the started controller's services (the live task data).
+        gate: who is signed in, with which role.
+        calls: the API's functions (queue, cancel, detail, history).
+        audit: records a dashboard action (``audit(session, action, target, **detail)``).
+    """
 
-    def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
-        """Record a dashboard action in the audit log (provided by the dashboard)."""
-        raise NotImplementedError
+    def __init__(
+        self, *, ctl: ControllerParts, gate: Gate, calls: ApiCalls, audit: Callable[..., None]
+    ) -> None:
+        self.ctl = ctl
+        self.gate = gate
+        self.calls = calls
+        self.audit = audit
+
+    def __repr__(self) -> str:
+        return "<TaskPages>"
 
     # --- tasks --------------------------------------------------------------------------
 

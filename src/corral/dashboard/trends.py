@@ -32,7 +32,7 @@ from corral.core.commands import CommandState
 from corral.core.taskstate import TaskInstance, TaskStatus
 
 if TYPE_CHECKING:
-    from corral.controller.service import Controller
+    from corral.controller.parts import ControllerParts
 
 __all__ = ["KEEP", "MAX_NODES", "STEP", "Sample", "Sampler", "Trends", "node_stats"]
 
@@ -178,7 +178,7 @@ class Sampler:
 
     def __init__(
         self,
-        controller: Controller,
+        controller: ControllerParts,
         trends: Trends,
         step: float = STEP,
         clock: Callable[[], float] = time.time,

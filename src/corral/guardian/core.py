@@ -181,7 +181,7 @@ class Automaton:
         """Keep what state code logged with ``log()`` (the last :attr:`LOG_LINES`)."""
         if lines:
             self.log_lines.extend(lines)
-            self._changed()
+            self.changed()
 
     @property
     def path(self) -> list[str]:
@@ -272,7 +272,7 @@ class Automaton:
             self._clear()
         else:
             self._advance()
-        self._changed()
+        self.changed()
 
     def revive(self, who: Requester) -> None:
         """Re-request the last request (clears a stall or an error).
@@ -307,12 +307,12 @@ class Automaton:
             # Out of managed mode a jump recovers by itself: resume the walk.
             self.stalled = False
             self._advance()
-        self._changed()
+        self.changed()
 
     def set_paused(self, paused: bool) -> None:
         """Pause (no user code runs; requests are still taken) or resume."""
         self.paused = paused
-        self._changed()
+        self.changed()
 
     def reloaded(self, graph: Graph, nominal: str | None = None) -> None:
         """New code: keep state, request and mode; re-enter the current state.
@@ -336,7 +336,7 @@ class Automaton:
             self.nominal = nominal
         self.error = ""
         self._enter(self.state, Event.RELOAD)
-        self._changed()
+        self.changed()
 
     # --- internals -----------------------------------------------------------------------
 
@@ -369,7 +369,7 @@ class Automaton:
             ) from None
         if nxt is not self.phase:
             self.phase = nxt
-            self._changed()
+            self.changed()
 
     def _enter(self, state: str, event: Event) -> None:
         self._apply(event)
@@ -382,7 +382,7 @@ class Automaton:
         self.epoch += 1
         self._last_method = ""
         self.error = ""
-        self._changed()
+        self.changed()
 
     def _jump(self, target: str, step: Step) -> None:
         if target not in self.graph:
@@ -406,14 +406,14 @@ class Automaton:
     def _fail(self, traceback: str) -> None:
         self._apply(Event.RAISED)
         self.error = traceback
-        self._changed()
+        self.changed()
 
     def _clear(self) -> None:
         self._apply(Event.CLEAR)
         self.error = ""
         self.epoch += 1
         self._last_method = ""
-        self._changed()
+        self.changed()
 
     def _set_notes(self, step: Step, notes: tuple[str, ...]) -> None:
         # main()'s notifications last into the first run(); a run() replaces them.
@@ -422,7 +422,8 @@ class Automaton:
         )
         if merged != self.notifications:
             self.notifications = merged
-            self._changed()
+            self.changed()
 
-    def _changed(self) -> None:
+    def changed(self) -> None:
+        """A new view is due: number it."""
         self.seq += 1

@@ -76,9 +76,9 @@ def _initial(module: ModuleType, graph: Graph) -> str:
 
 
 def _provide_guardian_module() -> None:
-    """Make ``import guardian`` (LIGO's name) give :mod:`corral.compat.guardian`, so a seed
+    """Make ``import guardian`` (LIGO's name) give :mod:`corral.guardian.ligo`, so a seed
     system module's ``from guardian import GuardState, NodeManager`` works unchanged."""
-    from corral.compat import guardian
+    from corral.guardian import ligo as guardian
 
     current = sys.modules.get("guardian")
     if current is None or getattr(current, "GuardState", None) is not guardian.GuardState:

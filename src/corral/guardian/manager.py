@@ -60,7 +60,17 @@ class NodeManager:
     ) -> None:
         self._lock = threading.Lock()
         self._news = threading.Condition(self._lock)
-        self.nodes: list[Node] = [Node(self, n) for n in nodes]
+        self.nodes: list[Node] = [
+            Node(
+                n,
+                manager=lambda: self.name,
+                stale_after=lambda: self.stale_after,
+                news=self._news,
+                call=self._call,
+                client=self._client,
+            )
+            for n in nodes
+        ]
         self._by_name = {n.name: n for n in self.nodes}
         self._stale_after = stale_after
         self.timeout = timeout
@@ -191,7 +201,7 @@ class NodeManager:
             if status == Status.ERROR:
                 found.append((f"{node.name}: ERROR in state {node.state}", True))
             view = node.view
-            if self._managing and view is not None and view.instance != node._held_instance:
+            if self._managing and view is not None and view.instance != node.held_instance:
                 found.append((f"{node.name}: restarted (now {node.mode}); request INIT", True))
             elif self._managing and (node.mode != Mode.MANAGED or node.managed_by != self.name):
                 who = node.managed_by or "a person"
@@ -235,7 +245,7 @@ class NodeManager:
             return "never heard from"
         if not node.view.alive:
             return "it stopped"
-        return f"no news for {time.monotonic() - node._heard:.1f}s"
+        return f"no news for {time.monotonic() - node.heard:.1f}s"
 
     def _client(self) -> GuardianClient:
         if self._nc is None:
@@ -263,9 +273,11 @@ class NodeManager:
             )
         return asyncio.run_coroutine_threadsafe(coro, loop).result(self.timeout + 1)
 
-    async def _attach(
+    async def attach(
         self, nc: bus.NATS, loop: asyncio.AbstractEventLoop, name: str, config: Config
     ) -> None:
+        """Serve guardian ``name`` (its runtime calls this): follow the nodes' views on
+        ``nc`` from ``loop``, and send their requests from there."""
         self._nc, self._loop, self.name, self._config = nc, loop, name, config
         self._watching = asyncio.Event()
         self._watch = asyncio.create_task(self._follow(), name=f"manager-{name}")
@@ -275,7 +287,8 @@ class NodeManager:
         if self._watch.done():
             self._watch.result()  # raises what stopped it
 
-    async def _detach(self) -> None:
+    async def detach(self) -> None:
+        """Stop following the nodes (the guardian stops, or reloads its system module)."""
         watch, self._watch = self._watch, None
         if watch is not None:
             # _follow sees that it is no longer the current watch and ends: a cancellation
@@ -328,7 +341,7 @@ class NodeManager:
                 except CorralError:
                     continue
                 # A stored view's age counts only while replaying; a live one is news now.
-                node._update(view, age=time.time() - view.beat if replaying else 0.0)
+                node.update(view, age=time.time() - view.beat if replaying else 0.0)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(watcher.stop(), 2.0)  # type: ignore[no-untyped-call]

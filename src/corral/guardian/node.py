@@ -7,7 +7,9 @@ watch of the guardian bucket) and sends it requests through its manager's connec
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from corral import subjects, wire
@@ -15,7 +17,7 @@ from corral.errors import NoSuchGuardian, Timeout
 from corral.guardian.machine import Mode, Status
 
 if TYPE_CHECKING:
-    from corral.guardian.manager import NodeManager
+    from corral.guardian.client import GuardianClient
 
 __all__ = ["Node"]
 
@@ -23,10 +25,35 @@ log = logging.getLogger("corral.guardian")
 
 
 class Node:
-    """One subordinate guardian as its manager sees it. Compare it with a state name."""
+    """One subordinate guardian as its manager sees it. Compare it with a state name.
 
-    def __init__(self, manager: NodeManager, name: str) -> None:
-        self.manager = manager
+    Made by :class:`~corral.guardian.manager.NodeManager`, which gives it what it uses of
+    the manager.
+
+    Args:
+        name: The subordinate guardian's name.
+        manager: The managing guardian's name ("" until attached).
+        stale_after: Seconds without news before it is a connection error.
+        news: The manager's condition, notified whenever a node's copy changes.
+        call: Runs a bus call on the manager's event loop and returns its result.
+        client: The manager's guardian client (raises if the manager is not attached).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        manager: Callable[[], str],
+        stale_after: Callable[[], float],
+        news: threading.Condition,
+        call: Callable[[Any], Any],
+        client: Callable[[], GuardianClient],
+    ) -> None:
+        self._manager = manager
+        self._stale_after = stale_after
+        self._news = news
+        self._call = call
+        self._client = client
         self.name = subjects.check_name(name, "guardian")
         self._view: wire.GuardianView | None = None
         self._heard = float("-inf")  # monotonic time of the last view
@@ -57,13 +84,25 @@ class Node:
 
     # --- what the copy says ----------------------------------------------------------------
 
-    def _update(self, view: wire.GuardianView, age: float = 0.0) -> None:
-        with self.manager._lock:
+    def update(self, view: wire.GuardianView, age: float = 0.0) -> None:
+        """Take ``view`` as the local copy unless it is older; ``age``: seconds since it was
+        written (a replayed view)."""
+        with self._news:
             old = self._view
             if old is None or old.instance != view.instance or view.seq >= old.seq:
                 self._view = view
             self._heard = max(self._heard, time.monotonic() - max(0.0, age))
-            self.manager._news.notify_all()
+            self._news.notify_all()
+
+    @property
+    def heard(self) -> float:
+        """When its view was last refreshed (``time.monotonic()``; -inf if never)."""
+        return self._heard
+
+    @property
+    def held_instance(self) -> str:
+        """The run (instance) of it this manager took into MANAGED ("" if none)."""
+        return self._held_instance
 
     @property
     def view(self) -> wire.GuardianView | None:
@@ -99,9 +138,7 @@ class Node:
     def connected(self) -> bool:
         """Its view is fresh (refreshed within the manager's ``stale_after``) and alive."""
         v = self._view
-        return (
-            v is not None and v.alive and time.monotonic() - self._heard <= self.manager.stale_after
-        )
+        return v is not None and v.alive and time.monotonic() - self._heard <= self._stale_after()
 
     @property
     def status(self) -> str:
@@ -139,16 +176,16 @@ class Node:
             Whether it was delivered (the reply's view is then the local copy).
         """
         try:
-            view = self.manager._call(call)
+            view = self._call(call)
         except (NoSuchGuardian, Timeout) as exc:
             self.fault = f"{what} not delivered: {exc}"
             log.warning(
                 "manager request not delivered",
-                extra={"guardian": self.manager.name, "node": self.name, "error": str(exc)},
+                extra={"guardian": self._manager(), "node": self.name, "error": str(exc)},
             )
             return False
         self.fault = ""
-        self._update(view)
+        self.update(view)
         return True
 
     # --- asking it things ------------------------------------------------------------------
@@ -162,7 +199,7 @@ class Node:
         Raises:
             GuardianRefused: it refused (another manager holds it, no such state, ...).
         """
-        self._deliver(f"request {state}", self.manager._client().request(self.name, state))
+        self._deliver(f"request {state}", self._client().request(self.name, state))
 
     def set_managed(self) -> None:
         """Take it into MANAGED mode, held by this manager.
@@ -171,7 +208,7 @@ class Node:
             GuardianRefused: another manager holds it (the error names it), or a person put it
                 in MANUAL. A node that does not answer is recorded as its :attr:`fault`.
         """
-        client = self.manager._client()
+        client = self._client()
         if self._deliver("set_managed", client.set_mode(self.name, Mode.MANAGED.value)):
             assert self._view is not None
             self._held_instance = self._view.instance
@@ -182,8 +219,8 @@ class Node:
         Raises:
             GuardianRefused: this manager does not hold it.
         """
-        client = self.manager._client()
-        self._update(self.manager._call(client.set_mode(self.name, Mode.AUTO.value)))
+        client = self._client()
+        self.update(self._call(client.set_mode(self.name, Mode.AUTO.value)))
 
     def revive(self) -> None:
         """Re-request its last request (clears a stall). Not delivered: see :meth:`set_request`.
@@ -191,4 +228,4 @@ class Node:
         Raises:
             GuardianRefused: it refused.
         """
-        self._deliver("revive", self.manager._client().revive(self.name))
+        self._deliver("revive", self._client().revive(self.name))

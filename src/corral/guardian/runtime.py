@@ -36,7 +36,7 @@ from corral.errors import CorralError, GuardianRefused, SystemLoadError
 from corral.guardian.client import check_credential, claim_name, open_bucket, until_reachable
 from corral.guardian.core import Automaton, Mode, Requester, Step
 from corral.guardian.loader import System, load_system
-from corral.guardian.state import GuardState, _notes
+from corral.guardian.state import GuardState, step_notes
 from corral.guardian.views import graph_of, view_of
 from corral.security import guardian_inbox
 
@@ -187,7 +187,7 @@ class Guardian:
             # A state blocked in user code cannot be interrupted; do not wait for it forever.
             await asyncio.to_thread(self._worker.join, 5.0)
         for manager in self._managers:
-            await manager._detach()
+            await manager.detach()
         with contextlib.suppress(CorralError, nats.errors.Error, OSError):
             await self._put(msgspec.structs.replace(self.view(), alive=False))
         await self._close_bus()
@@ -215,10 +215,10 @@ class Guardian:
     async def _attach_managers(self, system: System) -> None:
         assert self.nc is not None and self._loop is not None and self.config is not None
         for manager in self._managers:
-            await manager._detach()
+            await manager.detach()
         self._managers = system.managers()
         for manager in self._managers:
-            await manager._attach(self.nc, self._loop, self.name, self.config)
+            await manager.attach(self.nc, self._loop, self.name, self.config)
 
     # --- the view ------------------------------------------------------------------------
 
@@ -362,7 +362,7 @@ class Guardian:
                 self.load_error = ""
         except (SystemLoadError, GuardianRefused) as exc:
             self.load_error = str(exc)
-            self.core._changed()
+            self.core.changed()
             self._changed()
             log.warning("guardian reload failed", extra={"guardian": self.name, "error": str(exc)})
             raise
@@ -390,9 +390,9 @@ class Guardian:
     def _execute(self, step: Step) -> None:
         notes: list[str] = []
         logged: list[str] = []
-        _notes.current = notes
-        _notes.logged = logged
-        _notes.guardian = self.name
+        step_notes.current = notes
+        step_notes.logged = logged
+        step_notes.guardian = self.name
         try:
             target = self._target(step)
             result = getattr(target, step.method)()
@@ -411,8 +411,8 @@ class Guardian:
             with self._lock:
                 self.core.step_done(step, result, tuple(notes))
         finally:
-            _notes.current = None
-            _notes.logged = None
+            step_notes.current = None
+            step_notes.logged = None
             if logged:
                 with self._lock:
                     self.core.logged(logged)

@@ -89,7 +89,8 @@ class _Notes(threading.local):
     guardian: str = ""
 
 
-_notes = _Notes()
+#: this thread's step: its notifications and log lines (set by the guardian's runtime)
+step_notes = _Notes()
 
 
 def notify(message: str) -> None:
@@ -101,7 +102,7 @@ def notify(message: str) -> None:
     Args:
         message: what a person watching should know.
     """
-    notes = _notes.current
+    notes = step_notes.current
     if notes is None:
         _logger.warning("notify() outside a guardian state: %s", message)
         return
@@ -120,7 +121,7 @@ def log(message: object, *args: object) -> None:
         args: values for ``%`` placeholders in ``message``.
     """
     text = str(message) % args if args else str(message)
-    _logger.info(text, extra={"guardian": _notes.guardian or "?"})
-    lines = _notes.logged
+    _logger.info(text, extra={"guardian": step_notes.guardian or "?"})
+    lines = step_notes.logged
     if lines is not None:
         lines.append(text)

@@ -97,7 +97,8 @@ class Node:
         #: seconds between heartbeats; the controller's value once joined
         self.heartbeat_interval = config.heartbeat_interval
         self.joined = asyncio.Event()
-        self._join_changed = asyncio.Condition()
+        #: notified whenever this node joins (and by the worker pool, for a hello)
+        self.join_changed = asyncio.Condition()
         self.nc: bus.NATS | None = None
         self._need_join = asyncio.Event()
         self._failure: CorralError | None = None
@@ -162,7 +163,18 @@ class Node:
         from corral.node.workers import WorkerPool, task_modules
 
         if modules := task_modules(self.task_modules):
-            self.workers = WorkerPool(self, modules, self.slots)
+            self.workers = WorkerPool(
+                name=self.name,
+                instance=self.instance,
+                labels=self.labels,
+                nc=self.nc,
+                task_log_limit=self.config.task_log_limit,
+                joined=self.joined,
+                joins=lambda: self.joins,
+                join_changed=self.join_changed,
+                modules=modules,
+                slots=self.slots,
+            )
             await self.workers.start()
         self._need_join.set()
         self._tasks = [
@@ -286,8 +298,8 @@ class Node:
             waiting_logged = False
             self.joined.set()
             self.joins += 1
-            async with self._join_changed:
-                self._join_changed.notify_all()
+            async with self.join_changed:
+                self.join_changed.notify_all()
             log.info("joined", extra={"node": self.name, "controller": reply.controller[:8]})
 
     async def wait_joined(self, controller: str | None = None) -> str:
@@ -296,8 +308,8 @@ class Node:
         Returns:
             The id of the controller joined.
         """
-        async with self._join_changed:
-            await self._join_changed.wait_for(
+        async with self.join_changed:
+            await self.join_changed.wait_for(
                 lambda: self.joined.is_set() and controller in (None, self.controller)
             )
         assert self.controller is not None

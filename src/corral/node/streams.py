@@ -90,6 +90,10 @@ class NodeStream:
             self.dropped += sub.offer(item)
         self._wake.set()
 
+    def wake(self) -> None:
+        """Have :meth:`pump` look again now (a subscriber came, went or got credit)."""
+        self._wake.set()
+
     async def pump(self) -> None:
         """Send what each subscriber has credit for; forget silent subscribers (forever)."""
         while True:
@@ -201,4 +205,4 @@ class StreamHub:
             sub.seen = time.monotonic()
         if msg.reply and self.nc is not None:
             await self.nc.publish(msg.reply, wire.encode(wire.Ok()), headers=wire.HEADERS)
-        stream._wake.set()
+        stream.wake()

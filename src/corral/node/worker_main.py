@@ -37,7 +37,7 @@ import msgspec
 from corral.core.signatures import describe
 from corral.core.taskstate import cut_log
 from corral.errors import TaskFailed, TaskStopped
-from corral.tasks import REGISTRY, TaskContext, TaskDef, _current
+from corral.tasks import CONTEXT, REGISTRY, TaskContext, TaskDef
 
 __all__ = ["main", "read_frame", "frame"]
 
@@ -92,13 +92,13 @@ def _run(task: TaskDef, ctx: TaskContext, args: bytes, loop: asyncio.AbstractEve
         raise TypeError(f"task arguments must be a mapping of names to values, got {kwargs!r}")
     if task.wants_ctx:
         kwargs["ctx"] = ctx
-    token = _current.set(ctx)
+    token = CONTEXT.set(ctx)
     try:
         if task.is_async:
             return loop.run_until_complete(task.fn(**kwargs))
         return task.fn(**kwargs)
     finally:
-        _current.reset(token)
+        CONTEXT.reset(token)
 
 
 def _execute(

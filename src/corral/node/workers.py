@@ -23,16 +23,13 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from corral import procs, subjects, wire
+from corral import bus, procs, subjects, wire
 from corral.errors import ConfigError, CorralError
 from corral.node.worker_main import frame
-
-if TYPE_CHECKING:
-    from corral.node.daemon import Node
 
 __all__ = ["ENTRY_POINTS", "WorkerPool", "task_modules"]
 
@@ -95,13 +92,40 @@ class WorkerPool:
     """The task workers of one node.
 
     Args:
-        node: The node daemon (its bus connection, name, labels, joins).
+        name: The node's name.
+        instance: The node process's instance id (sent in every hello).
+        labels: The node's labels (tasks may ask for some).
+        nc: The node's bus connection.
+        task_log_limit: Bytes of a task's log kept (``CORRAL_TASK_LOG_LIMIT`` of the workers).
+        joined: Set while the node is joined to a controller.
+        joins: How many times the node has joined so far.
+        join_changed: Notified whenever the node joins (and here, when asked for a hello).
         modules: Task modules every worker imports.
         slots: Worker processes to run.
     """
 
-    def __init__(self, node: Node, modules: tuple[str, ...], slots: int) -> None:
-        self.node = node
+    def __init__(
+        self,
+        *,
+        name: str,
+        instance: str,
+        labels: tuple[str, ...],
+        nc: bus.NATS,
+        task_log_limit: int,
+        joined: asyncio.Event,
+        joins: Callable[[], int],
+        join_changed: asyncio.Condition,
+        modules: tuple[str, ...],
+        slots: int,
+    ) -> None:
+        self.name = name
+        self.instance = instance
+        self.labels = labels
+        self.nc = nc
+        self.task_log_limit = task_log_limit
+        self.joined = joined
+        self.joins = joins
+        self.join_changed = join_changed
         self.modules = modules
         self.slots = max(1, slots)
         self.keys: list[str] = []
@@ -119,7 +143,7 @@ class WorkerPool:
 
     def __repr__(self) -> str:
         busy = sum(1 for w in self.workers if w.pending)
-        return f"<WorkerPool {self.node.name} slots={self.slots} busy={busy} keys={len(self.keys)}>"
+        return f"<WorkerPool {self.name} slots={self.slots} busy={busy} keys={len(self.keys)}>"
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -130,8 +154,7 @@ class WorkerPool:
             ConfigError: a task module cannot be imported (the worker's error says why).
         """
         self.workers = list(await asyncio.gather(*(self._spawn(i) for i in range(self.slots))))
-        assert self.node.nc is not None
-        await self.node.nc.subscribe(subjects.node_tasks(self.node.name), cb=self._on_message)
+        await self.nc.subscribe(subjects.node_tasks(self.name), cb=self._on_message)
         self._tasks = [
             asyncio.create_task(self._hello_loop(), name="tasks-hello"),
             asyncio.create_task(self._flush_loop(), name="tasks-flush"),
@@ -139,14 +162,14 @@ class WorkerPool:
         ]
         log.info(
             "task workers ready",
-            extra={"node": self.node.name, "slots": self.slots, "keys": len(self.keys)},
+            extra={"node": self.name, "slots": self.slots, "keys": len(self.keys)},
         )
 
     async def _spawn(self, index: int) -> _Worker:
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-            "CORRAL_TASK_LOG_LIMIT": str(self.node.config.task_log_limit),
+            "CORRAL_TASK_LOG_LIMIT": str(self.task_log_limit),
         }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -156,13 +179,13 @@ class WorkerPool:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
-            preexec_fn=procs._die_with_parent,
+            preexec_fn=procs.die_with_parent,
         )
         first = await self._read(proc)
         if first is None or first[0] != "ready":
             await proc.wait()
             why = first[1] if first else f"it exited with status {proc.returncode}"
-            raise ConfigError(f"node {self.node.name}: task worker failed to start: {why}")
+            raise ConfigError(f"node {self.name}: task worker failed to start: {why}")
         self.keys, self.subtasks = list(first[1]), list(first[3])
         if len(first) > 4:  # each key's parameters (the controller checks queued arguments)
             self.signatures = _signatures(first[4])
@@ -228,9 +251,9 @@ class WorkerPool:
                 log.error("cannot start a spare worker for a map: %s", exc)
             else:
                 self.workers.append(spare)
-        nc = self.node.nc
+        nc = self.nc
         assert nc is not None
-        subject = subjects.node_in(self.node.name, subjects.TASK_MAP_VERB)
+        subject = subjects.node_in(self.name, subjects.TASK_MAP_VERB)
         request = wire.TaskMap(lease=lease, key=key, args=args)
         try:
             reply = await nc.request(
@@ -292,7 +315,7 @@ class WorkerPool:
                 )
         log.warning(
             "task worker exited; starting another",
-            extra={"node": self.node.name, "worker": worker.index, "status": code},
+            extra={"node": self.name, "worker": worker.index, "status": code},
         )
         try:
             fresh = await self._spawn(worker.index)
@@ -324,8 +347,8 @@ class WorkerPool:
             self._kill(body.slot, body.actor)
         elif isinstance(body, wire.TaskResync):
             self._resync += 1
-            async with self.node._join_changed:
-                self.node._join_changed.notify_all()
+            async with self.join_changed:
+                self.join_changed.notify_all()
         else:
             for lease in body.leases:
                 self._unacked.pop(lease, None)
@@ -362,21 +385,21 @@ class WorkerPool:
         worker = self.workers[slot]
         log.warning(
             "killing a task worker (kill_worker)",
-            extra={"node": self.node.name, "worker": slot, "actor": actor},
+            extra={"node": self.name, "worker": slot, "actor": actor},
         )
         worker.killed_by = actor or "an operator"
         with contextlib.suppress(ProcessLookupError):
             worker.proc.send_signal(signal.SIGKILL)
 
     async def _flush_loop(self) -> None:
-        subject = subjects.node_in(self.node.name, subjects.TASK_REPORT_VERB)
+        subject = subjects.node_in(self.name, subjects.TASK_REPORT_VERB)
         while True:
             await self._flush.wait()
             self._flush.clear()
             progress, self._progress = self._progress, []
             results, self._results = self._results, []
-            nc = self.node.nc
-            if nc is None or not nc.is_connected or not self.node.joined.is_set():
+            nc = self.nc
+            if not nc.is_connected or not self.joined.is_set():
                 continue  # results stay unacked and are re-sent
             # Results carry logs (up to task_log_limit each): split a big batch so that no
             # report outgrows the bus's max_payload (it would never be sent, nor acked).
@@ -397,29 +420,28 @@ class WorkerPool:
                 self._flush.set()
 
     def _rejoined(self, said: int) -> Callable[[], bool]:
-        return lambda: self.node.joined.is_set() and self.node.joins + self._resync != said
+        return lambda: self.joined.is_set() and self.joins() + self._resync != said
 
     async def _hello_loop(self) -> None:
         """Say hello after every join (a new or restarted controller must learn our workers)."""
         said = -1
-        cond = self.node._join_changed
+        cond = self.join_changed
         while True:
             async with cond:
                 await cond.wait_for(self._rejoined(said))
-            joins = self.node.joins + self._resync
+            joins = self.joins() + self._resync
             hello = wire.TaskHello(
-                instance=self.node.instance,
+                instance=self.instance,
                 keys=self.keys,
                 slots=self.slots,
-                labels=list(self.node.labels),
+                labels=list(self.labels),
                 running=list(self._where),
                 results=[r for _, r in self._unacked.values()],
                 subtasks=self.subtasks,
                 signatures=self.signatures,
             )
-            nc = self.node.nc
-            assert nc is not None
-            subject = subjects.node_in(self.node.name, subjects.TASK_HELLO_VERB)
+            nc = self.nc
+            subject = subjects.node_in(self.name, subjects.TASK_HELLO_VERB)
             try:
                 reply = await nc.request(
                     subject, wire.encode(hello), timeout=5.0, headers=wire.HEADERS

@@ -4,9 +4,9 @@
 ``store.auth``); :class:`SqlStore` implements it on SQLite by default (a single file, WAL
 mode) or PostgreSQL given a DSN. Every write goes through the store's one group-commit writer,
 off the event loop (:mod:`corral.store.writer`). The schema is managed by Alembic migrations
-shipped in this package and applied by :meth:`Store.open`::
+shipped in this package and applied by :func:`open_store`::
 
-    store = await Store.open("/var/lib/corral/corral.db")   # or "postgresql://…"
+    store = await open_store("/var/lib/corral/corral.db")   # or "postgresql://…"
     await store.commit(nodes=[...], transitions=[...], audit=[...])
     rows = await store.load_nodes()
     await store.close()
@@ -39,4 +39,15 @@ __all__ = [
     "TaskRecords",
     "Transition",
     "normalize_url",
+    "open_store",
 ]
+
+
+async def open_store(url: str) -> Store:
+    """Open (creating and migrating as needed) the SQL store at ``url``: a SQLite file path
+    or URL, or a PostgreSQL DSN.
+
+    Raises:
+        StoreError: the store cannot be opened, is damaged, foreign or newer than this corral.
+    """
+    return await SqlStore.open(url)

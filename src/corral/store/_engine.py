@@ -1,7 +1,7 @@
 """Engines for the store: the sync one migrations run on, and the async one for reads (the
 store's one writer, :mod:`corral.store.writer`, has a sync engine of its own).
 
-Theory of operation: :meth:`Store.open` first calls :func:`migrate` in a worker thread. For
+Theory of operation: :func:`open_store` first calls :func:`migrate` in a worker thread. For
 SQLite it creates an absent file or checks an existing one (:mod:`corral.store._integrity`:
 empty, foreign and damaged files are refused). It then opens a short-lived *sync* engine
 (sqlite3 or psycopg), takes a lock so two controllers starting together do not both create

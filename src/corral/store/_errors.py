@@ -1,7 +1,7 @@
 """Translate SQLAlchemy, driver and Alembic exceptions into :class:`corral.errors.StoreError`.
 
 Nothing from sqlite3, psycopg, SQLAlchemy or Alembic may leave the store: every public
-method runs its I/O inside :func:`translate`, and :meth:`Store.open` maps its failures with
+method runs its I/O inside :func:`translate`, and :func:`open_store` maps its failures with
 :func:`open_error`. The foreign exception stays attached as ``__cause__`` for debugging.
 
 :func:`is_transient` sorts a failure for the writers (docs/operations.md, "Poison-proof
@@ -139,7 +139,7 @@ def _hint(exc: BaseException) -> str:
         return "A row broke a table constraint: this is a bug in corral, please report it"
     if isinstance(exc, _SCHEMA):
         return (
-            "The tables do not match this corral: reopen the store with Store.open so its "
+            "The tables do not match this corral: reopen the store with open_store so its "
             "migrations run, or upgrade corral"
         )
     if isinstance(exc, _OPERATIONAL):
@@ -196,7 +196,7 @@ def open_error(exc: BaseException, url: str, masked: str) -> StoreError:
     """The :class:`StoreError` for a failure while connecting to or migrating a store.
 
     Args:
-        exc: The exception from :data:`FOREIGN` that stopped :meth:`Store.open`.
+        exc: The exception from :data:`FOREIGN` that stopped :func:`open_store`.
         url: The normalized store URL.
         masked: The same URL with its password masked.
 

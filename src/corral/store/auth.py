@@ -7,8 +7,6 @@ entry that records it in the same transaction; reads use the async engine.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 from sqlalchemy import Connection, delete, select, update
 
@@ -16,10 +14,7 @@ from corral.records import AuditEntry, TokenRow, UserRow
 
 from ._errors import translate
 from .schema import api_tokens, audit_log, users
-from .writer import Unit
-
-if TYPE_CHECKING:
-    from .store import SqlStore
+from .writer import Tables, Unit
 
 __all__ = ["AuthTables"]
 
@@ -39,7 +34,7 @@ class AuthTables:
         store: The open store.
     """
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: Tables) -> None:
         self._store = store
 
     def __repr__(self) -> str:

@@ -1,7 +1,7 @@
 """What the rest of corral may ask of the store: :class:`Store` and its two groups.
 
 Callers type against these Protocols; :class:`~corral.store.store.SqlStore` (SQLite or
-PostgreSQL) is the implementation, and :meth:`Store.open` opens it. Every write a method makes
+PostgreSQL) is the implementation, and :func:`open_store` opens it. Every write a method makes
 goes through the store's one writer (:mod:`corral.store.writer`): off the event loop, group
 committed with every other pending write, answered after the commit. No SQL lives outside
 ``corral.store``.
@@ -137,14 +137,6 @@ class Store(Protocol):
     @property
     def auth(self) -> AuthRecords:
         """API tokens and dashboard users."""
-
-    @staticmethod
-    async def open(url: str) -> Store:
-        """Open (creating and migrating as needed) the SQL store at ``url``: a SQLite file
-        path or URL, or a PostgreSQL DSN."""
-        from .store import SqlStore
-
-        return await SqlStore.open(url)
 
     @property
     def url(self) -> str:

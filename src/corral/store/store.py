@@ -182,7 +182,7 @@ class SqlStore(CommandQueries):
 
     def _usable(self, action: str) -> None:
         if self._closed:
-            raise StoreError(f"cannot {action}: the store is closed; open it again with Store.open")
+            raise StoreError(f"cannot {action}: the store is closed; open it again with open_store")
 
     # --- the one writer, and the reads beside it ------------------------------------------
 

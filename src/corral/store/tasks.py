@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from sqlalchemy import Connection, Select, func, select
@@ -28,11 +28,8 @@ from .idempotency import write_keys
 from .interface import Page
 from .schema import audit_log
 from .schema import task_instances as t
-from .writer import Unit
+from .writer import Tables, Unit
 from .writes import Isolation, Written, isolate
-
-if TYPE_CHECKING:
-    from .store import SqlStore
 
 __all__ = ["Page", "TaskTables"]
 
@@ -56,7 +53,7 @@ class TaskTables:
         store: The open store (its schema is migrated to head, so the table exists).
     """
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: Tables) -> None:
         self.store = store
         self._upsert = upsert(store.backend, t, "id")
 

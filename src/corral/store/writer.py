@@ -32,10 +32,12 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral.errors import StoreError
 
@@ -266,3 +268,26 @@ class Writer:
         self.units += 1
         with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
             p.loop.call_soon_threadsafe(_settle, p.future, result, error)
+
+
+class Tables(Protocol):
+    """What a group of tables (:mod:`.tasks`, :mod:`.auth`) needs of the open store: one
+    writer for every write, connections for reads, and names for messages."""
+
+    @property
+    def masked_url(self) -> str:
+        """The URL with any password hidden, for error messages."""
+        ...
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        ...
+
+    async def write(self, unit: Unit[R]) -> R:
+        """Write ``unit`` through the store's one writer; answered after its commit."""
+        ...
+
+    def reader(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for reads."""
+        ...

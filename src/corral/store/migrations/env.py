@@ -1,6 +1,6 @@
 """Alembic environment for the corral store.
 
-:meth:`corral.store.Store.open` runs it programmatically and hands over an open connection in
+:func:`corral.store.open_store` runs it programmatically and hands over an open connection in
 ``config.attributes["connection"]``. A developer can also drive it with the ``alembic`` CLI
 (``alembic -x url=sqlite:///corral.db revision -m "..."``), in which case it builds its own
 engine from ``-x url=`` or ``sqlalchemy.url``.
