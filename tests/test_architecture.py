@@ -31,10 +31,6 @@ ALLOWED = {
     ("corral.cli.guardian", "_until_signalled"): "the CLI's run loop, see corral.cli",
     ("corral.cli.guardian_top", "_config"): "the --nats/--creds/--ca options, see corral.cli",
     ("corral.cli.guardian_top", "_print_view"): "shared by the guardian commands",
-    # The store's internals, reorganised by the single store writer (#15).
-    ("corral.store.tasks", "_engine_options"): "the store package's engine helpers",
-    ("corral.store.tasks", "_listen"): "the store package's engine helpers",
-    ("corral.store.tasks", "_upsert"): "the store package's upsert helper",
 }
 
 

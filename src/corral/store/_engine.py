@@ -61,7 +61,9 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def _engine_options(url: str) -> dict[str, Any]:
+def engine_options(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine options for ``url``: JSON through msgspec, PostgreSQL's connect
+    timeout (every engine of the store, async and the writer's, uses these)."""
     parsed = make_url(url)
     options: dict[str, Any] = {
         "json_serializer": _json_dumps,
@@ -72,7 +74,9 @@ def _engine_options(url: str) -> dict[str, Any]:
     return options
 
 
-def _listen(engine: Engine) -> None:
+def listen_connects(engine: Engine) -> None:
+    """Set SQLite's pragmas (WAL, synchronous, busy timeout, foreign keys) on each connection
+    ``engine`` opens; nothing for PostgreSQL."""
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _set_sqlite_pragmas)
 
@@ -103,8 +107,8 @@ def sqlite_path(url: str) -> Path | None:
 
 def _upgrade(url: str, where: str) -> None:
     """Run the migrations up to head on ``url`` (blocking), after checking its revision."""
-    engine = create_engine(sync_url(url), poolclass=pool.NullPool, **_engine_options(url))
-    _listen(engine)
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool, **engine_options(url))
+    listen_connects(engine)
     try:
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -165,6 +169,6 @@ def async_engine(url: str) -> AsyncEngine:
         sqlalchemy.exc.SQLAlchemyError: The URL names a sync-only driver.
         ImportError: The URL's driver is not installed.
     """
-    engine = create_async_engine(url, **_engine_options(url))
-    _listen(engine.sync_engine)
+    engine = create_async_engine(url, **engine_options(url))
+    listen_connects(engine.sync_engine)
     return engine

@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral.errors import StoreError
 
-from ._engine import _engine_options, _listen
+from ._engine import engine_options, listen_connects
 from ._errors import WRITE_FAILURES, is_transient, translate
 from ._url import sync_url
 
@@ -116,14 +116,14 @@ class Writer:
     """
 
     def __init__(self, url: str, masked: str) -> None:
-        options = _engine_options(url)
+        options = engine_options(url)
         # One connection, used by the writer's thread only; checked before use on PostgreSQL
         # so a restarted server costs a reconnection, not a failed group.
         postgresql = sync_url(url).get_backend_name() == "postgresql"
         self._engine: Engine = create_engine(
             sync_url(url), pool_size=1, max_overflow=0, pool_pre_ping=postgresql, **options
         )
-        _listen(self._engine)
+        listen_connects(self._engine)
         self._sqlite = self._engine.dialect.name == "sqlite"
         self._masked = masked
         self._queue: collections.deque[_Pending] = collections.deque()
