@@ -208,7 +208,8 @@ class SystemLoadError(UsageError):
 #
 #    CorralError
 #    ├── UsageError
-#    │   ├── IllegalTransition      a task instance asked to move where its table forbids
+#    │   ├── IllegalTransition      a state machine (node, task, command outcome, guardian)
+#    │   │                          asked to move where its transition table forbids
 #    │   └── NotSerializable        task arguments or a result that msgpack cannot carry
 #    ├── Refused
 #    │   └── UnknownTask            no node offers that task key
@@ -229,7 +230,12 @@ class SystemLoadError(UsageError):
 
 
 class IllegalTransition(UsageError):
-    """A task instance was asked to move to a status its transition table forbids."""
+    """A state machine was asked to move where its transition table forbids.
+
+    The one such error for every machine: a node's status (:mod:`corral.core.registry`), a
+    task instance's (:mod:`corral.core.taskstate`), a command's outcome at a node
+    (:mod:`corral.core.commands`) and a guardian's phase (:mod:`corral.guardian.machine`).
+    """
 
 
 class NotSerializable(UsageError):

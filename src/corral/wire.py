@@ -34,6 +34,15 @@ from corral.errors import (
     UsageError,
     VersionMismatch,
 )
+from corral.states import (
+    CommandState,
+    GuardianStatus,
+    NodeStatus,
+    TaskOutcome,
+)
+from corral.states import (
+    GuardianMode as GuardianModeName,
+)
 
 __all__ = [
     "StreamControl",
@@ -180,7 +189,7 @@ class JoinReply(_Msg, frozen=True):
 
     controller: str
     heartbeat_interval: float
-    status: str = "UP"
+    status: NodeStatus = NodeStatus.UP
     #: the controller's clock when it answered: nodes judge command ages by it
     now: float = 0.0
     #: for a node the registry did not know: broadcasts below this serial were resolved
@@ -221,7 +230,7 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     """One node as the registry sees it."""
 
     name: str
-    status: str
+    status: NodeStatus
     since: float
     last_seen: float
     joined_at: float
@@ -259,8 +268,9 @@ class NodeEvent(_Msg, frozen=True):
     """A node changed status (``corral.events.node.<name>``), published once persisted."""
 
     node: str
+    #: "" for a node the registry did not know before
     old: str
-    new: str
+    new: NodeStatus
     at: float
     reason: str = ""
 
@@ -478,7 +488,7 @@ class CommandReport(_Msg, frozen=True):
     """A node says where a command stands (``corral.in.<node>.out``)."""
 
     serial: int
-    state: str
+    state: CommandState
     result: Any = None
     error: str = ""
     exit_code: int | None = None
@@ -496,7 +506,7 @@ class OutcomeView(msgspec.Struct, frozen=True, kw_only=True):
     """One node's outcome of one command."""
 
     node: str
-    state: str
+    state: CommandState
     at: float
     result: Any = None
     error: str = ""
@@ -660,7 +670,7 @@ class TaskResult(msgspec.Struct, frozen=True, array_like=True):
     """A task ended: ``outcome`` is ``complete``, ``failed`` or ``stopped``."""
 
     lease: str
-    outcome: str
+    outcome: TaskOutcome
     result: bytes | None = None
     error: str = ""
     traceback: str = ""
@@ -763,8 +773,10 @@ class GuardianView(_Msg, frozen=True):
     seq: int
     state: str
     request: str
+    #: a :class:`~corral.states.GuardianMode`; "" in a view a reader made up for a guardian
+    #: it never heard from
     mode: str
-    status: str
+    status: GuardianStatus
     phase: str = ""
     manager: str = ""
     path: tuple[str, ...] = ()
@@ -806,7 +818,7 @@ class GuardianRequest(_Msg, frozen=True):
 class GuardianMode(_Msg, frozen=True):
     """Change the mode (``corral.guardian.<name>.mode``); MANAGED records ``by``."""
 
-    mode: str
+    mode: GuardianModeName
     by: str
     manager: bool = False
 

@@ -23,6 +23,7 @@ from corral.core.taskstate import TaskInstance, TaskStatus
 from corral.errors import InvalidArguments, NotFound, NotSerializable, RemoteError
 from corral.records import AuditEntry
 from corral.security import Authority
+from corral.states import NodeStatus
 from corral.store._errors import translate
 from corral.store.schema import nodes as nodes_table
 from corral.store.tasks import Page, TaskStore
@@ -56,7 +57,7 @@ def task_view(inst: TaskInstance) -> m.TaskView:
     return m.TaskView(
         id=inst.id,
         key=inst.key,
-        status=inst.status,
+        status=TaskStatus(inst.status),
         args=_value(inst.args),
         priority=inst.priority,
         parent=inst.parent,
@@ -400,7 +401,7 @@ class ApiCalls:
             m.TaskStatusView(
                 id=i.id,
                 key=i.key,
-                status=i.status,
+                status=TaskStatus(i.status),
                 node=i.node,
                 started_at=i.started_at,
                 progress=i.progress,
@@ -430,7 +431,9 @@ class ApiCalls:
             inst = await self.task_store.get(req.task_instance_id)
         if inst is None:
             raise NotFound(f"no task instance {req.task_instance_id}", 404)
-        return m.TaskLogsView(id=inst.id, key=inst.key, status=inst.status, logs=inst.logs)
+        return m.TaskLogsView(
+            id=inst.id, key=inst.key, status=TaskStatus(inst.status), logs=inst.logs
+        )
 
     # --- nodes --------------------------------------------------------------------------
 
@@ -512,9 +515,13 @@ class ApiCalls:
         core = self.tasks.core
         for record in self.ctl.registry.all():
             workers = core.nodes.get(record.name)
-            if record.status != "UP" or workers is None:
+            if record.status != NodeStatus.UP or workers is None:
                 slots = [m.WorkerView(slot=i, state="not connected") for i in range(record.slots)]
-                out.append(m.NodeStatusView(name=record.name, status=record.status, workers=slots))
+                out.append(
+                    m.NodeStatusView(
+                        name=record.name, status=NodeStatus(record.status), workers=slots
+                    )
+                )
                 continue
             held = [core.active[i] for i in workers.leases.values() if i in core.active]
             busy = {i.worker: i for i in held if i.worker >= 0}
@@ -528,7 +535,7 @@ class ApiCalls:
             out.append(
                 m.NodeStatusView(
                     name=record.name,
-                    status=record.status,
+                    status=NodeStatus(record.status),
                     keys=sorted(workers.keys),
                     workers=slots,
                     held=len(held),

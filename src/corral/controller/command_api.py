@@ -17,6 +17,7 @@ from corral.controller.commands import CommandService, counts
 from corral.controller.idempotency import Stamp, Submissions
 from corral.controller.reports import ReportService
 from corral.errors import CorralError, Refused
+from corral.states import CommandState
 from corral.store import Store
 
 __all__ = ["BUS_ROLES", "CommandEndpoints", "bus_caller"]
@@ -159,7 +160,7 @@ class CommandEndpoints:
         outcomes = self.commands.live_outcomes(row.serial) or [
             wire.OutcomeView(
                 node=o.node,
-                state=o.state,
+                state=CommandState(o.state),
                 at=o.at,
                 result=o.result,
                 error=o.error,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from corral import subjects, wire
 from corral.core.taskstate import TaskInstance
 from corral.errors import CorralError, NotFound
+from corral.states import TaskStatus
 
 if TYPE_CHECKING:
     from corral.controller.tasks import TaskService
@@ -72,7 +73,7 @@ class TaskMaps:
         assert child.parent is not None and child.item is not None
         group = self.maps[child.parent]
         group.results[child.item] = child
-        if child.status != "complete":
+        if child.status != TaskStatus.COMPLETE:
             why = child.error or child.status
             error = f"item {child.item} of {group.key} (task {child.id}) {child.status}: {why}"
             await self.end(group, cancel=True, error=error)

@@ -16,12 +16,12 @@ them (group commit: one transaction and one publish per batch, not per report).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from corral.errors import UsageError
+from corral.errors import IllegalTransition, UsageError
+from corral.states import CommandState
 
 __all__ = [
     "CommandBook",
@@ -31,22 +31,6 @@ __all__ = [
     "TRANSITIONS",
     "TrackedCommand",
 ]
-
-
-class CommandState(enum.StrEnum):
-    """Where a command stands at one node."""
-
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    EXPIRED = "expired"
-
-    @property
-    def final(self) -> bool:
-        """True for ``done`` and ``failed``: nothing changes it any more."""
-        return self in (CommandState.DONE, CommandState.FAILED)
 
 
 S = CommandState
@@ -63,8 +47,9 @@ TRANSITIONS: dict[CommandState, frozenset[CommandState]] = {
 }
 
 
-class IllegalOutcome(UsageError):
-    """A report that would move an outcome backwards (e.g. ``done`` → ``running``)."""
+#: A report that would move an outcome backwards (e.g. ``done`` → ``running``): the one
+#: :class:`~corral.errors.IllegalTransition`, under the name this module always exported.
+IllegalOutcome = IllegalTransition
 
 
 @dataclass
@@ -226,7 +211,7 @@ class CommandBook:
             node was not one of its targets (a report for a forgotten command).
 
         Raises:
-            IllegalOutcome: the report would move the outcome backwards.
+            IllegalTransition: the report would move the outcome backwards.
         """
         command = self.commands.get(serial)
         if command is None:
@@ -235,7 +220,7 @@ class CommandBook:
         if outcome is None:
             return None
         if state not in TRANSITIONS[outcome.state]:
-            raise IllegalOutcome(
+            raise IllegalTransition(
                 f"node {node} reported {state} for command #{serial}, "
                 f"which it had already reported {outcome.state}"
             )

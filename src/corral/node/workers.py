@@ -30,6 +30,7 @@ import msgspec
 from corral import procs, subjects, wire
 from corral.errors import ConfigError, CorralError
 from corral.node.worker_main import frame
+from corral.states import TaskOutcome
 
 if TYPE_CHECKING:
     from corral.node.daemon import Node
@@ -267,7 +268,7 @@ class WorkerPool:
                 self._result(
                     wire.TaskResult(
                         running,
-                        "stopped",
+                        TaskOutcome.STOPPED,
                         None,
                         "killed after the grace period (forced cancel)",
                         "",
@@ -283,7 +284,7 @@ class WorkerPool:
                 self._result(
                     wire.TaskResult(
                         running,
-                        "failed",
+                        TaskOutcome.FAILED,
                         None,
                         why,
                         "",
