@@ -10,10 +10,12 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from corral._version import __version__
 from corral.errors import (
@@ -938,8 +940,34 @@ def decode(
         result: T = _decoder(kind).decode(data)
     except msgspec.DecodeError as exc:
         name = getattr(kind, "__name__", str(kind))
-        raise MalformedMessage(f"malformed {name} message: {exc}") from None
+        raise MalformedMessage(f"malformed {name} message: {exc}{_enum_hint(kind, exc)}") from None
     return result
+
+
+def _enum_hint(kind: Any, exc: msgspec.DecodeError) -> str:
+    """For a state that does not exist (``Invalid enum value 'x' - at `$.a[0].b```): the
+    ones that do, found by walking ``kind``'s type along the error's path."""
+    text = str(exc)
+    if not text.startswith("Invalid enum value") or " - at `$" not in text:
+        return ""
+    path = text.rsplit(" - at `$", 1)[1].rstrip("`")
+    info: Any = msgspec.inspect.type_info(kind)
+    for token in re.findall(r"\.(\w+)|\[(\d+)\]", path):
+        if isinstance(info, msgspec.inspect.UnionType):
+            info = next((t for t in info.types if isinstance(t, msgspec.inspect.StructType)), info)
+        if isinstance(info, msgspec.inspect.StructType):
+            fields = info.fields
+            found = [f for f in fields if f.encode_name == token[0]] if token[0] else []
+            if token[1] and info.array_like and int(token[1]) < len(fields):
+                found = [fields[int(token[1])]]
+            info = found[0].type if found else None
+        elif isinstance(info, msgspec.inspect.ListType | msgspec.inspect.VarTupleType):
+            info = info.item_type
+        else:
+            return ""
+    if not isinstance(info, msgspec.inspect.EnumType):
+        return ""
+    return f" (use one of: {', '.join(str(v.value) for v in info.cls)})"
 
 
 def decode_reply(data: bytes, kind: type[T], headers: Mapping[str, str] | None = None) -> T:

@@ -34,10 +34,10 @@ from corral import bus, subjects, wire
 from corral.config import Config
 from corral.controller.command_stream import DEDUP, KEEP, CommandStream
 from corral.core.addressing import NodeFacts, attribute_text, resolve
-from corral.core.commands import CommandBook, CommandState, IllegalOutcome, Outcome, TrackedCommand
+from corral.core.commands import CommandBook, CommandState, Outcome, TrackedCommand
 from corral.core.registry import NodeStatus, Registry
 from corral.core.text import check_command_text
-from corral.errors import CorralError, Refused, UsageError
+from corral.errors import CorralError, IllegalTransition, Refused, UsageError
 from corral.records import AuditEntry, CommandRow, IdempotencyRow, OutcomeRow
 
 if TYPE_CHECKING:
@@ -430,12 +430,7 @@ class CommandService:
 
     def report(self, node: str, report: wire.CommandReport) -> None:
         """Apply a node's report on one of its commands."""
-        try:
-            state = CommandState(report.state)
-        except ValueError:
-            self._count("rejected.bad-state")
-            log.warning("node %s reported unknown state %r", node, report.state)
-            return
+        state = report.state  # a state that does not exist was refused when decoded
         if self.book.stranger(report.serial, node):
             self._count("rejected.not-target")
             targets = sorted(self.book.commands[report.serial].outcomes)
@@ -461,7 +456,7 @@ class CommandService:
                 stdout=report.stdout,
                 stderr=report.stderr,
             )
-        except IllegalOutcome as exc:
+        except IllegalTransition as exc:
             self._count("rejected.stale-outcome")
             log.debug("%s", exc)
             return
