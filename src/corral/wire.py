@@ -449,7 +449,9 @@ class CommandRequest(_Msg, frozen=True):
     args: dict[str, Any] = msgspec.field(default_factory=dict)
     data: bytes = b""
     timeout: float = 60.0
-    retire_after: float = 120.0
+    #: seconds after which a node that has not received it skips it (None: the
+    #: controller's ``retire_after`` setting)
+    retire_after: float | None = None
     #: who the client says it is: recorded only as ``on_behalf_of``; the controller names
     #: the sender from the credential (the subject it was allowed to publish on)
     actor: str = ""

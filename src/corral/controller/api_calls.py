@@ -19,6 +19,7 @@ from corral import api_models as m
 from corral import subjects, wire
 from corral.controller import node_admin
 from corral.controller.idempotency import Stamp
+from corral.controller.submit import Sender, submit
 from corral.core.taskstate import TaskInstance, TaskStatus
 from corral.errors import InvalidArguments, NotFound, NotSerializable, RemoteError
 from corral.records import AuditEntry
@@ -161,11 +162,10 @@ class ApiCalls:
     async def send_command(
         self, req: m.SendCommand, caller: Caller, key: str | None = None
     ) -> wire.CommandAccepted:
-        """Send an addressed command; answers once it is on disk, with its serial and nodes."""
-        if req.kind == "execute":
-            raise RemoteError(
-                "EXECUTE goes through execute_command, which needs a token with the execute role"
-            )
+        """Send an addressed command; answers once it is on disk, with its serial and nodes.
+
+        EXECUTE is refused here (it goes through :meth:`execute_command`), as on the bus.
+        """
         return await self._command(req, caller, key, via_execute=False)
 
     async def execute_command(
@@ -183,11 +183,6 @@ class ApiCalls:
         via_execute: bool,
         kind: str | None = None,
     ) -> wire.CommandAccepted:
-        limit = self.ctl.config.max_command_bytes
-        if len(req.data) > limit:
-            raise RemoteError(
-                f"data of {len(req.data)} bytes exceeds max_command_bytes ({limit}): send less"
-            )
         request = wire.CommandRequest(
             targets=list(req.targets),
             kind=kind or req.kind,
@@ -195,21 +190,19 @@ class ApiCalls:
             args=req.args,
             data=req.data,
             timeout=req.timeout,
-            retire_after=self.ctl.config.retire_after
-            if req.retire_after is None
-            else req.retire_after,
-            actor=caller.actor,
+            retire_after=req.retire_after,
         )
-
-        async def submit(stamp: Stamp | None) -> wire.CommandAccepted:
-            return await self.ctl.commands.accept_durably(
-                request, via_execute, role=caller.role, stamp=stamp
-            )
-
-        function = "execute_command" if via_execute else "send_command"
-        return await self.ctl.submissions.once(
-            caller.scope, key, function, req, wire.CommandAccepted, submit
+        sender = Sender(actor=caller.actor, role=caller.role, scope=caller.scope)
+        accepted = await submit(
+            self.ctl.commands,
+            self.ctl.submissions,
+            request,
+            sender,
+            via_execute=via_execute,
+            key=key,
         )
+        assert accepted is not None  # no reply subject: answered once on disk
+        return accepted
 
     async def command_detail(self, req: m.CommandDetail) -> wire.CommandView:
         """One command with every node's outcome (live while the controller follows it)."""

@@ -319,7 +319,7 @@ class CommandService:
             UsageError: a malformed target or a bad kind or limit (nothing is recorded).
             Refused: no node matched, or EXECUTE came without the execute role.
         """
-        self._check(request, via_execute)
+        request = self.check(request, via_execute)
         resolution = resolve(request.targets, self.facts())
         if not resolution.nodes:
             missing = ", ".join(resolution.unknown) or ", ".join(request.targets)
@@ -328,7 +328,9 @@ class CommandService:
                 "(revoked nodes cannot be addressed)"
             )
         now = self.clock()
-        command = self.book.issue(resolution.nodes, now, request.retire_after)
+        retire_after = request.retire_after
+        assert retire_after is not None  # check() filled it in
+        command = self.book.issue(resolution.nodes, now, retire_after)
         body = self._body(request, command, resolution.nodes, resolution.broadcast)
         row = CommandRow(
             serial=command.serial,
@@ -339,7 +341,7 @@ class CommandService:
             targets=list(request.targets),
             nodes=resolution.nodes,
             unknown=resolution.unknown,
-            retire_after=request.retire_after,
+            retire_after=retire_after,
             body=body,
         )
         self._batch.commands.append(row)
@@ -380,11 +382,37 @@ class CommandService:
         self.wake()
         return accepted
 
-    def _check(self, request: wire.CommandRequest, via_execute: bool) -> None:
+    def check(self, request: wire.CommandRequest, via_execute: bool) -> wire.CommandRequest:
+        """Refuse a malformed command, whichever way it came (bus, HTTP, dashboard).
+
+        Args:
+            request: the command as sent.
+            via_execute: it came the EXECUTE way (the execute role was checked).
+
+        Returns:
+            ``request`` with what it left out filled in: ``retire_after`` from the
+            controller's ``retire_after`` setting.
+
+        Raises:
+            UsageError: no targets, a malformed one, a bad kind, timeout or retire window,
+                or data over ``max_command_bytes``.
+            Refused: EXECUTE came without the execute role.
+        """
         if request.kind == "execute" and not via_execute:
             raise Refused(
-                "EXECUTE must be sent on corral.ctl.execute, which only credentials with the "
-                "execute role may use (the admin credential has it, operator.creds does not)"
+                "EXECUTE must be sent on corral.ctl.execute (the admin credential may, "
+                "operator.creds may not), with execute_command over HTTP or from the "
+                "dashboard, and only with the execute role"
+            )
+        if not request.targets:
+            raise UsageError(
+                "say which nodes: a name, a glob like web-*, label:NAME, attr:KEY=VALUE or *"
+            )
+        limit = self.config.max_command_bytes
+        if len(request.data) > limit:
+            raise UsageError(
+                f"data of {len(request.data)} bytes exceeds max_command_bytes ({limit}): "
+                "send less, or raise max_command_bytes in the controller's configuration"
             )
         check_command_text(request.targets, request.kind, request.name, request.args)
         if not subjects_ok(request.kind):
@@ -394,8 +422,11 @@ class CommandService:
             )
         if request.timeout <= 0:
             raise UsageError(f"timeout must be more than 0 seconds, got {request.timeout}")
+        if request.retire_after is None:
+            return msgspec.structs.replace(request, retire_after=self.config.retire_after)
         if request.retire_after < 0:
             raise UsageError(f"retire_after must be 0 or more seconds, got {request.retire_after}")
+        return request
 
     def _body(
         self,
