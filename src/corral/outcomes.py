@@ -59,7 +59,8 @@ class CommandHandle:
         """How many nodes are in each state."""
         out: dict[str, int] = {}
         for o in self.outcomes.values():
-            out[o.state] = out.get(o.state, 0) + 1
+            state = str(o.state)  # the plain word: these counts are printed and sent as JSON
+            out[state] = out.get(state, 0) + 1
         return out
 
     @property

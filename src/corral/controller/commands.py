@@ -83,7 +83,8 @@ def counts(outcomes: list[wire.OutcomeView]) -> dict[str, int]:
     """How many outcomes are in each state."""
     out: dict[str, int] = {}
     for o in outcomes:
-        out[o.state] = out.get(o.state, 0) + 1
+        state = str(o.state)  # the plain word: these counts are printed and sent as JSON
+        out[state] = out.get(state, 0) + 1
     return out
 
 
