@@ -139,3 +139,14 @@ def test_states_travel_as_the_strings_they_always_were() -> None:
     assert msgspec.msgpack.decode(wire.encode(report))["state"] == "done"
     back = wire.decode(wire.encode(report), wire.CommandReport, wire.HEADERS)
     assert back.state is CommandState.DONE and back.state == "done"
+
+
+@given(st.one_of(st.sampled_from([s.value for s in CommandState]), st.text(max_size=12)))
+def test_any_state_word_decodes_to_its_member_or_is_refused(word: str) -> None:
+    data = msgspec.msgpack.encode({"type": "CommandReport", "serial": 1, "state": word})
+    try:
+        report = wire.decode(data, wire.CommandReport, wire.HEADERS)
+    except MalformedMessage as exc:
+        assert word not in {s.value for s in CommandState} and "use one of" in str(exc)
+    else:
+        assert report.state is CommandState(word)

@@ -219,14 +219,14 @@ class CommandBook:
         outcome = command.outcomes.get(node)
         if outcome is None:
             return None
-        if state not in TRANSITIONS[outcome.state]:
-            raise IllegalTransition(
-                f"node {node} reported {state} for command #{serial}, "
-                f"which it had already reported {outcome.state}"
-            )
-        command.moved(outcome.state, state)
-        outcome.state = state
-        outcome.at = now
+        self._move(
+            command,
+            outcome,
+            state,
+            now,
+            f"node {node} reported {state} for command #{serial}, "
+            f"which it had already reported {outcome.state}",
+        )
         for key in ("result", "error", "exit_code"):
             if key in details and details[key] is not None:
                 setattr(outcome, key, details[key])
@@ -235,8 +235,31 @@ class CommandBook:
             if text:
                 joined = getattr(outcome, key) + text
                 setattr(outcome, key, joined[-self.output_limit :])
-        self._changed[(serial, node)] = outcome
         return outcome
+
+    def _move(
+        self,
+        command: TrackedCommand,
+        outcome: Outcome,
+        new: CommandState,
+        now: float,
+        refusal: str = "",
+    ) -> None:
+        """Move ``outcome`` to ``new`` if :data:`TRANSITIONS` allows it, and note the change.
+
+        Raises:
+            IllegalTransition: it does not (``refusal`` says why, if given).
+        """
+        if new not in TRANSITIONS[outcome.state]:
+            raise IllegalTransition(
+                refusal
+                or f"command #{command.serial} at node {outcome.node} cannot go from "
+                f"{outcome.state} to {new}"
+            )
+        command.moved(outcome.state, new)
+        outcome.state = new
+        outcome.at = now
+        self._changed[(command.serial, outcome.node)] = outcome
 
     def expire(
         self, now: float, live: Callable[[str], bool] = lambda node: True
@@ -260,25 +283,19 @@ class CommandBook:
                     and not live(outcome.node)
                     and now - outcome.at > command.retire_after
                 ):
-                    command.moved(outcome.state, S.EXPIRED)
-                    outcome.state = S.EXPIRED
-                    outcome.at = now
+                    self._move(command, outcome, S.EXPIRED, now)
                     outcome.error = (
                         f"node {outcome.node} went away while running it and has not come "
                         f"back within {command.retire_after:g} s; its report will replace "
                         "this if it does"
                     )
-                    self._changed[(command.serial, outcome.node)] = outcome
                     out.append((command.serial, outcome))
                 elif outcome.state in (S.PENDING, S.DELIVERED):
-                    command.moved(outcome.state, S.EXPIRED)
-                    outcome.state = S.EXPIRED
-                    outcome.at = now
+                    self._move(command, outcome, S.EXPIRED, now)
                     outcome.error = (
                         f"not delivered within the {command.retire_after:g} s retire window "
                         "(the node was away); it will not run there. Send it again if still wanted"
                     )
-                    self._changed[(command.serial, outcome.node)] = outcome
                     out.append((command.serial, outcome))
         return out
 
