@@ -192,6 +192,9 @@ class NodeCommands:
     def replay(self, journaled: list[wire.NodeCommand]) -> list[Action]:
         """Commands found in the journal at start, in any order.
 
+        Args:
+            journaled: the commands read back from the journal.
+
         Returns:
             :class:`Unjournal` for those applied already; the others are queued first.
         """
@@ -208,13 +211,25 @@ class NodeCommands:
 
         Args:
             first_serial: the join reply's bound for broadcasts (0: none); the highest wins.
+
+        Returns:
+            What to do with the commands that waited for it.
         """
         self.first_serial = max(self.first_serial, first_serial)
         self.joined = True
         return self._next()
 
     def received(self, command: wire.NodeCommand, token: Any) -> list[Action]:
-        """A delivery of ``command``, acknowledged through ``token`` when the core says so."""
+        """A delivery of ``command``.
+
+        Args:
+            command: the command as delivered.
+            token: what :class:`Ack` gives back when the delivery is to be acknowledged.
+
+        Returns:
+            For a duplicate, its acknowledgement; for one behind another, its journal entry,
+            acknowledgement and ``delivered`` report; then whatever may run now.
+        """
         if not self.seen.offer(command.serial, command):
             # Applied or queued already: a redelivery, or a re-publication after a restart.
             return [Ack(token), Skip(command.serial, "duplicate")]
@@ -231,6 +246,11 @@ class NodeCommands:
     def running(self, serial: int, stdout: str = "", stderr: str = "") -> list[Action]:
         """The handler of ``serial`` still runs (with output since the last call).
 
+        Args:
+            serial: the running command.
+            stdout: what it printed since the last call.
+            stderr: what it printed to stderr since the last call.
+
         Returns:
             Journal and acknowledge it if not done yet (the next command may come), then a
             ``running`` report.
@@ -246,6 +266,15 @@ class NodeCommands:
     def finished(self, serial: int, state: CommandState, **fields: Any) -> list[Action]:
         """The handler of ``serial`` ended (``done`` or ``failed``, with the report's fields).
 
+        Args:
+            serial: the running command.
+            state: ``done`` or ``failed``.
+            fields: the report's ``result``, ``error``, ``exit_code``, ``stdout``, ``stderr``.
+
+        Returns:
+            Its final report, the serial to save, its journal entry removed or its delivery
+            acknowledged, then whatever may run next.
+
         Raises:
             UsageError: ``serial`` is not running, or ``state`` is not final.
         """
@@ -257,7 +286,11 @@ class NodeCommands:
         return out + self._applied(current) + self._next()
 
     def acked(self, serial: int) -> None:
-        """The controller has the final report on ``serial`` on disk: stop re-sending it."""
+        """The controller has the final report on ``serial`` on disk: stop re-sending it.
+
+        Args:
+            serial: the command the controller's :class:`~corral.wire.ReportAck` names.
+        """
         self.outbox.pop(serial, None)
         self._due.pop(serial, None)
 
@@ -265,6 +298,9 @@ class NodeCommands:
         """Re-send the final reports that waited their whole period unacknowledged.
 
         A report sent a moment ago is most likely being written by the controller right now.
+
+        Returns:
+            A :class:`Send` for each report due again.
         """
         now = self.clock()
         out: list[Action] = []
