@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from corral.errors import (
     RetryLater,
     VersionMismatch,
 )
+from corral.states import CommandState
 
 
 def test_round_trip_with_version_header() -> None:
@@ -99,3 +101,52 @@ def test_any_subject_parses_or_raises_invalid_name(subject: str) -> None:
     except InvalidName:
         return
     assert subject == subjects.node_in(name, verb)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "valid"),
+    [
+        (wire.CommandReport, {"serial": 1, "state": "exploded"}, "pending, delivered, running"),
+        (
+            wire.CommandUpdate,
+            {"serial": 1, "outcomes": [{"node": "a", "state": "zz", "at": 1.0}]},
+            "done, failed, expired",
+        ),
+        (wire.TaskReport, {"results": [["lease", "weird"]]}, "complete, failed, stopped"),
+        (
+            wire.NodesReply,
+            {
+                "nodes": [
+                    {"name": "a", "status": "GONE", "since": 0, "last_seen": 0, "joined_at": 0}
+                ]
+            },
+            "UP, DOWN, LEFT, REVOKED",
+        ),
+        (wire.GuardianMode, {"mode": "SLEEPY", "by": "me"}, "AUTO, MANAGED, MANUAL"),
+    ],
+)
+def test_a_state_that_does_not_exist_is_refused_naming_those_that_do(
+    kind: type, message: dict[str, object], valid: str
+) -> None:
+    data = msgspec.msgpack.encode({"type": kind.__name__, **message})
+    with pytest.raises(MalformedMessage, match="Invalid enum value") as caught:
+        wire.decode(data, kind, wire.HEADERS)
+    assert "(use one of: " in str(caught.value) and valid in str(caught.value)
+
+
+def test_states_travel_as_the_strings_they_always_were() -> None:
+    report = wire.CommandReport(serial=3, state=CommandState.DONE)
+    assert msgspec.msgpack.decode(wire.encode(report))["state"] == "done"
+    back = wire.decode(wire.encode(report), wire.CommandReport, wire.HEADERS)
+    assert back.state is CommandState.DONE and back.state == "done"
+
+
+@given(st.one_of(st.sampled_from([s.value for s in CommandState]), st.text(max_size=12)))
+def test_any_state_word_decodes_to_its_member_or_is_refused(word: str) -> None:
+    data = msgspec.msgpack.encode({"type": "CommandReport", "serial": 1, "state": word})
+    try:
+        report = wire.decode(data, wire.CommandReport, wire.HEADERS)
+    except MalformedMessage as exc:
+        assert word not in {s.value for s in CommandState} and "use one of" in str(exc)
+    else:
+        assert report.state is CommandState(word)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from corral.core.text import check_command_text, check_keys, check_name, check_names
+from corral.states import NodeStatus, TaskStatus
 
 #: Submissions that take an ``Idempotency-Key`` (docs/api.md, "Idempotency keys"): the
 #: Python client sends one with every call and retries only these.
@@ -292,7 +293,7 @@ class TaskView(msgspec.Struct, kw_only=True):
 
     id: int
     key: str
-    status: str
+    status: TaskStatus
     args: Any = None
     priority: int = 5
     parent: int | None = None
@@ -334,7 +335,7 @@ class TaskStatusView(msgspec.Struct, kw_only=True):
 
     id: int
     key: str
-    status: str
+    status: TaskStatus
     node: str = ""
     started_at: float | None = None
     progress: float = 0.0
@@ -345,7 +346,7 @@ class NodeView(msgspec.Struct, kw_only=True):
     """One node as the registry keeps it."""
 
     name: str
-    status: str
+    status: NodeStatus
     since: float
     last_seen: float
     joined_at: float
@@ -383,7 +384,7 @@ class NodeStatusView(msgspec.Struct, kw_only=True):
     """``node_status``: a node and its workers."""
 
     name: str
-    status: str
+    status: NodeStatus
     keys: list[str] = []
     workers: list[WorkerView] = []
     held: int = 0
@@ -449,5 +450,5 @@ class TaskLogsView(msgspec.Struct, kw_only=True):
 
     id: int
     key: str
-    status: str
+    status: TaskStatus
     logs: str = ""

@@ -178,7 +178,12 @@ class SystemLoadError(UsageError):
 
 
 class IllegalTransition(UsageError):
-    """A task instance was asked to move to a status its transition table forbids."""
+    """A state machine was asked to move where its transition table forbids.
+
+    The one such error for every machine: a node's status (:mod:`corral.core.registry`), a
+    task instance's (:mod:`corral.core.taskstate`), a command's outcome at a node
+    (:mod:`corral.core.commands`) and a guardian's phase (:mod:`corral.guardian.machine`).
+    """
 
     status = 409
 

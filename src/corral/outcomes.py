@@ -20,12 +20,14 @@ from typing import Any
 
 from corral import bus, subjects, wire
 from corral.errors import Timeout
+from corral.states import CommandState
 
 __all__ = ["CommandHandle", "SETTLED"]
 
 #: States after which a node's outcome no longer changes by itself.
-SETTLED = frozenset({"done", "failed", "expired"})
-_ORDER = {"pending": 0, "delivered": 1, "running": 2, "expired": 3, "done": 4, "failed": 4}
+SETTLED = frozenset(s for s in CommandState if s.last_word)
+_S = CommandState
+_ORDER = {_S.PENDING: 0, _S.DELIVERED: 1, _S.RUNNING: 2, _S.EXPIRED: 3, _S.DONE: 4, _S.FAILED: 4}
 
 
 class CommandHandle:
@@ -44,7 +46,8 @@ class CommandHandle:
         self.unknown = list(accepted.unknown)
         self.timeout = timeout
         self.outcomes: dict[str, wire.OutcomeView] = {
-            n: wire.OutcomeView(node=n, state="pending", at=accepted.created) for n in self.nodes
+            n: wire.OutcomeView(node=n, state=CommandState.PENDING, at=accepted.created)
+            for n in self.nodes
         }
         self._changed = asyncio.Condition()
         self._sub: Any = None
@@ -56,7 +59,8 @@ class CommandHandle:
         """How many nodes are in each state."""
         out: dict[str, int] = {}
         for o in self.outcomes.values():
-            out[o.state] = out.get(o.state, 0) + 1
+            state = str(o.state)  # the plain word: these counts are printed and sent as JSON
+            out[state] = out.get(state, 0) + 1
         return out
 
     @property
@@ -67,17 +71,17 @@ class CommandHandle:
     @property
     def ok(self) -> bool:
         """True if settled, every node is done, and no exact target was unknown."""
-        return not self.unknown and all(o.state == "done" for o in self.outcomes.values())
+        return not self.unknown and all(o.state == _S.DONE for o in self.outcomes.values())
 
     @property
     def results(self) -> dict[str, Any]:
         """The result of each node that is done."""
-        return {n: o.result for n, o in self.outcomes.items() if o.state == "done"}
+        return {n: o.result for n, o in self.outcomes.items() if o.state == _S.DONE}
 
     @property
     def failed(self) -> dict[str, str]:
         """The error of each node that failed or expired."""
-        return {n: o.error for n, o in self.outcomes.items() if o.state in ("failed", "expired")}
+        return {n: o.error for n, o in self.outcomes.items() if o.state in (_S.FAILED, _S.EXPIRED)}
 
     async def follow(self) -> None:
         """Subscribe to outcome updates, then read the current state (no update is missed)."""

@@ -10,10 +10,12 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from corral._version import __version__
 from corral.errors import (
@@ -22,6 +24,15 @@ from corral.errors import (
     VersionMismatch,
     from_wire,
     to_wire,
+)
+from corral.states import (
+    CommandState,
+    GuardianStatus,
+    NodeStatus,
+    TaskOutcome,
+)
+from corral.states import (
+    GuardianMode as GuardianModeName,
 )
 
 __all__ = [
@@ -170,7 +181,7 @@ class JoinReply(_Msg, frozen=True):
 
     controller: str
     heartbeat_interval: float
-    status: str = "UP"
+    status: NodeStatus = NodeStatus.UP
     #: the controller's clock when it answered: nodes judge command ages by it
     now: float = 0.0
     #: for a node the registry did not know: broadcasts below this serial were resolved
@@ -219,7 +230,7 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     """One node as the registry sees it."""
 
     name: str
-    status: str
+    status: NodeStatus
     since: float
     last_seen: float
     joined_at: float
@@ -257,8 +268,9 @@ class NodeEvent(_Msg, frozen=True):
     """A node changed status (``corral.events.node.<name>``), published once persisted."""
 
     node: str
+    #: "" for a node the registry did not know before
     old: str
-    new: str
+    new: NodeStatus
     at: float
     reason: str = ""
 
@@ -435,7 +447,9 @@ class CommandRequest(_Msg, frozen=True):
     args: dict[str, Any] = msgspec.field(default_factory=dict)
     data: bytes = b""
     timeout: float = 60.0
-    retire_after: float = 120.0
+    #: seconds after which a node that has not received it skips it (None: the
+    #: controller's ``retire_after`` setting)
+    retire_after: float | None = None
     #: who the client says it is: recorded only as ``on_behalf_of``; the controller names
     #: the sender from the credential (the subject it was allowed to publish on)
     actor: str = ""
@@ -476,7 +490,7 @@ class CommandReport(_Msg, frozen=True):
     """A node says where a command stands (``corral.in.<node>.out``)."""
 
     serial: int
-    state: str
+    state: CommandState
     result: Any = None
     error: str = ""
     exit_code: int | None = None
@@ -494,7 +508,7 @@ class OutcomeView(msgspec.Struct, frozen=True, kw_only=True):
     """One node's outcome of one command."""
 
     node: str
-    state: str
+    state: CommandState
     at: float
     result: Any = None
     error: str = ""
@@ -658,7 +672,7 @@ class TaskResult(msgspec.Struct, frozen=True, array_like=True):
     """A task ended: ``outcome`` is ``complete``, ``failed`` or ``stopped``."""
 
     lease: str
-    outcome: str
+    outcome: TaskOutcome
     result: bytes | None = None
     error: str = ""
     traceback: str = ""
@@ -761,8 +775,10 @@ class GuardianView(_Msg, frozen=True):
     seq: int
     state: str
     request: str
+    #: a :class:`~corral.states.GuardianMode`; "" in a view a reader made up for a guardian
+    #: it never heard from
     mode: str
-    status: str
+    status: GuardianStatus
     phase: str = ""
     manager: str = ""
     path: tuple[str, ...] = ()
@@ -804,7 +820,7 @@ class GuardianRequest(_Msg, frozen=True):
 class GuardianMode(_Msg, frozen=True):
     """Change the mode (``corral.guardian.<name>.mode``); MANAGED records ``by``."""
 
-    mode: str
+    mode: GuardianModeName
     by: str
     manager: bool = False
 
@@ -924,8 +940,34 @@ def decode(
         result: T = _decoder(kind).decode(data)
     except msgspec.DecodeError as exc:
         name = getattr(kind, "__name__", str(kind))
-        raise MalformedMessage(f"malformed {name} message: {exc}") from None
+        raise MalformedMessage(f"malformed {name} message: {exc}{_enum_hint(kind, exc)}") from None
     return result
+
+
+def _enum_hint(kind: Any, exc: msgspec.DecodeError) -> str:
+    """For a state that does not exist (``Invalid enum value 'x' - at `$.a[0].b```): the
+    ones that do, found by walking ``kind``'s type along the error's path."""
+    text = str(exc)
+    if not text.startswith("Invalid enum value") or " - at `$" not in text:
+        return ""
+    path = text.rsplit(" - at `$", 1)[1].rstrip("`")
+    info: Any = msgspec.inspect.type_info(kind)
+    for token in re.findall(r"\.(\w+)|\[(\d+)\]", path):
+        if isinstance(info, msgspec.inspect.UnionType):
+            info = next((t for t in info.types if isinstance(t, msgspec.inspect.StructType)), info)
+        if isinstance(info, msgspec.inspect.StructType):
+            fields = info.fields
+            found = [f for f in fields if f.encode_name == token[0]] if token[0] else []
+            if token[1] and info.array_like and int(token[1]) < len(fields):
+                found = [fields[int(token[1])]]
+            info = found[0].type if found else None
+        elif isinstance(info, msgspec.inspect.ListType | msgspec.inspect.VarTupleType):
+            info = info.item_type
+        else:
+            return ""
+    if not isinstance(info, msgspec.inspect.EnumType):
+        return ""
+    return f" (use one of: {', '.join(str(v.value) for v in info.cls)})"
 
 
 def decode_reply(data: bytes, kind: type[T], headers: Mapping[str, str] | None = None) -> T:

@@ -21,6 +21,7 @@ from corral.config import FIELDS, Config
 from corral.errors import BusUnavailable, ControllerUnavailable, CorralError
 from corral.security import Authority, write_secret
 from corral.sender import Sender
+from corral.states import NodeStatus
 
 __all__ = ["initialise", "nodes_table", "register"]
 
@@ -240,7 +241,12 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-_STYLE = {"UP": "green", "DOWN": "red", "LEFT": "dim", "REVOKED": "magenta"}
+_STYLE = {
+    NodeStatus.UP: "green",
+    NodeStatus.DOWN: "red",
+    NodeStatus.LEFT: "dim",
+    NodeStatus.REVOKED: "magenta",
+}
 
 
 def nodes_table(nodes: list[wire.NodeView], now: float | None = None) -> Table:

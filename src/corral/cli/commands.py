@@ -26,17 +26,18 @@ from corral.config import Config
 from corral.core.text import check_command_text
 from corral.errors import Timeout, UsageError
 from corral.outcomes import CommandHandle
+from corral.states import CommandState
 
 __all__ = ["register"]
 
 out = Console()
-_STYLE = {
-    "pending": "dim",
-    "delivered": "cyan",
-    "running": "yellow",
-    "done": "green",
-    "failed": "bold red",
-    "expired": "magenta",
+_STYLE: dict[str, str] = {
+    CommandState.PENDING: "dim",
+    CommandState.DELIVERED: "cyan",
+    CommandState.RUNNING: "yellow",
+    CommandState.DONE: "green",
+    CommandState.FAILED: "bold red",
+    CommandState.EXPIRED: "magenta",
 }
 
 Targets = Annotated[
@@ -89,8 +90,8 @@ def outcomes_table(handle: CommandHandle) -> Table:
     for name in sorted(handle.outcomes):
         o = handle.outcomes[name]
         style = _STYLE.get(o.state, "")
-        detail = o.error if o.state in ("failed", "expired") else ""
-        if o.state == "done":
+        detail = o.error if o.state in (CommandState.FAILED, CommandState.EXPIRED) else ""
+        if o.state == CommandState.DONE:
             detail = json.dumps(o.result, default=repr) if o.result is not None else ""
         text = (o.stdout + o.stderr).strip()
         if text:

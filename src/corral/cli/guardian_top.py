@@ -21,6 +21,7 @@ from corral.cli.guardian import (
 )
 from corral.errors import NoSuchGuardian
 from corral.guardian.client import GuardianClient
+from corral.states import GuardianMode, GuardianStatus
 
 __all__ = ["show", "top"]
 
@@ -82,13 +83,13 @@ def top(
 
 
 def _why_not_ok(v: wire.GuardianView) -> str:
-    if v.status == "CONNECTION_ERROR":
+    if v.status == GuardianStatus.CONNECTION_ERROR:
         return "  - not connected"
     if v.paused:
         return "  - paused"
-    if v.mode not in ("AUTO", "MANAGED"):
+    if v.mode not in (GuardianMode.AUTO, GuardianMode.MANAGED):
         return f"  - mode {v.mode}"
-    if v.error or v.status == "ERROR":
+    if v.error or v.status == GuardianStatus.ERROR:
         return "  - error"
     if v.nominal and v.request != v.nominal:
         return f"  - request {v.request} is not nominal {v.nominal}"

@@ -17,10 +17,12 @@ from corral import api_models as m
 from corral import subjects, wire
 from corral.controller import node_admin
 from corral.controller.idempotency import Stamp
+from corral.controller.submit import Sender, submit
 from corral.core.taskstate import TaskInstance, TaskStatus
 from corral.errors import InvalidArguments, NotFound, NotSerializable, RemoteError
 from corral.records import AuditEntry
 from corral.security import Authority
+from corral.states import NodeStatus
 from corral.store import Page, TaskRecords
 from corral.tokens import Token
 
@@ -52,7 +54,7 @@ def task_view(inst: TaskInstance) -> m.TaskView:
     return m.TaskView(
         id=inst.id,
         key=inst.key,
-        status=inst.status,
+        status=TaskStatus(inst.status),
         args=_value(inst.args),
         priority=inst.priority,
         parent=inst.parent,
@@ -156,11 +158,10 @@ class ApiCalls:
     async def send_command(
         self, req: m.SendCommand, caller: Caller, key: str | None = None
     ) -> wire.CommandAccepted:
-        """Send an addressed command; answers once it is on disk, with its serial and nodes."""
-        if req.kind == "execute":
-            raise RemoteError(
-                "EXECUTE goes through execute_command, which needs a token with the execute role"
-            )
+        """Send an addressed command; answers once it is on disk, with its serial and nodes.
+
+        EXECUTE is refused here (it goes through :meth:`execute_command`), as on the bus.
+        """
         return await self._command(req, caller, key, via_execute=False)
 
     async def execute_command(
@@ -178,11 +179,6 @@ class ApiCalls:
         via_execute: bool,
         kind: str | None = None,
     ) -> wire.CommandAccepted:
-        limit = self.parts.config.max_command_bytes
-        if len(req.data) > limit:
-            raise RemoteError(
-                f"data of {len(req.data)} bytes exceeds max_command_bytes ({limit}): send less"
-            )
         request = wire.CommandRequest(
             targets=list(req.targets),
             kind=kind or req.kind,
@@ -190,21 +186,19 @@ class ApiCalls:
             args=req.args,
             data=req.data,
             timeout=req.timeout,
-            retire_after=self.parts.config.retire_after
-            if req.retire_after is None
-            else req.retire_after,
-            actor=caller.actor,
+            retire_after=req.retire_after,
         )
-
-        async def submit(stamp: Stamp | None) -> wire.CommandAccepted:
-            return await self.parts.commands.accept_durably(
-                request, via_execute, role=caller.role, stamp=stamp
-            )
-
-        function = "execute_command" if via_execute else "send_command"
-        return await self.parts.submissions.once(
-            caller.scope, key, function, req, wire.CommandAccepted, submit
+        sender = Sender(actor=caller.actor, role=caller.role, scope=caller.scope)
+        accepted = await submit(
+            self.parts.commands,
+            self.parts.submissions,
+            request,
+            sender,
+            via_execute=via_execute,
+            key=key,
         )
+        assert accepted is not None  # no reply subject: answered once on disk
+        return accepted
 
     async def command_detail(self, req: m.CommandDetail) -> wire.CommandView:
         """One command with every node's outcome (live while the controller follows it)."""
@@ -395,7 +389,7 @@ class ApiCalls:
             m.TaskStatusView(
                 id=i.id,
                 key=i.key,
-                status=i.status,
+                status=TaskStatus(i.status),
                 node=i.node,
                 started_at=i.started_at,
                 progress=i.progress,
@@ -425,7 +419,9 @@ class ApiCalls:
             inst = await self.task_store.get(req.task_instance_id)
         if inst is None:
             raise NotFound(f"no task instance {req.task_instance_id}", 404)
-        return m.TaskLogsView(id=inst.id, key=inst.key, status=inst.status, logs=inst.logs)
+        return m.TaskLogsView(
+            id=inst.id, key=inst.key, status=TaskStatus(inst.status), logs=inst.logs
+        )
 
     # --- nodes --------------------------------------------------------------------------
 
@@ -493,9 +489,13 @@ class ApiCalls:
         core = self.tasks.core
         for record in self.parts.registry.all():
             workers = core.nodes.get(record.name)
-            if record.status != "UP" or workers is None:
+            if record.status != NodeStatus.UP or workers is None:
                 slots = [m.WorkerView(slot=i, state="not connected") for i in range(record.slots)]
-                out.append(m.NodeStatusView(name=record.name, status=record.status, workers=slots))
+                out.append(
+                    m.NodeStatusView(
+                        name=record.name, status=NodeStatus(record.status), workers=slots
+                    )
+                )
                 continue
             held = [core.active[i] for i in workers.leases.values() if i in core.active]
             busy = {i.worker: i for i in held if i.worker >= 0}
@@ -509,7 +509,7 @@ class ApiCalls:
             out.append(
                 m.NodeStatusView(
                     name=record.name,
-                    status=record.status,
+                    status=NodeStatus(record.status),
                     keys=sorted(workers.keys),
                     workers=slots,
                     held=len(held),

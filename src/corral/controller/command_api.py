@@ -17,9 +17,11 @@ import msgspec
 
 from corral import subjects, wire
 from corral.controller.commands import CommandService, counts
-from corral.controller.idempotency import Stamp, Submissions
+from corral.controller.idempotency import Submissions
 from corral.controller.reports import ReportService
+from corral.controller.submit import Sender, submit
 from corral.errors import CorralError, NotFound, Refused
+from corral.states import CommandState
 from corral.store import Store
 
 __all__ = ["BUS_ROLES", "CommandEndpoints", "bus_caller"]
@@ -119,46 +121,42 @@ class CommandEndpoints:
         answer (the lookup may read the store, so it runs off this subscription's loop).
         """
         verb, actor, role = bus_caller(msg.subject)
-        await self.commands.wait_settled()  # serials above what every node applied
+        sender = Sender(actor=actor, role=role, claimed=request.actor)
         via_execute = verb == "execute"
-        claimed, key = request.actor, request.idempotency_key
-        request = msgspec.structs.replace(request, actor=actor, idempotency_key="")
-        if key:
-            task = asyncio.create_task(
-                self._send_keyed(msg, request, key, via_execute, role, claimed)
-            )
+        if request.idempotency_key:
+            task = asyncio.create_task(self._send_keyed(msg, request, sender, via_execute))
             self._keyed.add(task)
             task.add_done_callback(self._keyed.discard)
             return
         try:
-            self.commands.accept(request, msg.reply or "", via_execute, role=role, claimed=claimed)
+            await submit(
+                self.commands,
+                self.submissions,
+                request,
+                sender,
+                via_execute=via_execute,
+                reply=msg.reply or "",
+            )
         except CorralError as exc:
             await self._reject(msg, exc)
 
     async def _send_keyed(
-        self,
-        msg: Any,
-        request: wire.CommandRequest,
-        key: str,
-        via_execute: bool,
-        role: str,
-        claimed: str,
+        self, msg: Any, request: wire.CommandRequest, sender: Sender, via_execute: bool
     ) -> None:
         """Answer a keyed send: the first answer for a repeat, else accept and wait for disk."""
-
-        async def submit(stamp: Stamp | None) -> wire.CommandAccepted:
-            return await self.commands.accept_durably(
-                request, via_execute, role=role, claimed=claimed, stamp=stamp
-            )
-
-        function = "execute_command" if via_execute else "send_command"
         try:
-            accepted = await self.submissions.once(
-                request.actor, key, function, request, wire.CommandAccepted, submit
+            accepted = await submit(
+                self.commands,
+                self.submissions,
+                request,
+                sender,
+                via_execute=via_execute,
+                key=request.idempotency_key,
             )
         except CorralError as exc:
             await self._reject(msg, exc)
             return
+        assert accepted is not None  # keyed: answered here, once on disk
         await self._reply(msg, accepted)
 
     async def _on_report(self, msg: Any, node: str, report: wire.Report) -> None:
@@ -194,7 +192,7 @@ class CommandEndpoints:
         outcomes = self.commands.live_outcomes(row.serial) or [
             wire.OutcomeView(
                 node=o.node,
-                state=o.state,
+                state=CommandState(o.state),
                 at=o.at,
                 result=o.result,
                 error=o.error,

@@ -34,10 +34,10 @@ from corral import bus, subjects, wire
 from corral.config import Config
 from corral.controller.command_stream import DEDUP, KEEP, CommandStream
 from corral.core.addressing import NodeFacts, attribute_text, resolve
-from corral.core.commands import CommandBook, CommandState, IllegalOutcome, Outcome, TrackedCommand
+from corral.core.commands import CommandBook, CommandState, Outcome, TrackedCommand
 from corral.core.registry import NodeStatus, Registry
 from corral.core.text import check_command_text
-from corral.errors import CorralError, Refused, UsageError
+from corral.errors import CorralError, IllegalTransition, Refused, UsageError
 from corral.records import AuditEntry, CommandRow, IdempotencyRow, OutcomeRow
 
 if TYPE_CHECKING:
@@ -83,7 +83,8 @@ def counts(outcomes: list[wire.OutcomeView]) -> dict[str, int]:
     """How many outcomes are in each state."""
     out: dict[str, int] = {}
     for o in outcomes:
-        out[o.state] = out.get(o.state, 0) + 1
+        state = str(o.state)  # the plain word: these counts are printed and sent as JSON
+        out[state] = out.get(state, 0) + 1
     return out
 
 
@@ -319,7 +320,7 @@ class CommandService:
             UsageError: a malformed target or a bad kind or limit (nothing is recorded).
             Refused: no node matched, or EXECUTE came without the execute role.
         """
-        self._check(request, via_execute)
+        request = self.check(request, via_execute)
         resolution = resolve(request.targets, self.facts())
         if not resolution.nodes:
             missing = ", ".join(resolution.unknown) or ", ".join(request.targets)
@@ -328,7 +329,9 @@ class CommandService:
                 "(revoked nodes cannot be addressed)"
             )
         now = self.clock()
-        command = self.book.issue(resolution.nodes, now, request.retire_after)
+        retire_after = request.retire_after
+        assert retire_after is not None  # check() filled it in
+        command = self.book.issue(resolution.nodes, now, retire_after)
         body = self._body(request, command, resolution.nodes, resolution.broadcast)
         row = CommandRow(
             serial=command.serial,
@@ -339,7 +342,7 @@ class CommandService:
             targets=list(request.targets),
             nodes=resolution.nodes,
             unknown=resolution.unknown,
-            retire_after=request.retire_after,
+            retire_after=retire_after,
             body=body,
         )
         self._batch.commands.append(row)
@@ -380,11 +383,37 @@ class CommandService:
         self.wake()
         return accepted
 
-    def _check(self, request: wire.CommandRequest, via_execute: bool) -> None:
+    def check(self, request: wire.CommandRequest, via_execute: bool) -> wire.CommandRequest:
+        """Refuse a malformed command, whichever way it came (bus, HTTP, dashboard).
+
+        Args:
+            request: the command as sent.
+            via_execute: it came the EXECUTE way (the execute role was checked).
+
+        Returns:
+            ``request`` with what it left out filled in: ``retire_after`` from the
+            controller's ``retire_after`` setting.
+
+        Raises:
+            UsageError: no targets, a malformed one, a bad kind, timeout or retire window,
+                or data over ``max_command_bytes``.
+            Refused: EXECUTE came without the execute role.
+        """
         if request.kind == "execute" and not via_execute:
             raise Refused(
-                "EXECUTE must be sent on corral.ctl.execute, which only credentials with the "
-                "execute role may use (the admin credential has it, operator.creds does not)"
+                "EXECUTE must be sent on corral.ctl.execute (the admin credential may, "
+                "operator.creds may not), with execute_command over HTTP or from the "
+                "dashboard, and only with the execute role"
+            )
+        if not request.targets:
+            raise UsageError(
+                "say which nodes: a name, a glob like web-*, label:NAME, attr:KEY=VALUE or *"
+            )
+        limit = self.config.max_command_bytes
+        if len(request.data) > limit:
+            raise UsageError(
+                f"data of {len(request.data)} bytes exceeds max_command_bytes ({limit}): "
+                "send less, or raise max_command_bytes in the controller's configuration"
             )
         check_command_text(request.targets, request.kind, request.name, request.args)
         if not subjects_ok(request.kind):
@@ -394,8 +423,11 @@ class CommandService:
             )
         if request.timeout <= 0:
             raise UsageError(f"timeout must be more than 0 seconds, got {request.timeout}")
+        if request.retire_after is None:
+            return msgspec.structs.replace(request, retire_after=self.config.retire_after)
         if request.retire_after < 0:
             raise UsageError(f"retire_after must be 0 or more seconds, got {request.retire_after}")
+        return request
 
     def _body(
         self,
@@ -430,12 +462,7 @@ class CommandService:
 
     def report(self, node: str, report: wire.CommandReport) -> None:
         """Apply a node's report on one of its commands."""
-        try:
-            state = CommandState(report.state)
-        except ValueError:
-            self._count("rejected.bad-state")
-            log.warning("node %s reported unknown state %r", node, report.state)
-            return
+        state = report.state  # a state that does not exist was refused when decoded
         if self.book.stranger(report.serial, node):
             self._count("rejected.not-target")
             targets = sorted(self.book.commands[report.serial].outcomes)
@@ -461,7 +488,7 @@ class CommandService:
                 stdout=report.stdout,
                 stderr=report.stderr,
             )
-        except IllegalOutcome as exc:
+        except IllegalTransition as exc:
             self._count("rejected.stale-outcome")
             log.debug("%s", exc)
             return

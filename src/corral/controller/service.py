@@ -43,6 +43,7 @@ from corral.errors import (
 )
 from corral.records import AuditEntry, NodeRecord, Transition
 from corral.security import Authority
+from corral.states import NodeStatus
 from corral.store import Store, open_store
 from corral.store.writer import CommittedThenCancelled
 from corral.store.writes import Backoff, Written, log_written
@@ -399,7 +400,9 @@ class Controller:
                     data = wire.encode(wire.ErrorReply(code="refused", error=why))
                 await self.nc.publish(subject, data, headers=wire.HEADERS)
             for c in changes:
-                event = wire.NodeEvent(node=c.node, old=c.old, new=c.new, at=c.at, reason=c.reason)
+                event = wire.NodeEvent(
+                    node=c.node, old=c.old, new=NodeStatus(c.new), at=c.at, reason=c.reason
+                )
                 await self.nc.publish(
                     subjects.node_events(c.node), wire.encode(event), headers=wire.HEADERS
                 )

@@ -16,6 +16,7 @@ from corral import bus, subjects, wire
 from corral.core.scheduler import Scheduler
 from corral.core.taskstate import TaskInstance
 from corral.errors import CorralError, NotFound
+from corral.states import TaskStatus
 
 __all__ = ["MapGroup", "TaskMaps"]
 
@@ -92,7 +93,7 @@ class TaskMaps:
         assert child.parent is not None and child.item is not None
         group = self.maps[child.parent]
         group.results[child.item] = child
-        if child.status != "complete":
+        if child.status != TaskStatus.COMPLETE:
             why = child.error or child.status
             error = f"item {child.item} of {group.key} (task {child.id}) {child.status}: {why}"
             await self.end(group, cancel=True, error=error)

@@ -46,6 +46,7 @@ from corral.errors import (
     Timeout,
 )
 from corral.records import AuditEntry, IdempotencyRow
+from corral.states import NodeStatus
 from corral.store import Store, TaskRecords
 from corral.store.writer import CommittedThenCancelled
 from corral.store.writes import Backoff, log_written
@@ -544,14 +545,14 @@ class TaskService:
             nodes = self.registry.nodes
             for name, workers in list(self.core.nodes.items()):
                 record = nodes.get(name)
-                if record is None or record.status != "UP":
+                if record is None or record.status != NodeStatus.UP:
                     status = record.status if record is not None else "unknown"
                     self.core.node_gone(name, now, f"it is {status}")
                 elif record.instance != workers.instance:
                     self.core.node_gone(name, now, "it restarted")
             for name in self.core.orphan_nodes():
                 record = nodes.get(name)
-                if record is None or record.status != "UP":
+                if record is None or record.status != NodeStatus.UP:
                     self.core.lose_orphans(name, now, "is not UP after the restart")
             await self._resync(nodes, now)
             self.core.tick(now)
@@ -565,7 +566,7 @@ class TaskService:
         nc = self.nc
         for name in self._task_nodes:
             record = nodes.get(name)
-            if record is None or record.status != "UP" or name in self.core.nodes:
+            if record is None or record.status != NodeStatus.UP or name in self.core.nodes:
                 continue
             if now - self._resync_asked.get(name, 0.0) >= 1.0:
                 self._resync_asked[name] = now
@@ -638,7 +639,7 @@ class TaskService:
                 await self.nc.publish(msg.reply, wire.encode(error), headers=wire.HEADERS)
             return
         record = self.registry.nodes.get(node)
-        if record is None or record.instance != hello.instance or record.status != "UP":
+        if record is None or record.instance != hello.instance or record.status != NodeStatus.UP:
             if msg.reply:
                 error = wire.error_reply(
                     RetryLater("join first: this node instance is not UP", retry_after=0.5)

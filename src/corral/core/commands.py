@@ -16,12 +16,12 @@ them (group commit: one transaction and one publish per batch, not per report).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from corral.errors import UsageError
+from corral.errors import IllegalTransition, UsageError
+from corral.states import CommandState
 
 __all__ = [
     "CommandBook",
@@ -31,22 +31,6 @@ __all__ = [
     "TRANSITIONS",
     "TrackedCommand",
 ]
-
-
-class CommandState(enum.StrEnum):
-    """Where a command stands at one node."""
-
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    EXPIRED = "expired"
-
-    @property
-    def final(self) -> bool:
-        """True for ``done`` and ``failed``: nothing changes it any more."""
-        return self in (CommandState.DONE, CommandState.FAILED)
 
 
 S = CommandState
@@ -63,8 +47,9 @@ TRANSITIONS: dict[CommandState, frozenset[CommandState]] = {
 }
 
 
-class IllegalOutcome(UsageError):
-    """A report that would move an outcome backwards (e.g. ``done`` → ``running``)."""
+#: A report that would move an outcome backwards (e.g. ``done`` → ``running``): the one
+#: :class:`~corral.errors.IllegalTransition`, under the name this module always exported.
+IllegalOutcome = IllegalTransition
 
 
 @dataclass
@@ -226,7 +211,7 @@ class CommandBook:
             node was not one of its targets (a report for a forgotten command).
 
         Raises:
-            IllegalOutcome: the report would move the outcome backwards.
+            IllegalTransition: the report would move the outcome backwards.
         """
         command = self.commands.get(serial)
         if command is None:
@@ -234,14 +219,14 @@ class CommandBook:
         outcome = command.outcomes.get(node)
         if outcome is None:
             return None
-        if state not in TRANSITIONS[outcome.state]:
-            raise IllegalOutcome(
-                f"node {node} reported {state} for command #{serial}, "
-                f"which it had already reported {outcome.state}"
-            )
-        command.moved(outcome.state, state)
-        outcome.state = state
-        outcome.at = now
+        self._move(
+            command,
+            outcome,
+            state,
+            now,
+            f"node {node} reported {state} for command #{serial}, "
+            f"which it had already reported {outcome.state}",
+        )
         for key in ("result", "error", "exit_code"):
             if key in details and details[key] is not None:
                 setattr(outcome, key, details[key])
@@ -250,8 +235,31 @@ class CommandBook:
             if text:
                 joined = getattr(outcome, key) + text
                 setattr(outcome, key, joined[-self.output_limit :])
-        self._changed[(serial, node)] = outcome
         return outcome
+
+    def _move(
+        self,
+        command: TrackedCommand,
+        outcome: Outcome,
+        new: CommandState,
+        now: float,
+        refusal: str = "",
+    ) -> None:
+        """Move ``outcome`` to ``new`` if :data:`TRANSITIONS` allows it, and note the change.
+
+        Raises:
+            IllegalTransition: it does not (``refusal`` says why, if given).
+        """
+        if new not in TRANSITIONS[outcome.state]:
+            raise IllegalTransition(
+                refusal
+                or f"command #{command.serial} at node {outcome.node} cannot go from "
+                f"{outcome.state} to {new}"
+            )
+        command.moved(outcome.state, new)
+        outcome.state = new
+        outcome.at = now
+        self._changed[(command.serial, outcome.node)] = outcome
 
     def expire(
         self, now: float, live: Callable[[str], bool] = lambda node: True
@@ -275,25 +283,19 @@ class CommandBook:
                     and not live(outcome.node)
                     and now - outcome.at > command.retire_after
                 ):
-                    command.moved(outcome.state, S.EXPIRED)
-                    outcome.state = S.EXPIRED
-                    outcome.at = now
+                    self._move(command, outcome, S.EXPIRED, now)
                     outcome.error = (
                         f"node {outcome.node} went away while running it and has not come "
                         f"back within {command.retire_after:g} s; its report will replace "
                         "this if it does"
                     )
-                    self._changed[(command.serial, outcome.node)] = outcome
                     out.append((command.serial, outcome))
                 elif outcome.state in (S.PENDING, S.DELIVERED):
-                    command.moved(outcome.state, S.EXPIRED)
-                    outcome.state = S.EXPIRED
-                    outcome.at = now
+                    self._move(command, outcome, S.EXPIRED, now)
                     outcome.error = (
                         f"not delivered within the {command.retire_after:g} s retire window "
                         "(the node was away); it will not run there. Send it again if still wanted"
                     )
-                    self._changed[(command.serial, outcome.node)] = outcome
                     out.append((command.serial, outcome))
         return out
 

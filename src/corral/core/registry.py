@@ -13,25 +13,16 @@ are told apart by instance: while the holder is live, another instance is refuse
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
 
 import msgspec
 
+from corral.errors import IllegalTransition
 from corral.records import NodeRecord, Transition
+from corral.states import NodeStatus
 from corral.wire import Join
 
-__all__ = ["TRANSITIONS", "NodeStatus", "Refusal", "Registry"]
-
-
-class NodeStatus(enum.StrEnum):
-    """Where a node stands."""
-
-    UP = "UP"
-    DOWN = "DOWN"  # silent for longer than down_after
-    LEFT = "LEFT"  # stopped cleanly and said so
-    REVOKED = "REVOKED"  # its credential was revoked
-
+__all__ = ["TRANSITIONS", "IllegalTransition", "NodeStatus", "Refusal", "Registry"]
 
 S = NodeStatus
 #: Every legal (old, new) move. ``None`` is "not in the registry".
@@ -48,10 +39,6 @@ TRANSITIONS: frozenset[tuple[NodeStatus | None, NodeStatus]] = frozenset(
         (S.REVOKED, S.UP),  # re-enrolled with a new credential
     }
 )
-
-
-class IllegalTransition(Exception):
-    """A move that :data:`TRANSITIONS` does not allow (a bug, not a user error)."""
 
 
 #: What a join updates in a node's record: everything it says about itself.
@@ -106,7 +93,7 @@ class Registry:
     def _move(self, node: NodeRecord, new: NodeStatus, now: float, reason: str) -> Transition:
         old = NodeStatus(node.status) if node.status else None
         if (old, new) not in TRANSITIONS:
-            raise IllegalTransition(f"{node.name}: {old} -> {new}")
+            raise IllegalTransition(f"node {node.name} cannot go from {old} to {new} (a bug)")
         node.status, node.since = new, now
         self._dirty.add(node.name)
         return Transition(node.name, old or "", new, now, reason)

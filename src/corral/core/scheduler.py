@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 from corral.core.taskstate import TaskInstance, TaskStatus, cut_log, move
 from corral.errors import NotFound, UnknownTask
+from corral.states import TaskOutcome
 
 __all__ = ["LEASE_BYTES", "NodeWorkers", "Scheduler", "Stop", "new_lease"]
 
@@ -441,11 +442,11 @@ class Scheduler:
         node = self.nodes.get(inst.node)
         if node is not None:
             node.leases.pop(lease, None)
-        if outcome == "complete":
+        if outcome == TaskOutcome.COMPLETE:
             inst.result = result
             inst.progress = 100.0
             self._end(inst, S.COMPLETE, now, outcome, "")
-        elif outcome == "stopped" and inst.status == S.CANCEL_REQUESTED:
+        elif outcome == TaskOutcome.STOPPED and inst.status == S.CANCEL_REQUESTED:
             self._end(inst, S.CANCELLED, now, "cancelled", error or "stopped on request")
         else:
             inst.traceback = traceback

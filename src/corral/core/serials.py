@@ -4,7 +4,8 @@ The controller gives every command the next serial (:mod:`corral.core.commands`)
 durable command stream brings a node what it missed (:mod:`corral.controller.commands`), and
 expiry past the retire window is the command book's (SEER ``retireSerials``). On the node,
 :class:`Applied` applies commands in serial order exactly once, whatever order or how many
-times they arrive.
+times they arrive; :class:`corral.core.node_commands.NodeCommands` takes every delivery
+through it.
 """
 
 from __future__ import annotations

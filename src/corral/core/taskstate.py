@@ -18,25 +18,14 @@ controller and of the worker (Celery's in-memory revoke list does not).
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 import msgspec
 
 from corral.errors import IllegalTransition
+from corral.states import TaskStatus
 
 __all__ = ["TERMINAL", "TRANSITIONS", "TaskInstance", "TaskStatus", "cut_log", "move"]
-
-
-class TaskStatus(enum.StrEnum):
-    """Where a task instance stands."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    CANCEL_REQUESTED = "cancel-requested"
-    CANCELLED = "cancelled"
-    COMPLETE = "complete"
-    FAILED = "failed"
 
 
 S = TaskStatus
@@ -93,7 +82,7 @@ class TaskInstance(msgspec.Struct, kw_only=True):
     key: str
     args: bytes = b"\x80"
     priority: int = 5
-    status: str = "queued"
+    status: str = TaskStatus.QUEUED.value
     parent: int | None = None
     item: int | None = None
     labels: list[str] = msgspec.field(default_factory=list)

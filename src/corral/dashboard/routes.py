@@ -3,8 +3,8 @@
 Reading pages need the ``read`` role; forms that change something need ``operate`` (queue,
 cancel, edit a node, send a command, talk to a guardian) and EXECUTE needs ``execute``, as in
 the API. Every form goes through :meth:`~corral.dashboard.auth.Gate.form` (session, role,
-origin, CSRF token) before it does anything. Commands take the bus's own path: the command
-service's ``accept`` and the controller's group commit, with the signed-in user as actor.
+origin, CSRF token) before it does anything. Commands take the bus's and the API's own path
+(:func:`corral.controller.submit.submit`), with the signed-in user as actor.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from corral import api_models as m
 from corral import wire
 from corral.controller.api_calls import ApiCalls
+from corral.controller.submit import Sender, submit
 from corral.dashboard import data
 from corral.dashboard.auth import COOKIE, LOGIN_COOKIE, Gate, Session, check_origin, read_form
 from corral.dashboard.chart_pages import ChartPages
@@ -286,21 +287,12 @@ class Dashboard:
         )
 
     async def send(self, request: Request) -> Response:
-        """Send a command through the controller's own path (accept, then the group commit)."""
+        """Send a command the way the bus and the API do (:func:`corral.controller.submit`):
+        the same checks, the configured ``retire_after``, the signed-in user as actor."""
         session, fields = await self.gate.form(request, Role.OPERATE)
         kind = fields.get("kind", "command")
         try:
-            if kind == "execute" and not session.role.allows(Role.EXECUTE):
-                raise UsageError(
-                    f"EXECUTE needs the execute role; {session.user} has {session.role.value!r}"
-                )
-            if kind not in _KINDS and kind != "execute":
-                raise UsageError(f"unknown kind {kind!r}: use {', '.join(_KINDS)} or execute")
             targets = [t for t in fields.get("targets", "").replace(",", " ").split() if t]
-            if not targets:
-                raise UsageError(
-                    "say which nodes: a name, a glob like web-*, label:NAME, attr:KEY=VALUE or *"
-                )
             if "all" in targets and "all" not in self.ctl.registry.nodes:
                 raise UsageError("no node is named 'all': every node is *")
             args = json_object(fields.get("args", ""), "args")
@@ -318,12 +310,16 @@ class Dashboard:
                 args=args,
                 data=body,
                 timeout=timeout,
-                actor=session.user,
             )
-            await self.ctl.commands.wait_settled()
-            accepted = self.ctl.commands.accept(
-                request_msg, "", kind == "execute", role=session.role.value
+            sender = Sender(actor=session.user, role=session.role.value, scope=f"ui:{session.user}")
+            accepted = await submit(
+                self.ctl.commands,
+                self.ctl.submissions,
+                request_msg,
+                sender,
+                via_execute=kind == "execute" and session.role.allows(Role.EXECUTE),
             )
+            assert accepted is not None  # no reply subject: answered once on disk
         except CorralError as exc:
             flash(session, str(exc))
             return redirect("/ui/commands")

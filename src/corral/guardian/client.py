@@ -32,11 +32,13 @@ from corral.errors import (
     ConfigError,
     CorralError,
     DuplicateName,
+    GuardianRefused,
     NoSuchGuardian,
     Timeout,
 )
 from corral.guardian.views import as_seen
 from corral.security import ADMIN_INBOX, credential_name
+from corral.states import GuardianMode, GuardianStatus
 
 __all__ = [
     "GuardianClient",
@@ -277,9 +279,10 @@ class GuardianClient:
         """Set guardian ``name``'s mode (MANAGED records the requester as its manager).
 
         Raises:
-            NoSuchGuardian, Timeout, GuardianRefused: see :func:`send`.
+            GuardianRefused: ``mode`` is not AUTO, MANAGED or MANUAL (any case).
+            NoSuchGuardian, Timeout: see :func:`send`.
         """
-        msg = wire.GuardianMode(mode=mode.upper(), by=self.by, manager=self.manager)
+        msg = wire.GuardianMode(mode=_mode(mode), by=self.by, manager=self.manager)
         return await self._send(name, "mode", msg)
 
     async def revive(self, name: str) -> wire.GuardianView:
@@ -383,7 +386,7 @@ class GuardianClient:
                     state="",
                     request="",
                     mode="",
-                    status="CONNECTION_ERROR",
+                    status=GuardianStatus.CONNECTION_ERROR,
                     alive=False,
                 )
                 for n in wanted
@@ -421,3 +424,15 @@ class GuardianClient:
                         continue
         finally:
             await _stop(watcher)
+
+
+def _mode(text: str) -> GuardianMode:
+    """The mode ``text`` names, in any case.
+
+    Raises:
+        GuardianRefused: it names none.
+    """
+    try:
+        return GuardianMode(text.upper())
+    except ValueError:
+        raise GuardianRefused(f"no mode {text!r}: use AUTO, MANAGED or MANUAL") from None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 
-from corral.errors import CorralError
+from corral.errors import IllegalTransition
+from corral.states import GuardianMode, GuardianStatus
 
 __all__ = [
     "Event",
@@ -22,23 +23,10 @@ __all__ = [
 ]
 
 
-class Mode(enum.StrEnum):
-    """Whose requests a guardian follows, and what it does after a jump."""
-
-    AUTO = "AUTO"
-    MANAGED = "MANAGED"
-    MANUAL = "MANUAL"
-
-
-class Status(enum.StrEnum):
-    """The one word a viewer or manager looks at first."""
-
-    OK = "OK"
-    ERROR = "ERROR"
-    NOTIFICATION = "NOTIFICATION"
-    STALLED = "STALLED"
-    #: never set by a guardian itself: what a viewer sees when it stopped hearing from one
-    CONNECTION_ERROR = "CONNECTION_ERROR"
+#: Whose requests a guardian follows (:class:`corral.states.GuardianMode`, on the wire).
+Mode = GuardianMode
+#: The one word a viewer looks at first (:class:`corral.states.GuardianStatus`).
+Status = GuardianStatus
 
 
 class Phase(enum.StrEnum):
@@ -88,7 +76,3 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
 MANAGER_MODE_CHANGES: frozenset[tuple[Mode, Mode]] = frozenset(
     {(Mode.AUTO, Mode.MANAGED), (Mode.MANAGED, Mode.MANAGED), (Mode.MANAGED, Mode.AUTO)}
 )
-
-
-class IllegalTransition(CorralError):
-    """An event the transition table does not allow in the current phase (a bug)."""

@@ -314,13 +314,8 @@ class Guardian:
             if isinstance(req, wire.GuardianRequest):
                 c.set_request(req.state, Requester(req.by, req.manager))
             elif isinstance(req, wire.GuardianMode):
-                try:
-                    mode = Mode(req.mode.upper())
-                except ValueError:
-                    raise GuardianRefused(
-                        f"no mode {req.mode!r}: use AUTO, MANAGED or MANUAL"
-                    ) from None
-                c.set_mode(mode, Requester(req.by, req.manager))
+                # A mode that does not exist was refused when the message was decoded.
+                c.set_mode(req.mode, Requester(req.by, req.manager))
             elif isinstance(req, wire.GuardianRevive):
                 c.revive(Requester(req.by, req.manager))
             elif isinstance(req, wire.GuardianPause):

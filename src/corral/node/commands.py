@@ -20,6 +20,10 @@ sent again every second until the controller says it has it on disk, so an outco
 lost when the controller restarts (or is killed) in between. Nothing a
 handler does can stop the runner: errors, timeouts and unencodable results all become a
 ``failed`` report.
+
+Every one of those decisions (dedup, order, expiry, journal, acknowledgement, re-sends) is
+made by :class:`corral.core.node_commands.NodeCommands`, without I/O; this module reads the
+bus, the journal and the handlers, and performs the actions the core returns.
 """
 
 from __future__ import annotations
@@ -36,9 +40,21 @@ from typing import Any
 import msgspec
 
 from corral import bus, subjects, wire
-from corral.core.serials import Applied
+from corral.core.node_commands import (
+    RESEND_EVERY,
+    Ack,
+    Action,
+    Journal,
+    NodeCommands,
+    Run,
+    Save,
+    Send,
+    Skip,
+    Unjournal,
+)
 from corral.errors import CorralError
 from corral.node.handlers import Handlers
+from corral.states import CommandState
 
 __all__ = ["CommandRunner"]
 
@@ -48,15 +64,11 @@ log = logging.getLogger("corral.node.commands")
 _RUNNING_AFTER = 0.2
 #: Seconds between output flushes of a running process.
 _FLUSH_EVERY = 0.25
-#: Seconds before a final report the controller has not acknowledged is sent again; the wait
-#: doubles after each re-send up to _RESEND_MAX, so an overloaded controller is not flooded.
-_RESEND_EVERY = 1.0
-_RESEND_MAX = 4.0
-_FINAL = frozenset({"done", "failed", "expired"})
 
 
 class CommandRunner:
-    """Applies the commands addressed to one node.
+    """Applies the commands addressed to one node: the I/O shell of
+    :class:`~corral.core.node_commands.NodeCommands`, which decides.
 
     Args:
         name: the node's name.
@@ -79,34 +91,38 @@ class CommandRunner:
         self.name = name
         self.handlers = handlers
         self.state_file = state_file
-        self.clock_offset = clock_offset
         self.on_applied = on_applied
-        self.max_report_bytes = max_report_bytes
-        #: broadcasts to every node below this serial were resolved before this node first
-        #: joined (the controller says so in its first join reply)
-        self.first_serial = 0
+        self.core = NodeCommands(
+            name,
+            self._load(),
+            wall=lambda: time.time() + clock_offset(),
+            max_report_bytes=max_report_bytes,
+        )
         #: set at this process's first join: until then it cannot tell which broadcasts
         #: were resolved before it existed, so it applies nothing
         self.joined = asyncio.Event()
-        self.applied = Applied(self._load())
         self.nc: bus.NATS | None = None
         self.journal = state_file.parent / ".corral-journal"
-        self._queue: asyncio.Queue[tuple[wire.NodeCommand, Any]] = asyncio.Queue()
+        #: commands the core said to run, taken one at a time by the worker
+        self._runs: asyncio.Queue[wire.NodeCommand] = asyncio.Queue()
         self._state_fd = -1
-        self._inflight: set[int] = set()
-        self._busy = False
         self._worker: asyncio.Task[None] | None = None
         self._resender: asyncio.Task[None] | None = None
         self._sub: Any = None
         self._ack_sub: Any = None
-        #: final reports not yet acknowledged: serial -> encoded report
-        self.outbox: dict[int, bytes] = {}
-        #: when each report in the outbox is due again (monotonic seconds), and the wait after
-        self._due: dict[int, tuple[float, float]] = {}
 
     def __repr__(self) -> str:
-        queued = self._queue.qsize()
-        return f"<CommandRunner {self.name!r} applied={self.applied.last} queued={queued}>"
+        return f"<CommandRunner {self.core!r}>"
+
+    @property
+    def first_serial(self) -> int:
+        """Broadcasts to every node below this serial were resolved before this node first
+        joined (the controller says so in its first join reply): they are not for it."""
+        return self.core.first_serial
+
+    @first_serial.setter
+    def first_serial(self, serial: int) -> None:
+        self.core.first_serial = serial
 
     def _load(self) -> int:
         try:
@@ -114,12 +130,32 @@ class CommandRunner:
         except (OSError, ValueError):
             return 0
 
-    def _save(self) -> None:
+    # --- performing the core's actions --------------------------------------------------
+
+    async def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                await self._send(action.data, self._ack_subject if action.final else "")
+            elif isinstance(action, Ack):
+                await _ack(action.token)
+            elif isinstance(action, Run):
+                self._runs.put_nowait(action.command)
+            elif isinstance(action, Journal):
+                self._journal(action.command)
+            elif isinstance(action, Unjournal):
+                self._journal_path(action.serial).unlink(missing_ok=True)
+            elif isinstance(action, Save):
+                self._save(action.serial)
+                self.on_applied(action.serial)
+            elif isinstance(action, Skip):
+                log.debug("command #%d skipped: %s", action.serial, action.reason)
+
+    def _save(self, serial: int) -> None:
         # One fixed-width write at offset 0: never truncated, never half old and half new.
         if self._state_fd < 0:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
             self._state_fd = os.open(self.state_file, os.O_RDWR | os.O_CREAT, 0o600)
-        os.pwrite(self._state_fd, b"%020d" % self.applied.last, 0)
+        os.pwrite(self._state_fd, b"%020d" % serial, 0)
 
     def _journal_path(self, serial: int) -> Path:
         return self.journal / f"{serial:020d}.cmd"
@@ -131,29 +167,24 @@ class CommandRunner:
         tmp.write_bytes(wire.encode(command))
         os.replace(tmp, path)
 
-    def _replay_journal(self) -> None:
-        """Queue what was received but not applied before this process started."""
+    def _read_journal(self) -> list[wire.NodeCommand]:
+        """What was received but perhaps not applied before this process started."""
         self.journal.mkdir(parents=True, exist_ok=True)
         found = []
         for path in self.journal.glob("*.cmd"):
             try:
-                command = msgspec.msgpack.decode(path.read_bytes(), type=wire.NodeCommand)
+                found.append(msgspec.msgpack.decode(path.read_bytes(), type=wire.NodeCommand))
             except (OSError, msgspec.DecodeError):
                 path.unlink(missing_ok=True)  # torn by a crash mid-write: redelivered anyway
-                continue
-            if command.serial <= self.applied.last:
-                path.unlink(missing_ok=True)
-            else:
-                found.append(command)
-        for command in sorted(found, key=lambda c: c.serial):
-            self._inflight.add(command.serial)
-            self._queue.put_nowait((command, None))
+        return found
+
+    # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self, nc: bus.NATS) -> None:
         """Resume the journal, then start receiving commands on the node's own subject."""
         self.nc = nc
-        self.on_applied(self.applied.last)
-        self._replay_journal()
+        self.on_applied(self.core.last)
+        await self._perform(self.core.replay(self._read_journal()))
         self._ack_sub = await nc.subscribe(self._ack_subject, cb=self._on_ack)
         self._worker = asyncio.create_task(self._work(), name="commands")
         self._resender = asyncio.create_task(self._resend_loop(), name="report-resend")
@@ -178,6 +209,8 @@ class CommandRunner:
             os.close(self._state_fd)
             self._state_fd = -1
 
+    # --- events -------------------------------------------------------------------------
+
     async def _on_message(self, msg: Any) -> None:
         try:
             command = wire.decode(msg.data, wire.NodeCommand, msg.headers)
@@ -185,64 +218,20 @@ class CommandRunner:
             log.warning("bad command ignored: %s", exc, extra={"node": self.name})
             await _ack(msg)
             return
-        if command.serial <= self.applied.last or command.serial in self._inflight:
-            await _ack(msg)  # applied or queued already: a redelivery or a re-publish
-            return
-        self._inflight.add(command.serial)
-        if (self._busy or not self._queue.empty()) and self._meant_for_me(command):
-            # Behind a slow one: journal it, so the next can come, and say it waits.
-            self._journal(command)
-            await _ack(msg)
-            await self._report(command.serial, "delivered")
-            msg = None
-        self._queue.put_nowait((command, msg))
-
-    def _meant_for_me(self, command: wire.NodeCommand) -> bool:
-        if not command.to_all:
-            return True
-        if command.only:
-            return self.name in command.only
-        return command.serial >= self.first_serial  # '*': unless resolved before we joined
+        await self._perform(self.core.received(command, msg))
 
     async def _work(self) -> None:
         await self.joined.wait()
+        await self._perform(self.core.join())
         while True:
-            command, msg = await self._queue.get()
-            self._busy = True
-            try:
-                await self._apply(command, msg)
-            finally:
-                self._busy = False
-                self._inflight.discard(command.serial)
+            command = await self._runs.get()
+            await self._perform(await self._run(command))
 
-    async def _apply(self, command: wire.NodeCommand, msg: Any) -> None:
-        if command.serial <= self.applied.last:
-            await _ack(msg)
-            return
-        if self._meant_for_me(command):
-            age = time.time() + self.clock_offset() - command.created
-            if age > command.retire_after:
-                await self._report(
-                    command.serial,
-                    "expired",
-                    error=f"arrived {age:.0f} s after it was sent, past its "
-                    f"{command.retire_after:g} s retire window: not run",
-                )
-            else:
-                msg = await self._run(command, msg)
-        self.applied.skip(command.serial)
-        self._save()
-        if msg is None:  # it was journaled
-            self._journal_path(command.serial).unlink(missing_ok=True)
-        else:
-            await _ack(msg)
-        self.on_applied(command.serial)
-
-    async def _run(self, command: wire.NodeCommand, msg: Any) -> Any:
-        """Run ``command`` and report its outcome.
+    async def _run(self, command: wire.NodeCommand) -> list[Action]:
+        """Run ``command``'s handler, reporting ``running`` while it takes a while.
 
         Returns:
-            ``msg`` if it is still to be acknowledged, ``None`` if the command was journaled.
+            The core's actions once it ended (its final report first).
         """
         output = _Output(self.handlers.output_limit)
         task = asyncio.create_task(
@@ -269,43 +258,22 @@ class CommandRunner:
                         f"timed out after {command.timeout:g} s (raise the command's timeout "
                         "if it needs longer)"
                     )
-                    await self._report(command.serial, "failed", error=error, **output.take())
-                    return msg
+                    return self.core.finished(
+                        command.serial, CommandState.FAILED, error=error, **output.take()
+                    )
                 if now - started >= _RUNNING_AFTER and (not reported_running or output.ready):
-                    if msg is not None:
-                        # Slow: journal it and let the next command come (it waits behind).
-                        self._journal(command)
-                        await _ack(msg)
-                        msg = None
-                    await self._report(command.serial, "running", **output.take())
+                    # Slow: the core journals it and lets the next command come.
+                    await self._perform(self.core.running(command.serial, **output.take()))
                     reported_running = True
         except asyncio.CancelledError:
             task.cancel()
             raise
         state, fields = _outcome(task)
-        await self._report(command.serial, state, **fields, **output.take())
-        return msg
+        return self.core.finished(command.serial, state, **fields, **output.take())
 
     @property
     def _ack_subject(self) -> str:
         return f"{subjects.inbox_prefix(self.name)}.report-acks"
-
-    async def _report(self, serial: int, state: str, **fields: Any) -> None:
-        data = wire.encode(wire.CommandReport(serial=serial, state=state, **fields))
-        if len(data) > self.max_report_bytes:
-            error = (
-                f"the {state} report is {len(data)} bytes, over the {self.max_report_bytes}-byte "
-                "limit (max_command_bytes): return less, or write it to a file and return its "
-                "path"
-            )
-            state = "failed" if state in _FINAL else state
-            data = wire.encode(wire.CommandReport(serial=serial, state=state, error=error))
-        reply = ""
-        if state in _FINAL:
-            self.outbox[serial] = data  # re-sent until the controller has it (see _on_ack)
-            self._due[serial] = (time.monotonic() + _RESEND_EVERY, _RESEND_EVERY)
-            reply = self._ack_subject
-        await self._send(data, reply)
 
     async def _send(self, data: bytes, reply: str) -> None:
         assert self.nc is not None
@@ -322,40 +290,34 @@ class CommandRunner:
             ack = wire.decode(msg.data, wire.ReportAck, msg.headers)
         except CorralError:
             return
-        self.outbox.pop(ack.serial, None)
-        self._due.pop(ack.serial, None)
+        self.core.acked(ack.serial)
 
     async def _resend_loop(self) -> None:
         while True:
-            await asyncio.sleep(_RESEND_EVERY / 2)
-            # Only what has waited its whole period: a report sent a moment ago is most likely
-            # being written to disk by the controller right now.
-            now = time.monotonic()
-            for serial, data in list(self.outbox.items()):
-                due, wait = self._due.get(serial, (0.0, _RESEND_EVERY))
-                if due <= now:
-                    wait = min(2 * wait, _RESEND_MAX)
-                    self._due[serial] = (now + wait, wait)
-                    await self._send(data, self._ack_subject)
+            await asyncio.sleep(RESEND_EVERY / 2)
+            await self._perform(self.core.tick())
 
 
-def _outcome(task: asyncio.Task[tuple[Any, int | None]]) -> tuple[str, dict[str, Any]]:
+def _outcome(
+    task: asyncio.Task[tuple[Any, int | None]],
+) -> tuple[CommandState, dict[str, Any]]:
     """The final state and report fields of a finished handler task."""
     try:
         result, code = task.result()
     except Exception as exc:
         error = str(exc) if isinstance(exc, CorralError) else f"{type(exc).__name__}: {exc}"
-        return "failed", {"error": error}
+        return CommandState.FAILED, {"error": error}
     try:
         msgspec.msgpack.encode(result)
     except (TypeError, msgspec.EncodeError) as exc:
-        return "failed", {
+        return CommandState.FAILED, {
             "error": f"the handler's result is not msgpack-able data ({exc}): return dicts, "
             "lists, strings, numbers, bytes"
         }
     if code in (None, 0):
-        return "done", {"result": result, "exit_code": code}
-    return "failed", {"result": result, "exit_code": code, "error": f"exited with status {code}"}
+        return CommandState.DONE, {"result": result, "exit_code": code}
+    error = f"exited with status {code}"
+    return CommandState.FAILED, {"result": result, "exit_code": code, "error": error}
 
 
 class _Output:

@@ -37,6 +37,7 @@ import msgspec
 from corral.core.signatures import describe
 from corral.core.taskstate import cut_log
 from corral.errors import TaskFailed, TaskStopped
+from corral.states import TaskOutcome
 from corral.tasks import CONTEXT, REGISTRY, TaskContext, TaskDef
 
 __all__ = ["main", "read_frame", "frame"]
@@ -108,18 +109,18 @@ def _execute(
     task = REGISTRY.get(key)
     if task is None:
         error = f"this worker has no task {key!r} (it has: {', '.join(sorted(REGISTRY))})"
-        return ["done", lease, "failed", None, error, ""]
+        return ["done", lease, TaskOutcome.FAILED, None, error, ""]
     try:
         value = _run(task, ctx, args, loop)
     except TaskStopped as exc:
-        return ["done", lease, "stopped", None, str(exc), ""]
+        return ["done", lease, TaskOutcome.STOPPED, None, str(exc), ""]
     except Exception as exc:
         if ctx.stop_requested and isinstance(exc, KeyboardInterrupt | SystemExit):
-            return ["done", lease, "stopped", None, str(exc), ""]
+            return ["done", lease, TaskOutcome.STOPPED, None, str(exc), ""]
         return [
             "done",
             lease,
-            "failed",
+            TaskOutcome.FAILED,
             None,
             f"{type(exc).__name__}: {exc}",
             traceback.format_exc(),
@@ -128,8 +129,8 @@ def _execute(
         result = _encode(value)
     except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         error = f"result of type {type(value).__name__} is not msgpack-able data: {exc}"
-        return ["done", lease, "failed", None, error, ""]
-    return ["done", lease, "complete", result, "", ""]
+        return ["done", lease, TaskOutcome.FAILED, None, error, ""]
+    return ["done", lease, TaskOutcome.COMPLETE, result, "", ""]
 
 
 class _Capture(io.TextIOBase):
@@ -223,7 +224,9 @@ class _Serve:
         while (run := self.runs.get()) is not None:
             lease = run[1]
             if lease in self.stopped:
-                self.send(["done", lease, "stopped", None, "cancelled before it started", ""])
+                self.send(
+                    ["done", lease, TaskOutcome.STOPPED, None, "cancelled before it started", ""]
+                )
                 continue
             ctx = TaskContext(run[2], run[3], run[5], self.send, lease, self.mapper)
             self.current = ctx

@@ -30,6 +30,7 @@ import msgspec
 from corral import bus, procs, subjects, wire
 from corral.errors import ConfigError, CorralError
 from corral.node.worker_main import frame
+from corral.states import TaskOutcome
 
 __all__ = ["ENTRY_POINTS", "WorkerPool", "task_modules"]
 
@@ -290,7 +291,7 @@ class WorkerPool:
                 self._result(
                     wire.TaskResult(
                         running,
-                        "stopped",
+                        TaskOutcome.STOPPED,
                         None,
                         "killed after the grace period (forced cancel)",
                         "",
@@ -306,7 +307,7 @@ class WorkerPool:
                 self._result(
                     wire.TaskResult(
                         running,
-                        "failed",
+                        TaskOutcome.FAILED,
                         None,
                         why,
                         "",
