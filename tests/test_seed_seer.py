@@ -102,7 +102,7 @@ async def test_attr_role_db_reaches_exactly_the_db_nodes_from_every_door(
     async with httpx.AsyncClient(base_url=controller.api.url, timeout=scaled(20)) as web:
         csrf = await sign_in(web, token=await token_for(controller, Role.OPERATE))
         page = (await web.get("/ui/commands")).text
-        assert "or *" in page and "or all" not in page
+        assert 'placeholder="* (every node)' in page and "or all" not in page
         posted = await web.post(
             "/ui/commands",
             data={"csrf": csrf, "targets": "attr:role=db", "kind": "command", "name": "whoami"},
