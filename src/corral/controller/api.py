@@ -48,82 +48,21 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral import api_models as m
-from corral import wire
 from corral._version import __version__
 from corral.controller.api_calls import ApiCalls, Caller
+from corral.controller.functions import FUNCTIONS, KEYED, Dispatch, error_reply
 from corral.controller.http_limits import EntryLimits
 from corral.core.limits import CallLimiter, json_depth_error
-from corral.errors import (
-    AuthenticationFailed,
-    ConfigError,
-    ControllerError,
-    CorralError,
-    Forbidden,
-    InvalidArguments,
-    NoKey,
-    NotFound,
-    ProtocolError,
-    Refused,
-    Timeout,
-    Unavailable,
-    UsageError,
-)
+from corral.errors import ConfigError, CorralError, ProtocolError
 from corral.tokens import Role, TokenChecker
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
     from corral.dashboard.routes import Dashboard
 
-__all__ = ["ApiServer", "FUNCTIONS", "build_app"]
+__all__ = ["FUNCTIONS", "KEYED", "ApiServer", "build_app", "error_response"]
 
 log = logging.getLogger("corral.api")
-
-Handler = Callable[..., Awaitable[Any]]
-
-#: name -> (request struct or None, reply type, role needed, summary)
-FUNCTIONS: dict[str, tuple[type[Any] | None, Any, Role]] = {
-    "list_tasks": (m.ListTasks, list[m.TaskKeyView], Role.READ),
-    "queue_task": (m.QueueTask, m.QueueReply, Role.OPERATE),
-    "queue_tasks": (m.QueueTasks, m.QueueTasksReply, Role.OPERATE),
-    "run_task": (m.RunTask, m.TaskView, Role.OPERATE),
-    "cancel_task": (m.CancelTask, m.TaskView, Role.OPERATE),
-    "wait": (m.Wait, list[m.TaskView], Role.READ),
-    "list_queue": (m.PageRequest, m.TaskPage, Role.READ),
-    "list_running": (m.PageRequest, m.TaskPage, Role.READ),
-    "task_statuses": (None, list[m.TaskStatusView], Role.READ),
-    "task_history": (m.TaskHistory, m.TaskPage, Role.READ),
-    "task_history_detail": (m.TaskDetail, m.TaskView, Role.READ),
-    "node_list": (m.PageRequest, m.NodePage, Role.READ),
-    "node_detail": (m.NodeDetail, m.NodeView, Role.READ),
-    "node_edit": (m.NodeEdit, m.NodeView, Role.OPERATE),
-    "node_status": (None, list[m.NodeStatusView], Role.READ),
-    "connect": (None, dict[str, int], Role.OPERATE),
-    "list_known_nodes": (None, list[m.KnownNode], Role.READ),
-    "kill_worker": (m.KillWorker, m.KilledWorker, Role.OPERATE),
-    "node_delete": (m.NodeDelete, m.NodeDeleted, Role.OPERATE),
-    "task_logs": (m.TaskLogs, m.TaskLogsView, Role.READ),
-    "send_command": (m.SendCommand, wire.CommandAccepted, Role.OPERATE),
-    "execute_command": (m.SendCommand, wire.CommandAccepted, Role.EXECUTE),
-    "command_detail": (m.CommandDetail, wire.CommandView, Role.READ),
-    "list_commands": (m.ListCommands, list[wire.CommandView], Role.READ),
-}
-#: Functions that change state: they get the caller the token stands for, and are audited
-#: with it (never with a name the client sent).
-_WITH_CALLER = frozenset(
-    {
-        "queue_task",
-        "queue_tasks",
-        "run_task",
-        "cancel_task",
-        "node_edit",
-        "connect",
-        "send_command",
-        "execute_command",
-        "kill_worker",
-        "node_delete",
-    }
-)
-KEYED = m.KEYED  # submissions that take an ``Idempotency-Key`` header
 
 _JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
@@ -136,25 +75,8 @@ def _error(status: int, code: int, message: str, fields: dict[str, str] | None =
 
 def error_response(exc: Exception) -> Response:
     """The HTTP reply for an exception raised by an API function or the gate."""
-    if isinstance(exc, ControllerError):
-        default = {
-            NoKey: 401,
-            Forbidden: 403,
-            AuthenticationFailed: 401,
-            NotFound: 404,
-        }.get(type(exc), 400 if exc.code == -3 else 500)
-        fields = exc.fields if isinstance(exc, InvalidArguments) else None
-        return _error(exc.status or default, exc.code, str(exc), fields)
-    if isinstance(exc, Timeout):
-        return _error(504, -3, str(exc))
-    if isinstance(exc, ProtocolError):
-        return _error(422, -3, str(exc))
-    if isinstance(exc, UsageError | Refused):
-        return _error(400, -3, str(exc))
-    if isinstance(exc, Unavailable):
-        return _error(503, -2, str(exc))
-    log.error("API function failed", exc_info=exc)
-    return _error(500, -5, f"{type(exc).__name__}: {exc}")
+    status, body = error_reply(exc)
+    return Response(_encode(body), status, media_type=_JSON)
 
 
 def _bearer(request: Request) -> str | None:
@@ -205,26 +127,17 @@ def _pydra_form(body: bytes, kind: type[Any], decoder: msgspec.json.Decoder[Any]
 
 
 def _endpoint(
-    handler: Handler,
-    kind: type[Any] | None,
-    role: Role,
-    checker: TokenChecker,
-    name: str = "",
+    dispatch: Dispatch, kind: type[Any] | None, role: Role, checker: TokenChecker, name: str
 ) -> Callable[[Request], Awaitable[Response]]:
-    """One API function behind the gate: token, then body, then the call."""
+    """One API function behind the gate: token, then body, then the shared dispatch."""
     decoder = msgspec.json.Decoder(kind) if kind is not None else None
 
     async def endpoint(request: Request) -> Response:
         try:
-            token = await checker.check(_bearer(request), role)
-            extra: dict[str, Any] = {}
-            if name in _WITH_CALLER:
-                extra["caller"] = Caller.of_token(token)
-            if name in KEYED:  # elsewhere a key is ignored: there is nothing to repeat
-                extra["key"] = request.headers.get("idempotency-key")
-            if decoder is None:
-                result = await handler(**extra)
-            else:
+            caller = Caller.of_token(await checker.check(_bearer(request), role))
+            key = request.headers.get("idempotency-key") if name in KEYED else None
+            args = None
+            if decoder is not None:
                 body = await request.body()
                 if (deep := json_depth_error(body)) is not None:
                     return _error(422, -3, f"invalid arguments: {deep}")
@@ -235,7 +148,7 @@ def _endpoint(
                     args = _pydra_form(body, kind, decoder)
                     if args is None:
                         return _error(422, -3, f"invalid arguments: {exc}")
-                result = await handler(args, **extra)
+            result = await dispatch.call(name, caller, args, key)
             return Response(_encode(result), media_type=_JSON)
         except Exception as exc:  # every failure becomes a coded error reply
             return error_response(exc)
@@ -310,11 +223,12 @@ def build_app(calls: ApiCalls, checker: TokenChecker) -> FastAPI:
             "-3 error in remote function, -4 no key, -5 unknown, -6 function not found."
         ),
     )
+    dispatch = Dispatch(calls)
     for name, (kind, reply, role) in FUNCTIONS.items():
         handler = getattr(calls, name)
         app.add_api_route(
             f"/{name}",
-            _endpoint(handler, kind, role, checker, name),
+            _endpoint(dispatch, kind, role, checker, name),
             methods=["POST"],
             name=name,
             summary=(handler.__doc__ or name).strip().splitlines()[0],

@@ -24,12 +24,16 @@ import msgspec
 from corral import bus, subjects, wire
 from corral.config import Config
 from corral.controller.api import ApiServer
+from corral.controller.api_bus import ApiBus
+from corral.controller.api_calls import ApiCalls
 from corral.controller.command_api import CommandEndpoints, bus_caller
 from corral.controller.commands import Batch, CommandService
+from corral.controller.functions import Dispatch
 from corral.controller.groups import GroupService
 from corral.controller.idempotency import Submissions
 from corral.controller.reports import ReportService
 from corral.controller.tasks import TaskService
+from corral.core.limits import CallLimiter
 from corral.core.registry import Refusal, Registry
 from corral.core.text import check_join_text
 from corral.errors import (
@@ -94,6 +98,7 @@ class Controller(CommandEndpoints):
         #: the task scheduler and the HTTP API (issue #4), once started
         self.tasks: TaskService | None = None
         self.api: ApiServer | None = None
+        self.api_bus: ApiBus | None = None
         #: idempotency keys of submissions (set once the store is open)
         self.submissions: Submissions
         self._pending: list[Transition] = []
@@ -170,6 +175,14 @@ class Controller(CommandEndpoints):
         for subject, (kind, handle) in commands.items():
             handler = self._handler(kind, handle, limit=self.config.max_command_bytes)
             await self.nc.subscribe(subject, cb=handler, pending_msgs_limit=100_000)
+        # The API functions on the bus, beside HTTP (issue #15): one dispatch path for both.
+        self.api_bus = ApiBus(
+            Dispatch(ApiCalls(self)),
+            self.nc,
+            self.config.request_limit,
+            CallLimiter(self.config.api_rate, self.config.api_burst, self.config.api_max_in_flight),
+        )
+        await self.api_bus.start()
         await self.nc.flush()
         if self.config.api_port >= 0:
             self.api = ApiServer(self)
@@ -222,6 +235,8 @@ class Controller(CommandEndpoints):
         for task in [*self._tasks, *self._keyed]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.api_bus is not None:
+            await self.api_bus.stop()
         if self.api is not None:
             await self.api.stop()
         if self.tasks is not None:
