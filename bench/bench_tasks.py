@@ -114,6 +114,8 @@ async def start_corral(
     stack.callback(broker.stop)
     base = [sys.executable, "-m", "corral", "--data-dir", str(data), "--log-format", "json"]
     env = {**env_with_bench(), "CORRAL_API_PORT": str(config.api_port)}
+    if args.prefetch:
+        env["CORRAL_TASK_PREFETCH"] = str(args.prefetch)
     controller = procs.spawn(
         [*base, "controller", "--nats", broker.url], env=env, log=root / "controller.log"
     )
@@ -339,7 +341,7 @@ async def main(args: argparse.Namespace, root: Path) -> None:
             p50,
             faster,
         )
-    Console().print(table)
+    Console(width=max(Console().width, 132)).print(table)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -351,6 +353,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/11", help="Celery's Redis")
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=list(STACKS), help="stacks to skip"
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=0,
+        help="corral's task_prefetch (default: the controller's default, 4; 16 suits no-op tasks)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return parser.parse_args(argv)

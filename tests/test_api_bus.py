@@ -112,6 +112,26 @@ async def test_an_oversized_request_is_refused_with_the_fix(
     assert (await client.task_history("echo")).total == 0
 
 
+async def test_a_keyed_call_is_sent_again_until_a_controller_answers(
+    controller: Controller, config: Config
+) -> None:
+    assert controller.api_bus is not None
+    async with Client(
+        config.bus_url, creds=operator_creds(config), config=config, timeout=scaled(20)
+    ) as c:
+        await controller.api_bus.stop()  # nobody answers the API on the bus now
+        with pytest.raises(Disconnected, match="no controller answers"):
+            await c.node_edit({"id": "w1", "labels": ["x"]})  # no key: never sent twice
+        call = asyncio.create_task(c.queue_task("echo", value="late", idempotency_key="late"))
+        done, _ = await asyncio.wait({call}, timeout=scaled(0.5))
+        assert not done  # refused, and sent again with its key while nobody answers
+        await controller.api_bus.start()
+        ident = await call
+        assert await c.queue_task("echo", value="late", idempotency_key="late") == ident
+        assert (await c.task_history("echo")).total == 1
+        assert (await c.node_detail("w1")).labels == []
+
+
 # --- the bus only --------------------------------------------------------------------------
 
 

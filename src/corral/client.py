@@ -18,13 +18,12 @@ Failures raise the same exceptions over both. :mod:`corral.sync` has the blockin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -32,22 +31,19 @@ from typing import TYPE_CHECKING, Any, Self
 import msgspec
 
 from corral import api_models as m
-from corral import bus, subjects, wire
+from corral import bus
+from corral._client_bus import BusMethods
 from corral._client_commands import Commands
 from corral._client_functions import ApiFunctions
 from corral._transport_bus import BusTransport
 from corral._transport_http import HttpTransport
 from corral.config import Config, load_config
 from corral.errors import (
-    ControllerUnavailable,
     Disconnected,
     FunctionNotFound,
     NoKey,
-    Timeout,
     UsageError,
 )
-from corral.sender import gather_agents
-from corral.streams import StreamReader
 from corral.tokens import load_token, read_token
 
 __all__ = ["Client"]
@@ -91,7 +87,7 @@ class ClassOrInstance:
         return self.on_instance.__get__(obj, owner)
 
 
-class Client(ApiFunctions, Commands):
+class Client(ApiFunctions, Commands, BusMethods):
     """The controller's API over the bus or HTTP, and the bus's events, streams and commands.
 
     Args:
@@ -297,125 +293,3 @@ class Client(ApiFunctions, Commands):
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-
-    # --- the bus only ---------------------------------------------------------------------
-
-    async def nodes(self) -> list[wire.NodeView]:
-        """Every node in the registry, ordered by name.
-
-        Raises:
-            ControllerUnavailable: no controller is running.
-            Timeout: the controller did not answer in time.
-        """
-        reply: wire.NodesReply = await bus.request(
-            await self._bus_connection("nodes"),
-            subjects.ctl("nodes"),
-            wire.NodesRequest(),
-            wire.NodesReply,
-            timeout=self.timeout,
-        )
-        return reply.nodes
-
-    async def stats(self) -> wire.StatsReply:
-        """The controller's counters (messages handled, rejected by reason).
-
-        Raises:
-            ControllerUnavailable: no controller is running.
-            Timeout: the controller did not answer in time.
-        """
-        reply: wire.StatsReply = await bus.request(
-            await self._bus_connection("stats"),
-            subjects.ctl("stats"),
-            wire.StatsRequest(),
-            wire.StatsReply,
-            timeout=self.timeout,
-        )
-        return reply
-
-    async def agents(self, wait: float = 0.5) -> list[wire.AgentInfo]:
-        """Every live agent, as each describes itself, ordered by name.
-
-        Agents answer a broadcast; those that answer within ``wait`` seconds are listed.
-        """
-        return await gather_agents(await self._bus_connection("agents"), wait)
-
-    async def auth_event(self, event: wire.AuthEvent) -> None:
-        """Tell the controller about an enrollment or revocation (audit log, registry).
-
-        Raises:
-            ControllerUnavailable: no controller is running.
-        """
-        subject = subjects.ctl_as("auth", self.identity)
-        nc = await self._bus_connection("auth_event")
-        await bus.request(nc, subject, event, wire.Ok, timeout=self.timeout)
-
-    async def wait_for(
-        self, predicate: Callable[[list[wire.NodeView]], bool], timeout: float
-    ) -> list[wire.NodeView]:
-        """Wait until ``predicate(nodes)`` holds for the registry.
-
-        The registry is read now and again each time the controller publishes a node
-        transition, so the wait ends as soon as the condition becomes true.
-
-        Raises:
-            Timeout: it did not become true within ``timeout`` seconds.
-        """
-        changed = asyncio.Event()
-
-        async def on_event(_: object) -> None:
-            changed.set()
-
-        nc = await self._bus_connection("wait_for")
-        sub = await nc.subscribe(subjects.node_events(), cb=on_event)
-        nodes: list[wire.NodeView] = []
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    changed.clear()
-                    try:
-                        nodes = await self.nodes()
-                    except ControllerUnavailable:
-                        nodes = []
-                    if predicate(nodes):
-                        return nodes
-                    # Re-read at least every second: a controller that was down publishes
-                    # nothing about the time it was away.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), 1.0)
-        except TimeoutError:
-            raise Timeout(
-                f"condition not met within {timeout}s; last registry: {nodes!r}"
-            ) from None
-        finally:
-            await sub.unsubscribe()
-
-    async def events(self) -> AsyncIterator[wire.NodeEvent]:
-        """Node status transitions as they happen (an endless async iterator)."""
-        nc = await self._bus_connection("events")
-        sub = await nc.subscribe(subjects.node_events())
-        try:
-            async for msg in sub.messages:
-                yield wire.decode(msg.data, wire.NodeEvent, msg.headers)
-        finally:
-            if not nc.is_closed:
-                await sub.unsubscribe()
-
-    async def reports(self, topic: str = "") -> wire.ReportUpdate:
-        """The latest report of every node (on ``topic``, if given), with the aggregates."""
-        reply: wire.ReportUpdate = await bus.request(
-            await self._bus_connection("reports"),
-            subjects.ctl("reports"),
-            wire.ReportsQuery(topic=topic),
-            wire.ReportUpdate,
-            timeout=self.timeout,
-        )
-        return reply
-
-    def stream(self, node: str, stream: str, window: int = 100) -> StreamReader:
-        """Read ``node``'s data stream ``stream`` with flow control (``async with`` it).
-
-        Raises:
-            InvalidName: a bad node or stream name.
-            UsageError: ``window`` is less than 1.
-        """
-        return StreamReader(self.nc, node, stream, window)
