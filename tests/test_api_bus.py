@@ -177,6 +177,7 @@ async def test_the_blocking_twin_speaks_the_bus(controller: Controller, config: 
         with sync.Client(config.bus_url, creds=operator_creds(config), config=config) as c:
             result = c.run("add", a=20, b=22)
             names = [n.name for n in c.nodes()]
+            assert set(c.connect()) == {"nodes"}  # on a client: Pydra's API function
             with pytest.raises(AttributeError):
                 c.no_such_function  # noqa: B018
             return result, names

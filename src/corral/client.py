@@ -46,7 +46,7 @@ from corral.errors import (
 )
 from corral.tokens import load_token, read_token
 
-__all__ = ["Client"]
+__all__ = ["ClassOrInstance", "Client"]
 
 _BUS = ("nats", "tls")
 _HTTP = ("http", "https")

@@ -20,10 +20,12 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from corral import client as _async
 from corral import group as _group
+from corral._client_functions import ApiFunctions
+from corral.client import ClassOrInstance
 from corral.config import Config
 from corral.errors import UsageError
 from corral.outcomes import CommandHandle
@@ -147,9 +149,13 @@ class Client:
     def __getattr__(self, name: str) -> Any:
         # Plain attributes of the async client (address, url, timeout, config, identity);
         # methods the twin does not have stay AttributeErrors.
+        missing = AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         if name.startswith("_") or callable(getattr(type(self._inner), name, None)):
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(self._inner, name)
+            raise missing
+        try:
+            return getattr(self._inner, name)
+        except AttributeError:
+            raise missing from None
 
     @classmethod
     def _of(cls, inner: _async.Client) -> Client:
@@ -158,7 +164,7 @@ class Client:
         return self
 
     @classmethod
-    def connect(
+    def _connect_to(
         cls, config: Config, *, creds: Path | None = None, wait: float = 0.0, timeout: float = 5.0
     ) -> Client:
         """Connect to the configured bus now; see :meth:`corral.Client.connect`.
@@ -167,6 +173,25 @@ class Client:
             ConfigError, AuthError, BusUnavailable: as the async twin.
         """
         return cls._of(call(_async.Client.connect(config, creds=creds, wait=wait, timeout=timeout)))
+
+    def _announce(self) -> dict[str, int]:
+        """The API function ``connect``: the controller announces itself now."""
+        return call(ApiFunctions.connect(self._inner))
+
+    if TYPE_CHECKING:  # typed as the classmethod, the common use
+
+        @classmethod
+        def connect(
+            cls,
+            config: Config,
+            *,
+            creds: Path | None = None,
+            wait: float = 0.0,
+            timeout: float = 5.0,
+        ) -> Client: ...
+    else:
+        #: ``sync.Client.connect(config)`` connects; ``client.connect()`` is the API function.
+        connect = ClassOrInstance(_connect_to, _announce)
 
     def __enter__(self) -> Client:
         return self

@@ -5,7 +5,9 @@ Theory of operation: every function of :class:`~corral.controller.api_calls.ApiC
 ``{"args": [...], "kwargs": {...}}`` (the positional ``args`` fill the function's fields in
 order), so the Python client calls it like a local method. Each call goes through
 :func:`_endpoint`: the token is checked first (no token: 401 and nothing happens), then the
-body is decoded into the function's msgspec struct (invalid: 422), then the function runs.
+body is decoded into the function's msgspec struct (invalid: 422), then the function runs
+through :class:`~corral.controller.functions.Dispatch`, the path the bus shares
+(:mod:`corral.controller.api_bus`): role gate, caller for the audit, idempotency key.
 Errors come back as ``{"code": <Pydra code>, "error": "..."}`` (task arguments that do not fit
 the task's signature add ``"fields"``, one message per argument) with the matching HTTP
 status:
