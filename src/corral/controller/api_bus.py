@@ -111,12 +111,14 @@ class ApiBus:
                 subjects.ctl_as(name, "*"), cb=self._receive, pending_msgs_limit=100_000
             )
             self._subs.append(sub)
+        await self.nc.flush()
 
     async def stop(self) -> None:
         """Stop taking calls; cancel the ones still running."""
-        for sub in self._subs:
-            if not self.nc.is_closed:
+        if not self.nc.is_closed:
+            for sub in self._subs:
                 await sub.unsubscribe()
+            await self.nc.flush()  # the server knows at once: a request now has no responders
         self._subs.clear()
         for task in list(self._running):
             task.cancel()
