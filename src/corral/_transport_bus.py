@@ -24,9 +24,8 @@ from corral.config import Config
 from corral.errors import ConfigError, Disconnected, RemoteError
 from corral.security import ADMIN_INBOX, credential_name
 
-__all__ = ["STATUS_HEADER", "BusTransport"]
+__all__ = ["BusTransport"]
 
-STATUS_HEADER = "Corral-Status"  # the same as corral.controller.api_bus.STATUS_HEADER
 _encode = msgspec.msgpack.Encoder().encode
 _error_decoder = msgspec.msgpack.Decoder(m.ErrorBody)
 _decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
@@ -135,7 +134,7 @@ class BusTransport:
             ) from None
         except nats.errors.Error as exc:
             raise Disconnected(f"the bus connection to {self.address} failed: {exc}") from None
-        status = msg.headers.get(STATUS_HEADER) if msg.headers else None
+        status = msg.headers.get(m.STATUS_HEADER) if msg.headers else None
         if status is not None:
             try:
                 body = _error_decoder.decode(msg.data)

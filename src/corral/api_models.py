@@ -16,6 +16,8 @@ from corral.core.text import check_command_text, check_keys, check_name, check_n
 
 #: Submissions that take an ``Idempotency-Key`` (docs/api.md, "Idempotency keys"): the
 #: Python client sends one with every call and retries only these.
+#: The header of a bus reply that is an error: the HTTP status the same error gets over HTTP.
+STATUS_HEADER = "Corral-Status"
 KEYED = frozenset({"queue_task", "queue_tasks", "run_task", "send_command", "execute_command"})
 #: Functions that change nothing, safe to send again on a fresh connection.
 READS = frozenset(
@@ -40,6 +42,7 @@ READS = frozenset(
 __all__ = [
     "KEYED",
     "READS",
+    "STATUS_HEADER",
     "CancelTask",
     "CommandDetail",
     "ListCommands",

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from corral import api_models as m
 from corral import subjects
 from corral.bus import NATS
 from corral.controller.api_calls import Caller
@@ -32,12 +33,10 @@ from corral.core.limits import CallLimiter
 from corral.errors import Forbidden, ProtocolError, RemoteError
 from corral.tokens import Role
 
-__all__ = ["BUS_API_ROLES", "STATUS_HEADER", "ApiBus", "bus_api_caller"]
+__all__ = ["BUS_API_ROLES", "ApiBus", "bus_api_caller"]
 
 log = logging.getLogger("corral.api")
 
-#: The header that marks a reply as an error and carries its HTTP status.
-STATUS_HEADER = "Corral-Status"
 #: Credentials that may call API functions on the bus, and their roles (what the nats-server
 #: lets each publish on ``corral.ctl.<verb>.<credential>``; see ``security.py``). The operator
 #: credential lacks EXECUTE, as its NATS permissions do.
@@ -137,7 +136,7 @@ class ApiBus:
             payload, headers = _encode(await self._call(msg)), None
         except Exception as exc:  # every failure becomes a coded error reply
             status, body = error_reply(exc)
-            payload, headers = _encode(body), {STATUS_HEADER: str(status)}
+            payload, headers = _encode(body), {m.STATUS_HEADER: str(status)}
         if not self.nc.is_closed:
             await self.nc.publish(msg.reply, payload, headers=headers)
 
