@@ -14,10 +14,10 @@ import msgspec
 
 from corral.core.text import check_command_text, check_keys, check_name, check_names
 
-#: Submissions that take an ``Idempotency-Key`` (docs/api.md, "Idempotency keys"): the
-#: Python client sends one with every call and retries only these.
 #: The header of a bus reply that is an error: the HTTP status the same error gets over HTTP.
 STATUS_HEADER = "Corral-Status"
+#: Submissions that take an ``Idempotency-Key`` (docs/api.md, "Idempotency keys"): the
+#: Python client sends one with every call and retries only these.
 KEYED = frozenset({"queue_task", "queue_tasks", "run_task", "send_command", "execute_command"})
 #: Functions that change nothing, safe to send again on a fresh connection.
 READS = frozenset(
