@@ -134,6 +134,13 @@ class ApiBus:
             return  # a publish, not a request: nobody to answer
         try:
             payload, headers = _encode(await self._call(msg)), None
+            if len(payload) > self.nc.max_payload:
+                raise RemoteError(
+                    f"the reply of {len(payload)} bytes exceeds what the bus carries "
+                    f"({self.nc.max_payload} bytes): ask for less (a smaller page, fewer ids), "
+                    "or make this call over HTTP",
+                    413,
+                )
         except Exception as exc:  # every failure becomes a coded error reply
             status, body = error_reply(exc)
             payload, headers = _encode(body), {m.STATUS_HEADER: str(status)}
