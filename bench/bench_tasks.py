@@ -1,21 +1,29 @@
-"""Task cluster benchmark: corral next to Celery 5 (Redis) and Dask distributed, side by side.
+"""Task cluster benchmark: corral next to Ray, Celery 5 (Redis) and Dask distributed.
 
 Theory of operation: the driver (this process) starts the three stacks, each with two worker
 processes on this machine, and measures, for each:
 
 - **round trip**: ``--trips`` sequential single tasks, from the call to the result in hand
-  (corral: ``run_task`` over its HTTP API, i.e. queue and wait in one call; Celery:
+  (corral: ``run_task`` through ``corral.Client``, i.e. queue and wait in one call, once over
+  the bus — ``nats://``, the admin credential — and once over the HTTP API — ``http://``, a
+  token —, against the same controller; Ray: ``ray.get(f.remote())``; Celery:
   ``delay().get()``; Dask: ``submit().result()``), after a warm-up, taken in ``--rounds``
   turns that go round the stacks so a noisy neighbour slows them alike; p50 and p99;
 - **throughput**: ``--tasks`` no-op tasks queued in one batch call and every result gathered
-  (corral: ``queue_tasks`` + ``wait`` of all ids; Celery: ``group(...).apply_async().get()``;
-  Dask: ``client.map`` + ``client.gather``), in tasks per second.
+  (corral: ``queue_tasks`` + ``wait`` of all ids; Ray: ``ray.get([f.remote(i) ...])``;
+  Celery: ``group(...).apply_async().get()``; Dask: ``client.map`` + ``client.gather``), in
+  tasks per second.
+
+The table's last columns compare the corral bus row with each other row, in the same run:
+its round trip p50 as a fraction of theirs, its throughput as a multiple of theirs.
 
 The stacks: corral's embedded nats-server (TLS on), its controller as its own process with the
 SQLite store (every instance persisted: queued, running, complete, each write fsynced), one
 node with ``--slots 2`` (two worker processes); Celery 5 with Redis on 127.0.0.1:6379 as broker
 and result backend and a prefork worker of concurrency 2 (results in Redis memory, nothing
-fsynced); Dask's ``LocalCluster`` with 2 worker processes of one thread (nothing persisted).
+fsynced); Dask's ``LocalCluster`` with 2 worker processes of one thread (nothing persisted);
+Ray 2.60 started locally (``ray.init(num_cpus=2)``: two worker processes, results in its
+in-memory object store, nothing persisted).
 Celery uses a Redis database (``--redis``) and a queue of its own for the run. Everything
 started is stopped, and the temporary directory removed, at the end or on Ctrl-C / SIGTERM.
 
@@ -41,7 +49,7 @@ from rich.console import Console
 from rich.table import Table
 
 from _harness import free_port, run_in_tempdir
-from corral import AsyncController, procs
+from corral import AsyncController, Client, procs
 from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise
 from corral.config import Config
@@ -94,7 +102,7 @@ def env_with_bench() -> dict[str, str]:
 
 async def start_corral(
     args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
-) -> Stack:
+) -> dict[str, Stack]:
     data = root / "data"
     config = Config(data_dir=str(data), nats_port=free_port(), api_port=free_port())
     initialise(config)
@@ -106,6 +114,8 @@ async def start_corral(
     stack.callback(broker.stop)
     base = [sys.executable, "-m", "corral", "--data-dir", str(data), "--log-format", "json"]
     env = {**env_with_bench(), "CORRAL_API_PORT": str(config.api_port)}
+    if args.prefetch:
+        env["CORRAL_TASK_PREFETCH"] = str(args.prefetch)
     controller = procs.spawn(
         [*base, "controller", "--nats", broker.url], env=env, log=root / "controller.log"
     )
@@ -126,11 +136,60 @@ async def start_corral(
             await asyncio.sleep(0.1)
     console.log(f"corral: controller pid {controller.pid}, node pid {node.pid}, {config.api_url}")
 
-    async def batch(n: int) -> list[Any]:
-        ids = await client.queue_tasks("noop", [{"x": i} for i in range(n)])
-        return [d.result for d in await client.wait_many(ids, 600)]
+    # The same controller through the one client over the bus (the admin credential).
+    over_bus = Client(broker.url, creds=data / "auth" / "admin.creds", config=config, timeout=120)
+    await over_bus.open()
+    stack.push_async_callback(over_bus.close)
 
-    return Stack(lambda: client.run("noop", x=1), batch)
+    def batch(client: Client) -> Callable[[int], Awaitable[list[Any]]]:
+        async def run(n: int) -> list[Any]:
+            ids = await client.queue_tasks("noop", [{"x": i} for i in range(n)])
+            return [d.result for d in await client.wait_many(ids, 600)]
+
+        return run
+
+    return {
+        CORRAL_BUS: Stack(lambda: over_bus.run("noop", x=1), batch(over_bus)),
+        "corral (http://)": Stack(lambda: client.run("noop", x=1), batch(client)),
+    }
+
+
+# --- Ray ------------------------------------------------------------------------------------
+
+
+async def start_ray(
+    args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
+) -> dict[str, Stack]:
+    import ray
+
+    def start() -> Any:
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            _temp_dir=str(root / "ray"),
+        )
+        stack.callback(ray.shutdown)
+
+        @ray.remote
+        def noop(x: int = 0) -> int:
+            return x
+
+        ray.get([noop.remote(i) for i in range(4)])  # both workers are up
+        console.log(f"ray {ray.__version__}: {ray.cluster_resources().get('CPU')} CPUs")
+        return noop
+
+    run = in_thread(lambda fn, *a: fn(*a))
+    noop = await run(start)
+
+    def batch(n: int) -> list[Any]:
+        result: list[Any] = ray.get([noop.remote(i) for i in range(n)])
+        return result
+
+    return {
+        "Ray 2.60": Stack(lambda: run(lambda: ray.get(noop.remote(1))), lambda n: run(batch, n))
+    }
 
 
 # --- Celery ---------------------------------------------------------------------------------
@@ -138,7 +197,7 @@ async def start_corral(
 
 async def start_celery(
     args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
-) -> Stack:
+) -> dict[str, Stack]:
     queue = f"corral-bench-{uuid.uuid4().hex[:8]}"
     env = {**env_with_bench(), "BENCH_REDIS": args.redis, "BENCH_QUEUE": queue}
     os.environ.update(env)
@@ -161,7 +220,11 @@ async def start_celery(
         result: list[Any] = group(noop.s(i) for i in range(n)).apply_async().get(timeout=600)
         return result
 
-    return Stack(in_thread(lambda: noop.delay(1).get(timeout=30)), in_thread(batch))
+    return {
+        "Celery 5 (Redis)": Stack(
+            in_thread(lambda: noop.delay(1).get(timeout=30)), in_thread(batch)
+        )
+    }
 
 
 # --- Dask -----------------------------------------------------------------------------------
@@ -169,7 +232,7 @@ async def start_celery(
 
 async def start_dask(
     args: argparse.Namespace, root: Path, stack: contextlib.AsyncExitStack
-) -> Stack:
+) -> dict[str, Stack]:
     from dask.distributed import Client, LocalCluster
 
     sys.path.insert(0, str(HERE))
@@ -197,15 +260,18 @@ async def start_dask(
         result: list[Any] = client.gather(client.map(noop, range(n), pure=False))
         return result
 
-    return Stack(
-        lambda: run(lambda: client.submit(noop, 1, pure=False).result()),
-        lambda n: run(batch, n),
-    )
+    return {
+        "Dask distributed": Stack(
+            lambda: run(lambda: client.submit(noop, 1, pure=False).result()),
+            lambda n: run(batch, n),
+        )
+    }
 
 
 # --- main -----------------------------------------------------------------------------------
 
-STACKS = {"corral": start_corral, "Celery 5 (Redis)": start_celery, "Dask distributed": start_dask}
+CORRAL_BUS = "corral (nats://)"
+STACKS = {"corral": start_corral, "ray": start_ray, "celery": start_celery, "dask": start_dask}
 
 
 async def measure(stacks: dict[str, Stack], args: argparse.Namespace) -> None:
@@ -234,18 +300,18 @@ async def main(args: argparse.Namespace, root: Path) -> None:
     stacks: dict[str, Stack] = {}
     async with contextlib.AsyncExitStack() as stack:
         for name, start in STACKS.items():
-            if name.split()[0].lower() in args.skip:
+            if name in args.skip:
                 continue
             try:
-                stacks[name] = await start(args, root, stack)
+                stacks.update(await start(args, root, stack))
             except Exception as exc:  # one stack failing must not hide the others
                 console.log(f"[red]{name} did not start: {type(exc).__name__}: {exc}")
         await measure(stacks, args)
     trips = len(next(iter(stacks.values())).trips) if stacks else 0
     table = Table(
         title=f"{args.tasks:,} no-op tasks, 2 worker processes each; {trips} round trips each",
-        caption="corral persists every task (SQLite, fsync); Celery keeps results in Redis "
-        "memory; Dask persists nothing",
+        caption="corral persists every task (SQLite, fsync); Ray keeps results in its object "
+        "store, Celery in Redis memory; Dask persists nothing",
     )
     for column in (
         "stack",
@@ -253,26 +319,29 @@ async def main(args: argparse.Namespace, root: Path) -> None:
         "batch wall (s)",
         "round trip p50",
         "p99",
-        "corral is",
+        "bus p50 / this p50",
+        "bus throughput / this",
     ):
         table.add_column(column, justify="right" if column != "stack" else "left")
-    base = stacks["corral"] if "corral" in stacks else None
+    base = stacks.get(CORRAL_BUS)
     for name, s in stacks.items():
         if s.error:
-            table.add_row(name, "error", "", "", "", s.error)
+            table.add_row(name, "error", "", "", "", "", s.error)
             continue
-        ratio = ""
-        if base is not None and name != "corral":
-            ratio = f"{s.elapsed / base.elapsed:.1f}x faster"
+        p50, faster = "", ""
+        if base is not None and name != CORRAL_BUS and not base.error:
+            p50 = f"{statistics.median(base.trips) / statistics.median(s.trips):.2f}"
+            faster = f"{s.elapsed / base.elapsed:.1f}x"
         table.add_row(
             name,
             f"{args.tasks / s.elapsed:,.0f}",
             f"{s.elapsed:.2f}",
             f"{statistics.median(s.trips) * 1000:.2f} ms",
             f"{percentile(s.trips, 99) * 1000:.2f} ms",
-            ratio,
+            p50,
+            faster,
         )
-    Console().print(table)
+    Console(width=max(Console().width, 132)).print(table)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -283,7 +352,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=10, help="turns the round trips take")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/11", help="Celery's Redis")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["corral", "celery", "dask"], help="stacks to skip"
+        "--skip", nargs="*", default=[], choices=list(STACKS), help="stacks to skip"
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=0,
+        help="corral's task_prefetch (default: the controller's default, 4; 16 suits no-op tasks)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return parser.parse_args(argv)

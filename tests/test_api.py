@@ -92,7 +92,9 @@ async def test_a_read_token_may_look_but_not_queue(
 
 async def test_unknown_functions_and_ids_carry_pydra_codes(api: AsyncController) -> None:  # noqa: F811
     with pytest.raises(FunctionNotFound) as caught:
-        await api.no_such_function(x=1)
+        await api.call("no_such_function", x=1)
+    with pytest.raises(AttributeError):  # a typo is not a remote call
+        api.no_such_function  # noqa: B018
     assert caught.value.code == -6 and caught.value.status == 404
     with pytest.raises(NotFound) as missing:
         await api.task_history_detail(987654)

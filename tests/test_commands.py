@@ -24,6 +24,7 @@ from corral.controller import Controller
 from corral.errors import (
     AuthError,
     ControllerUnavailable,
+    NotFound,
     OversizedMessage,
     Refused,
     Unavailable,
@@ -260,7 +261,7 @@ async def test_history_lists_commands_newest_first_with_counts(
     older = await client.commands(limit=10, before=b.serial)
     assert older[0].serial == a.serial
     assert older[0].counts == {"done": 4}
-    with pytest.raises(Refused, match="no command #999"):
+    with pytest.raises(NotFound, match="no command #999"):  # the API function, on the bus
         await client.command_detail(999)
 
 

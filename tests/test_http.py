@@ -1,5 +1,6 @@
-"""The client's lean HTTP/1.1 transport against small real servers: keep-alive, a closed
-idle connection, chunked and close-delimited replies, an unreachable server."""
+"""The client's HTTP transport (httpx) against small real servers: keep-alive, a closed idle
+connection, chunked and close-delimited replies, an unreachable server, a dropped call that
+changes state (never sent twice) next to a read (sent again)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,15 @@ async def test_error_replies_and_an_unreachable_server(server) -> None:  # type:
     async with AsyncController(f"http://127.0.0.1:{free_port()}", TOKEN) as c:
         with pytest.raises(Disconnected, match="cannot reach"):
             await c.call("f")
+
+
+async def test_a_call_that_changes_state_is_never_sent_twice(server) -> None:  # type: ignore[no-untyped-def]
+    # The server reads each request and drops the connection without a reply.
+    url, seen = await server(lambda n: b"", True)
+    async with AsyncController(url, TOKEN, timeout=1.0) as c:
+        with pytest.raises(Disconnected):
+            await c.call("node_edit", values={"id": "n1"})
+        assert sum(seen) == 1  # sent once
+        with pytest.raises(Disconnected):
+            await c.call("list_queue")
+        assert sum(seen) > 2  # a read is sent again (until the client's timeout)

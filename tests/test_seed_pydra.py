@@ -134,11 +134,14 @@ async def test_keyword_and_positional_client_calls(
     assert (await api.cancel_task(task_instance_id=batch[0])).key == "MyTask"
     assert (await api.task_history(key="MyTask", page=1)).total == 10
     assert (await api.task_history_detail(task_instance_id=ids[0])).result == "a"
-    # a function the client has no method for, called positionally: sent in Pydra's form
-    # (list_commands(limit, before)), and by keyword as before
+    # every function is a typed method, positionally or by keyword; Pydra's own body
+    # (positional args in field order) goes through call()
     assert await api.list_commands(5) == [] and await api.list_commands(limit=5) == []
+    assert await api.call("list_commands", args=[5], kwargs={}) == []
+    with pytest.raises(TypeError):  # checked here, before anything is sent
+        await api.list_commands(5, 1, 2)  # type: ignore[call-arg]
     with pytest.raises(ControllerError) as caught:
-        await api.list_commands(5, 1, 2)
+        await api.call("list_commands", args=[5, 1, 2], kwargs={})
     assert caught.value.code == -3 and "at most 2" in str(caught.value)
 
 

@@ -15,6 +15,8 @@ import msgspec
 from corral.core.text import check_command_text, check_keys, check_name, check_names
 from corral.states import NodeStatus, TaskStatus
 
+#: The header of a bus reply that is an error: the HTTP status the same error gets over HTTP.
+STATUS_HEADER = "Corral-Status"
 #: Submissions that take an ``Idempotency-Key`` (docs/api.md, "Idempotency keys"): the
 #: Python client sends one with every call and retries only these.
 KEYED = frozenset({"queue_task", "queue_tasks", "run_task", "send_command", "execute_command"})
@@ -41,6 +43,7 @@ READS = frozenset(
 __all__ = [
     "KEYED",
     "READS",
+    "STATUS_HEADER",
     "CancelTask",
     "CommandDetail",
     "ListCommands",

@@ -1,81 +1,216 @@
-"""``corral.Client``: an operator's connection to the controller over the bus.
+"""``corral.Client``: the controller's API and the bus, over ``nats://`` or ``http(s)://``.
 
->>> async with await Client.connect(config) as client:      # doctest: +SKIP
-...     for node in await client.nodes():
+>>> async with Client("nats://127.0.0.1:4222", creds="admin.creds") as client:  # doctest: +SKIP
+...     task_id = await client.queue_task("MyTask", foo="bar")
+...     print((await client.wait(task_id)).result)
+...     for node in await client.nodes():                    # bus only
 ...         print(node.name, node.status)
+
+One client, two transports. Every controller API function (the table
+:data:`corral.controller.functions.FUNCTIONS`) is a typed method that works over either: the
+bus (NATS request/reply, msgpack; authenticated by the credential, the fast path) or HTTP
+(JSON through httpx; authenticated by an API token, for firewalls and other languages).
+What only the bus has — node events, data streams, ``wait_for``, agents, commands whose
+handle follows outcomes live — raises :class:`~corral.errors.UsageError` on an HTTP client.
+Failures raise the same exceptions over both. :mod:`corral.sync` has the blocking twin.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
+import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
-from corral import bus, subjects, wire
-from corral.config import Config
-from corral.errors import AuthError, ConfigError, ControllerUnavailable, Timeout, UsageError
-from corral.outcomes import CommandHandle
-from corral.security import ADMIN_INBOX, credential_name
-from corral.streams import StreamReader
+import msgspec
 
-__all__ = ["Client"]
+from corral import api_models as m
+from corral import bus
+from corral._client_bus import BusMethods
+from corral._client_commands import Commands
+from corral._client_functions import ApiFunctions
+from corral._transport_bus import BusTransport
+from corral._transport_http import HttpTransport
+from corral.config import Config, load_config
+from corral.errors import (
+    Disconnected,
+    FunctionNotFound,
+    NoKey,
+    UsageError,
+)
+from corral.tokens import load_token, read_token
+
+__all__ = ["ClassOrInstance", "Client"]
+
+_BUS = ("nats", "tls")
+_HTTP = ("http", "https")
 
 
-class Client:
-    """Requests to the controller, authenticated with the admin credential.
+def _token(token: str | None, config: Config | None) -> str:
+    """An API token from ``token=``, ``CORRAL_API_TOKEN`` or the local admin token file."""
+    env = os.environ.get("CORRAL_API_TOKEN")
+    if token:
+        found: str | None = load_token(token, "the token given (token= or --token)")
+    elif env:
+        found = load_token(env, "CORRAL_API_TOKEN")
+    else:
+        found = read_token(config or load_config()[0])
+    if not found:
+        raise NoKey(
+            "no API token: pass token=..., set CORRAL_API_TOKEN, or create one with "
+            "`corral token create --role operate` (or connect over nats:// with a credential)"
+        )
+    return found
 
-    Create with :meth:`connect`; use as an async context manager or call :meth:`close`.
+
+class ClassOrInstance:
+    """A name that means one thing on the class and another on an instance.
+
+    ``Client.connect(config)`` (the class) connects to the bus, as it always has;
+    ``client.connect()`` (an instance) is Pydra's API function of that name.
+    """
+
+    def __init__(self, on_class: Any, on_instance: Callable[..., Any]) -> None:
+        self.on_class = on_class
+        self.on_instance = on_instance
+        self.__doc__ = on_class.__func__.__doc__ if hasattr(on_class, "__func__") else None
+
+    def __get__(self, obj: Any, owner: type[Any] | None = None) -> Any:
+        if obj is None:
+            return self.on_class.__get__(owner, owner)
+        return self.on_instance.__get__(obj, owner)
+
+
+class Client(ApiFunctions, Commands, BusMethods):
+    """The controller's API over the bus or HTTP, and the bus's events, streams and commands.
+
+    Args:
+        address: ``nats://host:port`` or ``tls://host:port`` (the bus), ``http(s)://host:port``
+            (the HTTP API). Default: the configured bus (``bus_url``).
+        token: For HTTP: an API token or a file holding one; default ``CORRAL_API_TOKEN`` or
+            the local admin token file.
+        creds: For the bus: the credentials file (default ``<data_dir>/auth/admin.creds``).
+        ca: For ``tls://``: the CA file to trust (default: the configured one).
+        timeout: Seconds a call may take (a ``wait`` adds its own timeout).
+        config: Configuration to take the defaults from (default: ``load_config()``).
+        wait: For the bus: seconds to keep trying while it is unreachable, when connecting.
+
+    Raises:
+        UsageError: the address is neither ``nats://``, ``tls://`` nor ``http(s)://``.
+        NoKey: HTTP without a token given or found.
+        AuthenticationFailed: the token (or the file it names) is malformed.
     """
 
     def __init__(
-        self, nc: bus.NATS, config: Config, timeout: float = 5.0, identity: str = "admin"
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        creds: str | Path | None = None,
+        ca: str | Path | None = None,
+        timeout: float = 30.0,
+        config: Config | None = None,
+        wait: float = 0.0,
     ) -> None:
-        self.nc = nc
-        self.config = config
+        if address is None or (config is None and not address.startswith(_HTTP)):
+            config = config or load_config()[0]
+        address = address or (config.bus_url if config else "")
+        scheme = address.partition("://")[0].lower()
         self.timeout = timeout
-        #: the credential's role (``admin``, ``operator``): who the audit log names
-        self.identity = identity
-        self.actor = f"{getpass.getuser()}@{socket.gethostname()} ({identity})"
+        self.config = config or Config()
+        self.transport: BusTransport | HttpTransport
+        if scheme in _BUS:
+            assert config is not None
+            if address != config.bus_url or ca is not None:
+                ca_file = str(ca) if ca is not None else config.ca
+                config = msgspec.structs.replace(config, nats_url=address, ca=ca_file)
+                self.config = config
+            path = Path(creds).expanduser() if creds is not None else None
+            self.transport = BusTransport(config, path, timeout, wait=wait)
+            self.identity = self.transport.identity
+        elif scheme in _HTTP:
+            self.transport = HttpTransport(address, _token(token, config), timeout)
+            self.identity = "api"
+        else:
+            raise UsageError(
+                f"cannot connect to {address!r}: give nats://host:port or tls://host:port (the "
+                "bus) or http(s)://host:port (the HTTP API)"
+            )
+        #: who the audit log names for commands sent with :meth:`command` (bus)
+        self.actor = f"{getpass.getuser()}@{socket.gethostname()} ({self.identity})"
+
+    @property
+    def address(self) -> str:
+        """Where this client connects (``nats://...`` or ``http://...``)."""
+        return self.transport.address
+
+    @property
+    def url(self) -> str:
+        """The address (the HTTP client's old name for it)."""
+        return self.transport.address
 
     def __repr__(self) -> str:
-        state = "connected" if self.nc.is_connected else "closed"
-        return f"<Client {self.config.bus_url} {state}>"
+        state = ""
+        if isinstance(self.transport, BusTransport):
+            nc = self.transport._nc
+            state = " connected" if nc is not None and nc.is_connected else " not connected"
+        return f"<{type(self).__name__} {self.address}{state}>"
 
     @classmethod
-    async def connect(
-        cls, config: Config, *, creds: Path | None = None, wait: float = 0.0
+    async def _connect_to(
+        cls, config: Config, *, creds: Path | None = None, wait: float = 0.0, timeout: float = 5.0
     ) -> Client:
-        """Connect to the bus as the admin role.
+        """Connect to the configured bus now (the CLI's way in).
 
         Args:
-            config: where the bus is and how to trust it.
-            creds: the admin credentials file (default ``<data_dir>/auth/admin.creds``).
-            wait: seconds to keep trying while the bus is unreachable.
+            config: Where the bus is and how to trust it.
+            creds: The credentials file (default ``<data_dir>/auth/admin.creds``).
+            wait: Seconds to keep trying while the bus is unreachable.
+            timeout: Seconds a request may take.
 
         Raises:
             ConfigError: no credentials file.
             AuthError: the credential was refused.
             BusUnavailable: the bus could not be reached.
         """
-        path = creds or config.creds_path("admin")
-        nc = await bus.connect(
-            config, "admin", creds=creds, inbox_prefix=ADMIN_INBOX, wait=wait, name="corral-cli"
-        )
-        try:
-            identity = credential_name(path.read_text())
-        except (OSError, ConfigError):
-            identity = "admin"
-        return cls(nc, config, identity=identity)
+        client = cls(config.bus_url, creds=creds, config=config, wait=wait, timeout=timeout)
+        await client.open()
+        return client
 
-    async def __aenter__(self) -> Client:
+    #: ``Client.connect(config)`` connects to the bus (the CLI's way in); on a client,
+    #: ``client.connect()`` is the API function (the controller announces itself now).
+    if TYPE_CHECKING:  # typed as the classmethod, the common use
+
+        @classmethod
+        async def connect(  # type: ignore[override]
+            cls,
+            config: Config,
+            *,
+            creds: Path | None = None,
+            wait: float = 0.0,
+            timeout: float = 5.0,
+        ) -> Client: ...
+    else:
+        connect = ClassOrInstance(_connect_to, ApiFunctions.connect)
+
+    async def open(self) -> Self:
+        """Connect now (the bus; HTTP connects on the first call). Returns the client.
+
+        Raises:
+            ConfigError, AuthError, BusUnavailable: as :meth:`connect`.
+        """
+        if isinstance(self.transport, BusTransport):
+            await self.transport.connection()
         return self
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
 
     async def __aexit__(
         self,
@@ -87,284 +222,74 @@ class Client:
 
     async def close(self) -> None:
         """Close the connection."""
-        if not self.nc.is_closed:
-            await self.nc.close()
+        await self.transport.close()
 
-    async def nodes(self) -> list[wire.NodeView]:
-        """Every node in the registry, ordered by name.
-
-        Raises:
-            ControllerUnavailable: no controller is running.
-            Timeout: the controller did not answer in time.
-        """
-        reply: wire.NodesReply = await bus.request(
-            self.nc,
-            subjects.ctl("nodes"),
-            wire.NodesRequest(),
-            wire.NodesReply,
-            timeout=self.timeout,
-        )
-        return reply.nodes
-
-    async def stats(self) -> wire.StatsReply:
-        """The controller's counters (messages handled, rejected by reason).
+    @property
+    def nc(self) -> bus.NATS:
+        """The open bus connection (bus clients, after :meth:`open`).
 
         Raises:
-            ControllerUnavailable: no controller is running.
-            Timeout: the controller did not answer in time.
+            UsageError: an HTTP client, or a bus client not yet connected.
         """
-        reply: wire.StatsReply = await bus.request(
-            self.nc,
-            subjects.ctl("stats"),
-            wire.StatsRequest(),
-            wire.StatsReply,
-            timeout=self.timeout,
-        )
-        return reply
+        transport = self._bus_transport("nc")
+        if transport._nc is None:
+            raise UsageError("the client is not connected yet: `await client.open()` first")
+        return transport._nc
 
-    async def agents(self, wait: float = 0.5) -> list[wire.AgentInfo]:
-        """Every live agent, as each describes itself, ordered by name.
+    def _bus_transport(self, method: str) -> BusTransport:
+        if not isinstance(self.transport, BusTransport):
+            raise UsageError(
+                f"{method} needs the bus: connect over nats:// (corral.Client("
+                f"'nats://host:4222', creds=...)); {self.address} is the HTTP API"
+            )
+        return self.transport
 
-        Agents answer a broadcast; those that answer within ``wait`` seconds are listed.
-        """
-        return await bus.gather_agents(self.nc, wait)
+    async def _bus_connection(self, method: str) -> bus.NATS:
+        return await self._bus_transport(method).connection()
 
-    async def auth_event(self, event: wire.AuthEvent) -> None:
-        """Tell the controller about an enrollment or revocation (audit log, registry).
+    async def call(
+        self, function: str, reply: Any = Any, call_timeout: float | None = None, /, **kwargs: Any
+    ) -> Any:
+        """Call API function ``function`` with keyword arguments; decode the reply as ``reply``.
 
-        Raises:
-            ControllerUnavailable: no controller is running.
-        """
-        subject = subjects.ctl_as("auth", self.identity)
-        await bus.request(self.nc, subject, event, wire.Ok, timeout=self.timeout)
-
-    async def wait_for(
-        self, predicate: Callable[[list[wire.NodeView]], bool], timeout: float
-    ) -> list[wire.NodeView]:
-        """Wait until ``predicate(nodes)`` holds for the registry.
-
-        The registry is read now and again each time the controller publishes a node
-        transition, so the wait ends as soon as the condition becomes true.
-
-        Raises:
-            Timeout: it did not become true within ``timeout`` seconds.
-        """
-        changed = asyncio.Event()
-
-        async def on_event(_: object) -> None:
-            changed.set()
-
-        sub = await self.nc.subscribe(subjects.node_events(), cb=on_event)
-        nodes: list[wire.NodeView] = []
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    changed.clear()
-                    try:
-                        nodes = await self.nodes()
-                    except ControllerUnavailable:
-                        nodes = []
-                    if predicate(nodes):
-                        return nodes
-                    # Re-read at least every second: a controller that was down publishes
-                    # nothing about the time it was away.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), 1.0)
-        except TimeoutError:
-            raise Timeout(
-                f"condition not met within {timeout}s; last registry: {nodes!r}"
-            ) from None
-        finally:
-            await sub.unsubscribe()
-
-    async def events(self) -> AsyncIterator[wire.NodeEvent]:
-        """Node status transitions as they happen (an endless async iterator)."""
-        sub = await self.nc.subscribe(subjects.node_events())
-        try:
-            async for msg in sub.messages:
-                yield wire.decode(msg.data, wire.NodeEvent, msg.headers)
-        finally:
-            if not self.nc.is_closed:
-                await sub.unsubscribe()
-
-    # --- commands (SEER) ----------------------------------------------------------------
-
-    async def command(
-        self,
-        targets: str | Sequence[str],
-        kind: str = "command",
-        name: str = "",
-        *,
-        args: dict[str, Any] | None = None,
-        data: bytes = b"",
-        timeout: float = 60.0,
-        retire_after: float | None = None,
-        follow: bool = True,
-        idempotency_key: str | None = None,
-    ) -> CommandHandle:
-        """Send a command of any kind; the general form behind :meth:`send` and friends.
-
-        The command carries an idempotency key (a new uuid4 unless given): if the controller
-        does not answer, the same request is sent again with the same key, and the
-        controller answers a repeat with the command it recorded the first time, so a
-        retry never sends a command twice.
+        A submission (``queue_task``, ``queue_tasks``, ``run_task``, ``send_command``,
+        ``execute_command``) carries an idempotency key: ``idempotency_key=`` or a new uuid4.
+        While the controller cannot be reached or the connection drops, a submission or a
+        read is sent again (with the same key, with backoff, within the client's timeout);
+        the controller answers a repeated key with its first answer. Nothing else is sent
+        twice.
 
         Args:
-            targets: a name, a shell glob (``web*``, ``rack[1-3]-*``), ``label:L``, ``has:X``
-                (the node so named or controlling interface X), ``attr:K`` or ``attr:K=V``
-                (nodes that announced attribute K, or K equal to V), ``sinks``, ``*`` (every
-                node), or a list of these (or one string of them separated by commas).
-            kind: ``command``, ``shell``, ``get``, ``set``, ``put``, ``execute`` or a message
-                type the nodes registered.
-            name: the command, parameter or path.
-            args: keyword arguments of the command.
-            data: bytes carried with it (PUT file, EXECUTE script).
-            timeout: seconds each node may take to run it.
-            retire_after: seconds after which a node that has not received it (it was away)
-                skips it and reports ``expired`` (default: the ``retire_after`` setting).
-            follow: start following outcome updates now.
-            idempotency_key: the key (default: a new uuid4 for this call); the same key
-                within the controller's ``idempotency_window`` answers the first command.
-
-        Returns:
-            A handle with the serial, the resolved nodes, the unknown targets and outcomes.
+            function: The API function's name.
+            reply: The type to decode the reply into.
+            call_timeout: Seconds the call may take (default: the client's timeout).
+            kwargs: The function's arguments (and ``idempotency_key`` for a submission).
 
         Raises:
-            UsageError: a malformed target, kind or limit.
-            Refused: no node matched, or the controller refused the command.
-            AuthError: EXECUTE with a credential that lacks the execute role.
-            ControllerUnavailable, Timeout: no controller answered.
+            ControllerError: a subclass for the error code the controller answered with.
+            IdempotencyKeyReused: the key was sent before with another request.
+            Disconnected: the controller could not be reached.
+            Timeout: a ``wait`` ran out of time.
+            UsageError: ``idempotency_key`` given to a call that is not a submission.
         """
-        if isinstance(targets, str):
-            targets = [t for t in targets.split(",") if t.strip()]
-        if kind == "execute" and self.identity not in ("admin", "controller"):
-            raise AuthError(
-                f"credential {self.identity!r} lacks the execute role: send EXECUTE with the "
-                "admin credential (<data_dir>/auth/admin.creds)"
-            )
-        limit = self.config.max_command_bytes
-        if len(data) > limit:
-            raise UsageError(
-                f"payload of {len(data)} bytes exceeds max_command_bytes ({limit}): send a "
-                "smaller file, or raise max_command_bytes on the controller and the client"
-            )
-        request = wire.CommandRequest(
-            targets=list(targets),
-            kind=kind,
-            name=name,
-            args=args or {},
-            data=data,
-            timeout=timeout,
-            retire_after=self.config.retire_after if retire_after is None else retire_after,
-            actor=self.actor,
-            idempotency_key=idempotency_key or str(uuid.uuid4()),
-        )
-        verb = "execute" if kind == "execute" else "send"
-        accepted = await self._submit(subjects.ctl_as(verb, self.identity), request)
-        handle = CommandHandle(self.nc, accepted, self.timeout)
-        if follow:
-            await handle.follow()
-        return handle
-
-    async def _submit(self, subject: str, request: wire.CommandRequest) -> wire.CommandAccepted:
-        """Send a keyed request; while no controller answers, send it again with the same
-        key (with backoff, for up to three times the client's timeout)."""
-        deadline = time.monotonic() + 3 * self.timeout
-        delay = 0.1
+        if not function.isidentifier():
+            raise FunctionNotFound(f"{function!r} cannot name an API function", 404)
+        key = kwargs.pop("idempotency_key", None)
+        timeout = call_timeout or self.timeout
+        if function in m.KEYED:
+            key = key or str(uuid.uuid4())
+        elif key is not None:
+            raise UsageError(f"{function} takes no idempotency_key: only submissions do")
+        if key is None and function not in m.READS:
+            return await self.transport.call(function, kwargs, reply, timeout, None)
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
         while True:
             try:
-                accepted: wire.CommandAccepted = await bus.request(
-                    self.nc, subject, request, wire.CommandAccepted, timeout=self.timeout
-                )
-                return accepted
-            except (ControllerUnavailable, Timeout):
+                return await self.transport.call(function, kwargs, reply, timeout, key)
+            except Disconnected:
+                # Nothing or everything was done: the key makes the next attempt safe.
                 if time.monotonic() + delay >= deadline:
                     raise
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    async def send(
-        self, targets: str | Sequence[str], command: str, /, **args: Any
-    ) -> CommandHandle:
-        """COMMAND: run the handler registered as ``command`` on the targets with ``args``."""
-        return await self.command(targets, "command", command, args=args)
-
-    async def shell(
-        self, targets: str | Sequence[str], cmd: str, *, timeout: float = 60.0
-    ) -> CommandHandle:
-        """Run a shell command on nodes started with ``--allow-shell``."""
-        return await self.command(targets, "shell", args={"cmd": cmd}, timeout=timeout)
-
-    async def get(self, targets: str | Sequence[str], param: str = "") -> CommandHandle:
-        """GET a node parameter (every parameter when ``param`` is empty)."""
-        return await self.command(targets, "get", param)
-
-    async def set(self, targets: str | Sequence[str], param: str, value: Any) -> CommandHandle:
-        """SET a node parameter (converted to its declared type by the node)."""
-        return await self.command(targets, "set", param, args={"value": value})
-
-    async def put(
-        self, targets: str | Sequence[str], path: str, data: bytes, mode: int | None = None
-    ) -> CommandHandle:
-        """PUT ``data`` into ``path`` inside each node's work directory."""
-        args = {} if mode is None else {"mode": mode}
-        return await self.command(targets, "put", path, args=args, data=data)
-
-    async def execute(
-        self,
-        targets: str | Sequence[str],
-        source: bytes,
-        argv: Sequence[str] = (),
-        *,
-        timeout: float = 60.0,
-    ) -> CommandHandle:
-        """EXECUTE: run a Python file as its own process on nodes that allow it."""
-        return await self.command(
-            targets, "execute", args={"argv": list(argv)}, data=source, timeout=timeout
-        )
-
-    async def command_detail(self, serial: int) -> wire.CommandView:
-        """One command with every node's outcome.
-
-        Raises:
-            Refused: no command has that serial.
-        """
-        view: wire.CommandView = await bus.request(
-            self.nc,
-            subjects.ctl("command"),
-            wire.CommandQuery(serial=serial),
-            wire.CommandView,
-            timeout=self.timeout,
-        )
-        return view
-
-    async def commands(self, limit: int = 50, before: int | None = None) -> list[wire.CommandView]:
-        """Recent commands, newest first, with per-state counts (``before``: next page)."""
-        reply: wire.CommandsReply = await bus.request(
-            self.nc,
-            subjects.ctl("commands"),
-            wire.CommandsQuery(limit=limit, before=before),
-            wire.CommandsReply,
-            timeout=self.timeout,
-        )
-        return reply.commands
-
-    async def reports(self, topic: str = "") -> wire.ReportUpdate:
-        """The latest report of every node (on ``topic``, if given), with the aggregates."""
-        reply: wire.ReportUpdate = await bus.request(
-            self.nc,
-            subjects.ctl("reports"),
-            wire.ReportsQuery(topic=topic),
-            wire.ReportUpdate,
-            timeout=self.timeout,
-        )
-        return reply
-
-    def stream(self, node: str, stream: str, window: int = 100) -> StreamReader:
-        """Read ``node``'s data stream ``stream`` with flow control (``async with`` it).
-
-        Raises:
-            InvalidName: a bad node or stream name.
-            UsageError: ``window`` is less than 1.
-        """
-        return StreamReader(self.nc, node, stream, window)
+            delay = min(delay * 2, 1.0)

@@ -1,10 +1,12 @@
 """Blocking twins of the async API, for scripts, Django views and notebooks.
 
 A thin wrapper, never a second implementation: each call is the async method run on one
-background event loop that this module owns (a daemon thread started on first use)::
+background event loop that this module owns (a daemon thread started on first use), and
+:func:`twin` derives every blocking method of :class:`Client` from the async one::
 
     from corral.sync import Client
-    with Client.connect(config) as client:
+    with Client("nats://127.0.0.1:4222", creds="admin.creds") as client:
+        task_id = client.queue_task("MyTask", foo="bar")
         for node in client.nodes():
             print(node.name, node.status)
 """
@@ -12,19 +14,23 @@ background event loop that this module owns (a daemon thread started on first us
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from corral import client as _async
 from corral import group as _group
-from corral import wire
+from corral._client_functions import ApiFunctions
+from corral.client import ClassOrInstance
 from corral.config import Config
+from corral.errors import UsageError
 from corral.outcomes import CommandHandle
 
-__all__ = ["Client", "Group", "call"]
+__all__ = ["Client", "Group", "call", "twin"]
 
 T = TypeVar("T")
 
@@ -60,23 +66,132 @@ def call(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
 
-class Client:
-    """Blocking :class:`corral.Client`. Create with :meth:`connect`."""
+async def _anext(iterator: AsyncIterator[T]) -> T:
+    return await anext(iterator)
 
-    def __init__(self, inner: _async.Client) -> None:
+
+class _Iterator(Iterator[Any]):
+    """A blocking iterator over an async iterator that lives on the portal loop."""
+
+    def __init__(self, inner: AsyncIterator[Any]) -> None:
         self._inner = inner
 
+    def __next__(self) -> Any:
+        try:
+            return call(_anext(self._inner))
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """End the iteration (and its subscription)."""
+        aclose = getattr(self._inner, "aclose", None)
+        if aclose is not None:
+            call(aclose())
+
+
+def _blocking(name: str, method: Callable[..., Any], owner: str) -> Callable[..., Any]:
+    """The blocking twin of coroutine (or async generator) method ``name``."""
+    agen = inspect.isasyncgenfunction(method)
+
+    def blocking(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            started = getattr(self._inner, name)(*args, **kwargs)  # binds, runs nothing yet
+        except TypeError as exc:  # say it of the class the caller used
+            raise TypeError(
+                str(exc).replace(method.__qualname__, f"{type(self).__name__}.{name}")
+            ) from None
+        return _Iterator(started) if agen else call(started)
+
+    blocking.__name__ = name
+    blocking.__qualname__ = f"{owner}.{name}"
+    blocking.__doc__ = f"Blocking :meth:`corral.Client.{name}`.\n\n{method.__doc__ or ''}"
+    with contextlib.suppress(TypeError, ValueError):
+        blocking.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
+    return blocking
+
+
+def twin(async_cls: type[Any]) -> Callable[[type[T]], type[T]]:
+    """Give the decorated class a blocking method for every public coroutine (and async
+    iterator) method of ``async_cls`` it does not define itself: the one way corral derives
+    its blocking API. The class keeps the async object in ``self._inner``."""
+
+    def decorate(cls: type[T]) -> type[T]:
+        for name, method in inspect.getmembers(async_cls):
+            if name.startswith("_") or name in cls.__dict__:
+                continue
+            if inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method):
+                setattr(cls, name, _blocking(name, method, cls.__name__))
+        return cls
+
+    return decorate
+
+
+@twin(_async.Client)
+class Client:
+    """Blocking :class:`corral.Client`: the same methods and arguments, each call run on the
+    background loop. Create it like the async one (an address) or with :meth:`connect`.
+
+    Methods returning an async iterator (``events``) return a blocking one here;
+    :meth:`command` and :meth:`send` block until every node's outcome is settled.
+
+    Raises:
+        UsageError, NoKey, AuthenticationFailed: as :class:`corral.Client`.
+    """
+
+    _inner: _async.Client
+
+    def __init__(self, address: str | None = None, **options: Any) -> None:
+        self._inner = _async.Client(address, **options)
+
     def __repr__(self) -> str:
-        return repr(self._inner).replace("<Client", "<sync.Client", 1)
+        return repr(self._inner).replace("<Client", f"<{type(self).__name__}", 1)
+
+    def __getattr__(self, name: str) -> Any:
+        # Plain attributes of the async client (address, url, timeout, config, identity);
+        # methods the twin does not have stay AttributeErrors.
+        missing = AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        if name.startswith("_") or callable(getattr(type(self._inner), name, None)):
+            raise missing
+        try:
+            return getattr(self._inner, name)
+        except AttributeError:
+            raise missing from None
 
     @classmethod
-    def connect(cls, config: Config, *, creds: Path | None = None, wait: float = 0.0) -> Client:
-        """Connect as the admin role; see :meth:`corral.Client.connect`.
+    def _of(cls, inner: _async.Client) -> Client:
+        self = cls.__new__(cls)
+        self._inner = inner
+        return self
+
+    @classmethod
+    def _connect_to(
+        cls, config: Config, *, creds: Path | None = None, wait: float = 0.0, timeout: float = 5.0
+    ) -> Client:
+        """Connect to the configured bus now; see :meth:`corral.Client.connect`.
 
         Raises:
             ConfigError, AuthError, BusUnavailable: as the async twin.
         """
-        return cls(call(_async.Client.connect(config, creds=creds, wait=wait)))
+        return cls._of(call(_async.Client.connect(config, creds=creds, wait=wait, timeout=timeout)))
+
+    def _announce(self) -> dict[str, int]:
+        """The API function ``connect``: the controller announces itself now."""
+        return call(ApiFunctions.connect(self._inner))
+
+    if TYPE_CHECKING:  # typed as the classmethod, the common use
+
+        @classmethod
+        def connect(
+            cls,
+            config: Config,
+            *,
+            creds: Path | None = None,
+            wait: float = 0.0,
+            timeout: float = 5.0,
+        ) -> Client: ...
+    else:
+        #: ``sync.Client.connect(config)`` connects; ``client.connect()`` is the API function.
+        connect = ClassOrInstance(_connect_to, _announce)
 
     def __enter__(self) -> Client:
         return self
@@ -93,31 +208,23 @@ class Client:
         """Close the connection."""
         call(self._inner.close())
 
-    def nodes(self) -> list[wire.NodeView]:
-        """Every node in the registry; see :meth:`corral.Client.nodes`.
+    def open(self) -> Client:
+        """Connect now (the bus; HTTP connects on the first call); see
+        :meth:`corral.Client.open`.
 
         Raises:
-            ControllerUnavailable, Timeout: as the async twin.
+            ConfigError, AuthError, BusUnavailable: as the async twin.
         """
-        return call(self._inner.nodes())
+        call(self._inner.open())
+        return self
 
-    def stats(self) -> wire.StatsReply:
-        """The controller's counters; see :meth:`corral.Client.stats`.
+    def stream(self, node: str, stream: str, window: int = 100) -> Any:
+        """Data streams are async only: use :meth:`corral.Client.stream`.
 
         Raises:
-            ControllerUnavailable, Timeout: as the async twin.
+            UsageError: always.
         """
-        return call(self._inner.stats())
-
-    def wait_for(
-        self, predicate: Callable[[list[wire.NodeView]], bool], timeout: float
-    ) -> list[wire.NodeView]:
-        """Block until ``predicate(nodes)`` holds; see :meth:`corral.Client.wait_for`.
-
-        Raises:
-            Timeout: it did not hold within ``timeout`` seconds.
-        """
-        return call(self._inner.wait_for(predicate, timeout))
+        raise UsageError("data streams are read with the async corral.Client (async with)")
 
     def command(
         self,
@@ -166,14 +273,6 @@ class Client:
             Timeout, UsageError, Refused, ControllerUnavailable: as :meth:`command`.
         """
         return self.command(targets, "command", command, args=args)
-
-    def commands(self, limit: int = 50, before: int | None = None) -> list[wire.CommandView]:
-        """Recent commands, newest first; see :meth:`corral.Client.commands`.
-
-        Raises:
-            ControllerUnavailable, Timeout: as the async twin.
-        """
-        return call(self._inner.commands(limit, before))
 
 
 class Group:

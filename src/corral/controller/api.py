@@ -5,7 +5,9 @@ Theory of operation: every function of :class:`~corral.controller.api_calls.ApiC
 ``{"args": [...], "kwargs": {...}}`` (the positional ``args`` fill the function's fields in
 order), so the Python client calls it like a local method. Each call goes through
 :func:`_endpoint`: the token is checked first (no token: 401 and nothing happens), then the
-body is decoded into the function's msgspec struct (invalid: 422), then the function runs.
+body is decoded into the function's msgspec struct (invalid: 422), then the function runs
+through :class:`~corral.controller.functions.Dispatch`, the path the bus shares
+(:mod:`corral.controller.api_bus`): role gate, caller for the audit, idempotency key.
 Errors come back as ``{"code": <Pydra code>, "error": "...", "kind": "<class>"}`` (plus
 ``"fields"``, one message per argument, when arguments do not fit) with the HTTP status of
 the error's class: :func:`corral.errors.http_error` makes the reply from the code and status
@@ -50,73 +52,19 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral import api_models as m
-from corral import wire
 from corral._version import __version__
 from corral.config import Config
 from corral.controller.api_calls import ApiCalls, Caller
 from corral.controller.api_docs import add_docs
+from corral.controller.functions import FUNCTIONS, KEYED, Dispatch, error_reply
 from corral.controller.http_limits import EntryLimits
 from corral.core.limits import CallLimiter, json_depth_error
-from corral.errors import (
-    ConfigError,
-    CorralError,
-    FunctionNotFound,
-    InvalidArguments,
-    UnknownError,
-    http_error,
-)
+from corral.errors import ConfigError, CorralError, FunctionNotFound, InvalidArguments, UnknownError
 from corral.tokens import Role, TokenChecker
 
-__all__ = ["ApiServer", "FUNCTIONS", "build_app"]
+__all__ = ["FUNCTIONS", "KEYED", "ApiServer", "build_app", "error_response"]
 
 log = logging.getLogger("corral.api")
-
-Handler = Callable[..., Awaitable[Any]]
-
-#: name -> (request struct or None, reply type, role needed, summary)
-FUNCTIONS: dict[str, tuple[type[Any] | None, Any, Role]] = {
-    "list_tasks": (m.ListTasks, list[m.TaskKeyView], Role.READ),
-    "queue_task": (m.QueueTask, m.QueueReply, Role.OPERATE),
-    "queue_tasks": (m.QueueTasks, m.QueueTasksReply, Role.OPERATE),
-    "run_task": (m.RunTask, m.TaskView, Role.OPERATE),
-    "cancel_task": (m.CancelTask, m.TaskView, Role.OPERATE),
-    "wait": (m.Wait, list[m.TaskView], Role.READ),
-    "list_queue": (m.PageRequest, m.TaskPage, Role.READ),
-    "list_running": (m.PageRequest, m.TaskPage, Role.READ),
-    "task_statuses": (None, list[m.TaskStatusView], Role.READ),
-    "task_history": (m.TaskHistory, m.TaskPage, Role.READ),
-    "task_history_detail": (m.TaskDetail, m.TaskView, Role.READ),
-    "node_list": (m.PageRequest, m.NodePage, Role.READ),
-    "node_detail": (m.NodeDetail, m.NodeView, Role.READ),
-    "node_edit": (m.NodeEdit, m.NodeView, Role.OPERATE),
-    "node_status": (None, list[m.NodeStatusView], Role.READ),
-    "connect": (None, dict[str, int], Role.OPERATE),
-    "list_known_nodes": (None, list[m.KnownNode], Role.READ),
-    "kill_worker": (m.KillWorker, m.KilledWorker, Role.OPERATE),
-    "node_delete": (m.NodeDelete, m.NodeDeleted, Role.OPERATE),
-    "task_logs": (m.TaskLogs, m.TaskLogsView, Role.READ),
-    "send_command": (m.SendCommand, wire.CommandAccepted, Role.OPERATE),
-    "execute_command": (m.SendCommand, wire.CommandAccepted, Role.EXECUTE),
-    "command_detail": (m.CommandDetail, wire.CommandView, Role.READ),
-    "list_commands": (m.ListCommands, list[wire.CommandView], Role.READ),
-}
-#: Functions that change state: they get the caller the token stands for, and are audited
-#: with it (never with a name the client sent).
-_WITH_CALLER = frozenset(
-    {
-        "queue_task",
-        "queue_tasks",
-        "run_task",
-        "cancel_task",
-        "node_edit",
-        "connect",
-        "send_command",
-        "execute_command",
-        "kill_worker",
-        "node_delete",
-    }
-)
-KEYED = m.KEYED  # submissions that take an ``Idempotency-Key`` header
 
 _JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
@@ -125,9 +73,7 @@ _encode = msgspec.json.Encoder().encode
 def error_response(exc: Exception) -> Response:
     """The HTTP reply for an exception raised by an API function or the gate: the status and
     body :func:`corral.errors.http_error` gives it."""
-    if not isinstance(exc, CorralError):
-        log.error("API function failed", exc_info=exc)
-    status, body = http_error(exc)
+    status, body = error_reply(exc)
     return Response(_encode(body), status, media_type=_JSON)
 
 
@@ -179,26 +125,17 @@ def _pydra_form(body: bytes, kind: type[Any], decoder: msgspec.json.Decoder[Any]
 
 
 def _endpoint(
-    handler: Handler,
-    kind: type[Any] | None,
-    role: Role,
-    checker: TokenChecker,
-    name: str = "",
+    dispatch: Dispatch, kind: type[Any] | None, role: Role, checker: TokenChecker, name: str
 ) -> Callable[[Request], Awaitable[Response]]:
-    """One API function behind the gate: token, then body, then the call."""
+    """One API function behind the gate: token, then body, then the shared dispatch."""
     decoder = msgspec.json.Decoder(kind) if kind is not None else None
 
     async def endpoint(request: Request) -> Response:
         try:
-            token = await checker.check(_bearer(request), role)
-            extra: dict[str, Any] = {}
-            if name in _WITH_CALLER:
-                extra["caller"] = Caller.of_token(token)
-            if name in KEYED:  # elsewhere a key is ignored: there is nothing to repeat
-                extra["key"] = request.headers.get("idempotency-key")
-            if decoder is None:
-                result = await handler(**extra)
-            else:
+            caller = Caller.of_token(await checker.check(_bearer(request), role))
+            key = request.headers.get("idempotency-key") if name in KEYED else None
+            args = None
+            if decoder is not None:
                 body = await request.body()
                 if (deep := json_depth_error(body)) is not None:
                     return error_response(InvalidArguments(f"invalid arguments: {deep}"))
@@ -209,7 +146,7 @@ def _endpoint(
                     args = _pydra_form(body, kind, decoder)
                     if args is None:
                         return error_response(InvalidArguments(f"invalid arguments: {exc}"))
-                result = await handler(args, **extra)
+            result = await dispatch.call(name, caller, args, key)
             return Response(_encode(result), media_type=_JSON)
         except Exception as exc:  # every failure becomes a coded error reply
             return error_response(exc)
@@ -288,11 +225,12 @@ def build_app(calls: ApiCalls, checker: TokenChecker) -> FastAPI:
         redoc_url=None,
     )
     add_docs(app)
+    dispatch = Dispatch(calls)
     for name, (kind, reply, role) in FUNCTIONS.items():
         handler = getattr(calls, name)
         app.add_api_route(
             f"/{name}",
-            _endpoint(handler, kind, role, checker, name),
+            _endpoint(dispatch, kind, role, checker, name),
             methods=["POST"],
             name=name,
             summary=(handler.__doc__ or name).strip().splitlines()[0],

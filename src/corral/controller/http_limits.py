@@ -20,6 +20,8 @@ Answers use the API's error shape, ``{"code": -3, "error": "...", "kind": "..."}
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
@@ -107,6 +109,10 @@ class EntryLimits:
                 await _answer(send, UsageError(f"malformed Content-Length {length[:40]!r}"))
                 return
             if size > self.max_body:
+                if size <= _DRAIN_UP_TO:
+                    # Read and drop the body first: closing with it unread resets the
+                    # connection, and the client (httpx) would lose the 413 it should see.
+                    await _drain(receive)
                 await self._too_large(send, f"of {size} bytes")
                 return
         elif _header(scope, b"transfer-encoding") is not None:
@@ -168,6 +174,20 @@ class EntryLimits:
             if not message.get("more_body", False):
                 break
         return b"".join(parts)
+
+
+#: A body refused for its size but at most this large is read (and dropped) before the 413.
+_DRAIN_UP_TO = 32 * 1024 * 1024
+
+
+async def _drain(receive: Receive, seconds: float = 5.0) -> None:
+    """Read and drop a request body (for at most ``seconds``)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

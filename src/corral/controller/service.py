@@ -23,13 +23,17 @@ import msgspec
 
 from corral import bus, subjects, wire
 from corral.config import Config
+from corral.controller.api_bus import ApiBus
+from corral.controller.api_calls import ApiCalls
 from corral.controller.command_api import CommandEndpoints, bus_caller
 from corral.controller.commands import Batch, CommandService
+from corral.controller.functions import Dispatch
 from corral.controller.groups import GroupService
 from corral.controller.idempotency import Submissions
 from corral.controller.parts import ControllerParts, HttpFactory, HttpServer
 from corral.controller.reports import ReportService
 from corral.controller.tasks import TaskService
+from corral.core.limits import CallLimiter
 from corral.core.registry import Refusal, Registry
 from corral.core.text import check_join_text
 from corral.errors import (
@@ -107,6 +111,8 @@ class Controller:
         self._http = http
         #: the command and report endpoints on the bus, once started
         self.endpoints: CommandEndpoints | None = None
+        #: the API's functions on the bus (beside HTTP), once started
+        self.api_bus: ApiBus | None = None
         #: idempotency keys of submissions (set once the store is open)
         self.submissions: Submissions
         self._pending: list[Transition] = []
@@ -231,6 +237,14 @@ class Controller:
         for subject, (kind, handle) in self.endpoints.subscriptions().items():
             handler = self._handler(kind, handle, limit=self.config.max_command_bytes)
             await self.nc.subscribe(subject, cb=handler, pending_msgs_limit=100_000)
+        # The API functions on the bus, beside HTTP (issue #15): one dispatch path for both.
+        self.api_bus = ApiBus(
+            Dispatch(ApiCalls(self.parts())),
+            self.nc,
+            self.config.request_limit,
+            CallLimiter(self.config.api_rate, self.config.api_burst, self.config.api_max_in_flight),
+        )
+        await self.api_bus.start()
         await self.nc.flush()
         if self.config.api_port >= 0 and self._http is not None:
             self.api = self._http(self.parts())
@@ -285,6 +299,8 @@ class Controller:
                 await task
         if self.endpoints is not None:  # keyed sends not yet answered end here
             await self.endpoints.stop()
+        if self.api_bus is not None:
+            await self.api_bus.stop()
         if self.api is not None:
             await self.api.stop()
         if self.tasks is not None:
