@@ -21,8 +21,9 @@ from corral.errors import (
     Disconnected,
     Forbidden,
     IdempotencyKeyReused,
+    InvalidArguments,
     NotFound,
-    RemoteError,
+    OversizedMessage,
     UsageError,
 )
 from corral.tokens import Role
@@ -88,9 +89,9 @@ async def test_the_same_errors_on_both(client: Client) -> None:
     with pytest.raises(Forbidden, match="needs 'execute'") as refused:
         await client.execute_command(["w1"], b"print(1)")
     assert (refused.value.code, refused.value.status) == (-1, 403)
-    with pytest.raises(RemoteError, match="invalid arguments") as invalid:
+    with pytest.raises(InvalidArguments, match="invalid arguments") as invalid:
         await client.call("task_history", key="echo", page=0)
-    assert invalid.value.status == 422
+    assert invalid.value.status == 422 and type(invalid.value) is InvalidArguments
 
 
 async def test_keyed_submissions_answer_the_first_instance(client: Client) -> None:
@@ -106,7 +107,7 @@ async def test_an_oversized_request_is_refused_with_the_fix(
     client: Client, controller: Controller
 ) -> None:
     size = controller.config.request_limit + 1
-    with pytest.raises(RemoteError, match="send less") as caught:
+    with pytest.raises(OversizedMessage, match="send less") as caught:
         await client.queue_task("echo", value="z" * size)
     assert caught.value.status == 413
     assert (await client.task_history("echo")).total == 0

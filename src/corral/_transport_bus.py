@@ -21,7 +21,7 @@ from corral import bus, subjects
 from corral._api_errors import api_error
 from corral.bus import NATS
 from corral.config import Config
-from corral.errors import ConfigError, Disconnected, RemoteError
+from corral.errors import ConfigError, Disconnected, OversizedMessage
 from corral.security import ADMIN_INBOX, credential_name
 
 __all__ = ["BusTransport"]
@@ -78,6 +78,11 @@ class BusTransport:
         state = "closed" if self._nc is None or self._nc.is_closed else "connected"
         return f"<BusTransport {self.address} as {self.identity} {state}>"
 
+    @property
+    def opened(self) -> NATS | None:
+        """The bus connection, once opened (``None`` before: :meth:`connection` opens it)."""
+        return self._nc
+
     async def connection(self) -> NATS:
         """The bus connection, opened now if it is not yet.
 
@@ -107,7 +112,7 @@ class BusTransport:
         Raises:
             Disconnected: no controller answered within ``timeout`` (the call may or may not
                 have run), or the connection is closed.
-            RemoteError: the request is larger than the bus carries (status 413).
+            OversizedMessage: the request is larger than the bus carries (status 413).
             ControllerError, Timeout: the controller answered with an error.
         """
         nc = await self.connection()
@@ -117,10 +122,9 @@ class BusTransport:
         try:
             msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
         except nats.errors.MaxPayloadError:
-            raise RemoteError(
+            raise OversizedMessage(
                 f"request of {len(payload)} bytes exceeds what the bus carries "
-                f"({nc.max_payload} bytes): send less",
-                413,
+                f"({nc.max_payload} bytes): send less"
             ) from None
         except nats.errors.NoRespondersError:
             raise Disconnected(

@@ -158,7 +158,7 @@ class Client(ApiFunctions, Commands, BusMethods):
     def __repr__(self) -> str:
         state = ""
         if isinstance(self.transport, BusTransport):
-            nc = self.transport._nc
+            nc = self.transport.opened
             state = " connected" if nc is not None and nc.is_connected else " not connected"
         return f"<{type(self).__name__} {self.address}{state}>"
 
@@ -232,9 +232,10 @@ class Client(ApiFunctions, Commands, BusMethods):
             UsageError: an HTTP client, or a bus client not yet connected.
         """
         transport = self._bus_transport("nc")
-        if transport._nc is None:
+        nc = transport.opened
+        if nc is None:
             raise UsageError("the client is not connected yet: `await client.open()` first")
-        return transport._nc
+        return nc
 
     def _bus_transport(self, method: str) -> BusTransport:
         if not isinstance(self.transport, BusTransport):

@@ -30,7 +30,7 @@ from corral.bus import NATS
 from corral.controller.api_calls import Caller
 from corral.controller.functions import FUNCTIONS, KEYED, Dispatch, error_reply
 from corral.core.limits import CallLimiter
-from corral.errors import Forbidden, ProtocolError, RemoteError
+from corral.errors import Forbidden, InvalidArguments, Overloaded, OversizedMessage
 from corral.tokens import Role
 
 __all__ = ["BUS_API_ROLES", "ApiBus", "bus_api_caller"]
@@ -135,11 +135,10 @@ class ApiBus:
         try:
             payload, headers = _encode(await self._call(msg)), None
             if len(payload) > self.nc.max_payload:
-                raise RemoteError(
+                raise OversizedMessage(
                     f"the reply of {len(payload)} bytes exceeds what the bus carries "
                     f"({self.nc.max_payload} bytes): ask for less (a smaller page, fewer ids), "
-                    "or make this call over HTTP",
-                    413,
+                    "or make this call over HTTP"
                 )
         except Exception as exc:  # every failure becomes a coded error reply
             status, body = error_reply(exc)
@@ -150,18 +149,16 @@ class ApiBus:
     async def _call(self, msg: Any) -> Any:
         function, caller = bus_api_caller(msg.subject)
         if len(msg.data) > self.max_bytes:
-            raise RemoteError(
+            raise OversizedMessage(
                 f"request of {len(msg.data)} bytes exceeds max_request_bytes ({self.max_bytes}): "
-                "send less, or raise max_request_bytes on the controller",
-                413,
+                "send less, or raise max_request_bytes on the controller"
             )
         if self.limiter is not None and (wait := self.limiter.admit(caller.actor)) is not None:
             seconds, reason = wait
-            raise RemoteError(
+            raise Overloaded(
                 f"too many calls: credential {caller.actor} is over its "
                 f"{'calls in flight' if reason == 'in_flight' else 'calls a second'}; retry "
-                f"after {seconds:.2f}s, or raise api_rate / api_max_in_flight on the controller",
-                429,
+                f"after {seconds:.2f}s, or raise api_rate / api_max_in_flight on the controller"
             )
         try:
             args = None
@@ -170,7 +167,7 @@ class ApiBus:
                 try:
                     args = decoder.decode(msg.data or b"\x80")  # empty: no arguments
                 except msgspec.DecodeError as exc:
-                    raise ProtocolError(f"invalid arguments: {exc}") from None
+                    raise InvalidArguments(f"invalid arguments: {exc}") from None
             key = (msg.headers or {}).get("Idempotency-Key") if function in KEYED else None
             return await self.dispatch.call(function, caller, args, key)
         finally:
