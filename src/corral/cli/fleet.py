@@ -11,7 +11,8 @@ import msgspec
 import typer
 from rich.console import Console
 
-from corral.cli.tasks import Api, AsJson, Token, _call
+from corral.cli.common import Api, AsJson, Token, connects
+from corral.cli.tasks import _call
 
 __all__ = ["register"]
 
@@ -67,6 +68,6 @@ def logs(
 
 def register(app: typer.Typer) -> None:
     """Add these commands to ``app``."""
-    app.command(name="kill-worker")(kill_worker)
-    app.command()(forget)
-    app.command()(logs)
+    app.command(name="kill-worker")(connects(kill_worker))
+    app.command()(connects(forget))
+    app.command()(connects(logs))

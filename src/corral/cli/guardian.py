@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from corral import wire
-from corral.cli.common import configure, err, fail, run
+from corral.cli.common import AsJson, Ca, Creds, Nats, Wait, configure, err, fail, print_table, run
 from corral.config import Config
 from corral.errors import CorralError, UsageError
 from corral.guardian.client import GuardianClient
@@ -40,9 +42,9 @@ _STATUS_STYLE = {
 }
 
 NameArg = Annotated[str, typer.Argument(help="The guardian's name.")]
-NatsOpt = Annotated[str | None, typer.Option("--nats", help="Bus URL.")]
-CredsOpt = Annotated[str | None, typer.Option(help="Credentials file.")]
-CaOpt = Annotated[str | None, typer.Option(help="CA file to verify the bus (TLS).")]
+NatsOpt = Nats
+CredsOpt = Creds
+CaOpt = Ca
 
 
 def _config(nats: str | None, creds: str | None, ca: str | None) -> Config:
@@ -113,7 +115,7 @@ def run_cmd(
     from corral.cli.running import _until_signalled
     from corral.guardian.runtime import Guardian
 
-    config = _config(nats, creds, ca)
+    config, _ = configure(daemon=True, nats_url=nats, creds=creds, ca=ca)
     try:
         start_mode = Mode(mode.upper())
     except ValueError:
@@ -132,7 +134,9 @@ def run_cmd(
 
 
 @guardian_app.command("list")
-def list_cmd(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> None:
+def list_cmd(
+    as_json: AsJson = False, nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None
+) -> None:
     """Every guardian's state, request, mode and status."""
     config = _config(nats, creds, ca)
 
@@ -141,6 +145,10 @@ def list_cmd(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> 
             return await client.list()
 
     views = run(main())
+    if as_json:
+        seen = [{**msgspec.to_builtins(v), "seen_status": _status(v, config)} for v in views]
+        print(json.dumps(seen, indent=2))
+        return
     table = Table(
         "name", "state", "request", "nominal", "mode", "status", "OK", "notifications", "host/pid"
     )
@@ -160,7 +168,7 @@ def list_cmd(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> 
             "; ".join(v.notifications),
             f"{v.host}/{v.pid}",
         )
-    out.print(table)
+    print_table(out, table)
     out.print("* arrived at its request", style="dim")
 
 
@@ -168,9 +176,7 @@ def list_cmd(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> 
 def request(
     name: NameArg,
     state: Annotated[str, typer.Argument(help="The state to walk to.")],
-    wait: Annotated[
-        float, typer.Option(help="Wait up to this many seconds for it to arrive (0: don't).")
-    ] = 0.0,
+    wait: Wait = 0.0,
     nats: NatsOpt = None,
     creds: CredsOpt = None,
     ca: CaOpt = None,

@@ -16,13 +16,13 @@ from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 
-from corral import procs
+from corral import procs, wire
 from corral.cli.admin import initialise, nodes_table
-from corral.cli.common import _globals, configure, err, fail, local_audit, run
+from corral.cli.common import _globals, at_least, configure, err, fail, local_audit, run, waiting
 from corral.client import Client
 from corral.config import Config
 from corral.core.text import check_join_text
-from corral.errors import CorralError
+from corral.errors import ControllerUnavailable, CorralError
 from corral.node import Node
 from corral.node.handlers import Handlers, load_handlers
 from corral.security import Authority, write_secret
@@ -88,7 +88,13 @@ def controller(
 ) -> None:
     """Run the controller (and the embedded nats-server unless --nats is given)."""
     config, _ = configure(
-        nats_url=nats, nats_host=nats_host, nats_port=nats_port, store=store, creds=creds, ca=ca
+        daemon=True,
+        nats_url=nats,
+        nats_host=nats_host,
+        nats_port=nats_port,
+        store=store,
+        creds=creds,
+        ca=ca,
     )
     load_handlers(aggregators or (), entry_point_group="corral.aggregators")
     run(_controller(config))
@@ -116,7 +122,13 @@ def node(
     attr: Annotated[
         list[str] | None, typer.Option(help="KEY=VALUE attribute (repeatable).")
     ] = None,
-    slots: Annotated[int, typer.Option(help="Task worker slots offered.")] = 1,
+    slots: Annotated[
+        int,
+        typer.Option(
+            help="Task worker slots offered (0: none).",
+            callback=at_least(0, "give --slots 0 for a node that runs no tasks, or more"),
+        ),
+    ] = 1,
     tasks: Annotated[
         list[str] | None,
         typer.Option(help="Python module with @task functions for the workers (repeatable)."),
@@ -150,7 +162,7 @@ def node(
 
     Example: `corral node --name web1 --label gpu --handlers myapp.corral_handlers`
     """
-    config, _ = configure(nats_url=nats, creds=creds, ca=ca)
+    config, _ = configure(daemon=True, nats_url=nats, creds=creds, ca=ca)
     attributes = _attributes(attr or [], sink)
     try:
         check_join_text(label or (), interface or (), attributes, "", "", "")
@@ -227,6 +239,7 @@ async def _up(config: Config, count: int, node_args: list[str], controller_args:
     await broker.start()
     logs = config.data_path / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    rotate = (config.log_max_bytes, config.log_backups)
     base = [sys.executable, "-m", "corral", "--data-dir", str(config.data_path)]
     base += ["--log-format", "json", "--log-level", config.log_level]
     if _globals.config_file:
@@ -236,14 +249,15 @@ async def _up(config: Config, count: int, node_args: list[str], controller_args:
         children["controller"] = procs.spawn(
             [*base, "controller", "--nats", broker.url, *controller_args],
             log=logs / "controller.log",
+            rotate=rotate,
         )
         for i in range(1, count + 1):
             name = f"node-{i}"
             creds = _local_creds(config, authority, name)
             argv = [*base, "node", "--name", name, "--nats", broker.url, "--creds", str(creds)]
             argv += node_args
-            children[name] = procs.spawn(argv, log=logs / f"{name}.log")
-        await _until_signalled(asyncio.create_task(_live_table(config, broker.url, children)))
+            children[name] = procs.spawn(argv, log=logs / f"{name}.log", rotate=rotate)
+        await _until_signalled(asyncio.create_task(_watch_up(config, broker.url, children)))
     finally:
         # Nodes first (they say goodbye to the controller), then the controller, then the bus.
         nodes = [p for n, p in children.items() if n != "controller"]
@@ -257,26 +271,91 @@ async def _up(config: Config, count: int, node_args: list[str], controller_args:
         err.print("stopped: every child process has exited")
 
 
-async def _live_table(
-    config: Config, url: str, children: dict[str, subprocess.Popen[bytes]]
-) -> None:
+async def _watch_up(config: Config, url: str, children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Say once that the controller starts, then show the nodes: a live table on a terminal,
+    a line per change otherwise (so a log or a pipe follows along)."""
     client = await Client.connect(config, wait=10.0)
     try:
-        with Live(_header(config, url, children), console=err, refresh_per_second=4) as live:
-            while True:
-                try:
-                    views = await client.nodes()
-                    body: Any = nodes_table(views, time.time())
-                except CorralError as exc:
-                    body = f"[yellow]{exc}[/]"
-                live.update(Group(_header(config, url, children), body))
-                await asyncio.sleep(0.5)
+        log = config.data_path / "logs" / "controller.log"
+        with waiting(f"starting the controller (its log: {log})"):
+            views = await _first_answer(client, children["controller"], log)
+        if err.is_terminal:
+            await _live_table(client, config, url, children)
+        else:
+            await _live_lines(client, config, url, children, views)
     finally:
         await client.close()
 
 
+async def _first_answer(
+    client: Client, controller: subprocess.Popen[bytes], log: Path
+) -> list[wire.NodeView]:
+    """The node list, once the controller answers; refuses if the controller exits first."""
+    while True:
+        if controller.poll() is not None:
+            raise CorralError(
+                f"the controller exited (status {controller.returncode}) while starting: see {log}"
+            )
+        try:
+            return await client.nodes()
+        except ControllerUnavailable:
+            await asyncio.sleep(0.25)
+
+
+async def _live_table(
+    client: Client, config: Config, url: str, children: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    with Live(_header(config, url, children), console=err, refresh_per_second=4) as live:
+        while True:
+            try:
+                body: Any = nodes_table(await client.nodes(), time.time())
+            except CorralError as exc:
+                body = f"[yellow]{exc}[/]"
+            live.update(Group(_header(config, url, children), body))
+            await asyncio.sleep(0.5)
+
+
+async def _live_lines(
+    client: Client,
+    config: Config,
+    url: str,
+    children: dict[str, subprocess.Popen[bytes]],
+    views: list[wire.NodeView],
+) -> None:
+    err.print(_header(config, url, children), soft_wrap=True)
+    shown: dict[str, str] = {}
+    exited: set[str] = set()
+    trouble = ""
+    while True:
+        for view in views:
+            if shown.get(view.name) != view.status:
+                shown[view.name] = view.status
+                stamp = time.strftime("%H:%M:%S")
+                err.print(f"{stamp} {view.name} {view.status}", highlight=False, soft_wrap=True)
+        for name, proc in children.items():
+            if name not in exited and proc.poll() is not None:
+                exited.add(name)
+                err.print(f"[red]{name} exited ({proc.returncode}): see {name}.log[/]")
+        await asyncio.sleep(0.5)
+        try:
+            views, problem = await client.nodes(), ""
+        except CorralError as exc:
+            problem = str(exc)
+        if problem != trouble:  # say each problem once, and once that it is gone
+            trouble = problem
+            err.print(f"[yellow]{problem}[/]" if problem else "the controller answers again")
+
+
 def up(
-    nodes: Annotated[int, typer.Option("--nodes", "-n", help="Local node daemons to start.")] = 4,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            "--nodes",
+            "-n",
+            help="Local node daemons to start (0: the controller alone).",
+            callback=at_least(0, "give --nodes 0 for the controller alone, or more nodes"),
+        ),
+    ] = 4,
     nats_port: Annotated[int | None, typer.Option(help="Embedded server port.")] = None,
     handlers: Annotated[
         list[str] | None,
@@ -300,7 +379,7 @@ def up(
     table of the nodes; Ctrl-C or SIGTERM stops every child process. In another terminal:
     `corral send '*' ping`, `corral nodes`.
     """
-    config, _ = configure(nats_port=nats_port)
+    config, _ = configure(daemon=True, nats_port=nats_port)
     node_args = [arg for module in handlers or () for arg in ("--handlers", module)]
     node_args += [arg for module in tasks or () for arg in ("--tasks", module)]
     if allow_shell:
