@@ -281,15 +281,15 @@ def configure(*, daemon: bool = False, **flags: Any) -> tuple[Config, dict[str, 
     """Effective configuration from file, environment, global and command flags.
 
     A command's own flags (``None``: not given) override the global ones. A one-shot command
-    (not ``daemon``) logs as text at warning level unless told otherwise, so a friendly error
-    is not preceded by a raw JSON log line.
+    (not ``daemon``) logs as text, errors only, unless told otherwise (``--log-format``,
+    ``--log-level``): its own messages say what went wrong, without log lines before them.
     """
     given = {k: v for k, v in flags.items() if v is not None}
     cfg, sources = load_config({**_globals.flags, **given}, config_file=_globals.config_file)
     fmt, level = cfg.log_format, cfg.log_level
     if not daemon:
         fmt = "text" if fmt == "auto" else fmt
-        level = level if "log_level" in sources else "warning"
+        level = level if "log_level" in sources else "error"
     setup_logging(
         fmt, level, file=cfg.log_file, max_bytes=cfg.log_max_bytes, backups=cfg.log_backups
     )
@@ -342,7 +342,8 @@ def print_table(console: Console, table: Table, *, wide: bool = False) -> None:
         column.overflow = "fold"
     if wide or not console.is_terminal:
         natural = Measurement.get(console, console.options.update_width(100_000), table).maximum
-        console.print(table, width=max(natural, console.width))
+        # print(width=) cannot exceed the console's width: a console as wide as the table.
+        Console(file=console.file, width=max(natural, console.width), emoji=False).print(table)
     else:
         console.print(table)
 

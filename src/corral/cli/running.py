@@ -206,7 +206,9 @@ def _local_creds(config: Config, authority: Authority, name: str) -> Path:
     return path
 
 
-def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes]]) -> Panel:
+def _header_lines(
+    config: Config, url: str, children: dict[str, subprocess.Popen[bytes]]
+) -> list[str]:
     exited = [
         f"[red]{name} exited ({proc.returncode}): see {name}.log[/]"
         for name, proc in children.items()
@@ -224,7 +226,13 @@ def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes
         *exited,
         "Ctrl-C stops everything.",
     ]
-    return Panel("\n".join(lines), title="corral up", title_align="left")
+    return lines
+
+
+def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes]]) -> Panel:
+    return Panel(
+        "\n".join(_header_lines(config, url, children)), title="corral up", title_align="left"
+    )
 
 
 async def _up(config: Config, count: int, node_args: list[str], controller_args: list[str]) -> None:
@@ -322,7 +330,8 @@ async def _live_lines(
     children: dict[str, subprocess.Popen[bytes]],
     views: list[wire.NodeView],
 ) -> None:
-    err.print(_header(config, url, children), soft_wrap=True)
+    for line in _header_lines(config, url, children):
+        err.print(line, highlight=False, soft_wrap=True)
     shown: dict[str, str] = {}
     exited: set[str] = set()
     trouble = ""
