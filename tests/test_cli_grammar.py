@@ -5,6 +5,7 @@ startup message and live lines from a non-TTY `corral up`. Real `corral` process
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -13,8 +14,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.testing import CliRunner
 
 from conftest import child_env, free_port, scaled
+from corral.cli.common import (
+    AsJson,
+    CorralGroup,
+    DataDir,
+    _globals,
+    configure,
+    connects,
+    print_table,
+)
 from corral.config import Config
 from corral.controller import Controller
 from corral.guardian import Guardian
@@ -219,3 +233,40 @@ async def test_up_without_a_terminal_prints_live_lines_and_one_startup_message(
     assert "no controller answers" not in text, text
     assert "every child process has exited" in rest
     assert (config.data_path / "logs" / "controller.log").stat().st_size > 0
+
+
+def test_a_terminal_table_wraps_a_long_name_instead_of_cutting_it() -> None:
+    screen = Console(file=io.StringIO(), force_terminal=True, width=60, color_system=None)
+    table = Table("name", "status", "host")
+    table.add_row(LONG_NAME, "UP", "a-host-with-a-long-name.example.org")
+    print_table(screen, table)
+    text = screen.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= 60
+    pieces = [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│")]
+    assert "".join(pieces).startswith(LONG_NAME)
+
+
+def test_a_new_command_module_gets_the_shared_options() -> None:
+    """What `corral status` (or any new module) does: register a command marked with
+    `connects`; the global and connection options come with it, before or after it."""
+    seen: dict[str, object] = {}
+    app = typer.Typer(cls=CorralGroup)
+
+    @app.callback()
+    def root(data_dir: DataDir = None) -> None:
+        _globals.reset()
+        _globals.merge({"data_dir": data_dir})
+
+    def status(as_json: AsJson = False) -> None:
+        config, _ = configure()
+        seen.update(data=str(config.data_path), nats=config.nats_url, api=_globals.api)
+
+    app.command()(connects(status))
+    result = CliRunner().invoke(
+        app,
+        ["--data-dir", "/before", "status", "--data-dir", "/after", "--nats", "nats://x:1"]
+        + ["--api", "http://ctl:4334"],
+    )
+    assert result.exit_code == 0, result.output
+    assert seen == {"data": "/after", "nats": "nats://x:1", "api": "http://ctl:4334"}

@@ -155,7 +155,7 @@ class Globals:
 
     def reset(self) -> None:
         """Forget every option (a new invocation)."""
-        self.__init__()  # type: ignore[misc]
+        self.config_file, self.flags, self.api, self.token = None, {}, None, None
 
     def merge(self, given: dict[str, Any]) -> None:
         """Take the options given (``None``: not given, the earlier value stays)."""
@@ -184,8 +184,8 @@ def _shared(
     ca: Ca = None,
     token: Token = None,
 ) -> None:
-    """The shared options, as Typer builds them (their parameters are copied to commands)."""
-    _globals.merge(locals())
+    """The shared options, as Typer builds them: a template whose parameters are copied to
+    commands (never run)."""
 
 
 _GLOBAL_NAMES = ("config", "data_dir", "log_format", "log_level")
@@ -339,7 +339,7 @@ def print_table(console: Console, table: Table, *, wide: bool = False) -> None:
     """Print ``table`` without cutting a cell: in a pipe (or ``wide``) at its natural width,
     however wide; on a terminal, long cells wrap within their column."""
     for column in table.columns:
-        column.overflow = "fold"
+        column.overflow, column.no_wrap = "fold", False  # no_wrap would cut a long cell
     if wide or not console.is_terminal:
         natural = Measurement.get(console, console.options.update_width(100_000), table).maximum
         # print(width=) cannot exceed the console's width: a console as wide as the table.
