@@ -270,3 +270,22 @@ def test_a_new_command_module_gets_the_shared_options() -> None:
     )
     assert result.exit_code == 0, result.output
     assert seen == {"data": "/after", "nats": "nats://x:1", "api": "http://ctl:4334"}
+
+
+async def test_up_says_once_when_the_controller_dies_while_starting(config: Config) -> None:
+    done = await corral(
+        config,
+        "up",
+        "--nodes",
+        "1",
+        "--aggregators",
+        "no_such_module_anywhere",
+        "--data-dir",
+        str(config.data_path),
+        env={"CORRAL_API_PORT": str(free_port())},
+    )
+    assert done.returncode == 1
+    log = config.data_path / "logs" / "controller.log"
+    assert f"the controller exited (status 2) while starting: see {log}" in done.stderr
+    assert "no controller answers" not in done.stderr
+    assert "no_such_module_anywhere" in log.read_text()  # the log says why

@@ -37,7 +37,8 @@ from corral.cli.common import (
 )
 from corral.core.text import check_keys, check_name, check_names
 
-__all__ = ["register"]
+# Api, AsJson and Token stay importable from here for modules built on _call (fleet, status).
+__all__ = ["QUEUE_WAIT", "Api", "AsJson", "Token", "register"]
 
 T = TypeVar("T")
 out = Console(emoji=False, highlight=False)

@@ -75,7 +75,7 @@ async def _first_answer(
     """The node list, once the controller answers; refuses if the controller exits first."""
     while True:
         if controller.poll() is not None:
-            raise CorralError(
+            raise ControllerUnavailable(
                 f"the controller exited (status {controller.returncode}) while starting: see {log}"
             )
         try:
