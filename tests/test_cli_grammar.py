@@ -133,6 +133,11 @@ async def test_guardian_list_takes_json(
     assert done.returncode == 0, done.stderr
     (view,) = json.loads(done.stdout)
     assert view["name"] == "sus" and view["seen_status"] in ("OK", "NOTIFICATION")
+    for args in (("show", "sus"), ("top",)):
+        shown = await corral(
+            config, "guardian", *args, "--json", "--data-dir", str(config.data_path)
+        )
+        assert "sus" in json.dumps(json.loads(shown.stdout)), shown.stderr
 
 
 async def test_queue_wait_takes_seconds_and_prints_the_result(

@@ -3,12 +3,14 @@ monitor-only top node aggregating every guardian's OK (LIGO Guardian's top node)
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
+import msgspec
 import typer
 
 from corral import wire
-from corral.cli.common import run
+from corral.cli.common import AsJson, run
 from corral.cli.guardian import (
     CaOpt,
     CredsOpt,
@@ -26,7 +28,13 @@ __all__ = ["show", "top"]
 
 
 @guardian_app.command()
-def show(name: NameArg, nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> None:
+def show(
+    name: NameArg,
+    as_json: AsJson = False,
+    nats: NatsOpt = None,
+    creds: CredsOpt = None,
+    ca: CaOpt = None,
+) -> None:
     """Guardian NAME's view: state, request, nominal, mode, status, OK, notifications, log.
 
     A guardian that stopped or went silent shows CONNECTION_ERROR (its last known view).
@@ -43,7 +51,11 @@ def show(name: NameArg, nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt 
             "the ones that did"
         )
 
-    _print_view(run(main()), config)
+    view = run(main())
+    if as_json:
+        print(json.dumps(msgspec.to_builtins(view), indent=2))
+        return
+    _print_view(view, config)
 
 
 @guardian_app.command()
@@ -51,6 +63,7 @@ def top(
     names: Annotated[
         list[str] | None, typer.Argument(help="The guardians to watch over (default: all).")
     ] = None,
+    as_json: AsJson = False,
     nats: NatsOpt = None,
     creds: CredsOpt = None,
     ca: CaOpt = None,
@@ -67,6 +80,9 @@ def top(
             return await client.top(names or ())
 
     ok, views = run(main())
+    if as_json:
+        print(json.dumps({"ok": ok, "views": msgspec.to_builtins(views)}, indent=2))
+        raise typer.Exit(0 if ok else 1)
     for v in views:
         why = "" if v.ok else _why_not_ok(v)
         out.print(
