@@ -108,7 +108,14 @@ def run_cmd(
         1 / 16
     ),
     nats: NatsOpt = None,
-    creds: CredsOpt = None,
+    creds: Annotated[
+        str | None,
+        typer.Option(
+            "--creds",
+            help="This guardian's credentials file (`corral guardian enroll NAME`).",
+            rich_help_panel="Connection",
+        ),
+    ] = None,
     ca: CaOpt = None,
 ) -> None:
     """Run a guardian: load SYSTEM, take requests, walk to them, until Ctrl-C."""
