@@ -23,14 +23,6 @@ ALLOWED = {
     # A classmethod finishing the instance it just made (the same class, so not a reach-in).
     ("corral.security", "_save"): "Authority.create saves the authority it made",
     ("corral.guardian.client", "_owned"): "GuardianClient.connect marks the client it made",
-    # corral.cli's shared helpers, renamed with the one-CLI-grammar work (#16), which
-    # rewrites them (global options, --nats/--creds/--ca, --api/--token).
-    ("corral.cli.app", "_globals"): "the global options, rewritten by the CLI grammar work",
-    ("corral.cli.running", "_globals"): "the global options, rewritten by the CLI grammar work",
-    ("corral.cli.fleet", "_call"): "the API call helper, rewritten by the CLI grammar work",
-    ("corral.cli.guardian", "_until_signalled"): "the CLI's run loop, see corral.cli",
-    ("corral.cli.guardian_top", "_config"): "the --nats/--creds/--ca options, see corral.cli",
-    ("corral.cli.guardian_top", "_print_view"): "shared by the guardian commands",
 }
 
 

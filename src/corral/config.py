@@ -72,6 +72,12 @@ class Config(msgspec.Struct, kw_only=True):
     log_format: str = "auto"
     #: log level: debug, info, warning, error
     log_level: str = "info"
+    #: also write this process's log to this file (rotated); empty means stderr only
+    log_file: str = ""
+    #: size in bytes at which a log file corral writes is rotated; 0 never rotates
+    log_max_bytes: int = 10 * 1024 * 1024
+    #: rotated log files kept beside the current one (NAME.1 is the newest)
+    log_backups: int = 5
     #: address the controller's HTTP API listens on (loopback unless told otherwise)
     api_host: str = "127.0.0.1"
     #: port of the controller's HTTP API; 0 picks a free one, -1 turns the API off
@@ -236,6 +242,8 @@ def _check(config: Config, sources: dict[str, str]) -> None:
         ("report_interval", 0, True),
         ("max_command_bytes", 0, True),
         ("output_limit", 0, False),
+        ("log_max_bytes", 0, False),
+        ("log_backups", 0, False),
         ("max_request_bytes", 0, False),
         ("api_max_in_flight", 0, True),
         ("api_rate", 0, True),

@@ -7,17 +7,22 @@ Code logs with the standard library and puts fields in ``extra``::
 On a TTY that prints ``12:00:01 INFO  corral.controller node up node=web1 host=a``; with
 ``log_format = "json"`` (or when stderr is not a TTY and the format is ``auto``) it prints
 ``{"ts": ..., "level": "info", "logger": ..., "event": "node up", "node": "web1", ...}``.
+
+Log files are rotated (``log_max_bytes``, ``log_backups``): ``log_file`` for a process's own
+log, and :func:`rotating_file` for the files ``corral up`` writes its children's output to.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "TextFormatter", "rotating_file", "setup_logging"]
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
@@ -59,13 +64,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(fmt: str = "auto", level: str = "info") -> None:
-    """Send corral's logs to stderr in ``fmt`` (auto, text or json) at ``level``."""
+def rotating_file(path: Path, max_bytes: int, backups: int) -> logging.Handler:
+    """A handler appending lines to ``path``, rotated at ``max_bytes`` (0: never) keeping
+    ``backups`` older files (``path.1`` the newest); the directory is created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return logging.handlers.RotatingFileHandler(
+        path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+    )
+
+
+def setup_logging(
+    fmt: str = "auto",
+    level: str = "info",
+    *,
+    file: str = "",
+    max_bytes: int = 0,
+    backups: int = 0,
+) -> None:
+    """Send corral's logs to stderr in ``fmt`` (auto, text or json) at ``level``.
+
+    With ``file``, the logs go to that file instead (JSON unless ``fmt`` is text), rotated
+    at ``max_bytes`` keeping ``backups`` older files.
+    """
     if fmt == "auto":
-        fmt = "text" if sys.stderr.isatty() else "json"
-    handler = logging.StreamHandler(sys.stderr)
+        fmt = "text" if sys.stderr.isatty() and not file else "json"
+    handler: logging.Handler
+    if file:
+        handler = rotating_file(Path(file).expanduser(), max_bytes, backups)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("corral")
+    for old in root.handlers:
+        if isinstance(old, logging.FileHandler):
+            old.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False

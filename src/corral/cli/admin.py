@@ -15,7 +15,17 @@ from rich.console import Console
 from rich.table import Table
 
 from corral import pki, wire
-from corral.cli.common import configure, err, fail, local_audit, run
+from corral.cli.common import (
+    AsJson,
+    Wait,
+    configure,
+    connects,
+    err,
+    fail,
+    local_audit,
+    print_table,
+    run,
+)
 from corral.client import Client
 from corral.config import FIELDS, Config
 from corral.errors import BusUnavailable, ControllerUnavailable, CorralError
@@ -254,7 +264,7 @@ def nodes_table(nodes: list[wire.NodeView], now: float | None = None) -> Table:
     now = time.time() if now is None else now
     table = Table(title=f"{len(nodes)} node(s)", title_justify="left")
     for col in ("name", "status", "since", "labels", "interfaces", "sink", "host", "pid"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     table.add_column("slots", justify="right")
     table.add_column("serial", justify="right")
     table.add_column("behind", justify="right")
@@ -281,17 +291,14 @@ async def _nodes(config: Config) -> list[wire.NodeView]:
         return await client.nodes()
 
 
-def nodes(
-    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
-    nats: Annotated[str | None, typer.Option("--nats", help="Bus URL.")] = None,
-) -> None:
+def nodes(as_json: AsJson = False) -> None:
     """List the nodes the controller knows, with status and since when."""
-    config, _ = configure(nats_url=nats)
+    config, _ = configure()
     views = run(_nodes(config))
     if as_json:
         print(json.dumps(msgspec.to_builtins(views), indent=2))
     else:
-        out.print(nodes_table(views))
+        print_table(out, nodes_table(views))
 
 
 async def _agents(config: Config, wait: float) -> list[wire.AgentInfo]:
@@ -299,13 +306,12 @@ async def _agents(config: Config, wait: float) -> list[wire.AgentInfo]:
         return await client.agents(wait)
 
 
-def agents(
-    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
-    wait: Annotated[float, typer.Option(help="Seconds to listen for answers.")] = 0.5,
-    nats: Annotated[str | None, typer.Option("--nats", help="Bus URL.")] = None,
-) -> None:
-    """List the live agents: name, host, pid, handlers, uptime, messages, last error."""
-    config, _ = configure(nats_url=nats)
+def agents(as_json: AsJson = False, wait: Wait = 0.5) -> None:
+    """List the live agents: name, host, pid, handlers, uptime, messages, last error.
+
+    `--wait SECONDS`: how long to listen for their answers.
+    """
+    config, _ = configure()
     found = run(_agents(config, wait))
     if as_json:
         print(json.dumps(msgspec.to_builtins(found), indent=2))
@@ -328,7 +334,7 @@ def agents(
             str(a.overflow),
             a.last_error,
         )
-    out.print(table)
+    print_table(out, table)
 
 
 def _data(text: str | None) -> Any:
@@ -356,7 +362,10 @@ def ask(
     name: Annotated[str, typer.Argument(help="The agent's name.")],
     message: Annotated[str, typer.Argument(help="The message (a handler's name).")],
     data: Annotated[str | None, typer.Option(help="JSON data for the handler.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 5.0,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for the reply.")] = 5.0,
+    wait: Annotated[
+        float | None, typer.Option("--wait", min=0, metavar="SECONDS", help="Same as --timeout.")
+    ] = None,
 ) -> None:
     """Send MESSAGE to agent NAME and print its reply as JSON.
 
@@ -364,7 +373,7 @@ def ask(
     `corral ask scheduler observe --data '{"target": "M31"}'`.
     """
     config, _ = configure()
-    reply = run(_talk(config, name, message, _data(data), timeout))
+    reply = run(_talk(config, name, message, _data(data), timeout if wait is None else wait))
     print(json.dumps(reply, indent=2, default=repr))
 
 
@@ -382,9 +391,7 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 
 
 @config_app.command("show")
-def config_show(
-    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
-) -> None:
+def config_show(as_json: AsJson = False) -> None:
     """Print every setting's effective value and where it came from."""
     config, sources = configure()
     values = msgspec.to_builtins(config)
@@ -398,7 +405,7 @@ def config_show(
         table.add_column(col)
     for name in FIELDS:
         table.add_row(name, repr(values[name]), sources.get(name, "default"))
-    out.print(table)
+    print_table(out, table)
 
 
 def register(app: typer.Typer) -> None:
@@ -406,8 +413,8 @@ def register(app: typer.Typer) -> None:
     app.command()(init)
     app.command()(enroll)
     app.command()(revoke)
-    app.command()(nodes)
-    app.command()(agents)
-    app.command()(ask)
-    app.command("send-to")(send_to)
+    app.command()(connects(nodes))
+    app.command()(connects(agents))
+    app.command()(connects(ask))
+    app.command("send-to")(connects(send_to))
     app.add_typer(config_app, name="config")

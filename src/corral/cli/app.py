@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Annotated
 
 import typer
 
@@ -14,7 +14,21 @@ from corral.cli import guardian as guardian_cli
 from corral.cli import tasks as task_commands
 from corral.cli import token as token_commands
 from corral.cli import user as user_commands
-from corral.cli.common import _globals, err
+from corral.cli.common import (
+    GLOBALS,
+    Api,
+    AsJson,
+    Ca,
+    ConfigFile,
+    CorralGroup,
+    Creds,
+    DataDir,
+    LogFormat,
+    LogLevel,
+    Nats,
+    Token,
+    err,
+)
 from corral.errors import CorralError, UsageError
 
 __all__ = ["app", "main"]
@@ -31,31 +45,31 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
+    cls=CorralGroup,
 )
 
 
 @app.callback()
 def _root(
-    config: Annotated[
-        str | None, typer.Option("--config", help="TOML configuration file.", envvar=None)
-    ] = None,
-    data_dir: Annotated[
-        str | None,
-        typer.Option(help="Data directory (keys, store, logs). Default ~/.local/share/corral."),
-    ] = None,
-    log_format: Annotated[
-        str | None, typer.Option(help="auto (text on a TTY, else JSON), text or json.")
-    ] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    config: ConfigFile = None,
+    data_dir: DataDir = None,
+    log_format: LogFormat = None,
+    log_level: LogLevel = None,
+    api: Api = None,
+    nats: Nats = None,
+    creds: Creds = None,
+    ca: Ca = None,
+    token: Token = None,
 ) -> None:
-    _globals.config_file = config
-    _globals.flags = {"data_dir": data_dir, "log_format": log_format, "log_level": log_level}
+    """Global and connection options, also accepted after the command."""
+    GLOBALS.reset()
+    GLOBALS.merge(locals())
 
 
 @app.command()
-def version() -> None:
+def version(as_json: AsJson = False) -> None:
     """Print corral's version."""
-    print(__version__)
+    print(json.dumps({"version": __version__}) if as_json else __version__)
 
 
 admin.register(app)

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from corral import subjects, wire
-from corral.cli.common import configure, err, run
+from corral.cli.common import AsJson, Wait, configure, connects, err, print_table, run, waiting
 from corral.client import Client
 from corral.config import Config
 from corral.core.text import check_command_text
@@ -49,19 +49,11 @@ Targets = Annotated[
         show_default=False,
     ),
 ]
-Wait = Annotated[
-    float, typer.Option(help="Seconds to wait for every node's outcome (0: print the serial).")
-]
 Timeout_ = Annotated[float, typer.Option("--timeout", help="Seconds each node may take.")]
 Retire = Annotated[
     float | None,
     typer.Option(help="Seconds after which a node that was away skips it (default 120)."),
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
-Creds = Annotated[
-    str | None, typer.Option(help="Credentials file (default: the admin credential).")
-]
-Nats = Annotated[str | None, typer.Option("--nats", help="Bus URL.")]
 
 
 def _value(text: str) -> Any:
@@ -86,7 +78,7 @@ def outcomes_table(handle: CommandHandle) -> Table:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(handle.counts().items()))
     table = Table(title=f"command #{handle.serial}: {counts}", title_justify="left")
     for col in ("node", "state", "exit", "result / error"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for name in sorted(handle.outcomes):
         o = handle.outcomes[name]
         style = _STYLE.get(o.state, "")
@@ -109,7 +101,6 @@ def outcomes_table(handle: CommandHandle) -> Table:
 
 async def _send(
     config: Config,
-    creds: str | None,
     wait: float,
     as_json: bool,
     targets: str,
@@ -118,14 +109,16 @@ async def _send(
     **kwargs: Any,
 ) -> int:
     check_command_text((targets,), kind, name, kwargs.get("args") or {})
-    async with await Client.connect(config, creds=Path(creds) if creds else None) as client:
+    async with await Client.connect(config) as client:
         handle = await client.command(targets, kind, name, follow=wait > 0, **kwargs)
         if wait <= 0:
             print(handle.serial)
             return 0
         try:
             if as_json or not out.is_terminal:
-                await _quiet_wait(handle, wait)
+                what = f"command #{handle.serial}: waiting up to {wait:g} s for "
+                with waiting(what + f"{len(handle.nodes)} node(s)"):
+                    await _quiet_wait(handle, wait)
             else:
                 with Live(outcomes_table(handle), console=out, refresh_per_second=8) as live:
                     async for _ in handle.updates(wait):
@@ -135,7 +128,7 @@ async def _send(
         if as_json:
             print(json.dumps(_handle_json(handle), indent=2, default=repr))
         elif not out.is_terminal:
-            out.print(outcomes_table(handle))
+            print_table(out, outcomes_table(handle))
         if not handle.settled:
             err.print(f"[yellow]not every node answered within {wait:g} s[/]: {handle.counts()}")
         return 0 if handle.ok else 1
@@ -165,13 +158,11 @@ def _go(
     *,
     wait: float,
     as_json: bool,
-    creds: str | None,
-    nats: str | None,
     **kwargs: Any,
 ) -> NoReturn:
     """Configure, send, show the outcomes and exit with the verdict (0 only if all done)."""
-    config, _ = configure(nats_url=nats)
-    raise typer.Exit(run(_send(config, creds, wait, as_json, targets, kind, name, **kwargs)))
+    config, _ = configure()
+    raise typer.Exit(run(_send(config, wait, as_json, targets, kind, name, **kwargs)))
 
 
 def send(
@@ -190,8 +181,6 @@ def send(
     timeout: Timeout_ = 60.0,
     retire: Retire = None,
     as_json: AsJson = False,
-    creds: Creds = None,
-    nats: Nats = None,
 ) -> None:
     """COMMAND: run a handler registered on the nodes, and show each node's outcome live.
 
@@ -209,8 +198,6 @@ def send(
         retire_after=retire,
         wait=wait,
         as_json=as_json,
-        creds=creds,
-        nats=nats,
     )
 
 
@@ -221,8 +208,6 @@ def run_shell(
     timeout: Timeout_ = 60.0,
     retire: Retire = None,
     as_json: AsJson = False,
-    creds: Creds = None,
-    nats: Nats = None,
 ) -> None:
     """Run a shell command on nodes started with --allow-shell; show output and exit codes.
 
@@ -236,8 +221,6 @@ def run_shell(
         retire_after=retire,
         wait=wait,
         as_json=as_json,
-        creds=creds,
-        nats=nats,
     )
 
 
@@ -246,11 +229,9 @@ def get(
     param: Annotated[str, typer.Argument(help="Parameter name; omit for all.")] = "",
     wait: Wait = 30.0,
     as_json: AsJson = False,
-    creds: Creds = None,
-    nats: Nats = None,
 ) -> None:
     """GET a node parameter from each target (`corral get 'web*' gain`)."""
-    _go(targets, "get", param, wait=wait, as_json=as_json, creds=creds, nats=nats)
+    _go(targets, "get", param, wait=wait, as_json=as_json)
 
 
 def set_(
@@ -259,8 +240,6 @@ def set_(
     wait: Wait = 30.0,
     retire: Retire = None,
     as_json: AsJson = False,
-    creds: Creds = None,
-    nats: Nats = None,
 ) -> None:
     """SET a node parameter on each target (`corral set 'web*' gain=2.5`)."""
     ((param, value),) = _kwargs([assignment]).items()
@@ -272,8 +251,6 @@ def set_(
         retire_after=retire,
         wait=wait,
         as_json=as_json,
-        creds=creds,
-        nats=nats,
     )
 
 
@@ -286,8 +263,6 @@ def put(
     wait: Wait = 60.0,
     retire: Retire = None,
     as_json: AsJson = False,
-    creds: Creds = None,
-    nats: Nats = None,
 ) -> None:
     """PUT a file into each target's work directory (`corral put 'web*' app.ini conf/app.ini`).
 
@@ -302,8 +277,6 @@ def put(
         retire_after=retire,
         wait=wait,
         as_json=as_json,
-        creds=creds,
-        nats=nats,
     )
 
 
@@ -315,8 +288,6 @@ def execute(
     timeout: Timeout_ = 60.0,
     retire: Retire = None,
     as_json: AsJson = False,
-    creds: Creds = None,
-    nats: Nats = None,
 ) -> None:
     """EXECUTE a Python file as its own process on each target, streaming its output.
 
@@ -333,8 +304,6 @@ def execute(
         retire_after=retire,
         wait=wait,
         as_json=as_json,
-        creds=creds,
-        nats=nats,
     )
 
 
@@ -344,13 +313,12 @@ async def _history(config: Config, limit: int, before: int | None) -> list[wire.
 
 
 def commands(
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="How many, newest first (1 or more).")] = 20,
     before: Annotated[int | None, typer.Option(help="Only serials below this (next page).")] = None,
     as_json: AsJson = False,
-    nats: Nats = None,
 ) -> None:
     """List recent commands with how many nodes are in each state."""
-    config, _ = configure(nats_url=nats)
+    config, _ = configure()
     views = run(_history(config, limit, before))
     if as_json:
         print(json.dumps(msgspec.to_builtins(views), indent=2))
@@ -369,7 +337,7 @@ def commands(
             escape(",".join(v.targets)),
             counts,
         )
-    out.print(table)
+    print_table(out, table)
     if views:
         out.print(f"[dim]next page: corral commands --before {views[-1].serial}[/]")
 
@@ -388,10 +356,9 @@ async def _detail(config: Config, serial: int) -> tuple[wire.CommandView, Comman
 def command(
     serial: Annotated[int, typer.Argument(help="The command's serial.")],
     as_json: AsJson = False,
-    nats: Nats = None,
 ) -> None:
     """Show one command and every node's outcome, result, error and output."""
-    config, _ = configure(nats_url=nats)
+    config, _ = configure()
     view, handle = run(_detail(config, serial))
     if as_json:
         print(json.dumps(msgspec.to_builtins(view), indent=2))
@@ -400,7 +367,7 @@ def command(
         f"#{view.serial} {view.kind} {escape(view.name)} to {escape(','.join(view.targets))} "
         f"by {escape(view.actor)}"
     )
-    out.print(outcomes_table(handle))
+    print_table(out, outcomes_table(handle))
 
 
 async def _watch(config: Config, topic: str, count: int) -> None:
@@ -420,11 +387,10 @@ async def _watch(config: Config, topic: str, count: int) -> None:
 
 def watch(
     topic: Annotated[str, typer.Argument(help="Report topic ('' or omit for every topic).")] = "",
-    count: Annotated[int, typer.Option(help="Stop after this many updates (0: never).")] = 0,
-    nats: Nats = None,
+    count: Annotated[int, typer.Option(min=0, help="Stop after this many updates (0: never).")] = 0,
 ) -> None:
     """Print node reports on TOPIC as JSON lines, as the controller pushes them to sinks."""
-    config, _ = configure(nats_url=nats)
+    config, _ = configure()
     try:
         run(_watch(config, topic, count))
     except KeyboardInterrupt:  # pragma: no cover - interactive
@@ -433,12 +399,15 @@ def watch(
 
 def register(app: typer.Typer) -> None:
     """Add the command-sending commands to ``app``."""
-    app.command()(send)
-    app.command("run")(run_shell)
-    app.command()(get)
-    app.command("set")(set_)
-    app.command()(put)
-    app.command()(execute)
-    app.command()(commands)
-    app.command()(command)
-    app.command()(watch)
+    for name, function in (
+        ("send", send),
+        ("run", run_shell),
+        ("get", get),
+        ("set", set_),
+        ("put", put),
+        ("execute", execute),
+        ("commands", commands),
+        ("command", command),
+        ("watch", watch),
+    ):
+        app.command(name)(connects(function))

@@ -11,7 +11,8 @@ import msgspec
 import typer
 from rich.console import Console
 
-from corral.cli.tasks import Api, AsJson, Token, _call
+from corral.cli.common import Api, AsJson, Token, connects
+from corral.cli.tasks import api_call
 
 __all__ = ["register"]
 
@@ -25,7 +26,7 @@ def kill_worker(
     token: Token = None,
 ) -> None:
     """Kill worker SLOT of NODE: its task fails as with a crashed worker; the slot restarts."""
-    killed = _call(api, token, lambda c: c.kill_worker(node, slot))
+    killed = api_call(api, token, lambda c: c.kill_worker(node, slot))
     doing = f"task {killed.task} ({killed.key})" if killed.task is not None else "nothing"
     out.print(f"[yellow]killing[/] worker {killed.slot} of {killed.node} (was running {doing})")
 
@@ -39,7 +40,7 @@ def forget(
 
     Refused for a node that is UP: stop it first. `corral enroll NAME` lets it back later.
     """
-    gone = _call(api, token, lambda c: c.node_delete(name))
+    gone = api_call(api, token, lambda c: c.node_delete(name))
     out.print(
         f"[green]forgot[/] {gone.name} (was {gone.status}; "
         f"{gone.revoked} credential(s) revoked now)"
@@ -55,7 +56,7 @@ def logs(
     token: Token = None,
 ) -> None:
     """Print what task instance ID printed (stdout, stderr) and logged with ctx.log."""
-    view = _call(api, token, lambda c: c.task_logs(ident))
+    view = api_call(api, token, lambda c: c.task_logs(ident))
     if as_json:
         print(json.dumps(msgspec.to_builtins(view), indent=2))
         return
@@ -67,6 +68,6 @@ def logs(
 
 def register(app: typer.Typer) -> None:
     """Add these commands to ``app``."""
-    app.command(name="kill-worker")(kill_worker)
-    app.command()(forget)
-    app.command()(logs)
+    app.command(name="kill-worker")(connects(kill_worker))
+    app.command()(connects(forget))
+    app.command()(connects(logs))

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from corral import wire
-from corral.cli.common import configure, err, fail, run
+from corral.cli.common import AsJson, Ca, Creds, Nats, Wait, configure, err, fail, print_table, run
 from corral.config import Config
 from corral.errors import CorralError, UsageError
 from corral.guardian.client import GuardianClient
@@ -40,12 +42,12 @@ _STATUS_STYLE = {
 }
 
 NameArg = Annotated[str, typer.Argument(help="The guardian's name.")]
-NatsOpt = Annotated[str | None, typer.Option("--nats", help="Bus URL.")]
-CredsOpt = Annotated[str | None, typer.Option(help="Credentials file.")]
-CaOpt = Annotated[str | None, typer.Option(help="CA file to verify the bus (TLS).")]
+NatsOpt = Nats
+CredsOpt = Creds
+CaOpt = Ca
 
 
-def _config(nats: str | None, creds: str | None, ca: str | None) -> Config:
+def bus_config(nats: str | None, creds: str | None, ca: str | None) -> Config:
     config, _ = configure(nats_url=nats, creds=creds, ca=ca)
     return config
 
@@ -93,7 +95,7 @@ def _line(view: wire.GuardianView, config: Config, *, past: bool = False) -> str
     return text
 
 
-def _print_view(view: wire.GuardianView, config: Config) -> None:
+def print_view(view: wire.GuardianView, config: Config) -> None:
     out.print(_line(view, config), highlight=False, soft_wrap=True)
 
 
@@ -106,14 +108,21 @@ def run_cmd(
         1 / 16
     ),
     nats: NatsOpt = None,
-    creds: CredsOpt = None,
+    creds: Annotated[
+        str | None,
+        typer.Option(
+            "--creds",
+            help="This guardian's credentials file (`corral guardian enroll NAME`).",
+            rich_help_panel="Connection",
+        ),
+    ] = None,
     ca: CaOpt = None,
 ) -> None:
     """Run a guardian: load SYSTEM, take requests, walk to them, until Ctrl-C."""
-    from corral.cli.running import _until_signalled
+    from corral.cli.running import until_signalled
     from corral.guardian.runtime import Guardian
 
-    config = _config(nats, creds, ca)
+    config, _ = configure(daemon=True, nats_url=nats, creds=creds, ca=ca)
     try:
         start_mode = Mode(mode.upper())
     except ValueError:
@@ -126,21 +135,27 @@ def run_cmd(
             f"(state {guardian.core.state}, request {guardian.core.request})",
             highlight=False,
         )
-        await _until_signalled(asyncio.create_task(guardian.serve_forever()))
+        await until_signalled(asyncio.create_task(guardian.serve_forever()))
 
     run(main())
 
 
 @guardian_app.command("list")
-def list_cmd(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> None:
+def list_cmd(
+    as_json: AsJson = False, nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None
+) -> None:
     """Every guardian's state, request, mode and status."""
-    config = _config(nats, creds, ca)
+    config = bus_config(nats, creds, ca)
 
     async def main() -> list[wire.GuardianView]:
         async with await GuardianClient.connect(config) as client:
             return await client.list()
 
     views = run(main())
+    if as_json:
+        seen = [{**msgspec.to_builtins(v), "seen_status": _status(v, config)} for v in views]
+        print(json.dumps(seen, indent=2))
+        return
     table = Table(
         "name", "state", "request", "nominal", "mode", "status", "OK", "notifications", "host/pid"
     )
@@ -160,7 +175,7 @@ def list_cmd(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> 
             "; ".join(v.notifications),
             f"{v.host}/{v.pid}",
         )
-    out.print(table)
+    print_table(out, table)
     out.print("* arrived at its request", style="dim")
 
 
@@ -168,15 +183,13 @@ def list_cmd(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> 
 def request(
     name: NameArg,
     state: Annotated[str, typer.Argument(help="The state to walk to.")],
-    wait: Annotated[
-        float, typer.Option(help="Wait up to this many seconds for it to arrive (0: don't).")
-    ] = 0.0,
+    wait: Wait = 0.0,
     nats: NatsOpt = None,
     creds: CredsOpt = None,
     ca: CaOpt = None,
 ) -> None:
     """Ask guardian NAME to walk to STATE."""
-    config = _config(nats, creds, ca)
+    config = bus_config(nats, creds, ca)
 
     async def main() -> wire.GuardianView:
         async with await GuardianClient.connect(config) as client:
@@ -184,7 +197,7 @@ def request(
                 return await client.request(name, state)
             return await _until_arrived(client, name, state, wait)
 
-    _print_view(run(main()), config)
+    print_view(run(main()), config)
 
 
 def _walked(view: wire.GuardianView, seen: int) -> list[str]:
@@ -247,25 +260,25 @@ def mode(
     ca: CaOpt = None,
 ) -> None:
     """Set guardian NAME's mode (a person may always take a node back from its manager)."""
-    config = _config(nats, creds, ca)
+    config = bus_config(nats, creds, ca)
 
     async def main() -> wire.GuardianView:
         async with await GuardianClient.connect(config) as client:
             return await client.set_mode(name, new_mode)
 
-    _print_view(run(main()), config)
+    print_view(run(main()), config)
 
 
 @guardian_app.command()
 def revive(name: NameArg, nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> None:
     """Re-request guardian NAME's last request (clears a stall or an error)."""
-    config = _config(nats, creds, ca)
+    config = bus_config(nats, creds, ca)
 
     async def main() -> wire.GuardianView:
         async with await GuardianClient.connect(config) as client:
             return await client.revive(name)
 
-    _print_view(run(main()), config)
+    print_view(run(main()), config)
 
 
 @guardian_app.command()
@@ -277,13 +290,13 @@ def pause(
     ca: CaOpt = None,
 ) -> None:
     """Pause guardian NAME (no state code runs; requests are still taken), or --resume it."""
-    config = _config(nats, creds, ca)
+    config = bus_config(nats, creds, ca)
 
     async def main() -> wire.GuardianView:
         async with await GuardianClient.connect(config) as client:
             return await client.pause(name, not resume)
 
-    _print_view(run(main()), config)
+    print_view(run(main()), config)
 
 
 @guardian_app.command()
@@ -293,13 +306,13 @@ def reload(name: NameArg, nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOp
     A module that fails to import leaves the old one running; the error is printed and shown
     in the guardian's view.
     """
-    config = _config(nats, creds, ca)
+    config = bus_config(nats, creds, ca)
 
     async def main() -> wire.GuardianView:
         async with await GuardianClient.connect(config) as client:
             return await client.reload(name)
 
-    _print_view(run(main()), config)
+    print_view(run(main()), config)
 
 
 @guardian_app.command()
@@ -314,7 +327,7 @@ def watch(
     ca: CaOpt = None,
 ) -> None:
     """Print guardian NAME's views as they change (heartbeats alone are not printed)."""
-    config = _config(nats, creds, ca)
+    config = bus_config(nats, creds, ca)
 
     async def main() -> None:
         shown = 0
@@ -351,7 +364,7 @@ def graph(
     ca: CaOpt = None,
 ) -> None:
     """Print guardian NAME's state graph as Graphviz DOT, current state and path highlighted."""
-    config = _config(nats, creds, ca)
+    config = bus_config(nats, creds, ca)
 
     async def main() -> wire.GuardianGraph:
         async with await GuardianClient.connect(config) as client:

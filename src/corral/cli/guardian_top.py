@@ -3,21 +3,23 @@ monitor-only top node aggregating every guardian's OK (LIGO Guardian's top node)
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
+import msgspec
 import typer
 
 from corral import wire
-from corral.cli.common import run
+from corral.cli.common import AsJson, run
 from corral.cli.guardian import (
     CaOpt,
     CredsOpt,
     NameArg,
     NatsOpt,
-    _config,
-    _print_view,
+    bus_config,
     guardian_app,
     out,
+    print_view,
 )
 from corral.errors import NoSuchGuardian
 from corral.guardian.client import GuardianClient
@@ -27,12 +29,18 @@ __all__ = ["show", "top"]
 
 
 @guardian_app.command()
-def show(name: NameArg, nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> None:
+def show(
+    name: NameArg,
+    as_json: AsJson = False,
+    nats: NatsOpt = None,
+    creds: CredsOpt = None,
+    ca: CaOpt = None,
+) -> None:
     """Guardian NAME's view: state, request, nominal, mode, status, OK, notifications, log.
 
     A guardian that stopped or went silent shows CONNECTION_ERROR (its last known view).
     """
-    config = _config(nats, creds, ca)
+    config = bus_config(nats, creds, ca)
 
     async def main() -> wire.GuardianView:
         async with await GuardianClient.connect(config) as client:
@@ -44,7 +52,11 @@ def show(name: NameArg, nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt 
             "the ones that did"
         )
 
-    _print_view(run(main()), config)
+    view = run(main())
+    if as_json:
+        print(json.dumps(msgspec.to_builtins(view), indent=2))
+        return
+    print_view(view, config)
 
 
 @guardian_app.command()
@@ -52,6 +64,7 @@ def top(
     names: Annotated[
         list[str] | None, typer.Argument(help="The guardians to watch over (default: all).")
     ] = None,
+    as_json: AsJson = False,
     nats: NatsOpt = None,
     creds: CredsOpt = None,
     ca: CaOpt = None,
@@ -61,13 +74,16 @@ def top(
     It requests nothing and takes no guardian into MANAGED mode. OK is LIGO's: executing,
     AUTO or MANAGED, REQUEST == STATE == NOMINAL, done, no error, connected.
     """
-    config = _config(nats, creds, ca)
+    config = bus_config(nats, creds, ca)
 
     async def main() -> tuple[bool, list[wire.GuardianView]]:
         async with await GuardianClient.connect(config) as client:
             return await client.top(names or ())
 
     ok, views = run(main())
+    if as_json:
+        print(json.dumps({"ok": ok, "views": msgspec.to_builtins(views)}, indent=2))
+        raise typer.Exit(0 if ok else 1)
     for v in views:
         why = "" if v.ok else _why_not_ok(v)
         out.print(

@@ -12,9 +12,9 @@ from typing import Annotated
 import typer
 
 from corral import subjects
-from corral.cli.common import configure, err, run
+from corral.cli.common import at_least, configure, err, run
 
-__all__ = ["register"]
+__all__ = ["PYTHONS", "program", "register"]
 
 
 async def _pump(stream: asyncio.StreamReader, rank: int, out: int) -> None:
@@ -58,20 +58,41 @@ async def _launch(count: int, command: list[str], env: dict[str, str]) -> int:
     return 1 if failed else 0
 
 
+#: Program names that mean "the Python corral runs on" (its virtual environment included).
+PYTHONS = ("python", "python3")
+
+
+def program(command: list[str]) -> list[str]:
+    """``command`` with a bare ``python``/``python3`` replaced by ``sys.executable``, so the
+    members run on corral's own Python (and venv) whether or not that venv is active."""
+    if command and command[0] in PYTHONS:
+        return [sys.executable, *command[1:]]
+    return command
+
+
 def launch(
     command: Annotated[list[str], typer.Argument(help="The program and its arguments.")],
-    count: Annotated[int, typer.Option("-n", "--count", help="Members to start.")] = 2,
+    count: Annotated[
+        int,
+        typer.Option(
+            "-n",
+            "--count",
+            help="Members to start (1 or more).",
+            callback=at_least(1, "a group needs at least one member: give -n 1 or more"),
+        ),
+    ] = 2,
     name: Annotated[str | None, typer.Option(help="Group name (default: launch-<random>).")] = None,
 ) -> None:
     """Start N members of a process group on this machine, like mpirun.
 
     Each member gets CORRAL_GROUP, CORRAL_GROUP_SIZE, CORRAL_GROUP_RANK and CORRAL_GROUP_RUN in
     its environment, so `await Group.join()` needs no arguments. Output lines are prefixed with
-    the rank; the exit status is non-zero if any member failed.
+    the rank; the exit status is non-zero if any member failed. A bare `python` or `python3`
+    runs the Python corral runs on (its virtual environment, active or not).
 
     Example: `corral launch -n 8 -- python sweep.py`
     """
-    config, _ = configure()
+    config, _ = configure(daemon=True)
     group = subjects.check_name(name or f"launch-{uuid.uuid4().hex[:8]}", "group")
     env = {
         **os.environ,
@@ -80,7 +101,7 @@ def launch(
         "CORRAL_GROUP_SIZE": str(count),
         "CORRAL_GROUP_RUN": uuid.uuid4().hex[:12],
     }
-    raise typer.Exit(run(_launch(count, command, env)))
+    raise typer.Exit(run(_launch(count, program(command), env)))
 
 
 def register(app: typer.Typer) -> None:

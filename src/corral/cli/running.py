@@ -7,31 +7,27 @@ import contextlib
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group
-from rich.live import Live
-from rich.panel import Panel
 
 from corral import procs
-from corral.cli.admin import initialise, nodes_table
-from corral.cli.common import _globals, configure, err, fail, local_audit, run
-from corral.client import Client
+from corral.cli.admin import initialise
+from corral.cli.common import GLOBALS, at_least, configure, err, fail, local_audit, run
+from corral.cli.upview import watch_up
 from corral.config import Config
 from corral.core.text import check_join_text
 from corral.errors import CorralError
 from corral.node import Node
 from corral.node.handlers import Handlers, load_handlers
 from corral.security import Authority, write_secret
-from corral.tokens import admin_token_path, ensure_admin_token
+from corral.tokens import ensure_admin_token
 
 __all__ = ["register"]
 
 
-async def _until_signalled(main: asyncio.Task[Any]) -> None:
+async def until_signalled(main: asyncio.Task[Any]) -> None:
     """Wait for ``main`` or SIGINT/SIGTERM, whichever comes first; cancel ``main`` on a signal."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -59,7 +55,7 @@ async def _controller(config: Config) -> None:
         err.print(f"nats-server listening on {broker.url} (log {broker.log_path})")
     try:
         controller = ControllerService(config)
-        await _until_signalled(asyncio.create_task(controller.serve_forever()))
+        await until_signalled(asyncio.create_task(controller.serve_forever()))
     finally:
         if broker is not None:
             broker.stop()
@@ -88,7 +84,13 @@ def controller(
 ) -> None:
     """Run the controller (and the embedded nats-server unless --nats is given)."""
     config, _ = configure(
-        nats_url=nats, nats_host=nats_host, nats_port=nats_port, store=store, creds=creds, ca=ca
+        daemon=True,
+        nats_url=nats,
+        nats_host=nats_host,
+        nats_port=nats_port,
+        store=store,
+        creds=creds,
+        ca=ca,
     )
     load_handlers(aggregators or (), entry_point_group="corral.aggregators")
     run(_controller(config))
@@ -116,7 +118,13 @@ def node(
     attr: Annotated[
         list[str] | None, typer.Option(help="KEY=VALUE attribute (repeatable).")
     ] = None,
-    slots: Annotated[int, typer.Option(help="Task worker slots offered.")] = 1,
+    slots: Annotated[
+        int,
+        typer.Option(
+            help="Task worker slots offered (0: none).",
+            callback=at_least(0, "give --slots 0 for a node that runs no tasks, or more"),
+        ),
+    ] = 1,
     tasks: Annotated[
         list[str] | None,
         typer.Option(help="Python module with @task functions for the workers (repeatable)."),
@@ -150,7 +158,7 @@ def node(
 
     Example: `corral node --name web1 --label gpu --handlers myapp.corral_handlers`
     """
-    config, _ = configure(nats_url=nats, creds=creds, ca=ca)
+    config, _ = configure(daemon=True, nats_url=nats, creds=creds, ca=ca)
     attributes = _attributes(attr or [], sink)
     try:
         check_join_text(label or (), interface or (), attributes, "", "", "")
@@ -177,7 +185,7 @@ def node(
     )
 
     async def main() -> None:
-        await _until_signalled(asyncio.create_task(daemon.run()))
+        await until_signalled(asyncio.create_task(daemon.run()))
         await daemon.stop()
 
     run(main())
@@ -194,27 +202,6 @@ def _local_creds(config: Config, authority: Authority, name: str) -> Path:
     return path
 
 
-def _header(config: Config, url: str, children: dict[str, subprocess.Popen[bytes]]) -> Panel:
-    exited = [
-        f"[red]{name} exited ({proc.returncode}): see {name}.log[/]"
-        for name, proc in children.items()
-        if proc.poll() is not None
-    ]
-    lines = [
-        f"bus        {url}",
-        f"store      {config.store_url}",
-        f"data dir   {config.data_path}",
-        f"logs       {config.data_path / 'logs'}",
-        f"HTTP API   {config.api_url}/docs  (token in {admin_token_path(config)})",
-        f"dashboard  {config.api_url}/ui  (sign in with that token, or `corral user add`)",
-        f"processes  {len(children)} children, "
-        f"{sum(1 for p in children.values() if p.poll() is None)} running",
-        *exited,
-        "Ctrl-C stops everything.",
-    ]
-    return Panel("\n".join(lines), title="corral up", title_align="left")
-
-
 async def _up(config: Config, count: int, node_args: list[str], controller_args: list[str]) -> None:
     from corral.broker import EmbeddedBroker
     from corral.store import open_store
@@ -227,23 +214,25 @@ async def _up(config: Config, count: int, node_args: list[str], controller_args:
     await broker.start()
     logs = config.data_path / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    rotate = (config.log_max_bytes, config.log_backups)
     base = [sys.executable, "-m", "corral", "--data-dir", str(config.data_path)]
     base += ["--log-format", "json", "--log-level", config.log_level]
-    if _globals.config_file:
-        base += ["--config", _globals.config_file]
+    if GLOBALS.config_file:
+        base += ["--config", GLOBALS.config_file]
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         children["controller"] = procs.spawn(
             [*base, "controller", "--nats", broker.url, *controller_args],
             log=logs / "controller.log",
+            rotate=rotate,
         )
         for i in range(1, count + 1):
             name = f"node-{i}"
             creds = _local_creds(config, authority, name)
             argv = [*base, "node", "--name", name, "--nats", broker.url, "--creds", str(creds)]
             argv += node_args
-            children[name] = procs.spawn(argv, log=logs / f"{name}.log")
-        await _until_signalled(asyncio.create_task(_live_table(config, broker.url, children)))
+            children[name] = procs.spawn(argv, log=logs / f"{name}.log", rotate=rotate)
+        await until_signalled(asyncio.create_task(watch_up(config, broker.url, children)))
     finally:
         # Nodes first (they say goodbye to the controller), then the controller, then the bus.
         nodes = [p for n, p in children.items() if n != "controller"]
@@ -257,26 +246,16 @@ async def _up(config: Config, count: int, node_args: list[str], controller_args:
         err.print("stopped: every child process has exited")
 
 
-async def _live_table(
-    config: Config, url: str, children: dict[str, subprocess.Popen[bytes]]
-) -> None:
-    client = await Client.connect(config, wait=10.0)
-    try:
-        with Live(_header(config, url, children), console=err, refresh_per_second=4) as live:
-            while True:
-                try:
-                    views = await client.nodes()
-                    body: Any = nodes_table(views, time.time())
-                except CorralError as exc:
-                    body = f"[yellow]{exc}[/]"
-                live.update(Group(_header(config, url, children), body))
-                await asyncio.sleep(0.5)
-    finally:
-        await client.close()
-
-
 def up(
-    nodes: Annotated[int, typer.Option("--nodes", "-n", help="Local node daemons to start.")] = 4,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            "--nodes",
+            "-n",
+            help="Local node daemons to start (0: the controller alone).",
+            callback=at_least(0, "give --nodes 0 for the controller alone, or more nodes"),
+        ),
+    ] = 4,
     nats_port: Annotated[int | None, typer.Option(help="Embedded server port.")] = None,
     handlers: Annotated[
         list[str] | None,
@@ -300,7 +279,7 @@ def up(
     table of the nodes; Ctrl-C or SIGTERM stops every child process. In another terminal:
     `corral send '*' ping`, `corral nodes`.
     """
-    config, _ = configure(nats_port=nats_port)
+    config, _ = configure(daemon=True, nats_port=nats_port)
     node_args = [arg for module in handlers or () for arg in ("--handlers", module)]
     node_args += [arg for module in tasks or () for arg in ("--tasks", module)]
     if allow_shell:

@@ -2,7 +2,8 @@
 
 Each connects with :class:`corral.AsyncController` to ``--api`` (default ``api_url`` of the
 configuration) with ``--token`` (default ``CORRAL_API_TOKEN``, ``api_token``, or the admin
-token file ``corral up`` writes). Every listing takes ``--json``.
+token file ``corral up`` writes): the shared connection options of :mod:`corral.cli.common`,
+given before or after the command. Every listing takes ``--json``.
 """
 
 from __future__ import annotations
@@ -22,28 +23,40 @@ from rich.table import Table
 
 from corral import api_models as m
 from corral.api_client import AsyncController
-from corral.cli.common import configure, run
+from corral.cli.common import (
+    GLOBALS,
+    Api,
+    AsJson,
+    Token,
+    configure,
+    connects,
+    optional_value,
+    print_table,
+    run,
+    waiting,
+)
 from corral.core.text import check_keys, check_name, check_names
 
-__all__ = ["register"]
+# Api, AsJson and Token stay importable from here for modules built on api_call (fleet, status).
+__all__ = ["QUEUE_WAIT", "Api", "AsJson", "Token", "register"]
 
 T = TypeVar("T")
 out = Console(emoji=False, highlight=False)
 
-Api = Annotated[str | None, typer.Option("--api", help="Controller API URL (default: api_url).")]
-Token = Annotated[
-    str | None,
-    typer.Option("--token", help="API token (default: CORRAL_API_TOKEN or the admin file)."),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
+#: How long ``queue --wait`` without a number waits, in seconds.
+QUEUE_WAIT = 3600.0
 PageOpt = Annotated[int, typer.Option("--page", min=1, help="Page number, from 1.")]
 
 
-def _call(api: str | None, token: str | None, use: Callable[[AsyncController], Awaitable[T]]) -> T:
+def api_call(
+    api: str | None, token: str | None, use: Callable[[AsyncController], Awaitable[T]]
+) -> T:
+    """Run ``use`` with a client of the API (``api``/``token``, else the shared options)."""
     config, _ = configure()
 
     async def main() -> T:
-        async with AsyncController(api, token, config=config) as client:
+        url, key = api or GLOBALS.api, token or GLOBALS.token
+        async with AsyncController(url, key, config=config) as client:
             return await use(client)
 
     return run(main())
@@ -60,7 +73,7 @@ def _when(at: float | None) -> str:
 def _instances_table(page: m.TaskPage, title: str) -> Table:
     table = Table(title=f"{title} — page {page.page}/{page.pages}, {page.total} in all")
     for column in ("id", "key", "status", "node", "attempts", "queued", "progress", "error"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for v in page.items:
         table.add_row(
             str(v.id),
@@ -95,7 +108,7 @@ def tasks(
     token: Token = None,
 ) -> None:
     """List the tasks the cluster can run, and the nodes offering each."""
-    views = _call(api, token, lambda c: c.list_tasks(toplevel=not all_))
+    views = api_call(api, token, lambda c: c.list_tasks(toplevel=not all_))
     if as_json:
         _dump(views)
         return
@@ -104,7 +117,7 @@ def tasks(
         table.add_column(column)
     for v in views:
         table.add_row(v.key, ", ".join(v.nodes), str(v.slots), "" if v.toplevel else "yes")
-    out.print(table)
+    print_table(out, table)
 
 
 def queue(
@@ -114,11 +127,23 @@ def queue(
     ] = None,
     priority: Annotated[int, typer.Option(min=0, max=9, help="Lower runs first.")] = 5,
     label: Annotated[list[str] | None, typer.Option(help="A label the node must carry.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait and print the result.")] = False,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            "--wait",
+            min=0,
+            metavar="[SECONDS]",
+            help="Wait up to SECONDS (alone: an hour) and print the result.",
+        ),
+    ] = None,
     api: Api = None,
     token: Token = None,
 ) -> None:
-    """Queue task KEY with arguments; prints the instance id (or, with --wait, the result)."""
+    """Queue task KEY with arguments; prints the instance id (or, with --wait, the result).
+
+    `--wait` takes seconds (`--wait 30`); given alone, as the last option or before another
+    option, it waits up to an hour. Exits 1 if the task failed or did not finish in time.
+    """
     values = _parse_args(args or [])
 
     async def use(c: AsyncController) -> Any:
@@ -126,9 +151,12 @@ def queue(
         check_names(label or (), "label")
         check_keys(values, "argument name")
         ident = await c.queue_task(key, values, priority=priority, labels=label or ())
-        return (await c.wait(ident, 3600)) if wait else ident
+        if not wait:
+            return ident
+        with waiting(f"task {ident} ({key}) queued: waiting up to {wait:g} s for its result"):
+            return await c.wait(ident, wait)
 
-    result = _call(api, token, use)
+    result = api_call(api, token, use)
     if isinstance(result, m.TaskView):
         _dump(result.result if result.status == "complete" else result)
         if result.status != "complete":
@@ -146,7 +174,7 @@ def cancel(
     token: Token = None,
 ) -> None:
     """Cancel a task instance: dequeue it, or ask it to stop (--force: then kill it)."""
-    view = _call(api, token, lambda c: c.cancel_task(ident, force=force))
+    view = api_call(api, token, lambda c: c.cancel_task(ident, force=force))
     out.print(f"task {view.id} ({view.key}): {view.status}")
 
 
@@ -154,8 +182,8 @@ def queue_list(
     page: PageOpt = 1, as_json: AsJson = False, api: Api = None, token: Token = None
 ) -> None:
     """List queued task instances, oldest first."""
-    result = _call(api, token, lambda c: c.list_queue(page))
-    _dump(result) if as_json else out.print(_instances_table(result, "queue"))
+    result = api_call(api, token, lambda c: c.list_queue(page))
+    _dump(result) if as_json else print_table(out, _instances_table(result, "queue"))
 
 
 def _bars(statuses: list[m.TaskStatusView]) -> Progress:
@@ -187,7 +215,7 @@ def running(
 ) -> None:
     """Show running tasks with live progress bars (Ctrl-C to stop watching)."""
     if as_json or once:
-        statuses = _call(api, token, lambda c: c.task_statuses())
+        statuses = api_call(api, token, lambda c: c.task_statuses())
         if as_json:
             _dump(statuses)
         else:
@@ -201,7 +229,7 @@ def running(
                 live.update(_bars(statuses) if statuses else "no task is running")
                 await asyncio.sleep(0.25)
 
-    _call(api, token, watch)
+    api_call(api, token, watch)
 
 
 def history(
@@ -212,8 +240,8 @@ def history(
     token: Token = None,
 ) -> None:
     """List the instances of task KEY, newest first, 10 a page."""
-    result = _call(api, token, lambda c: c.task_history(key, page))
-    _dump(result) if as_json else out.print(_instances_table(result, f"history of {key}"))
+    result = api_call(api, token, lambda c: c.task_history(key, page))
+    _dump(result) if as_json else print_table(out, _instances_table(result, f"history of {key}"))
 
 
 def show(
@@ -223,7 +251,7 @@ def show(
     token: Token = None,
 ) -> None:
     """Show one task instance: arguments, attempts, result or error with its traceback."""
-    view = _call(api, token, lambda c: c.task_history_detail(ident))
+    view = api_call(api, token, lambda c: c.task_history_detail(ident))
     if as_json:
         _dump(view)
         return
@@ -246,10 +274,10 @@ def show(
 
 def register(app: typer.Typer) -> None:
     """Add these commands to ``app``."""
-    app.command()(tasks)
-    app.command()(queue)
-    app.command()(cancel)
-    app.command(name="queue-list")(queue_list)
-    app.command()(running)
-    app.command()(history)
-    app.command()(show)
+    app.command()(connects(tasks))
+    app.command()(connects(optional_value("--wait", QUEUE_WAIT)(queue)))
+    app.command()(connects(cancel))
+    app.command(name="queue-list")(connects(queue_list))
+    app.command()(connects(running))
+    app.command()(connects(history))
+    app.command()(connects(show))

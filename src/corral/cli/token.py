@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from corral.cli.common import configure, err, local_audit, run
+from corral.cli.common import AsJson, configure, err, local_audit, print_table, run
 from corral.errors import UsageError
 from corral.tokens import Role, Token, create_token, list_tokens, revoke_token
 
@@ -52,9 +52,7 @@ def create(
 
 
 @app.command(name="list")
-def list_(
-    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
-) -> None:
+def list_(as_json: AsJson = False) -> None:
     """List tokens (id, name, role, created, revoked); secrets are never shown."""
     config, _ = configure()
 
@@ -77,7 +75,7 @@ def list_(
             time.strftime("%Y-%m-%d %H:%M", time.localtime(t.revoked_at)) if t.revoked_at else ""
         )
         table.add_row(t.id, t.name, t.role, when, revoked)
-    out.print(table)
+    print_table(out, table)
 
 
 @app.command()

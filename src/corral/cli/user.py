@@ -6,6 +6,7 @@ the store is. API tokens sign in to the dashboard too; users are for people.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Annotated
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from corral.cli.common import configure, local_audit, run
+from corral.cli.common import AsJson, configure, local_audit, print_table, run
 from corral.dashboard.users import User, add_user, list_users, remove_user
 from corral.errors import UsageError
 from corral.tokens import Role
@@ -52,7 +53,7 @@ def add(
 
 
 @app.command(name="list")
-def list_() -> None:
+def list_(as_json: AsJson = False) -> None:
     """List users (name, role, created); passwords are never shown."""
     config, _ = configure()
 
@@ -62,12 +63,17 @@ def list_() -> None:
         async with await open_store(config.store_url) as store:
             return await list_users(store)
 
+    users = run(main())
+    if as_json:
+        rows = [{"name": u.name, "role": u.role, "created_at": u.created_at} for u in users]
+        print(json.dumps(rows, indent=2))
+        return
     table = Table(title="dashboard users")
     for column in ("name", "role", "created"):
         table.add_column(column)
-    for u in run(main()):
+    for u in users:
         table.add_row(u.name, u.role, time.strftime("%Y-%m-%d %H:%M", time.localtime(u.created_at)))
-    out.print(table)
+    print_table(out, table)
 
 
 @app.command()
