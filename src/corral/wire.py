@@ -55,6 +55,7 @@ __all__ = [
     "TaskReport",
     "TaskResync",
     "TaskResult",
+    "TaskStarted",
     "TaskRun",
     "TaskStop",
     "AgentsRequest",
@@ -654,6 +655,14 @@ class TaskProgress(msgspec.Struct, frozen=True, array_like=True):
     worker: int = -1
 
 
+class TaskStarted(msgspec.Struct, frozen=True, array_like=True):
+    """A worker of the node took up the run under ``lease`` (it was ``assigned``, waiting in
+    the worker's pipe, until now)."""
+
+    lease: str
+    worker: int = -1
+
+
 class TaskResult(msgspec.Struct, frozen=True, array_like=True):
     """A task ended: ``outcome`` is ``complete``, ``failed`` or ``stopped``."""
 
@@ -674,6 +683,8 @@ class TaskReport(_Msg, frozen=True):
 
     progress: list[TaskProgress] = msgspec.field(default_factory=list)
     results: list[TaskResult] = msgspec.field(default_factory=list)
+    #: runs a worker started since the last report (an older node sends none)
+    started: list[TaskStarted] = msgspec.field(default_factory=list)
 
 
 class TaskParam(msgspec.Struct, frozen=True, kw_only=True):

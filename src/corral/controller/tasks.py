@@ -598,11 +598,15 @@ class TaskService:
         except CorralError as exc:
             log.warning("bad task report ignored: %s", exc)
             return
+        now = self.clock()
+        for started in report.started:
+            if not self._foreign(node, started.lease, "start"):
+                self.core.started(started.lease, started.worker, now, reporter=node)
         for p in report.progress:
             if not self._foreign(node, p.lease, "progress"):
-                self.core.progress(p.lease, p.percent, p.message, p.worker, reporter=node)
+                self.core.progress(p.lease, p.percent, p.message, p.worker, reporter=node, now=now)
         if report.results:
-            self._results(node, report.results, self.clock())
+            self._results(node, report.results, now)
             self._wake.set()
             self._urgent.set()
         await self._pump()

@@ -81,6 +81,8 @@ class _Worker:
         #: the process exited; its runs wait for its replacement
         self.dead = False
         self.reader: asyncio.Task[None] | None = None
+        #: the lease last reported started (the first of ``pending`` runs, the rest wait)
+        self.started: str | None = None
 
     def __repr__(self) -> str:
         return f"<Worker {self.index} pid={self.proc.pid} pending={len(self.pending)}>"
@@ -112,6 +114,7 @@ class WorkerPool:
         self._unacked: dict[str, tuple[float, wire.TaskResult]] = {}
         self._progress: list[wire.TaskProgress] = []
         self._results: list[wire.TaskResult] = []
+        self._started: list[wire.TaskStarted] = []
         self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -208,6 +211,7 @@ class WorkerPool:
                 worker.pending.pop(lease, None)
                 self._where.pop(lease, None)
                 self._result(wire.TaskResult(lease, outcome, result, error, tb, worker.index, logs))
+                self._note_start(worker)
             elif kind == "map":
                 await self._map(worker, message[1], message[2], message[3])
             elif kind == "progress":
@@ -248,6 +252,15 @@ class WorkerPool:
             return  # the parent is gone (killed, finished)
         worker.blocked = False
         worker.write(frame(["mapped", done.lease, done.ok, done.results, done.error]))
+
+    def _note_start(self, worker: _Worker) -> None:
+        """Report the run ``worker`` works on now, if it is new: a worker runs its pipe's
+        runs in order, so the first still pending is the one it started."""
+        first = next(iter(worker.pending), None)
+        if first is not None and first != worker.started and not worker.dead:
+            worker.started = first
+            self._started.append(wire.TaskStarted(first, worker.index))
+            self._flush.set()
 
     def _result(self, result: wire.TaskResult) -> None:
         self._unacked[result.lease] = (time.monotonic(), result)
@@ -305,6 +318,7 @@ class WorkerPool:
             fresh.pending[lease] = run
             self._where[lease] = fresh
             fresh.write(frame(run))
+        self._note_start(fresh)
 
     # --- bus ----------------------------------------------------------------------------
 
@@ -342,6 +356,7 @@ class WorkerPool:
             batches.setdefault(worker.index, []).append(frame(message))
         for index, frames in batches.items():
             self.workers[index].write(b"".join(frames))
+            self._note_start(self.workers[index])
 
     def _stop(self, lease: str, force: bool) -> None:
         worker = self._where.get(lease)
@@ -375,6 +390,7 @@ class WorkerPool:
             self._flush.clear()
             progress, self._progress = self._progress, []
             results, self._results = self._results, []
+            started, self._started = self._started, []
             nc = self.node.nc
             if nc is None or not nc.is_connected or not self.node.joined.is_set():
                 continue  # results stay unacked and are re-sent
@@ -382,8 +398,8 @@ class WorkerPool:
             # report outgrows the bus's max_payload (it would never be sent, nor acked).
             budget = max(64 * 1024, nc.max_payload // 2)
             for batch in _batches(results, budget):
-                report = wire.TaskReport(progress=progress, results=batch)
-                progress = []
+                report = wire.TaskReport(progress=progress, results=batch, started=started)
+                progress, started = [], []
                 with contextlib.suppress(Exception):
                     await nc.publish(subject, wire.encode(report), headers=wire.HEADERS)
 
