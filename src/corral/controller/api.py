@@ -55,6 +55,7 @@ from corral._version import __version__
 from corral.controller.api_calls import ApiCalls, Caller
 from corral.controller.api_docs import add_docs
 from corral.controller.http_limits import EntryLimits
+from corral.controller.monitoring import Monitor, mount_monitoring
 from corral.core.limits import CallLimiter, json_depth_error
 from corral.errors import (
     ConfigError,
@@ -364,6 +365,7 @@ class ApiServer:
         self._task: asyncio.Task[None] | None = None
         self.dashboard: Dashboard | None = None
         self.limiter: CallLimiter | None = None
+        self.monitor: Monitor | None = None
 
     def __repr__(self) -> str:
         return f"<ApiServer {self.url or 'stopped'}>"
@@ -381,6 +383,7 @@ class ApiServer:
         from corral.dashboard.routes import mount  # the web dashboard under /ui (issue #8)
 
         self.dashboard = mount(app, self.ctl, checker)
+        self.monitor = mount_monitoring(app, self.ctl, checker)  # /metrics, /healthz...
         self.limiter = CallLimiter(
             config.api_rate, config.api_burst, config.api_max_in_flight, clock=time.monotonic
         )
@@ -423,6 +426,8 @@ class ApiServer:
         """Stop serving (open requests get a second to finish)."""
         if self.dashboard is not None:
             await self.dashboard.stop()
+        if self.monitor is not None:
+            await self.monitor.stop()
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError, CorralError):
