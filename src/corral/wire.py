@@ -56,6 +56,7 @@ __all__ = [
     "TaskResync",
     "TaskResult",
     "TaskStarted",
+    "NodeStats",
     "TaskRun",
     "TaskStop",
     "AgentsRequest",
@@ -139,12 +140,30 @@ class Join(_Msg, frozen=True):
     last_serial: int = 0
 
 
+class NodeStats(msgspec.Struct, frozen=True, array_like=True):
+    """What a node's host is doing, sent with its heartbeats (an array: four numbers).
+
+    Attributes:
+        cpu_percent: CPU use since the previous sample, 0-100 (all cores).
+        mem_percent: Memory in use, 0-100.
+        disk_percent: Space used on the node's data directory's disk, 0-100.
+        load1: The one-minute load average (0 where the system has none).
+    """
+
+    cpu_percent: float
+    mem_percent: float
+    disk_percent: float
+    load1: float
+
+
 class Heartbeat(_Msg, frozen=True):
     """A node is alive (published on ``corral.in.<name>.hb`` every heartbeat interval)."""
 
     instance: str
     last_serial: int = 0
     busy: int = 0
+    #: its host's CPU, memory, disk and load (an older node sends none)
+    stats: NodeStats | None = None
 
 
 class Leave(_Msg, frozen=True):
@@ -234,6 +253,8 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     last_serial: int = 0
     #: commands addressed to it that it has not answered yet (it is behind when > 0)
     behind: int = 0
+    #: ``cpu_percent``, ``mem_percent``, ``disk_percent``, ``load1`` from its last heartbeat
+    stats: dict[str, float] | None = None
 
 
 class NodesReply(_Msg, frozen=True):

@@ -506,7 +506,8 @@ class Controller(CommandEndpoints):
     async def _on_heartbeat(self, msg: Any, name: str, hb: wire.Heartbeat) -> None:
         self.counters["heartbeat"] += 1
         self.commands.applied(name, hb.last_serial)
-        outcome = self.registry.heartbeat(name, hb.instance, hb.last_serial, self.clock())
+        stats = msgspec.structs.asdict(hb.stats) if hb.stats is not None else None
+        outcome = self.registry.heartbeat(name, hb.instance, hb.last_serial, self.clock(), stats)
         if outcome is None:
             assert self.nc is not None
             rejoin = wire.Rejoin(reason="controller does not know this node instance")

@@ -158,9 +158,14 @@ class Registry:
         return node.status == S.UP and now - node.last_seen <= self.down_after
 
     def heartbeat(
-        self, name: str, instance: str, last_serial: int, now: float
+        self,
+        name: str,
+        instance: str,
+        last_serial: int,
+        now: float,
+        stats: dict[str, float] | None = None,
     ) -> list[Transition] | None:
-        """A heartbeat arrived.
+        """A heartbeat arrived (with the host's ``stats``, if the node sends them).
 
         Returns:
             None if the registry does not know this instance (the node must join again),
@@ -171,6 +176,8 @@ class Registry:
             return None
         node.last_seen = now
         node.last_serial = last_serial
+        if stats is not None:
+            node.stats = stats
         if node.status == S.DOWN:
             return [self._move(node, S.UP, now, "heartbeat resumed")]
         return []

@@ -439,7 +439,8 @@ class Scheduler:
         inst = self.lease_of(lease)
         if inst is None or (reporter is not None and inst.node != reporter):
             return
-        if inst.status == S.ASSIGNED and now is not None:  # a node that does not say started
+        if inst.status == S.ASSIGNED and inst.started_at is None and now is not None:
+            # an older node, which does not say "started": its progress says it
             self._start(inst, worker, now)
         inst.progress = max(0.0, min(100.0, percent))
         inst.message = message
