@@ -492,6 +492,8 @@ class NodeCommand(_Msg, frozen=True):
     to_all: bool = False
     #: for ``to_all`` to a subset: the nodes it was resolved to, the only ones that run it
     only: tuple[str, ...] = ()
+    #: for ``*``: nodes that had left when it was resolved (they do not run it if they return)
+    skip: tuple[str, ...] = ()
 
 
 class CommandReport(_Msg, frozen=True):

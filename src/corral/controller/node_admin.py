@@ -6,10 +6,16 @@ process, reports the task it ran as failed (as any crashed worker's) and
 starts the slot again. Forgetting a node removes it from the registry and the store and
 revokes its credentials, so it cannot come back without a new ``corral enroll``; a node that
 is UP is refused: stop it first.
+
+A node that left on purpose (LEFT) is forgotten by the controller itself once it has been
+gone ``left_expiry`` seconds (:func:`expire_left_loop`): its record goes from the registry
+and the store and its command consumer is deleted, audited as ``system``. Its credentials
+stay valid: it stopped cleanly, and may come back (it joins as a new node).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -17,12 +23,13 @@ from corral import api_models as m
 from corral import subjects, wire
 from corral.core.registry import NodeStatus
 from corral.errors import Conflict, CorralError, NotFound, RemoteError, UsageError
+from corral.records import AuditEntry
 from corral.security import Authority
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
 
-__all__ = ["delete_node", "kill_worker"]
+__all__ = ["delete_node", "expire_left", "expire_left_loop", "kill_worker"]
 
 log = logging.getLogger("corral.api")
 
@@ -142,3 +149,56 @@ async def _push(ctl: Controller, authority: Authority) -> bool:
         return False
     finally:
         await nc.close()
+
+
+async def expire_left(ctl: Controller) -> list[str]:
+    """Forget every node LEFT for longer than ``left_expiry`` (0: never), audited as
+    ``system``. A node whose store delete fails is kept, and tried again next time.
+
+    Args:
+        ctl: the controller.
+
+    Returns:
+        The names forgotten.
+    """
+    after = ctl.config.left_expiry
+    if after <= 0:
+        return []
+    now = ctl.clock()
+    gone = []
+    for name in ctl.registry.left_before(now - after):
+        record = ctl.registry.forget(name)
+        assert record is not None
+        try:
+            if ctl.store is not None:
+                await ctl.store.delete_node(name)
+        except CorralError as exc:
+            log.warning("cannot forget a node that left: %s", exc, extra={"node": name})
+            ctl.registry.nodes.setdefault(name, record)  # tried again next time
+            continue
+        await ctl.commands.node_removed(name)
+        ctl._audit.append(
+            AuditEntry(
+                at=now,
+                actor="system",
+                action="node_expire",
+                target=name,
+                detail={"left_at": record.since, "left_expiry": after},
+                role="system",
+            )
+        )
+        ctl._wake.set()
+        log.info("node forgotten: left %.0fs ago", now - record.since, extra={"node": name})
+        gone.append(name)
+    return gone
+
+
+async def expire_left_loop(ctl: Controller) -> None:
+    """Run :func:`expire_left` every few heartbeats (at most every 10 s), forever."""
+    period = min(10.0, 5 * ctl.config.heartbeat_interval)
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await expire_left(ctl)
+        except Exception:  # hygiene must never take the controller down
+            log.exception("expiring nodes that left failed")

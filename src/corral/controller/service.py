@@ -28,9 +28,10 @@ from corral.controller.command_api import CommandEndpoints, bus_caller
 from corral.controller.commands import Batch, CommandService
 from corral.controller.groups import GroupService
 from corral.controller.idempotency import Submissions
+from corral.controller.node_admin import expire_left_loop
 from corral.controller.reports import ReportService
 from corral.controller.tasks import TaskService
-from corral.core.registry import Refusal, Registry
+from corral.core.registry import NodeStatus, Refusal, Registry
 from corral.core.text import check_join_text
 from corral.errors import (
     ControllerUnavailable,
@@ -180,6 +181,7 @@ class Controller(CommandEndpoints):
             asyncio.create_task(self._tick_loop(), name="tick"),
             asyncio.create_task(self._commit_loop(), name="commit"),
             asyncio.create_task(self._report_loop(), name="reports"),
+            asyncio.create_task(expire_left_loop(self), name="left-expiry"),
         ]
         log.info(
             "controller started",
@@ -524,7 +526,8 @@ class Controller(CommandEndpoints):
 
     async def _on_nodes(self, msg: Any, _: str, __: wire.NodesRequest) -> None:
         behind = self.commands.book.behind()
-        views = [_view(r, behind.get(r.name, 0)) for r in self.registry.all()]
+        left = NodeStatus.LEFT  # a node that left on purpose is behind on nothing
+        views = [_view(r, behind.get(r.name, 0) * (r.status != left)) for r in self.registry.all()]
         await self._reply(msg, wire.NodesReply(nodes=views, controller=self.id))
 
     async def _on_stats(self, msg: Any, _: str, __: wire.StatsRequest) -> None:

@@ -208,6 +208,17 @@ class Registry:
             if node.status == S.UP and node.last_seen < cutoff
         ]
 
+    def left_before(self, cutoff: float) -> list[str]:
+        """Nodes LEFT since before ``cutoff`` (epoch seconds): due to be forgotten
+        (``left_expiry``).
+
+        Returns:
+            Their names, sorted.
+        """
+        return sorted(
+            n.name for n in self.nodes.values() if n.status == S.LEFT and n.since < cutoff
+        )
+
     def forget(self, name: str) -> NodeRecord | None:
         """Drop node ``name`` from the registry (``node_delete``); its next write is dropped.
 
