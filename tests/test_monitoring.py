@@ -4,16 +4,19 @@ node, worker processes and nats-server (stopped and started again for readiness)
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import scaled
-from corral import AsyncController
+from conftest import child_env, corral_argv, scaled
+from corral import AsyncController, TaskFailed
 from corral._version import __version__
 from corral.broker import EmbeddedBroker
+from corral.config import Config
 from corral.controller import Controller
 from corral.controller.monitoring import needs_token
 from corral.node import Node
@@ -153,3 +156,43 @@ async def test_status_needs_a_read_token_and_shows_one_screen(
     assert body["bus"]["connected"] is True and body["ready"]["store"] == "ok"
     assert body["nodes"]["UP"] == 0 and body["tasks"]["queued"] == 0
     assert body["failures"] == {"tasks": [], "commands": []}
+
+
+def _cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in child_env(config).items() if k != "CORRAL_API_TOKEN"}
+    return subprocess.run(
+        corral_argv(config, *args), env=env, capture_output=True, text=True, timeout=scaled(60)
+    )
+
+
+async def test_corral_status_shows_one_screen_and_json(
+    controller: Controller,
+    config: Config,
+    api: AsyncController,  # noqa: F811
+    node: Node,  # noqa: F811
+) -> None:
+    assert controller.api is not None
+    url = controller.api.url
+    with pytest.raises(TaskFailed):
+        await api.run("boom", message="status shows this")
+    token = await token_for(controller, Role.READ)
+    found = await asyncio.to_thread(
+        _cli, config, "status", "--json", "--api", url, "--token", token
+    )
+    assert found.returncode == 0, found.stdout + found.stderr
+    body = json.loads(found.stdout)
+    assert body["ready"] == {"status": "ready", "bus": "ok", "store": "ok"}
+    assert body["nodes"]["UP"] == 1 and body["tasks"]["queued"] == 0
+    (failure,) = body["failures"]["tasks"]
+    assert failure["key"] == "boom" and "status shows this" in failure["error"]
+    shown = await asyncio.to_thread(_cli, config, "status", "--api", url, "--token", token)
+    assert shown.returncode == 0, shown.stderr
+    assert "ready" in shown.stdout and "UP 1" in shown.stdout and "boom" in shown.stdout
+    # Without a token: what /healthz and /readyz say.
+    bare = await asyncio.to_thread(_cli, config, "status", "--json", "--api", url)
+    assert bare.returncode == 0, bare.stderr
+    partial = json.loads(bare.stdout)
+    assert partial["partial"] and partial["controllers"][0]["controller"] == controller.id
+    # Nothing there: a clear error, exit 1.
+    gone = await asyncio.to_thread(_cli, config, "status", "--api", "http://127.0.0.1:9")
+    assert gone.returncode == 1 and "no controller API answers at" in gone.stderr

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from corral._version import __version__
-from corral.cli import admin, commands, fleet, launch, running
+from corral.cli import admin, commands, fleet, launch, running, status
 from corral.cli import guardian as guardian_cli
 from corral.cli import tasks as task_commands
 from corral.cli import token as token_commands
@@ -66,6 +66,7 @@ task_commands.register(app)
 token_commands.register(app)
 user_commands.register(app)
 fleet.register(app)
+status.register(app)
 
 
 def main() -> None:
