@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -196,3 +198,15 @@ async def test_corral_status_shows_one_screen_and_json(
     # Nothing there: a clear error, exit 1.
     gone = await asyncio.to_thread(_cli, config, "status", "--api", "http://127.0.0.1:9")
     assert gone.returncode == 1 and "no controller API answers at" in gone.stderr
+
+
+async def test_the_grafana_example_uses_only_metrics_the_controller_serves(
+    web: httpx.AsyncClient,
+) -> None:
+    dashboard = json.loads(
+        (Path(__file__).parent.parent / "examples" / "grafana" / "corral.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\bcorral_[a-z0-9_]+", e)}
+    served = {name for name, _ in await scrape(web)}
+    assert used and used <= served, sorted(used - served)
