@@ -15,7 +15,6 @@ from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
 from corral.controller import Controller
-from corral.controller.node_admin import expire_left
 from corral.node import Node
 from corral.security import Authority
 
@@ -104,7 +103,7 @@ async def test_a_node_left_longer_than_left_expiry_is_forgotten_and_audited(
     await node.stop()
     await until_status(timed, "gone1", "LEFT")
     clock[0] += 999.0
-    assert await expire_left(timed) == []  # not due yet
+    assert await timed.expire_left() == []  # not due yet
     assert timed.registry.nodes["gone1"].status == "LEFT"
     clock[0] += 2.0
     async with asyncio.timeout(scaled(10)):

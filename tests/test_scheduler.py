@@ -150,6 +150,14 @@ def test_an_instance_is_assigned_until_a_worker_starts_it() -> None:
     assert (two.status, two.started_at) == (S.COMPLETE, 5.0)
 
 
+def test_a_start_is_never_before_the_assignment() -> None:
+    s = sched(a=1)
+    s.queue([inst(1)], 10.0)
+    one = s.active[1]
+    s.started(one.lease, 0, 9.0, reporter="a")  # the node's "ago" overshot
+    assert one.started_at == 10.0 == one.history[-1]["started"]
+
+
 def test_an_assigned_instance_can_be_cancelled_or_lost() -> None:
     s = sched(prefetch=2, a=1)
     s.queue([inst(1), inst(2)], 0.0)

@@ -679,11 +679,12 @@ class TaskProgress(msgspec.Struct, frozen=True, array_like=True):
 
 
 class TaskStarted(msgspec.Struct, frozen=True, array_like=True):
-    """A worker of the node took up the run under ``lease`` (it was ``assigned``, waiting in
-    the worker's pipe, until now)."""
+    """A worker of the node took up the run under ``lease`` ``ago`` seconds before the report
+    was sent (it was ``assigned``, waiting in the worker's pipe, until then)."""
 
     lease: str
     worker: int = -1
+    ago: float = 0.0
 
 
 class TaskResult(msgspec.Struct, frozen=True, array_like=True):

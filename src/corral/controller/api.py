@@ -55,7 +55,7 @@ from corral._version import __version__
 from corral.controller.api_calls import ApiCalls, Caller
 from corral.controller.api_docs import add_docs
 from corral.controller.http_limits import EntryLimits
-from corral.controller.monitoring import Monitor, mount_monitoring
+from corral.controller.monitoring import Monitor, Watched, mount_monitoring
 from corral.core.limits import CallLimiter, json_depth_error
 from corral.errors import (
     ConfigError,
@@ -383,7 +383,22 @@ class ApiServer:
         from corral.dashboard.routes import mount  # the web dashboard under /ui (issue #8)
 
         self.dashboard = mount(app, self.ctl, checker)
-        self.monitor = mount_monitoring(app, self.ctl, checker)  # /metrics, /healthz...
+        ctl = self.ctl
+        watched = Watched(
+            id=ctl.id,
+            started=ctl.started,
+            config=config,
+            clock=ctl.clock,
+            registry=ctl.registry,
+            commands=ctl.commands,
+            tasks=ctl.tasks,
+            store=ctl.store,
+            nc=ctl.nc,
+            counters=ctl.counters,
+            backoff=ctl.backoff,
+            limiter=lambda: self.limiter,
+        )
+        self.monitor = mount_monitoring(app, watched, checker)  # /metrics, /healthz...
         self.limiter = CallLimiter(
             config.api_rate, config.api_burst, config.api_max_in_flight, clock=time.monotonic
         )

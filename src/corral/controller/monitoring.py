@@ -10,7 +10,8 @@ the tasks that finished (the task service's ``on_finished`` hook, per commit bat
 wait and run times go into histograms and whose failures are kept for ``corral status``.
 
 Each controller has its own :class:`prometheus_client.CollectorRegistry`: two controllers in
-one process (the tests) never share a metric.
+one process (the tests) never share a metric. The monitor is given the controller's parts it
+reads (:class:`Watched`), never the controller itself.
 
 Access: ``/healthz`` and ``/readyz`` answer anyone (probes carry no token and learn nothing
 secret). ``/metrics`` answers loopback without a token and anyone else with a token of role
@@ -26,7 +27,8 @@ import ipaddress
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -44,9 +46,16 @@ from corral.errors import CorralError, http_error
 from corral.tokens import Role, TokenChecker
 
 if TYPE_CHECKING:
-    from corral.controller.service import Controller
+    from corral.bus import NATS
+    from corral.config import Config
+    from corral.controller.commands import CommandService
+    from corral.controller.tasks import TaskService
+    from corral.core.limits import CallLimiter
+    from corral.core.registry import Registry
+    from corral.store import Store
+    from corral.store.writes import Backoff
 
-__all__ = ["LAG_EVERY", "Monitor", "mount_monitoring", "needs_token"]
+__all__ = ["LAG_EVERY", "Monitor", "Watched", "mount_monitoring", "needs_token"]
 
 log = logging.getLogger("corral.monitoring")
 
@@ -82,14 +91,51 @@ def needs_token(host: str | None, public: bool) -> bool:
         return True  # a name, not an address: not provably local
 
 
+def _no_limiter() -> CallLimiter | None:
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Watched:
+    """What the monitor reads of a started controller.
+
+    Attributes:
+        id: The controller's id.
+        started: When it started (epoch seconds).
+        config: Its settings (``bus_url``, ``metrics_public``).
+        clock: Its wall clock.
+        registry: The node registry.
+        commands: The command router (its book and counters).
+        tasks: The task service (its scheduler's active instances, its ``on_finished`` hook).
+        store: The opened store (its writer, a read for ``/readyz``).
+        nc: The controller's bus connection (connected? its statistics).
+        counters: The controller's counters (``heartbeat``, ``join``, ``rejected.<code>``...).
+        backoff: The store writes' backoff (failures in a row), if the controller keeps one.
+        limiter: Gives the API's per-token limiter (its refusals), once the API serves.
+    """
+
+    id: str
+    started: float
+    config: Config
+    clock: Callable[[], float]
+    registry: Registry
+    commands: CommandService
+    tasks: TaskService | None
+    store: Store | None
+    nc: NATS | None
+    counters: Mapping[str, int] = field(default_factory=dict)
+    backoff: Backoff | None = None
+    limiter: Callable[[], CallLimiter | None] = _no_limiter
+
+
 class Monitor(Collector):
     """The controller's metrics: collected at scrape time, plus the few observed histograms.
 
     Args:
-        ctl: The controller to watch.
+        ctl: The controller's parts to watch.
     """
 
-    def __init__(self, ctl: Controller) -> None:
+    def __init__(self, ctl: Watched) -> None:
         self.ctl = ctl
         self.registry = CollectorRegistry(auto_describe=False)
         self.loop_lag = Histogram(
@@ -208,10 +254,10 @@ class Monitor(Collector):
         for status, count in sorted(self.node_counts().items()):
             nodes.add_metric([status], count)
         yield nodes
-        yield CounterMetricFamily(
-            "corral_heartbeats", "Heartbeats received.", value=ctl.counters["heartbeat"]
-        )
-        yield CounterMetricFamily("corral_joins", "Joins received.", value=ctl.counters["join"])
+        beats = ctl.counters.get("heartbeat", 0)
+        yield CounterMetricFamily("corral_heartbeats", "Heartbeats received.", value=beats)
+        joins = ctl.counters.get("join", 0)
+        yield CounterMetricFamily("corral_joins", "Joins received.", value=joins)
         lag = GaugeMetricFamily(
             "corral_event_loop_lag_last_seconds", "The event loop's latest lag.", self.last_lag
         )
@@ -255,8 +301,7 @@ class Monitor(Collector):
                 if ".rejected." in f".{key}":
                     reason = (prefix + key).replace("rejected.", "")
                     out[reason] = out.get(reason, 0) + count
-        api = self.ctl.api
-        limiter = api.limiter if api is not None else None
+        limiter = self.ctl.limiter()
         if limiter is not None:
             for why, count in limiter.refused.items():
                 out[f"api.{why}"] = count
@@ -271,8 +316,12 @@ class Monitor(Collector):
         yield GaugeMetricFamily(
             "corral_store_failures",
             "Store writes failed in a row (0 when the last one committed).",
-            self.ctl.backoff.failures,
+            self._store_failures(),
         )
+
+    def _store_failures(self) -> int:
+        backoff = self.ctl.backoff
+        return backoff.failures if backoff is not None else 0
 
     def _commands(self) -> Iterator[Metric]:
         book = self.ctl.commands.book
@@ -345,8 +394,8 @@ class Monitor(Collector):
         store = ctl.store
         if store is None:
             checks["store"] = "not open"
-        elif ctl.backoff.failures:
-            checks["store"] = f"{ctl.backoff.failures} write(s) failed in a row"
+        elif failures := self._store_failures():
+            checks["store"] = f"{failures} write(s) failed in a row"
         else:
             try:
                 await asyncio.wait_for(store.get_meta("readyz"), READY_TIMEOUT)
@@ -378,7 +427,7 @@ class Monitor(Collector):
             "bus": {"url": ctl.config.bus_url, "connected": bool(ctl.nc and ctl.nc.is_connected)},
             "store": {
                 "backend": getattr(ctl.store, "backend", ""),
-                "failures": ctl.backoff.failures,
+                "failures": self._store_failures(),
             },
             "nodes": self.node_counts(),
             "tasks": self.task_counts(),
@@ -409,13 +458,13 @@ def _bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def mount_monitoring(app: FastAPI, ctl: Controller, checker: TokenChecker) -> Monitor:
+def mount_monitoring(app: FastAPI, ctl: Watched, checker: TokenChecker) -> Monitor:
     """Add ``GET /metrics``, ``/healthz``, ``/readyz`` and ``/status`` to ``app``; start the
     controller's :class:`Monitor` (stop it with :meth:`Monitor.stop`).
 
     Args:
         app: The controller's FastAPI application.
-        ctl: The controller.
+        ctl: The controller's parts to watch.
         checker: The API's token checker (for ``/metrics`` off loopback, and ``/status``).
 
     Returns:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from corral import api_models as m
@@ -27,7 +28,11 @@ from corral.records import AuditEntry
 from corral.security import Authority
 
 if TYPE_CHECKING:
+    from corral.config import Config
+    from corral.controller.commands import CommandService
     from corral.controller.service import Controller
+    from corral.core.registry import Registry
+    from corral.store import Store
 
 __all__ = ["delete_node", "expire_left", "expire_left_loop", "kill_worker"]
 
@@ -151,54 +156,56 @@ async def _push(ctl: Controller, authority: Authority) -> bool:
         await nc.close()
 
 
-async def expire_left(ctl: Controller) -> list[str]:
+async def expire_left(
+    registry: Registry,
+    store: Store | None,
+    commands: CommandService,
+    config: Config,
+    now: float,
+    audit: Callable[[AuditEntry], None],
+) -> list[str]:
     """Forget every node LEFT for longer than ``left_expiry`` (0: never), audited as
     ``system``. A node whose store delete fails is kept, and tried again next time.
 
     Args:
-        ctl: the controller.
+        registry: the node registry.
+        store: the store (its node rows are deleted).
+        commands: the command router (a forgotten node's consumer is deleted).
+        config: ``left_expiry``.
+        now: the controller's clock.
+        audit: queues an audit entry for the controller's next group commit.
 
     Returns:
         The names forgotten.
     """
-    after = ctl.config.left_expiry
+    after = config.left_expiry
     if after <= 0:
         return []
-    now = ctl.clock()
     gone = []
-    for name in ctl.registry.left_before(now - after):
-        record = ctl.registry.forget(name)
+    for name in registry.left_before(now - after):
+        record = registry.forget(name)
         assert record is not None
         try:
-            if ctl.store is not None:
-                await ctl.store.delete_node(name)
+            if store is not None:
+                await store.delete_node(name)
         except CorralError as exc:
             log.warning("cannot forget a node that left: %s", exc, extra={"node": name})
-            ctl.registry.nodes.setdefault(name, record)  # tried again next time
+            registry.nodes.setdefault(name, record)  # tried again next time
             continue
-        await ctl.commands.node_removed(name)
-        ctl._audit.append(
-            AuditEntry(
-                at=now,
-                actor="system",
-                action="node_expire",
-                target=name,
-                detail={"left_at": record.since, "left_expiry": after},
-                role="system",
-            )
-        )
-        ctl._wake.set()
+        await commands.node_removed(name)
+        detail = {"left_at": record.since, "left_expiry": after}
+        audit(AuditEntry(now, "system", "node_expire", name, detail, role="system"))
         log.info("node forgotten: left %.0fs ago", now - record.since, extra={"node": name})
         gone.append(name)
     return gone
 
 
-async def expire_left_loop(ctl: Controller) -> None:
-    """Run :func:`expire_left` every few heartbeats (at most every 10 s), forever."""
-    period = min(10.0, 5 * ctl.config.heartbeat_interval)
+async def expire_left_loop(forget: Callable[[], Awaitable[list[str]]], period: float) -> None:
+    """Call ``forget`` (:func:`expire_left` with the controller's parts) every ``period``
+    seconds, forever; a failure is logged, never fatal."""
     while True:
         await asyncio.sleep(period)
         try:
-            await expire_left(ctl)
+            await forget()
         except Exception:  # hygiene must never take the controller down
             log.exception("expiring nodes that left failed")

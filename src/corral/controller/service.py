@@ -28,7 +28,7 @@ from corral.controller.command_api import CommandEndpoints, bus_caller
 from corral.controller.commands import Batch, CommandService
 from corral.controller.groups import GroupService
 from corral.controller.idempotency import Submissions
-from corral.controller.node_admin import expire_left_loop
+from corral.controller.node_admin import expire_left, expire_left_loop
 from corral.controller.reports import ReportService
 from corral.controller.tasks import TaskService
 from corral.core.registry import NodeStatus, Refusal, Registry
@@ -181,11 +181,30 @@ class Controller(CommandEndpoints):
             asyncio.create_task(self._tick_loop(), name="tick"),
             asyncio.create_task(self._commit_loop(), name="commit"),
             asyncio.create_task(self._report_loop(), name="reports"),
-            asyncio.create_task(expire_left_loop(self), name="left-expiry"),
+            asyncio.create_task(
+                expire_left_loop(self.expire_left, min(10.0, 5 * self.config.heartbeat_interval)),
+                name="left-expiry",
+            ),
         ]
         log.info(
             "controller started",
             extra={"id": self.id[:8], "bus": self.config.bus_url, "nodes": len(self.registry)},
+        )
+
+    async def expire_left(self) -> list[str]:
+        """Forget the nodes LEFT for longer than ``left_expiry`` (see
+        :func:`~corral.controller.node_admin.expire_left`).
+
+        Returns:
+            The names forgotten.
+        """
+
+        def audit(entry: AuditEntry) -> None:
+            self._audit.append(entry)
+            self._wake.set()
+
+        return await expire_left(
+            self.registry, self.store, self.commands, self.config, self.clock(), audit
         )
 
     def _reconcile_revocations(self) -> None:

@@ -601,7 +601,8 @@ class TaskService:
         now = self.clock()
         for started in report.started:
             if not self._foreign(node, started.lease, "start"):
-                self.core.started(started.lease, started.worker, now, reporter=node)
+                at = now - min(max(0.0, started.ago), 60.0)  # the node's delay in saying so
+                self.core.started(started.lease, started.worker, at, reporter=node)
         for p in report.progress:
             if not self._foreign(node, p.lease, "progress"):
                 self.core.progress(p.lease, p.percent, p.message, p.worker, reporter=node, now=now)

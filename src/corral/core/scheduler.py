@@ -416,11 +416,13 @@ class Scheduler:
     def _start(self, inst: TaskInstance, worker: int, now: float) -> None:
         if inst.status == S.ASSIGNED:
             move(inst, S.RUNNING)
+        attempt = inst.history[-1] if inst.history else {}
+        if attempt.get("lease") == inst.lease:
+            now = max(now, attempt.get("assigned", now))  # never before it was given out
+            attempt["started"] = now
         inst.started_at = now
         if worker >= 0:
             inst.worker = worker
-        if inst.history and inst.history[-1].get("lease") == inst.lease:
-            inst.history[-1]["started"] = now
         self.changed[inst.id] = inst
 
     def progress(

@@ -47,6 +47,8 @@ log = logging.getLogger("corral.node.workers")
 _HEADER = struct.Struct(">I")
 _decode = msgspec.msgpack.Decoder().decode
 _RESEND_AFTER = 1.0
+#: Most seconds between a worker taking up a run and the node saying so
+STARTED_WITHIN = 0.05
 
 
 def task_modules(explicit: tuple[str, ...]) -> tuple[str, ...]:
@@ -114,7 +116,9 @@ class WorkerPool:
         self._unacked: dict[str, tuple[float, wire.TaskResult]] = {}
         self._progress: list[wire.TaskProgress] = []
         self._results: list[wire.TaskResult] = []
-        self._started: list[wire.TaskStarted] = []
+        #: (lease, worker, monotonic time) of runs workers took up, not reported yet
+        self._started: list[tuple[str, int, float]] = []
+        self._started_due: asyncio.TimerHandle | None = None
         self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -259,8 +263,12 @@ class WorkerPool:
         first = next(iter(worker.pending), None)
         if first is not None and first != worker.started and not worker.dead:
             worker.started = first
-            self._started.append(wire.TaskStarted(first, worker.index))
-            self._flush.set()
+            self._started.append((first, worker.index, time.monotonic()))
+            # Said with the next report, or within STARTED_WITHIN: a short task's start and
+            # result go in one report (one message and one write at the controller).
+            if self._started_due is None:
+                loop = asyncio.get_running_loop()
+                self._started_due = loop.call_later(STARTED_WITHIN, self._flush.set)
 
     def _result(self, result: wire.TaskResult) -> None:
         self._unacked[result.lease] = (time.monotonic(), result)
@@ -390,7 +398,12 @@ class WorkerPool:
             self._flush.clear()
             progress, self._progress = self._progress, []
             results, self._results = self._results, []
-            started, self._started = self._started, []
+            now = time.monotonic()
+            started = [wire.TaskStarted(lease, w, now - at) for lease, w, at in self._started]
+            self._started = []
+            if self._started_due is not None:
+                self._started_due.cancel()
+                self._started_due = None
             nc = self.node.nc
             if nc is None or not nc.is_connected or not self.node.joined.is_set():
                 continue  # results stay unacked and are re-sent
