@@ -210,3 +210,17 @@ async def test_the_grafana_example_uses_only_metrics_the_controller_serves(
     used = {name for e in exprs for name in re.findall(r"\bcorral_[a-z0-9_]+", e)}
     served = {name for name, _ in await scrape(web)}
     assert used and used <= served, sorted(used - served)
+
+
+async def test_readyz_says_not_ready_while_store_writes_fail(
+    controller: Controller, web: httpx.AsyncClient
+) -> None:
+    import time
+
+    controller.backoff.failed(time.monotonic())  # what a transaction that failed whole does
+    reply = await web.get("/readyz")
+    assert reply.status_code == 503
+    assert reply.json()["store"] == "1 write(s) failed in a row"
+    assert value(await scrape(web), "corral_store_failures") == 1
+    controller.backoff.succeeded()
+    assert (await web.get("/readyz")).status_code == 200
