@@ -20,7 +20,7 @@ from corral._version import __version__
 from corral.broker import EmbeddedBroker
 from corral.config import Config
 from corral.controller import Controller
-from corral.controller.monitoring import needs_token
+from corral.controller.probes import needs_token
 from corral.node import Node
 from corral.tokens import Role
 from tasks_fixtures import api, node, token_for  # noqa: F401 - fixtures

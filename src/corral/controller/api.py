@@ -55,7 +55,8 @@ from corral._version import __version__
 from corral.controller.api_calls import ApiCalls, Caller
 from corral.controller.api_docs import add_docs
 from corral.controller.http_limits import EntryLimits
-from corral.controller.monitoring import Monitor, Watched, mount_monitoring
+from corral.controller.monitoring import Monitor, Watched
+from corral.controller.probes import mount_monitoring
 from corral.core.limits import CallLimiter, json_depth_error
 from corral.errors import (
     ConfigError,

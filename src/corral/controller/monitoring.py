@@ -1,4 +1,4 @@
-"""What operators watch: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz`` and ``/status``.
+"""What operators watch: the controller's metrics (Prometheus), read when scraped.
 
 Theory of operation: almost every number is read from the controller's memory when it is
 scraped (the registry, the command book, the scheduler's active instances, the bus client's
@@ -13,17 +13,13 @@ Each controller has its own :class:`prometheus_client.CollectorRegistry`: two co
 one process (the tests) never share a metric. The monitor is given the controller's parts it
 reads (:class:`Watched`), never the controller itself.
 
-Access: ``/healthz`` and ``/readyz`` answer anyone (probes carry no token and learn nothing
-secret). ``/metrics`` answers loopback without a token and anyone else with a token of role
-``read`` or higher, unless the ``metrics_public`` setting opens it to all (a private scrape
-network). ``/status`` always needs a ``read`` token: it names nodes, tasks and errors.
+The HTTP side (the routes, who may call them) is :mod:`corral.controller.probes`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from collections import deque
@@ -31,10 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -42,8 +35,6 @@ from corral._version import __version__
 from corral.core.commands import CommandState
 from corral.core.registry import NodeStatus
 from corral.core.taskstate import TaskInstance, TaskStatus
-from corral.errors import CorralError, http_error
-from corral.tokens import Role, TokenChecker
 
 if TYPE_CHECKING:
     from corral.bus import NATS
@@ -55,40 +46,18 @@ if TYPE_CHECKING:
     from corral.store import Store
     from corral.store.writes import Backoff
 
-__all__ = ["LAG_EVERY", "Monitor", "Watched", "mount_monitoring", "needs_token"]
+__all__ = ["LAG_EVERY", "RECENT", "Monitor", "Watched"]
 
 log = logging.getLogger("corral.monitoring")
 
 #: seconds between two measures of the event loop's lag
 LAG_EVERY = 0.5
-#: seconds ``/readyz`` waits for the store to answer
-READY_TIMEOUT = 2.0
 #: failed tasks (and commands) ``/status`` lists
 RECENT = 10
 
-_JSON = "application/json"
-_encode = msgspec.json.Encoder().encode
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _TASK_SECONDS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 _UNITS = (1, 2, 5, 10, 20, 50, 100, 200, 512)
-
-
-def needs_token(host: str | None, public: bool) -> bool:
-    """Whether a ``/metrics`` request from ``host`` must carry a token.
-
-    Args:
-        host: The client's address (None when unknown, e.g. a Unix socket).
-        public: The ``metrics_public`` setting.
-
-    Returns:
-        False when metrics are public or the client is on loopback, else True.
-    """
-    if public:
-        return False
-    try:
-        return not (host is not None and ipaddress.ip_address(host).is_loopback)
-    except ValueError:
-        return True  # a name, not an address: not provably local
 
 
 def _no_limiter() -> CallLimiter | None:
@@ -316,10 +285,11 @@ class Monitor(Collector):
         yield GaugeMetricFamily(
             "corral_store_failures",
             "Store writes failed in a row (0 when the last one committed).",
-            self._store_failures(),
+            self.store_failures(),
         )
 
-    def _store_failures(self) -> int:
+    def store_failures(self) -> int:
+        """Store writes failed in a row (0 once one commits, or without a backoff)."""
         backoff = self.ctl.backoff
         return backoff.failures if backoff is not None else 0
 
@@ -366,143 +336,5 @@ class Monitor(Collector):
         for key, doc in (("in_msgs", "Messages received."), ("out_msgs", "Messages sent.")):
             yield CounterMetricFamily(f"corral_bus_{key}", doc, value=stats.get(key, 0))
 
-    # --- health -------------------------------------------------------------------------
-
-    def health(self) -> dict[str, Any]:
-        """What ``/healthz`` answers: alive, and who this controller is (issue #13 adds
-        standby controllers: ``role``, ``epoch`` and ``leader`` say which one leads)."""
-        ctl = self.ctl
-        return {
-            "status": "ok",
-            "role": "leader",
-            "epoch": 0,
-            "leader": ctl.id,
-            "controller": ctl.id,
-            "version": __version__,
-            "started": ctl.started,
-            "uptime": max(0.0, ctl.clock() - ctl.started),
-            "loop_lag": round(self.last_lag, 6),
-        }
-
-    async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Whether the controller can serve: the bus connected, the store answering and
-        taking writes. Returns ``(ready, body)``; the body says what is wrong."""
-        ctl = self.ctl
-        checks: dict[str, str] = {}
-        nc = ctl.nc
-        checks["bus"] = "ok" if nc is not None and nc.is_connected else "not connected"
-        store = ctl.store
-        if store is None:
-            checks["store"] = "not open"
-        elif failures := self._store_failures():
-            checks["store"] = f"{failures} write(s) failed in a row"
-        else:
-            try:
-                await asyncio.wait_for(store.get_meta("readyz"), READY_TIMEOUT)
-            except (CorralError, TimeoutError) as exc:
-                checks["store"] = f"no answer: {exc or 'timed out'}"
-            else:
-                checks["store"] = "ok"
-        ready = all(v == "ok" for v in checks.values())
-        return ready, {"status": "ready" if ready else "not ready", **checks}
-
-    def summary(self) -> dict[str, Any]:
-        """What ``corral status`` shows: everything on one screen, from memory."""
-        ctl = self.ctl
-        failed_commands = []
-        for serial in sorted(ctl.commands.book.commands, reverse=True):
-            command = ctl.commands.book.commands[serial]
-            tally = command.tally()
-            if tally[CommandState.FAILED] or tally[CommandState.EXPIRED]:
-                bad = [
-                    {"node": o.node, "state": str(o.state), "error": o.error[:200]}
-                    for o in command.outcomes.values()
-                    if o.state in (CommandState.FAILED, CommandState.EXPIRED)
-                ]
-                failed_commands.append({"serial": serial, "at": command.created, "nodes": bad[:5]})
-            if len(failed_commands) >= RECENT:
-                break
-        return {
-            "controllers": [self.health()],
-            "bus": {"url": ctl.config.bus_url, "connected": bool(ctl.nc and ctl.nc.is_connected)},
-            "store": {
-                "backend": getattr(ctl.store, "backend", ""),
-                "failures": self._store_failures(),
-            },
-            "nodes": self.node_counts(),
-            "tasks": self.task_counts(),
-            "failures": {
-                "tasks": [
-                    {"at": at, "id": i, "key": k, "node": n, "error": e}
-                    for at, i, k, n, e in reversed(self.failures)
-                ],
-                "commands": failed_commands,
-            },
-        }
-
 
 _ENDED = frozenset({TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED})
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(_encode(body), status, media_type=_JSON)
-
-
-def _refusal(exc: Exception) -> Response:
-    status, body = http_error(exc)
-    return _json(body, status)
-
-
-def _bearer(request: Request) -> str | None:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-
-
-def mount_monitoring(app: FastAPI, ctl: Watched, checker: TokenChecker) -> Monitor:
-    """Add ``GET /metrics``, ``/healthz``, ``/readyz`` and ``/status`` to ``app``; start the
-    controller's :class:`Monitor` (stop it with :meth:`Monitor.stop`).
-
-    Args:
-        app: The controller's FastAPI application.
-        ctl: The controller's parts to watch.
-        checker: The API's token checker (for ``/metrics`` off loopback, and ``/status``).
-
-    Returns:
-        The started monitor.
-    """
-    monitor = Monitor(ctl)
-
-    async def metrics(request: Request) -> Response:
-        host = request.client.host if request.client is not None else None
-        if needs_token(host, ctl.config.metrics_public):
-            try:
-                await checker.check(_bearer(request), Role.READ)
-            except CorralError as exc:
-                return _refusal(exc)
-        return Response(generate_latest(monitor.registry), media_type=CONTENT_TYPE_LATEST)
-
-    async def healthz() -> Response:
-        return _json(monitor.health())
-
-    async def readyz() -> Response:
-        ready, body = await monitor.readiness()
-        return _json(body, 200 if ready else 503)
-
-    async def status(request: Request) -> Response:
-        try:
-            await checker.check(_bearer(request), Role.READ)
-        except CorralError as exc:
-            return _refusal(exc)
-        summary = monitor.summary()
-        summary["ready"] = (await monitor.readiness())[1]
-        return _json(summary)
-
-    for path, endpoint, what in (
-        ("/metrics", metrics, "Prometheus metrics (docs/operations.md, Monitoring)"),
-        ("/healthz", healthz, "Alive: this controller and its role (no token)"),
-        ("/readyz", readyz, "Ready: bus connected and store answering (503 if not; no token)"),
-        ("/status", status, "Everything `corral status` shows (read token)"),
-    ):
-        app.add_api_route(path, endpoint, methods=["GET"], summary=what, tags=["monitoring"])
-    monitor.start()
-    return monitor
