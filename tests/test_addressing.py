@@ -67,6 +67,20 @@ def test_everyone_is_a_broadcast() -> None:
     assert result.broadcast and result.nodes == sorted(FLEET)
 
 
+def test_nodes_that_left_are_reached_by_their_name_only() -> None:
+    fleet = {
+        **FLEET,
+        "web9": NodeFacts(labels=("gpu",), attributes={"role": "web"}, sink=True, left=True),
+    }
+    everyone = resolve(["*"], fleet)
+    assert everyone.broadcast and everyone.nodes == sorted(FLEET)
+    for targets in (["web*"], ["label:gpu"], ["attr:role=web"], ["sinks"], ["?eb9"]):
+        assert "web9" not in resolve(targets, fleet).nodes
+    assert resolve(["web9"], fleet).nodes == ["web9"]
+    assert resolve(["has:web9"], fleet).nodes == ["web9"]
+    assert resolve(["web*", "web9"], fleet).nodes == ["web1", "web2", "web9"]
+
+
 @pytest.mark.parametrize(
     ("spec", "match"),
     [

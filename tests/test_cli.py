@@ -97,11 +97,17 @@ async def test_nodes_json_for_scripts(controller: Controller, config: Config) ->
     await node.start()
     try:
         await node.wait_joined()
+        async with asyncio.timeout(scaled(10)):  # the host's stats come with a heartbeat
+            while controller.registry.nodes["j1"].stats is None:
+                await asyncio.sleep(0.05)
         # In a thread: the controller runs in this test's event loop and must keep serving.
         result = await asyncio.to_thread(corral, config, "nodes", "--json")
         assert result.returncode == 0, result.stderr
         (entry,) = json.loads(result.stdout)
         assert entry["name"] == "j1" and entry["status"] == "UP" and entry["labels"] == ["x"]
+        stats = entry["stats"]
+        assert set(stats) == {"cpu_percent", "mem_percent", "disk_percent", "load1"}
+        assert 0 < stats["mem_percent"] <= 100 and 0 < stats["disk_percent"] <= 100
         table = await asyncio.to_thread(corral, config, "nodes")
         assert "j1" in table.stdout and "UP" in table.stdout
     finally:

@@ -298,7 +298,7 @@ async def test_a_prefetched_instance_shows_as_assigned_not_as_running(
     args = json.dumps({"path": str(release)})
     await web.post("/ui/tasks", data={"csrf": csrf, "task_key": "wait_for_file", "args": args})
     async with asyncio.timeout(scaled(20)):
-        while not controller.tasks.running():
+        while [i.status for i in controller.tasks.running()] != ["running"]:
             await asyncio.sleep(0.05)
     (inst,) = controller.tasks.running()
     page = (await web.get("/ui/tasks")).text

@@ -66,7 +66,7 @@ async def running_lease(controller: Controller, ident: int, started: Path) -> st
     """The lease n1 runs instance ``ident`` under (the forger guessed it)."""
     assert controller.tasks is not None
     async with asyncio.timeout(scaled(15)):
-        while not started.exists():
+        while not started.exists() or controller.tasks.core.active[ident].status != "running":
             await asyncio.sleep(0.02)
     inst = controller.tasks.core.active[ident]
     assert inst.node == "n1" and inst.lease

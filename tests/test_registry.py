@@ -150,3 +150,15 @@ def test_any_event_sequence_only_makes_legal_moves(events: list[tuple]) -> None:
             if kind == "expire" and node.status == "UP":
                 # Right after expire(), every UP node was heard from within down_after.
                 assert now - node.last_seen <= reg.down_after
+
+
+def test_left_before_names_the_nodes_gone_longer_than_the_cutoff() -> None:
+    reg = Registry(down_after=3.0)
+    for name in ("a", "b", "c"):
+        reg.join(name, Join(instance=name), now=0.0)
+    reg.leave("a", "a", now=10.0, reason="stopped")
+    reg.leave("b", "b", now=20.0, reason="stopped")
+    assert reg.left_before(15.0) == ["a"]
+    assert reg.left_before(25.0) == ["a", "b"]  # c is UP: never due
+    reg.join("a", Join(instance="a2"), now=30.0)  # back: no longer due
+    assert reg.left_before(100.0) == ["b"]

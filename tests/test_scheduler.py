@@ -97,6 +97,78 @@ def test_capacity_is_slots_times_prefetch_and_a_batch_spreads_over_nodes() -> No
     assert sum(1 for i in s.active.values() if i.status == S.QUEUED) == 2
 
 
+def test_six_tasks_on_three_idle_two_slot_nodes_run_on_all_three() -> None:
+    s = sched(prefetch=4, a=2, b=2, c=2)
+    s.queue([inst(i) for i in range(1, 7)], 0.0)
+    assert {node: len(ids) for node, ids in runs(s).items()} == {"a": 2, "b": 2, "c": 2}
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.integers(1, 4), min_size=1, max_size=5),
+    st.lists(st.integers(1, 12), min_size=1, max_size=4),
+    st.integers(1, 4),
+)
+def test_a_batch_fills_idle_slots_everywhere_before_any_prefetch(
+    slots: list[int], batches: list[int], prefetch: int
+) -> None:
+    """No node holds more than its slots while another node has an idle slot."""
+    s = Scheduler(prefetch=prefetch)
+    for n, count in enumerate(slots):
+        s.node_hello(f"n{n}", f"n{n}-1", ["k"], [], count, [], 0.0)
+    next_id = 1
+    for size in batches:
+        s.queue([inst(next_id + i) for i in range(size)], 0.0)
+        next_id += size
+        nodes = list(s.nodes.values())
+        if any(len(n.leases) > n.slots for n in nodes):
+            assert all(len(n.leases) >= n.slots for n in nodes)
+        assert all(len(n.leases) <= n.capacity for n in nodes)
+        queued = sum(1 for i in s.active.values() if i.status == S.QUEUED)
+        assert queued == 0 or all(n.free == 0 for n in nodes)
+
+
+def test_an_instance_is_assigned_until_a_worker_starts_it() -> None:
+    s = sched(prefetch=2, a=1)
+    s.queue([inst(1), inst(2)], 0.0)
+    one, two = s.active[1], s.active[2]
+    assert (one.status, one.started_at, two.status, two.started_at) == (
+        S.ASSIGNED,
+        None,
+        S.ASSIGNED,
+        None,
+    )
+    assert one.history[-1]["assigned"] == 0.0 and "started" not in one.history[-1]
+    s.started(one.lease, 0, 2.0, reporter="a")
+    assert (one.status, one.started_at, one.worker) == (S.RUNNING, 2.0, 0)
+    assert one.history[-1]["started"] == 2.0
+    s.started(one.lease, 0, 3.0, reporter="a")  # said again: the first start stands
+    assert one.started_at == 2.0
+    s.finish(one.lease, "complete", 4.0, result=b"\xc0")
+    # A node that never says "started" (an older one): the result starts and ends it.
+    assert s.finish(two.lease, "complete", 5.0, result=b"\xc0") is two
+    assert (two.status, two.started_at) == (S.COMPLETE, 5.0)
+
+
+def test_a_start_is_never_before_the_assignment() -> None:
+    s = sched(a=1)
+    s.queue([inst(1)], 10.0)
+    one = s.active[1]
+    s.started(one.lease, 0, 9.0, reporter="a")  # the node's "ago" overshot
+    assert one.started_at == 10.0 == one.history[-1]["started"]
+
+
+def test_an_assigned_instance_can_be_cancelled_or_lost() -> None:
+    s = sched(prefetch=2, a=1)
+    s.queue([inst(1), inst(2)], 0.0)
+    one, two = s.active[1], s.active[2]
+    s.take()
+    s.cancel(2, 1.0)
+    assert two.status == S.CANCEL_REQUESTED and s.take()[2] == [Stop("a", two.lease, False)]
+    s.node_gone("a", 2.0, "DOWN")
+    assert (one.status, one.lease, two.status) == (S.QUEUED, "", S.CANCELLED)
+
+
 # --- leases and attempts --------------------------------------------------------------------
 
 
@@ -108,7 +180,7 @@ def test_a_dead_node_loses_its_leases_and_the_instance_runs_elsewhere() -> None:
     s.take()
     s.node_gone("a", 2.0, "DOWN")
     i = s.active[1]
-    assert (i.status, i.node, i.attempts) == (S.RUNNING, "b", 2)
+    assert (i.status, i.node, i.attempts) == (S.ASSIGNED, "b", 2)
     assert i.history[0]["outcome"] == "lost" and i.history[1]["node"] == "b"
     assert s.finish(first, "complete", 3.0) is None  # the old lease is stale
     assert s.finish(i.lease, "complete", 3.0, result=b"\xc0") is i
@@ -159,7 +231,7 @@ def test_after_a_controller_restart_orphans_wait_for_their_node() -> None:
     s.node_hello("a", "a-1", ["k"], [], 2, held[:1], 11.0)
     assert s.active[1].attempts == 1  # claimed
     s.tick(16.0)
-    assert all(i.status in (S.RUNNING, S.QUEUED) for i in s.active.values())
+    assert all(i.status in (S.RUNNING, S.ASSIGNED, S.QUEUED) for i in s.active.values())
     assert sorted(i.id for i in s.active.values()) == [1, 2, 3]
 
 
@@ -337,8 +409,11 @@ def test_only_the_holder_of_a_lease_finishes_it_or_reports_progress() -> None:
     s.progress(i.lease, 90.0, "forged", 3, reporter=other)
     assert (i.progress, i.message) == (0.0, "")
     assert s.finish(i.lease, "complete", 1.0, result=b"\x01", reporter=other) is None
-    assert i.status == S.RUNNING and i.lease in s.nodes[holder].leases
-    s.progress(i.lease, 40.0, "real", 0, reporter=holder)
+    assert i.status == S.ASSIGNED and i.lease in s.nodes[holder].leases
+    s.started(i.lease, 0, 1.5, reporter=other)  # forged too: still not started
+    assert (i.status, i.started_at) == (S.ASSIGNED, None)
+    s.progress(i.lease, 40.0, "real", 0, reporter=holder, now=1.5)
+    assert (i.status, i.started_at) == (S.RUNNING, 1.5)  # progress says it started
     assert s.finish(i.lease, "complete", 2.0, result=b"\x02", reporter=holder) is i
     assert (i.status, i.result, i.progress) == (S.COMPLETE, b"\x02", 100.0)
 
@@ -401,4 +476,4 @@ def test_a_forced_stop_that_cannot_be_sent_ends_the_cancel_at_once() -> None:
     s.cancel(1, 2.0, force=True)
     s.unreachable(t.lease, 2.5, "ConnectionClosedError")
     assert t.status == S.CANCELLED and "node a is unreachable (ConnectionClosedError)" in t.error
-    assert (other.status, other.node) == (S.RUNNING, "a")  # the slot is free again
+    assert (other.status, other.node) == (S.ASSIGNED, "a")  # the slot is free again

@@ -23,6 +23,7 @@ def test_the_values_are_the_strings_the_wire_always_carried() -> None:
     ]
     assert list(states.TaskStatus) == [
         "queued",
+        "assigned",
         "running",
         "cancel-requested",
         "cancelled",

@@ -199,3 +199,44 @@ async def test_runs_given_while_a_killed_worker_restarts_are_not_lost(
     done = await api.wait_many(ids, scaled(20))
     assert [d.result for d in done] == [i + 1 for i in range(20)]
     assert (await api.wait(stubborn, scaled(10))).status == "cancelled"
+
+
+async def test_six_tasks_on_three_idle_two_slot_nodes_run_on_all_three(
+    api: AsyncController,  # noqa: F811
+    controller: Controller,
+    config: Config,
+    tmp_path: Path,
+) -> None:
+    from tasks_fixtures import offered, start_task_node
+
+    others = [await start_task_node(config, name) for name in ("w2", "w3")]
+    try:
+        for other in others:
+            await offered(controller, other.name)
+        gate = tmp_path / "gate"
+        marks = [tmp_path / f"started-{n}" for n in range(6)]
+        ids = [
+            await api.queue_task("wait_for_file", path=str(gate), started=str(mark))
+            for mark in marks
+        ]
+        # All six run at once: two slots on each of the three nodes.
+        for mark in marks:
+            await until_exists(mark)
+        views = [await api.task_history_detail(i) for i in ids]
+        assert sorted(v.node for v in views) == ["w1", "w1", "w2", "w2", "w3", "w3"]
+        async with asyncio.timeout(scaled(10)):
+            while any(v.status != "running" for v in views):
+                await asyncio.sleep(0.02)
+                views = [await api.task_history_detail(i) for i in ids]
+        assert all(v.started_at is not None for v in views)
+        # A seventh waits in a worker's pipe: assigned, not started.
+        seventh = await api.queue_task("wait_for_file", path=str(gate))
+        waiting = await api.task_history_detail(seventh)
+        assert (waiting.status, waiting.started_at) == ("assigned", None)
+        gate.write_text("go")
+        done = await api.wait(seventh, scaled(15))
+        assert done.status == "complete" and done.started_at is not None
+        assert done.started_at >= (done.history[-1].get("assigned") or 0.0)
+    finally:
+        for other in others:
+            await other.stop()

@@ -103,6 +103,11 @@ async def test_kill_9_node_mid_task_requeues_it_on_another_node_with_attempts_2(
         "wait_for_file", path=str(gate), started=str(started), max_attempts=3
     )
     await until(lambda: _exists(started), scaled(20))
+
+    async def running() -> bool:  # the node says its worker started it (was assigned)
+        return (await client.task_history_detail(ident)).status == "running"
+
+    await until(running, scaled(20))
     first = await client.task_history_detail(ident)
     assert first.status == "running" and first.node in nodes
     nodes[first.node].kill()  # SIGKILL mid-task: its worker process dies with it

@@ -28,10 +28,12 @@ async def test_upserts_load_the_unfinished_and_page_in_sql(store_url: str) -> No
         await tasks.commit([row(i) for i in batch])
         batch[0].status, batch[0].result = "complete", b"\x05"
         batch[1].status, batch[1].parent, batch[1].item = "running", 1, 0
-        await tasks.commit([row(batch[0]), row(batch[1])])  # a later write replaces
+        batch[24].status = "assigned"  # prefetched by a node: unfinished, loaded back too
+        await tasks.commit([row(batch[0]), row(batch[1]), row(batch[24])])  # a later write replaces
         assert await tasks.max_id() == 25
         active = await tasks.load_active()
         assert [i.id for i in active] == list(range(2, 26))
+        assert active[-1].status == "assigned"
         first = await tasks.get(1)
         assert first is not None and first.result == b"\x05" and first.args == b"\x81\xa1x\x01"
         assert first.history == [{"attempt": 1, "node": "n", "started": 1.0}]
@@ -41,7 +43,7 @@ async def test_upserts_load_the_unfinished_and_page_in_sql(store_url: str) -> No
         last = await tasks.page(key="k", page=99, per_page=5)
         assert last.page == 3 and [i.id for i in last.items] == [5, 3, 1]
         queued = await tasks.page(statuses=["queued"], newest_first=False, per_page=3)
-        assert [i.id for i in queued.items] == [3, 4, 5] and queued.total == 23
+        assert [i.id for i in queued.items] == [3, 4, 5] and queued.total == 22
         top = await tasks.page(toplevel=True, per_page=100)
         assert 2 not in {i.id for i in top.items} and top.total == 24
         assert await tasks.keys() == ["j", "k"]

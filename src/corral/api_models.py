@@ -360,6 +360,8 @@ class NodeView(msgspec.Struct, kw_only=True):
     pid: int = 0
     version: str = ""
     slots: int = 0
+    #: ``cpu_percent``, ``mem_percent``, ``disk_percent``, ``load1`` from its last heartbeat
+    stats: dict[str, float] | None = None
 
 
 class NodePage(msgspec.Struct, kw_only=True):

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from corral.config import Config
 from corral.controller.api import ApiServer, build_app
 from corral.controller.api_calls import ApiCalls
+from corral.controller.monitoring import Monitor, Watched
 from corral.controller.parts import ControllerParts
+from corral.controller.probes import mount_monitoring
 from corral.controller.service import Controller
 from corral.dashboard.routes import Dashboard, mount
 from corral.tokens import TokenChecker
@@ -37,10 +39,27 @@ class WebServer(ApiServer):
         #: the web dashboard (issue #8), sharing the API's token checker
         self.dashboard: Dashboard = mount(app, parts, checker)
         super().__init__(parts.config, app)
+        watched = Watched(
+            id=parts.id,
+            started=parts.started,
+            config=parts.config,
+            clock=parts.clock,
+            registry=parts.registry,
+            commands=parts.commands,
+            tasks=parts.tasks,
+            store=parts.store,
+            nc=parts.nc,
+            counters=parts.counters,
+            backoff=parts.backoff,
+            limiter=lambda: self.limiter,
+        )
+        #: /metrics, /healthz, /readyz and /status (docs/operations.md, Monitoring)
+        self.monitor: Monitor = mount_monitoring(app, watched, checker)
 
     async def stop(self) -> None:
-        """Stop the dashboard's guardian watches and charts' sampler, then serving."""
+        """Stop the dashboard's guardian watches, charts' sampler and monitor, then serving."""
         await self.dashboard.stop()
+        await self.monitor.stop()
         await super().stop()
 
 

@@ -99,6 +99,10 @@ class Config(msgspec.Struct, kw_only=True):
     api_rate: float = 1000.0
     #: API calls one token may make in a burst above api_rate
     api_burst: int = 2000
+    #: seconds after which a node that left on purpose (LEFT) is forgotten; 0 = never
+    left_expiry: float = 86_400.0
+    #: serve /metrics without a token to anyone (False: a read token, except from loopback)
+    metrics_public: bool = False
 
     @property
     def data_path(self) -> Path:
@@ -249,6 +253,7 @@ def _check(config: Config, sources: dict[str, str]) -> None:
         ("api_rate", 0, True),
         ("api_burst", 0, True),
         ("idempotency_window", 0, True),
+        ("left_expiry", 0, False),
     ):
         value = getattr(config, name)
         if value < low or (strict and value == low):

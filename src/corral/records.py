@@ -1,7 +1,8 @@
 """The records corral keeps: nodes, their status transitions, and the audit log.
 
 Plain ``msgspec`` structs shared by the registry core (which decides), the controller (which
-moves them) and the store (which persists them, field names matching its columns one to one),
+moves them) and the store (which persists them, field names matching its columns one to one,
+but for a node's live ``stats``),
 so a record is never copied field by field between layers.
 """
 
@@ -35,6 +36,9 @@ class NodeRecord(msgspec.Struct, kw_only=True):
         slots: Number of task slots the node offers.
         instance: Random id of the node process, new on every start.
         last_serial: Highest command serial the node has acknowledged.
+        stats: ``cpu_percent``, ``mem_percent``, ``disk_percent`` and ``load1`` of the
+            node's host, from its last heartbeat (None until one says); live only: the one
+            field the store does not keep.
     """
 
     name: str
@@ -51,6 +55,7 @@ class NodeRecord(msgspec.Struct, kw_only=True):
     slots: int = 0
     instance: str = ""
     last_serial: int = 0
+    stats: dict[str, float] | None = None
 
     def __repr__(self) -> str:
         return (

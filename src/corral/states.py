@@ -61,6 +61,8 @@ class TaskStatus(enum.StrEnum):
     """Where a task instance stands."""
 
     QUEUED = "queued"
+    #: given to a node, waiting in a worker's pipe (prefetched); no worker has started it
+    ASSIGNED = "assigned"
     RUNNING = "running"
     CANCEL_REQUESTED = "cancel-requested"
     CANCELLED = "cancelled"

@@ -66,6 +66,8 @@ __all__ = [
     "TaskReport",
     "TaskResync",
     "TaskResult",
+    "TaskStarted",
+    "NodeStats",
     "TaskRun",
     "TaskStop",
     "AgentsRequest",
@@ -149,12 +151,30 @@ class Join(_Msg, frozen=True):
     last_serial: int = 0
 
 
+class NodeStats(msgspec.Struct, frozen=True, array_like=True):
+    """What a node's host is doing, sent with its heartbeats (an array: four numbers).
+
+    Attributes:
+        cpu_percent: CPU use since the previous sample, 0-100 (all cores).
+        mem_percent: Memory in use, 0-100.
+        disk_percent: Space used on the node's data directory's disk, 0-100.
+        load1: The one-minute load average (0 where the system has none).
+    """
+
+    cpu_percent: float
+    mem_percent: float
+    disk_percent: float
+    load1: float
+
+
 class Heartbeat(_Msg, frozen=True):
     """A node is alive (published on ``corral.in.<name>.hb`` every heartbeat interval)."""
 
     instance: str
     last_serial: int = 0
     busy: int = 0
+    #: its host's CPU, memory, disk and load (an older node sends none)
+    stats: NodeStats | None = None
 
 
 class Leave(_Msg, frozen=True):
@@ -244,6 +264,8 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     last_serial: int = 0
     #: commands addressed to it that it has not answered yet (it is behind when > 0)
     behind: int = 0
+    #: ``cpu_percent``, ``mem_percent``, ``disk_percent``, ``load1`` from its last heartbeat
+    stats: dict[str, float] | None = None
 
 
 class NodesReply(_Msg, frozen=True):
@@ -484,6 +506,8 @@ class NodeCommand(_Msg, frozen=True):
     to_all: bool = False
     #: for ``to_all`` to a subset: the nodes it was resolved to, the only ones that run it
     only: tuple[str, ...] = ()
+    #: for ``*``: nodes that had left when it was resolved (they do not run it if they return)
+    skip: tuple[str, ...] = ()
 
 
 class CommandReport(_Msg, frozen=True):
@@ -668,6 +692,15 @@ class TaskProgress(msgspec.Struct, frozen=True, array_like=True):
     worker: int = -1
 
 
+class TaskStarted(msgspec.Struct, frozen=True, array_like=True):
+    """A worker of the node took up the run under ``lease`` ``ago`` seconds before the report
+    was sent (it was ``assigned``, waiting in the worker's pipe, until then)."""
+
+    lease: str
+    worker: int = -1
+    ago: float = 0.0
+
+
 class TaskResult(msgspec.Struct, frozen=True, array_like=True):
     """A task ended: ``outcome`` is ``complete``, ``failed`` or ``stopped``."""
 
@@ -688,6 +721,8 @@ class TaskReport(_Msg, frozen=True):
 
     progress: list[TaskProgress] = msgspec.field(default_factory=list)
     results: list[TaskResult] = msgspec.field(default_factory=list)
+    #: runs a worker started since the last report (an older node sends none)
+    started: list[TaskStarted] = msgspec.field(default_factory=list)
 
 
 class TaskParam(msgspec.Struct, frozen=True, kw_only=True):

@@ -268,6 +268,7 @@ def nodes_table(nodes: list[wire.NodeView], now: float | None = None) -> Table:
     table.add_column("slots", justify="right")
     table.add_column("serial", justify="right")
     table.add_column("behind", justify="right")
+    table.add_column("cpu/mem/disk%", justify="right")
     for n in nodes:
         style = _STYLE.get(n.status, "")
         table.add_row(
@@ -282,8 +283,18 @@ def nodes_table(nodes: list[wire.NodeView], now: float | None = None) -> Table:
             str(n.slots),
             str(n.last_serial),
             f"[yellow]{n.behind}[/]" if n.behind else "",
+            _stats(n),
         )
     return table
+
+
+def _stats(node: wire.NodeView) -> str:
+    """CPU, memory and disk percent from the node's last heartbeat, as ``12/40/70`` (blank:
+    none, or it is not UP and they would be stale; ``--json`` has them all, and the load)."""
+    if not node.stats or node.status != "UP":
+        return ""
+    keys = ("cpu_percent", "mem_percent", "disk_percent")
+    return "/".join(f"{node.stats.get(k, 0.0):.0f}" for k in keys)
 
 
 async def _nodes(config: Config) -> list[wire.NodeView]:

@@ -9,7 +9,7 @@ import typer
 
 import corral.cli.guardian_top  # noqa: F401 - adds `guardian show` and `guardian top`
 from corral._version import __version__
-from corral.cli import admin, commands, fleet, launch, running
+from corral.cli import admin, commands, fleet, launch, running, status
 from corral.cli import guardian as guardian_cli
 from corral.cli import tasks as task_commands
 from corral.cli import token as token_commands
@@ -81,6 +81,7 @@ task_commands.register(app)
 token_commands.register(app)
 user_commands.register(app)
 fleet.register(app)
+status.register(app)
 
 
 def main() -> None:

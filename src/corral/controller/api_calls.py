@@ -376,8 +376,13 @@ class ApiCalls:
         return _page(page)
 
     async def list_running(self, req: m.PageRequest) -> m.TaskPage:
-        """Running instances (and those asked to stop), oldest first."""
-        statuses = [TaskStatus.RUNNING.value, TaskStatus.CANCEL_REQUESTED.value]
+        """Running instances, those assigned to a node and not started yet, and those asked
+        to stop, oldest first."""
+        statuses = [
+            TaskStatus.ASSIGNED.value,
+            TaskStatus.RUNNING.value,
+            TaskStatus.CANCEL_REQUESTED.value,
+        ]
         page = await self.task_store.page(
             page=req.page, per_page=req.per_page or 25, statuses=statuses, newest_first=False
         )

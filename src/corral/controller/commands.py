@@ -263,6 +263,7 @@ class CommandService:
                 interfaces=tuple(r.interfaces),
                 sink=bool(r.attributes.get("sink")),
                 attributes={k: attribute_text(v) for k, v in r.attributes.items()},
+                left=r.status == NodeStatus.LEFT,
             )
         return out
 
@@ -442,6 +443,12 @@ class CommandService:
         # Every node, '*': no list (a thousand names decoded by a thousand nodes is a
         # million strings); a node that joined since knows it from its first serial.
         only = tuple(nodes) if to_all and not broadcast else ()
+        # '*' passed over the nodes that left: one that comes back skips it.
+        skip = tuple(
+            sorted(n for n, r in self.registry.nodes.items() if r.status == NodeStatus.LEFT)
+            if to_all and broadcast
+            else ()
+        )
         return wire.encode(
             wire.NodeCommand(
                 serial=command.serial,
@@ -455,6 +462,7 @@ class CommandService:
                 actor=request.actor,
                 to_all=to_all,
                 only=only,
+                skip=skip,
             )
         )
 

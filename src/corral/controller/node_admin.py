@@ -6,27 +6,36 @@ process, reports the task it ran as failed (as any crashed worker's) and
 starts the slot again. Forgetting a node removes it from the registry and the store and
 revokes its credentials, so it cannot come back without a new ``corral enroll``; a node that
 is UP is refused: stop it first.
+
+A node that left on purpose (LEFT) is forgotten by the controller itself once it has been
+gone ``left_expiry`` seconds (:func:`expire_left_loop`): its record goes from the registry
+and the store and its command consumer is deleted, audited as ``system``. Its credentials
+stay valid: it stopped cleanly, and may come back (it joins as a new node).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from corral import api_models as m
 from corral import subjects, wire
 from corral.core.registry import NodeStatus
 from corral.errors import Conflict, CorralError, NotFound, RemoteError, UsageError
+from corral.records import AuditEntry
 from corral.security import Authority
 
 if TYPE_CHECKING:
     from corral.bus import NATS
     from corral.config import Config
+    from corral.controller.commands import CommandService
     from corral.core.registry import Registry
     from corral.core.scheduler import Scheduler
     from corral.store import Store
 
-__all__ = ["delete_node", "kill_worker"]
+__all__ = ["delete_node", "expire_left", "expire_left_loop", "kill_worker"]
 
 log = logging.getLogger("corral.api")
 
@@ -150,3 +159,58 @@ async def _push(config: Config, authority: Authority) -> bool:
         return False
     finally:
         await nc.close()
+
+
+async def expire_left(
+    registry: Registry,
+    store: Store | None,
+    commands: CommandService,
+    config: Config,
+    now: float,
+    audit: Callable[[AuditEntry], None],
+) -> list[str]:
+    """Forget every node LEFT for longer than ``left_expiry`` (0: never), audited as
+    ``system``. A node whose store delete fails is kept, and tried again next time.
+
+    Args:
+        registry: the node registry.
+        store: the store (its node rows are deleted).
+        commands: the command router (a forgotten node's consumer is deleted).
+        config: ``left_expiry``.
+        now: the controller's clock.
+        audit: queues an audit entry for the controller's next group commit.
+
+    Returns:
+        The names forgotten.
+    """
+    after = config.left_expiry
+    if after <= 0:
+        return []
+    gone = []
+    for name in registry.left_before(now - after):
+        record = registry.forget(name)
+        assert record is not None
+        try:
+            if store is not None:
+                await store.delete_node(name)
+        except CorralError as exc:
+            log.warning("cannot forget a node that left: %s", exc, extra={"node": name})
+            registry.nodes.setdefault(name, record)  # tried again next time
+            continue
+        await commands.node_removed(name)
+        detail = {"left_at": record.since, "left_expiry": after}
+        audit(AuditEntry(now, "system", "node_expire", name, detail, role="system"))
+        log.info("node forgotten: left %.0fs ago", now - record.since, extra={"node": name})
+        gone.append(name)
+    return gone
+
+
+async def expire_left_loop(forget: Callable[[], Awaitable[list[str]]], period: float) -> None:
+    """Call ``forget`` (:func:`expire_left` with the controller's parts) every ``period``
+    seconds, forever; a failure is logged, never fatal."""
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await forget()
+        except Exception:  # hygiene must never take the controller down
+            log.exception("expiring nodes that left failed")

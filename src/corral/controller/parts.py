@@ -11,8 +11,8 @@ without them, and nothing below the app factory (:mod:`corral.app`) imports them
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from corral.core.registry import Registry
     from corral.records import AuditEntry
     from corral.store import Store
+    from corral.store.writes import Backoff
 
 __all__ = ["ControllerParts", "HttpFactory", "HttpServer"]
 
@@ -51,6 +52,8 @@ class ControllerParts:
         nc: The controller's bus connection.
         audit: Queues an audit entry for the controller's next group commit.
         wake: Wakes the group commit (after a registry record was changed in place).
+        counters: The controller's counters (heartbeats, joins, refusals), for metrics.
+        backoff: The store writes' backoff (failures in a row), for metrics and readiness.
     """
 
     id: str
@@ -68,6 +71,8 @@ class ControllerParts:
     nc: NATS
     audit: Callable[[AuditEntry], None]
     wake: Callable[[], None]
+    counters: Mapping[str, int] = field(default_factory=dict)
+    backoff: Backoff | None = None
 
 
 class HttpServer(Protocol):

@@ -30,6 +30,7 @@ from corral.controller.commands import Batch, CommandService
 from corral.controller.functions import Dispatch
 from corral.controller.groups import GroupService
 from corral.controller.idempotency import Submissions
+from corral.controller.node_admin import expire_left, expire_left_loop
 from corral.controller.parts import ControllerParts, HttpFactory, HttpServer
 from corral.controller.reports import ReportService
 from corral.controller.tasks import TaskService
@@ -175,6 +176,8 @@ class Controller:
             nc=self.nc,
             audit=self.audit,
             wake=self.wake,
+            counters=self.counters,
+            backoff=self.backoff,
         )
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -254,10 +257,25 @@ class Controller:
             asyncio.create_task(self._tick_loop(), name="tick"),
             asyncio.create_task(self._commit_loop(), name="commit"),
             asyncio.create_task(self._report_loop(), name="reports"),
+            asyncio.create_task(
+                expire_left_loop(self.expire_left, min(10.0, 5 * self.config.heartbeat_interval)),
+                name="left-expiry",
+            ),
         ]
         log.info(
             "controller started",
             extra={"id": self.id[:8], "bus": self.config.bus_url, "nodes": len(self.registry)},
+        )
+
+    async def expire_left(self) -> list[str]:
+        """Forget the nodes LEFT for longer than ``left_expiry`` (see
+        :func:`~corral.controller.node_admin.expire_left`).
+
+        Returns:
+            The names forgotten.
+        """
+        return await expire_left(
+            self.registry, self.store, self.commands, self.config, self.clock(), self.audit
         )
 
     def _reconcile_revocations(self) -> None:
@@ -586,7 +604,8 @@ class Controller:
     async def _on_heartbeat(self, msg: Any, name: str, hb: wire.Heartbeat) -> None:
         self.counters["heartbeat"] += 1
         self.commands.applied(name, hb.last_serial)
-        outcome = self.registry.heartbeat(name, hb.instance, hb.last_serial, self.clock())
+        stats = msgspec.structs.asdict(hb.stats) if hb.stats is not None else None
+        outcome = self.registry.heartbeat(name, hb.instance, hb.last_serial, self.clock(), stats)
         if outcome is None:
             assert self.nc is not None
             rejoin = wire.Rejoin(reason="controller does not know this node instance")
@@ -603,7 +622,8 @@ class Controller:
 
     async def _on_nodes(self, msg: Any, _: str, __: wire.NodesRequest) -> None:
         behind = self.commands.book.behind()
-        views = [_view(r, behind.get(r.name, 0)) for r in self.registry.all()]
+        left = NodeStatus.LEFT  # a node that left on purpose is behind on nothing
+        views = [_view(r, behind.get(r.name, 0) * (r.status != left)) for r in self.registry.all()]
         await self._reply(msg, wire.NodesReply(nodes=views, controller=self.id))
 
     async def _on_stats(self, msg: Any, _: str, __: wire.StatsRequest) -> None:

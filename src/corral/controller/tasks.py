@@ -620,11 +620,16 @@ class TaskService:
         except CorralError as exc:
             log.warning("bad task report ignored: %s", exc)
             return
+        now = self.clock()
+        for started in report.started:
+            if not self._foreign(node, started.lease, "start"):
+                at = now - min(max(0.0, started.ago), 60.0)  # the node's delay in saying so
+                self.core.started(started.lease, started.worker, at, reporter=node)
         for p in report.progress:
             if not self._foreign(node, p.lease, "progress"):
-                self.core.progress(p.lease, p.percent, p.message, p.worker, reporter=node)
+                self.core.progress(p.lease, p.percent, p.message, p.worker, reporter=node, now=now)
         if report.results:
-            self._results(node, report.results, self.clock())
+            self._results(node, report.results, now)
             self._wake.set()
             self._urgent.set()
         await self._pump()

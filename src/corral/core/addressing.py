@@ -14,6 +14,10 @@ A command is addressed with one or more *targets*, each a string:
 - ``sinks``: every node with the sink attribute (``sendToSinks``).
 - ``*``: every node, as one publish the bus fans out (``sendToExperiment``).
 
+A node that left on purpose (LEFT: it stopped cleanly and said so) is not part of the fleet
+until it joins again: only its exact name (or ``has:NAME``) reaches it; ``*``, globs,
+labels, attributes and sinks pass it over, so a command to them does not wait on it.
+
 A list of targets is their union (SEER ``sendToNodes``). Nothing here does I/O: the controller
 resolves at send time and records the resolved node list with the command.
 """
@@ -144,13 +148,14 @@ class NodeFacts:
     """What addressing needs to know of a node.
 
     ``attributes`` maps each attribute the node announced to its value as text
-    (:func:`attribute_text`).
+    (:func:`attribute_text`); ``left`` says it left on purpose (only its name reaches it).
     """
 
     labels: tuple[str, ...] = ()
     interfaces: tuple[str, ...] = ()
     sink: bool = False
     attributes: Mapping[str, str] = field(default_factory=dict)
+    left: bool = False
 
 
 @dataclass
@@ -183,8 +188,13 @@ def resolve(targets: Sequence[str | Target], registry: Mapping[str, NodeFacts]) 
         )
     out = Resolution()
     chosen: set[str] = set()
+    # Patterns pass over the nodes that left on purpose; exact names still reach them.
+    members = registry
+    if any(f.left for f in registry.values()):
+        members = {n: f for n, f in registry.items() if not f.left}
     for target in parsed:
-        matched = list(_match(target, registry))
+        exact = target.kind == "name" or (target.kind == "has" and target.value in registry)
+        matched = list(_match(target, registry if exact else members))
         if not matched and target.kind in ("name", "has"):
             out.unknown.append(str(target))
         chosen.update(matched)

@@ -323,6 +323,8 @@ class NodeCommands:
     def _meant_for_me(self, command: wire.NodeCommand) -> bool:
         if not command.to_all:
             return True
+        if self.name in command.skip:  # '*' sent while this node had left
+            return False
         if command.only:
             return self.name in command.only
         return command.serial >= self.first_serial  # '*': unless resolved before we joined

@@ -145,9 +145,14 @@ class Registry:
         return node.status == S.UP and now - node.last_seen <= self.down_after
 
     def heartbeat(
-        self, name: str, instance: str, last_serial: int, now: float
+        self,
+        name: str,
+        instance: str,
+        last_serial: int,
+        now: float,
+        stats: dict[str, float] | None = None,
     ) -> list[Transition] | None:
-        """A heartbeat arrived.
+        """A heartbeat arrived (with the host's ``stats``, if the node sends them).
 
         Returns:
             None if the registry does not know this instance (the node must join again),
@@ -158,6 +163,8 @@ class Registry:
             return None
         node.last_seen = now
         node.last_serial = last_serial
+        if stats is not None:
+            node.stats = stats
         if node.status == S.DOWN:
             return [self._move(node, S.UP, now, "heartbeat resumed")]
         return []
@@ -187,6 +194,17 @@ class Registry:
             for node in self.nodes.values()
             if node.status == S.UP and node.last_seen < cutoff
         ]
+
+    def left_before(self, cutoff: float) -> list[str]:
+        """Nodes LEFT since before ``cutoff`` (epoch seconds): due to be forgotten
+        (``left_expiry``).
+
+        Returns:
+            Their names, sorted.
+        """
+        return sorted(
+            n.name for n in self.nodes.values() if n.status == S.LEFT and n.since < cutoff
+        )
 
     def forget(self, name: str) -> NodeRecord | None:
         """Drop node ``name`` from the registry (``node_delete``); its next write is dropped.

@@ -20,7 +20,12 @@ that changed (to persist, in one transaction per group commit), the runs to send
   (:meth:`Scheduler.lose_orphans`), or at the latest ``orphan_grace`` seconds.
 * **Capacity.** A node takes up to ``slots * prefetch`` instances at once: its worker
   processes run ``slots`` of them, the rest wait in the workers' pipes (Celery's prefetch), so
-  a worker never idles waiting for the next round trip.
+  a worker never idles waiting for the next round trip. An instance given to a node is
+  ``assigned`` until the node says a worker started it (:meth:`Scheduler.started`): only
+  then is it ``running``, with its ``started_at``.
+* **Placement.** Filling happens in two rounds: first every node gets work for its idle
+  worker slots (most idle first), and only then do nodes fill their prefetch. So six tasks
+  queued on three idle nodes of two slots run on all three, not two at a time on one.
 * **Cancellation.** A queued instance is dequeued (queued -> cancel-requested -> cancelled in
   one step); a running one gets a stop request (the task sees ``ctx.stop_requested``), and with
   ``force`` a kill of its worker process after ``grace`` seconds. A forced cancel always
@@ -85,6 +90,11 @@ class NodeWorkers:
     def free(self) -> int:
         """How many more instances it may take now."""
         return self.capacity - len(self.leases)
+
+    @property
+    def idle(self) -> int:
+        """How many of its worker slots (and lent slots) have nothing to run now."""
+        return max(1, self.slots) + self.lent - len(self.leases)
 
     def matches(self, queue: QueueKey) -> bool:
         """True if this node can run what ``queue`` holds."""
@@ -214,16 +224,25 @@ class Scheduler:
         return None
 
     def _fill_all(self, now: float) -> None:
-        # Most free first, so a batch spreads over the nodes instead of filling one.
-        for node in sorted(self.nodes.values(), key=lambda n: -n.free):
+        # Idle worker slots first (most idle first), then prefetch (most free first): a
+        # batch spreads over the idle nodes instead of filling one node's pipes.
+        nodes = [n for n in self.nodes.values() if n.free > 0]
+        if not nodes:
+            return
+        for node in sorted(nodes, key=lambda n: -n.idle):
+            if node.idle > 0:
+                self._fill(node, now, node.idle)
+        for node in sorted(nodes, key=lambda n: -n.free):
             self._fill(node, now)
 
-    def _fill(self, node: NodeWorkers, now: float) -> None:
-        """Give ``node`` the best queued instances it can run until it is full."""
-        if node.free <= 0:
+    def _fill(self, node: NodeWorkers, now: float, most: int | None = None) -> None:
+        """Give ``node`` the best queued instances it can run until it is full (or until
+        it took ``most``)."""
+        free = node.free if most is None else min(most, node.free)
+        if free <= 0:
             return
         queues = [q for q in self._queues if node.matches(q)]
-        while node.free > 0 and queues:
+        while free > 0 and queues:
             best: tuple[int, int, int] | None = None
             best_q: QueueKey | None = None
             for q in queues:
@@ -234,17 +253,18 @@ class Scheduler:
                 return
             heapq.heappop(self._queues[best_q])
             self._assign(self.active[best[2]], node, now)
+            free -= 1
 
     def _assign(self, inst: TaskInstance, node: NodeWorkers, now: float) -> None:
-        move(inst, S.RUNNING)
+        move(inst, S.ASSIGNED)
         lease = self._new_lease()
         while lease in self._leases or not lease:  # never two instances under one lease
             lease = self._new_lease()
         inst.lease, inst.node, inst.worker = lease, node.name, -1
         inst.attempts += 1
-        inst.started_at = now
+        inst.started_at = None  # set when a worker starts it
         inst.history.append(
-            {"attempt": inst.attempts, "node": node.name, "lease": lease, "started": now}
+            {"attempt": inst.attempts, "node": node.name, "lease": lease, "assigned": now}
         )
         node.leases[lease] = inst.id
         self._leases[lease] = inst.id
@@ -384,14 +404,47 @@ class Scheduler:
             return None
         return inst.node
 
-    def progress(
-        self, lease: str, percent: float, message: str, worker: int, *, reporter: str | None = None
-    ) -> None:
-        """A running task reported progress (ignored under a stale lease, and from a
-        ``reporter`` node that does not hold the lease)."""
+    def started(self, lease: str, worker: int, now: float, *, reporter: str | None = None) -> None:
+        """A worker of the node holding ``lease`` started its task: ``assigned`` becomes
+        ``running`` and ``started_at`` is set (ignored under a stale lease, from a
+        ``reporter`` node that does not hold it, and for an instance already started)."""
         inst = self.lease_of(lease)
         if inst is None or (reporter is not None and inst.node != reporter):
             return
+        if inst.status == S.ASSIGNED or inst.started_at is None:
+            self._start(inst, worker, now)
+
+    def _start(self, inst: TaskInstance, worker: int, now: float) -> None:
+        if inst.status == S.ASSIGNED:
+            move(inst, S.RUNNING)
+        attempt = inst.history[-1] if inst.history else {}
+        if attempt.get("lease") == inst.lease:
+            now = max(now, attempt.get("assigned", now))  # never before it was given out
+            attempt["started"] = now
+        inst.started_at = now
+        if worker >= 0:
+            inst.worker = worker
+        self.changed[inst.id] = inst
+
+    def progress(
+        self,
+        lease: str,
+        percent: float,
+        message: str,
+        worker: int,
+        *,
+        reporter: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """A running task reported progress (ignored under a stale lease, and from a
+        ``reporter`` node that does not hold the lease). An ``assigned`` instance that
+        reports progress has started (at ``now``, when given)."""
+        inst = self.lease_of(lease)
+        if inst is None or (reporter is not None and inst.node != reporter):
+            return
+        if inst.status == S.ASSIGNED and inst.started_at is None and now is not None:
+            # an older node, which does not say "started": its progress says it
+            self._start(inst, worker, now)
         inst.progress = max(0.0, min(100.0, percent))
         inst.message = message
         if worker >= 0:
@@ -433,6 +486,8 @@ class Scheduler:
         inst = self.lease_of(lease)
         if inst is None or (reporter is not None and inst.node != reporter):
             return None
+        if inst.status == S.ASSIGNED:  # ended before the node said it started (an older node)
+            self._start(inst, worker, now)
         if worker >= 0:
             inst.worker = worker
         if logs:
@@ -496,7 +551,7 @@ class Scheduler:
         if inst.status == S.QUEUED:
             self._end(inst, S.CANCELLED, now, "cancelled", "cancelled while queued")
             return inst
-        if inst.status == S.RUNNING:
+        if inst.status in (S.ASSIGNED, S.RUNNING):
             move(inst, S.CANCEL_REQUESTED)
             self.stops.append(Stop(inst.node, inst.lease, False))
         if force and not inst.force:
@@ -556,7 +611,7 @@ class Scheduler:
                 inst.history.pop()
             inst.attempts = max(0, inst.attempts - 1)
             inst.lease, inst.node, inst.worker = "", "", -1
-            inst.started_at = inst.history[-1]["started"] if inst.history else None
+            inst.started_at = inst.history[-1].get("started") if inst.history else None
             if inst.status == S.CANCEL_REQUESTED:
                 self._end(inst, S.CANCELLED, now, "cancelled", "cancelled before it was sent")
             elif permanent:

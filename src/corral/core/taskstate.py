@@ -6,11 +6,15 @@ the state machine in one file). The scheduler calls :func:`move`; an illegal tra
 
 The statuses and how an instance moves between them::
 
-    QUEUED ──> RUNNING ──> COMPLETE | FAILED
-      │  ^        │
-      │  └────────┘ (lease lost: the node died; attempts counted, re-queued)
-      │           │
-      └──> CANCEL_REQUESTED ──> CANCELLED | COMPLETE | FAILED
+    QUEUED ──> ASSIGNED ──> RUNNING ──> COMPLETE | FAILED
+      │  ^        │    │          │
+      │  └────────┴────┼──────────┘ (lease lost: the node died; attempts counted, re-queued)
+      │                │          │
+      └──> CANCEL_REQUESTED <─────┘ ──> CANCELLED | COMPLETE | FAILED
+
+``assigned`` is an instance given to a node (under a lease) that no worker has started yet:
+it waits in a worker's pipe (prefetch). It becomes ``running``, and gets its ``started_at``,
+when the node says a worker took it up.
 
 Cancellation is a persisted state of its own, so a cancel survives restarts of the
 controller and of the worker (Celery's in-memory revoke list does not).
@@ -32,7 +36,8 @@ S = TaskStatus
 
 #: Every legal (old, new) pair; anything else raises.
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
-    S.QUEUED: frozenset({S.RUNNING, S.CANCEL_REQUESTED, S.FAILED}),
+    S.QUEUED: frozenset({S.ASSIGNED, S.CANCEL_REQUESTED, S.FAILED}),
+    S.ASSIGNED: frozenset({S.RUNNING, S.FAILED, S.QUEUED, S.CANCEL_REQUESTED}),
     S.RUNNING: frozenset({S.COMPLETE, S.FAILED, S.QUEUED, S.CANCEL_REQUESTED}),
     S.CANCEL_REQUESTED: frozenset({S.CANCELLED, S.COMPLETE, S.FAILED}),
     S.CANCELLED: frozenset(),
@@ -64,7 +69,8 @@ class TaskInstance(msgspec.Struct, kw_only=True):
         attempts: How many times it was given to a node.
         max_attempts: Give up (FAILED) after losing this many leases.
         queued_at: Epoch seconds it was queued.
-        started_at: Epoch seconds of the current (or last) attempt's start.
+        started_at: Epoch seconds a worker started the current (or last) attempt; None
+            while it is ``assigned`` (waiting in a worker's pipe).
         finished_at: Epoch seconds it reached a terminal status.
         progress: Percent done, 0-100, from ``ctx.progress``.
         message: The last progress message.
@@ -73,7 +79,8 @@ class TaskInstance(msgspec.Struct, kw_only=True):
         traceback: The task's traceback when it raised.
         force: A cancel asked to kill the worker after the grace period.
         cancel_at: Epoch seconds the cancel was requested.
-        history: One entry per attempt: node, worker, lease, started, ended, outcome, error.
+        history: One entry per attempt: node, worker, lease, assigned, started, ended,
+            outcome, error.
         logs: The task's stdout, stderr and ``ctx.log`` lines, every attempt's, bounded
             (``task_log_limit``; the oldest text is cut, with a marker).
     """

@@ -43,7 +43,8 @@ def matches(record: Any, pattern: str) -> bool:
 
 
 def fleet(ctl: ControllerParts, pattern: str = "") -> list[dict[str, Any]]:
-    """Every node (matching ``pattern``): status and since, labels, serial, behind, slots."""
+    """Every node (matching ``pattern``): status and since, labels, serial, behind, slots,
+    and its host's stats (None until a heartbeat brings them)."""
     behind = ctl.commands.book.behind()
     core = ctl.tasks.core if ctl.tasks is not None else None
     out = []
@@ -68,12 +69,14 @@ def fleet(ctl: ControllerParts, pattern: str = "") -> list[dict[str, Any]]:
                 "interfaces": list(r.interfaces),
                 "sink": bool(r.attributes.get("sink")),
                 "last_serial": r.last_serial,
-                "behind": behind.get(r.name, 0),
+                "behind": behind.get(r.name, 0) if r.status != "LEFT" else 0,
                 "slots": r.slots,
                 "busy": busy,
                 "host": r.host,
                 "pid": r.pid,
                 "version": r.version,
+                # cpu_percent, mem_percent, disk_percent, load1 from its last heartbeat
+                "stats": r.stats,
             }
         )
     return out

@@ -39,6 +39,7 @@ from corral.errors import (
 )
 from corral.node.commands import CommandRunner
 from corral.node.handlers import Handlers
+from corral.node.stats import HostStats
 from corral.node.streams import NodeStream, StreamHub
 from corral.security import credential_name
 
@@ -318,10 +319,13 @@ class Node:
     async def _heartbeat_loop(self) -> None:
         assert self.nc is not None
         subject = subjects.node_in(self.name, "hb")
+        host = HostStats(Path(self.work_dir))
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             if self.nc.is_connected:
-                beat = wire.Heartbeat(instance=self.instance, last_serial=self.last_serial)
+                beat = wire.Heartbeat(
+                    instance=self.instance, last_serial=self.last_serial, stats=host.current()
+                )
                 await self.nc.publish(subject, wire.encode(beat), headers=wire.HEADERS)
 
     # --- bus callbacks ------------------------------------------------------------------

@@ -45,6 +45,8 @@ log = logging.getLogger("corral.node.workers")
 _HEADER = struct.Struct(">I")
 _decode = msgspec.msgpack.Decoder().decode
 _RESEND_AFTER = 1.0
+#: Most seconds between a worker taking up a run and the node saying so
+STARTED_WITHIN = 0.05
 
 
 def task_modules(explicit: tuple[str, ...]) -> tuple[str, ...]:
@@ -79,6 +81,8 @@ class _Worker:
         #: the process exited; its runs wait for its replacement
         self.dead = False
         self.reader: asyncio.Task[None] | None = None
+        #: the lease last reported started (the first of ``pending`` runs, the rest wait)
+        self.started: str | None = None
 
     def __repr__(self) -> str:
         return f"<Worker {self.index} pid={self.proc.pid} pending={len(self.pending)}>"
@@ -137,6 +141,9 @@ class WorkerPool:
         self._unacked: dict[str, tuple[float, wire.TaskResult]] = {}
         self._progress: list[wire.TaskProgress] = []
         self._results: list[wire.TaskResult] = []
+        #: (lease, worker, monotonic time) of runs workers took up, not reported yet
+        self._started: list[tuple[str, int, float]] = []
+        self._started_due: asyncio.TimerHandle | None = None
         self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -232,6 +239,7 @@ class WorkerPool:
                 worker.pending.pop(lease, None)
                 self._where.pop(lease, None)
                 self._result(wire.TaskResult(lease, outcome, result, error, tb, worker.index, logs))
+                self._note_start(worker)
             elif kind == "map":
                 await self._map(worker, message[1], message[2], message[3])
             elif kind == "progress":
@@ -272,6 +280,19 @@ class WorkerPool:
             return  # the parent is gone (killed, finished)
         worker.blocked = False
         worker.write(frame(["mapped", done.lease, done.ok, done.results, done.error]))
+
+    def _note_start(self, worker: _Worker) -> None:
+        """Report the run ``worker`` works on now, if it is new: a worker runs its pipe's
+        runs in order, so the first still pending is the one it started."""
+        first = next(iter(worker.pending), None)
+        if first is not None and first != worker.started and not worker.dead:
+            worker.started = first
+            self._started.append((first, worker.index, time.monotonic()))
+            # Said with the next report, or within STARTED_WITHIN: a short task's start and
+            # result go in one report (one message and one write at the controller).
+            if self._started_due is None:
+                loop = asyncio.get_running_loop()
+                self._started_due = loop.call_later(STARTED_WITHIN, self._flush.set)
 
     def _result(self, result: wire.TaskResult) -> None:
         self._unacked[result.lease] = (time.monotonic(), result)
@@ -329,6 +350,7 @@ class WorkerPool:
             fresh.pending[lease] = run
             self._where[lease] = fresh
             fresh.write(frame(run))
+        self._note_start(fresh)
 
     # --- bus ----------------------------------------------------------------------------
 
@@ -366,6 +388,7 @@ class WorkerPool:
             batches.setdefault(worker.index, []).append(frame(message))
         for index, frames in batches.items():
             self.workers[index].write(b"".join(frames))
+            self._note_start(self.workers[index])
 
     def _stop(self, lease: str, force: bool) -> None:
         worker = self._where.get(lease)
@@ -399,6 +422,12 @@ class WorkerPool:
             self._flush.clear()
             progress, self._progress = self._progress, []
             results, self._results = self._results, []
+            now = time.monotonic()
+            started = [wire.TaskStarted(lease, w, now - at) for lease, w, at in self._started]
+            self._started = []
+            if self._started_due is not None:
+                self._started_due.cancel()
+                self._started_due = None
             nc = self.nc
             if not nc.is_connected or not self.joined.is_set():
                 continue  # results stay unacked and are re-sent
@@ -406,8 +435,8 @@ class WorkerPool:
             # report outgrows the bus's max_payload (it would never be sent, nor acked).
             budget = max(64 * 1024, nc.max_payload // 2)
             for batch in _batches(results, budget):
-                report = wire.TaskReport(progress=progress, results=batch)
-                progress = []
+                report = wire.TaskReport(progress=progress, results=batch, started=started)
+                progress, started = [], []
                 with contextlib.suppress(Exception):
                     await nc.publish(subject, wire.encode(report), headers=wire.HEADERS)
 

@@ -48,7 +48,8 @@ __all__ = ["SqlStore", "normalize_url"]
 
 R = TypeVar("R")
 
-_NODE_COLUMNS = [nodes.c[name] for name in NodeRecord.__struct_fields__]
+# A node's live stats are not stored (the only field of NodeRecord without a column).
+_NODE_COLUMNS = [nodes.c[name] for name in NodeRecord.__struct_fields__ if name in nodes.c]
 _TRANSITION_COLUMNS = [node_transitions.c[name] for name in Transition.__struct_fields__]
 _AUDIT_COLUMNS = [audit_log.c[name] for name in AuditEntry.__struct_fields__]
 

@@ -119,12 +119,17 @@ class TaskTables:
                 return [_instance(row) for row in (await conn.execute(query)).mappings()]
 
     async def load_active(self) -> list[TaskInstance]:
-        """Every unfinished instance (queued, running, cancel requested), oldest first.
+        """Every unfinished instance (queued, assigned, running, cancel requested), oldest first.
 
         Raises:
             StoreError: The query failed.
         """
-        active = [TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.CANCEL_REQUESTED]
+        active = [
+            TaskStatus.QUEUED,
+            TaskStatus.ASSIGNED,
+            TaskStatus.RUNNING,
+            TaskStatus.CANCEL_REQUESTED,
+        ]
         query = select(*_COLUMNS).where(t.c.status.in_(active)).order_by(t.c.id)
         return await self._all(query, "load unfinished task instances")
 

@@ -31,6 +31,7 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ class Writer:
         #: transactions committed, and units answered (for tests and benchmarks)
         self.commits = 0
         self.units = 0
+        #: called with each committed transaction's seconds and units (metrics; a no-op hook)
+        self.observe: Callable[[float, int], None] | None = None
         self._thread = threading.Thread(target=self._run, name="corral-store-writer", daemon=True)
         self._thread.start()
 
@@ -214,6 +217,7 @@ class Writer:
 
     def _commit(self, group: list[_Pending]) -> None:
         results: list[Any] = []
+        began = time.perf_counter()
         try:
             with self._engine.connect() as conn, conn.begin():
                 for p in group:  # no savepoints here: pysqlite's lazy BEGIN will do
@@ -237,6 +241,11 @@ class Writer:
         for p, result in zip(group, results, strict=True):
             p.committed = True
             self._answer(p, result, None)
+        if self.observe is not None:
+            try:
+                self.observe(time.perf_counter() - began, len(group))
+            except Exception:  # a metrics hook is never fatal
+                log.exception("store commit hook failed")
 
     def _isolate(self, group: list[_Pending]) -> None:
         """Write the group again, each unit in a savepoint: refuse only the units that fail."""
