@@ -172,6 +172,27 @@ async def test_the_target_field_suggests_star_and_all_gets_a_hint(
     assert "every node is *" in (await web.get("/ui/commands")).text
 
 
+async def test_the_fleet_table_shows_each_nodes_host_stats(
+    controller: Controller,
+    web: httpx.AsyncClient,
+    node: Node,  # noqa: F811
+) -> None:
+    # What a heartbeat brings (node/stats.py), set here so the numbers are known.
+    controller.registry.nodes["w1"].stats = {
+        "cpu_percent": 12.4,
+        "mem_percent": 55.6,
+        "disk_percent": 70.0,
+        "load1": 0.5,
+    }
+    await sign_in(web, token=await token_for(controller, Role.READ))
+    page = (await web.get("/ui/fleet")).text
+    row = page.split('data-node="w1"')[1].split("</tr>")[0]
+    assert '<td class="stats">12% / 56% / 70% / 0.50</td>' in row
+    live = await first_event(web, "/ui/events/fleet")
+    (w1,) = [n for n in live if n["name"] == "w1"]
+    assert w1["stats"]["mem_percent"] == 55.6  # the page's script draws the same cell from it
+
+
 # --- forget -----------------------------------------------------------------------------
 
 

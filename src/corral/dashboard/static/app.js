@@ -76,6 +76,14 @@
     return f;
   }
 
+  // A node's host stats from its heartbeats ("" until the first one brings them).
+  function hostStats(st) {
+    if (!st) return "";
+    const pc = (v) => Math.round(v) + "%";
+    return [pc(st.cpu_percent), pc(st.mem_percent), pc(st.disk_percent), st.load1.toFixed(2)]
+      .join(" / ");
+  }
+
   const render = {
     fleet(nodes) {
       fill("#nodes", nodes.map((n) => ({
@@ -85,8 +93,8 @@
           { text: ago(n.since), cls: "since" },
           n.labels.join(", "), n.interfaces.join(", "), n.sink ? "yes" : "",
           n.last_serial, { text: n.behind, cls: n.behind ? "behind" : "" },
-          n.busy + "/" + n.slots],
-      })), "no nodes", 9);
+          n.busy + "/" + n.slots, { text: hostStats(n.stats), cls: "stats" }],
+      })), "no nodes", 10);
       const count = document.getElementById("count");
       if (count) count.textContent = nodes.length + " nodes";
     },
