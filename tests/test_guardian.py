@@ -348,13 +348,34 @@ async def test_the_blocking_client_requests_and_waits(
 
     await start(hosted, config, system(tmp_path), "SUS1")
 
-    def script() -> tuple[str, bool, list[str]]:
+    def script() -> tuple[str, bool, list[str], str, list[str]]:
         with SyncClient.connect(config, by="bob") as g:
             view = g.request("SUS1", "DAMPED", wait=scaled(10))
-            return view.state, view.arrived, [v.name for v in g.list()]
+            # Methods the twin derives from the async client (none written by hand).
+            graph = g.graph("SUS1")
+            with pytest.raises(AttributeError):
+                g.reqeust("SUS1", "DAMPED")  # a typo is an AttributeError, not a call
+            return (
+                view.state,
+                view.arrived,
+                [v.name for v in g.list()],
+                g.view("SUS1").state,
+                sorted(s.name for s in graph.states)[:1],
+            )
 
     # In a thread: the guardian runs in this test's event loop and must keep serving.
-    assert await asyncio.to_thread(script) == ("DAMPED", True, ["SUS1"])
+    state, arrived, names, seen, first = await asyncio.to_thread(script)
+    assert (state, arrived, names, seen) == ("DAMPED", True, ["SUS1"], "DAMPED") and first
+
+
+def test_the_blocking_guardian_client_has_every_method_of_the_async_one() -> None:
+    import inspect
+
+    from corral.guardian.client import GuardianClient as AsyncClient
+    from corral.guardian.sync import GuardianClient as SyncClient
+
+    public = {n for n, _ in inspect.getmembers(AsyncClient) if not n.startswith("_")}
+    assert public and public <= set(dir(SyncClient))
 
 
 async def test_guardians_and_their_manager_recover_after_the_server_restarts(

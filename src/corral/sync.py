@@ -104,7 +104,8 @@ def _blocking(name: str, method: Callable[..., Any], owner: str) -> Callable[...
 
     blocking.__name__ = name
     blocking.__qualname__ = f"{owner}.{name}"
-    blocking.__doc__ = f"Blocking :meth:`corral.Client.{name}`.\n\n{method.__doc__ or ''}"
+    source = f"{method.__module__}.{method.__qualname__}"
+    blocking.__doc__ = f"Blocking :meth:`{source}`.\n\n{method.__doc__ or ''}"
     with contextlib.suppress(TypeError, ValueError):
         blocking.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
     return blocking

@@ -11,22 +11,30 @@ A thin wrapper over the async client, run on :mod:`corral.sync`'s background loo
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
-from collections.abc import Iterable
 from types import TracebackType
+from typing import Any
 
 from corral import wire
 from corral.config import Config
 from corral.errors import Timeout
 from corral.guardian import client as _async
-from corral.sync import call
+from corral.sync import call, twin
 
 __all__ = ["GuardianClient"]
 
 
+@twin(_async.GuardianClient)
 class GuardianClient:
-    """Blocking guardian requests and views. Create with :meth:`connect`."""
+    """Blocking guardian requests and views. Create with :meth:`connect`.
+
+    Every method of the async :class:`~corral.guardian.GuardianClient` is here, blocking
+    (``set_mode``, ``revive``, ``pause``, ``reload``, ``view``, ``graph``, ``list``, ``top``;
+    ``watch`` gives a blocking iterator), derived the one way corral derives its blocking API
+    (:func:`corral.sync.twin`); :meth:`request` adds ``wait``.
+    """
+
+    _inner: _async.GuardianClient
 
     def __init__(self, inner: _async.GuardianClient) -> None:
         self._inner = inner
@@ -80,61 +88,7 @@ class GuardianClient:
         except TimeoutError:
             raise Timeout(f"guardian {name} did not arrive at {state} within {wait}s") from None
 
-    def set_mode(self, name: str, mode: str) -> wire.GuardianView:
-        """Set guardian ``name``'s mode.
-
-        Raises:
-            NoSuchGuardian, Timeout, GuardianRefused: as the async twin.
-        """
-        return call(self._inner.set_mode(name, mode))
-
-    def revive(self, name: str) -> wire.GuardianView:
-        """Re-request guardian ``name``'s last request.
-
-        Raises:
-            NoSuchGuardian, Timeout, GuardianRefused: as the async twin.
-        """
-        return call(self._inner.revive(name))
-
-    def pause(self, name: str, paused: bool = True) -> wire.GuardianView:
-        """Pause (or resume) guardian ``name``.
-
-        Raises:
-            NoSuchGuardian, Timeout, GuardianRefused: as the async twin.
-        """
-        return call(self._inner.pause(name, paused))
-
-    def reload(self, name: str) -> wire.GuardianView:
-        """Reload guardian ``name``'s system module.
-
-        Raises:
-            NoSuchGuardian, Timeout, Refused: as the async twin.
-        """
-        return call(self._inner.reload(name))
-
-    def view(self, name: str) -> wire.GuardianView:
-        """Guardian ``name``'s current view.
-
-        Raises:
-            NoSuchGuardian, Timeout: as the async twin.
-        """
-        return call(self._inner.view(name))
-
-    def list(self) -> list[wire.GuardianView]:
-        """Every guardian's latest view (CONNECTION_ERROR and not OK once silent).
-
-        Raises:
-            NoSuchGuardian: no guardian ever ran on this bus.
-        """
-        return call(self._inner.list())
-
-    def top(self, names: Iterable[str] = ()) -> tuple[bool, builtins.list[wire.GuardianView]]:
-        """A monitor-only top node: see the async :meth:`GuardianClient.top`.
-
-        Returns:
-            ``(ok, views)``: whether every guardian (or every one of ``names``) is OK.
-
-        Raises:
-            NoSuchGuardian: no guardian ever ran on this bus.
-        """
-        return call(self._inner.top(names))
+    def __getattr__(self, name: str) -> Any:
+        # The twin's methods are set on the class (corral.sync.twin); an unknown name stays an
+        # AttributeError, never a remote call.
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
