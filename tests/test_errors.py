@@ -24,13 +24,6 @@ from corral.errors import CorralError, NotFound, UnknownError
 from corral.node import Node
 from tasks_fixtures import api, node  # noqa: F401 - fixtures
 
-#: Exception classes defined outside corral.errors that the 'states' work folds into its one
-#: IllegalTransition (issue #15); each must still be (or become) a CorralError.
-PENDING_STATES = {
-    "corral.core.registry.IllegalTransition",
-    "corral.core.commands.IllegalOutcome",
-    "corral.guardian.machine.IllegalTransition",
-}
 #: Old names kept as the same class object.
 ALIASES = {
     "ControllerError": "CorralError",
@@ -81,6 +74,25 @@ def test_every_public_name_is_in_all() -> None:
     )
 
 
+def test_every_public_name_of_the_package_is_in_its_all() -> None:
+    import types
+
+    public = {
+        name
+        for name, value in vars(corral).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and name != "TYPE_CHECKING"
+    }
+    assert public - set(corral.__all__) == set()
+    assert [n for n in corral.__all__ if not hasattr(corral, n)] == []
+    # Every error the package exports is the class of the one tree, not a copy.
+    for name in corral.__all__:
+        value = getattr(corral, name)
+        if isinstance(value, type) and issubclass(value, BaseException):
+            assert issubclass(value, CorralError) and getattr(errors, name) is value, name
+
+
 def test_every_exception_corral_defines_is_in_the_tree() -> None:
     classes = every_exception_class()
     assert len(classes) > 40
@@ -91,7 +103,7 @@ def test_every_exception_corral_defines_is_in_the_tree() -> None:
         for q, c in classes.items()
         if not issubclass(c, CorralError) and not issubclass(c, asyncio.CancelledError)
     }
-    assert outside <= PENDING_STATES, f"not under CorralError: {outside - PENDING_STATES}"
+    assert outside == set(), f"not under CorralError: {outside}"
     elsewhere = {
         q
         for q, c in classes.items()
@@ -99,7 +111,7 @@ def test_every_exception_corral_defines_is_in_the_tree() -> None:
         and getattr(errors, c.__name__, None) is not c
         and not issubclass(c, asyncio.CancelledError)
     }
-    assert elsewhere <= PENDING_STATES, f"define these in corral.errors: {elsewhere}"
+    assert elsewhere == set(), f"define these in corral.errors: {elsewhere}"
 
 
 def test_old_names_are_the_same_class() -> None:
