@@ -21,6 +21,15 @@ that changed (to persist, in one transaction per group commit), the runs to send
 * **Capacity.** A node takes up to ``slots * prefetch`` instances at once: its worker
   processes run ``slots`` of them, the rest wait in the workers' pipes (Celery's prefetch), so
   a worker never idles waiting for the next round trip.
+* **Adaptive prefetch.** ``prefetch`` is a ceiling. For each task key the core keeps an
+  exponentially weighted mean of its run time (as the worker measured it), and its
+  prefetch ``p = clamp(ceil(prefetch_target / mean), 1, prefetch)``: about
+  ``prefetch_target`` seconds of queued work per slot. A held instance of the key takes
+  ``1/p`` of a worker slot, and a node takes instances while their shares fit in its slots.
+  Short tasks get the whole ceiling (big batches, few messages); a key that runs for seconds
+  gets 1, so its instances never wait behind each other (nor a short task behind them) on a
+  busy node while another node idles. A key with no measured run yet gets 1 too, until its
+  first result.
 * **Cancellation.** A queued instance is dequeued (queued -> cancel-requested -> cancelled in
   one step); a running one gets a stop request (the task sees ``ctx.stop_requested``), and with
   ``force`` a kill of its worker process after ``grace`` seconds. A forced cancel always
@@ -38,6 +47,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -53,6 +63,10 @@ QueueKey = tuple[str, tuple[str, ...]]
 
 #: Random bytes in a lease: unguessable by a node that does not hold it.
 LEASE_BYTES = 16
+#: Seconds of queued work per worker slot that the adaptive prefetch aims at.
+PREFETCH_TARGET = 0.005
+#: Weight of the newest run in a key's mean run time.
+RUN_TIME_WEIGHT = 0.3
 
 
 def new_lease() -> str:
@@ -105,7 +119,9 @@ class Scheduler:
     """Every unfinished task instance and every node's worker slots.
 
     Args:
-        prefetch: instances a node holds per worker slot (1 = only what it runs).
+        prefetch: most instances a node holds per worker slot (1 = only what it runs); the
+            ceiling of the adaptive prefetch.
+        prefetch_target: seconds of queued work per worker slot the adaptive prefetch aims at.
         grace: seconds between a forced cancel's stop request and the kill.
         orphan_grace: seconds a restarted controller waits for a node to claim its leases.
         lease_factory: makes each new lease (random by default; injectable for tests). A
@@ -114,12 +130,16 @@ class Scheduler:
 
     def __init__(
         self,
-        prefetch: int = 4,
+        prefetch: int = 16,
         grace: float = 5.0,
         orphan_grace: float = 5.0,
         lease_factory: Callable[[], str] = new_lease,
+        prefetch_target: float = PREFETCH_TARGET,
     ) -> None:
         self.prefetch = max(1, prefetch)
+        self.prefetch_target = prefetch_target
+        #: each task key's mean run time in seconds (EWMA of the workers' measurements)
+        self.run_time: dict[str, float] = {}
         self.grace = grace
         self.orphan_grace = orphan_grace
         #: unfinished instances by id
@@ -223,17 +243,46 @@ class Scheduler:
         if node.free <= 0:
             return
         queues = [q for q in self._queues if node.matches(q)]
+        room = max(1, node.slots) + node.lent + 1e-9
+        load = sum(
+            self.weight(self.active[i].key) for i in node.leases.values() if i in self.active
+        )
         while node.free > 0 and queues:
             best: tuple[int, int, int] | None = None
             best_q: QueueKey | None = None
             for q in queues:
+                if load + self.weight(q[0]) > room:
+                    continue  # no room for this key's work; a shorter key's may still fit
                 head = self._head(q)
                 if head is not None and (best is None or head < best):
                     best, best_q = head, q
             if best is None or best_q is None:
                 return
             heapq.heappop(self._queues[best_q])
+            load += self.weight(best_q[0])
             self._assign(self.active[best[2]], node, now)
+
+    def key_prefetch(self, key: str) -> int:
+        """Instances of ``key`` a node holds per worker slot: about ``prefetch_target``
+        seconds of its work, between 1 (long or never measured) and ``prefetch``."""
+        mean = self.run_time.get(key)
+        if mean is None:
+            return 1
+        if mean * self.prefetch <= self.prefetch_target:  # (and no overflow for tiny means)
+            return self.prefetch
+        return max(1, math.ceil(self.prefetch_target / mean))
+
+    def weight(self, key: str) -> float:
+        """The share of a worker slot one held instance of ``key`` takes: ``1 / key_prefetch``.
+        A node holds instances while their shares fit in its slots (plus what it was lent)."""
+        return 1.0 / self.key_prefetch(key)
+
+    def measured(self, key: str, seconds: float) -> None:
+        """A run of ``key`` took ``seconds`` in its worker: update the key's mean."""
+        if seconds < 0 or not math.isfinite(seconds):
+            return
+        mean = self.run_time.get(key)
+        self.run_time[key] = seconds if mean is None else mean + RUN_TIME_WEIGHT * (seconds - mean)
 
     def _assign(self, inst: TaskInstance, node: NodeWorkers, now: float) -> None:
         move(inst, S.RUNNING)
@@ -411,6 +460,7 @@ class Scheduler:
         reporter: str | None = None,
         logs: str = "",
         log_limit: int = 65_536,
+        seconds: float = -1.0,
     ) -> TaskInstance | None:
         """A task ended on its node: ``outcome`` is ``complete``, ``failed`` or ``stopped``.
 
@@ -425,6 +475,8 @@ class Scheduler:
             reporter: the reporting node; one that does not hold ``lease`` changes nothing.
             logs: what the attempt printed and logged (added to the instance's logs).
             log_limit: most characters of logs kept per instance (oldest cut first).
+            seconds: how long the run took in its worker (negative: not measured); it
+                feeds the key's adaptive prefetch.
 
         Returns:
             The instance, or ``None`` for a stale lease or another node's lease (the result
@@ -435,6 +487,9 @@ class Scheduler:
             return None
         if worker >= 0:
             inst.worker = worker
+        before = self.key_prefetch(inst.key)
+        self.measured(inst.key, seconds)
+        refill_all = self.key_prefetch(inst.key) != before  # room may have opened anywhere
         if logs:
             head = f"--- attempt {inst.attempts} on {inst.node} ---\n" if inst.attempts > 1 else ""
             inst.logs = cut_log(inst.logs + head + logs, log_limit)
@@ -451,7 +506,9 @@ class Scheduler:
         else:
             inst.traceback = traceback
             self._end(inst, S.FAILED, now, outcome, error or outcome)
-        if node is not None:
+        if refill_all:
+            self._fill_all(now)
+        elif node is not None:
             self._fill(node, now)
         return inst
 

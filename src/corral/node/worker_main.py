@@ -29,6 +29,7 @@ import queue
 import struct
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -236,11 +237,13 @@ class _Serve:
             capture = _Capture(err, _log_limit())
             ctx.sink = capture.write
             sys.stdout = sys.stderr = capture
+            began = time.perf_counter()
             try:
                 reply = _execute(run, self.send, loop, ctx)
             finally:
                 sys.stdout, sys.stderr = out, err
-            reply.append(capture.text())
+            # logs, then the run's seconds (the controller's adaptive prefetch reads them)
+            reply += [capture.text(), time.perf_counter() - began]
             self.current = None
             self.stopped.discard(lease)
             self.send(reply)
