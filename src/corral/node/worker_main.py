@@ -35,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from corral import loops
 from corral.core.signatures import describe
 from corral.core.taskstate import cut_log
 from corral.errors import TaskFailed, TaskStopped
@@ -221,7 +222,7 @@ class _Serve:
 
     def serve(self) -> None:
         """Run the queued runs one at a time until the node closes the pipe."""
-        loop = asyncio.new_event_loop()
+        loop = loops.new_event_loop()  # for async tasks; uvloop where it is installed
         while (run := self.runs.get()) is not None:
             lease = run[1]
             if lease in self.stopped:
