@@ -45,9 +45,11 @@ that changed (to persist, in one transaction per group commit), the runs to send
 
 from __future__ import annotations
 
+import base64
 import heapq
 import itertools
 import math
+import os
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -69,13 +71,23 @@ PREFETCH_TARGET = 0.005
 RUN_TIME_WEIGHT = 0.3
 
 
+_random = bytearray()  # random bytes from the OS, drawn 4 KiB at a time (one system call)
+_random_pid = 0  # the process that drew them: a forked child draws its own
+
+
 def new_lease() -> str:
     """A fresh lease: ``LEASE_BYTES`` random bytes from the OS, URL-safe base64 (22 chars).
 
     Returns:
         The lease text.
     """
-    return secrets.token_urlsafe(LEASE_BYTES)
+    global _random_pid
+    if len(_random) < LEASE_BYTES or _random_pid != os.getpid():
+        _random[:] = secrets.token_bytes(LEASE_BYTES * 256)
+        _random_pid = os.getpid()
+    raw = bytes(_random[-LEASE_BYTES:])
+    del _random[-LEASE_BYTES:]
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 @dataclass
@@ -140,6 +152,7 @@ class Scheduler:
         self.prefetch_target = prefetch_target
         #: each task key's mean run time in seconds (EWMA of the workers' measurements)
         self.run_time: dict[str, float] = {}
+        self._weights: dict[str, float] = {}  # key -> 1 / key_prefetch(key), when measured
         self.grace = grace
         self.orphan_grace = orphan_grace
         #: unfinished instances by id
@@ -275,7 +288,7 @@ class Scheduler:
     def weight(self, key: str) -> float:
         """The share of a worker slot one held instance of ``key`` takes: ``1 / key_prefetch``.
         A node holds instances while their shares fit in its slots (plus what it was lent)."""
-        return 1.0 / self.key_prefetch(key)
+        return self._weights.get(key, 1.0)  # never measured: a whole slot
 
     def measured(self, key: str, seconds: float) -> None:
         """A run of ``key`` took ``seconds`` in its worker: update the key's mean."""
@@ -283,6 +296,7 @@ class Scheduler:
             return
         mean = self.run_time.get(key)
         self.run_time[key] = seconds if mean is None else mean + RUN_TIME_WEIGHT * (seconds - mean)
+        self._weights[key] = 1.0 / self.key_prefetch(key)
 
     def _assign(self, inst: TaskInstance, node: NodeWorkers, now: float) -> None:
         move(inst, S.RUNNING)
@@ -487,9 +501,9 @@ class Scheduler:
             return None
         if worker >= 0:
             inst.worker = worker
-        before = self.key_prefetch(inst.key)
+        before = self.weight(inst.key)
         self.measured(inst.key, seconds)
-        refill_all = self.key_prefetch(inst.key) != before  # room may have opened anywhere
+        refill_all = self.weight(inst.key) != before  # room may have opened anywhere
         if logs:
             head = f"--- attempt {inst.attempts} on {inst.node} ---\n" if inst.attempts > 1 else ""
             inst.logs = cut_log(inst.logs + head + logs, log_limit)
