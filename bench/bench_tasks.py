@@ -358,7 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prefetch",
         type=int,
         default=0,
-        help="corral's task_prefetch (default: the controller's default, 4; 16 suits no-op tasks)",
+        help="corral's task_prefetch, the ceiling of its adaptive prefetch (default: the "
+        "controller's default, 16)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return parser.parse_args(argv)

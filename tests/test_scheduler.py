@@ -91,6 +91,7 @@ def test_keys_and_labels_decide_which_node_runs_what() -> None:
 
 def test_capacity_is_slots_times_prefetch_and_a_batch_spreads_over_nodes() -> None:
     s = sched(prefetch=3, a=2, b=2)
+    s.measured("k", 0.0)  # short: the whole prefetch (tests/test_scheduler_prefetch.py)
     s.queue([inst(i) for i in range(1, 15)], 0.0)
     out = runs(s)
     assert len(out["a"]) == len(out["b"]) == 6
@@ -394,6 +395,7 @@ def test_a_lease_drawn_again_is_never_given_twice(draws: list[int]) -> None:
     pool = iter(draws + list(range(100, 200)))
     s = Scheduler(prefetch=50, lease_factory=lambda: f"l{next(pool)}")
     s.node_hello("a", "a-1", ["k"], [], 1, [], 0.0)
+    s.measured("k", 0.0)  # short: the node takes all 20
     s.queue([inst(i) for i in range(1, 21)], 0.0)
     leases = [i.lease for i in s.active.values()]
     assert len(set(leases)) == len(leases) == 20

@@ -65,7 +65,7 @@ async def test_cancel_a_queued_instance_dequeues_it(
     tmp_path: Path,
 ) -> None:
     gate = tmp_path / "gate"
-    # 2 slots x prefetch 4 = 8 held by the node; the rest waits in the controller's queue.
+    # A key never measured: 2 slots x 1 held by the node; the rest waits in the queue.
     blockers = await api.queue_tasks("wait_for_file", [{"path": str(gate)}] * 8)
     ident = await api.queue_task("echo", value="never")
     assert (await api.task_history_detail(ident)).status == "queued"

@@ -49,6 +49,42 @@ async def test_upserts_load_the_unfinished_and_page_in_sql(store_url: str) -> No
         assert await tasks.keys() == ["j", "k"]
 
 
+async def test_every_field_of_an_instance_comes_back_as_written(store_url: str) -> None:
+    # SQLite's rows go to the driver as tuples built by corral (JSON, booleans): the same
+    # values must come back as through SQLAlchemy's own parameter processing.
+    full = TaskInstance(
+        id=7,
+        key="k",
+        args=b"\x00\x81",
+        priority=2,
+        status="cancel-requested",
+        parent=3,
+        item=1,
+        labels=["gpu", "x"],
+        node="n1",
+        worker=1,
+        lease="L",
+        attempts=2,
+        max_attempts=5,
+        queued_at=1.5,
+        started_at=2.5,
+        finished_at=None,
+        progress=42.0,
+        message="half",
+        result=b"\x01",
+        error="e",
+        traceback="tb",
+        force=True,
+        cancel_at=3.5,
+        history=[{"attempt": 1, "node": "n1", "started": 2.5, "ended": 3.0}],
+        logs="out\n",
+    )
+    async with await open_store(store_url) as store:
+        await store.tasks.commit([row(full), row(TaskInstance(id=8, key="k"))])
+        assert await store.tasks.get(7) == full
+        assert await store.tasks.get(8) == TaskInstance(id=8, key="k")
+
+
 async def test_tokens_are_checked_by_role_and_revoked(store_url: str) -> None:
     async with await open_store(store_url) as store:
         token, text = await create_token(store, Role.OPERATE, "ops")

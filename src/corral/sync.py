@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from corral import client as _async
 from corral import group as _group
+from corral import loops
 from corral._client_functions import ApiFunctions
 from corral.client import ClassOrInstance
 from corral.config import Config
@@ -43,7 +44,7 @@ def _portal() -> asyncio.AbstractEventLoop:
     global _loop
     with _lock:
         if _loop is None or _loop.is_closed():
-            loop = asyncio.new_event_loop()
+            loop = loops.new_event_loop()  # uvloop where it is installed
             threading.Thread(target=loop.run_forever, name="corral-sync", daemon=True).start()
             _loop = loop
         return _loop

@@ -712,6 +712,8 @@ class TaskResult(msgspec.Struct, frozen=True, array_like=True):
     worker: int = -1
     #: what the task printed (stdout, stderr) and ``ctx.log``-ged, bounded by the node
     logs: str = ""
+    #: seconds the run took in its worker (-1: not measured); the adaptive prefetch uses it
+    seconds: float = -1.0
 
 
 class TaskReport(_Msg, frozen=True):

@@ -16,7 +16,6 @@ declares an option of the same name keeps its own.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import getpass
@@ -32,6 +31,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from typer.core import TyperGroup
 
+from corral import loops
 from corral.config import Config, load_config
 from corral.errors import CorralError, UsageError
 from corral.log import setup_logging
@@ -299,7 +299,7 @@ def configure(*, daemon: bool = False, **flags: Any) -> tuple[Config, dict[str, 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine, turning corral errors into a message and exit status 1."""
     try:
-        return asyncio.run(coro)
+        return loops.run(coro)  # on uvloop where it is installed
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except CorralError as exc:

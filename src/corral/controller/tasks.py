@@ -608,6 +608,7 @@ class TaskService:
                 reporter=node,
                 logs=r.logs,
                 log_limit=self.config.task_log_limit,
+                seconds=r.seconds,
             )
             if inst is None:
                 log.debug("stale result dropped", extra={"node": node, "lease": r.lease})

@@ -23,6 +23,15 @@ that changed (to persist, in one transaction per group commit), the runs to send
   a worker never idles waiting for the next round trip. An instance given to a node is
   ``assigned`` until the node says a worker started it (:meth:`Scheduler.started`): only
   then is it ``running``, with its ``started_at``.
+* **Adaptive prefetch.** ``prefetch`` is a ceiling. For each task key the core keeps an
+  exponentially weighted mean of its run time (as the worker measured it), and its
+  prefetch ``p = clamp(ceil(prefetch_target / mean), 1, prefetch)``: about
+  ``prefetch_target`` seconds of queued work per slot. A held instance of the key takes
+  ``1/p`` of a worker slot, and a node takes instances while their shares fit in its slots.
+  Short tasks get the whole ceiling (big batches, few messages); a key that runs for seconds
+  gets 1, so its instances never wait behind each other (nor a short task behind them) on a
+  busy node while another node idles. A key with no measured run yet gets 1 too, until its
+  first result.
 * **Placement.** Filling happens in two rounds: first every node gets work for its idle
   worker slots (most idle first), and only then do nodes fill their prefetch. So six tasks
   queued on three idle nodes of two slots run on all three, not two at a time on one.
@@ -41,8 +50,11 @@ that changed (to persist, in one transaction per group commit), the runs to send
 
 from __future__ import annotations
 
+import base64
 import heapq
 import itertools
+import math
+import os
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -58,6 +70,14 @@ QueueKey = tuple[str, tuple[str, ...]]
 
 #: Random bytes in a lease: unguessable by a node that does not hold it.
 LEASE_BYTES = 16
+#: Seconds of queued work per worker slot that the adaptive prefetch aims at.
+PREFETCH_TARGET = 0.005
+#: Weight of the newest run in a key's mean run time.
+RUN_TIME_WEIGHT = 0.3
+
+
+_random = bytearray()  # random bytes from the OS, drawn 4 KiB at a time (one system call)
+_random_pid = 0  # the process that drew them: a forked child draws its own
 
 
 def new_lease() -> str:
@@ -66,7 +86,13 @@ def new_lease() -> str:
     Returns:
         The lease text.
     """
-    return secrets.token_urlsafe(LEASE_BYTES)
+    global _random_pid
+    if len(_random) < LEASE_BYTES or _random_pid != os.getpid():
+        _random[:] = secrets.token_bytes(LEASE_BYTES * 256)
+        _random_pid = os.getpid()
+    raw = bytes(_random[-LEASE_BYTES:])
+    del _random[-LEASE_BYTES:]
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 @dataclass
@@ -115,7 +141,9 @@ class Scheduler:
     """Every unfinished task instance and every node's worker slots.
 
     Args:
-        prefetch: instances a node holds per worker slot (1 = only what it runs).
+        prefetch: most instances a node holds per worker slot (1 = only what it runs); the
+            ceiling of the adaptive prefetch.
+        prefetch_target: seconds of queued work per worker slot the adaptive prefetch aims at.
         grace: seconds between a forced cancel's stop request and the kill.
         orphan_grace: seconds a restarted controller waits for a node to claim its leases.
         lease_factory: makes each new lease (random by default; injectable for tests). A
@@ -124,12 +152,17 @@ class Scheduler:
 
     def __init__(
         self,
-        prefetch: int = 4,
+        prefetch: int = 16,
         grace: float = 5.0,
         orphan_grace: float = 5.0,
         lease_factory: Callable[[], str] = new_lease,
+        prefetch_target: float = PREFETCH_TARGET,
     ) -> None:
         self.prefetch = max(1, prefetch)
+        self.prefetch_target = prefetch_target
+        #: each task key's mean run time in seconds (EWMA of the workers' measurements)
+        self.run_time: dict[str, float] = {}
+        self._weights: dict[str, float] = {}  # key -> 1 / key_prefetch(key), when measured
         self.grace = grace
         self.orphan_grace = orphan_grace
         #: unfinished instances by id
@@ -242,18 +275,48 @@ class Scheduler:
         if free <= 0:
             return
         queues = [q for q in self._queues if node.matches(q)]
+        room = max(1, node.slots) + node.lent + 1e-9
+        load = sum(
+            self.weight(self.active[i].key) for i in node.leases.values() if i in self.active
+        )
         while free > 0 and queues:
             best: tuple[int, int, int] | None = None
             best_q: QueueKey | None = None
             for q in queues:
+                if load + self.weight(q[0]) > room:
+                    continue  # no room for this key's work; a shorter key's may still fit
                 head = self._head(q)
                 if head is not None and (best is None or head < best):
                     best, best_q = head, q
             if best is None or best_q is None:
                 return
             heapq.heappop(self._queues[best_q])
+            load += self.weight(best_q[0])
             self._assign(self.active[best[2]], node, now)
             free -= 1
+
+    def key_prefetch(self, key: str) -> int:
+        """Instances of ``key`` a node holds per worker slot: about ``prefetch_target``
+        seconds of its work, between 1 (long or never measured) and ``prefetch``."""
+        mean = self.run_time.get(key)
+        if mean is None:
+            return 1
+        if mean * self.prefetch <= self.prefetch_target:  # (and no overflow for tiny means)
+            return self.prefetch
+        return max(1, math.ceil(self.prefetch_target / mean))
+
+    def weight(self, key: str) -> float:
+        """The share of a worker slot one held instance of ``key`` takes: ``1 / key_prefetch``.
+        A node holds instances while their shares fit in its slots (plus what it was lent)."""
+        return self._weights.get(key, 1.0)  # never measured: a whole slot
+
+    def measured(self, key: str, seconds: float) -> None:
+        """A run of ``key`` took ``seconds`` in its worker: update the key's mean."""
+        if seconds < 0 or not math.isfinite(seconds):
+            return
+        mean = self.run_time.get(key)
+        self.run_time[key] = seconds if mean is None else mean + RUN_TIME_WEIGHT * (seconds - mean)
+        self._weights[key] = 1.0 / self.key_prefetch(key)
 
     def _assign(self, inst: TaskInstance, node: NodeWorkers, now: float) -> None:
         move(inst, S.ASSIGNED)
@@ -464,6 +527,7 @@ class Scheduler:
         reporter: str | None = None,
         logs: str = "",
         log_limit: int = 65_536,
+        seconds: float = -1.0,
     ) -> TaskInstance | None:
         """A task ended on its node: ``outcome`` is ``complete``, ``failed`` or ``stopped``.
 
@@ -478,6 +542,8 @@ class Scheduler:
             reporter: the reporting node; one that does not hold ``lease`` changes nothing.
             logs: what the attempt printed and logged (added to the instance's logs).
             log_limit: most characters of logs kept per instance (oldest cut first).
+            seconds: how long the run took in its worker (negative: not measured); it
+                feeds the key's adaptive prefetch.
 
         Returns:
             The instance, or ``None`` for a stale lease or another node's lease (the result
@@ -490,6 +556,9 @@ class Scheduler:
             self._start(inst, worker, now)
         if worker >= 0:
             inst.worker = worker
+        before = self.weight(inst.key)
+        self.measured(inst.key, seconds)
+        refill_all = self.weight(inst.key) != before  # room may have opened anywhere
         if logs:
             head = f"--- attempt {inst.attempts} on {inst.node} ---\n" if inst.attempts > 1 else ""
             inst.logs = cut_log(inst.logs + head + logs, log_limit)
@@ -506,7 +575,9 @@ class Scheduler:
         else:
             inst.traceback = traceback
             self._end(inst, S.FAILED, now, outcome, error or outcome)
-        if node is not None:
+        if refill_all:
+            self._fill_all(now)
+        elif node is not None:
             self._fill(node, now)
         return inst
 

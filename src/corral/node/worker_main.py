@@ -29,11 +29,13 @@ import queue
 import struct
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
 import msgspec
 
+from corral import loops
 from corral.core.signatures import describe
 from corral.core.taskstate import cut_log
 from corral.errors import TaskFailed, TaskStopped
@@ -220,7 +222,7 @@ class _Serve:
 
     def serve(self) -> None:
         """Run the queued runs one at a time until the node closes the pipe."""
-        loop = asyncio.new_event_loop()
+        loop = loops.new_event_loop()  # for async tasks; uvloop where it is installed
         while (run := self.runs.get()) is not None:
             lease = run[1]
             if lease in self.stopped:
@@ -236,11 +238,13 @@ class _Serve:
             capture = _Capture(err, _log_limit())
             ctx.sink = capture.write
             sys.stdout = sys.stderr = capture
+            began = time.perf_counter()
             try:
                 reply = _execute(run, self.send, loop, ctx)
             finally:
                 sys.stdout, sys.stderr = out, err
-            reply.append(capture.text())
+            # logs, then the run's seconds (the controller's adaptive prefetch reads them)
+            reply += [capture.text(), time.perf_counter() - began]
             self.current = None
             self.stopped.discard(lease)
             self.send(reply)

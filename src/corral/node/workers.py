@@ -236,9 +236,12 @@ class WorkerPool:
             if kind == "done":
                 _, lease, outcome, result, error, tb = message[:6]
                 logs = str(message[6]) if len(message) > 6 else ""
+                took = float(message[7]) if len(message) > 7 else -1.0
                 worker.pending.pop(lease, None)
                 self._where.pop(lease, None)
-                self._result(wire.TaskResult(lease, outcome, result, error, tb, worker.index, logs))
+                self._result(
+                    wire.TaskResult(lease, outcome, result, error, tb, worker.index, logs, took)
+                )
                 self._note_start(worker)
             elif kind == "map":
                 await self._map(worker, message[1], message[2], message[3])
