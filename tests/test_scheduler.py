@@ -115,6 +115,7 @@ def test_a_batch_fills_idle_slots_everywhere_before_any_prefetch(
 ) -> None:
     """No node holds more than its slots while another node has an idle slot."""
     s = Scheduler(prefetch=prefetch)
+    s.measured("k", 1e-6)  # a short task: its prefetch is the whole ceiling
     for n, count in enumerate(slots):
         s.node_hello(f"n{n}", f"n{n}-1", ["k"], [], count, [], 0.0)
     next_id = 1
@@ -131,6 +132,7 @@ def test_a_batch_fills_idle_slots_everywhere_before_any_prefetch(
 
 def test_an_instance_is_assigned_until_a_worker_starts_it() -> None:
     s = sched(prefetch=2, a=1)
+    s.measured("k", 1e-6)  # short: prefetched two to the slot
     s.queue([inst(1), inst(2)], 0.0)
     one, two = s.active[1], s.active[2]
     assert (one.status, one.started_at, two.status, two.started_at) == (
@@ -161,6 +163,7 @@ def test_a_start_is_never_before_the_assignment() -> None:
 
 def test_an_assigned_instance_can_be_cancelled_or_lost() -> None:
     s = sched(prefetch=2, a=1)
+    s.measured("k", 1e-6)  # short: prefetched two to the slot
     s.queue([inst(1), inst(2)], 0.0)
     one, two = s.active[1], s.active[2]
     s.take()
