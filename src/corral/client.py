@@ -36,7 +36,6 @@ from corral._client_bus import BusMethods
 from corral._client_commands import Commands
 from corral._client_functions import ApiFunctions
 from corral._transport_bus import BusTransport
-from corral._transport_http import HttpTransport
 from corral.config import Config, load_config
 from corral.errors import (
     Disconnected,
@@ -45,6 +44,9 @@ from corral.errors import (
     UsageError,
 )
 from corral.tokens import load_token, read_token
+
+if TYPE_CHECKING:
+    from corral._transport_http import HttpTransport
 
 __all__ = ["ClassOrInstance", "Client"]
 
@@ -135,6 +137,9 @@ class Client(ApiFunctions, Commands, BusMethods):
             self.transport = BusTransport(config, path, timeout, wait=wait)
             self.identity = self.transport.identity
         elif scheme in _HTTP:
+            # httpx loads only for HTTP clients: nodes and bus clients import corral without it
+            from corral._transport_http import HttpTransport
+
             self.transport = HttpTransport(address, _token(token, config), timeout)
             self.identity = "api"
         else:
