@@ -46,3 +46,10 @@ def test_the_registry_keeps_the_last_stats_a_node_sent() -> None:
     assert reg.nodes["a"].stats == stats
     reg.heartbeat("a", "i1", 0, now=2.0)  # a beat without stats keeps the last
     assert reg.nodes["a"].stats == stats
+
+
+def test_the_nodes_of_one_process_share_a_sampler_per_filesystem(tmp_path: Path) -> None:
+    one = HostStats.shared(tmp_path / "node-a" / "work")  # not created yet: its parent counts
+    two = HostStats.shared(tmp_path / "node-b")
+    assert one is two
+    assert HostStats.shared(tmp_path) is one

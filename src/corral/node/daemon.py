@@ -319,7 +319,7 @@ class Node:
     async def _heartbeat_loop(self) -> None:
         assert self.nc is not None
         subject = subjects.node_in(self.name, "hb")
-        host = HostStats(Path(self.work_dir))
+        host = HostStats.shared(Path(self.work_dir))
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             if self.nc.is_connected:

@@ -23,6 +23,9 @@ __all__ = ["HostStats"]
 
 log = logging.getLogger("corral.node")
 
+#: one sampler per filesystem in this process (:meth:`HostStats.shared`)
+_SHARED: dict[object, HostStats] = {}
+
 
 class HostStats:
     """The latest sample of the host's load, refreshed at most every ``every`` seconds.
@@ -45,6 +48,22 @@ class HostStats:
 
     def __repr__(self) -> str:
         return f"<HostStats {self.disk} {self._last}>"
+
+    @classmethod
+    def shared(cls, disk: Path) -> HostStats:
+        """The one sampler of this process for the filesystem ``disk`` is on: the nodes a
+        process hosts (a hundred in a fleet benchmark) read the host once, not once each."""
+        probe = disk
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            key: object = probe.stat().st_dev
+        except OSError:
+            key = str(disk)
+        found = _SHARED.get(key)
+        if found is None:
+            found = _SHARED[key] = cls(disk)
+        return found
 
     def current(self) -> NodeStats | None:
         """The latest sample (taken now if the last is older than ``every``), or None if
