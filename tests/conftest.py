@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
@@ -113,6 +114,14 @@ async def controller(config: Config, broker: EmbeddedBroker) -> AsyncIterator[Co
         yield c
     finally:
         await c.stop()
+
+
+@pytest.fixture
+async def web(controller: Controller) -> AsyncIterator[httpx.AsyncClient]:
+    """A browser-like HTTP client of the in-process controller (no redirects followed)."""
+    assert controller.api is not None
+    async with httpx.AsyncClient(base_url=controller.api.url, timeout=scaled(20)) as client:
+        yield client
 
 
 @pytest.fixture

@@ -1,12 +1,25 @@
-"""Helpers shared by the dashboard tests: signing in over plain HTTP."""
+"""Helpers shared by the dashboard tests: signing in over plain HTTP, the first event of a live
+stream (the ``web`` client fixture is in conftest.py)."""
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 import httpx
 
 from corral.dashboard.auth import COOKIE
+
+
+async def first_event(web: httpx.AsyncClient, path: str) -> Any:
+    """The first ``data:`` event of the live stream at ``path``."""
+    async with web.stream("GET", path) as events:
+        assert events.status_code == 200
+        async for line in events.aiter_lines():
+            if line.startswith("data: "):
+                return json.loads(line[6:])
+    raise AssertionError("the stream ended without data")
 
 
 def csrf_of(html: str) -> str:

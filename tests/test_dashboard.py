@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -21,16 +20,8 @@ from corral.group import Group
 from corral.guardian import Guardian
 from corral.node import Node
 from corral.tokens import Role, revoke_token
-from dashboard_fixtures import sign_in
+from dashboard_fixtures import first_event, sign_in
 from tasks_fixtures import node, token_for  # noqa: F401 - fixtures
-
-
-@pytest.fixture
-async def web(controller: Controller) -> AsyncIterator[httpx.AsyncClient]:
-    """A browser-like HTTP client of the in-process controller (no redirects followed)."""
-    assert controller.api is not None
-    async with httpx.AsyncClient(base_url=controller.api.url, timeout=scaled(20)) as client:
-        yield client
 
 
 async def queued(controller: Controller) -> int:
@@ -241,16 +232,6 @@ async def test_corral_user_add_from_the_cli(config: Config, controller: Controll
     assert controller.store is not None
     user = await check_password(controller.store, "erin", "erin-password")
     assert user is not None and user.role == "read"
-
-
-async def first_event(web: httpx.AsyncClient, path: str) -> object:
-    """The first ``data:`` event of the stream at ``path``."""
-    async with web.stream("GET", path) as events:
-        assert events.status_code == 200
-        async for line in events.aiter_lines():
-            if line.startswith("data: "):
-                return json.loads(line[6:])
-    raise AssertionError("the stream ended without data")
 
 
 async def test_fleet_filters_by_glob_and_label_and_read_cannot_edit(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -15,14 +14,6 @@ from corral.controller import Controller
 from corral.dashboard.auth import COOKIE
 from corral.dashboard.users import add_user
 from corral.tokens import Role
-
-
-@pytest.fixture
-async def web(controller: Controller) -> AsyncIterator[httpx.AsyncClient]:
-    """A browser-like HTTP client of the in-process controller (no redirects followed)."""
-    assert controller.api is not None
-    async with httpx.AsyncClient(base_url=controller.api.url, timeout=scaled(20)) as client:
-        yield client
 
 
 async def _nonce(web: httpx.AsyncClient) -> str:

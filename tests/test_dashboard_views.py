@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from conftest import scaled
 from corral import wire
@@ -24,28 +22,9 @@ from corral.dashboard.trends import Sample, Trends, node_stats
 from corral.guardian import Guardian
 from corral.node import Node
 from corral.tokens import Role
-from dashboard_fixtures import sign_in
+from dashboard_fixtures import first_event, sign_in
 from tasks_fixtures import node, start_task_node, token_for  # noqa: F401 - fixtures
 from test_guardian import start, system
-
-
-@pytest.fixture
-async def web(controller: Controller) -> AsyncIterator[httpx.AsyncClient]:
-    """A browser-like HTTP client of the in-process controller (no redirects followed)."""
-    assert controller.api is not None
-    async with httpx.AsyncClient(base_url=controller.api.url, timeout=scaled(20)) as client:
-        yield client
-
-
-async def first_event(web: httpx.AsyncClient, path: str) -> Any:
-    """The first ``data:`` event of the stream at ``path``."""
-    async with web.stream("GET", path) as events:
-        assert events.status_code == 200
-        async for line in events.aiter_lines():
-            if line.startswith("data: "):
-                return json.loads(line[6:])
-    raise AssertionError("the stream ended without data")
-
 
 # --- the charts' core -------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 import re
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -26,13 +26,6 @@ from corral.tokens import Role
 from tasks_fixtures import api, node, token_for  # noqa: F401 - fixtures
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture
-async def web(controller: Controller) -> AsyncIterator[httpx.AsyncClient]:
-    assert controller.api is not None
-    async with httpx.AsyncClient(base_url=controller.api.url, timeout=scaled(10)) as client:
-        yield client
 
 
 async def scrape(web: httpx.AsyncClient) -> Samples:

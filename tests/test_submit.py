@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
@@ -34,14 +33,6 @@ def config(config: Config) -> Config:
     return msgspec.structs.replace(
         config, retire_after=RETIRE, max_command_bytes=LIMIT, max_request_bytes=1024 * 1024
     )
-
-
-@pytest.fixture
-async def web(controller: Controller) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client of the in-process controller (no redirects followed)."""
-    assert controller.api is not None
-    async with httpx.AsyncClient(base_url=controller.api.url, timeout=scaled(20)) as client:
-        yield client
 
 
 async def by_bus(config: Config, targets: list[str], keyed: bool, code: str) -> str:
