@@ -13,9 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Table
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection
 from sqlalchemy.sql.dml import Insert
 
 from corral.records import (
@@ -34,7 +32,7 @@ from .schema import audit_log, node_transitions
 from .writer import Unit
 from .writes import Isolation, Written, isolate
 
-__all__ = ["Batch", "upsert"]
+__all__ = ["Batch"]
 
 # Rows per executemany call: bounds the parameter list held at once, not round trips.
 _BATCH = 1000
@@ -42,19 +40,6 @@ _BATCH = 1000
 # One record, or a command with the audit entries naming its serial: (kind, record) pairs.
 _Part = tuple[tuple[str, Any], ...]
 _KINDS = ("nodes", "transitions", "audit", "commands", "outcomes", "keys")
-
-
-def upsert(dialect: str, table: Table, key: str) -> Insert:
-    """``INSERT … ON CONFLICT (key) DO UPDATE`` setting every other column.
-
-    Args:
-        dialect: ``"sqlite"`` or ``"postgresql"``.
-        table: The table.
-        key: Its primary key column.
-    """
-    stmt = sqlite_insert(table) if dialect == "sqlite" else pg_insert(table)
-    changes = {c.name: stmt.excluded[c.name] for c in table.columns if c.name != key}
-    return stmt.on_conflict_do_update(index_elements=[key], set_=changes)
 
 
 def _repair(part: _Part, level: int, why: str) -> _Part | None:

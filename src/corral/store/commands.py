@@ -1,6 +1,6 @@
 """The store's side of commands: their rows, per-node outcomes, history queries.
 
-A mixin of :class:`~corral.store.Store`, kept apart so the store module stays about nodes.
+A mixin of :class:`~corral.store.SqlStore`, kept apart so the store module stays about nodes.
 Commands and outcomes are written by :meth:`Store.commit` in the controller's flush, through
 the store's one writer.
 A command's row lists the nodes it resolved to; a node has an outcome row once it answered
@@ -14,28 +14,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Table, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql.dml import Insert
 
 from corral.records import CommandRow, OutcomeRow
 
 from ._errors import translate
 from .schema import command_outcomes, commands
+from .writes import upsert
 
 __all__ = ["CommandQueries", "write_commands"]
 
 _LIST_COLUMNS = [commands.c[n] for n in CommandRow.__struct_fields__ if n != "body"]
 _OUTCOME_COLUMNS = [command_outcomes.c[n] for n in OutcomeRow.__struct_fields__]
 _FINAL = ("done", "failed", "expired")
-
-
-def _upsert(dialect: str, table: Table, keys: list[str]) -> Insert:
-    stmt = sqlite_insert(table) if dialect == "sqlite" else pg_insert(table)
-    changes = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
-    return stmt.on_conflict_do_update(index_elements=keys, set_=changes)
 
 
 def write_commands(
@@ -49,7 +41,7 @@ def write_commands(
     if rows:
         conn.execute(commands.insert(), [asdict(r) for r in rows])
     if outcomes:
-        stmt = _upsert(conn.dialect.name, command_outcomes, ["serial", "node"])
+        stmt = upsert(conn.dialect.name, command_outcomes, "serial", "node")
         params = [asdict(o) for o in outcomes]
         for start in range(0, len(params), 1000):
             conn.execute(stmt, params[start : start + 1000])

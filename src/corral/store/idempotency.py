@@ -10,19 +10,17 @@ controller's group commit too.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 from sqlalchemy import and_, delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from corral.records import IdempotencyRow
 
 from ._errors import translate
 from .schema import idempotency_keys as k
+from .writes import upsert
 
 __all__ = ["find_key", "prune_keys", "recent_keys", "write_keys"]
 
@@ -41,15 +39,9 @@ def write_keys(conn: Any, rows: Sequence[IdempotencyRow]) -> Any:
     """
     if not rows:
         return None
-    return conn.execute(_upsert(conn.dialect.name), [msgspec.structs.asdict(r) for r in rows])
-
-
-@functools.cache
-def _upsert(dialect: str) -> Any:
-    """The upsert statement, built once per dialect (it is on every keyed submission's path)."""
-    stmt = sqlite_insert(k) if dialect == "sqlite" else pg_insert(k)
-    changes = {c.name: stmt.excluded[c.name] for c in k.columns if c.name not in ("caller", "key")}
-    return stmt.on_conflict_do_update(index_elements=["caller", "key"], set_=changes)
+    return conn.execute(
+        upsert(conn.dialect.name, k, "caller", "key"), [msgspec.structs.asdict(r) for r in rows]
+    )
 
 
 async def recent_keys(store: Any, since: float, limit: int) -> list[tuple[str, str]] | None:

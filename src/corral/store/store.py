@@ -35,14 +35,14 @@ from ._engine import async_engine, migrate
 from ._errors import FOREIGN, driver_error, open_error, translate
 from ._url import mask_password, normalize_url
 from .auth import AuthTables
-from .batch import Batch, upsert
+from .batch import Batch
 from .commands import CommandQueries
 from .idempotency import find_key, recent_keys
 from .interface import NodePage
 from .schema import audit_log, meta, node_transitions, nodes
 from .tasks import TaskTables
 from .writer import Unit, Writer
-from .writes import Written
+from .writes import Written, upsert
 
 __all__ = ["SqlStore", "normalize_url"]
 

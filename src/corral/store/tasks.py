@@ -24,13 +24,12 @@ from corral.records import AuditEntry, IdempotencyRow
 
 from ._errors import translate
 from ._repairs import task_versions
-from .batch import upsert
 from .idempotency import write_keys
 from .interface import Page
 from .schema import audit_log
 from .schema import task_instances as t
 from .writer import Tables, Unit
-from .writes import Isolation, Written, isolate
+from .writes import Isolation, Written, isolate, upsert
 
 __all__ = ["Page", "TaskTables"]
 

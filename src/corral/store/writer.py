@@ -1,4 +1,4 @@
-"""The store's one writer: a thread that owns the only write connection and group-commits.
+"""The store's one writer: a thread that owns the store's write connection and group-commits.
 
 Theory of operation: every write of the store (the registry's flush, task instances, tokens,
 users, audit entries, idempotency keys, a node forgotten) is a :class:`Unit`: a function that
@@ -163,7 +163,8 @@ class Writer:
         with self._cond:
             if self._closing:
                 raise StoreError(
-                    f"cannot {unit.what}: the store {self._masked} is closed; open it again"
+                    f"cannot {unit.what}: the store {self._masked} is closed; open it again "
+                    "with corral.store.open_store"
                 )
             self._queue.append(pending)
             self._cond.notify()

@@ -18,18 +18,37 @@ and after ``bound`` seconds the callers still waiting are answered with an error
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.dml import Insert
 
 from ._errors import WRITE_FAILURES, is_transient, reason
 
-__all__ = ["Backoff", "Isolation", "Refusal", "Written", "isolate", "log_written"]
+__all__ = ["Backoff", "Isolation", "Refusal", "Written", "isolate", "log_written", "upsert"]
 
 U = TypeVar("U")
+
+
+@functools.cache
+def upsert(dialect: str, table: Table, *keys: str) -> Insert:
+    """``INSERT … ON CONFLICT (keys) DO UPDATE`` setting every other column, built once per
+    dialect and table (it is on the path of every flush and keyed submission).
+
+    Args:
+        dialect: ``"sqlite"`` or ``"postgresql"``.
+        table: The table.
+        keys: Its primary key columns.
+    """
+    stmt = sqlite_insert(table) if dialect == "sqlite" else pg_insert(table)
+    changes = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_=changes)
 
 
 @dataclass(frozen=True)
