@@ -42,7 +42,7 @@ from test_guardian import start, system
 LONG_NAME = "rack42-gpu-worker-named-longer-than-an-80-column-table-allows-01"
 
 
-def bare(config: Config, *args: str, env: dict[str, str] | None = None) -> list[str]:
+def bare(*args: str) -> list[str]:
     """``python -m corral ARGS``: no global option before the command."""
     return [sys.executable, "-m", "corral", *args]
 
@@ -53,7 +53,7 @@ async def corral(
     """Run ``corral ARGS`` (global options, if any, after the command) in a thread."""
     return await asyncio.to_thread(
         subprocess.run,
-        bare(config, *args),
+        bare(*args),
         env={**child_env(config), "COLUMNS": "80", **(env or {})},
         capture_output=True,
         text=True,
@@ -137,7 +137,9 @@ async def test_guardian_list_takes_json(
         shown = await corral(
             config, "guardian", *args, "--json", "--data-dir", str(config.data_path)
         )
-        assert "sus" in json.dumps(json.loads(shown.stdout)), shown.stderr
+        assert shown.returncode == 0, shown.stderr
+        document = json.loads(shown.stdout)
+        assert "sus" in json.dumps(document), document
 
 
 async def test_queue_wait_takes_seconds_and_prints_the_result(
@@ -212,7 +214,7 @@ async def test_up_without_a_terminal_prints_live_lines_and_one_startup_message(
 ) -> None:
     env = {**child_env(config), "CORRAL_API_PORT": str(free_port())}
     up = await asyncio.create_subprocess_exec(
-        *bare(config, "up", "--nodes", "2", "--data-dir", str(config.data_path)),
+        *bare("up", "--nodes", "2", "--data-dir", str(config.data_path)),
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
