@@ -102,7 +102,7 @@ class Commands:
             args=args or {},
             data=data,
             timeout=timeout,
-            retire_after=self.config.retire_after if retire_after is None else retire_after,
+            retire_after=retire_after,  # None: the controller's retire_after setting
             actor=self.actor,
             idempotency_key=idempotency_key or str(uuid.uuid4()),
         )
@@ -189,7 +189,7 @@ class Commands:
         """Send an addressed command; answers once it is on disk, with its serial and nodes.
 
         Raises:
-            Refused, RemoteError: no node matched, or the controller refused it.
+            Refused: no node matched, or the controller refused it.
             Forbidden: the caller's role may not send commands.
         """
         return await self._get(
@@ -217,7 +217,7 @@ class Commands:
 
         Raises:
             Forbidden: the caller lacks the execute role.
-            RemoteError: no node matched, or the controller refused it.
+            Refused: no node matched, or the controller refused it.
         """
         return await self._get(
             "execute_command",

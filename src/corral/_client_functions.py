@@ -91,7 +91,7 @@ class ApiFunctions:
             NotSerializable: an argument is not msgpack-able data (nothing is sent).
             InvalidArguments: the arguments do not fit the task's signature (``fields`` says
                 what is wrong with each; nothing is queued).
-            RemoteError: no node offers the task.
+            UnknownTask: no node offers the task.
         """
         values = {**(args or {}), **kwargs}
         _check_args(values)
@@ -122,7 +122,7 @@ class ApiFunctions:
         Raises:
             NotSerializable: an argument is not msgpack-able data.
             InvalidArguments: the arguments do not fit the task's signature.
-            RemoteError: no node offers the task.
+            UnknownTask: no node offers the task.
             TypeError: more than one positional mapping.
         """
         if len(args) > 1:
@@ -161,7 +161,7 @@ class ApiFunctions:
             NotSerializable: an argument is not msgpack-able data.
             InvalidArguments: an instance's arguments do not fit the task's signature
                 (``fields`` names them ``args[<i>].<name>``; nothing is queued).
-            RemoteError: no node offers the task.
+            UnknownTask: no node offers the task.
         """
         for values in args:
             _check_args(values)
@@ -326,7 +326,7 @@ class ApiFunctions:
         """Set ``labels`` or ``attributes`` of node ``values['id']`` as the controller keeps them.
 
         Raises:
-            RemoteError: no id, or a field that cannot be set.
+            Refused: no id, or a field that cannot be set.
             NotFound: no such node.
         """
         return await self._get("node_edit", m.NodeView, values=values)
@@ -351,7 +351,8 @@ class ApiFunctions:
 
         Raises:
             NotFound: no such node.
-            RemoteError: the node is not UP or has no such slot.
+            Conflict: the node is not UP or runs no task workers.
+            Refused: the node has no such slot.
         """
         return await self._get("kill_worker", m.KilledWorker, node=node, slot=slot)
 
@@ -360,7 +361,7 @@ class ApiFunctions:
 
         Raises:
             NotFound: no such node.
-            RemoteError: the node is UP.
+            Conflict: the node is UP.
         """
         return await self._get("node_delete", m.NodeDeleted, id=id)
 
