@@ -25,4 +25,5 @@ def api_error(status: int, body: m.ErrorBody) -> CorralError:
         fields=body.fields,
         retry_after=body.retry_after,
         step=body.step,
+        leader=body.leader,
     )

@@ -264,6 +264,8 @@ class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: a :class:`~corral.errors.RetryLater`'s delay; a :class:`~corral.errors.GroupRefused`'s step
     retry_after: float = 0.0
     step: int = 0
+    #: a :class:`~corral.errors.NotLeader`'s leader address
+    leader: str = ""
 
 
 class TaskKeyView(msgspec.Struct, kw_only=True):

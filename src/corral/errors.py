@@ -44,6 +44,7 @@ a failure raises the same class over HTTP and over the bus. The tree::
     ├── Unavailable             -2 503  something we need is not there (bus, controller, store)
     │   ├── BusUnavailable      -2 503  cannot reach NATS
     │   ├── ControllerUnavailable -2 503  no controller answers (``Disconnected``)
+    │   │   └── NotLeader       -2 503  a standby controller: writes go to ``leader``
     │   ├── NoSuchAgent         -2 503  no agent holds that name
     │   ├── NoSuchGuardian      -2 503  no live guardian holds that name
     │   └── StoreError          -2 503  the SQL store failed
@@ -93,6 +94,7 @@ __all__ = [
     "NoSuchGuardian",
     "NotFound",
     "NotInitialized",
+    "NotLeader",
     "NotSerializable",
     "Overloaded",
     "OversizedMessage",
@@ -393,6 +395,18 @@ class ControllerUnavailable(Unavailable):
 Disconnected = ControllerUnavailable
 
 
+class NotLeader(ControllerUnavailable):
+    """This controller is a standby and does not take writes; ``leader`` is the address of the
+    one that leads (its API URL, or "" while no controller leads). A client with several
+    addresses sends the call there instead (see docs/operations.md, "Several controllers")."""
+
+    reply_code = "not-leader"
+
+    def __init__(self, message: str = "", leader: str = "") -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
 class NoSuchAgent(Unavailable):
     """No live agent holds the name a message was addressed to."""
 
@@ -482,6 +496,8 @@ class WireError(NamedTuple):
     retry_after: float
     #: :class:`GroupRefused`'s collective number
     step: int
+    #: :class:`NotLeader`'s leader address
+    leader: str
 
 
 def to_wire(exc: BaseException) -> WireError:
@@ -498,15 +514,16 @@ def to_wire(exc: BaseException) -> WireError:
         fields=dict(getattr(exc, "fields", None) or {}),
         retry_after=float(getattr(exc, "retry_after", 0.0)),
         step=int(getattr(exc, "step", 0)),
+        leader=str(getattr(exc, "leader", "")),
     )
 
 
 def http_error(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """The HTTP status and JSON body answering ``exc``: ``{"code", "error", "kind"}``, and
-    ``"fields"``, ``"retry_after"``, ``"step"`` when the error carries them."""
+    ``"fields"``, ``"retry_after"``, ``"step"``, ``"leader"`` when the error carries them."""
     wire = to_wire(exc)
     body: dict[str, Any] = {"code": wire.code, "error": wire.error, "kind": wire.kind}
-    for name in ("fields", "retry_after", "step"):
+    for name in ("fields", "retry_after", "step", "leader"):
         if value := getattr(wire, name):
             body[name] = value
     return wire.status, body
@@ -553,6 +570,7 @@ def from_wire(
     fields: Mapping[str, str] | None = None,
     retry_after: float = 0.0,
     step: int = 0,
+    leader: str = "",
 ) -> CorralError:
     """The exception a peer's error reply stands for (the inverse of :func:`to_wire`).
 
@@ -565,6 +583,7 @@ def from_wire(
         fields: Per-field errors.
         retry_after: A :class:`RetryLater`'s delay.
         step: A :class:`GroupRefused`'s collective number.
+        leader: A :class:`NotLeader`'s leader address.
 
     Returns:
         An instance of the class named by ``kind``, else the closest one by code.
@@ -582,6 +601,7 @@ def from_wire(
         ("fields", dict(fields or {})),
         ("retry_after", retry_after),
         ("step", step),
+        ("leader", leader),
     ):
         if value and hasattr(exc, name):
             setattr(exc, name, value)

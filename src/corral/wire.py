@@ -233,6 +233,8 @@ class ErrorReply(_Msg, frozen=True):
     kind: str = ""
     #: per-field errors (:class:`~corral.errors.InvalidArguments`)
     fields: dict[str, str] = msgspec.field(default_factory=dict)
+    #: for code ``not-leader``: the leading controller's address ("" if none leads)
+    leader: str = ""
 
 
 class Ok(_Msg, frozen=True):
@@ -1031,6 +1033,7 @@ def error_reply(exc: BaseException) -> ErrorReply:
         step=w.step,
         kind=w.kind,
         fields=w.fields,
+        leader=w.leader,
     )
 
 
@@ -1044,6 +1047,7 @@ def raise_for_error(reply: ErrorReply) -> NoReturn:
         fields=reply.fields,
         retry_after=reply.retry_after,
         step=reply.step,
+        leader=reply.leader,
     )
 
 
