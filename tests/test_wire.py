@@ -16,6 +16,7 @@ from corral.errors import (
     Refused,
     RetryLater,
     VersionMismatch,
+    to_wire,
 )
 from corral.states import CommandState
 
@@ -76,10 +77,10 @@ def test_retry_reply_carries_retry_after() -> None:
     assert err.value.retry_after == 1.5
 
 
-def test_error_code_inverts_raise_for_error() -> None:
+def test_reply_code_inverts_raise_for_error() -> None:
     for exc in (DuplicateName("x"), MalformedMessage("x"), OversizedMessage("x")):
         with pytest.raises(type(exc)):
-            wire.raise_for_error(wire.ErrorReply(code=wire.error_code(exc), error="x"))
+            wire.raise_for_error(wire.ErrorReply(code=to_wire(exc).reply_code, error="x"))
 
 
 @pytest.mark.parametrize("name", ["web1", "rack-3_a", "A", "9" * 64])

@@ -1049,8 +1049,3 @@ def raise_for_error(reply: ErrorReply) -> NoReturn:
         step=reply.step,
         leader=reply.leader,
     )
-
-
-def error_code(exc: BaseException) -> str:
-    """The bus ``ErrorReply.code`` for an exception (see :func:`error_reply`)."""
-    return to_wire(exc).reply_code

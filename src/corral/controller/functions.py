@@ -19,12 +19,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
-
 from corral import api_models as m
 from corral import wire
 from corral.controller.api_calls import ApiCalls, Caller
-from corral.errors import CorralError, Forbidden, FunctionNotFound, http_error
+from corral.errors import CorralError, Forbidden, FunctionNotFound, to_wire
 from corral.tokens import Role
 
 __all__ = ["FUNCTIONS", "KEYED", "WITH_CALLER", "Dispatch", "error_reply"]
@@ -81,15 +79,24 @@ KEYED = m.KEYED  # submissions that take an idempotency key (elsewhere a key is 
 
 def error_reply(exc: Exception) -> tuple[int, m.ErrorBody]:
     """The HTTP status and coded body for an exception raised by an API function or a gate:
-    what :func:`corral.errors.http_error` makes of it (the one error tree's code and status).
+    what :func:`corral.errors.to_wire` makes of it (the one error tree's code and status).
 
     The bus sends the same pair (the status in a ``Corral-Status`` header), so a client maps
     both transports' errors with one function (:func:`corral.errors.from_wire`).
     """
     if not isinstance(exc, CorralError):
         log.error("API function failed", exc_info=exc)
-    status, body = http_error(exc)
-    return status, msgspec.convert(body, m.ErrorBody)
+    w = to_wire(exc)
+    body = m.ErrorBody(
+        code=w.code,
+        error=w.error,
+        kind=w.kind,
+        fields=w.fields,
+        retry_after=w.retry_after,
+        step=w.step,
+        leader=w.leader,
+    )
+    return w.status, body
 
 
 class Dispatch:
