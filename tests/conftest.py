@@ -6,13 +6,14 @@ Timeouts scale with ``CORRAL_TESTS_TIMEOUT_FACTOR`` for slow machines. Set
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -41,6 +42,28 @@ BACKENDS = [
 def scaled(seconds: float) -> float:
     """A timeout scaled for slow machines."""
     return seconds * FACTOR
+
+
+async def eventually(
+    check: Callable[[], Awaitable[object]],
+    timeout: float,
+    *,
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Re-check a condition held by another process (or a server) until it is true.
+
+    For state no event announces; poll every 50 ms, fail with ``TimeoutError`` after
+    ``timeout`` seconds (scale it with :func:`scaled`). ``ignoring`` names exceptions that
+    mean "not yet" (``Disconnected`` while a controller restarts, say).
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                if await check():
+                    return
+            except ignoring:
+                pass
+            await asyncio.sleep(0.05)
 
 
 def free_port() -> int:

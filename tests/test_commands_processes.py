@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import Procs, free_port, scaled
+from conftest import Procs, eventually, free_port, scaled
 from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
@@ -81,12 +81,6 @@ def start_node(procs: Procs, config: Config, name: str, url: str) -> subprocess.
         "sample_handlers",
         log=name,
     )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.05)
 
 
 def status(name: str, want: str) -> Callable[[list], bool]:  # type: ignore[type-arg]

@@ -7,14 +7,13 @@ import asyncio
 import json
 import re
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import child_env, corral_argv, scaled
+from conftest import child_env, corral_argv, eventually, scaled
 from corral import AsyncController, TaskFailed
 from corral._version import __version__
 from corral.broker import EmbeddedBroker
@@ -41,12 +40,6 @@ async def scrape(web: httpx.AsyncClient) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-async def until(check: Callable[[], object], timeout: float = 15) -> None:
-    async with asyncio.timeout(scaled(timeout)):
-        while not await check():  # type: ignore[misc]
-            await asyncio.sleep(0.05)
 
 
 def test_metrics_need_a_token_off_loopback_unless_public() -> None:
@@ -83,7 +76,7 @@ async def test_metrics_follow_nodes_heartbeats_tasks_and_the_store(
     async def more_beats() -> bool:
         return value(await scrape(web), "corral_heartbeats_total") > beats
 
-    await until(more_beats)
+    await eventually(more_beats, scaled(15))
     done = value(first, "corral_tasks_finished_total", status="complete")
     ids = await api.queue_tasks("add", [{"a": i, "b": 1} for i in range(5)])
     await api.wait_many(ids, scaled(20))
@@ -107,13 +100,13 @@ async def test_metrics_follow_nodes_heartbeats_tasks_and_the_store(
         samples = await scrape(web)
         return sum(v for (n, _), v in samples.items() if n == "corral_refused_total") > refused
 
-    await until(counted)
+    await eventually(counted, scaled(15))
     await node.stop()
 
     async def left() -> bool:
         return value(await scrape(web), "corral_nodes", status="LEFT") == 1
 
-    await until(left)
+    await eventually(left, scaled(15))
 
 
 async def test_readyz_follows_the_bus_and_reconnects_are_counted(
@@ -128,14 +121,14 @@ async def test_readyz_follows_the_bus_and_reconnects_are_counted(
         reply = await web.get("/readyz")
         return reply.status_code == 503 and reply.json()["bus"] == "not connected"
 
-    await until(not_ready)
+    await eventually(not_ready, scaled(15))
     assert (await web.get("/healthz")).status_code == 200  # alive all the same
     await broker.start(timeout=scaled(15))
 
     async def ready_again() -> bool:
         return (await web.get("/readyz")).status_code == 200
 
-    await until(ready_again, 30)
+    await eventually(ready_again, scaled(30))
     assert value(await scrape(web), "corral_bus_reconnects_total") >= 1
 
 

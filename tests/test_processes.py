@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import Procs, child_env, corral_argv, scaled
+from conftest import Procs, child_env, corral_argv, eventually, scaled
 from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
@@ -38,13 +38,6 @@ def start_node(procs: Procs, config: Config, name: str, *extra: str) -> subproce
 
 def statuses(expected: dict[str, str]) -> Callable[[list], bool]:  # type: ignore[type-arg]
     return lambda nodes: {n.name: n.status for n in nodes} == expected
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    """Re-check an external condition (another process's state) until it holds."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.05)
 
 
 async def test_kill_9_node_is_down_within_silence_plus_one_second_and_up_on_restart(

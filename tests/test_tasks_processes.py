@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Procs, free_port, scaled
+from conftest import Procs, eventually, free_port, scaled
 from corral import AsyncController
 from corral.broker import EmbeddedBroker
 from corral.config import Config
@@ -71,18 +71,6 @@ def start_node(procs: Procs, config: Config, name: str, slots: int = 2) -> subpr
     )  # fmt: skip
 
 
-async def until(check: object, timeout: float) -> None:
-    """Poll an external process's state until ``check()`` is true."""
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                if await check():  # type: ignore[operator]
-                    return
-            except Disconnected:
-                pass  # the controller is (re)starting
-            await asyncio.sleep(0.05)
-
-
 async def offered_by(client: AsyncController, nodes: int) -> bool:
     views = await client.list_tasks(keys=["wait_for_file"])
     return bool(views) and len(views[0].nodes) == nodes
@@ -97,22 +85,23 @@ async def test_kill_9_node_mid_task_requeues_it_on_another_node_with_attempts_2(
 ) -> None:
     start_controller(procs, api_config)
     nodes = {name: start_node(procs, api_config, name) for name in ("a1", "a2")}
-    await until(lambda: offered_by(client, 2), scaled(30))
+    await eventually(lambda: offered_by(client, 2), scaled(30), ignoring=(Disconnected,))
     gate, started = tmp_path / "gate", tmp_path / "started"
     ident = await client.queue_task(
         "wait_for_file", path=str(gate), started=str(started), max_attempts=3
     )
-    await until(lambda: _exists(started), scaled(20))
+    await eventually(lambda: _exists(started), scaled(20), ignoring=(Disconnected,))
 
     async def running() -> bool:  # the node says its worker started it (was assigned)
         return (await client.task_history_detail(ident)).status == "running"
 
-    await until(running, scaled(20))
+    await eventually(running, scaled(20), ignoring=(Disconnected,))
     first = await client.task_history_detail(ident)
     assert first.status == "running" and first.node in nodes
     nodes[first.node].kill()  # SIGKILL mid-task: its worker process dies with it
     started.unlink()
-    await until(lambda: _exists(started), scaled(20))  # the second attempt started
+    # the second attempt started
+    await eventually(lambda: _exists(started), scaled(20), ignoring=(Disconnected,))
     write_atomically(gate, "done")
     final = await client.wait(ident, scaled(20))
     other = ({"a1", "a2"} - {first.node}).pop()
@@ -143,7 +132,7 @@ async def test_kill_9_controller_with_1000_queued_loses_none(
     ctl = start_controller(procs, api_config)
     for name in ("b1", "b2"):
         start_node(procs, api_config, name)
-    await until(lambda: offered_by(client, 2), scaled(30))
+    await eventually(lambda: offered_by(client, 2), scaled(30), ignoring=(Disconnected,))
     gate = tmp_path / "gate"
     ids = await client.queue_tasks("wait_for_file", [{"path": str(gate)}] * 1000)
     assert len(ids) == len(set(ids)) == 1000
@@ -152,7 +141,7 @@ async def test_kill_9_controller_with_1000_queued_loses_none(
     ctl.kill()
     await asyncio.to_thread(ctl.wait)
     start_controller(procs, api_config)
-    await until(lambda: offered_by(client, 2), scaled(30))
+    await eventually(lambda: offered_by(client, 2), scaled(30), ignoring=(Disconnected,))
     write_atomically(gate, "open")
     done = await client.wait_many(ids, scaled(90))
     assert [d.id for d in done] == ids
