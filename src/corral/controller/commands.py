@@ -3,18 +3,22 @@
 Theory of operation: an operator's :class:`~corral.wire.CommandRequest` is resolved against
 the registry (:mod:`corral.core.addressing`), given the next serial by the
 :class:`~corral.core.commands.CommandBook`, and written to the store in the controller's next
-group commit. Only then is the sender answered and the command published to the JetStream
-stream ``CORRAL_CMDS`` — on ``corral.cmd.node.<name>`` for one node, else once on
-``corral.cmd.all`` with the resolved list, so the server fans it out and each node keeps what
-is addressed to it. Every node has a durable consumer on that stream that pushes to its own
-subject; a node that was away finds every command it missed waiting, in serial order. The
-consumers keep their state in the server's memory (the commands themselves are on disk), and
-an audit makes them again if the server restarts. The stream drops a second copy with the
-same serial (its message id), so re-publishing the open commands after a controller crash
-delivers nothing twice.
+group commit. Only then is the sender answered and the command published live, by core
+NATS (:mod:`corral.controller.command_stream`): once on ``corral.live.cmd``, which the server
+fans out to every node, with the body when it goes to many nodes (with the resolved list
+unless it is ``*``, so each node keeps what is addressed to it), as a mark naming its targets
+when it goes to a few (the body then goes to each one's own subject). Each live message names
+the serial published before it: a node that sees a gap asks for its commands in it on
+``corral.in.<node>.catchup`` (:meth:`CommandService.catch_up`, paged, only its own). The
+command then goes into the JetStream stream ``CORRAL_CMDS``, the durable log; the stream drops
+a second copy with the same serial (its message id), and nodes skip serials they applied, so
+re-publishing the open commands after a controller crash runs nothing twice.
 
 Nodes report each command's progress on ``corral.in.<node>.out``; the book moves the outcome,
 the next commit persists it, and the change is published on ``corral.events.cmd.<serial>``.
+Once a final report is on disk the node is told so, in one :class:`~corral.wire.ReportAck`
+per node every :data:`CONFIRM_EVERY` seconds covering every serial written meanwhile (until
+then it re-sends the report now and then).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from corral.records import AuditEntry, CommandRow, IdempotencyRow, OutcomeRow
 if TYPE_CHECKING:
     from corral.controller.idempotency import Stamp
 
-__all__ = ["BUILTIN_KINDS", "CommandService", "counts"]
+__all__ = ["BUILTIN_KINDS", "CONFIRM_EVERY", "CATCHUP_PAGE", "CommandService", "counts"]
 
 log = logging.getLogger("corral.controller.commands")
 
@@ -63,6 +67,13 @@ MAX_SERIAL = 2**53
 SETTLE_BEATS = 2.5
 #: Most seconds between prunings of expired idempotency keys (half the window if shorter).
 _PRUNE_EVERY = 60.0
+#: Seconds between confirmations of final reports on disk (one message per node covering
+#: them all; nodes re-send a report unconfirmed after a second).
+CONFIRM_EVERY = 0.4
+#: Most commands in one catch-up answer (the node asks again for the rest).
+CATCHUP_PAGE = 100
+#: Most stored commands read for one catch-up answer.
+_CATCHUP_SCAN = 500
 
 
 def _fields(o: Outcome) -> dict[str, Any]:
@@ -101,6 +112,8 @@ class Batch:
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     #: idempotency keys of the commands, written in the same transaction
     keys: list[IdempotencyRow] = field(default_factory=list)
+    #: (node, serial) of final reports to confirm once this batch is durable
+    confirms: list[tuple[str, int]] = field(default_factory=list)
     #: also prune idempotency keys older than this (epoch seconds)
     prune_keys_before: float | None = None
 
@@ -138,8 +151,14 @@ class CommandService:
         self.counters: dict[str, int] = {}
         self._batch = Batch()
         self._pruned = clock()
-        #: the JetStream side: the stream, every node's consumer, the publisher
-        self.stream = CommandStream(config, registry, self.book, clock)
+        #: the publisher: live, then the durable stream
+        self.stream = CommandStream(config, clock)
+        #: the fencing epoch carried by live commands (set by the high-availability layer)
+        self.epoch = 0
+        #: node -> serials of final reports on disk, not yet confirmed to it
+        self._confirmed: dict[str, list[int]] = {}
+        self._confirmer: asyncio.Task[None] | None = None
+        self.store: Any = None
         #: the store's highest serial at start (a node ahead of it means a restored store)
         self.stored_serial = 0
         #: set once serials may be issued: nothing a node applied can be above them
@@ -162,6 +181,7 @@ class CommandService:
             BusUnavailable: JetStream did not answer.
         """
         self.nc = nc
+        self.store = store
         await self.stream.open(nc)
         self.stored_serial = self.book.last_serial = await store.last_command_serial()
         logged = await self.stream.last_serial()
@@ -171,6 +191,7 @@ class CommandService:
             # The log bounds what any node applied: serials may be issued at once.
             self.settled.set()
         now = self.clock()
+        self.stream.start(logged)
         # Follow every unsettled command the stream may still hold (the next tick expires
         # the overdue); re-publish those the stream would drop a second copy of.
         for row, outcomes in await store.open_commands(now - KEEP):
@@ -184,23 +205,18 @@ class CommandService:
             self.rows[row.serial] = msgspec.structs.replace(row, body=b"")
             # Those below the stream's last serial are in it (published in serial order).
             if now - row.created < DEDUP and row.serial >= logged:
-                self.stream.publish_later(row)
-        self.stream.start()
-        for name, record in self.registry.nodes.items():
-            if record.status in (NodeStatus.UP, NodeStatus.DOWN, NodeStatus.LEFT):
-                self.node_joined(name)
+                await self.stream.send(row, self.epoch)
+        await self.stream.forget_consumers()
+        self._confirmer = asyncio.create_task(self._confirm_loop(), name="report-confirms")
 
     async def stop(self) -> None:
-        """Publish what is committed (for a moment at most), stop creating consumers."""
+        """Publish what is committed (for a moment at most), confirm what is on disk."""
         await self.stream.stop(_DRAIN)
-
-    def node_joined(self, name: str) -> None:
-        """Make sure node ``name`` has its durable consumer (created in the background)."""
-        self.stream.node_joined(name)
-
-    async def node_removed(self, name: str) -> None:
-        """Delete a revoked node's consumer: a new credential starts a new history."""
-        await self.stream.node_removed(name)
+        if self._confirmer is not None:
+            self._confirmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._confirmer
+            await self._confirm()
 
     # --- serials after a restore -------------------------------------------------------
 
@@ -469,8 +485,14 @@ class CommandService:
     # --- reports from nodes -------------------------------------------------------------
 
     def report(self, node: str, report: wire.CommandReport) -> None:
-        """Apply a node's report on one of its commands."""
+        """Apply a node's report on one of its commands; a final one is confirmed to the
+        node once it is on disk (by the next :data:`CONFIRM_EVERY`)."""
         state = report.state  # a state that does not exist was refused when decoded
+        if state.last_word:
+            # Confirmed once the batch it joins is durable, whatever follows: the node
+            # stops re-sending it.
+            self._batch.confirms.append((node, report.serial))
+            self.wake()
         if self.book.stranger(report.serial, node):
             self._count("rejected.not-target")
             targets = sorted(self.book.commands[report.serial].outcomes)
@@ -497,6 +519,10 @@ class CommandService:
                 stderr=report.stderr,
             )
         except IllegalTransition as exc:
+            command = self.book.commands[report.serial]
+            if command.outcomes[node].state == state:
+                self._count("resent")  # a final report sent again before its confirmation
+                return
             self._count("rejected.stale-outcome")
             log.debug("%s", exc)
             return
@@ -539,6 +565,7 @@ class CommandService:
         self._batch.replies = {**batch.replies, **self._batch.replies}
         self._batch.waiters = {**batch.waiters, **self._batch.waiters}
         self._batch.keys[:0] = batch.keys
+        self._batch.confirms[:0] = batch.confirms
         if batch.prune_keys_before is not None and self._batch.prune_keys_before is None:
             self._batch.prune_keys_before = batch.prune_keys_before
         self.book.restore_changes(batch.outcomes)
@@ -578,13 +605,77 @@ class CommandService:
             if not waiter.done():
                 waiter.set_result(None)
         for row in batch.commands:
-            self.stream.publish_later(row)
+            await self.stream.send(row, self.epoch)
+        for node, serial in batch.confirms:
+            self._confirmed.setdefault(node, []).append(serial)
         by_serial: dict[int, list[wire.OutcomeView]] = {}
         for serial, outcome in batch.outcomes:
             by_serial.setdefault(serial, []).append(_view(serial, outcome))
         for serial, views in by_serial.items():
             update = wire.encode(wire.CommandUpdate(serial=serial, outcomes=views))
             await self.nc.publish(subjects.command_events(serial), update, headers=wire.HEADERS)
+
+    async def _confirm_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CONFIRM_EVERY)
+            try:
+                await self._confirm()
+            except Exception:  # a bus hiccup: the nodes re-send, the next round confirms
+                log.exception("confirming reports failed")
+
+    async def _confirm(self) -> None:
+        """Tell each node which of its final reports are on disk: one message per node."""
+        confirmed, self._confirmed = self._confirmed, {}
+        if self.nc is None:
+            return
+        for node, serials in confirmed.items():
+            ack = wire.ReportAck(serials=tuple(serials))
+            await self.nc.publish(
+                subjects.report_acks(node), wire.encode(ack), headers=wire.HEADERS
+            )
+
+    # --- catch-up -----------------------------------------------------------------------
+
+    async def catch_up(self, node: str, ask: wire.CatchUp) -> wire.CatchUpReply:
+        """Node ``node``'s commands with serials in ``(ask.after, ask.upto]`` (one page).
+
+        Only commands addressed to ``node`` are answered (the subject names it, from its
+        credential), from the recent bodies, else from the store.
+
+        Raises:
+            Refused: the range is empty, negative or beyond the last serial published.
+            StoreError: the store could not be read.
+        """
+        last = self.stream.last_live
+        if not 0 <= ask.after < ask.upto <= last:
+            self._count("catchup.refused")
+            raise Refused(
+                f"catch-up of ({ask.after}, {ask.upto}] refused: ask for serials after one "
+                f"you heard, up to the last published ({last})"
+            )
+        self._count("catchup")
+        recent = self.stream.recent
+        budget = self.config.max_command_bytes
+        out: list[bytes] = []
+        complete = True  # what is scanned is every command of the range
+        if recent and ask.after + 1 >= next(iter(recent)):
+            scanned = [(s, nb) for s, nb in recent.items() if ask.after < s <= ask.upto]
+        else:
+            rows = await self.store.commands_between(ask.after, ask.upto, _CATCHUP_SCAN)
+            scanned = [(r.serial, (frozenset(r.nodes), r.body)) for r in rows]
+            complete = len(rows) < _CATCHUP_SCAN
+        covered = ask.after
+        for serial, (nodes, body) in scanned:
+            if node in nodes:
+                if out and (len(out) >= CATCHUP_PAGE or budget < len(body)):
+                    break
+                out.append(body)
+                budget -= len(body)
+            covered = serial
+        else:
+            if complete:
+                covered = ask.upto
+        return wire.CatchUpReply(covered=covered, commands=out)
 
     # --- queries ------------------------------------------------------------------------
 
