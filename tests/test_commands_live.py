@@ -161,33 +161,54 @@ async def test_final_reports_are_confirmed_in_batches(
     controller: Controller, client: Client, config: Config
 ) -> None:
     nodes = [await start_node(config, f"ack{i}") for i in range(3)]
-    confirmations: list[tuple[str, tuple[int, ...]]] = []
+    # node -> serials confirmed to it alone; serials confirmed to every node at once
+    alone: list[tuple[str, tuple[int, ...]]] = []
+    shared: list[tuple[int, ...]] = []
+    riding: set[int] = set()  # on live commands, at no extra message
 
     async def on_ack(msg: Any) -> None:
         ack = wire.decode(msg.data, wire.ReportAck, msg.headers)
-        confirmations.append((msg.subject.split(".")[2], ack.serials))
+        alone.append((msg.subject.split(".")[2], ack.serials))
+
+    async def on_live(msg: Any) -> None:
+        live = wire.decode(msg.data, wire.LiveCommand | wire.ReportAck, msg.headers)  # type: ignore[arg-type]
+        if isinstance(live, wire.ReportAck):
+            shared.append(live.serials)
+        else:
+            riding.update(live.settled)
 
     assert controller.nc is not None
-    sub = await controller.nc.subscribe(subjects.report_acks("*"), cb=on_ack)
+    subs = [
+        await controller.nc.subscribe(subjects.report_acks("*"), cb=on_ack),
+        await controller.nc.subscribe(subjects.LIVE_COMMANDS, cb=on_live),
+    ]
     try:
         await _wait_consumers(controller, [n.name for n in nodes])
-        handles = [await client.send("*", "whoami") for _ in range(20)]
+        # Sent one after the other: each settles before the next, which carries it.
+        sequential = [await run(client, "*") for _ in range(10)]
+        # A slow node: the others' reports are confirmed to them alone, together.
+        handles = [await client.send("ack0", "slow", seconds=0.6)]
+        handles += [await client.send("*", "whoami") for _ in range(5)]
         for handle in handles:
             await handle.wait(scaled(10))
-        serials = {h.serial for h in handles}
 
         async def all_confirmed() -> None:
             while any(n.commands.core.outbox for n in nodes):
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(all_confirmed(), scaled(10))
+        everyone = riding | {s for serials in shared for s in serials}
+        assert {h.serial for h in sequential} <= everyone
         for node in nodes:
-            got = {s for name, ss in confirmations if name == node.name for s in ss}
-            assert serials <= got  # every final report confirmed...
-        # ... in far fewer messages than one per node per command (60).
-        assert len(confirmations) < 30, confirmations
+            mine = {s for name, serials in alone if name == node.name for s in serials}
+            for handle in sequential + handles:
+                if node.name in handle.nodes:
+                    assert handle.serial in everyone | mine
+        # 3 nodes x 16 commands: 48 final reports, confirmed in far fewer messages.
+        assert len(alone) + len(shared) <= 12, (alone, shared)
         assert controller.commands.counters.get("rejected.stale-outcome", 0) == 0
     finally:
-        await sub.unsubscribe()
+        for sub in subs:
+            await sub.unsubscribe()
         for node in nodes:
             await node.stop()

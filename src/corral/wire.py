@@ -560,6 +560,9 @@ class LiveCommand(_Msg, frozen=True):
     body: bytes = b""
     #: for a mark: the nodes the body goes to, on their own subjects
     nodes: tuple[str, ...] = ()
+    #: commands every target of which has a final report on disk: their targets stop
+    #: re-sending them (a :class:`ReportAck` to every node, riding along)
+    settled: tuple[int, ...] = ()
 
 
 class CatchUp(_Msg, frozen=True):

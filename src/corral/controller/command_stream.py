@@ -112,7 +112,7 @@ class CommandStream:
             except asyncio.CancelledError:
                 pass
 
-    async def send(self, row: CommandRow, epoch: int = 0) -> None:
+    async def send(self, row: CommandRow, epoch: int = 0, settled: tuple[int, ...] = ()) -> bool:
         """Publish a committed command live, then queue it for the stream (call in serial
         order). One already published live (a re-publish after a restart) goes to the
         stream only: the nodes that missed it catch up.
@@ -120,26 +120,37 @@ class CommandStream:
         Args:
             row: the command as stored, with its body.
             epoch: the controller's fencing epoch, carried by the live message.
+            settled: serials of commands settled (every target's final report on disk),
+                told to every node with it.
+
+        Returns:
+            Whether it went live (else ``settled`` was not sent).
         """
         self._remember(row)
-        if row.serial > self.last_live:
-            await self._publish_live(row, epoch)
+        sent = row.serial > self.last_live
+        if sent:
+            await self._publish_live(row, epoch, settled)
         self._outgoing.put_nowait(row)
+        return sent
 
     def _remember(self, row: CommandRow) -> None:
         self.recent[row.serial] = (frozenset(row.nodes), row.body)
         while len(self.recent) > RECENT:
             del self.recent[next(iter(self.recent))]
 
-    async def _publish_live(self, row: CommandRow, epoch: int) -> None:
+    async def _publish_live(self, row: CommandRow, epoch: int, settled: tuple[int, ...]) -> None:
         assert self.nc is not None
         prev, self.last_live = self.last_live, row.serial
         to_all = msgspec.msgpack.decode(row.body, type=_ToAll).to_all
         if to_all:
-            live = wire.LiveCommand(serial=row.serial, prev=prev, epoch=epoch, body=row.body)
+            live = wire.LiveCommand(
+                serial=row.serial, prev=prev, epoch=epoch, body=row.body, settled=settled
+            )
             await self.nc.publish(subjects.LIVE_COMMANDS, wire.encode(live), headers=wire.HEADERS)
             return
-        mark = wire.LiveCommand(serial=row.serial, prev=prev, epoch=epoch, nodes=tuple(row.nodes))
+        mark = wire.LiveCommand(
+            serial=row.serial, prev=prev, epoch=epoch, nodes=tuple(row.nodes), settled=settled
+        )
         body = wire.encode(wire.LiveCommand(serial=row.serial, epoch=epoch, body=row.body))
         for node in row.nodes:
             subject = subjects.live_commands_for(node)

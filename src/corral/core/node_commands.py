@@ -72,8 +72,10 @@ __all__ = [
 
 #: Seconds before a final report the controller has not acknowledged is sent again; the wait
 #: doubles after each re-send up to RESEND_MAX, so an overloaded controller is not flooded.
-RESEND_EVERY = 1.0
-RESEND_MAX = 4.0
+#: The controller confirms within half a second when it keeps up; in a burst of broadcasts
+#: to 1,000 nodes it may lag a second behind (a re-send then only adds to its load).
+RESEND_EVERY = 2.0
+RESEND_MAX = 8.0
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ is reported *expired*.
 Each command's progress goes to ``corral.in.<name>.out``: ``delivered`` when it waits behind
 another, ``running`` (with output as it comes, for processes) when it takes a while, then
 ``done`` with the result or ``failed`` with the error. A final report is kept in an outbox and
-sent again (after a second, the wait doubling up to four) until the controller says it has it
+sent again (after two seconds, the wait doubling up to eight) until the controller says it has it
 on disk (one message on ``corral.node.<name>.acks`` for every report it wrote in a short
 interval), so an outcome is not lost when the controller restarts (or is killed) in between.
 Nothing a handler does can stop the runner: errors, timeouts and unencodable results all become
@@ -45,7 +45,6 @@ import msgspec
 
 from corral import bus, subjects, wire
 from corral.core.node_commands import (
-    RESEND_EVERY,
     Ack,
     Action,
     Fetch,
@@ -67,8 +66,12 @@ log = logging.getLogger("corral.node.commands")
 
 #: A command still running after this long is reported ``running``.
 _RUNNING_AFTER = 0.2
+#: Seconds between checks for reports to re-send and fetches overdue.
+_TICK = 0.5
 #: Seconds between output flushes of a running process.
 _FLUSH_EVERY = 0.25
+#: What the shared live subject carries.
+_LIVE = wire.LiveCommand | wire.ReportAck
 
 
 class CommandRunner:
@@ -244,7 +247,15 @@ class CommandRunner:
 
     async def _on_live(self, msg: Any) -> None:
         try:
-            live = wire.decode(msg.data, wire.LiveCommand, msg.headers)
+            live: wire.LiveCommand | wire.ReportAck = wire.decode(
+                msg.data,
+                _LIVE,  # type: ignore[arg-type]
+                msg.headers,
+            )
+            if isinstance(live, wire.ReportAck):  # settled commands, with no command to ride
+                self.core.acked(*live.serials)
+                return
+            self.core.acked(*live.settled)
             actions = self.core.live(live)
         except (CorralError, msgspec.DecodeError) as exc:
             log.warning("bad live command ignored: %s", exc, extra={"node": self.name})
@@ -350,7 +361,7 @@ class CommandRunner:
 
     async def _resend_loop(self) -> None:
         while True:
-            await asyncio.sleep(RESEND_EVERY / 2)
+            await asyncio.sleep(_TICK)
             await self._perform(self.core.tick())
 
 
