@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from corral import wire
 from corral.core.command_chain import BODY_WAIT, TIP_WAIT, Chain, Fetch
-from corral.core.node_commands import NodeCommands, Run
+from corral.core.node_commands import Journal, NodeCommands, Run, Send
+from corral.states import CommandState
 
 
 class Clock:
@@ -113,8 +114,15 @@ def test_the_core_runs_a_gap_in_order_before_what_followed_it() -> None:
     out = core.live(live(3, 2))
     assert Fetch(1, 2) in out and not [a for a in out if isinstance(a, Run)]
     out = core.fetched(Fetch(1, 2), 2, [body(2, to_all=True)])
-    # 1 still runs: 2 and 3 wait behind it, in order, journaled.
-    assert [a.command.serial for a in out if hasattr(a, "command")] == [2, 3]
+    # 1 still runs: 2 and 3 wait behind it, in order, not journaled while 1 is quick.
+    assert core.queued == 2 and not [a for a in out if isinstance(a, Journal)]
+    out = core.running(1)  # 1 is slow: what waits behind it goes to the journal
+    assert [a.command.serial for a in out if isinstance(a, Journal)] == [1, 2, 3]
+    assert [a.serial for a in out if isinstance(a, Send)] == [2, 3, 1]  # delivered, running
+    runs = [a for a in core.finished(1, CommandState.DONE) if isinstance(a, Run)]
+    assert [r.command.serial for r in runs] == [2]
+    runs = [a for a in core.finished(2, CommandState.DONE) if isinstance(a, Run)]
+    assert [r.command.serial for r in runs] == [3]
 
 
 @settings(max_examples=200, deadline=None)

@@ -282,7 +282,8 @@ class NodeCommands:
             token: what :class:`Ack` gives back when the delivery is to be acknowledged.
 
         Returns:
-            For a duplicate, its acknowledgement; for one behind another, its journal entry,
+            For a duplicate, its acknowledgement; for one behind another that must be
+            acknowledged (so the next can come) or behind a slow one, its journal entry,
             acknowledgement and ``delivered`` report; then whatever may run now.
         """
         if not self.seen.offer(command.serial, command):
@@ -290,15 +291,23 @@ class NodeCommands:
             return [*_ack(token), Skip(command.serial, "duplicate")]
         entry = _Queued(command, token)
         out: list[Action] = []
-        if (self.current is not None or self._queue) and self._meant_for_me(command):
-            # Behind a slow one: journal it (a node killed now still has it) and say it
-            # waits.
-            out += [Journal(command), *_ack(token)]
-            out.append(self._report(command.serial, CommandState.DELIVERED))
-            entry.token = None
-            entry.journaled = True
+        slow = self.current is not None and self.current.journaled
+        if (token is not None and (self.current is not None or self._queue)) or slow:
+            out += self._wait_journaled(entry)
         self._queue.append(entry)
         return out + self._next()
+
+    def _wait_journaled(self, entry: _Queued) -> list[Action]:
+        """Journal a command waiting behind another (a node killed now still has it), and
+        say it waits. A live one behind quick ones is not: a burst would write a file per
+        command, and a node killed meanwhile fetches it again after its last applied."""
+        if entry.journaled or not self._meant_for_me(entry.command):
+            return []
+        out: list[Action] = [Journal(entry.command), *_ack(entry.token)]
+        out.append(self._report(entry.command.serial, CommandState.DELIVERED))
+        entry.token = None
+        entry.journaled = True
+        return out
 
     def running(self, serial: int, stdout: str = "", stderr: str = "") -> list[Action]:
         """The handler of ``serial`` still runs (with output since the last call).
@@ -318,6 +327,8 @@ class NodeCommands:
             out += [Journal(current.command), *_ack(current.token)]
             current.token = None
             current.journaled = True
+            for entry in self._queue:  # they wait behind a slow one now
+                out += self._wait_journaled(entry)
         out.append(self._report(serial, CommandState.RUNNING, stdout=stdout, stderr=stderr))
         return out
 
