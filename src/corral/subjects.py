@@ -240,7 +240,7 @@ def parse_node_in(subject: str) -> tuple[str, str]:
 COMMAND_STREAM = "CORRAL_CMDS"
 #: Every subject of the command stream.
 COMMANDS = f"{ROOT}.cmd.>"
-#: Commands for every node: one publish that the server fans out to each node's consumer.
+#: Commands for many nodes, in the stream (the durable log; nodes get them live).
 COMMANDS_ALL = f"{ROOT}.cmd.all"
 
 
@@ -250,7 +250,8 @@ def commands_for(name: str) -> str:
 
 
 def command_consumer(name: str) -> str:
-    """Name of node ``name``'s durable consumer on :data:`COMMAND_STREAM`."""
+    """Name of node ``name``'s durable consumer on :data:`COMMAND_STREAM`, as earlier
+    versions made it (a controller deletes them at start)."""
     return f"node-{name}"
 
 

@@ -501,7 +501,8 @@ class CommandAccepted(_Msg, frozen=True):
 
 
 class NodeCommand(_Msg, frozen=True):
-    """A command as a node receives it (from the durable command stream)."""
+    """A command as a node receives it (in a :class:`LiveCommand`, or a catch-up answer),
+    and as the command stream keeps it."""
 
     serial: int
     kind: str

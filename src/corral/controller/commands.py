@@ -470,7 +470,7 @@ class CommandService:
         nodes: list[str],
         broadcast: bool,
     ) -> bytes:
-        # Sent once to every node's consumer, the resolved list says who it is for: nodes
+        # Sent once to every node (live), the resolved list says who it is for: nodes
         # that left, or joined since, skip it. A file or script goes only to its targets.
         to_all = (broadcast or len(nodes) > _DIRECT_MAX) and not request.data
         # Every node, '*': no list (a thousand names decoded by a thousand nodes is a

@@ -129,7 +129,7 @@ class Controller:
         self._persist_all = False
         #: seconds between writes of every live node's last-seen time
         self.persist_interval = 5.0
-        #: the command router (SEER): serials, outcomes, the durable command stream
+        #: the command router (SEER): serials, outcomes, live delivery and the durable log
         self.commands = CommandService(config, self.registry, clock, self._wake.set)
         #: node reports, aggregated and pushed to sinks (SEER REPORT / doUpdates)
         self.reports = ReportService(self.registry)
