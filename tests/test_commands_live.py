@@ -134,6 +134,10 @@ async def test_catch_up_answers_a_node_its_own_commands_and_refuses_the_rest(
             got = [msgspec.msgpack.decode(b, type=wire.NodeCommand).serial for b in reply.commands]
             assert got == [mine.serial, both.serial] and reply.covered == both.serial
             assert theirs.serial not in got  # another node's command is not answered
+            # The same from the store, once the controller's memory no longer has them.
+            controller.commands.stream.recent.clear()
+            again = await bus.request(nc, subject, ask, wire.CatchUpReply, timeout=scaled(5))
+            assert again == reply
             # Out of range: beyond the last serial, empty, backwards, negative.
             last = controller.commands.stream.last_live
             for after, upto in ((0, last + 1), (5, 5), (6, 2), (-1, 1)):

@@ -25,10 +25,10 @@ from nats.js.errors import NotFoundError
 
 from corral import bus, subjects, wire
 from corral.config import Config
-from corral.errors import CorralError
+from corral.errors import CorralError, Refused
 from corral.records import CommandRow
 
-__all__ = ["CommandStream", "DEDUP", "KEEP", "RECENT"]
+__all__ = ["CATCHUP_PAGE", "CommandStream", "DEDUP", "KEEP", "RECENT"]
 
 log = logging.getLogger("corral.controller.commands")
 
@@ -38,6 +38,10 @@ KEEP = 7 * 86_400.0
 DEDUP = 3600.0
 #: How many recent commands' bodies are kept to answer catch-ups without a store read.
 RECENT = 4096
+#: Most commands in one catch-up answer (the node asks again for the rest).
+CATCHUP_PAGE = 100
+#: Most stored commands read for one catch-up answer.
+_CATCHUP_SCAN = 500
 
 
 class CommandStream:
@@ -132,6 +136,46 @@ class CommandStream:
             await self._publish_live(row, epoch, settled)
         self._outgoing.put_nowait(row)
         return sent
+
+    async def catch_up(self, node: str, ask: wire.CatchUp, store: Any) -> wire.CatchUpReply:
+        """Node ``node``'s commands with serials in ``(ask.after, ask.upto]``, one page.
+
+        Only commands addressed to ``node`` are answered (the caller takes the name from the
+        subject, so from the node's credential), from the recent bodies, else from ``store``.
+        ``covered`` says how far the page goes: the node asks again from there.
+
+        Raises:
+            Refused: the range is empty, negative or beyond the last serial published.
+            StoreError: the store could not be read.
+        """
+        last = self.last_live
+        if not 0 <= ask.after < ask.upto <= last:
+            raise Refused(
+                f"catch-up of ({ask.after}, {ask.upto}] refused: ask for serials after one "
+                f"you heard, up to the last published ({last})"
+            )
+        budget = self.config.max_command_bytes
+        out: list[bytes] = []
+        complete = True  # what is scanned is every command of the range
+        recent = self.recent
+        if recent and ask.after + 1 >= next(iter(recent)):
+            scanned = [(s, nb) for s, nb in recent.items() if ask.after < s <= ask.upto]
+        else:
+            rows = await store.commands_between(ask.after, ask.upto, _CATCHUP_SCAN)
+            scanned = [(r.serial, (frozenset(r.nodes), r.body)) for r in rows]
+            complete = len(rows) < _CATCHUP_SCAN
+        covered = ask.after
+        for serial, (nodes, body) in scanned:
+            if node in nodes:
+                if out and (len(out) >= CATCHUP_PAGE or budget < len(body)):
+                    break
+                out.append(body)
+                budget -= len(body)
+            covered = serial
+        else:
+            if complete:
+                covered = ask.upto
+        return wire.CatchUpReply(covered=covered, commands=out)
 
     def _remember(self, row: CommandRow) -> None:
         self.recent[row.serial] = (frozenset(row.nodes), row.body)

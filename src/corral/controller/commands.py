@@ -48,7 +48,7 @@ from corral.records import AuditEntry, CommandRow, IdempotencyRow, OutcomeRow
 if TYPE_CHECKING:
     from corral.controller.idempotency import Stamp
 
-__all__ = ["BUILTIN_KINDS", "CONFIRM_EVERY", "CATCHUP_PAGE", "CommandService", "counts"]
+__all__ = ["BUILTIN_KINDS", "CONFIRM_EVERY", "CommandService", "counts"]
 
 log = logging.getLogger("corral.controller.commands")
 
@@ -72,10 +72,6 @@ _PRUNE_EVERY = 60.0
 #: every node if no live command carried them, the others one message per node; nodes
 #: re-send a report unconfirmed after two seconds).
 CONFIRM_EVERY = 0.2
-#: Most commands in one catch-up answer (the node asks again for the rest).
-CATCHUP_PAGE = 100
-#: Most stored commands read for one catch-up answer.
-_CATCHUP_SCAN = 500
 
 
 def _view(serial: int, o: Outcome) -> wire.OutcomeView:
@@ -662,45 +658,20 @@ class CommandService:
     # --- catch-up -----------------------------------------------------------------------
 
     async def catch_up(self, node: str, ask: wire.CatchUp) -> wire.CatchUpReply:
-        """Node ``node``'s commands with serials in ``(ask.after, ask.upto]`` (one page).
-
-        Only commands addressed to ``node`` are answered (the subject names it, from its
-        credential), from the recent bodies, else from the store.
+        """Node ``node``'s commands with serials in ``(ask.after, ask.upto]`` (one page;
+        see :meth:`CommandStream.catch_up`), counted.
 
         Raises:
             Refused: the range is empty, negative or beyond the last serial published.
             StoreError: the store could not be read.
         """
-        last = self.stream.last_live
-        if not 0 <= ask.after < ask.upto <= last:
+        try:
+            reply = await self.stream.catch_up(node, ask, self.store)
+        except Refused:
             self._count("catchup.refused")
-            raise Refused(
-                f"catch-up of ({ask.after}, {ask.upto}] refused: ask for serials after one "
-                f"you heard, up to the last published ({last})"
-            )
+            raise
         self._count("catchup")
-        recent = self.stream.recent
-        budget = self.config.max_command_bytes
-        out: list[bytes] = []
-        complete = True  # what is scanned is every command of the range
-        if recent and ask.after + 1 >= next(iter(recent)):
-            scanned = [(s, nb) for s, nb in recent.items() if ask.after < s <= ask.upto]
-        else:
-            rows = await self.store.commands_between(ask.after, ask.upto, _CATCHUP_SCAN)
-            scanned = [(r.serial, (frozenset(r.nodes), r.body)) for r in rows]
-            complete = len(rows) < _CATCHUP_SCAN
-        covered = ask.after
-        for serial, (nodes, body) in scanned:
-            if node in nodes:
-                if out and (len(out) >= CATCHUP_PAGE or budget < len(body)):
-                    break
-                out.append(body)
-                budget -= len(body)
-            covered = serial
-        else:
-            if complete:
-                covered = ask.upto
-        return wire.CatchUpReply(covered=covered, commands=out)
+        return reply
 
     # --- queries ------------------------------------------------------------------------
 
