@@ -605,10 +605,10 @@ async def test_your_own_message_types_from_the_cli(fleet: dict[str, Node], confi
     assert json.loads(out)["outcomes"][0]["result"] == {"pong": "db1", "n": 7}
 
 
-async def test_consumers_are_made_again_after_the_server_restarts(
+async def test_commands_reach_a_node_after_the_server_restarts(
     controller: Controller, config: Config, client: Client, broker: EmbeddedBroker
 ) -> None:
-    # Consumers live in the server's memory; the controller's audit notices they are gone.
+    # Nothing of the delivery lives in the server: the node subscribes again on reconnecting.
     node = await start_node(config, "again1")
     try:
         await _wait_consumers(controller, ["again1"])
@@ -619,7 +619,6 @@ async def test_consumers_are_made_again_after_the_server_restarts(
         await _wait_consumers(controller, ["again1"])
         second = await run(client, "again1", suffix="-back")
         assert second.results == {"again1": "again1-back"}
-        # The re-made consumer replayed the first command too: the node skipped it.
         assert node.last_serial == second.serial
     finally:
         await node.stop()

@@ -204,7 +204,10 @@ class CommandService:
             # The log bounds what any node applied: serials may be issued at once.
             self.settled.set()
         now = self.clock()
-        self.stream.start(logged)
+        # Live serials continue after the stream's last; if it cannot say, after the store's
+        # (open commands below it are then not re-published live: the announcements name
+        # the last serial, and nodes that missed them fetch them).
+        self.stream.start(logged or self.stored_serial)
         # Follow every unsettled command the stream may still hold (the next tick expires
         # the overdue); re-publish those the stream would drop a second copy of.
         for row, outcomes in await store.open_commands(now - KEEP):
