@@ -97,10 +97,11 @@ class Permissions(msgspec.Struct, frozen=True):
 def node_permissions(name: str) -> Permissions:
     """Least privilege for node ``name``: its own subjects, the announcements, its inbox."""
     return Permissions(
-        pub=(subjects.node_in(name, ">"), subjects.command_acks(name)),
+        pub=(subjects.node_in(name, ">"),),
         sub=(
             subjects.node_out(name, ">"),
             subjects.ANNOUNCE,
+            subjects.LIVE_COMMANDS,
             subjects.inbox_prefix(name) + ".>",
         ),
         responses=True,

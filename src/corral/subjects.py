@@ -20,9 +20,15 @@ subject                         who publishes         who listens
                                                       leave: the coordinator)
 ``corral.group.<g>.<id>.<to>``  group members         members of that group instance (data)
 ``corral.group.<g>.<id>.p.<r>`` group members         rank r of that instance (point to point)
-``corral.cmd.node.<node>``      the controller        the command stream (JetStream),
-                                                      read by that node's durable consumer
-``corral.cmd.all``              the controller        the command stream: every node
+``corral.cmd.node.<node>``      the controller        the command stream (JetStream): the
+                                                      durable log of commands to one node
+``corral.cmd.all``              the controller        the command stream: to many nodes
+``corral.live.cmd``             the controller        every node: each command's serial,
+                                                      live (core NATS), its body or a mark
+``corral.node.<node>.cmd``      the controller        that node: the body of a command to
+                                                      a few nodes, live
+``corral.node.<node>.acks``     the controller        that node: final reports on disk
+``corral.in.<node>.catchup``    the node              the controller: commands missed
 ``corral.events.cmd.<serial>``  the controller        operators (outcomes of a command)
 ``corral.events.report.<t>``    the controller        operators (reports on topic t)
 ``corral.in.<n>.stream.<s>.<i>`` the node             subscriber i of its stream s
@@ -52,8 +58,11 @@ __all__ = [
     "COMMANDS",
     "COMMANDS_ALL",
     "COMMAND_STREAM",
-    "command_acks",
+    "LIVE_COMMANDS",
     "command_consumer",
+    "report_acks",
+    "live_commands_for",
+    "CATCHUP_VERB",
     "command_events",
     "commands_for",
     "report_events",
@@ -82,7 +91,7 @@ ROOT = "corral"
 ANNOUNCE = f"{ROOT}.announce"
 
 #: Verbs a node may publish to the controller.
-NODE_VERBS = frozenset({"join", "hb", "leave", "out", "report"})
+NODE_VERBS = frozenset({"join", "hb", "leave", "out", "report", "catchup"})
 
 # A name is one subject token: no dots, no wildcards, no whitespace. Kept to a portable set so
 # the same name works as a file name (credential files) and a SQL key.
@@ -231,7 +240,7 @@ def parse_node_in(subject: str) -> tuple[str, str]:
 COMMAND_STREAM = "CORRAL_CMDS"
 #: Every subject of the command stream.
 COMMANDS = f"{ROOT}.cmd.>"
-#: Commands for every node: one publish that the server fans out to each node's consumer.
+#: Commands for many nodes, in the stream (the durable log; nodes get them live).
 COMMANDS_ALL = f"{ROOT}.cmd.all"
 
 
@@ -241,13 +250,28 @@ def commands_for(name: str) -> str:
 
 
 def command_consumer(name: str) -> str:
-    """Name of node ``name``'s durable consumer on :data:`COMMAND_STREAM`."""
+    """Name of node ``name``'s durable consumer on :data:`COMMAND_STREAM`, as earlier
+    versions made it (a controller deletes them at start)."""
     return f"node-{name}"
 
 
-def command_acks(name: str) -> str:
-    """Subjects node ``name`` publishes to acknowledge commands from its consumer."""
-    return f"$JS.ACK.{COMMAND_STREAM}.{command_consumer(name)}.>"
+#: Every command's serial, live (core NATS): one publish the server fans out to every node.
+#: Outside :data:`COMMANDS`, so the stream does not store it twice.
+LIVE_COMMANDS = f"{ROOT}.live.cmd"
+
+
+def live_commands_for(name: str) -> str:
+    """Subject of the live bodies of commands addressed to node ``name`` among a few."""
+    return node_out(name, "cmd")
+
+
+def report_acks(name: str) -> str:
+    """Subject on which the controller confirms node ``name``'s final reports (batched)."""
+    return node_out(name, "acks")
+
+
+#: The verb of a node's catch-up request (``corral.in.<node>.catchup``).
+CATCHUP_VERB = "catchup"
 
 
 def command_events(serial: int | str = "*") -> str:

@@ -39,6 +39,9 @@ __all__ = [
     "StreamControl",
     "StreamItems",
     "ReportAck",
+    "LiveCommand",
+    "CatchUp",
+    "CatchUpReply",
     "CommandRequest",
     "CommandAccepted",
     "NodeCommand",
@@ -194,6 +197,9 @@ class Announce(_Msg, frozen=True):
     started: float
     version: str = __version__
     heartbeat_interval: float = 1.0
+    #: the last serial published on the live command subject: a node that heard less for
+    #: a moment fetches what it missed (a lost last message shows no gap otherwise)
+    last_serial: int = 0
 
 
 class JoinReply(_Msg, frozen=True):
@@ -207,6 +213,9 @@ class JoinReply(_Msg, frozen=True):
     #: for a node the registry did not know: broadcasts below this serial were resolved
     #: before it joined, and are not for it (0: no bound)
     first_serial: int = 0
+    #: the last serial published on the live command subject: a returning node fetches
+    #: what it missed up to it
+    last_serial: int = 0
 
 
 class Rejoin(_Msg, frozen=True):
@@ -492,7 +501,8 @@ class CommandAccepted(_Msg, frozen=True):
 
 
 class NodeCommand(_Msg, frozen=True):
-    """A command as a node receives it (from the durable command stream)."""
+    """A command as a node receives it (in a :class:`LiveCommand`, or a catch-up answer),
+    and as the command stream keeps it."""
 
     serial: int
     kind: str
@@ -525,9 +535,52 @@ class CommandReport(_Msg, frozen=True):
 
 
 class ReportAck(_Msg, frozen=True):
-    """The controller has a node's final report on command ``serial`` on disk."""
+    """The controller has a node's final reports on these commands on disk
+    (``corral.node.<node>.acks``; one message per node per interval, covering many)."""
+
+    serial: int = 0
+    #: every serial confirmed by this message (``serial`` alone when empty)
+    serials: tuple[int, ...] = ()
+
+
+class LiveCommand(_Msg, frozen=True):
+    """A command delivered live by core NATS (``corral.live.cmd`` to every node, or
+    ``corral.node.<node>.cmd`` for the body of a command to a few nodes).
+
+    On the shared subject every serial appears once, in order, and names the one before it
+    (``prev``), so a node sees a gap. A command to a few nodes appears there as a *mark*
+    (``nodes`` named, no ``body``); its body goes to each target's own subject.
+    """
 
     serial: int
+    #: the serial published on the shared subject before this one (0: none known)
+    prev: int = 0
+    #: the publishing controller's fencing epoch (0: none)
+    epoch: int = 0
+    #: the encoded :class:`NodeCommand`; empty for a mark
+    body: bytes = b""
+    #: for a mark: the nodes the body goes to, on their own subjects
+    nodes: tuple[str, ...] = ()
+    #: commands every target of which has a final report on disk: their targets stop
+    #: re-sending them (a :class:`ReportAck` to every node, riding along)
+    settled: tuple[int, ...] = ()
+
+
+class CatchUp(_Msg, frozen=True):
+    """A node asks for its commands with serials in ``(after, upto]`` that it missed
+    (``corral.in.<node>.catchup``, request/reply)."""
+
+    after: int
+    upto: int
+
+
+class CatchUpReply(_Msg, frozen=True):
+    """The node's commands in ``(after, covered]`` (one page): ``covered`` below the asked
+    ``upto`` means ask again from it."""
+
+    covered: int
+    #: the encoded :class:`NodeCommand` of each, in serial order
+    commands: list[bytes] = msgspec.field(default_factory=list)
 
 
 class OutcomeView(msgspec.Struct, frozen=True, kw_only=True):

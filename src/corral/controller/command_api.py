@@ -107,6 +107,7 @@ class CommandEndpoints:
             subjects.ctl_as("send", "*"): (wire.CommandRequest, self._on_send),
             subjects.ctl_as("execute", "*"): (wire.CommandRequest, self._on_send),
             subjects.node_in_wildcard("out"): (wire.CommandReport, self._on_command_report),
+            subjects.node_in_wildcard(subjects.CATCHUP_VERB): (wire.CatchUp, self._on_catch_up),
             subjects.ctl("command"): (wire.CommandQuery, self._on_command),
             subjects.ctl("commands"): (wire.CommandsQuery, self._on_commands),
             subjects.node_in_wildcard("report"): (wire.Report, self._on_report),
@@ -167,10 +168,12 @@ class CommandEndpoints:
         await self._reply(msg, self.reports.snapshot(query.topic))
 
     async def _on_command_report(self, msg: Any, node: str, report: wire.CommandReport) -> None:
+        # A final one is confirmed to the node, with others, once on disk.
         self.commands.report(node, report)
-        if msg.reply:
-            # A final report: the node keeps re-sending it until it is on disk here.
-            self._after_commit(msg.reply, wire.ReportAck(serial=report.serial))
+
+    async def _on_catch_up(self, msg: Any, node: str, ask: wire.CatchUp) -> None:
+        # The node named by the subject (its credential) gets its own commands only.
+        await self._reply(msg, await self.commands.catch_up(node, ask))
 
     async def command_view(self, serial: int) -> wire.CommandView | None:
         """One command with every outcome: the book's live view, else the stored one.

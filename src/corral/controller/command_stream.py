@@ -1,14 +1,14 @@
-"""The command stream: JetStream's side of addressed commands (the durable log, per-node
-consumers, publishing in serial order).
+"""Publishing commands: live by core NATS, and into the durable log (JetStream).
 
-Theory of operation: every command lives in the stream ``CORRAL_CMDS`` (file storage, kept a
-week). Each node has a durable push consumer (``node-<name>``) on its own subject and
-``corral.cmd.all`` that delivers one command at a time to ``corral.node.<name>.cmd``; a node
-that was away finds what it missed waiting there. Consumers keep their state in the server's
-memory (a file consumer fsyncs on every acknowledgement); an audit remakes any the server lost
-in a restart, starting at the oldest command the node has not answered. Committed commands
-are published by one task, in serial order, each with its serial as message id, so a second
-copy (a re-publish after a controller crash) is dropped by the stream.
+Theory of operation: a committed command is first published live, in serial order: once on
+``corral.live.cmd``, which every node subscribes to (the server fans it out), with its body
+when it goes to many nodes, or as a mark naming its targets when it goes to a few (its body
+then goes to each target's ``corral.node.<name>.cmd``). Each live message names the serial
+published before it, so a node sees a gap and asks for what it missed (answered from the
+recent bodies kept here, else from the store). Then it goes into the stream ``CORRAL_CMDS``
+(file storage, kept a week), the durable log, by one task, in serial order, each with its
+serial as message id so that a second copy (a re-publish after a controller crash) is
+dropped. No node has a consumer: the stream is read back only for the last serial it holds.
 """
 
 from __future__ import annotations
@@ -17,28 +17,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from corral import bus, subjects, wire
 from corral.config import Config
-from corral.core.commands import CommandBook, CommandState
-from corral.core.registry import Registry
-from corral.errors import CorralError
+from corral.errors import CorralError, Refused
 from corral.records import CommandRow
 
-__all__ = ["CommandStream", "DEDUP", "KEEP"]
+__all__ = ["CATCHUP_PAGE", "CommandStream", "DEDUP", "KEEP", "RECENT"]
 
 log = logging.getLogger("corral.controller.commands")
 
@@ -46,43 +36,37 @@ log = logging.getLogger("corral.controller.commands")
 KEEP = 7 * 86_400.0
 #: Window in which the stream drops a re-published command (same serial).
 DEDUP = 3600.0
-#: Seconds between checks that the server still holds every node's consumer.
-_AUDIT_EVERY = 5.0
+#: How many recent commands' bodies are kept to answer catch-ups without a store read.
+RECENT = 4096
+#: Most commands in one catch-up answer (the node asks again for the rest).
+CATCHUP_PAGE = 100
+#: Most stored commands read for one catch-up answer.
+_CATCHUP_SCAN = 500
 
 
 class CommandStream:
-    """The stream, the nodes' consumers and the publisher, for the command service.
+    """The live publisher, the stream, and the recent bodies, for the command service.
 
     Args:
-        config: limits (``max_command_bytes``) and the default retire window.
-        registry: when nodes joined (where a new consumer starts).
-        book: which commands each node has not answered (where a re-made consumer starts).
+        config: limits (``max_command_bytes``).
         clock: wall clock (seconds since the epoch).
     """
 
-    def __init__(
-        self,
-        config: Config,
-        registry: Registry,
-        book: CommandBook,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self.registry = registry
-        self.book = book
         self.clock = clock
         self.js: Any = None
-        self._consumers: set[str] = set()
-        self._consumer_queue: asyncio.Queue[str] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
-        #: committed commands waiting to be published, in serial order
+        self.nc: bus.NATS | None = None
+        #: the last serial published on the live subject (every live message names it)
+        self.last_live = 0
+        #: serial -> (its nodes, its body) of the latest commands, oldest first
+        self.recent: dict[int, tuple[frozenset[str], bytes]] = {}
+        #: committed commands waiting to be written to the stream, in serial order
         self._outgoing: asyncio.Queue[CommandRow] = asyncio.Queue()
         self._publisher: asyncio.Task[None] | None = None
-        #: seconds between checks that the server still holds every node's consumer
-        self.audit_every = _AUDIT_EVERY
 
     def __repr__(self) -> str:
-        return f"<CommandStream consumers={len(self._consumers)} outgoing={self._outgoing.qsize()}>"
+        return f"<CommandStream live={self.last_live} outgoing={self._outgoing.qsize()}>"
 
     async def open(self, nc: bus.NATS) -> None:
         """Make sure the stream exists with today's settings.
@@ -90,6 +74,7 @@ class CommandStream:
         Raises:
             BusUnavailable: JetStream did not answer.
         """
+        self.nc = nc
         self.js = nc.jetstream(timeout=10.0)
         await self._ensure_stream()
 
@@ -112,29 +97,109 @@ class CommandStream:
             log.warning("could not read the last command in the command stream: %s", exc)
             return 0
 
-    def start(self) -> None:
-        """Start the consumer keeper and the publisher."""
-        self._worker = asyncio.create_task(self._consumer_loop(), name="consumers")
+    def start(self, logged: int) -> None:
+        """Start the stream's publisher; live serials continue after ``logged`` (the last
+        serial the stream holds)."""
+        self.last_live = max(self.last_live, logged)
         self._publisher = asyncio.create_task(self._publish_loop(), name="publisher")
 
     async def stop(self, drain: float) -> None:
-        """Publish what is committed (for ``drain`` seconds at most), then stop."""
+        """Write what is committed to the stream (for ``drain`` seconds at most), then stop."""
         if self._publisher is not None:
             try:
                 await asyncio.wait_for(self._outgoing.join(), drain)
             except TimeoutError:
                 pass
-        for task in (self._publisher, self._worker):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+            self._publisher.cancel()
+            try:
+                await self._publisher
+            except asyncio.CancelledError:
+                pass
 
-    def publish_later(self, row: CommandRow) -> None:
-        """Queue a committed command for the publisher (serial order is kept)."""
+    async def send(self, row: CommandRow, epoch: int = 0, settled: tuple[int, ...] = ()) -> bool:
+        """Publish a committed command live, then queue it for the stream (call in serial
+        order). One already published live (a re-publish after a restart) goes to the
+        stream only: the nodes that missed it catch up.
+
+        Args:
+            row: the command as stored, with its body.
+            epoch: the controller's fencing epoch, carried by the live message.
+            settled: serials of commands settled (every target's final report on disk),
+                told to every node with it.
+
+        Returns:
+            Whether it went live (else ``settled`` was not sent).
+        """
+        self._remember(row)
+        sent = row.serial > self.last_live
+        if sent:
+            await self._publish_live(row, epoch, settled)
         self._outgoing.put_nowait(row)
+        return sent
+
+    async def catch_up(self, node: str, ask: wire.CatchUp, store: Any) -> wire.CatchUpReply:
+        """Node ``node``'s commands with serials in ``(ask.after, ask.upto]``, one page.
+
+        Only commands addressed to ``node`` are answered (the caller takes the name from the
+        subject, so from the node's credential), from the recent bodies, else from ``store``.
+        ``covered`` says how far the page goes: the node asks again from there.
+
+        Raises:
+            Refused: the range is empty, negative or beyond the last serial published.
+            StoreError: the store could not be read.
+        """
+        last = self.last_live
+        if not 0 <= ask.after < ask.upto <= last:
+            raise Refused(
+                f"catch-up of ({ask.after}, {ask.upto}] refused: ask for serials after one "
+                f"you heard, up to the last published ({last})"
+            )
+        budget = self.config.max_command_bytes
+        out: list[bytes] = []
+        complete = True  # what is scanned is every command of the range
+        recent = self.recent
+        if recent and ask.after + 1 >= next(iter(recent)):
+            scanned = [(s, nb) for s, nb in recent.items() if ask.after < s <= ask.upto]
+        else:
+            rows = await store.commands_between(ask.after, ask.upto, _CATCHUP_SCAN)
+            scanned = [(r.serial, (frozenset(r.nodes), r.body)) for r in rows]
+            complete = len(rows) < _CATCHUP_SCAN
+        covered = ask.after
+        for serial, (nodes, body) in scanned:
+            if node in nodes:
+                if out and (len(out) >= CATCHUP_PAGE or budget < len(body)):
+                    break
+                out.append(body)
+                budget -= len(body)
+            covered = serial
+        else:
+            if complete:
+                covered = ask.upto
+        return wire.CatchUpReply(covered=covered, commands=out)
+
+    def _remember(self, row: CommandRow) -> None:
+        self.recent[row.serial] = (frozenset(row.nodes), row.body)
+        while len(self.recent) > RECENT:
+            del self.recent[next(iter(self.recent))]
+
+    async def _publish_live(self, row: CommandRow, epoch: int, settled: tuple[int, ...]) -> None:
+        assert self.nc is not None
+        prev, self.last_live = self.last_live, row.serial
+        to_all = msgspec.msgpack.decode(row.body, type=_ToAll).to_all
+        if to_all:
+            live = wire.LiveCommand(
+                serial=row.serial, prev=prev, epoch=epoch, body=row.body, settled=settled
+            )
+            await self.nc.publish(subjects.LIVE_COMMANDS, wire.encode(live), headers=wire.HEADERS)
+            return
+        mark = wire.LiveCommand(
+            serial=row.serial, prev=prev, epoch=epoch, nodes=tuple(row.nodes), settled=settled
+        )
+        body = wire.encode(wire.LiveCommand(serial=row.serial, epoch=epoch, body=row.body))
+        for node in row.nodes:
+            subject = subjects.live_commands_for(node)
+            await self.nc.publish(subject, body, headers=wire.HEADERS)
+        await self.nc.publish(subjects.LIVE_COMMANDS, wire.encode(mark), headers=wire.HEADERS)
 
     async def _ensure_stream(self) -> None:
         config = StreamConfig(
@@ -154,110 +219,29 @@ class CommandStream:
         else:
             await self.js.update_stream(config)
 
-    # --- consumers: one durable per node ------------------------------------------------
-
-    def node_joined(self, name: str) -> None:
-        """Make sure node ``name`` has its durable consumer (created in the background)."""
-        if name not in self._consumers:
-            self._consumers.add(name)
-            self._consumer_queue.put_nowait(name)
-
-    async def _consumer_loop(self) -> None:
-        while True:
-            try:
-                name = await asyncio.wait_for(self._consumer_queue.get(), self.audit_every)
-            except TimeoutError:
-                await self._audit_consumers()
-                continue
-            try:
-                await self._ensure_consumer(name)
-            except Exception as exc:  # a failing JetStream call must not stop the others
-                log.warning("could not create the command consumer of %s: %s", name, exc)
-                self._consumers.discard(name)
-                await asyncio.sleep(1.0)
-                self.node_joined(name)
-
-    async def _audit_consumers(self) -> None:
-        """Make the consumers again if the server lost them (they live in its memory)."""
+    async def forget_consumers(self) -> None:
+        """Delete the nodes' durable consumers an earlier version made (they would push
+        commands the old way onto the nodes' own subjects)."""
         try:
-            info = await self.js.stream_info(subjects.COMMAND_STREAM)
-        except Exception as exc:  # the server is restarting: the next audit will tell
-            log.debug("could not read the command stream's state: %s", exc)
+            infos = await self.js.consumers_info(subjects.COMMAND_STREAM)
+        except Exception as exc:  # not important enough to stop a start
+            log.debug("could not list the command stream's consumers: %s", exc)
             return
-        if info.state.consumer_count >= len(self._consumers):
-            return
-        log.warning(
-            "the command stream has %d consumers for %d nodes (the server restarted?): "
-            "making the missing ones again",
-            info.state.consumer_count,
-            len(self._consumers),
-        )
-        for name in sorted(self._consumers):
-            self._consumer_queue.put_nowait(name)
-
-    def _start_time(self, name: str) -> float:
-        """Where a new consumer of node ``name`` starts in the stream (epoch seconds).
-
-        From when the node joined, for a new node. A consumer made again (the server
-        restarted) starts at the oldest command the node has not answered, or a retire
-        window ago: the node skips what it applied already, but replaying days of history
-        to every node would flood the bus.
-        """
-        now = self.clock()
-        record = self.registry.nodes.get(name)
-        joined = record.joined_at if record is not None else now
-        since = now - self.config.retire_after
-        for command in self.book.commands.values():
-            if command.created < since and command.waiting:
-                outcome = command.outcomes.get(name)
-                if outcome is not None and outcome.state in (
-                    CommandState.PENDING,
-                    CommandState.DELIVERED,
-                ):
-                    since = command.created
-        return max(joined, since) - 1.0
-
-    async def _ensure_consumer(self, name: str) -> None:
-        durable = subjects.command_consumer(name)
-        try:
-            await self.js.consumer_info(subjects.COMMAND_STREAM, durable)
-            return
-        except NotFoundError:
-            pass
-        config = ConsumerConfig(
-            durable_name=durable,
-            deliver_subject=subjects.node_out(name, "cmd"),
-            filter_subjects=[subjects.commands_for(name), subjects.COMMANDS_ALL],
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=datetime.fromtimestamp(self._start_time(name), tz=UTC),
-            # One at a time, so order survives a delivery lost in a network cut (it is sent
-            # again before anything later); nodes acknowledge on receipt, so this is one
-            # round trip per command, not one execution.
-            ack_wait=2.0,
-            max_ack_pending=1,
-            # Its state in the server's memory, not on disk: with `sync_interval: always` a
-            # file consumer writes and fsyncs a state file (twice, with a rename) on every
-            # acknowledgement, 70 % of the server's CPU in a broadcast to 1,000 nodes. Losing
-            # that state costs nothing: the commands are on disk in the stream, a node skips
-            # any serial it has applied, and a server restart is healed by the audit.
-            mem_storage=True,
-        )
-        await self.js.add_consumer(subjects.COMMAND_STREAM, config)
-
-    async def node_removed(self, name: str) -> None:
-        """Delete a revoked node's consumer: a new credential starts a new history."""
-        self._consumers.discard(name)
-        try:
-            await self.js.delete_consumer(subjects.COMMAND_STREAM, subjects.command_consumer(name))
-        except NotFoundError:
-            pass
+        for info in infos:
+            name = info.name or ""
+            if name.startswith(subjects.command_consumer("")):
+                try:
+                    await self.js.delete_consumer(subjects.COMMAND_STREAM, name)
+                except Exception as exc:
+                    log.debug("could not delete consumer %s: %s", name, exc)
 
     async def _publish_loop(self) -> None:
-        """Publish committed commands in serial order, each once the stream has the previous.
+        """Write committed commands to the stream in serial order, each once the stream has
+        the previous.
 
-        Apart from the commit loop, so that waiting for the stream (it writes each command to
-        disk before it answers) does not hold up the next commit, its replies and outcomes.
+        Apart from the commit loop and the live publish, so that waiting for the stream (it
+        writes each command to disk before it answers) holds up neither the next commit nor
+        the delivery.
         """
         while True:
             row = await self._outgoing.get()
@@ -287,3 +271,9 @@ class CommandStream:
             except Exception as exc:  # JetStream busy or restarting: the command is on disk
                 log.warning("publishing command #%s failed (%s); retrying", row.serial, exc)
                 await asyncio.sleep(0.5)
+
+
+class _ToAll(msgspec.Struct):
+    """The one field of a command's body the publisher reads (the rest is skipped)."""
+
+    to_all: bool = False

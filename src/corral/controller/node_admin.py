@@ -30,7 +30,6 @@ from corral.security import Authority
 if TYPE_CHECKING:
     from corral.bus import NATS
     from corral.config import Config
-    from corral.controller.commands import CommandService
     from corral.core.registry import Registry
     from corral.core.scheduler import Scheduler
     from corral.store import Store
@@ -164,7 +163,6 @@ async def _push(config: Config, authority: Authority) -> bool:
 async def expire_left(
     registry: Registry,
     store: Store | None,
-    commands: CommandService,
     config: Config,
     now: float,
     audit: Callable[[AuditEntry], None],
@@ -175,7 +173,6 @@ async def expire_left(
     Args:
         registry: the node registry.
         store: the store (its node rows are deleted).
-        commands: the command router (a forgotten node's consumer is deleted).
         config: ``left_expiry``.
         now: the controller's clock.
         audit: queues an audit entry for the controller's next group commit.
@@ -197,7 +194,6 @@ async def expire_left(
             log.warning("cannot forget a node that left: %s", exc, extra={"node": name})
             registry.nodes.setdefault(name, record)  # tried again next time
             continue
-        await commands.node_removed(name)
         detail = {"left_at": record.since, "left_expiry": after}
         audit(AuditEntry(now, "system", "node_expire", name, detail, role="system"))
         log.info("node forgotten: left %.0fs ago", now - record.since, extra={"node": name})

@@ -129,7 +129,7 @@ class Controller:
         self._persist_all = False
         #: seconds between writes of every live node's last-seen time
         self.persist_interval = 5.0
-        #: the command router (SEER): serials, outcomes, the durable command stream
+        #: the command router (SEER): serials, outcomes, live delivery and the durable log
         self.commands = CommandService(config, self.registry, clock, self._wake.set)
         #: node reports, aggregated and pushed to sinks (SEER REPORT / doUpdates)
         self.reports = ReportService(self.registry)
@@ -274,9 +274,7 @@ class Controller:
         Returns:
             The names forgotten.
         """
-        return await expire_left(
-            self.registry, self.store, self.commands, self.config, self.clock(), self.audit
-        )
+        return await expire_left(self.registry, self.store, self.config, self.clock(), self.audit)
 
     def _reconcile_revocations(self) -> None:
         """Mark REVOKED the nodes revoked (`corral revoke`) while this controller was away."""
@@ -342,15 +340,14 @@ class Controller:
 
     async def _announce_loop(self) -> None:
         assert self.nc is not None
-        msg = wire.encode(
-            wire.Announce(
+        while True:
+            announce = wire.Announce(
                 controller=self.id,
                 started=self.started,
                 heartbeat_interval=self.config.heartbeat_interval,
+                last_serial=self.commands.stream.last_live,
             )
-        )
-        while True:
-            await self.nc.publish(subjects.ANNOUNCE, msg, headers=wire.HEADERS)
+            await self.nc.publish(subjects.ANNOUNCE, wire.encode(announce), headers=wire.HEADERS)
             await asyncio.sleep(self.config.announce_interval)
 
     async def _tick_loop(self) -> None:
@@ -589,7 +586,6 @@ class Controller:
             await self._reply(msg, error)
             return
         self._record(outcome)
-        self.commands.node_joined(name)
         if msg.reply:
             # Acknowledge only once persisted: an accepted node survives kill -9.
             reply = wire.JoinReply(
@@ -598,6 +594,7 @@ class Controller:
                 now=self.clock(),
                 # Every command numbered from here on was resolved knowing this node.
                 first_serial=0 if known else self.commands.book.last_serial + 1,
+                last_serial=self.commands.stream.last_live,
             )
             self._after_commit(msg.reply, reply, node=name)
 
@@ -649,7 +646,6 @@ class Controller:
         now = self.clock()
         if event.action == "revoke":
             self._record(self.registry.revoke(event.name, now))
-            await self.commands.node_removed(event.name)
         detail = {
             "keys": list(event.keys),
             "host": event.host,

@@ -1,29 +1,38 @@
 """A node's side of command delivery, without I/O: events in, actions out.
 
-Theory of operation: the controller made the node a durable JetStream consumer that pushes its
-commands one at a time, in serial order (``max_ack_pending=1``), redelivering what was not
-acknowledged. :class:`NodeCommands` decides everything about them; the I/O shell
-(:class:`corral.node.commands.CommandRunner`) feeds it events and performs the actions it
-returns, in order:
+Theory of operation: the controller publishes every command live, by core NATS, on a subject
+every node shares (a command for a few nodes as a mark there, its body on each target's own
+subject); :class:`~corral.core.command_chain.Chain` puts what arrives in serial order, finds
+gaps by serial and asks for what was missed. :class:`NodeCommands` decides everything about
+the commands it hands on; the I/O shell (:class:`corral.node.commands.CommandRunner`) feeds it
+events and performs the actions it returns, in order:
 
 ==============================  ===========================================================
 event                           what the core decides
 ==============================  ===========================================================
-:meth:`~NodeCommands.replay`    journaled commands (received, acknowledged, not applied
-                                before a restart) go first; those applied meanwhile go
-:meth:`~NodeCommands.join`      the first join: from now on commands are applied
-:meth:`~NodeCommands.received`  a delivery: a duplicate is acknowledged and skipped
+:meth:`~NodeCommands.replay`    journaled commands (received, not applied before a
+                                restart) go first; those applied meanwhile go
+:meth:`~NodeCommands.join`      a join: from now on commands are applied; what was missed
+                                up to the controller's last serial is fetched
+:meth:`~NodeCommands.live`      a message of the shared live subject: in order, or held
+                                behind a gap that is fetched (:class:`Fetch`)
+:meth:`~NodeCommands.direct`    the body of a command to a few nodes (own subject)
+:meth:`~NodeCommands.fetched`   the controller's answer to a :class:`Fetch`
+:meth:`~NodeCommands.received`  a command in serial order: a duplicate is skipped
                                 (:meth:`corral.core.serials.Applied.offer`); one behind a
-                                busy runner is journaled, acknowledged, reported
-                                ``delivered``; else it is queued with its delivery
-:meth:`~NodeCommands.running`   the handler is slow: its command is journaled and
-                                acknowledged (so the next can come); ``running`` reported
+                                busy runner is journaled and reported ``delivered``; else
+                                it is queued
+:meth:`~NodeCommands.running`   the handler is slow: its command is journaled (a node
+                                killed now resumes it); ``running`` reported
 :meth:`~NodeCommands.finished`  the handler ended: its final report, the serial saved, the
-                                journal entry removed or the delivery acknowledged
-:meth:`~NodeCommands.acked`     the controller has a final report on disk: stop re-sending
+                                journal entry removed
+:meth:`~NodeCommands.acked`     the controller has final reports on disk: stop re-sending
 :meth:`~NodeCommands.tick`      final reports not acknowledged for a while are sent again,
-                                the wait doubling up to a bound
+                                the wait doubling up to a bound; overdue fetches
 ==============================  ===========================================================
+
+A delivery may carry an opaque token (:class:`Ack` gives it back once the command is
+journaled or applied); live deliveries carry none.
 
 When it is free, the core takes the next queued command: one broadcast resolved before this
 node joined (or not naming it) is skipped; one older than its retire window, judged by the
@@ -41,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral import wire
+from corral.core.command_chain import Chain, Fetch
 from corral.core.serials import Applied
 from corral.errors import UsageError
 from corral.states import CommandState
@@ -48,6 +58,7 @@ from corral.states import CommandState
 __all__ = [
     "Ack",
     "Action",
+    "Fetch",
     "Journal",
     "NodeCommands",
     "RESEND_EVERY",
@@ -61,8 +72,10 @@ __all__ = [
 
 #: Seconds before a final report the controller has not acknowledged is sent again; the wait
 #: doubles after each re-send up to RESEND_MAX, so an overloaded controller is not flooded.
-RESEND_EVERY = 1.0
-RESEND_MAX = 4.0
+#: The controller confirms within half a second when it keeps up; in a burst of broadcasts
+#: to 1,000 nodes it may lag a second behind (a re-send then only adds to its load).
+RESEND_EVERY = 2.0
+RESEND_MAX = 8.0
 
 
 @dataclass(frozen=True)
@@ -119,14 +132,16 @@ class Skip:
 
 
 #: What the shell performs.
-Action = Run | Ack | Journal | Unjournal | Send | Save | Skip
+Action = Run | Ack | Journal | Unjournal | Send | Save | Skip | Fetch
 
 
 @dataclass
 class _Queued:
     command: wire.NodeCommand
-    #: its delivery, still to acknowledge; None once journaled (and acknowledged)
+    #: its delivery, still to acknowledge (None: acknowledged, or a live one with none)
     token: Any
+    #: written to the journal (removed once applied)
+    journaled: bool = False
 
 
 class NodeCommands:
@@ -174,6 +189,8 @@ class NodeCommands:
         self.outbox: dict[int, Send] = {}
         #: when each report in the outbox is due again, and the wait after that
         self._due: dict[int, tuple[float, float]] = {}
+        #: the live chain: order, gaps and fetches
+        self.chain = Chain(name, last, clock=clock)
 
     def __repr__(self) -> str:
         running = self.current.command.serial if self.current else None
@@ -203,21 +220,59 @@ class NodeCommands:
             if not self.seen.offer(command.serial, command):
                 out.append(Unjournal(command.serial))
             else:
-                self._queue.append(_Queued(command, None))
+                self._queue.append(_Queued(command, None, journaled=True))
         return out + self._next()
 
-    def join(self, first_serial: int = 0) -> list[Action]:
+    def join(self, first_serial: int = 0, last_serial: int = 0) -> list[Action]:
         """The node joined (again): commands may be applied from now on.
 
         Args:
             first_serial: the join reply's bound for broadcasts (0: none); the highest wins.
+            last_serial: the last serial the controller published live: what this node
+                missed up to it is fetched.
 
         Returns:
             What to do with the commands that waited for it.
         """
         self.first_serial = max(self.first_serial, first_serial)
         self.joined = True
-        return self._next()
+        return self._take(self.chain.join(first_serial, last_serial)) + self._next()
+
+    def live(self, msg: wire.LiveCommand) -> list[Action]:
+        """A message of the shared live subject (a command, or a mark of one to a few nodes).
+
+        Returns:
+            What to do with the commands now in order, and a :class:`Fetch` for a gap.
+        """
+        return self._take(self.chain.live(msg))
+
+    def direct(self, command: wire.NodeCommand) -> list[Action]:
+        """The body of a command to this node among a few (from its own subject)."""
+        return self._take(self.chain.direct(command))
+
+    def tip(self, serial: int) -> list[Action]:
+        """The controller announced ``serial`` as the last it published live."""
+        return self._take(self.chain.tip(serial))
+
+    def fetched(self, ask: Fetch, covered: int, commands: list[bytes]) -> list[Action]:
+        """The controller answered ``ask`` with this node's commands in
+        ``(ask.after, covered]`` (encoded).
+
+        Raises:
+            msgspec.DecodeError: a body does not decode.
+        """
+        return self._take(self.chain.fetched(ask, covered, commands))
+
+    def fetch_failed(self, ask: Fetch) -> None:
+        """``ask`` got no answer: it is asked again at a later :meth:`tick`."""
+        self.chain.failed(ask)
+
+    def _take(self, taken: tuple[list[wire.NodeCommand], list[Fetch]]) -> list[Action]:
+        commands, fetches = taken
+        out: list[Action] = []
+        for command in commands:
+            out += self.received(command, None)
+        return out + list(fetches)
 
     def received(self, command: wire.NodeCommand, token: Any) -> list[Action]:
         """A delivery of ``command``.
@@ -227,21 +282,32 @@ class NodeCommands:
             token: what :class:`Ack` gives back when the delivery is to be acknowledged.
 
         Returns:
-            For a duplicate, its acknowledgement; for one behind another, its journal entry,
+            For a duplicate, its acknowledgement; for one behind another that must be
+            acknowledged (so the next can come) or behind a slow one, its journal entry,
             acknowledgement and ``delivered`` report; then whatever may run now.
         """
         if not self.seen.offer(command.serial, command):
             # Applied or queued already: a redelivery, or a re-publication after a restart.
-            return [Ack(token), Skip(command.serial, "duplicate")]
+            return [*_ack(token), Skip(command.serial, "duplicate")]
         entry = _Queued(command, token)
         out: list[Action] = []
-        if (self.current is not None or self._queue) and self._meant_for_me(command):
-            # Behind a slow one: journal it, so the next can come, and say it waits.
-            out += [Journal(command), Ack(token)]
-            out.append(self._report(command.serial, CommandState.DELIVERED))
-            entry.token = None
+        slow = self.current is not None and self.current.journaled
+        if (token is not None and (self.current is not None or self._queue)) or slow:
+            out += self._wait_journaled(entry)
         self._queue.append(entry)
         return out + self._next()
+
+    def _wait_journaled(self, entry: _Queued) -> list[Action]:
+        """Journal a command waiting behind another (a node killed now still has it), and
+        say it waits. A live one behind quick ones is not: a burst would write a file per
+        command, and a node killed meanwhile fetches it again after its last applied."""
+        if entry.journaled or not self._meant_for_me(entry.command):
+            return []
+        out: list[Action] = [Journal(entry.command), *_ack(entry.token)]
+        out.append(self._report(entry.command.serial, CommandState.DELIVERED))
+        entry.token = None
+        entry.journaled = True
+        return out
 
     def running(self, serial: int, stdout: str = "", stderr: str = "") -> list[Action]:
         """The handler of ``serial`` still runs (with output since the last call).
@@ -257,9 +323,12 @@ class NodeCommands:
         """
         current = self._current(serial)
         out: list[Action] = []
-        if current.token is not None:
-            out += [Journal(current.command), Ack(current.token)]
+        if not current.journaled:
+            out += [Journal(current.command), *_ack(current.token)]
             current.token = None
+            current.journaled = True
+            for entry in self._queue:  # they wait behind a slow one now
+                out += self._wait_journaled(entry)
         out.append(self._report(serial, CommandState.RUNNING, stdout=stdout, stderr=stderr))
         return out
 
@@ -285,14 +354,15 @@ class NodeCommands:
         out: list[Action] = [self._report(serial, state, **fields)]
         return out + self._applied(current) + self._next()
 
-    def acked(self, serial: int) -> None:
-        """The controller has the final report on ``serial`` on disk: stop re-sending it.
+    def acked(self, *serials: int) -> None:
+        """The controller has the final reports on ``serials`` on disk: stop re-sending them.
 
         Args:
-            serial: the command the controller's :class:`~corral.wire.ReportAck` names.
+            serials: the commands the controller's :class:`~corral.wire.ReportAck` names.
         """
-        self.outbox.pop(serial, None)
-        self._due.pop(serial, None)
+        for serial in serials:
+            self.outbox.pop(serial, None)
+            self._due.pop(serial, None)
 
     def tick(self) -> list[Action]:
         """Re-send the final reports that waited their whole period unacknowledged.
@@ -300,10 +370,10 @@ class NodeCommands:
         A report sent a moment ago is most likely being written by the controller right now.
 
         Returns:
-            A :class:`Send` for each report due again.
+            A :class:`Send` for each report due again, and a :class:`Fetch` if one is due.
         """
         now = self.clock()
-        out: list[Action] = []
+        out: list[Action] = list(self.chain.tick())
         for serial, send in self.outbox.items():
             due, wait = self._due.get(serial, (0.0, RESEND_EVERY))
             if due <= now:
@@ -358,9 +428,9 @@ class NodeCommands:
 
     @staticmethod
     def _done_with(entry: _Queued) -> list[Action]:
-        if entry.token is None:
+        if entry.journaled:
             return [Unjournal(entry.command.serial)]
-        return [Ack(entry.token)]
+        return _ack(entry.token)
 
     def _report(self, serial: int, state: CommandState, **fields: Any) -> Send:
         data = wire.encode(wire.CommandReport(serial=serial, state=state, **fields))
@@ -377,3 +447,8 @@ class NodeCommands:
             self.outbox[serial] = send  # re-sent until the controller has it (see acked)
             self._due[serial] = (self.clock() + RESEND_EVERY, RESEND_EVERY)
         return send
+
+
+def _ack(token: Any) -> list[Action]:
+    """Acknowledge a delivery that has a token (a live one has none)."""
+    return [] if token is None else [Ack(token)]

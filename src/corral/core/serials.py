@@ -1,8 +1,9 @@
 """A node's applied serials, without I/O (SEER ``checkSerial``).
 
-The controller gives every command the next serial (:mod:`corral.core.commands`); the
-durable command stream brings a node what it missed (:mod:`corral.controller.commands`), and
-expiry past the retire window is the command book's (SEER ``retireSerials``). On the node,
+The controller gives every command the next serial (:mod:`corral.core.commands`); a node
+finds a gap in the serials published live and fetches what it missed
+(:mod:`corral.core.command_chain`), and expiry past the retire window is the command book's
+(SEER ``retireSerials``). On the node,
 :class:`Applied` applies commands in serial order exactly once, whatever order or how many
 times they arrive; :class:`corral.core.node_commands.NodeCommands` takes every delivery
 through it.

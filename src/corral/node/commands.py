@@ -1,29 +1,33 @@
 """A node's command runner: receive commands in serial order, apply each once, report back.
 
-Theory of operation: the controller made this node a durable JetStream consumer that pushes
-to ``corral.node.<name>.cmd`` one message at a time (``max_ack_pending=1``), so commands
-arrive in serial order — live ones, and after an absence every one missed — even when a
-delivery is lost in a network cut (the server redelivers it before anything later). One
-worker applies them in that order, one at a time, so a SET followed by a GET reads what was
-set. A quick command is acknowledged once applied. One still running after a moment is first
-written to a journal in the work directory and acknowledged, so the next can arrive (and be
-reported *delivered*, waiting behind it); a node killed then resumes from its journal. The
-last applied serial is kept beside the journal: a command that arrives again (redelivered,
-or re-published by a restarted controller) is skipped. Exactly once from this node's point of
-view, in order. A command older than its retire window (judged by the controller's clock,
-from the offset seen at join) is not run: it is reported *expired*.
+Theory of operation: the controller publishes every command live, by core NATS: once on
+``corral.live.cmd``, which every node subscribes to and the server fans out, each message
+naming the serial published before it. A command to a few nodes goes there as a mark naming
+them, its body to each one's ``corral.node.<name>.cmd``. A node that finds a gap in the serials
+(a message lost in a network cut, a node that was stopped or away) asks the controller for
+its commands in the gap on ``corral.in.<name>.catchup`` (paged) and applies them in order
+before the ones held behind the gap; the controller's announcements and join replies name the
+last serial published, so a lost last message or a whole absence is caught up too (SEER's
+``checkSerial``). One worker applies commands in serial order, one at a time, so a SET
+followed by a GET reads what was set. A command still running after a moment, or one waiting
+behind it, is written to a journal in the work directory: a node killed then resumes from its
+journal. The last applied serial is kept beside the journal: a command that arrives again is
+skipped. Exactly once from this node's point of view, in order. A command older than its
+retire window (judged by the controller's clock, from the offset seen at join) is not run: it
+is reported *expired*.
 
 Each command's progress goes to ``corral.in.<name>.out``: ``delivered`` when it waits behind
 another, ``running`` (with output as it comes, for processes) when it takes a while, then
 ``done`` with the result or ``failed`` with the error. A final report is kept in an outbox and
-sent again every second until the controller says it has it on disk, so an outcome is not
-lost when the controller restarts (or is killed) in between. Nothing a
-handler does can stop the runner: errors, timeouts and unencodable results all become a
-``failed`` report.
+sent again (after two seconds, the wait doubling up to eight) until the controller says it has it
+on disk (one message on ``corral.node.<name>.acks`` for every report it wrote in a short
+interval), so an outcome is not lost when the controller restarts (or is killed) in between.
+Nothing a handler does can stop the runner: errors, timeouts and unencodable results all become
+a ``failed`` report.
 
-Every one of those decisions (dedup, order, expiry, journal, acknowledgement, re-sends) is
-made by :class:`corral.core.node_commands.NodeCommands`, without I/O; this module reads the
-bus, the journal and the handlers, and performs the actions the core returns.
+Every one of those decisions (order, gaps, dedup, expiry, journal, re-sends) is made by
+:class:`corral.core.node_commands.NodeCommands`, without I/O; this module reads the bus, the
+journal and the handlers, and performs the actions the core returns.
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ import msgspec
 
 from corral import bus, subjects, wire
 from corral.core.node_commands import (
-    RESEND_EVERY,
     Ack,
     Action,
+    Fetch,
     Journal,
     NodeCommands,
     Run,
@@ -62,8 +66,12 @@ log = logging.getLogger("corral.node.commands")
 
 #: A command still running after this long is reported ``running``.
 _RUNNING_AFTER = 0.2
+#: Seconds between checks for reports to re-send and fetches overdue.
+_TICK = 0.5
 #: Seconds between output flushes of a running process.
 _FLUSH_EVERY = 0.25
+#: What the shared live subject carries.
+_LIVE = wire.LiveCommand | wire.ReportAck
 
 
 class CommandRunner:
@@ -108,8 +116,9 @@ class CommandRunner:
         self._state_fd = -1
         self._worker: asyncio.Task[None] | None = None
         self._resender: asyncio.Task[None] | None = None
-        self._sub: Any = None
-        self._ack_sub: Any = None
+        self._subs: list[Any] = []
+        #: catch-up requests in flight
+        self._fetches: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<CommandRunner {self.core!r}>"
@@ -135,7 +144,11 @@ class CommandRunner:
     async def _perform(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                await self._send(action.data, self._ack_subject if action.final else "")
+                await self._send(action.data)
+            elif isinstance(action, Fetch):
+                task = asyncio.create_task(self._fetch(action), name="catch-up")
+                self._fetches.add(task)
+                task.add_done_callback(self._fetches.discard)
             elif isinstance(action, Ack):
                 await _ack(action.token)
             elif isinstance(action, Run):
@@ -181,26 +194,32 @@ class CommandRunner:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self, nc: bus.NATS) -> None:
-        """Resume the journal, then start receiving commands on the node's own subject."""
+        """Resume the journal, then start receiving commands (live, and this node's own)."""
         self.nc = nc
         self.on_applied(self.core.last)
         await self._perform(self.core.replay(self._read_journal()))
-        self._ack_sub = await nc.subscribe(self._ack_subject, cb=self._on_ack)
         self._worker = asyncio.create_task(self._work(), name="commands")
         self._resender = asyncio.create_task(self._resend_loop(), name="report-resend")
-        self._sub = await nc.subscribe(
-            subjects.node_out(self.name, "cmd"),
-            cb=self._on_message,
-            pending_msgs_limit=100_000,
-            pending_bytes_limit=256 * 1024 * 1024,
-        )
+        self._subs = [await nc.subscribe(subjects.report_acks(self.name), cb=self._on_ack)]
+        for subject, cb in (
+            (subjects.LIVE_COMMANDS, self._on_live),
+            (subjects.live_commands_for(self.name), self._on_direct),
+        ):
+            sub = await nc.subscribe(
+                subject,
+                cb=cb,
+                pending_msgs_limit=100_000,
+                pending_bytes_limit=256 * 1024 * 1024,
+            )
+            self._subs.append(sub)
 
     async def stop(self) -> None:
-        """Stop receiving; a command being applied is cancelled (and redelivered later)."""
-        if self._sub is not None:
+        """Stop receiving; a command being applied is cancelled (and run again at the next
+        start, from the journal or the catch-up)."""
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-        for task in (self._worker, self._resender):
+                await sub.unsubscribe()
+        for task in (self._worker, self._resender, *self._fetches):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -209,20 +228,74 @@ class CommandRunner:
             os.close(self._state_fd)
             self._state_fd = -1
 
+    async def join(self, first_serial: int = 0, last_serial: int = 0) -> None:
+        """The node joined (again): apply commands from now on, fetch what was missed.
+
+        Args:
+            first_serial: a first join reply's bound for broadcasts (0: none).
+            last_serial: the last serial the controller published live.
+        """
+        self.joined.set()
+        await self._perform(self.core.join(first_serial, last_serial))
+
+    async def announced(self, last_serial: int) -> None:
+        """The controller announced the last serial it published live."""
+        if self.joined.is_set():
+            await self._perform(self.core.tip(last_serial))
+
     # --- events -------------------------------------------------------------------------
 
-    async def _on_message(self, msg: Any) -> None:
+    async def _on_live(self, msg: Any) -> None:
         try:
-            command = wire.decode(msg.data, wire.NodeCommand, msg.headers)
-        except CorralError as exc:
-            log.warning("bad command ignored: %s", exc, extra={"node": self.name})
-            await _ack(msg)
+            live: wire.LiveCommand | wire.ReportAck = wire.decode(
+                msg.data,
+                _LIVE,  # type: ignore[arg-type]
+                msg.headers,
+            )
+            if isinstance(live, wire.ReportAck):  # settled commands, with no command to ride
+                self.core.acked(*live.serials)
+                return
+            self.core.acked(*live.settled)
+            actions = self.core.live(live)
+        except (CorralError, msgspec.DecodeError) as exc:
+            log.warning("bad live command ignored: %s", exc, extra={"node": self.name})
             return
-        await self._perform(self.core.received(command, msg))
+        await self._perform(actions)
+
+    async def _on_direct(self, msg: Any) -> None:
+        try:
+            live = wire.decode(msg.data, wire.LiveCommand, msg.headers)
+            command = msgspec.msgpack.decode(live.body, type=wire.NodeCommand)
+        except (CorralError, msgspec.DecodeError) as exc:
+            log.warning("bad command ignored: %s", exc, extra={"node": self.name})
+            return
+        await self._perform(self.core.direct(command))
+
+    async def _fetch(self, ask: Fetch) -> None:
+        """Ask the controller for this node's commands in the gap, and take them in order."""
+        assert self.nc is not None
+        try:
+            reply: wire.CatchUpReply = await bus.request(
+                self.nc,
+                subjects.node_in(self.name, subjects.CATCHUP_VERB),
+                wire.CatchUp(after=ask.after, upto=ask.upto),
+                wire.CatchUpReply,
+                timeout=10.0,
+            )
+            actions = self.core.fetched(ask, reply.covered, reply.commands)
+        except (CorralError, msgspec.DecodeError) as exc:
+            log.warning(
+                "catching up on commands %d-%d failed: %s",
+                ask.after + 1,
+                ask.upto,
+                exc,
+                extra={"node": self.name},
+            )
+            self.core.fetch_failed(ask)
+            return
+        await self._perform(actions)
 
     async def _work(self) -> None:
-        await self.joined.wait()
-        await self._perform(self.core.join())
         while True:
             command = await self._runs.get()
             await self._perform(await self._run(command))
@@ -271,17 +344,11 @@ class CommandRunner:
         state, fields = _outcome(task)
         return self.core.finished(command.serial, state, **fields, **output.take())
 
-    @property
-    def _ack_subject(self) -> str:
-        return f"{subjects.inbox_prefix(self.name)}.report-acks"
-
-    async def _send(self, data: bytes, reply: str) -> None:
+    async def _send(self, data: bytes) -> None:
         assert self.nc is not None
         try:
             # While reconnecting, nats-py buffers this and sends it once back.
-            await self.nc.publish(
-                subjects.node_in(self.name, "out"), data, reply=reply, headers=wire.HEADERS
-            )
+            await self.nc.publish(subjects.node_in(self.name, "out"), data, headers=wire.HEADERS)
         except Exception as exc:  # the connection closed for good: the node is stopping
             log.warning("command report not sent: %s", exc, extra={"node": self.name})
 
@@ -290,11 +357,11 @@ class CommandRunner:
             ack = wire.decode(msg.data, wire.ReportAck, msg.headers)
         except CorralError:
             return
-        self.core.acked(ack.serial)
+        self.core.acked(*(ack.serials or (ack.serial,)))
 
     async def _resend_loop(self) -> None:
         while True:
-            await asyncio.sleep(RESEND_EVERY / 2)
+            await asyncio.sleep(_TICK)
             await self._perform(self.core.tick())
 
 

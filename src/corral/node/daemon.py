@@ -292,9 +292,7 @@ class Node:
             self.controller = reply.controller
             if reply.now:
                 self.clock_offset = reply.now - time.time()
-            if reply.first_serial:
-                self.commands.first_serial = max(self.commands.first_serial, reply.first_serial)
-            self.commands.joined.set()
+            await self.commands.join(reply.first_serial, reply.last_serial)
             self.heartbeat_interval = reply.heartbeat_interval  # the controller's rhythm
             waiting_logged = False
             self.joined.set()
@@ -338,6 +336,8 @@ class Node:
             return
         if ann.controller != self.controller or not self.joined.is_set():
             self._need_join.set()
+        else:
+            await self.commands.announced(ann.last_serial)
 
     async def _on_ctl(self, msg: Any) -> None:
         try:

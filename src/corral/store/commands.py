@@ -151,6 +151,25 @@ class CommandQueries:
         command = _row(row)
         return command, _with_pending(command, outcomes)
 
+    async def commands_between(self, after: int, upto: int, limit: int) -> list[CommandRow]:
+        """Commands with serials in ``(after, upto]``, with their bodies, oldest first, at
+        most ``limit`` (a node's catch-up reads them).
+
+        Raises:
+            StoreError: The query failed.
+        """
+        self._usable("read commands")
+        c = commands.c
+        query = (
+            select(commands)
+            .where(c.serial > after, c.serial <= upto)
+            .order_by(c.serial)
+            .limit(max(limit, 0))
+        )
+        with translate(f"read commands {after + 1}-{upto}", self._masked):
+            async with self._engine.connect() as conn:
+                return [_row(r) for r in (await conn.execute(query)).mappings()]
+
     async def open_commands(self, since: float) -> list[tuple[CommandRow, list[OutcomeRow]]]:
         """Commands created after ``since`` with a node that has not finished, oldest first.
 

@@ -216,6 +216,10 @@ class Store(Protocol):
     async def open_commands(self, since: float) -> list[tuple[CommandRow, list[OutcomeRow]]]:
         """Commands created after ``since`` with a node that has not finished."""
 
+    async def commands_between(self, after: int, upto: int, limit: int) -> list[CommandRow]:
+        """Commands with serials in ``(after, upto]``, with bodies, oldest first, at most
+        ``limit``."""
+
     async def find_key(self, caller: str, key: str, since: float) -> IdempotencyRow | None:
         """The stored answer to an idempotency key written at ``since`` or later."""
 
