@@ -158,3 +158,29 @@ def test_attr_targets_pick_exactly_the_announcing_nodes(
     result = resolve([spec], registry)
     assert result.nodes == expected and not result.unknown and not result.broadcast
     assert str(parse_target(spec)) == spec
+
+
+def test_the_controllers_facts_follow_joins_edits_and_status() -> None:
+    """The command service keeps each node's facts between commands; a join (new objects),
+    an edit or a status change must still be seen by the next resolution."""
+    from corral.config import Config
+    from corral.controller.commands import CommandService
+    from corral.core.registry import Registry
+    from corral.records import NodeRecord
+
+    registry = Registry(3.0)
+    for name in ("a", "b"):
+        registry.nodes[name] = NodeRecord(
+            name=name, status="UP", since=0, last_seen=0, joined_at=0, labels=("gpu",)
+        )
+    service = CommandService(Config(), registry)
+    assert resolve(["label:gpu"], service.facts()).nodes == ["a", "b"]
+    registry.nodes["a"].labels = ("cpu",)  # a join or an edit assigns new values
+    assert resolve(["label:gpu"], service.facts()).nodes == ["b"]
+    registry.nodes["b"].attributes = {"sink": True}
+    assert resolve(["sinks"], service.facts()).nodes == ["b"]
+    registry.nodes["b"].status = "LEFT"
+    assert resolve(["*"], service.facts()).nodes == ["a"]
+    registry.nodes["a"].status = "REVOKED"
+    del registry.nodes["b"]
+    assert service.facts() == {}

@@ -172,6 +172,8 @@ class CommandService:
         self.confirmations = Confirmations(self._targets)
         self._confirmer: asyncio.Task[None] | None = None
         self.store: Any = None
+        #: each node's addressing facts, with what they were made from (see :meth:`facts`)
+        self._facts: dict[str, tuple[tuple[object, ...], NodeFacts]] = {}
         #: the store's highest serial at start (a node ahead of it means a restored store)
         self.stored_serial = 0
         #: set once serials may be issued: nothing a node applied can be above them
@@ -285,18 +287,41 @@ class CommandService:
     # --- sending ------------------------------------------------------------------------
 
     def facts(self) -> dict[str, NodeFacts]:
-        """What addressing needs of each node that can still receive commands."""
+        """What addressing needs of each node that can still receive commands.
+
+        A node's facts are made again only when its record's labels, interfaces, attributes
+        or status changed (a join or an edit assigns new objects; nothing mutates them in
+        place): rebuilding a thousand of them for every command was 15 % of the controller's
+        CPU in a burst of broadcasts.
+        """
         out = {}
+        cache = self._facts
         for name, r in self.registry.nodes.items():
             if r.status == NodeStatus.REVOKED:
                 continue
-            out[name] = NodeFacts(
+            cached = cache.get(name)
+            if cached is not None:
+                (labels, interfaces, attributes, status), known = cached
+                if (
+                    labels is r.labels
+                    and interfaces is r.interfaces
+                    and attributes is r.attributes
+                    and status == r.status
+                ):
+                    out[name] = known
+                    continue
+            facts = NodeFacts(
                 labels=tuple(r.labels),
                 interfaces=tuple(r.interfaces),
                 sink=bool(r.attributes.get("sink")),
                 attributes={k: attribute_text(v) for k, v in r.attributes.items()},
                 left=r.status == NodeStatus.LEFT,
             )
+            cache[name] = ((r.labels, r.interfaces, r.attributes, r.status), facts)
+            out[name] = facts
+        if len(cache) > len(out):
+            for name in cache.keys() - out.keys():
+                del cache[name]
         return out
 
     async def accept_durably(
