@@ -322,7 +322,9 @@ class Node:
         host = HostStats.shared(Path(self.work_dir))
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            if self.nc.is_connected:
+            # Not before the first join: the controller would only answer "join again", and
+            # that second join would double a slow join's cost (issue #14).
+            if self.nc.is_connected and self.joins:
                 beat = wire.Heartbeat(
                     instance=self.instance, last_serial=self.last_serial, stats=host.current()
                 )
