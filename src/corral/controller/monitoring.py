@@ -149,7 +149,8 @@ class Monitor(Collector):
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"<Monitor lag={self.last_lag * 1000:.1f}ms max={self.max_lag * 1000:.1f}ms finished={sum(self.finished.values())}>"
+        lag, worst, done = self.last_lag * 1000, self.max_lag * 1000, sum(self.finished.values())
+        return f"<Monitor lag={lag:.1f}ms max={worst:.1f}ms finished={done}>"
 
     # --- lifecycle ----------------------------------------------------------------------
 
