@@ -34,7 +34,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 from rich.console import Console
 from rich.table import Table
@@ -264,6 +263,8 @@ class Bench:
 
     async def loop_lag(self) -> float:
         """The controller's worst event-loop lag so far, from its ``/metrics`` (loopback)."""
+        import httpx  # here: the worker processes (this script too) must not pay for it
+
         async with httpx.AsyncClient() as http:
             text = (await http.get(self.metrics_url, timeout=10.0)).text
         for line in text.splitlines():

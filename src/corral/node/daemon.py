@@ -160,6 +160,9 @@ class Node:
     async def start(self, wait_for_bus: float = float("inf")) -> None:
         """Connect and start joining; returns once connected (not necessarily joined).
 
+        At most :data:`STARTING_AT_ONCE` nodes of one event loop connect and set up at once;
+        the others wait their turn (``wait_for_bus`` counts from it).
+
         Raises:
             ConfigError: the credential is missing or belongs to another node.
             AuthError: the credential was refused.
