@@ -90,6 +90,9 @@ async def test_metrics_follow_nodes_heartbeats_tasks_and_the_store(
         after, "corral_store_commit_units_count"
     )
     assert value(after, "corral_event_loop_lag_seconds_count") > 0  # the node's join took time
+    # The worst lag since start is kept: never below the latest.
+    worst = value(after, "corral_event_loop_lag_max_seconds")
+    assert worst >= value(after, "corral_event_loop_lag_last_seconds") and worst >= 0
     assert value(after, "corral_bus_connected") == 1
     # A refused message is counted by its reason.
     refused = sum(v for (n, _), v in after.items() if n == "corral_refused_total")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import subprocess
 import sys
@@ -55,6 +56,11 @@ async def _controller(config: Config) -> None:
         err.print(f"nats-server listening on {broker.url} (log {broker.log_path})")
     try:
         controller = ControllerService(config)
+        # The imports' ~130,000 objects live as long as the process: out of the garbage
+        # collector's full passes, which walked them for 30-100 ms with every thread stopped,
+        # the event loop's included (issue #14). Per process, so tests that start many
+        # controllers in one still collect the earlier ones' garbage.
+        gc.freeze()
         await until_signalled(asyncio.create_task(controller.serve_forever()))
     finally:
         if broker is not None:

@@ -84,7 +84,8 @@ def show(status: dict[str, Any]) -> None:
         out.print(
             f"[bold]controller[/] {str(c.get('controller', '?'))[:8]}  {c.get('role', '?')}  "
             f"v{c.get('version', '?')}  up {_age(float(c.get('uptime', 0)))}  "
-            f"loop lag {float(c.get('loop_lag', 0)) * 1000:.1f} ms  {verdict}"
+            f"loop lag {float(c.get('loop_lag', 0)) * 1000:.1f} ms "
+            f"(max {float(c.get('loop_lag_max', 0)) * 1000:.1f} ms)  {verdict}"
         )
     bus = status.get("bus", {})
     out.print(f"[bold]bus[/]        {bus.get('url', '')}  {ready.get('bus', '?')}")

@@ -71,6 +71,7 @@ def health(monitor: Monitor) -> dict[str, Any]:
         "started": ctl.started,
         "uptime": max(0.0, ctl.clock() - ctl.started),
         "loop_lag": round(monitor.last_lag, 6),
+        "loop_lag_max": round(monitor.max_lag, 6),
     }
 
 

@@ -127,6 +127,9 @@ class Controller:
         self._waiting = ""
         self._wake = asyncio.Event()
         self._persist_all = False
+        #: the heartbeats' subscription, and since when its backlog defers DOWN (if it does)
+        self._beats: Any = None
+        self._backlog_since: float | None = None
         #: seconds between writes of every live node's last-seen time
         self.persist_interval = 5.0
         #: the command router (SEER): serials, outcomes, live delivery and the durable log
@@ -233,9 +236,11 @@ class Controller:
             subjects.ctl("agents"): (wire.AgentsRequest, self._on_agents),
         }
         for subject, (kind, handle) in handlers.items():
-            await self.nc.subscribe(
+            sub = await self.nc.subscribe(
                 subject, cb=self._handler(kind, handle), pending_msgs_limit=100_000
             )
+            if handle == self._on_heartbeat:
+                self._beats = sub
         # Commands, their reports and results may be as large as max_command_bytes.
         for subject, (kind, handle) in self.endpoints.subscriptions().items():
             handler = self._handler(kind, handle, limit=self.config.max_command_bytes)
@@ -357,7 +362,8 @@ class Controller:
         while True:
             await asyncio.sleep(period)
             now = self.clock()
-            self._record(self.registry.expire(now))
+            if not self._beats_waiting(now):
+                self._record(self.registry.expire(now))
             self.commands.tick()
             if self.groups is not None:
                 await self.groups.tick()
@@ -365,6 +371,20 @@ class Controller:
                 self._persist_all = True
                 last_persist = now
             self._wake.set()
+
+    def _beats_waiting(self, now: float) -> bool:
+        """Whether a backlog of heartbeats received but not yet read waits on the loop
+        (more than a tenth of a second's worth). Silences are judged once it is read, or
+        the controller's own lag would mark live nodes DOWN (issue #14); for ``down_after``
+        at most, so an overloaded controller still detects failures, only later."""
+        backlog = self._beats.pending_msgs if self._beats is not None else 0
+        if backlog <= max(10, len(self.registry) / 10 / self.config.heartbeat_interval):
+            self._backlog_since = None
+            return False
+        if self._backlog_since is None:
+            self._backlog_since = now
+            log.warning("%d heartbeats wait to be read: DOWN deferred", backlog)
+        return now - self._backlog_since < self.config.down_after
 
     async def _report_loop(self) -> None:
         while True:

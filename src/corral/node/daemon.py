@@ -20,6 +20,7 @@ import os
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,24 @@ if TYPE_CHECKING:
 __all__ = ["Node"]
 
 log = logging.getLogger("corral.node")
+
+#: Nodes of one process (one event loop) that connect and set up at once. A process hosting
+#: hundreds of nodes would otherwise run every one's TLS handshake and set-up in each turn of
+#: its loop, and its joined nodes' heartbeats waited behind them for seconds: they were
+#: declared DOWN while alive (issue #14). A few at once keep the loop's turns short.
+STARTING_AT_ONCE = 8
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _start_slot() -> asyncio.Semaphore:
+    """The running loop's semaphore of :data:`STARTING_AT_ONCE` starts."""
+    loop = asyncio.get_running_loop()
+    slot = _slots.get(loop)
+    if slot is None:
+        slot = _slots[loop] = asyncio.Semaphore(STARTING_AT_ONCE)
+    return slot
 
 
 class Node:
@@ -141,12 +160,19 @@ class Node:
     async def start(self, wait_for_bus: float = float("inf")) -> None:
         """Connect and start joining; returns once connected (not necessarily joined).
 
+        At most :data:`STARTING_AT_ONCE` nodes of one event loop connect and set up at once;
+        the others wait their turn (``wait_for_bus`` counts from it).
+
         Raises:
             ConfigError: the credential is missing or belongs to another node.
             AuthError: the credential was refused.
             BusUnavailable: the bus did not answer within ``wait_for_bus``.
         """
         self._check_credential()
+        async with _start_slot():
+            await self._start(wait_for_bus)
+
+    async def _start(self, wait_for_bus: float) -> None:
         self.nc = await bus.connect(
             self.config,
             f"node-{self.name}",
@@ -320,7 +346,9 @@ class Node:
         host = HostStats.shared(Path(self.work_dir))
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            if self.nc.is_connected:
+            # Not before the first join: the controller would only answer "join again", and
+            # that second join would double a slow join's cost (issue #14).
+            if self.nc.is_connected and self.joins:
                 beat = wire.Heartbeat(
                     instance=self.instance, last_serial=self.last_serial, stats=host.current()
                 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -52,10 +53,17 @@ STARTED_WITHIN = 0.05
 def task_modules(explicit: tuple[str, ...]) -> tuple[str, ...]:
     """The modules a node's workers load: those given (``--tasks``), then those installed
     packages name in the ``corral.tasks`` entry-point group, without repeats."""
+    return tuple(dict.fromkeys([*explicit, *_installed(tuple(sys.path))]))
+
+
+@functools.lru_cache(maxsize=4)
+def _installed(path: tuple[str, ...]) -> tuple[str, ...]:
+    """The modules the ``corral.tasks`` entry points on ``path`` name (``sys.path``, as a
+    cache key). Reading every installed package's metadata costs ~8 ms: a process hosting a
+    hundred nodes paid it a hundred times during its join (issue #14)."""
     from importlib.metadata import entry_points
 
-    found = [ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINTS)]
-    return tuple(dict.fromkeys([*explicit, *found]))
+    return tuple(ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINTS))
 
 
 def _signatures(data: Any) -> dict[str, wire.TaskSignature]:
