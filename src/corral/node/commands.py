@@ -182,8 +182,9 @@ class CommandRunner:
 
     def _read_journal(self) -> list[wire.NodeCommand]:
         """What was received but perhaps not applied before this process started."""
-        self.journal.mkdir(parents=True, exist_ok=True)
-        found = []
+        found: list[wire.NodeCommand] = []
+        if not self.journal.is_dir():  # made by the first journaled command, not at start
+            return found
         for path in self.journal.glob("*.cmd"):
             try:
                 found.append(msgspec.msgpack.decode(path.read_bytes(), type=wire.NodeCommand))
