@@ -93,7 +93,9 @@ async def connect(
         )
     ca = config.ca_path()
     options: dict[str, Any] = {
-        "servers": [config.bus_url],
+        # Several URLs (commas) are the servers of one NATS cluster: nats-py connects to one
+        # and moves to another when it fails (and learns the others from the servers).
+        "servers": [url.strip() for url in config.bus_url.split(",") if url.strip()],
         # Read once here: nats-py reads a creds path one byte per system call.
         "user_credentials": RawCredentials(creds_path.read_text()),
         "name": name or f"corral-{role}",

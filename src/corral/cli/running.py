@@ -66,7 +66,12 @@ async def _controller(config: Config) -> None:
 
 def controller(
     nats: Annotated[
-        str | None, typer.Option("--nats", help="External NATS URL (default: embedded server).")
+        str | None,
+        typer.Option(
+            "--nats",
+            help="External NATS URL, or a cluster's servers comma-separated (default: the "
+            "embedded server).",
+        ),
     ] = None,
     nats_host: Annotated[
         str | None, typer.Option(help="Embedded server address (0.0.0.0 for other machines).")
@@ -132,7 +137,10 @@ def node(
         list[str] | None,
         typer.Option(help="Python module with @task functions for the workers (repeatable)."),
     ] = None,
-    nats: Annotated[str | None, typer.Option("--nats", help="Bus URL.")] = None,
+    nats: Annotated[
+        str | None,
+        typer.Option("--nats", help="Bus URL, or a NATS cluster's servers comma-separated."),
+    ] = None,
     creds: Annotated[str | None, typer.Option(help="This node's credentials file.")] = None,
     ca: Annotated[str | None, typer.Option(help="CA file to verify the bus (TLS).")] = None,
     handlers: Annotated[
