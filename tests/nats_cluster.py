@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import nats
-import pytest
 
 from conftest import free_port, scaled
 from corral import bus, procs
@@ -21,7 +19,7 @@ from corral.broker import MAX_PAYLOAD, find_nats_server, wait_listening
 from corral.config import Config
 from corral.security import Authority
 
-__all__ = ["NatsCluster", "cluster", "cluster_config"]
+__all__ = ["NatsCluster", "cluster_config"]
 
 
 class NatsCluster:
@@ -80,7 +78,7 @@ class NatsCluster:
 
     async def wait_jetstream(self) -> None:
         """Wait until the cluster's JetStream answers an account query."""
-        nc = await bus.connect(cluster_config(self.config, self), "admin", wait=scaled(10))
+        nc = await bus.connect(cluster_config(self.config, self), "controller", wait=scaled(10))
         try:
             js = nc.jetstream(timeout=1.0)
             async with asyncio.timeout(scaled(30)):
@@ -112,14 +110,3 @@ def cluster_config(config: Config, cluster: NatsCluster) -> Config:
     return msgspec.structs.replace(
         config, nats_url=",".join(cluster.urls), jetstream_replicas=len(cluster.ports)
     )
-
-
-@pytest.fixture
-async def cluster(config: Config, tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    """A running three-server cluster, stopped at the end of the test."""
-    c = NatsCluster(config, tmp_path / "nats-cluster")
-    try:
-        await c.start_all()
-        yield c
-    finally:
-        c.stop_all()
