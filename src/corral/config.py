@@ -54,6 +54,12 @@ class Config(msgspec.Struct, kw_only=True):
     down_after: float = 3.0
     #: seconds between controller announcements
     announce_interval: float = 1.0
+    #: seconds the leading controller's lease lasts (renewed every third of it); a standby
+    #: takes over once it expired (docs/operations.md, "Several controllers")
+    lease: float = 5.0
+    #: the API's address other controllers send clients to when this one leads; empty means
+    #: the address it listens on
+    advertise_url: str = ""
     #: largest control message the controller accepts, in bytes
     max_message_bytes: int = 64 * 1024
     #: largest command (with its payload: PUT file, EXECUTE script) accepted, in bytes
@@ -266,6 +272,7 @@ def _check(config: Config, sources: dict[str, str]) -> None:
         ("api_burst", 0, True),
         ("idempotency_window", 0, True),
         ("left_expiry", 0, False),
+        ("lease", 0, True),
     ):
         value = getattr(config, name)
         if value < low or (strict and value == low):

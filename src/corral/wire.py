@@ -96,6 +96,7 @@ __all__ = [
     "AgentMessage",
     "AgentInfoRequest",
     "AgentInfo",
+    "EPOCH_HEADER",
     "HEADERS",
     "PROTO_HEADER",
     "PROTOCOL_VERSION",
@@ -117,6 +118,7 @@ __all__ = [
     "decode",
     "decode_reply",
     "encode",
+    "epoch_of",
     "error_reply",
     "raise_for_error",
 ]
@@ -126,6 +128,16 @@ PROTOCOL_VERSION = "1.0"
 PROTO_HEADER = "Corral-Proto"
 #: Headers to send with every message.
 HEADERS: dict[str, str] = {PROTO_HEADER: PROTOCOL_VERSION}
+#: The leading controller's fencing epoch, on every message it publishes (nodes ignore a
+#: message whose epoch is below the highest they have seen; absent: epoch 0)
+EPOCH_HEADER = "Corral-Epoch"
+
+
+def epoch_of(headers: dict[str, str] | None) -> int:
+    """The epoch a message's headers carry (:data:`EPOCH_HEADER`), 0 if none or malformed."""
+    raw = (headers or {}).get(EPOCH_HEADER, "")
+    return int(raw) if raw.isdigit() and len(raw) <= 18 else 0
+
 
 T = TypeVar("T")
 
@@ -194,6 +206,8 @@ class Announce(_Msg, frozen=True):
     started: float
     version: str = __version__
     heartbeat_interval: float = 1.0
+    #: the leader's fencing epoch (nodes ignore an announcement below the highest seen)
+    epoch: int = 0
 
 
 class JoinReply(_Msg, frozen=True):
@@ -207,12 +221,16 @@ class JoinReply(_Msg, frozen=True):
     #: for a node the registry did not know: broadcasts below this serial were resolved
     #: before it joined, and are not for it (0: no bound)
     first_serial: int = 0
+    #: the leader's fencing epoch (a reply below the highest the node has seen is ignored)
+    epoch: int = 0
 
 
 class Rejoin(_Msg, frozen=True):
     """The controller does not know this node instance (it restarted, or forgot): join again."""
 
     reason: str
+    #: the sending leader's fencing epoch
+    epoch: int = 0
 
 
 class ErrorReply(_Msg, frozen=True):

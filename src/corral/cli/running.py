@@ -21,7 +21,7 @@ from corral.cli.supervisor import Supervised
 from corral.cli.upview import watch_up
 from corral.config import Config
 from corral.core.text import check_join_text
-from corral.errors import CorralError, UsageError
+from corral.errors import CorralError, NotLeader, UsageError
 from corral.node import Node
 from corral.node.handlers import Handlers, load_handlers
 from corral.security import Authority, write_secret
@@ -57,8 +57,15 @@ async def _controller(config: Config) -> None:
         await broker.start()
         err.print(f"nats-server listening on {broker.url} (log {broker.log_path})")
     try:
-        controller = ControllerService(config)
-        await until_signalled(asyncio.create_task(controller.serve_forever()))
+        while True:
+            controller = ControllerService(config)
+            try:
+                await until_signalled(asyncio.create_task(controller.serve_forever()))
+                return
+            except NotLeader as exc:
+                # Deposed: everything of that leader is torn down; serve again as a standby
+                # (a fresh controller, nothing carried over but the bus server).
+                err.print(f"{exc}; serving again as a standby (leader: {exc.leader or '-'})")
     finally:
         if broker is not None:
             broker.stop()

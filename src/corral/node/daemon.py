@@ -38,6 +38,7 @@ from corral.errors import (
     UsageError,
 )
 from corral.node.commands import CommandRunner
+from corral.node.epochs import EpochFilter
 from corral.node.handlers import Handlers
 from corral.node.stats import HostStats
 from corral.node.streams import NodeStream, StreamHub
@@ -128,6 +129,8 @@ class Node:
         self.task_modules = tasks
         self.workers: WorkerPool | None = None
         self.joins = 0
+        #: the highest leader epoch seen: messages of a lower one are ignored (issue #13)
+        self.epochs = EpochFilter(self.name)
 
     def _applied(self, serial: int) -> None:
         self.last_serial = serial
@@ -173,6 +176,7 @@ class Node:
                 joined=self.joined,
                 joins=lambda: self.joins,
                 join_changed=self.join_changed,
+                epochs=self.epochs,
                 modules=modules,
                 slots=self.slots,
             )
@@ -289,6 +293,8 @@ class Node:
                 log.error("join refused: %s", exc, extra={"node": self.name})
                 self._fail(exc)
                 return
+            if not self.epochs.accept(reply.epoch, "join reply"):
+                continue  # a deposed leader answered: the leader's announcement comes
             self.controller = reply.controller
             if reply.now:
                 self.clock_offset = reply.now - time.time()
@@ -336,6 +342,8 @@ class Node:
         except CorralError as exc:
             log.warning("bad announcement ignored: %s", exc)
             return
+        if not self.epochs.accept(ann.epoch, "announcement"):
+            return
         if ann.controller != self.controller or not self.joined.is_set():
             self._need_join.set()
 
@@ -344,6 +352,8 @@ class Node:
             ctl = wire.decode(msg.data, wire.Rejoin, msg.headers)
         except CorralError as exc:
             log.warning("bad control message ignored: %s", exc)
+            return
+        if not self.epochs.accept(max(ctl.epoch, wire.epoch_of(msg.headers)), "rejoin"):
             return
         log.info("asked to join again: %s", ctl.reason, extra={"node": self.name})
         self.joined.clear()
@@ -380,6 +390,8 @@ class Node:
             update = wire.decode(msg.data, wire.ReportUpdate, msg.headers)
         except CorralError as exc:
             log.warning("bad report update ignored: %s", exc)
+            return
+        if not self.epochs.accept(wire.epoch_of(msg.headers), "report update"):
             return
         hooks = [self.on_reports] if self.on_reports is not None else []
         for hook in [*hooks, *self.handlers.report_hooks]:
