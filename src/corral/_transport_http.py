@@ -61,10 +61,11 @@ class HttpTransport:
         """The address calls go to now (the one that answered last)."""
         return self.addresses[self._current]
 
-    def _move(self, leader: str = "") -> None:
-        """Go to ``leader`` if it is one of the addresses, else to the next address."""
+    def _move(self, leader: str = "", tried: set[str] | None = None) -> None:
+        """Go to ``leader`` if it is one of the addresses not ``tried`` yet in this call (a
+        standby may still name a leader that just died), else to the next address."""
         leader = leader.rstrip("/")
-        if leader in self.addresses:
+        if leader in self.addresses and leader not in (tried or ()):
             self._current = self.addresses.index(leader)
         else:
             self._current = (self._current + 1) % len(self.addresses)
@@ -106,7 +107,7 @@ class HttpTransport:
             if not isinstance(error, NotLeader):
                 raise error
             last = error  # a standby refused it: it did not run
-            self._move(error.leader)
+            self._move(error.leader, tried)
         assert last is not None
         if isinstance(last, NotLeader) or len(self.addresses) == 1:
             raise last
