@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,8 +146,7 @@ class Traffic:
             try:
                 task_id = await self.client.queue_task("noop", {"x": 1})
             except CorralError as exc:
-                self.failed.append((time.monotonic(), str(exc)))
-                console.print(f"[yellow]failed: {exc}[/]", highlight=False)
+                self.failed.append((time.monotonic(), type(exc).__name__))
                 continue
             self.answered.append((time.monotonic(), self.client.address, task_id))
             self.new.set()
@@ -223,6 +223,10 @@ async def main(args: argparse.Namespace, root: Path) -> None:
         ("kill -> first write accepted, max", f"{max(takeovers):.2f} s", "-", "-"),
         ("mean", f"{statistics.mean(takeovers):.2f} s", "-", "-"),
         ("calls that failed meanwhile", str(sum(failed_during)), "0", _ok(not any(failed_during))),
+        *(
+            (f"  of which {kind}", str(count), "-", "-")
+            for kind, count in sorted(Counter(kind for _, kind in traffic.failed).items())
+        ),
         (
             "answered submissions lost",
             f"{lost} of {len(traffic.answered)}",
