@@ -10,9 +10,10 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from conftest import child_env, corral_argv, free_port, scaled
+from conftest import PG_DSN_ENV, child_env, corral_argv, free_port, scaled
 from corral.client import Client
 from corral.config import Config
 
@@ -131,3 +132,68 @@ async def test_more_controllers_need_a_shared_store(config: Config) -> None:
     _, stderr = await asyncio.wait_for(proc.communicate(), scaled(30))
     assert proc.returncode == 2
     assert "--store postgresql://" in stderr.decode()
+
+
+def api_port_owner(pid: int, port: int) -> int:
+    """The controller child of ``pid`` started with ``CORRAL_API_PORT=port``."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        if b"controller" in argv and f"CORRAL_API_PORT={port}".encode() in environ:
+            return int(child)
+    raise LookupError(f"no child of {pid} serves port {port}")
+
+
+async def roles(urls: list[str]) -> list[str]:
+    """Each controller's role from /healthz ("" when it does not answer)."""
+    found = []
+    async with httpx.AsyncClient(timeout=1.0) as http:
+        for url in urls:
+            try:
+                found.append(str((await http.get(f"{url}/healthz")).json().get("role", "")))
+            except (httpx.HTTPError, ValueError):
+                found.append("")
+    return found
+
+
+async def until_roles(urls: list[str], want: list[str], timeout: float) -> None:
+    """Wait until the controllers' roles, in some order, are ``want``."""
+    async with asyncio.timeout(timeout):
+        while sorted(await roles(urls)) != sorted(want):
+            await asyncio.sleep(0.1)  # other processes: ask their /healthz again
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not os.environ.get(PG_DSN_ENV), reason=f"{PG_DSN_ENV} not set")
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+async def test_two_controllers_a_leader_and_a_standby_that_takes_over(
+    config: Config, store_url: str
+) -> None:
+    port = free_port()
+    urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+    env = {**child_env(config), "CORRAL_API_PORT": str(port), "CORRAL_LEASE": "2"}
+    argv = corral_argv(config, "up", "--nodes", "1", "--controllers", "2", "--store", store_url)
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    lines = Lines(proc)
+    try:
+        await lines.wait_for(f"controllers {urls[0]}, {urls[1]}", scaled(40))
+        await until_roles(urls, ["leader", "standby"], scaled(30))
+        leader = (await roles(urls)).index("leader")
+        name = "controller" if leader == 0 else "controller-2"
+        os.kill(api_port_owner(proc.pid, port + leader), signal.SIGKILL)
+        await lines.wait_for(f"{name} exited (status -9); starting it again", scaled(10))
+        await until_roles(urls, ["leader", "standby"], scaled(30))
+        assert (await roles(urls))[leader] == "standby"  # the restarted one stands by
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), scaled(30)) == 0, str(lines)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        lines.reader.cancel()

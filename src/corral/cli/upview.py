@@ -38,7 +38,11 @@ def _header_lines(config: Config, url: str, children: Children, apis: list[str])
         f"data dir   {config.data_path}",
         f"logs       {config.data_path / 'logs'}",
         f"HTTP API   {apis[0]}/docs  (token in {admin_token_path(config)})",
-        *(f"standby    {api}  (takes over when the leader fails)" for api in apis[1:]),
+        *(
+            [f"controllers {', '.join(apis)}  (one leads; `--api {','.join(apis)}` follows it)"]
+            if len(apis) > 1
+            else []
+        ),
         f"dashboard  {apis[0]}/ui  (sign in with that token, or `corral user add`)",
         f"processes  {len(children)} children, "
         f"{sum(1 for p in children.values() if p.poll() is None)} running",
@@ -115,7 +119,7 @@ async def _live_lines(
     for line in _header_lines(config, url, children, apis):
         err.print(line, highlight=False, soft_wrap=True)
     shown: dict[str, str] = {}
-    exited: set[str] = set()
+    exited: set[int] = set()  # pids: a restarted controller is a new process
     trouble = ""
     while True:
         for view in views:
@@ -124,8 +128,8 @@ async def _live_lines(
                 stamp = time.strftime("%H:%M:%S")
                 err.print(f"{stamp} {view.name} {view.status}", highlight=False, soft_wrap=True)
         for name, proc in children.items():
-            if name not in exited and proc.poll() is not None:
-                exited.add(name)
+            if proc.pid not in exited and proc.poll() is not None:
+                exited.add(proc.pid)
                 err.print(f"[red]{name} exited ({proc.returncode}): see {name}.log[/]")
         await asyncio.sleep(0.5)
         try:
