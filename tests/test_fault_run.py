@@ -125,7 +125,7 @@ async def test_fault_run(
         await controllers.leader(scaled(30))
         async with (
             AsyncController(controllers.urls, token, timeout=scaled(20)) as api,
-            await Client.connect(config, timeout=scaled(10)) as bus,
+            await Client.connect(config, timeout=scaled(5)) as bus,
         ):
             async with asyncio.timeout(scaled(30)):  # both nodes joined, offering "add"
                 while not any(v.key == "add" and len(v.nodes) == 2 for v in await api.list_tasks()):
@@ -214,9 +214,13 @@ async def check(history: list[Event], api: AsyncController, bus: Client, nodes: 
     serials = [e.value[0] for e in sent]
     assert serials == sorted(set(serials)), serials
     # Each node applies each command addressed to it once, in order (waiting for catch-up).
+    # A send that raised may or may not have been accepted: its command may run, once.
+    maybe = {e.arg for e in history if e.op == "send" and not e.ok}
     for name in NODES:
         owed = [e.arg for e in sent if name in e.value[1]]
         async with asyncio.timeout(scaled(60)):
-            while len(nodes.applied(name)) < len(owed):
+            while not set(owed) <= set(nodes.applied(name)):
                 await asyncio.sleep(0.1)  # another process writes the record
-        assert nodes.applied(name) == owed, (name, owed)
+        applied = nodes.applied(name)
+        assert applied == sorted(set(applied)), (name, applied)  # once each, in order
+        assert set(applied) - set(owed) <= maybe, (name, applied, owed)

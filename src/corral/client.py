@@ -48,7 +48,11 @@ from corral.tokens import load_token, read_token
 if TYPE_CHECKING:
     from corral._transport_http import HttpTransport
 
-__all__ = ["ClassOrInstance", "Client", "split_addresses"]
+__all__ = ["ATTEMPT", "ClassOrInstance", "Client", "split_addresses"]
+
+#: seconds one attempt of a submission may take when the client has several controllers'
+#: addresses, before it is sent again (with its key) to the next
+ATTEMPT = 5.0
 
 _BUS = ("nats", "tls")
 _HTTP = ("http", "https")
@@ -193,6 +197,15 @@ class Client(ApiFunctions, Commands, BusMethods):
         return self.transport.address
 
     @property
+    def addresses(self) -> list[str]:
+        """Every address given (several: the controllers of one fleet, or one NATS cluster's
+        servers)."""
+        transport = self.transport
+        if isinstance(transport, BusTransport):
+            return split_addresses(transport.address)
+        return list(transport.addresses)
+
+    @property
     def url(self) -> str:
         """The address (the HTTP client's old name for it)."""
         return self.transport.address
@@ -300,7 +313,9 @@ class Client(ApiFunctions, Commands, BusMethods):
         While the controller cannot be reached or the connection drops, a submission or a
         read is sent again (with the same key, with backoff, within the client's timeout);
         the controller answers a repeated key with its first answer. Nothing else is sent
-        twice.
+        twice. With several addresses, an attempt of a submission that is not answered
+        within :data:`ATTEMPT` seconds is sent again, to the next (a paused leader holds it
+        otherwise for the whole timeout).
 
         Args:
             function: The API function's name.
@@ -327,6 +342,10 @@ class Client(ApiFunctions, Commands, BusMethods):
             return await self.transport.call(function, kwargs, reply, timeout, None)
         deadline = time.monotonic() + self.timeout
         delay = 0.05
+        if key is not None and call_timeout is None and len(self.addresses) > 1:
+            # A controller that does not answer a submission soon may be paused or cut off
+            # while another takes over: send it again (same key) elsewhere.
+            timeout = min(timeout, ATTEMPT)
         while True:
             try:
                 return await self.transport.call(function, kwargs, reply, timeout, key)
