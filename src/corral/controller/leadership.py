@@ -175,6 +175,14 @@ class Leadership:
         self.leader = exc.leader or self.leader
         self.deposed(str(exc))
 
+    async def look(self) -> None:
+        """Read who leads now (before serving, so that a standby names the leader at once).
+
+        Raises:
+            StoreError: the store could not be read.
+        """
+        self._saw(await self.store.lease.read())
+
     def _saw(self, view: LeaseView) -> None:
         self.leader_id, self.leader, self.seen_epoch = view.holder, view.address, view.epoch
 

@@ -237,6 +237,7 @@ class Controller:
         self.leadership = Leadership(
             self.config, store, self.id, self.started, self._lead, self._deposed
         )
+        await self.leadership.look()
         if self.config.api_port >= 0 and self._http is not None:
             self.api = self._http(self.parts())
             await self.api.start()
