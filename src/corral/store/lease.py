@@ -99,6 +99,12 @@ def fence_check(conn: Connection, holder: str, epoch: int) -> None:
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(read=True)
     row = conn.execute(query).first()
+    if epoch < 0:
+        raise NotLeader(
+            "this controller does not lead (a standby, or deposed): it writes nothing; "
+            "send writes to the leader",
+            leader="" if row is None else row.address,
+        )
     if row is None or row.holder != holder or row.epoch != epoch:
         leader = "" if row is None else row.address
         now = "nobody" if row is None or not row.holder else f"epoch {row.epoch}"
