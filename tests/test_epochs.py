@@ -9,6 +9,8 @@ import pytest
 
 from conftest import scaled
 from corral import bus, subjects, wire
+from corral.app import ControllerService
+from corral.broker import EmbeddedBroker
 from corral.config import Config
 from corral.controller import Controller
 from corral.node import Node
@@ -64,5 +66,32 @@ async def test_a_node_ignores_a_lower_epoch_and_obeys_the_leaders(
             while node.joins == joins:
                 await asyncio.sleep(0.01)
         assert node.epochs.highest == epoch and node.epochs.ignored == 1
+    finally:
+        await node.stop()
+
+
+async def test_after_a_restore_the_leader_steps_up_above_the_epoch_nodes_have_seen(
+    broker: EmbeddedBroker, config: Config
+) -> None:
+    """A store restored from a backup holds an older epoch than the nodes have seen: they
+    ignore its leader, which gives the lease up at their epoch; the next leads above it."""
+    first = ControllerService(config)
+    await first.start()
+    creds = config.data_path / "r1.creds"
+    creds.write_text(Authority.load(config.data_path).enroll("r1"))
+    node = Node(config, "r1", creds=creds)
+    node.epochs.highest = 7  # what it saw before the store was restored
+    await node.start()
+    try:
+        await asyncio.wait_for(first.deposed.wait(), scaled(10))
+        await first.stop()
+        second = ControllerService(config)
+        await second.start()
+        try:
+            assert second.leadership is not None and second.leadership.epoch == 8
+            await asyncio.wait_for(node.wait_joined(second.id), scaled(10))
+            assert node.epochs.highest == 8
+        finally:
+            await second.stop()
     finally:
         await node.stop()
