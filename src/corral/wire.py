@@ -161,6 +161,8 @@ class Join(_Msg, frozen=True):
     version: str = __version__
     slots: int = 1
     last_serial: int = 0
+    #: the highest leader epoch the node has seen (a leader below it steps up above it)
+    epoch: int = 0
 
 
 class NodeStats(msgspec.Struct, frozen=True, array_like=True):
@@ -187,6 +189,8 @@ class Heartbeat(_Msg, frozen=True):
     busy: int = 0
     #: its host's CPU, memory, disk and load (an older node sends none)
     stats: NodeStats | None = None
+    #: the highest leader epoch the node has seen (a leader below it steps up above it)
+    epoch: int = 0
 
 
 class Leave(_Msg, frozen=True):

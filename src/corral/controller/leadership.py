@@ -34,7 +34,10 @@ from corral.errors import CorralError, NotLeader
 from corral.store import Store
 from corral.store.lease import ControllerRow, LeaseView
 
-__all__ = ["Leadership"]
+__all__ = ["MAX_EPOCH", "Leadership"]
+
+#: the highest epoch a node's claim is taken at (far above any real count of takeovers)
+MAX_EPOCH = 2**48
 
 log = logging.getLogger("corral.controller")
 
@@ -82,6 +85,8 @@ class Leadership:
         self.known: list[dict[str, Any]] = []
         self._renewed = 0.0  # monotonic time a renewal that succeeded began
         self._task: asyncio.Task[None] | None = None
+        self._abdicating: asyncio.Task[None] | None = None
+        self._claims: dict[str, int] = {}  # node -> an epoch above ours it has seen
 
     def __repr__(self) -> str:
         return f"<Leadership {self.id[:8]} {self.role} epoch={self.epoch}>"
@@ -171,9 +176,51 @@ class Leadership:
             log.error("deposed: %s", why, extra={"id": self.id[:8], "epoch": self.epoch})
             self._on_deposed(why)
 
+    def behind(self, node: str, seen: int, quorum: int) -> None:
+        """Node ``node`` has seen epoch ``seen``, above this leader's: the store was restored
+        from a backup (epochs only grow otherwise), and nodes ignore this leader.
+
+        A node speaks only for itself: once ``quorum`` nodes (a majority of those up) claim
+        an epoch above this one, the leader gives the lease up at the highest epoch that many
+        claim (one node cannot push epochs up alone) and steps down; the next leader (this
+        process again, as a fresh standby, or another) leads above it.
+        """
+        if not self.leading or seen <= self.epoch or self._abdicating is not None:
+            return
+        self._claims[node] = min(seen, MAX_EPOCH)
+        claims = sorted(self._claims.values(), reverse=True)
+        if len(claims) < max(1, quorum):
+            return
+        seen = claims[max(1, quorum) - 1]
+        log.warning(
+            "%d node(s) have seen epoch %d but this controller leads at %d: the store was "
+            "restored or replaced; stepping down so that the next leader leads above it",
+            len(claims),
+            seen,
+            self.epoch,
+        )
+        self._abdicating = asyncio.create_task(self._abdicate(seen), name="abdicate")
+
+    async def _abdicate(self, seen: int) -> None:
+        try:
+            await self.store.lease.abdicate(self.id, self.epoch, seen)
+        except CorralError as exc:
+            log.warning("could not give the lease up (retried at the next report): %s", exc)
+            self._abdicating = None
+            return
+        self.deposed(f"a node has seen epoch {seen}, above this leader's {self.epoch}")
+
     def _fenced(self, exc: NotLeader) -> None:
         self.leader = exc.leader or self.leader
         self.deposed(str(exc))
+
+    async def look(self) -> None:
+        """Read who leads now (before serving, so that a standby names the leader at once).
+
+        Raises:
+            StoreError: the store could not be read.
+        """
+        self._saw(await self.store.lease.read())
 
     def _saw(self, view: LeaseView) -> None:
         self.leader_id, self.leader, self.seen_epoch = view.holder, view.address, view.epoch

@@ -237,6 +237,7 @@ class Controller:
         self.leadership = Leadership(
             self.config, store, self.id, self.started, self._lead, self._deposed
         )
+        await self.leadership.look()
         if self.config.api_port >= 0 and self._http is not None:
             self.api = self._http(self.parts())
             await self.api.start()
@@ -654,6 +655,8 @@ class Controller:
             join.labels, join.interfaces, join.attributes, join.host, join.version, join.instance
         )
         self.commands.applied(name, join.last_serial)  # before first_serial is computed
+        if join.epoch > self.commands.epoch:
+            self._behind(name, join.epoch)
         known = name in self.registry.nodes
         outcome = self.registry.join(name, join, self.clock())
         if isinstance(outcome, Refusal):
@@ -678,9 +681,18 @@ class Controller:
             )
             self._after_commit(msg.reply, reply, node=name)
 
+    def _behind(self, node: str, seen: int) -> None:
+        """``node`` has seen a higher leader epoch (a restored store): see
+        :meth:`Leadership.behind`, with a majority of the nodes up as the quorum."""
+        if self.leadership is not None:
+            up = sum(r.status == NodeStatus.UP for r in self.registry.nodes.values())
+            self.leadership.behind(node, seen, up // 2 + 1)
+
     async def _on_heartbeat(self, msg: Any, name: str, hb: wire.Heartbeat) -> None:
         self.counters["heartbeat"] += 1
         self.commands.applied(name, hb.last_serial)
+        if hb.epoch > self.commands.epoch:
+            self._behind(name, hb.epoch)
         stats = msgspec.structs.asdict(hb.stats) if hb.stats is not None else None
         outcome = self.registry.heartbeat(name, hb.instance, hb.last_serial, self.clock(), stats)
         if outcome is None:

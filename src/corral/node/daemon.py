@@ -262,6 +262,7 @@ class Node:
             version=__version__,
             slots=self.slots,
             last_serial=self.last_serial,
+            epoch=self.epochs.highest,
         )
 
     async def _join_loop(self) -> None:
@@ -330,7 +331,10 @@ class Node:
             await asyncio.sleep(self.heartbeat_interval)
             if self.nc.is_connected:
                 beat = wire.Heartbeat(
-                    instance=self.instance, last_serial=self.last_serial, stats=host.current()
+                    instance=self.instance,
+                    last_serial=self.last_serial,
+                    stats=host.current(),
+                    epoch=self.epochs.highest,
                 )
                 await self.nc.publish(subject, wire.encode(beat), headers=wire.HEADERS)
 

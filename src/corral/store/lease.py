@@ -99,6 +99,12 @@ def fence_check(conn: Connection, holder: str, epoch: int) -> None:
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(read=True)
     row = conn.execute(query).first()
+    if epoch < 0:
+        raise NotLeader(
+            "this controller does not lead (a standby, or deposed): it writes nothing; "
+            "send writes to the leader",
+            leader="" if row is None else row.address,
+        )
     if row is None or row.holder != holder or row.epoch != epoch:
         leader = "" if row is None else row.address
         now = "nobody" if row is None or not row.holder else f"epoch {row.epoch}"
@@ -231,6 +237,29 @@ class LeaseTable:
             )
 
         await self._run("release the lease", work)
+
+    async def abdicate(self, holder: str, epoch: int, floor: int) -> bool:
+        """Give the lease up at epoch ``floor`` (above ``epoch``): the next controller to take
+        it leads at ``floor`` + 1. For a store restored from a backup, whose epoch is below
+        what the nodes have seen: they would ignore its leader.
+
+        Returns:
+            Whether ``holder`` still held it at ``epoch`` (and gave it up).
+
+        Raises:
+            StoreError: the database failed (nothing changed).
+        """
+        c = controller_lease.c
+
+        def work(conn: Connection) -> bool:
+            result = conn.execute(
+                update(controller_lease)
+                .where(c.id == 1, c.holder == holder, c.epoch == epoch, c.epoch < floor)
+                .values(holder="", epoch=floor, expires=0.0, address="")
+            )
+            return bool(result.rowcount == 1)
+
+        return await self._run("give the lease up", work)  # type: ignore[no-any-return]
 
     async def beat(self, row: ControllerRow) -> None:
         """Record that controller ``row.id`` is alive now (its ``last_seen`` is the
