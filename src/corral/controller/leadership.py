@@ -138,8 +138,22 @@ class Leadership:
         self.store.set_fence(self.id, view.epoch, self._fenced)
         self.role = "leader"
         log.info("leading", extra={"id": self.id[:8], "epoch": view.epoch})
-        await self._on_lead(view.epoch)
-        await self._beat()
+        try:
+            await self._on_lead(view.epoch)
+        except BaseException as exc:
+            # Half-started services are not unwound in place: let the lease go and end
+            # this leader (a takeover's failure ends serve_forever; a start's is raised).
+            await self.release()
+            self.role = "deposed"
+            self.store.set_fence(self.id, -1, None)
+            if self._task is not None:
+                log.exception("could not start leading", extra={"id": self.id[:8]})
+                self._on_deposed(f"could not start leading: {exc!r}")
+            raise
+        try:
+            await self._beat()
+        except CorralError as exc:  # only `corral status` misses it until the next beat
+            log.warning("could not record this controller: %s", exc)
         return True
 
     def start(self) -> None:
