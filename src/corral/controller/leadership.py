@@ -282,7 +282,7 @@ class Leadership:
             id=self.id,
             address=self.address,
             role=self.role,
-            epoch=self.epoch,
+            epoch=self.epoch if self.leading else self.seen_epoch,
             host=socket.gethostname(),
             pid=os.getpid(),
             started=self.started,
