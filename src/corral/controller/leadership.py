@@ -247,14 +247,17 @@ class Leadership:
             await asyncio.sleep(period)
             try:
                 if self.leading:
-                    await self._renew()
+                    # A store that does not answer (a black-holed connection) counts as a
+                    # failed renewal: past a whole lease, this leader steps down.
+                    await asyncio.wait_for(self._renew(), max(0.1, self.config.lease / 2))
                 else:
                     await self.try_lead()
                 if time.monotonic() - last_beat >= beat_every:
                     last_beat = time.monotonic()
                     await self._beat()
-            except CorralError as exc:
-                log.warning("lease: %s", exc, extra={"id": self.id[:8], "role": self.role})
+            except (CorralError, TimeoutError) as exc:
+                why = str(exc) or "the store did not answer in time"
+                log.warning("lease: %s", why, extra={"id": self.id[:8], "role": self.role})
                 self._check_expired()
             except Exception:  # a bug must not end the loop silently
                 log.exception("lease loop failed")
