@@ -138,8 +138,22 @@ class Leadership:
         self.store.set_fence(self.id, view.epoch, self._fenced)
         self.role = "leader"
         log.info("leading", extra={"id": self.id[:8], "epoch": view.epoch})
-        await self._on_lead(view.epoch)
-        await self._beat()
+        try:
+            await self._on_lead(view.epoch)
+        except BaseException as exc:
+            # Half-started services are not unwound in place: let the lease go and end
+            # this leader (a takeover's failure ends serve_forever; a start's is raised).
+            await self.release()
+            self.role = "deposed"
+            self.store.set_fence(self.id, -1, None)
+            if self._task is not None:
+                log.exception("could not start leading", extra={"id": self.id[:8]})
+                self._on_deposed(f"could not start leading: {exc!r}")
+            raise
+        try:
+            await self._beat()
+        except CorralError as exc:  # only `corral status` misses it until the next beat
+            log.warning("could not record this controller: %s", exc)
         return True
 
     def start(self) -> None:
@@ -233,14 +247,17 @@ class Leadership:
             await asyncio.sleep(period)
             try:
                 if self.leading:
-                    await self._renew()
+                    # A store that does not answer (a black-holed connection) counts as a
+                    # failed renewal: past a whole lease, this leader steps down.
+                    await asyncio.wait_for(self._renew(), max(0.1, self.config.lease / 2))
                 else:
                     await self.try_lead()
                 if time.monotonic() - last_beat >= beat_every:
                     last_beat = time.monotonic()
                     await self._beat()
-            except CorralError as exc:
-                log.warning("lease: %s", exc, extra={"id": self.id[:8], "role": self.role})
+            except (CorralError, TimeoutError) as exc:
+                why = str(exc) or "the store did not answer in time"
+                log.warning("lease: %s", why, extra={"id": self.id[:8], "role": self.role})
                 self._check_expired()
             except Exception:  # a bug must not end the loop silently
                 log.exception("lease loop failed")
@@ -268,7 +285,7 @@ class Leadership:
             id=self.id,
             address=self.address,
             role=self.role,
-            epoch=self.epoch,
+            epoch=self.epoch if self.leading else self.seen_epoch,
             host=socket.gethostname(),
             pid=os.getpid(),
             started=self.started,

@@ -372,6 +372,9 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            if deposed:  # its loops may have failed on the cut bus: nothing to report
+                await asyncio.gather(task, return_exceptions=True)
+                continue
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.endpoints is not None:  # keyed sends not yet answered end here

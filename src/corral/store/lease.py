@@ -9,8 +9,9 @@ one. The leader calls :meth:`LeaseTable.renew`, which succeeds only while it sti
 row. Every transaction of the store's one writer first checks the row (:func:`fence_check`,
 installed with :meth:`~corral.store.SqlStore.set_fence`): a write of a deposed leader is
 refused, in the very transaction that would have written it. On PostgreSQL the check takes
-a ``FOR SHARE`` lock on the row, so a takeover (``FOR UPDATE``) waits for a commit in flight
-and a commit after the takeover sees the new epoch: no write of an old epoch lands after a new
+a ``FOR KEY SHARE`` lock on the row, so a takeover (``FOR UPDATE``) waits for a commit in
+flight, a commit after the takeover sees the new epoch, and a renewal (which changes only the
+expiry) never waits for a commit: no write of an old epoch lands after a new
 one began. A leader paused mid-transaction would hold that lock: the writer's connection has
 an ``idle_in_transaction_session_timeout`` that ends such a session well within a lease.
 
@@ -97,7 +98,9 @@ def fence_check(conn: Connection, holder: str, epoch: int) -> None:
     query = select(controller_lease.c.holder, controller_lease.c.epoch, controller_lease.c.address)
     query = query.where(controller_lease.c.id == 1)
     if conn.dialect.name == "postgresql":
-        query = query.with_for_update(read=True)
+        # KEY SHARE: a takeover (FOR UPDATE) waits for this commit, a renewal (an UPDATE of
+        # the expiry alone) does not.
+        query = query.with_for_update(read=True, key_share=True)
     row = conn.execute(query).first()
     if epoch < 0:
         raise NotLeader(
