@@ -13,7 +13,8 @@ the model:
 After a takeover the run waits until the new leader knows the nodes' tasks (it refuses
 submissions with UnknownTask until then: a finding of this run, see docs/performance.md), and a
 paused leader stays paused until another leads. Two seeds run by default (about 15-20 s
-each); ``CORRAL_FAULT_RUNS=N`` runs seeds 1..N, ``CORRAL_FAULT_SEED=S`` only seed S. Skipped without ``CORRAL_TEST_POSTGRES_DSN``.
+each); ``CORRAL_FAULT_RUNS=N`` runs seeds 1..N, ``CORRAL_FAULT_SEED=S`` only seed S. Skipped
+without ``CORRAL_TEST_POSTGRES_DSN``.
 """
 
 from __future__ import annotations
