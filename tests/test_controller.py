@@ -6,6 +6,7 @@ The kill -9 scenarios with real processes are in test_processes.py.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
@@ -254,11 +255,21 @@ async def test_registry_survives_the_controller_on_its_store(
         await store.close()
 
 
-async def test_a_second_controller_on_the_same_bus_refuses_to_start(
+async def test_a_second_controller_is_refused_on_sqlite_and_a_standby_on_postgresql(
     controller: Controller, config: Config
 ) -> None:
+    """SQLite: the OS lock beside the file refuses a second controller (several controllers
+    need PostgreSQL; tests/test_leadership.py)."""
     second = ControllerService(config)
-    with pytest.raises(Refused, match=f"another controller \\({controller.id[:8]}"):
+    if controller.store is not None and controller.store.backend == "postgresql":
+        await second.start()  # PostgreSQL: a standby (the lease, not a lock, decides)
+        try:
+            assert second.leadership is not None and not second.leadership.leading
+            assert second.leadership.leader_id == controller.id
+        finally:
+            await second.stop()
+        return
+    with pytest.raises(Refused, match=f"another controller \\(pid {os.getpid()}\\)"):
         await second.start()
 
 

@@ -1,6 +1,7 @@
 """The client's HTTP transport (httpx) against small real servers: keep-alive, a closed idle
 connection, chunked and close-delimited replies, an unreachable server, a dropped call that
-changes state (never sent twice) next to a read (sent again)."""
+changes state (never sent twice) next to a read (sent again); several addresses: the leader
+followed, a refusing address skipped, a leader not given never called."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from conftest import free_port
 from corral import AsyncController
-from corral.errors import Disconnected, RemoteError
+from corral.errors import Disconnected, NotLeader, RemoteError
 
 Reply = Callable[[int], bytes]
 TOKEN = "crl_0123456789ab_" + "s" * 43  # well-formed; these servers never check it
@@ -109,3 +110,56 @@ async def test_a_call_that_changes_state_is_never_sent_twice(server) -> None:  #
         with pytest.raises(Disconnected):
             await c.call("list_queue")
         assert sum(seen) > 2  # a read is sent again (until the client's timeout)
+
+
+def not_leader(leader: str) -> bytes:
+    body = b'{"code": -2, "error": "a standby", "kind": "NotLeader", "leader": "%s"}' % (
+        leader.encode()
+    )
+    return ok(body).replace(b"200 OK", b"503 Service Unavailable")
+
+
+async def test_several_addresses_skip_one_that_refuses_connections(server) -> None:  # type: ignore[no-untyped-def]
+    url, seen = await server(lambda n: ok(b"[%d]" % n), False)
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with AsyncController(f"{dead},{url}", TOKEN) as c:
+        # Refused: nothing was sent, so even a call that changes state goes on to the next.
+        assert await c.call("node_edit", values={"id": "n1"}) == [1]
+        assert c.address == url  # and the next calls go straight there
+        assert await c.call("node_edit", values={"id": "n1"}) == [2]
+    assert seen == [2]
+    async with AsyncController([dead, f"http://127.0.0.1:{free_port()}"], TOKEN) as c:
+        with pytest.raises(Disconnected, match="none of .* answers"):
+            await c.call("node_edit", values={"id": "n1"})
+
+
+async def test_a_standby_sends_every_call_on_to_the_leader(server) -> None:  # type: ignore[no-untyped-def]
+    leader, at_leader = await server(lambda n: ok(b"[%d]" % n), False)
+    standby, at_standby = await server(lambda n: not_leader(leader), False)
+    async with AsyncController([standby, leader], TOKEN) as c:
+        assert await c.call("node_edit", values={"id": "n1"}) == [1]
+        assert c.address == leader
+        assert await c.call("list_queue") == [2]
+    assert (sum(at_standby), sum(at_leader)) == (1, 2)
+
+
+async def test_a_leader_not_given_is_never_called(server) -> None:  # type: ignore[no-untyped-def]
+    # The token goes only to the addresses given, whatever a server names as its leader.
+    elsewhere, at_elsewhere = await server(lambda n: ok(b"[0]"), False)
+    standby, at_standby = await server(lambda n: not_leader(elsewhere), False)
+    async with AsyncController(standby, TOKEN, timeout=1.0) as c:
+        with pytest.raises(NotLeader) as raised:
+            await c.call("node_edit", values={"id": "n1"})
+        assert raised.value.leader == elsewhere
+    assert sum(at_standby) == 1 and sum(at_elsewhere) == 0
+
+
+async def test_a_dropped_call_that_changes_state_is_not_sent_to_the_next(server) -> None:  # type: ignore[no-untyped-def]
+    dropping, at_dropping = await server(lambda n: b"", True)
+    other, at_other = await server(lambda n: ok(b"[%d]" % n), False)
+    async with AsyncController([dropping, other], TOKEN, timeout=2.0) as c:
+        with pytest.raises(Disconnected):
+            await c.call("node_edit", values={"id": "n1"})
+        assert (sum(at_dropping), sum(at_other)) == (1, 0)  # it may have run: not sent again
+        assert c.address == other  # the next call goes elsewhere
+        assert await c.call("list_queue") == [1]

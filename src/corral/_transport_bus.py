@@ -129,7 +129,8 @@ class BusTransport:
         except nats.errors.NoRespondersError:
             raise Disconnected(
                 f"no controller answers {function} on the bus at {self.address}: start one "
-                "with `corral controller` (or `corral up`)"
+                "with `corral controller` (or `corral up`); with several controllers, none "
+                "leads right now (a standby takes over within the lease, see `corral status`)"
             ) from None
         except nats.errors.TimeoutError:
             raise Disconnected(

@@ -28,14 +28,15 @@ def _api_url(url: str | None, config: Config | None) -> tuple[str, Config | None
     if url:
         return url, config
     config = config or load_config()[0]
-    return config.api_url, config
+    return config.api_urls or config.api_url, config
 
 
 class AsyncController(Client):
     """:class:`corral.Client` over the HTTP API (Pydra's client, asynchronously).
 
     Args:
-        url: The API's URL; default from configuration (``api_host``/``api_port``).
+        url: The API's URL, or each controller's (comma-separated: calls go to the leader);
+            default from configuration (``api_urls``, else ``api_host``/``api_port``).
         token: An API token; default ``CORRAL_API_TOKEN``, ``api_token``, or the local admin
             token file that ``corral up`` writes.
         timeout: Seconds a call may take (a ``wait`` adds its own timeout).
@@ -56,14 +57,15 @@ class AsyncController(Client):
         config: Config | None = None,
     ) -> None:
         address, config = _api_url(url, config)
-        super().__init__(address.rstrip("/"), token=token, timeout=timeout, config=config)
+        super().__init__(address, token=token, timeout=timeout, config=config)
 
 
 class Controller(sync.Client):
     """The blocking twin of :class:`AsyncController`: same methods, same arguments.
 
     Args:
-        url: The API's URL; default from configuration.
+        url: The API's URL, or each controller's (comma-separated); default from
+            configuration.
         token: An API token; default ``CORRAL_API_TOKEN`` or the local admin token file.
         timeout: Seconds a call may take.
         config: Configuration to take the defaults from.
@@ -83,7 +85,7 @@ class Controller(sync.Client):
         config: Config | None = None,
     ) -> None:
         address, config = _api_url(url, config)
-        super().__init__(address.rstrip("/"), token=token, timeout=timeout, config=config)
+        super().__init__(address, token=token, timeout=timeout, config=config)
 
 
 class WebController(Controller):

@@ -52,6 +52,7 @@ class WebServer(ApiServer):
             counters=parts.counters,
             backoff=parts.backoff,
             limiter=lambda: self.limiter,
+            leadership=parts.leadership,
         )
         #: /metrics, /healthz, /readyz and /status (docs/operations.md, Monitoring)
         self.monitor: Monitor = mount_monitoring(app, watched, checker)

@@ -35,7 +35,7 @@ from corral.errors import (
     Timeout,
 )
 
-__all__ = ["NATS", "connect", "gather_agents", "request"]
+__all__ = ["NATS", "StampedNATS", "connect", "gather_agents", "request"]
 
 log = logging.getLogger("corral.bus")
 
@@ -48,6 +48,31 @@ class _QuietTLSClose(logging.Filter):
 
 
 logging.getLogger("asyncio").addFilter(_QuietTLSClose())
+
+
+class StampedNATS(NATS):
+    """A connection that adds :attr:`stamp` to the headers of every corral message it
+    publishes (those sent with :data:`corral.wire.HEADERS`): the controller's fencing epoch
+    (:data:`corral.wire.EPOCH_HEADER`), set in one place so that no message can forget it."""
+
+    #: headers added to every corral message published
+    stamp: dict[str, str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamp = {}
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Publish as nats-py does, with :attr:`stamp` added to a corral message's headers."""
+        if headers is not None and self.stamp and wire.PROTO_HEADER in headers:
+            headers = {**headers, **self.stamp}
+        await super().publish(subject, payload, reply, headers)
 
 
 def _is_auth_error(exc: BaseException) -> bool:
@@ -64,6 +89,7 @@ async def connect(
     wait: float = 0.0,
     closed_cb: Callable[[], Awaitable[None]] | None = None,
     name: str | None = None,
+    client: Callable[[], NATS] = NATS,
 ) -> NATS:
     """Connect to the bus as ``role``.
 
@@ -76,6 +102,7 @@ async def connect(
         wait: keep trying for this many seconds while the server is unreachable.
         closed_cb: called when the connection is closed for good (e.g. credential revoked).
         name: connection name shown in NATS monitoring.
+        client: makes the client to connect (a :class:`StampedNATS`, say).
 
     Returns:
         A connected nats-py client.
@@ -93,7 +120,9 @@ async def connect(
         )
     ca = config.ca_path()
     options: dict[str, Any] = {
-        "servers": [config.bus_url],
+        # Several URLs (commas) are the servers of one NATS cluster: nats-py connects to one
+        # and moves to another when it fails (and learns the others from the servers).
+        "servers": [url.strip() for url in config.bus_url.split(",") if url.strip()],
         # Read once here: nats-py reads a creds path one byte per system call.
         "user_credentials": RawCredentials(creds_path.read_text()),
         "name": name or f"corral-{role}",
@@ -116,7 +145,8 @@ async def connect(
     announced = False
     while True:
         try:
-            nc = await nats.connect(**options)
+            nc = client()
+            await nc.connect(**options)
         except Exception as exc:  # nats-py raises bare Exception subclasses of many kinds
             if _is_auth_error(exc):
                 raise AuthError(

@@ -23,7 +23,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -48,7 +48,11 @@ from corral.tokens import load_token, read_token
 if TYPE_CHECKING:
     from corral._transport_http import HttpTransport
 
-__all__ = ["ClassOrInstance", "Client"]
+__all__ = ["ATTEMPT", "ClassOrInstance", "Client", "split_addresses"]
+
+#: seconds one attempt of a submission may take when the client has several controllers'
+#: addresses, before it is sent again (with its key) to the next
+ATTEMPT = 5.0
 
 _BUS = ("nats", "tls")
 _HTTP = ("http", "https")
@@ -69,6 +73,37 @@ def _token(token: str | None, config: Config | None) -> str:
             "`corral token create --role operate` (or connect over nats:// with a credential)"
         )
     return found
+
+
+def split_addresses(address: str | Sequence[str] | None) -> list[str]:
+    """The addresses in ``address``: a list of them, or one string separated by commas."""
+    if not address:
+        return []
+    parts = address.split(",") if isinstance(address, str) else list(address)
+    return [part.strip() for part in parts if part.strip()]
+
+
+def _scheme(addresses: list[str]) -> str:
+    """The one scheme family of ``addresses`` (``nats`` for the bus's, ``http`` for HTTP's).
+
+    Raises:
+        UsageError: an unknown scheme, or bus and HTTP addresses mixed.
+    """
+    kinds = set()
+    for one in addresses:
+        scheme = one.partition("://")[0].lower()
+        if scheme not in _BUS + _HTTP:
+            raise UsageError(
+                f"cannot connect to {one!r}: give nats://host:port or tls://host:port (the "
+                "bus) or http(s)://host:port (the HTTP API)"
+            )
+        kinds.add("nats" if scheme in _BUS else "http")
+    if len(kinds) > 1:
+        raise UsageError(
+            f"{', '.join(addresses)} mixes bus and HTTP addresses: give the servers of one "
+            "NATS cluster, or the API URLs of the controllers"
+        )
+    return kinds.pop() if kinds else ""
 
 
 class ClassOrInstance:
@@ -94,7 +129,10 @@ class Client(ApiFunctions, Commands, BusMethods):
 
     Args:
         address: ``nats://host:port`` or ``tls://host:port`` (the bus), ``http(s)://host:port``
-            (the HTTP API). Default: the configured bus (``bus_url``).
+            (the HTTP API). Default: the configured bus (``bus_url``). Several addresses of
+            one kind (a list, or one string with commas) fail over: bus URLs are the servers
+            of one NATS cluster; HTTP URLs are the controllers of one fleet, and calls go to
+            whichever leads (see docs/operations.md, "Several controllers").
         token: For HTTP: an API token or a file holding one; default ``CORRAL_API_TOKEN`` or
             the local admin token file.
         creds: For the bus: the credentials file (default ``<data_dir>/auth/admin.creds``).
@@ -104,14 +142,15 @@ class Client(ApiFunctions, Commands, BusMethods):
         wait: For the bus: seconds to keep trying while it is unreachable, when connecting.
 
     Raises:
-        UsageError: the address is neither ``nats://``, ``tls://`` nor ``http(s)://``.
+        UsageError: an address is neither ``nats://``, ``tls://`` nor ``http(s)://``, or
+            bus and HTTP addresses are mixed.
         NoKey: HTTP without a token given or found.
         AuthenticationFailed: the token (or the file it names) is malformed.
     """
 
     def __init__(
         self,
-        address: str | None = None,
+        address: str | Sequence[str] | None = None,
         *,
         token: str | None = None,
         creds: str | Path | None = None,
@@ -120,14 +159,16 @@ class Client(ApiFunctions, Commands, BusMethods):
         config: Config | None = None,
         wait: float = 0.0,
     ) -> None:
-        if address is None or (config is None and not address.startswith(_HTTP)):
+        addresses = split_addresses(address)
+        if not addresses or (config is None and not addresses[0].startswith(_HTTP)):
             config = config or load_config()[0]
-        address = address or (config.bus_url if config else "")
-        scheme = address.partition("://")[0].lower()
+        addresses = addresses or split_addresses(config.bus_url if config else "")
+        scheme = _scheme(addresses)
+        address = ",".join(addresses)
         self.timeout = timeout
         self.config = config or Config()
         self.transport: BusTransport | HttpTransport
-        if scheme in _BUS:
+        if scheme == "nats":
             assert config is not None
             if address != config.bus_url or ca is not None:
                 ca_file = str(ca) if ca is not None else config.ca
@@ -136,11 +177,11 @@ class Client(ApiFunctions, Commands, BusMethods):
             path = Path(creds).expanduser() if creds is not None else None
             self.transport = BusTransport(config, path, timeout, wait=wait)
             self.identity = self.transport.identity
-        elif scheme in _HTTP:
+        elif scheme == "http":
             # httpx loads only for HTTP clients: nodes and bus clients import corral without it
             from corral._transport_http import HttpTransport
 
-            self.transport = HttpTransport(address, _token(token, config), timeout)
+            self.transport = HttpTransport(addresses, _token(token, config), timeout)
             self.identity = "api"
         else:
             raise UsageError(
@@ -154,6 +195,15 @@ class Client(ApiFunctions, Commands, BusMethods):
     def address(self) -> str:
         """Where this client connects (``nats://...`` or ``http://...``)."""
         return self.transport.address
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every address given (several: the controllers of one fleet, or one NATS cluster's
+        servers)."""
+        transport = self.transport
+        if isinstance(transport, BusTransport):
+            return split_addresses(transport.address)
+        return list(transport.addresses)
 
     @property
     def url(self) -> str:
@@ -263,7 +313,9 @@ class Client(ApiFunctions, Commands, BusMethods):
         While the controller cannot be reached or the connection drops, a submission or a
         read is sent again (with the same key, with backoff, within the client's timeout);
         the controller answers a repeated key with its first answer. Nothing else is sent
-        twice.
+        twice. With several addresses, an attempt of a submission that is not answered
+        within :data:`ATTEMPT` seconds is sent again, to the next (a paused leader holds it
+        otherwise for the whole timeout).
 
         Args:
             function: The API function's name.
@@ -290,6 +342,10 @@ class Client(ApiFunctions, Commands, BusMethods):
             return await self.transport.call(function, kwargs, reply, timeout, None)
         deadline = time.monotonic() + self.timeout
         delay = 0.05
+        if key is not None and call_timeout is None and len(self.addresses) > 1:
+            # A controller that does not answer a submission soon may be paused or cut off
+            # while another takes over: send it again (same key) elsewhere.
+            timeout = min(timeout, ATTEMPT)
         while True:
             try:
                 return await self.transport.call(function, kwargs, reply, timeout, key)

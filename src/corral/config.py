@@ -54,6 +54,12 @@ class Config(msgspec.Struct, kw_only=True):
     down_after: float = 3.0
     #: seconds between controller announcements
     announce_interval: float = 1.0
+    #: seconds the leading controller's lease lasts (renewed every third of it); a standby
+    #: takes over once it expired (docs/operations.md, "Several controllers")
+    lease: float = 5.0
+    #: the API's address other controllers send clients to when this one leads; empty means
+    #: the address it listens on
+    advertise_url: str = ""
     #: largest control message the controller accepts, in bytes
     max_message_bytes: int = 64 * 1024
     #: largest command (with its payload: PUT file, EXECUTE script) accepted, in bytes
@@ -82,6 +88,12 @@ class Config(msgspec.Struct, kw_only=True):
     api_host: str = "127.0.0.1"
     #: port of the controller's HTTP API; 0 picks a free one, -1 turns the API off
     api_port: int = 4334
+    #: copies a JetStream cluster keeps of the streams and buckets corral creates (3 on a
+    #: three-server NATS cluster survives losing one; 1 on a single server)
+    jetstream_replicas: int = 1
+    #: the controllers' API URLs for the CLI and Python clients, comma-separated; calls go
+    #: to whichever leads (empty means api_host:api_port)
+    api_urls: str = ""
     #: API token for the CLI and Python client; empty means <data_dir>/auth/api-admin.token
     api_token: str = ""
     #: most task instances a node holds per worker slot (1 = only those it runs); each task
@@ -242,6 +254,11 @@ def _check(config: Config, sources: dict[str, str]) -> None:
             f"down_after ({config.down_after}s) must exceed heartbeat_interval "
             f"({config.heartbeat_interval}s), or every node flaps DOWN between heartbeats"
         )
+    if not 1 <= config.jetstream_replicas <= 5:
+        raise ConfigError(
+            f"jetstream_replicas must be 1 to 5 (JetStream's limit), got "
+            f"{config.jetstream_replicas} (from {sources.get('jetstream_replicas', 'default')})"
+        )
     for name, low, strict in (
         ("retire_after", 0, False),
         ("report_interval", 0, True),
@@ -255,6 +272,7 @@ def _check(config: Config, sources: dict[str, str]) -> None:
         ("api_burst", 0, True),
         ("idempotency_window", 0, True),
         ("left_expiry", 0, False),
+        ("lease", 0, True),
     ):
         value = getattr(config, name)
         if value < low or (strict and value == low):

@@ -142,7 +142,7 @@ class Client:
 
     _inner: _async.Client
 
-    def __init__(self, address: str | None = None, **options: Any) -> None:
+    def __init__(self, address: str | Sequence[str] | None = None, **options: Any) -> None:
         self._inner = _async.Client(address, **options)
 
     def __repr__(self) -> str:

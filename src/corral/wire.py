@@ -99,6 +99,7 @@ __all__ = [
     "AgentMessage",
     "AgentInfoRequest",
     "AgentInfo",
+    "EPOCH_HEADER",
     "HEADERS",
     "PROTO_HEADER",
     "PROTOCOL_VERSION",
@@ -120,6 +121,7 @@ __all__ = [
     "decode",
     "decode_reply",
     "encode",
+    "epoch_of",
     "error_reply",
     "raise_for_error",
 ]
@@ -129,6 +131,16 @@ PROTOCOL_VERSION = "1.0"
 PROTO_HEADER = "Corral-Proto"
 #: Headers to send with every message.
 HEADERS: dict[str, str] = {PROTO_HEADER: PROTOCOL_VERSION}
+#: The leading controller's fencing epoch, on every message it publishes (nodes ignore a
+#: message whose epoch is below the highest they have seen; absent: epoch 0)
+EPOCH_HEADER = "Corral-Epoch"
+
+
+def epoch_of(headers: dict[str, str] | None) -> int:
+    """The epoch a message's headers carry (:data:`EPOCH_HEADER`), 0 if none or malformed."""
+    raw = (headers or {}).get(EPOCH_HEADER, "")
+    return int(raw) if raw.isdigit() and len(raw) <= 18 else 0
+
 
 T = TypeVar("T")
 
@@ -152,6 +164,8 @@ class Join(_Msg, frozen=True):
     version: str = __version__
     slots: int = 1
     last_serial: int = 0
+    #: the highest leader epoch the node has seen (a leader below it steps up above it)
+    epoch: int = 0
 
 
 class NodeStats(msgspec.Struct, frozen=True, array_like=True):
@@ -178,6 +192,8 @@ class Heartbeat(_Msg, frozen=True):
     busy: int = 0
     #: its host's CPU, memory, disk and load (an older node sends none)
     stats: NodeStats | None = None
+    #: the highest leader epoch the node has seen (a leader below it steps up above it)
+    epoch: int = 0
 
 
 class Leave(_Msg, frozen=True):
@@ -200,6 +216,8 @@ class Announce(_Msg, frozen=True):
     #: the last serial published on the live command subject: a node that heard less for
     #: a moment fetches what it missed (a lost last message shows no gap otherwise)
     last_serial: int = 0
+    #: the leader's fencing epoch (nodes ignore an announcement below the highest seen)
+    epoch: int = 0
 
 
 class JoinReply(_Msg, frozen=True):
@@ -216,12 +234,16 @@ class JoinReply(_Msg, frozen=True):
     #: the last serial published on the live command subject: a returning node fetches
     #: what it missed up to it
     last_serial: int = 0
+    #: the leader's fencing epoch (a reply below the highest the node has seen is ignored)
+    epoch: int = 0
 
 
 class Rejoin(_Msg, frozen=True):
     """The controller does not know this node instance (it restarted, or forgot): join again."""
 
     reason: str
+    #: the sending leader's fencing epoch
+    epoch: int = 0
 
 
 class ErrorReply(_Msg, frozen=True):

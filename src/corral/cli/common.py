@@ -100,7 +100,8 @@ Api = Annotated[
     str | None,
     typer.Option(
         "--api",
-        help="Controller HTTP API URL (default: api_host:api_port).",
+        help="Controller HTTP API URL, or each controller's, comma-separated: calls go to "
+        "the leader (default: api_urls, else api_host:api_port).",
         rich_help_panel=_CONNECTION,
     ),
 ]
@@ -108,7 +109,8 @@ Nats = Annotated[
     str | None,
     typer.Option(
         "--nats",
-        help="Bus URL (default: nats_url, else the embedded server).",
+        help="Bus URL, or the servers of a NATS cluster, comma-separated (default: "
+        "nats_url, else the embedded server).",
         rich_help_panel=_CONNECTION,
     ),
 ]

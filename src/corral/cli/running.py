@@ -8,18 +8,21 @@ import gc
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import msgspec
 import typer
 
 from corral import procs
 from corral.cli.admin import initialise
 from corral.cli.common import GLOBALS, at_least, configure, err, fail, local_audit, run
+from corral.cli.supervisor import Supervised
 from corral.cli.upview import watch_up
 from corral.config import Config
 from corral.core.text import check_join_text
-from corral.errors import CorralError
+from corral.errors import CorralError, NotLeader, UsageError
 from corral.node import Node
 from corral.node.handlers import Handlers, load_handlers
 from corral.security import Authority, write_secret
@@ -55,13 +58,20 @@ async def _controller(config: Config) -> None:
         await broker.start()
         err.print(f"nats-server listening on {broker.url} (log {broker.log_path})")
     try:
-        controller = ControllerService(config)
         # The imports' ~130,000 objects live as long as the process: out of the garbage
         # collector's full passes, which walked them for 30-100 ms with every thread stopped,
         # the event loop's included (issue #14). Per process, so tests that start many
         # controllers in one still collect the earlier ones' garbage.
         gc.freeze()
-        await until_signalled(asyncio.create_task(controller.serve_forever()))
+        while True:
+            controller = ControllerService(config)
+            try:
+                await until_signalled(asyncio.create_task(controller.serve_forever()))
+                return
+            except NotLeader as exc:
+                # Deposed: everything of that leader is torn down; serve again as a standby
+                # (a fresh controller, nothing carried over but the bus server).
+                err.print(f"{exc}; serving again as a standby (leader: {exc.leader or '-'})")
     finally:
         if broker is not None:
             broker.stop()
@@ -69,7 +79,12 @@ async def _controller(config: Config) -> None:
 
 def controller(
     nats: Annotated[
-        str | None, typer.Option("--nats", help="External NATS URL (default: embedded server).")
+        str | None,
+        typer.Option(
+            "--nats",
+            help="External NATS URL, or a cluster's servers comma-separated (default: the "
+            "embedded server).",
+        ),
     ] = None,
     nats_host: Annotated[
         str | None, typer.Option(help="Embedded server address (0.0.0.0 for other machines).")
@@ -135,7 +150,10 @@ def node(
         list[str] | None,
         typer.Option(help="Python module with @task functions for the workers (repeatable)."),
     ] = None,
-    nats: Annotated[str | None, typer.Option("--nats", help="Bus URL.")] = None,
+    nats: Annotated[
+        str | None,
+        typer.Option("--nats", help="Bus URL, or a NATS cluster's servers comma-separated."),
+    ] = None,
     creds: Annotated[str | None, typer.Option(help="This node's credentials file.")] = None,
     ca: Annotated[str | None, typer.Option(help="CA file to verify the bus (TLS).")] = None,
     handlers: Annotated[
@@ -208,7 +226,20 @@ def _local_creds(config: Config, authority: Authority, name: str) -> Path:
     return path
 
 
-async def _up(config: Config, count: int, node_args: list[str], controller_args: list[str]) -> None:
+def _api_ports(config: Config, controllers: int) -> list[int]:
+    """The API port of each controller `corral up` runs: the configured one, then the next
+    ones (0, any free port, stays 0 for each)."""
+    base = config.api_port
+    return [base + i if base > 0 else base for i in range(controllers)]
+
+
+async def _up(
+    config: Config,
+    count: int,
+    node_args: list[str],
+    controller_args: list[str],
+    controllers: int = 1,
+) -> None:
     from corral.broker import EmbeddedBroker
     from corral.store import open_store
 
@@ -226,30 +257,60 @@ async def _up(config: Config, count: int, node_args: list[str], controller_args:
     if GLOBALS.config_file:
         base += ["--config", GLOBALS.config_file]
     children: dict[str, subprocess.Popen[bytes]] = {}
+    ports = _api_ports(config, controllers)
+    names = ["controller", *(f"controller-{i}" for i in range(2, controllers + 1))]
+
+    def starter(name: str, port: int) -> Callable[[], subprocess.Popen[bytes]]:
+        argv = [*base, "controller", "--nats", broker.url, *controller_args]
+        env = {"CORRAL_API_PORT": str(port)}
+        return lambda: procs.spawn(argv, env=env, log=logs / f"{name}.log", rotate=rotate)
+
+    supervised = [Supervised(n, starter(n, p), children) for n, p in zip(names, ports, strict=True)]
     try:
-        children["controller"] = procs.spawn(
-            [*base, "controller", "--nats", broker.url, *controller_args],
-            log=logs / "controller.log",
-            rotate=rotate,
-        )
+        for one in supervised:  # started here, on the loop's thread: see Supervised
+            children[one.name] = one.start()
         for i in range(1, count + 1):
             name = f"node-{i}"
             creds = _local_creds(config, authority, name)
             argv = [*base, "node", "--name", name, "--nats", broker.url, "--creds", str(creds)]
             argv += node_args
             children[name] = procs.spawn(argv, log=logs / f"{name}.log", rotate=rotate)
-        await until_signalled(asyncio.create_task(watch_up(config, broker.url, children)))
+        apis = [msgspec.structs.replace(config, api_port=p).api_url for p in ports]
+        await until_signalled(
+            asyncio.create_task(_watch(config, broker.url, children, apis, supervised))
+        )
     finally:
-        # Nodes first (they say goodbye to the controller), then the controller, then the bus.
-        nodes = [p for n, p in children.items() if n != "controller"]
+        # Nodes first (they say goodbye to the controller), then the controllers, then the bus.
+        nodes = [p for n, p in children.items() if n not in names]
         for proc in nodes:
             proc.terminate()
         for proc in nodes:
             procs.stop(proc)
-        if "controller" in children:
-            procs.stop(children["controller"])
+        for name in names:
+            if name in children:
+                procs.stop(children[name])
         broker.stop()
         err.print("stopped: every child process has exited")
+
+
+async def _watch(
+    config: Config,
+    url: str,
+    children: dict[str, subprocess.Popen[bytes]],
+    apis: list[str],
+    supervised: list[Supervised],
+) -> None:
+    """Show the fleet while the supervisors restart what exits; either failing ends `up`."""
+    tasks = [asyncio.create_task(one.run()) for one in supervised]
+    tasks.append(asyncio.create_task(watch_up(config, url, children, apis)))
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # re-raises the error that ended it
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def up(
@@ -278,20 +339,44 @@ def up(
         list[str] | None,
         typer.Option(help="Task module every local node's workers load (repeatable)."),
     ] = None,
+    controllers: Annotated[
+        int,
+        typer.Option(
+            "--controllers",
+            help="Controllers to run: one leads, the others stand by to take over (2 or more "
+            "need a shared store: --store postgresql://...). Each has its own API port: "
+            "api_port, api_port+1, ...",
+            callback=at_least(1, "give --controllers 1 (the default) or more"),
+        ),
+    ] = 1,
+    store: Annotated[
+        str | None, typer.Option(help="Store DSN, e.g. postgresql://user@host/db.")
+    ] = None,
 ) -> None:
-    """Run everything on this machine: nats-server, the controller and N nodes.
+    """Run everything on this machine: nats-server, the controller(s) and N nodes.
 
     Initialises the data directory on first use (keys, credentials, TLS CA). Shows a live
-    table of the nodes; Ctrl-C or SIGTERM stops every child process. In another terminal:
-    `corral send '*' ping`, `corral nodes`.
+    table of the nodes; Ctrl-C or SIGTERM stops every child process. A controller that exits
+    (a crash, kill -9) is started again with backoff (0.5 s doubling to 10 s) while the bus
+    and the nodes stay up. In another terminal: `corral send '*' ping`, `corral nodes`.
     """
-    config, _ = configure(daemon=True, nats_port=nats_port)
+    config, _ = configure(daemon=True, nats_port=nats_port, store=store)
+    sqlite = "://" not in config.store_url or config.store_url.startswith("sqlite")
+    if controllers > 1 and sqlite:
+        fail(
+            UsageError(
+                f"--controllers {controllers} needs a store every controller shares, not the "
+                f"SQLite file {config.store_url}: give --store postgresql://user@host/db"
+            )
+        )
     node_args = [arg for module in handlers or () for arg in ("--handlers", module)]
     node_args += [arg for module in tasks or () for arg in ("--tasks", module)]
     if allow_shell:
         node_args.append("--allow-shell")
     controller_args = [arg for module in aggregators or () for arg in ("--aggregators", module)]
-    run(_up(config, nodes, node_args, controller_args))
+    if store:
+        controller_args += ["--store", store]
+    run(_up(config, nodes, node_args, controller_args, controllers))
 
 
 def register(app: typer.Typer) -> None:

@@ -80,13 +80,22 @@ def show(status: dict[str, Any]) -> None:
     """Print ``status`` (as :func:`fetch` returns it) for a person."""
     ready = status.get("ready", {})
     verdict = "[green]ready[/]" if ready.get("status") == "ready" else "[red]NOT READY[/]"
-    for c in status.get("controllers", []):
-        out.print(
-            f"[bold]controller[/] {str(c.get('controller', '?'))[:8]}  {c.get('role', '?')}  "
-            f"v{c.get('version', '?')}  up {_age(float(c.get('uptime', 0)))}  "
-            f"loop lag {float(c.get('loop_lag', 0)) * 1000:.1f} ms "
-            f"(max {float(c.get('loop_lag_max', 0)) * 1000:.1f} ms)  {verdict}"
-        )
+    for i, c in enumerate(status.get("controllers", [])):
+        who = str(c.get("controller") or c.get("id", "?"))[:8]
+        where = f"  {c['address']}" if c.get("address") else ""
+        role = f"{c.get('role', '?')} (epoch {c.get('epoch', 0)})"
+        if i == 0:  # the one that answered: its live view
+            out.print(
+                f"[bold]controller[/] {who}  {role}{where}  v{c.get('version', '?')}  "
+                f"up {_age(float(c.get('uptime', 0)))}  "
+                f"loop lag {float(c.get('loop_lag', 0)) * 1000:.1f} ms "
+                f"(max {float(c.get('loop_lag_max', 0)) * 1000:.1f} ms)  {verdict}"
+            )
+        else:  # another, as it last recorded itself in the store
+            out.print(
+                f"[bold]controller[/] {who}  {role}{where}  host {c.get('host', '?')} "
+                f"pid {c.get('pid', '?')}  last seen {_age(float(c.get('ago', 0)))} ago"
+            )
     bus = status.get("bus", {})
     out.print(f"[bold]bus[/]        {bus.get('url', '')}  {ready.get('bus', '?')}")
     store = status.get("store", {})

@@ -26,7 +26,7 @@ __all__ = ["watch_up"]
 Children = dict[str, subprocess.Popen[bytes]]
 
 
-def _header_lines(config: Config, url: str, children: Children) -> list[str]:
+def _header_lines(config: Config, url: str, children: Children, apis: list[str]) -> list[str]:
     exited = [
         f"[red]{name} exited ({proc.returncode}): see {name}.log[/]"
         for name, proc in children.items()
@@ -37,8 +37,13 @@ def _header_lines(config: Config, url: str, children: Children) -> list[str]:
         f"store      {config.store_url}",
         f"data dir   {config.data_path}",
         f"logs       {config.data_path / 'logs'}",
-        f"HTTP API   {config.api_url}/docs  (token in {admin_token_path(config)})",
-        f"dashboard  {config.api_url}/ui  (sign in with that token, or `corral user add`)",
+        f"HTTP API   {apis[0]}/docs  (token in {admin_token_path(config)})",
+        *(
+            [f"controllers {', '.join(apis)}  (one leads; `--api {','.join(apis)}` follows it)"]
+            if len(apis) > 1
+            else []
+        ),
+        f"dashboard  {apis[0]}/ui  (sign in with that token, or `corral user add`)",
         f"processes  {len(children)} children, "
         f"{sum(1 for p in children.values() if p.poll() is None)} running",
         *exited,
@@ -47,24 +52,30 @@ def _header_lines(config: Config, url: str, children: Children) -> list[str]:
     return lines
 
 
-def _header(config: Config, url: str, children: Children) -> Panel:
+def _header(config: Config, url: str, children: Children, apis: list[str]) -> Panel:
     return Panel(
-        "\n".join(_header_lines(config, url, children)), title="corral up", title_align="left"
+        "\n".join(_header_lines(config, url, children, apis)),
+        title="corral up",
+        title_align="left",
     )
 
 
-async def watch_up(config: Config, url: str, children: Children) -> None:
+async def watch_up(
+    config: Config, url: str, children: Children, apis: list[str] | None = None
+) -> None:
     """Say once that the controller starts, then show the nodes: a live table on a terminal,
-    a line per change otherwise (so a log or a pipe follows along)."""
+    a line per change otherwise (so a log or a pipe follows along). ``apis``: each
+    controller's API URL (default: the configured one)."""
+    apis = apis or [config.api_url]
     client = await Client.connect(config, wait=10.0)
     try:
         log = config.data_path / "logs" / "controller.log"
         with waiting(f"starting the controller (its log: {log})"):
             views = await _first_answer(client, children["controller"], log)
         if err.is_terminal:
-            await _live_table(client, config, url, children)
+            await _live_table(client, config, url, children, apis)
         else:
-            await _live_lines(client, config, url, children, views)
+            await _live_lines(client, config, url, children, apis, views)
     finally:
         await client.close()
 
@@ -84,14 +95,16 @@ async def _first_answer(
             await asyncio.sleep(0.25)
 
 
-async def _live_table(client: Client, config: Config, url: str, children: Children) -> None:
-    with Live(_header(config, url, children), console=err, refresh_per_second=4) as live:
+async def _live_table(
+    client: Client, config: Config, url: str, children: Children, apis: list[str]
+) -> None:
+    with Live(_header(config, url, children, apis), console=err, refresh_per_second=4) as live:
         while True:
             try:
                 body: Any = nodes_table(await client.nodes(), time.time())
             except CorralError as exc:
                 body = f"[yellow]{exc}[/]"
-            live.update(Group(_header(config, url, children), body))
+            live.update(Group(_header(config, url, children, apis), body))
             await asyncio.sleep(0.5)
 
 
@@ -100,12 +113,13 @@ async def _live_lines(
     config: Config,
     url: str,
     children: Children,
+    apis: list[str],
     views: list[wire.NodeView],
 ) -> None:
-    for line in _header_lines(config, url, children):
+    for line in _header_lines(config, url, children, apis):
         err.print(line, highlight=False, soft_wrap=True)
     shown: dict[str, str] = {}
-    exited: set[str] = set()
+    exited: set[int] = set()  # pids: a restarted controller is a new process
     trouble = ""
     while True:
         for view in views:
@@ -114,8 +128,8 @@ async def _live_lines(
                 stamp = time.strftime("%H:%M:%S")
                 err.print(f"{stamp} {view.name} {view.status}", highlight=False, soft_wrap=True)
         for name, proc in children.items():
-            if name not in exited and proc.poll() is not None:
-                exited.add(name)
+            if proc.pid not in exited and proc.poll() is not None:
+                exited.add(proc.pid)
                 err.print(f"[red]{name} exited ({proc.returncode}): see {name}.log[/]")
         await asyncio.sleep(0.5)
         try:

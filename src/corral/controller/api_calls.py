@@ -149,9 +149,8 @@ class ApiCalls:
 
     @property
     def task_store(self) -> TaskRecords:
-        """The task instances' store."""
-        assert self.tasks.store is not None
-        return self.tasks.store
+        """The task instances' store (a standby's too: its task service never starts)."""
+        return self.parts.store.tasks
 
     # --- commands (SEER; docs/commands.md) ---------------------------------------------
 

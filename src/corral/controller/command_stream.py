@@ -211,6 +211,7 @@ class CommandStream:
             max_bytes=1 << 30,
             duplicate_window=DEDUP,
             max_msg_size=self.config.max_command_bytes + 64 * 1024,
+            num_replicas=self.config.jetstream_replicas,
         )
         try:
             await self.js.stream_info(subjects.COMMAND_STREAM)

@@ -176,6 +176,8 @@ class CommandService:
         self._facts: dict[str, tuple[tuple[object, ...], NodeFacts]] = {}
         #: the store's highest serial at start (a node ahead of it means a restored store)
         self.stored_serial = 0
+        #: the leader's fencing epoch (set when this controller takes the lease, issue #13)
+        self.epoch = 0
         #: set once serials may be issued: nothing a node applied can be above them
         self.settled = asyncio.Event()
         #: when serials may be issued at the latest (set at start)

@@ -25,7 +25,7 @@ from corral.controller.api_calls import ApiCalls, Caller
 from corral.errors import CorralError, Forbidden, FunctionNotFound, to_wire
 from corral.tokens import Role
 
-__all__ = ["FUNCTIONS", "KEYED", "WITH_CALLER", "Dispatch", "error_reply"]
+__all__ = ["FUNCTIONS", "KEYED", "LEADER_ONLY", "WITH_CALLER", "Dispatch", "error_reply"]
 
 log = logging.getLogger("corral.api")
 
@@ -74,6 +74,9 @@ WITH_CALLER = frozenset(
         "node_delete",
     }
 )
+#: Functions only the leading controller answers: a standby refuses them with NotLeader
+#: (``wait`` too: the results it waits for reach the leader only).
+LEADER_ONLY = WITH_CALLER | {"wait"}
 KEYED = m.KEYED  # submissions that take an idempotency key (elsewhere a key is ignored)
 
 
@@ -130,6 +133,7 @@ class Dispatch:
         Raises:
             FunctionNotFound: no such function.
             Forbidden: the caller's role is below the function's.
+            NotLeader: this controller is a standby and the function is not a read.
             CorralError: whatever the function raises (see :func:`error_reply`).
         """
         row = self._rows.get(name)
@@ -138,6 +142,9 @@ class Dispatch:
                 f"no API function {name!r}; the functions are: {', '.join(FUNCTIONS)}", 404
             )
         handler, role = row
+        leadership = self.calls.parts.leadership
+        if leadership is not None and name in LEADER_ONLY:
+            leadership.check_write(name)
         if not Role(caller.role).allows(role):
             raise Forbidden(
                 f"{caller.actor} has role {caller.role!r}; {name} needs {role.value!r} or "

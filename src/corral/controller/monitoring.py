@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from corral.bus import NATS
     from corral.config import Config
     from corral.controller.commands import CommandService
+    from corral.controller.leadership import Leadership
     from corral.controller.tasks import TaskService
     from corral.core.limits import CallLimiter
     from corral.core.registry import Registry
@@ -83,6 +84,7 @@ class Watched:
         counters: The controller's counters (``heartbeat``, ``join``, ``rejected.<code>``...).
         backoff: The store writes' backoff (failures in a row), if the controller keeps one.
         limiter: Gives the API's per-token limiter (its refusals), once the API serves.
+        leadership: Its role among several controllers (``None``: it leads alone).
     """
 
     id: str
@@ -97,6 +99,7 @@ class Watched:
     counters: Mapping[str, int] = field(default_factory=dict)
     backoff: Backoff | None = None
     limiter: Callable[[], CallLimiter | None] = _no_limiter
+    leadership: Leadership | None = None
 
 
 class Monitor(Collector):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from corral.controller.commands import CommandService
     from corral.controller.groups import GroupService
     from corral.controller.idempotency import Submissions
+    from corral.controller.leadership import Leadership
     from corral.controller.reports import ReportService
     from corral.controller.tasks import TaskService
     from corral.core.registry import Registry
@@ -54,6 +55,8 @@ class ControllerParts:
         wake: Wakes the group commit (after a registry record was changed in place).
         counters: The controller's counters (heartbeats, joins, refusals), for metrics.
         backoff: The store writes' backoff (failures in a row), for metrics and readiness.
+        leadership: Its role among several controllers: the API refuses writes on a
+            standby (``None``: it leads alone).
     """
 
     id: str
@@ -73,6 +76,7 @@ class ControllerParts:
     wake: Callable[[], None]
     counters: Mapping[str, int] = field(default_factory=dict)
     backoff: Backoff | None = None
+    leadership: Leadership | None = None
 
 
 class HttpServer(Protocol):

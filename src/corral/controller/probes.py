@@ -61,11 +61,12 @@ def health(monitor: Monitor) -> dict[str, Any]:
     """What ``/healthz`` answers: alive, and who this controller is (issue #13 adds
     standby controllers: ``role``, ``epoch`` and ``leader`` say which one leads)."""
     ctl = monitor.ctl
+    role: dict[str, Any] = {"role": "leader", "epoch": 0, "leader": ctl.id}
+    if ctl.leadership is not None:
+        role = ctl.leadership.health()
     return {
         "status": "ok",
-        "role": "leader",
-        "epoch": 0,
-        "leader": ctl.id,
+        **role,
         "controller": ctl.id,
         "version": __version__,
         "started": ctl.started,
@@ -73,6 +74,20 @@ def health(monitor: Monitor) -> dict[str, Any]:
         "loop_lag": round(monitor.last_lag, 6),
         "loop_lag_max": round(monitor.max_lag, 6),
     }
+
+
+def _controllers(monitor: Monitor) -> list[dict[str, Any]]:
+    """Every controller recently seen (from the store's ``controllers`` table, as this one
+    last read it), this one first with its live role."""
+    mine = health(monitor)
+    leadership = monitor.ctl.leadership
+    others = (
+        [] if leadership is None else [c for c in leadership.known if c["id"] != mine["controller"]]
+    )
+    me = {**mine, "id": mine["controller"]}
+    if leadership is not None:
+        me["address"] = leadership.address
+    return [me, *others]
 
 
 async def readiness(monitor: Monitor) -> tuple[bool, dict[str, Any]]:
@@ -115,7 +130,7 @@ def summary(monitor: Monitor) -> dict[str, Any]:
         if len(failed_commands) >= RECENT:
             break
     return {
-        "controllers": [health(monitor)],
+        "controllers": _controllers(monitor),
         "bus": {"url": ctl.config.bus_url, "connected": bool(ctl.nc and ctl.nc.is_connected)},
         "store": {
             "backend": getattr(ctl.store, "backend", ""),

@@ -30,6 +30,7 @@ from corral.controller.commands import Batch, CommandService
 from corral.controller.functions import Dispatch
 from corral.controller.groups import GroupService
 from corral.controller.idempotency import Submissions
+from corral.controller.leadership import Leadership
 from corral.controller.node_admin import expire_left, expire_left_loop
 from corral.controller.parts import ControllerParts, HttpFactory, HttpServer
 from corral.controller.reports import ReportService
@@ -38,18 +39,18 @@ from corral.core.limits import CallLimiter
 from corral.core.registry import Refusal, Registry
 from corral.core.text import check_join_text
 from corral.errors import (
-    ControllerUnavailable,
     CorralError,
+    NotLeader,
     RecordRefused,
     Refused,
     StoreError,
-    Timeout,
     UsageError,
 )
 from corral.records import AuditEntry, NodeRecord, Transition
 from corral.security import Authority
 from corral.states import NodeStatus
 from corral.store import Store, open_store
+from corral.store.lock import StoreLock, lock_store
 from corral.store.writer import CommittedThenCancelled
 from corral.store.writes import Backoff, Written, log_written
 
@@ -132,6 +133,12 @@ class Controller:
         self._backlog_since: float | None = None
         #: seconds between writes of every live node's last-seen time
         self.persist_interval = 5.0
+        #: which controller leads (the store's lease), once started
+        self.leadership: Leadership | None = None
+        #: set when another controller took over while this one led
+        self.deposed = asyncio.Event()
+        self._led = False
+        self._lock: StoreLock | None = None
         #: the command router (SEER): serials, outcomes, live delivery and the durable log
         self.commands = CommandService(config, self.registry, clock, self._wake.set)
         #: node reports, aggregated and pushed to sinks (SEER REPORT / doUpdates)
@@ -181,50 +188,106 @@ class Controller:
             wake=self.wake,
             counters=self.counters,
             backoff=self.backoff,
+            leadership=self.leadership,
         )
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store, load the registry, connect and start serving.
+        """Open the store, connect, serve reads, and lead if no other controller does.
+
+        A controller that finds another leading stays a standby: it serves reads from the
+        store and refuses writes with :class:`~corral.errors.NotLeader`, and takes over
+        when the leader's lease expires (:mod:`corral.controller.leadership`).
 
         Raises:
             StoreError: the store cannot be opened.
             AuthError, BusUnavailable: the bus refused or could not be reached.
-            Refused: another controller already serves this bus.
+            Refused: another controller holds this SQLite store.
         """
-        self.store = await open_store(self.config.store_url)
-        self.submissions = Submissions(self.store, self.config.idempotency_window, self.clock)
-        await self.submissions.load()
-        rows = await self.store.load_nodes()
-        self.registry.load(rows, self.clock())
-        self._reconcile_revocations()
-        self.nc = await bus.connect(self.config, "controller", wait=30.0)
-        await self._refuse_if_another_controller()
+        store = self.store = await open_store(self.config.store_url)
+        try:
+            self._lock = lock_store(store.url)
+        except Refused:
+            await store.close()
+            raise
+        store.set_fence(self.id, -1, None)  # a standby writes nothing
+        self.submissions = Submissions(store, self.config.idempotency_window, self.clock)
+        await self._load_nodes()
+        nc = await bus.connect(self.config, "controller", wait=30.0, client=bus.StampedNATS)
+        self.nc = nc
         self.groups = GroupService(
-            self.nc, self.config.down_after, self.clock, self.config.max_message_bytes
+            nc, self.config.down_after, self.clock, self.config.max_message_bytes
         )
-        await self.groups.start()
-        await self.commands.start(self.nc, self.store)
-        self.reports.nc = self.nc
+        self.reports.nc = nc
         self.tasks = TaskService(
             config=self.config,
             clock=self.clock,
             registry=self.registry,
-            store=self.store,
-            nc=self.nc,
+            store=store,
+            nc=nc,
             counters=self.counters,
         )
-        await self.tasks.start()
         self.endpoints = CommandEndpoints(
             commands=self.commands,
             reports=self.reports,
-            store=self.store,
+            store=store,
             submissions=self.submissions,
             reply=self._reply,
             reject=self._reject,
             after_commit=self._after_commit,
         )
+        self.leadership = Leadership(
+            self.config, store, self.id, self.started, self._lead, self._deposed
+        )
+        await self.leadership.look()
+        if self.config.api_port >= 0 and self._http is not None:
+            self.api = self._http(self.parts())
+            await self.api.start()
+            self.leadership.address = self.config.advertise_url or self.api.url
+        if not await self.leadership.try_lead():
+            log.info(
+                "standby",
+                extra={"id": self.id[:8], "leader": self.leadership.leader or "-"},
+            )
+            self._tasks.append(asyncio.create_task(self._standby_loop(), name="standby"))
+        self.leadership.start()
+
+    async def _load_nodes(self) -> None:
+        assert self.store is not None
+        rows = await self.store.load_nodes()
+        self.registry.nodes.clear()
+        self.registry.load(rows, self.clock())
+
+    async def _standby_loop(self) -> None:
+        """A standby's node list follows the store (what the leader last wrote)."""
+        assert self.leadership is not None
+        while not self.leadership.leading:
+            await asyncio.sleep(max(1.0, self.persist_interval / 5))
+            if self.leadership.leading:
+                return
+            try:
+                await self._load_nodes()
+            except CorralError as exc:
+                log.warning("standby could not read the nodes: %s", exc)
+
+    async def _lead(self, epoch: int) -> None:
+        """Take over at ``epoch``: load what the last leader left in the store, then serve
+        the nodes, the commands, the tasks and the API on the bus."""
+        assert self.store is not None and self.nc is not None
+        assert self.groups is not None and self.tasks is not None
+        assert self.endpoints is not None
+        nc = self.nc
+        if isinstance(nc, bus.StampedNATS):
+            nc.stamp = {wire.EPOCH_HEADER: str(epoch)}
+        self._led = True
+        self.commands.epoch = epoch
+        await self._load_nodes()
+        await self.submissions.load()
+        self._reconcile_revocations()
+        await self.groups.start()
+        await self.commands.start(nc, self.store)
+        await self.tasks.start()
         handlers: dict[str, tuple[type[Any], Callable[[Any, str, Any], Awaitable[None]]]] = {
             subjects.node_in_wildcard("join"): (wire.Join, self._on_join),
             subjects.node_in_wildcard("hb"): (wire.Heartbeat, self._on_heartbeat),
@@ -236,7 +299,7 @@ class Controller:
             subjects.ctl("agents"): (wire.AgentsRequest, self._on_agents),
         }
         for subject, (kind, handle) in handlers.items():
-            sub = await self.nc.subscribe(
+            sub = await nc.subscribe(
                 subject, cb=self._handler(kind, handle), pending_msgs_limit=100_000
             )
             if handle == self._on_heartbeat:
@@ -244,20 +307,17 @@ class Controller:
         # Commands, their reports and results may be as large as max_command_bytes.
         for subject, (kind, handle) in self.endpoints.subscriptions().items():
             handler = self._handler(kind, handle, limit=self.config.max_command_bytes)
-            await self.nc.subscribe(subject, cb=handler, pending_msgs_limit=100_000)
+            await nc.subscribe(subject, cb=handler, pending_msgs_limit=100_000)
         # The API functions on the bus, beside HTTP (issue #15): one dispatch path for both.
         self.api_bus = ApiBus(
             Dispatch(ApiCalls(self.parts())),
-            self.nc,
+            nc,
             self.config.request_limit,
             CallLimiter(self.config.api_rate, self.config.api_burst, self.config.api_max_in_flight),
         )
         await self.api_bus.start()
-        await self.nc.flush()
-        if self.config.api_port >= 0 and self._http is not None:
-            self.api = self._http(self.parts())
-            await self.api.start()
-        self._tasks = [
+        await nc.flush()
+        self._tasks += [
             asyncio.create_task(self._announce_loop(), name="announce"),
             asyncio.create_task(self._tick_loop(), name="tick"),
             asyncio.create_task(self._commit_loop(), name="commit"),
@@ -268,9 +328,21 @@ class Controller:
             ),
         ]
         log.info(
-            "controller started",
-            extra={"id": self.id[:8], "bus": self.config.bus_url, "nodes": len(self.registry)},
+            "controller leads",
+            extra={
+                "id": self.id[:8],
+                "epoch": epoch,
+                "bus": self.config.bus_url,
+                "nodes": len(self.registry),
+            },
         )
+
+    def _deposed(self, why: str) -> None:
+        """Another controller leads: stop publishing at once (the bus connection is cut, not
+        drained) and end :meth:`serve_forever`, which tears the rest down."""
+        if self.nc is not None and not self.nc.is_closed:
+            self._tasks.append(asyncio.create_task(self.nc.close(), name="cut-bus"))
+        self.deposed.set()
 
     async def expire_left(self) -> list[str]:
         """Forget the nodes LEFT for longer than ``left_expiry`` (see
@@ -292,54 +364,66 @@ class Controller:
             if name in enrolled and not authority.is_enrolled(name):
                 self._record(self.registry.revoke(name, now))
 
-    async def _refuse_if_another_controller(self) -> None:
-        """Two controllers on one bus would both answer every join: refuse to be the second."""
-        assert self.nc is not None
-        try:
-            other: wire.StatsReply = await bus.request(
-                self.nc, subjects.ctl("stats"), wire.StatsRequest(), wire.StatsReply, timeout=1.0
-            )
-        except (ControllerUnavailable, Timeout):
-            return
-        await self.nc.close()
-        if self.store is not None:
-            await self.store.close()
-        raise Refused(
-            f"another controller ({other.controller[:8]}, up since "
-            f"{time.strftime('%H:%M:%S', time.localtime(other.started))}) already serves "
-            f"{self.config.bus_url}; stop it first, or use another bus"
-        )
-
     async def stop(self) -> None:
-        """Stop serving, flush what is pending, close the bus and the store."""
+        """Stop serving, flush what is pending, let the lease go, close the bus and the store.
+
+        A deposed controller flushes nothing (its store refuses it anyway) and cuts the bus
+        instead of draining it.
+        """
+        deposed = self.deposed.is_set()
+        if self.leadership is not None:
+            await self.leadership.stop(release=False)
         await self.commands.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stop_loops(deposed)
         if self.endpoints is not None:  # keyed sends not yet answered end here
             await self.endpoints.stop()
         if self.api_bus is not None:
             await self.api_bus.stop()
         if self.api is not None:
             await self.api.stop()
-        if self.tasks is not None:
+        if self.tasks is not None and self._led:
             await self.tasks.stop()
         if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
-        await self._flush(all_live=True, batch=self.commands.take_batch())
+            await (self.nc.close() if deposed else self.nc.drain())
+        if self._led and not deposed:
+            with contextlib.suppress(CorralError):
+                await self._flush(all_live=True, batch=self.commands.take_batch())
+            if self.leadership is not None and self.leadership.leading:
+                await self.leadership.release()
         if self.store is not None:
             await self.store.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("controller stopped", extra={"id": self.id[:8]})
 
+    async def _stop_loops(self, deposed: bool) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            if deposed:  # its loops may have failed on the cut bus: nothing to report
+                await asyncio.gather(task, return_exceptions=True)
+                continue
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def serve_forever(self) -> None:
-        """Start, then run until cancelled."""
+        """Start, then run until cancelled or deposed.
+
+        Raises:
+            NotLeader: another controller took over while this one led (it was paused, or
+                cut off from the store): everything is torn down, nothing it tried since
+                landed. Start a new :class:`Controller` to serve as a standby (``corral
+                controller`` does).
+        """
         await self.start()
         try:
-            await asyncio.Event().wait()
+            await self.deposed.wait()
         finally:
             await self.stop()
+        raise NotLeader(
+            "this controller was deposed: another one leads now",
+            leader=self.leadership.leader if self.leadership is not None else "",
+        )
 
     # --- loops --------------------------------------------------------------------------
 
@@ -351,6 +435,7 @@ class Controller:
                 started=self.started,
                 heartbeat_interval=self.config.heartbeat_interval,
                 last_serial=self.commands.stream.last_live,
+                epoch=self.commands.epoch,
             )
             await self.nc.publish(subjects.ANNOUNCE, wire.encode(announce), headers=wire.HEADERS)
             await asyncio.sleep(self.config.announce_interval)
@@ -595,6 +680,8 @@ class Controller:
             join.labels, join.interfaces, join.attributes, join.host, join.version, join.instance
         )
         self.commands.applied(name, join.last_serial)  # before first_serial is computed
+        if join.epoch > self.commands.epoch:
+            self._behind(name, join.epoch)
         known = name in self.registry.nodes
         outcome = self.registry.join(name, join, self.clock())
         if isinstance(outcome, Refusal):
@@ -615,17 +702,29 @@ class Controller:
                 # Every command numbered from here on was resolved knowing this node.
                 first_serial=0 if known else self.commands.book.last_serial + 1,
                 last_serial=self.commands.stream.last_live,
+                epoch=self.commands.epoch,
             )
             self._after_commit(msg.reply, reply, node=name)
+
+    def _behind(self, node: str, seen: int) -> None:
+        """``node`` has seen a higher leader epoch (a restored store): see
+        :meth:`Leadership.behind`, with a majority of the nodes up as the quorum."""
+        if self.leadership is not None:
+            up = sum(r.status == NodeStatus.UP for r in self.registry.nodes.values())
+            self.leadership.behind(node, seen, up // 2 + 1)
 
     async def _on_heartbeat(self, msg: Any, name: str, hb: wire.Heartbeat) -> None:
         self.counters["heartbeat"] += 1
         self.commands.applied(name, hb.last_serial)
+        if hb.epoch > self.commands.epoch:
+            self._behind(name, hb.epoch)
         stats = msgspec.structs.asdict(hb.stats) if hb.stats is not None else None
         outcome = self.registry.heartbeat(name, hb.instance, hb.last_serial, self.clock(), stats)
         if outcome is None:
             assert self.nc is not None
-            rejoin = wire.Rejoin(reason="controller does not know this node instance")
+            rejoin = wire.Rejoin(
+                reason="controller does not know this node instance", epoch=self.commands.epoch
+            )
             await self.nc.publish(
                 subjects.node_out(name, "ctl"), wire.encode(rejoin), headers=wire.HEADERS
             )

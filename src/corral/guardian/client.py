@@ -63,11 +63,14 @@ def person() -> str:
         return "operator"
 
 
-async def open_bucket(nc: bus.NATS, *, create: bool) -> KeyValue:
+async def open_bucket(nc: bus.NATS, *, create: bool, replicas: int = 1) -> KeyValue:
     """The guardian key-value bucket, created if missing and ``create`` is true.
 
     The bucket is held in memory: it holds live status that every guardian republishes each
     heartbeat (and after a reconnect), and a file-backed bucket fsyncs every put.
+
+    ``replicas``: the copies a JetStream cluster keeps when it is created here
+    (``jetstream_replicas``).
 
     Raises:
         NoSuchGuardian: the bucket does not exist and ``create`` is false.
@@ -88,6 +91,7 @@ async def open_bucket(nc: bus.NATS, *, create: bool) -> KeyValue:
         bucket=subjects.GUARDIAN_BUCKET,
         history=HISTORY,
         storage=api.StorageType.MEMORY,
+        replicas=replicas,
         description="corral guardians: one key per guardian, its latest view",
     )
     return await js.create_key_value(config)

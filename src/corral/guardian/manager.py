@@ -317,7 +317,8 @@ class NodeManager:
 
     async def _watch_once(self) -> None:
         assert self._nc is not None
-        kv = await open_bucket(self._nc, create=True)
+        replicas = self._config.jetstream_replicas if self._config else 1
+        kv = await open_bucket(self._nc, create=True, replicas=replicas)
         # One watch of the whole bucket, filtered here: one consumer however many nodes.
         watcher = await kv.watchall()
         try:

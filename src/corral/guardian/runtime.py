@@ -86,6 +86,7 @@ class Guardian:
     ) -> None:
         self.name = subjects.check_name(name, "guardian")
         self.config = config
+        self._replicas = config.jetstream_replicas if config else 1
         self.cycle = cycle
         self.system: System = load_system(system)
         self.core = Automaton(
@@ -132,6 +133,7 @@ class Guardian:
         """
         config = self.config or load_config()[0]
         self.config = config
+        self._replicas = config.jetstream_replicas
         self._loop = asyncio.get_running_loop()
         if self.nc is None:
             check_credential(config, self.name)
@@ -143,7 +145,7 @@ class Guardian:
             )
         try:
             await claim_name(self.nc, self.name)
-            self._kv = await open_bucket(self.nc, create=True)
+            self._kv = await open_bucket(self.nc, create=True, replicas=self._replicas)
             self._subs.append(
                 await self.nc.subscribe(subjects.guardian(self.name, "*"), cb=self._on_message)
             )
@@ -270,12 +272,12 @@ class Guardian:
     async def _put(self, view: wire.GuardianView) -> None:
         assert self.nc is not None
         if self._kv is None:
-            self._kv = await open_bucket(self.nc, create=True)
+            self._kv = await open_bucket(self.nc, create=True, replicas=self._replicas)
         try:
             await self._kv.put(self.name, msgspec.msgpack.encode(view))
         except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
             # The bucket is in memory: a restarted server lost it. Make it again.
-            self._kv = await open_bucket(self.nc, create=True)
+            self._kv = await open_bucket(self.nc, create=True, replicas=self._replicas)
             await self._kv.put(self.name, msgspec.msgpack.encode(view))
         self._published_seq = max(self._published_seq, view.seq)
 

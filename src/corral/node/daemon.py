@@ -39,6 +39,7 @@ from corral.errors import (
     UsageError,
 )
 from corral.node.commands import CommandRunner
+from corral.node.epochs import EpochFilter
 from corral.node.handlers import Handlers
 from corral.node.stats import HostStats
 from corral.node.streams import NodeStream, StreamHub
@@ -147,6 +148,8 @@ class Node:
         self.task_modules = tasks
         self.workers: WorkerPool | None = None
         self.joins = 0
+        #: the highest leader epoch seen: messages of a lower one are ignored (issue #13)
+        self.epochs = EpochFilter(self.name)
 
     def _applied(self, serial: int) -> None:
         self.last_serial = serial
@@ -199,6 +202,7 @@ class Node:
                 joined=self.joined,
                 joins=lambda: self.joins,
                 join_changed=self.join_changed,
+                epochs=self.epochs,
                 modules=modules,
                 slots=self.slots,
             )
@@ -284,6 +288,7 @@ class Node:
             version=__version__,
             slots=self.slots,
             last_serial=self.last_serial,
+            epoch=self.epochs.highest,
         )
 
     async def _join_loop(self) -> None:
@@ -315,6 +320,8 @@ class Node:
                 log.error("join refused: %s", exc, extra={"node": self.name})
                 self._fail(exc)
                 return
+            if not self.epochs.accept(reply.epoch, "join reply"):
+                continue  # a deposed leader answered: the leader's announcement comes
             self.controller = reply.controller
             if reply.now:
                 self.clock_offset = reply.now - time.time()
@@ -350,7 +357,10 @@ class Node:
             # that second join would double a slow join's cost (issue #14).
             if self.nc.is_connected and self.joins:
                 beat = wire.Heartbeat(
-                    instance=self.instance, last_serial=self.last_serial, stats=host.current()
+                    instance=self.instance,
+                    last_serial=self.last_serial,
+                    stats=host.current(),
+                    epoch=self.epochs.highest,
                 )
                 await self.nc.publish(subject, wire.encode(beat), headers=wire.HEADERS)
 
@@ -362,6 +372,8 @@ class Node:
         except CorralError as exc:
             log.warning("bad announcement ignored: %s", exc)
             return
+        if not self.epochs.accept(ann.epoch, "announcement"):
+            return
         if ann.controller != self.controller or not self.joined.is_set():
             self._need_join.set()
         else:
@@ -372,6 +384,8 @@ class Node:
             ctl = wire.decode(msg.data, wire.Rejoin, msg.headers)
         except CorralError as exc:
             log.warning("bad control message ignored: %s", exc)
+            return
+        if not self.epochs.accept(max(ctl.epoch, wire.epoch_of(msg.headers)), "rejoin"):
             return
         log.info("asked to join again: %s", ctl.reason, extra={"node": self.name})
         self.joined.clear()
@@ -408,6 +422,8 @@ class Node:
             update = wire.decode(msg.data, wire.ReportUpdate, msg.headers)
         except CorralError as exc:
             log.warning("bad report update ignored: %s", exc)
+            return
+        if not self.epochs.accept(wire.epoch_of(msg.headers), "report update"):
             return
         hooks = [self.on_reports] if self.on_reports is not None else []
         for hook in [*hooks, *self.handlers.report_hooks]:

@@ -30,6 +30,7 @@ import msgspec
 
 from corral import bus, procs, subjects, wire
 from corral.errors import ConfigError, CorralError
+from corral.node.epochs import EpochFilter
 from corral.node.worker_main import frame
 from corral.states import TaskOutcome
 
@@ -115,6 +116,7 @@ class WorkerPool:
         join_changed: Notified whenever the node joins (and here, when asked for a hello).
         modules: Task modules every worker imports.
         slots: Worker processes to run.
+        epochs: The node's leader epochs: task messages of a deposed leader are ignored.
     """
 
     def __init__(
@@ -130,7 +132,9 @@ class WorkerPool:
         join_changed: asyncio.Condition,
         modules: tuple[str, ...],
         slots: int,
+        epochs: EpochFilter | None = None,
     ) -> None:
+        self.epochs = epochs
         self.name = name
         self.instance = instance
         self.labels = labels
@@ -370,6 +374,10 @@ class WorkerPool:
             body: Any = wire.decode(msg.data, wire.NodeTaskMessage, msg.headers)  # type: ignore[arg-type]
         except CorralError as exc:
             log.warning("bad task message ignored: %s", exc)
+            return
+        if self.epochs is not None and not self.epochs.accept(
+            wire.epoch_of(msg.headers), "task message"
+        ):
             return
         if isinstance(body, wire.TaskAssign):
             self._assign(body.runs)

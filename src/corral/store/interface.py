@@ -14,13 +14,14 @@ committed with every other pending write, answered after the commit. No SQL live
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
 import msgspec
 
 from corral.core.taskstate import TaskInstance
+from corral.errors import NotLeader
 from corral.records import (
     AuditEntry,
     CommandRow,
@@ -32,6 +33,7 @@ from corral.records import (
     UserRow,
 )
 
+from .lease import LeaseTable
 from .writes import Written
 
 __all__ = ["AuthRecords", "NodePage", "Page", "Store", "TaskRecords"]
@@ -139,6 +141,10 @@ class Store(Protocol):
         """API tokens and dashboard users."""
 
     @property
+    def lease(self) -> LeaseTable:
+        """The leader's lease and the controllers' rows (several controllers)."""
+
+    @property
     def url(self) -> str:
         """The normalized URL (with its password, if any)."""
 
@@ -182,6 +188,13 @@ class Store(Protocol):
 
     async def set_meta(self, key: str, value: str) -> None:
         """Set a ``meta`` value."""
+
+    def set_fence(
+        self, holder: str, epoch: int, on_fenced: Callable[[NotLeader], None] | None
+    ) -> None:
+        """Make every later write conditional on ``holder`` holding the lease at ``epoch``
+        (``epoch`` -1: refuse every write, a standby); ``on_fenced`` is called on the event
+        loop when the fence refused a write."""
 
     # reads
     async def load_nodes(self) -> list[NodeRecord]:

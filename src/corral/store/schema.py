@@ -28,6 +28,8 @@ __all__ = [
     "audit_log",
     "command_outcomes",
     "commands",
+    "controller_lease",
+    "controllers",
     "idempotency_keys",
     "meta",
     "metadata",
@@ -207,4 +209,30 @@ idempotency_keys = Table(
     Column("created", Double, nullable=False),
     PrimaryKeyConstraint("caller", "key", name="pk_idempotency_keys"),
     Index("ix_idempotency_keys_created", "created"),
+)
+
+#: The leader's lease: one row (``id`` 1). ``expires`` is judged by the database's clock;
+#: ``epoch`` grows at every takeover and fences the leader's writes (corral.store.lease).
+controller_lease = Table(
+    "controller_lease",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("expires", Double, nullable=False),
+    Column("address", Text, nullable=False),
+)
+
+#: Every controller, leader or standby, as it last said (``corral status``).
+controllers = Table(
+    "controllers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("address", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started", Double, nullable=False),
+    Column("last_seen", Double, nullable=False),
 )

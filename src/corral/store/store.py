@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
@@ -21,7 +21,7 @@ import msgspec
 from sqlalchemy import Connection, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from corral.errors import StoreError
+from corral.errors import NotLeader, StoreError
 from corral.records import (
     AuditEntry,
     CommandRow,
@@ -39,6 +39,7 @@ from .batch import Batch
 from .commands import CommandQueries
 from .idempotency import find_key, recent_keys
 from .interface import NodePage
+from .lease import LeaseTable, fence_check
 from .schema import audit_log, meta, node_transitions, nodes
 from .tasks import TaskTables
 from .writer import Unit, Writer
@@ -90,6 +91,7 @@ class SqlStore(CommandQueries):
         self._upsert_nodes = upsert(dialect, nodes, "name")
         self._upsert_meta = upsert(dialect, meta, "key")
         self._writer = Writer(url, self._masked)
+        self._lease = LeaseTable(url, self._masked)
         #: task instances
         self.tasks = TaskTables(self)
         #: API tokens and dashboard users
@@ -147,6 +149,37 @@ class SqlStore(CommandQueries):
         return self._engine.dialect.name
 
     @property
+    def lease(self) -> LeaseTable:
+        """The leader's lease and the controllers' rows (on a connection of their own)."""
+        return self._lease
+
+    def set_fence(
+        self, holder: str, epoch: int, on_fenced: Callable[[NotLeader], None] | None
+    ) -> None:
+        """Make every later write conditional on ``holder`` holding the lease at ``epoch``
+        (see :mod:`corral.store.lease`); ``epoch`` -1 refuses every write (a standby).
+
+        Args:
+            holder: This controller's id.
+            epoch: The epoch it holds the lease at, or -1.
+            on_fenced: Called on this event loop with the refusal when the fence refused a
+                write (the controller steps down).
+        """
+        loop = asyncio.get_running_loop()
+
+        def fence(conn: Connection) -> None:
+            fence_check(conn, holder, epoch)
+
+        def fenced(exc: NotLeader) -> None:
+            if on_fenced is not None:
+                loop.call_soon_threadsafe(on_fenced, exc)
+
+        self._writer.on_fenced = fenced
+        # SQLite: the OS lock on the file (corral.store.lock) already keeps it to one
+        # controller, so a leader's transactions skip the check (it cost ~1 ms a commit).
+        self._writer.fence = None if self.backend == "sqlite" and epoch >= 0 else fence
+
+    @property
     def writer(self) -> Writer:
         """The store's one writer (its counters tell how many transactions it committed)."""
         return self._writer
@@ -162,6 +195,7 @@ class SqlStore(CommandQueries):
         self._closed = True
         with translate("close the store", self._masked):
             await self._writer.close()
+            await self._lease.close()
             await self._engine.dispose()
 
     async def __aenter__(self) -> SqlStore:

@@ -40,13 +40,13 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from corral.errors import StoreError
+from corral.errors import NotLeader, StoreError
 
 from ._engine import engine_options, listen_connects
 from ._errors import WRITE_FAILURES, is_transient, translate
 from ._url import sync_url
 
-__all__ = ["CommittedThenCancelled", "Unit", "Writer"]
+__all__ = ["CommittedThenCancelled", "Fence", "Unit", "Writer"]
 
 log = logging.getLogger("corral.store")
 
@@ -54,6 +54,14 @@ R = TypeVar("R")
 
 # Units written in one transaction at most: bounds the work one failure has to redo.
 _MAX_GROUP = 512
+
+#: On PostgreSQL, a writer's session idle inside a transaction this long (milliseconds) is
+#: ended by the server: a leader paused mid-transaction then releases its lock on the lease
+#: row well within a lease, so a standby can take over (corral.store.lease).
+IDLE_IN_TRANSACTION_MS = 3000
+
+#: Runs first in every transaction of the writer; raises NotLeader to refuse the whole group.
+Fence = Callable[[Connection], None]
 
 
 class CommittedThenCancelled(asyncio.CancelledError):
@@ -121,6 +129,10 @@ class Writer:
         # One connection, used by the writer's thread only; checked before use on PostgreSQL
         # so a restarted server costs a reconnection, not a failed group.
         postgresql = sync_url(url).get_backend_name() == "postgresql"
+        if postgresql:
+            options.setdefault("connect_args", {})["options"] = (
+                f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+            )
         self._engine: Engine = create_engine(
             sync_url(url), pool_size=1, max_overflow=0, pool_pre_ping=postgresql, **options
         )
@@ -135,6 +147,11 @@ class Writer:
         self.units = 0
         #: called with each committed transaction's seconds and units (metrics; a no-op hook)
         self.observe: Callable[[float, int], None] | None = None
+        #: checks, first in every transaction, that this process may write (the leader's
+        #: epoch, see corral.store.lease); ``None``: no check (one controller, tools)
+        self.fence: Fence | None = None
+        #: called (on the writer's thread) with the refusal when the fence refused a group
+        self.on_fenced: Callable[[NotLeader], None] | None = None
         self._thread = threading.Thread(target=self._run, name="corral-store-writer", daemon=True)
         self._thread.start()
 
@@ -221,8 +238,13 @@ class Writer:
         began = time.perf_counter()
         try:
             with self._engine.connect() as conn, conn.begin():
+                if self.fence is not None:
+                    self.fence(conn)
                 for p in group:  # no savepoints here: pysqlite's lazy BEGIN will do
                     results.append(p.unit.write(conn))
+        except NotLeader as exc:
+            self._fenced(group, exc)
+            return
         except WRITE_FAILURES as exc:
             if is_transient(exc):
                 for p in group:
@@ -254,6 +276,8 @@ class Writer:
         try:
             with self._engine.connect() as conn, conn.begin():
                 self._begin(conn)
+                if self.fence is not None:
+                    self.fence(conn)
                 for p in group:
                     write = p.unit.isolate or p.unit.write
                     try:
@@ -265,6 +289,9 @@ class Writer:
                         outcomes.append((None, _translated(exc, p.unit.what, self._masked)))
                     except Exception as exc:  # a bug in this unit: refuse it alone
                         outcomes.append((None, exc))
+        except NotLeader as exc:
+            self._fenced(group, exc)
+            return
         except WRITE_FAILURES as exc:
             for p in group:
                 self._answer(p, None, _translated(exc, p.unit.what, self._masked))
@@ -273,6 +300,17 @@ class Writer:
         for p, (result, error) in zip(group, outcomes, strict=True):
             p.committed = error is None
             self._answer(p, result, error)
+
+    def _fenced(self, group: list[_Pending], exc: NotLeader) -> None:
+        """The fence refused the group: nothing of it was written; tell its callers and the
+        controller (which steps down)."""
+        for p in group:
+            self._answer(p, None, exc)
+        if self.on_fenced is not None:
+            try:
+                self.on_fenced(exc)
+            except Exception:  # the hook must not kill the writer
+                log.exception("store fence hook failed")
 
     def _answer(self, p: _Pending, result: Any, error: BaseException | None) -> None:
         self.units += 1
