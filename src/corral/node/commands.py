@@ -57,6 +57,7 @@ from corral.core.node_commands import (
     Unjournal,
 )
 from corral.errors import CorralError
+from corral.node.epochs import EpochFilter
 from corral.node.handlers import Handlers
 from corral.states import CommandState
 
@@ -117,6 +118,9 @@ class CommandRunner:
         self._worker: asyncio.Task[None] | None = None
         self._resender: asyncio.Task[None] | None = None
         self._subs: list[Any] = []
+        #: the node's filter of leader epochs (set by the node): a deposed controller's
+        #: commands and confirmations are ignored (issue #13)
+        self.epochs: EpochFilter | None = None
         #: catch-up requests in flight
         self._fetches: set[asyncio.Task[None]] = set()
 
@@ -253,6 +257,8 @@ class CommandRunner:
                 _LIVE,  # type: ignore[arg-type]
                 msg.headers,
             )
+            if not self._current(max(getattr(live, "epoch", 0), wire.epoch_of(msg.headers))):
+                return
             if isinstance(live, wire.ReportAck):  # settled commands, with no command to ride
                 self.core.acked(*live.serials)
                 return
@@ -270,7 +276,13 @@ class CommandRunner:
         except (CorralError, msgspec.DecodeError) as exc:
             log.warning("bad command ignored: %s", exc, extra={"node": self.name})
             return
-        await self._perform(self.core.direct(command))
+        if self._current(max(live.epoch, wire.epoch_of(msg.headers))):
+            await self._perform(self.core.direct(command))
+
+    def _current(self, epoch: int) -> bool:
+        """Whether a controller's message of ``epoch`` comes from the leader (not a deposed
+        one that has not noticed yet)."""
+        return self.epochs is None or self.epochs.accept(epoch, "command")
 
     async def _fetch(self, ask: Fetch) -> None:
         """Ask the controller for this node's commands in the gap, and take them in order."""
@@ -358,7 +370,8 @@ class CommandRunner:
             ack = wire.decode(msg.data, wire.ReportAck, msg.headers)
         except CorralError:
             return
-        self.core.acked(*(ack.serials or (ack.serial,)))
+        if self._current(wire.epoch_of(msg.headers)):
+            self.core.acked(*(ack.serials or (ack.serial,)))
 
     async def _resend_loop(self) -> None:
         while True:

@@ -150,6 +150,7 @@ class Node:
         self.joins = 0
         #: the highest leader epoch seen: messages of a lower one are ignored (issue #13)
         self.epochs = EpochFilter(self.name)
+        self.commands.epochs = self.epochs
 
     def _applied(self, serial: int) -> None:
         self.last_serial = serial
