@@ -70,6 +70,40 @@ async def test_a_node_ignores_a_lower_epoch_and_obeys_the_leaders(
         await node.stop()
 
 
+async def test_a_node_ignores_live_commands_of_a_deposed_leader(
+    controller: Controller, config: Config
+) -> None:
+    creds = config.data_path / "e2.creds"
+    creds.write_text(Authority.load(config.data_path).enroll("e2"))
+    node = Node(config, "e2", creds=creds)
+    await node.start()
+    try:
+        await asyncio.wait_for(node.wait_joined(controller.id), scaled(10))
+        assert controller.leadership is not None
+        epoch = controller.leadership.epoch
+        nc = controller.nc
+        assert isinstance(nc, bus.StampedNATS)
+        applied = node.commands.core.last
+        serial = controller.commands.book.last_serial + 1
+        body = wire.encode(wire.NodeCommand(serial=serial, kind="command", name="noop"))
+        forged = wire.LiveCommand(serial=serial, prev=serial - 1, epoch=epoch - 1, body=body)
+        nc.stamp = {wire.EPOCH_HEADER: str(epoch - 1)}
+        try:
+            await nc.publish(subjects.LIVE_COMMANDS, wire.encode(forged), headers=wire.HEADERS)
+            await nc.publish(
+                subjects.live_commands_for("e2"), wire.encode(forged), headers=wire.HEADERS
+            )
+            await nc.flush()
+        finally:
+            nc.stamp = {wire.EPOCH_HEADER: str(epoch)}
+        async with asyncio.timeout(scaled(10)):
+            while node.epochs.ignored < 2:
+                await asyncio.sleep(0.01)
+        assert node.commands.core.last == applied and node.epochs.highest == epoch
+    finally:
+        await node.stop()
+
+
 async def test_after_a_restore_the_leader_steps_up_above_the_epoch_nodes_have_seen(
     broker: EmbeddedBroker, config: Config
 ) -> None:
