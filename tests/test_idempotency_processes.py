@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
-from conftest import Procs, scaled
+from conftest import Procs, eventually, scaled
 from corral import AsyncController
 from corral.broker import EmbeddedBroker
 from corral.config import Config
-from corral.errors import RemoteError
+from corral.errors import Disconnected, RemoteError
 from corral.store import open_store
 from test_tasks_processes import (  # noqa: F401 - fixtures
     api_config,
@@ -25,7 +25,6 @@ from test_tasks_processes import (  # noqa: F401 - fixtures
     start_controller,
     start_node,
     token,
-    until,
 )
 
 pytestmark = pytest.mark.slow
@@ -46,7 +45,7 @@ async def test_submissions_across_a_controller_kill_9_are_queued_exactly_once(
 ) -> None:
     controller = start_controller(procs, api_config)
     start_node(procs, api_config, "k1", slots=4)
-    await until(lambda: offered_by_noop(client), scaled(30))
+    await eventually(lambda: offered_by_noop(client), scaled(30), ignoring=(Disconnected,))
     returned: list[int] = []
     refused = 0
     stop = asyncio.Event()
@@ -62,12 +61,16 @@ async def test_submissions_across_a_controller_kill_9_are_queued_exactly_once(
 
     loops = [asyncio.create_task(submitter()) for _ in range(6)]
     try:
-        await until(lambda: _at_least(returned, 30, loops), scaled(30))
+        await eventually(
+            lambda: _at_least(returned, 30, loops), scaled(30), ignoring=(Disconnected,)
+        )
         controller.kill()  # SIGKILL with calls in flight
         controller.wait()
         before = len(returned)
         start_controller(procs, api_config)
-        await until(lambda: _at_least(returned, before + 30, loops), scaled(60))
+        await eventually(
+            lambda: _at_least(returned, before + 30, loops), scaled(60), ignoring=(Disconnected,)
+        )
     finally:
         stop.set()
         await asyncio.gather(*loops)

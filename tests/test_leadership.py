@@ -17,12 +17,13 @@ import httpx
 import msgspec
 import pytest
 
-from conftest import Procs, free_port, scaled
+from conftest import Procs, eventually, free_port, scaled
 from corral import AsyncController
 from corral.broker import EmbeddedBroker
 from corral.config import Config
+from corral.errors import Disconnected
 from corral.store import open_store
-from test_tasks_processes import start_node, until
+from test_tasks_processes import start_node
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ class Ctl:
                 return True
             return False
 
-        await until(check, timeout)
+        await eventually(check, timeout, ignoring=(Disconnected,))
         return found
 
 
@@ -128,7 +129,7 @@ async def test_standby_reads_refuses_writes_and_takes_over_after_kill_9(
     on_a = AsyncController(a.url, token, timeout=scaled(30))
     on_b = AsyncController(b.url, token, timeout=scaled(30))
     try:
-        await until(lambda: _noop_offered(on_a), scaled(30))
+        await eventually(lambda: _noop_offered(on_a), scaled(30), ignoring=(Disconnected,))
         first = await on_a.queue_task("noop")
         # The standby answers reads from the store, and writes with the leader's address.
         detail = await on_b.task_history_detail(first)
@@ -146,7 +147,7 @@ async def test_standby_reads_refuses_writes_and_takes_over_after_kill_9(
             seen.update({c["id"]: c for c in reply.json()["controllers"]})
             return len(seen) == 2
 
-        await until(both_listed, scaled(10))
+        await eventually(both_listed, scaled(10), ignoring=(Disconnected,))
         roles = {c["address"]: (c["role"], c["epoch"]) for c in seen.values()}
         assert roles == {a.url: ("leader", leader["epoch"]), b.url: ("standby", leader["epoch"])}
         a.proc.kill()  # SIGKILL: no lease released, the standby waits for its expiry
@@ -155,7 +156,8 @@ async def test_standby_reads_refuses_writes_and_takes_over_after_kill_9(
         waited = time.monotonic() - killed
         assert took["epoch"] == leader["epoch"] + 1
         assert waited <= scaled(LEASE + 2), waited
-        await until(lambda: _noop_offered(on_b), scaled(30))  # the node followed
+        # the node followed
+        await eventually(lambda: _noop_offered(on_b), scaled(30), ignoring=(Disconnected,))
         second = await on_b.queue_task("noop")
         assert second > first
     finally:
@@ -177,14 +179,14 @@ async def test_a_paused_leader_steps_down_and_nothing_it_tries_after_waking_land
     on_b = AsyncController(b.url, token, timeout=scaled(30))
     accepted: list[int] = []
     try:
-        await until(lambda: _noop_offered(on_a), scaled(30))
+        await eventually(lambda: _noop_offered(on_a), scaled(30), ignoring=(Disconnected,))
         accepted.append(await on_a.queue_task("noop"))
         a.proc.send_signal(signal.SIGSTOP)
         # Calls that reach the paused leader wait in its socket until it wakes.
         pending = [asyncio.create_task(_queue(a.url, token)) for _ in range(3)]
         took = await b.role("leader", scaled(LEASE + 2 + 5))
         assert took["epoch"] == leader["epoch"] + 1
-        await until(lambda: _noop_offered(on_b), scaled(30))
+        await eventually(lambda: _noop_offered(on_b), scaled(30), ignoring=(Disconnected,))
         accepted.append(await on_b.queue_task("noop"))
         a.proc.send_signal(signal.SIGCONT)
         for outcome in await asyncio.gather(*pending, return_exceptions=True):
