@@ -41,6 +41,7 @@ from corral.errors import (
     Disconnected,
     FunctionNotFound,
     NoKey,
+    RetryLater,
     UsageError,
 )
 from corral.tokens import load_token, read_token
@@ -327,6 +328,8 @@ class Client(ApiFunctions, Commands, BusMethods):
             ControllerError: a subclass for the error code the controller answered with.
             IdempotencyKeyReused: the key was sent before with another request.
             Disconnected: the controller could not be reached.
+            RetryLater: the controller kept saying "not yet" (a submission or a read is asked
+                again as it says, within the client's timeout).
             Timeout: a ``wait`` ran out of time.
             UsageError: ``idempotency_key`` given to a call that is not a submission.
         """
@@ -347,11 +350,18 @@ class Client(ApiFunctions, Commands, BusMethods):
             # while another takes over: send it again (same key) elsewhere.
             timeout = min(timeout, ATTEMPT)
         while True:
+            wait = delay
             try:
                 return await self.transport.call(function, kwargs, reply, timeout, key)
             except Disconnected:
                 # Nothing or everything was done: the key makes the next attempt safe.
                 if time.monotonic() + delay >= deadline:
                     raise
-            await asyncio.sleep(delay)
+            except RetryLater as exc:
+                # Refused without doing anything (a controller just started or took over):
+                # asked again when it says.
+                wait = max(exc.retry_after, delay)
+                if time.monotonic() + wait >= deadline:
+                    raise
+            await asyncio.sleep(wait)
             delay = min(delay * 2, 1.0)

@@ -44,6 +44,7 @@ from corral.errors import (
     RetryLater,
     StoreError,
     Timeout,
+    UnknownTask,
 )
 from corral.records import AuditEntry, IdempotencyRow
 from corral.states import NodeStatus
@@ -98,6 +99,8 @@ class TaskService:
         self.signatures = Signatures()
         self.store: TaskRecords | None = None
         self._next_id = 1
+        #: until when an unknown task key is "not offered yet" (see :meth:`start`)
+        self._warm_until = 0.0
         self._dirty: dict[int, TaskInstance] = {}
         self._finished: list[TaskInstance] = []
         #: finished instances whose final state is not on disk yet
@@ -148,6 +151,9 @@ class TaskService:
             StoreError: The store could not be read.
         """
         self.store = self._store.tasks
+        # Until the nodes have had a silence's worth of time to offer their tasks to this
+        # controller (a restart, a takeover), an unknown key may only be not offered *yet*.
+        self._warm_until = self.clock() + self.config.down_after
         self._next_id = await self.store.max_id() + 1
         self.core.load(await self.store.load_active(), self.clock())
         await self._pump()
@@ -228,7 +234,16 @@ class TaskService:
                     item=i if parent is not None else None,
                 )
             )
-        self.core.queue(batch, now)
+        try:
+            self.core.queue(batch, now)
+        except UnknownTask as exc:
+            if now >= self._warm_until:
+                raise
+            raise RetryLater(
+                f"{exc} yet: this controller has just started (or taken over) and its "
+                "nodes are still offering their tasks; ask again",
+                retry_after=0.25,
+            ) from exc
         self._next_id += len(batch)
         if extra is not None:
             self._extra.extend(extra(batch))
