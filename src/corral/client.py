@@ -343,7 +343,7 @@ class Client(ApiFunctions, Commands, BusMethods):
             raise UsageError(f"{function} takes no idempotency_key: only submissions do")
         if key is None and function not in m.READS:
             return await self.transport.call(function, kwargs, reply, timeout, None)
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + timeout  # call_timeout bounds the whole call
         delay = 0.05
         if key is not None and call_timeout is None and len(self.addresses) > 1:
             # A controller that does not answer a submission soon may be paused or cut off
