@@ -99,7 +99,7 @@ class TaskService:
         self.signatures = Signatures()
         self.store: TaskRecords | None = None
         self._next_id = 1
-        #: until when an unknown task key is "not offered yet" (see :meth:`start`)
+        #: until when at most an unknown task key may be "not offered yet" (see :meth:`_warming`)
         self._warm_until = 0.0
         self._dirty: dict[int, TaskInstance] = {}
         self._finished: list[TaskInstance] = []
@@ -151,9 +151,7 @@ class TaskService:
             StoreError: The store could not be read.
         """
         self.store = self._store.tasks
-        # Until the nodes have had a silence's worth of time to offer their tasks to this
-        # controller (a restart, a takeover), an unknown key may only be not offered *yet*.
-        self._warm_until = self.clock() + self.config.down_after
+        self._warm_until = self.clock() + 2 * self.config.down_after
         self._next_id = await self.store.max_id() + 1
         self.core.load(await self.store.load_active(), self.clock())
         await self._pump()
@@ -237,7 +235,7 @@ class TaskService:
         try:
             self.core.queue(batch, now)
         except UnknownTask as exc:
-            if now >= self._warm_until:
+            if not self._warming(now):
                 raise
             raise RetryLater(
                 f"{exc} yet: this controller has just started (or taken over) and its "
@@ -251,6 +249,18 @@ class TaskService:
         if durable:
             await self._until_durable(i.id for i in batch)
         return batch
+
+    def _warming(self, now: float) -> bool:
+        """Whether an unknown key may only be not offered *yet*: this controller has just
+        started (or taken over) and a node the registry has UP with task slots has not told it
+        its tasks since. Bounded by two silences: a node not back by then is going DOWN."""
+        if now >= self._warm_until:
+            return False
+        offered = self.core.nodes
+        return any(
+            r.status == NodeStatus.UP and r.slots > 0 and name not in offered
+            for name, r in self.registry.nodes.items()
+        )
 
     async def cancel(
         self, ident: int, *, force: bool = False, audit: AuditEntry | None = None
