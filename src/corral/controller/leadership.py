@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from corral.config import Config
-from corral.errors import CorralError, NotLeader
+from corral.errors import CorralError, NotLeader, RetryLater
 from corral.store import Store
 from corral.store.lease import ControllerRow, LeaseView
 
@@ -87,6 +87,8 @@ class Leadership:
         self._task: asyncio.Task[None] | None = None
         self._abdicating: asyncio.Task[None] | None = None
         self._claims: dict[str, int] = {}  # node -> an epoch above ours it has seen
+        #: set once the leader's services are started: writes before it are "ask again"
+        self.ready = False
 
     def __repr__(self) -> str:
         return f"<Leadership {self.id[:8]} {self.role} epoch={self.epoch}>"
@@ -106,9 +108,16 @@ class Leadership:
 
         Raises:
             NotLeader: it is a standby (or was deposed); ``leader`` is where to send it.
+            RetryLater: it has taken the lease and is still loading what the last leader
+                left (the services a write needs are not started yet).
         """
         if self.role == "leader":
-            return
+            if self.ready:
+                return
+            raise RetryLater(
+                f"this controller is taking over and does not take {what} yet; ask again",
+                retry_after=0.2,
+            )
         where = self.leader or "no controller leads yet"
         raise NotLeader(
             f"this controller is a standby and does not take {what}: send it to the leader "
@@ -137,9 +146,11 @@ class Leadership:
         self.epoch = view.epoch
         self.store.set_fence(self.id, view.epoch, self._fenced)
         self.role = "leader"
+        self.ready = False
         log.info("leading", extra={"id": self.id[:8], "epoch": view.epoch})
         try:
             await self._on_lead(view.epoch)
+            self.ready = True
         except BaseException as exc:
             # Half-started services are not unwound in place: let the lease go and end
             # this leader (a takeover's failure ends serve_forever; a start's is raised).
