@@ -40,14 +40,19 @@ import msgspec
 
 from corral import bus, subjects, wire
 from corral.config import Config, load_config
-from corral.core.group import RESUME
 from corral.errors import (
     CorralError,
     GroupRefused,
     GroupTimeout,
     UsageError,
 )
-from corral.group_p2p import Inbox, PointToPoint, coordinator_request, encode_value
+from corral.group_p2p import (
+    Inbox,
+    PointToPoint,
+    arrive_across_takeovers,
+    coordinator_request,
+    encode_value,
+)
 from corral.security import GROUP_INBOX
 
 __all__ = ["Collected", "Group", "Reached"]
@@ -113,6 +118,7 @@ class Group(PointToPoint):
         self._poll = 1.0
         self._alive_at: dict[int, float] = {}  # rank -> when the coordinator said alive
         self._in_flight = False  # a collective call waits for the coordinator
+        self._lost = asyncio.Event()  # a new coordinator nudged us while a call waited
         self._resuming: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -206,8 +212,11 @@ class Group(PointToPoint):
     # --- a new coordinator --------------------------------------------------------------
 
     async def _on_nudge(self, msg: Any) -> None:
-        # The coordinator does not know this member (it is new): resume, once at a time.
-        if self.id and not self._in_flight and (self._resuming is None or self._resuming.done()):
+        # The coordinator does not know this member (it is new): resume, once at a time; a
+        # collective call waiting on the old one calls again.
+        if self._in_flight:
+            self._lost.set()
+        elif self.id and (self._resuming is None or self._resuming.done()):
             self._resuming = asyncio.create_task(self._resume_quietly())
 
     async def _resume_quietly(self) -> None:
@@ -345,21 +354,16 @@ class Group(PointToPoint):
         request = wire.GroupArrive(
             member=self.member, kind=kind, seq=self._seq, timeout=timeout, run=self.run
         )
-        subject = subjects.group(self.name, "arrive")
         self._in_flight = True
         try:
-            try:
-                done: wire.GroupRound = await coordinator_request(
-                    self.nc, subject, request, wire.GroupRound, timeout + 10
-                )
-            except GroupRefused as exc:
-                if exc.step != RESUME:
-                    raise
-                # A new coordinator: resume at this call's step, then call again.
-                await self._resume(self._seq)
-                done = await coordinator_request(
-                    self.nc, subject, request, wire.GroupRound, timeout + 10
-                )
+            done = await arrive_across_takeovers(
+                self.nc,
+                subjects.group(self.name, "arrive"),
+                request,
+                self._lost,
+                lambda: self._resume(request.seq),
+                self._poll,
+            )
         except GroupRefused as exc:
             # Not counted: the next call is made at the group's current collective.
             self._seq = exc.step - 1 if exc.step > 0 else self._seq - 1
