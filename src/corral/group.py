@@ -293,6 +293,8 @@ class Group(PointToPoint):
                 who, ``left_out`` why).
             GroupRefused: this member is out of step (this call only was not counted: call
                 again) or was declared dead.
+            ControllerUnavailable: no coordinator answered by the call's deadline (a
+                restarted or new one is waited for until then, and the call made again).
         """
         done = await self._arrive("barrier", timeout)
         reached = Reached(done.reached)

@@ -8,7 +8,7 @@ second of its silence limit.
 Groups live in this process only: a new controller (a restart or a standby's takeover) rebuilds
 each one from its members. A member it does not know is refused with the core's ``RESUME``
 step (an arrival) or nudged on its beat's reply subject; it then resumes with its own rank, the
-formed size and group id, and the collective it calls next (:meth:`Group.resume`).
+formed size and group id, and the collective it calls next (:mod:`corral.core.group_resume`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from corral import bus, subjects, wire
+from corral.core import group_resume
 from corral.core.group import (
     RESUME,
     Decision,
@@ -164,7 +165,7 @@ class GroupService:
             decisions: list[Decision] = [Refuse(resume.member, f"group {name!r} has ended")]
         else:
             if g is None:
-                g = self.groups[key] = Group.rebuilt_from(
+                g = self.groups[key] = group_resume.rebuilt(
                     name, resume.size, resume.asked, self.silence, now
                 )
                 self.ids[key] = resume.group_id
@@ -172,7 +173,8 @@ class GroupService:
             if self.ids[key] != resume.group_id:
                 decisions = [Refuse(resume.member, f"group {name!r} is another instance now")]
             else:
-                decisions = g.resume(
+                decisions = group_resume.resume(
+                    g,
                     resume.member,
                     resume.rank,
                     resume.size,

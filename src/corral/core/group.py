@@ -19,7 +19,7 @@ out of step, did not arrive, or reached and then died/departed before the round 
 ``reached`` holds only the members still alive when the round completed.
 
 A new coordinator (a controller restart or a standby's takeover) knows no group: it is rebuilt
-from its members (:meth:`Group.rebuilt`, :meth:`Group.resume`). Each member, refused with
+from its members (:mod:`corral.core.group_resume`). Each member, refused with
 :data:`RESUME` as its step, re-announces its rank, the formed size and the collective it calls
 next; the group is ACTIVE again with those ranks, and a rank nobody resumes counts as a member
 last heard of when the group was rebuilt: it is dead after the usual silence, as a crashed one.
@@ -38,6 +38,7 @@ __all__ = [
     "Group",
     "GroupFailed",
     "LEFT_OUT",
+    "Member",
     "Phase",
     "RESUME",
     "Refuse",
@@ -154,10 +155,6 @@ class _Round:
     arrived: dict[int, str] = field(default_factory=dict)  # rank -> member id
 
 
-def _placeholder(rank: int) -> str:
-    return f"?{rank}"  # never a member's id (those are hex)
-
-
 class Group:
     """One group's membership and its collectives.
 
@@ -194,18 +191,6 @@ class Group:
         self.strays: dict[int, str] = {}
         #: rebuilt from members' resumes (after a controller restart or takeover)
         self.rebuilt = False
-
-    @classmethod
-    def rebuilt_from(cls, name: str, size: int, asked: int, silence: float, now: float) -> Group:
-        """An ACTIVE group of ``size`` ranks this coordinator did not form, to be resumed
-        into: every rank is a placeholder last heard of ``now`` until its member resumes."""
-        g = cls(
-            name, asked, startup_timeout=0, allow_startup_failures=False, silence=silence, now=now
-        )
-        g.size, g.phase, g.rebuilt = size, Phase.ACTIVE, True
-        for rank in range(size):
-            g.members[_placeholder(rank)] = Member(_placeholder(rank), rank, now, now, rank=rank)
-        return g
 
     def __repr__(self) -> str:
         alive = sum(1 for m in self.members.values() if m.alive and not m.left)
@@ -252,54 +237,6 @@ class Group:
         self.size = len(ordered)
         self.phase = Phase.ACTIVE
         return Formed({m.id: m.rank for m in ordered}, self.size, self.asked)
-
-    def resume(
-        self,
-        member: str,
-        rank: int,
-        size: int,
-        asked: int,
-        seq: int,
-        now: float,
-        host: str = "",
-        pid: int = 0,
-    ) -> list[Decision]:
-        """A member of the formed group re-announces itself to a coordinator that did not
-        know it: rank ``rank`` of ``size``, calling collective ``seq`` next. Nothing to
-        answer when it is taken back (a :class:`Refuse` otherwise)."""
-        if self.phase is not Phase.ACTIVE:
-            return [Refuse(member, f"group {self.name!r} is {self.phase.lower()}: cannot resume")]
-        if (size, asked) != (self.size, self.asked):
-            return [
-                Refuse(
-                    member,
-                    f"group {self.name!r} has {self.size} of {self.asked} members, not "
-                    f"{size} of {asked}",
-                )
-            ]
-        if not 0 <= rank < size or seq < 1:
-            return [Refuse(member, f"rank {rank} is outside 0..{size - 1} or step {seq} < 1")]
-        known = self.members.get(member)
-        if known is not None:
-            if known.rank != rank:
-                return [Refuse(member, f"this member is rank {known.rank}, not {rank}")]
-            self.beat(member, now)
-            return []
-        holder = self.members.get(_placeholder(rank))
-        if not self.rebuilt or holder is None:
-            return [Refuse(member, f"rank {rank} of group {self.name!r} is already taken")]
-        if not holder.alive:
-            return [
-                Refuse(
-                    member,
-                    f"rank {rank} did not resume within {self.silence}s and was declared dead",
-                )
-            ]
-        del self.members[holder.id]
-        self.members[member] = Member(member, rank, holder.joined, now, host, pid, rank=rank)
-        if self.round is None and seq > self.next_seq:
-            self.next_seq = seq  # a member already past a round the old coordinator ended
-        return []
 
     def beat(self, member: str, now: float) -> None:
         """A member is alive."""
