@@ -19,6 +19,11 @@ seconds and every collective completes without it, reporting it missing.
 Point-to-point values go straight to the receiver's inbox subject, chunked the same way; the
 coordinator is asked only whether the peer is still alive (before a write, and while a read
 waits), so a dead or departed peer is an error within a heartbeat of the coordinator's verdict.
+
+The coordinator keeps groups in memory only. A new one (the controller restarted, or a standby
+took over) answers a member it does not know on its heartbeat's reply subject, or refuses its
+collective with the resume step; the member then resumes (its own rank, the size, the group id
+and the collective it calls next) and calls the refused collective again.
 """
 
 from __future__ import annotations
@@ -41,7 +46,13 @@ from corral.errors import (
     GroupTimeout,
     UsageError,
 )
-from corral.group_p2p import Inbox, PointToPoint, coordinator_request, encode_value
+from corral.group_p2p import (
+    Inbox,
+    PointToPoint,
+    arrive_across_takeovers,
+    coordinator_request,
+    encode_value,
+)
 from corral.security import GROUP_INBOX
 
 __all__ = ["Collected", "Group", "Reached"]
@@ -106,6 +117,9 @@ class Group(PointToPoint):
         self._sent: dict[int, int] = {}  # receiver rank -> number of values sent to it
         self._poll = 1.0
         self._alive_at: dict[int, float] = {}  # rank -> when the coordinator said alive
+        self._in_flight = False  # a collective call waits for the coordinator
+        self._lost = asyncio.Event()  # a new coordinator nudged us while a call waited
+        self._resuming: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -160,9 +174,11 @@ class Group(PointToPoint):
         member = uuid.uuid4().hex
         self = cls(nc, name, run, member)
         self._poll = config.heartbeat_interval
-        beat = asyncio.create_task(_beat(nc, name, run, member, config.heartbeat_interval))
+        nudges = nc.new_inbox()
+        beat = asyncio.create_task(_beat(nc, name, run, member, config.heartbeat_interval, nudges))
         self._tasks.append(beat)
         try:
+            await nc.subscribe(nudges, cb=self._on_nudge)
             # Listen before joining: a member told "formed" first may send its value at once.
             await self._subscribe()
             request = wire.GroupJoin(
@@ -192,6 +208,37 @@ class Group(PointToPoint):
             await nc.close()
             raise
         return self
+
+    # --- a new coordinator --------------------------------------------------------------
+
+    async def _on_nudge(self, msg: Any) -> None:
+        # The coordinator does not know this member (it is new): resume, once at a time; a
+        # collective call waiting on the old one calls again.
+        if self._in_flight:
+            self._lost.set()
+        elif self.id and (self._resuming is None or self._resuming.done()):
+            self._resuming = asyncio.create_task(self._resume_quietly())
+
+    async def _resume_quietly(self) -> None:
+        with contextlib.suppress(CorralError, asyncio.TimeoutError):
+            await self._resume(self._seq + 1)
+
+    async def _resume(self, seq: int) -> None:
+        """Tell a coordinator that lost this group who this member is (its own rank only)."""
+        request = wire.GroupResume(
+            member=self.member,
+            group_id=self.id,
+            rank=self.rank,
+            size=self.size,
+            asked=self.asked,
+            seq=seq,
+            run=self.run,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        await coordinator_request(
+            self.nc, subjects.group(self.name, "resume"), request, wire.GroupFormed, 10.0
+        )
 
     async def _subscribe(self) -> None:
         limit = 1 << 30  # large values arrive in a few big chunks
@@ -246,6 +293,8 @@ class Group(PointToPoint):
                 who, ``left_out`` why).
             GroupRefused: this member is out of step (this call only was not counted: call
                 again) or was declared dead.
+            ControllerUnavailable: no coordinator answered by the call's deadline (a
+                restarted or new one is waited for until then, and the call made again).
         """
         done = await self._arrive("barrier", timeout)
         reached = Reached(done.reached)
@@ -307,14 +356,22 @@ class Group(PointToPoint):
         request = wire.GroupArrive(
             member=self.member, kind=kind, seq=self._seq, timeout=timeout, run=self.run
         )
+        self._in_flight = True
         try:
-            done: wire.GroupRound = await coordinator_request(
-                self.nc, subjects.group(self.name, "arrive"), request, wire.GroupRound, timeout + 10
+            done = await arrive_across_takeovers(
+                self.nc,
+                subjects.group(self.name, "arrive"),
+                request,
+                self._lost,
+                lambda: self._resume(request.seq),
+                self._poll,
             )
         except GroupRefused as exc:
             # Not counted: the next call is made at the group's current collective.
             self._seq = exc.step - 1 if exc.step > 0 else self._seq - 1
             raise
+        finally:
+            self._in_flight = False
         if done.error:
             raise GroupTimeout(done.error, done.missing, done.left_out)
         return done
@@ -360,10 +417,11 @@ class Group(PointToPoint):
         return b"".join(p for p in parts if p is not None)
 
 
-async def _beat(nc: bus.NATS, name: str, run: str, member: str, every: float) -> None:
+async def _beat(nc: bus.NATS, name: str, run: str, member: str, every: float, nudges: str) -> None:
+    # A coordinator that does not know this member answers on ``nudges`` (the others do not).
     data = wire.encode(wire.GroupBeat(member=member, run=run))
     subject = subjects.group(name, "beat")
     while True:
         if nc.is_connected:
-            await nc.publish(subject, data, headers=wire.HEADERS)
+            await nc.publish(subject, data, reply=nudges, headers=wire.HEADERS)
         await asyncio.sleep(every)

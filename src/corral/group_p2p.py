@@ -11,13 +11,16 @@ reader always gets a sender's values in the order they were written, each once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import nats.errors
 
 from corral import bus, subjects, wire
+from corral.core.group import RESUME
 from corral.errors import (
     ControllerUnavailable,
     CorralError,
@@ -27,7 +30,13 @@ from corral.errors import (
     UsageError,
 )
 
-__all__ = ["Inbox", "PointToPoint", "coordinator_request", "encode_value"]
+__all__ = [
+    "Inbox",
+    "PointToPoint",
+    "arrive_across_takeovers",
+    "coordinator_request",
+    "encode_value",
+]
 
 _ENCODER = msgspec.msgpack.Encoder()
 
@@ -303,3 +312,58 @@ async def coordinator_request(
     except nats.errors.TimeoutError:
         raise GroupTimeout(f"the group coordinator did not answer within {timeout}s") from None
     return wire.decode_reply(reply.data, kind, reply.headers)
+
+
+async def arrive_across_takeovers(
+    nc: bus.NATS,
+    subject: str,
+    request: wire.GroupArrive,
+    lost: asyncio.Event,
+    resume: Callable[[], Awaitable[None]],
+    poll: float,
+) -> wire.GroupRound:
+    """Ask the coordinator for a collective's round, through a controller restart or takeover.
+
+    The call is made again, after ``resume``, when the coordinator says it does not know the
+    group (a refusal with the resume step), when ``lost`` is set (a new coordinator nudged
+    this member while it waited: the old one will never answer), and while no coordinator
+    answers at all (every ``poll`` seconds, up to the call's deadline).
+
+    Raises:
+        ControllerUnavailable: still no coordinator at the deadline.
+        GroupTimeout: no answer within the call's timeout (+10 s).
+        GroupRefused: the coordinator refused the call (its ``step`` says where to call).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + request.timeout + 10
+    needs_resume, resumes = False, 0
+    while True:
+        left = deadline - loop.time()
+        try:
+            if needs_resume:
+                resumes += 1
+                await resume()
+                needs_resume = False
+            lost.clear()
+            call = asyncio.ensure_future(
+                coordinator_request(nc, subject, request, wire.GroupRound, max(left, 0.001))
+            )
+            nudged = asyncio.ensure_future(lost.wait())
+            await asyncio.wait({call, nudged}, return_when=asyncio.FIRST_COMPLETED)
+            nudged.cancel()
+            if not call.done():
+                call.cancel()
+                needs_resume = True  # the coordinator that had this call is gone
+                continue
+            result: wire.GroupRound = call.result()
+            return result
+        except GroupRefused as exc:
+            if exc.step != RESUME or resumes >= 5:
+                raise  # (a coordinator that keeps forgetting us is not waited for forever)
+            needs_resume = True
+        except ControllerUnavailable:
+            if loop.time() + poll >= deadline:
+                raise
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), poll)  # a nudge: a coordinator is back
+            needs_resume = True

@@ -17,7 +17,7 @@ subject                         who publishes         who listens
                                 credential            for a pool)
 ``corral.agents.info``          operators, agents     every agent (scatter-gather listing)
 ``corral.group.<g>.<verb>``     group members         the controller (join, beat, arrive,
-                                                      leave: the coordinator)
+                                                      leave, info, resume: the coordinator)
 ``corral.group.<g>.<id>.<to>``  group members         members of that group instance (data)
 ``corral.group.<g>.<id>.p.<r>`` group members         rank r of that instance (point to point)
 ``corral.cmd.node.<node>``      the controller        the command stream (JetStream): the
@@ -184,7 +184,7 @@ GROUPS = f"{ROOT}.group.>"
 
 
 def group(name: str, verb: str) -> str:
-    """Subject of ``verb`` (join, beat, arrive, leave, info) for group ``name``
+    """Subject of ``verb`` (join, beat, arrive, leave, info, resume) for group ``name``
     (``*``: every group)."""
     return f"{ROOT}.group.{name}.{verb}"
 

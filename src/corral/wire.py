@@ -77,6 +77,7 @@ __all__ = [
     "AgentsReply",
     "GroupRound",
     "GroupLeave",
+    "GroupResume",
     "GroupJoin",
     "GroupFormed",
     "GroupChunk",
@@ -400,6 +401,21 @@ class GroupArrive(_Msg, frozen=True):
     seq: int
     timeout: float
     run: str = ""
+
+
+class GroupResume(_Msg, frozen=True):
+    """A formed group's member re-announces itself to a coordinator that does not know it (a
+    restarted or new controller; ``corral.group.<name>.resume``, request): its own rank only."""
+
+    member: str
+    group_id: str
+    rank: int
+    size: int
+    asked: int
+    seq: int  # the collective this member calls next (1 + the ones it completed)
+    run: str = ""
+    host: str = ""
+    pid: int = 0
 
 
 class GroupRound(_Msg, frozen=True):

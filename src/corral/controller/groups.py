@@ -4,6 +4,11 @@ Members' joins and arrivals are requests whose replies wait until the group form
 completes; this service keeps their reply subjects and answers them when the core decides. It
 runs inside the controller and shares its tick, so a dead member is noticed within a quarter
 second of its silence limit.
+
+Groups live in this process only: a new controller (a restart or a standby's takeover) rebuilds
+each one from its members. A member it does not know is refused with the core's ``RESUME``
+step (an arrival) or nudged on its beat's reply subject; it then resumes with its own rank, the
+formed size and group id, and the collective it calls next (:mod:`corral.core.group_resume`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,17 @@ from typing import Any
 import msgspec
 
 from corral import bus, subjects, wire
-from corral.core.group import Decision, Formed, Group, GroupFailed, Refuse, RoundDone, RoundFailed
+from corral.core import group_resume
+from corral.core.group import (
+    RESUME,
+    Decision,
+    Formed,
+    Group,
+    GroupFailed,
+    Refuse,
+    RoundDone,
+    RoundFailed,
+)
 from corral.errors import CorralError, GroupRefused, GroupTimeout
 
 __all__ = ["GroupService"]
@@ -24,6 +39,9 @@ __all__ = ["GroupService"]
 log = logging.getLogger("corral.groups")
 
 Key = tuple[str, str]  # (group name, run)
+
+_MAX_RESUMED_SIZE = 1 << 16  # a resume creates one placeholder per rank: bounded
+_ENDED_KEPT = 4096  # ended groups remembered, so a late resume into one is refused
 
 
 def _why(left_out: dict[int, str]) -> str:
@@ -50,6 +68,7 @@ class GroupService:
         self.groups: dict[Key, Group] = {}
         self.ids: dict[Key, str] = {}
         self._waiting: dict[tuple[Key, str], str] = {}  # (group, member) -> reply subject
+        self._ended: dict[Key, str] = {}  # recently ended groups -> their id (oldest first)
 
     def __repr__(self) -> str:
         return f"<GroupService groups={len(self.groups)}>"
@@ -62,6 +81,7 @@ class GroupService:
             "arrive": self._on_arrive,
             "leave": self._on_leave,
             "info": self._on_info,
+            "resume": self._on_resume,
         }
         for verb, handler in handlers.items():
             await self.nc.subscribe(subjects.group("*", verb), cb=handler)
@@ -123,6 +143,54 @@ class GroupService:
         g = self.groups.get((msg.subject.split(".")[2], beat.run))
         if g is not None:
             g.beat(beat.member, self.clock())
+        if msg.reply and (g is None or g.rebuilt and beat.member not in g.members):
+            await self.nc.publish(msg.reply, b"resume")  # a member this coordinator lost
+
+    async def _on_resume(self, msg: Any) -> None:
+        try:
+            name = subjects.check_name(msg.subject.split(".")[2], "group")
+            resume: wire.GroupResume = self._decode(msg, wire.GroupResume)
+            if not (
+                1 <= resume.size <= min(resume.asked, _MAX_RESUMED_SIZE)
+                and 0 < len(resume.group_id) <= 64
+                and resume.group_id.isalnum()
+            ):
+                raise GroupRefused(f"not a resumable group: {resume.size} of {resume.asked}")
+        except CorralError as exc:
+            await self._error(msg.reply, exc)
+            return
+        key, now = (name, resume.run), self.clock()
+        g = self.groups.get(key)
+        if self._ended.get(key) == resume.group_id:
+            decisions: list[Decision] = [Refuse(resume.member, f"group {name!r} has ended")]
+        else:
+            if g is None:
+                g = self.groups[key] = group_resume.rebuilt(
+                    name, resume.size, resume.asked, self.silence, now
+                )
+                self.ids[key] = resume.group_id
+                log.info("group rebuilt", extra={"group": name, "run": resume.run})
+            if self.ids[key] != resume.group_id:
+                decisions = [Refuse(resume.member, f"group {name!r} is another instance now")]
+            else:
+                decisions = group_resume.resume(
+                    g,
+                    resume.member,
+                    resume.rank,
+                    resume.size,
+                    resume.asked,
+                    resume.seq,
+                    now,
+                    resume.host,
+                    resume.pid,
+                )
+        self._waiting[(key, resume.member)] = msg.reply
+        if not decisions:
+            taken = wire.GroupFormed(
+                group_id=resume.group_id, rank=resume.rank, size=resume.size, asked=resume.asked
+            )
+            await self._answer(key, resume.member, taken)
+        await self._carry_out(key, decisions)
 
     async def _on_arrive(self, msg: Any) -> None:
         try:
@@ -133,7 +201,8 @@ class GroupService:
         key = (msg.subject.split(".")[2], arrive.run)
         g = self.groups.get(key)
         if g is None:
-            await self._error(msg.reply, GroupRefused(f"no running group {key[0]!r}"))
+            refusal = GroupRefused(f"no running group {key[0]!r} here: resume", RESUME)
+            await self._error(msg.reply, refusal)
             return
         self._waiting[(key, arrive.member)] = msg.reply
         decisions = g.arrive(arrive.member, arrive.kind, arrive.seq, arrive.timeout, self.clock())
@@ -218,7 +287,9 @@ class GroupService:
         g = self.groups.get(key)
         if g is not None and g.ended:
             del self.groups[key]
-            self.ids.pop(key, None)
+            self._ended[key] = self.ids.pop(key, "")
+            while len(self._ended) > _ENDED_KEPT:
+                del self._ended[next(iter(self._ended))]
             for waiting in [w for w in self._waiting if w[0] == key]:
                 del self._waiting[waiting]
             log.info("group ended", extra={"group": key[0], "run": key[1]})

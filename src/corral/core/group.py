@@ -18,6 +18,12 @@ what it called. Every round says why each rank it did not count was left out (de
 out of step, did not arrive, or reached and then died/departed before the round completed):
 ``reached`` holds only the members still alive when the round completed.
 
+A new coordinator (a controller restart or a standby's takeover) knows no group: it is rebuilt
+from its members (:mod:`corral.core.group_resume`). Each member, refused with
+:data:`RESUME` as its step, re-announces its rank, the formed size and the collective it calls
+next; the group is ACTIVE again with those ranks, and a rank nobody resumes counts as a member
+last heard of when the group was rebuilt: it is dead after the usual silence, as a crashed one.
+
 The coordinator feeds events in with the current time and carries out the decisions returned.
 """
 
@@ -32,7 +38,9 @@ __all__ = [
     "Group",
     "GroupFailed",
     "LEFT_OUT",
+    "Member",
     "Phase",
+    "RESUME",
     "Refuse",
     "RoundDone",
     "RoundFailed",
@@ -133,6 +141,9 @@ LEFT_OUT = (
 )
 
 
+#: A :class:`Refuse` step that means "this coordinator does not know you: resume".
+RESUME = -1
+
 Decision = Formed | GroupFailed | Refuse | RoundDone | RoundFailed
 
 
@@ -178,6 +189,8 @@ class Group:
         self.round: _Round | None = None
         # rank -> what it called, for members refused out of step at the current step
         self.strays: dict[int, str] = {}
+        #: rebuilt from members' resumes (after a controller restart or takeover)
+        self.rebuilt = False
 
     def __repr__(self) -> str:
         alive = sum(1 for m in self.members.values() if m.alive and not m.left)
@@ -261,6 +274,8 @@ class Group:
     ) -> list[Decision]:
         """A member reached collective number ``seq`` of kind ``kind``."""
         m = self.members.get(member)
+        if m is None and self.rebuilt and self.phase is Phase.ACTIVE:
+            return [Refuse(member, f"resume into group {self.name!r} first", RESUME)]
         if m is None or self.phase is not Phase.ACTIVE:
             return [Refuse(member, f"not a member of the running group {self.name!r}")]
         if not m.alive:

@@ -1,0 +1,138 @@
+"""Process groups through a controller restart: a new coordinator rebuilds them from members."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import child_env, scaled
+from corral.app import ControllerService
+from corral.broker import EmbeddedBroker
+from corral.config import Config
+from corral.group import Group
+from test_group import leave_all, members
+
+MEMBER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from corral.group import Group
+
+    async def main():
+        g = await Group.join(sys.argv[1], 3, rank=2, startup_timeout=30)
+        print("first", list(await g.barrier(timeout=30)), flush=True)
+        await asyncio.Event().wait()  # until killed
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_group_survives_a_controller_restart(
+    broker: EmbeddedBroker, config: Config
+) -> None:
+    started = ControllerService(config)
+    await started.start()
+    first: ControllerService | None = started
+    gs = await members(config, "ha", 3)
+    try:
+        assert await asyncio.gather(*(g.barrier(timeout=scaled(5)) for g in gs)) == [[0, 1, 2]] * 3
+        await first.stop()
+        first = None
+        second = ControllerService(config)
+        await second.start()
+        try:
+            reached = await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
+            assert reached == [[0, 1, 2]] * 3 and reached[0].missing == ()
+            rows = await asyncio.gather(*(g.collect(g.rank * 10) for g in gs))
+            assert rows[0] == [0, 10, 20] and rows[0] is not None and rows[0].missing == ()
+            assert {g.id for g in gs} == {gs[0].id}  # the same instance: data still meets
+        finally:
+            await leave_all(gs)
+            await second.stop()
+    finally:
+        if first is not None:
+            await first.stop()
+
+
+async def test_a_barrier_in_flight_when_the_controller_stops_completes_on_the_next(
+    broker: EmbeddedBroker, config: Config
+) -> None:
+    started = ControllerService(config)
+    await started.start()
+    first: ControllerService | None = started
+    gs = await members(config, "flight", 3)
+    try:
+        waiting = [asyncio.ensure_future(g.barrier(timeout=scaled(20))) for g in gs[:2]]
+        await started.stop()  # ranks 0 and 1 wait on a coordinator that is gone
+        first = None
+        assert not any(w.done() for w in waiting)
+        second = ControllerService(config)
+        await second.start()
+        try:
+            reached = await asyncio.gather(*waiting, gs[2].barrier(timeout=scaled(20)))
+            assert reached == [[0, 1, 2]] * 3
+            assert (
+                await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
+                == [[0, 1, 2]] * 3
+            )
+        finally:
+            await leave_all(gs)
+            await second.stop()
+    finally:
+        if first is not None:
+            await first.stop()
+
+
+async def test_a_member_killed_while_no_controller_ran_is_missing_next_round(
+    broker: EmbeddedBroker, config: Config, tmp_path: Path
+) -> None:
+    started = ControllerService(config)
+    await started.start()
+    first: ControllerService | None = started
+    script = tmp_path / "member.py"
+    script.write_text(MEMBER)
+    env = {**child_env(config), "CORRAL_DATA_DIR": str(config.data_path)}
+    child = subprocess.Popen(
+        [sys.executable, str(script), "gap"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        gs = sorted(
+            await asyncio.gather(
+                *(
+                    Group.join("gap", 3, rank=r, config=config, startup_timeout=scaled(20))
+                    for r in (0, 1)
+                )
+            ),
+            key=lambda g: g.rank,
+        )
+        await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), scaled(10))
+        assert line.startswith("first [0, 1, 2]")
+        await first.stop()
+        first = None
+        os.kill(child.pid, signal.SIGKILL)  # dies while no coordinator runs
+        child.wait(timeout=scaled(10))
+        second = ControllerService(config)
+        await second.start()
+        try:
+            reached = await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
+            assert reached == [[0, 1], [0, 1]]
+            assert reached[0].missing == (2,) and reached[0].left_out == {2: "dead"}
+            rows = await asyncio.gather(*(g.collect(g.rank) for g in gs))
+            assert rows[0] == [0, 1, None] and rows[0] is not None and rows[0].missing == (2,)
+        finally:
+            await leave_all(gs)
+            await second.stop()
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+        if first is not None:
+            await first.stop()
