@@ -189,7 +189,7 @@ class LeaseTable:
 
         def work(conn: Connection) -> LeaseView:
             now = self._read(conn, True)
-            if not (force or not now.holder or now.expires < now.now):
+            if not (force or not now.holder or now.expires <= now.now):
                 return now
             epoch = now.epoch + 1
             expires = now.now + ttl
