@@ -70,6 +70,7 @@ async def test_a_nul_in_an_argument_name_is_refused_and_one_in_a_failure_is_stor
     failed = await api.wait(ident, scaled(20))
     assert failed.status == "failed" and "bad\x00byte" in failed.error
     assert controller.tasks is not None and controller.tasks.store is not None
+    await controller.tasks.settled()  # a wait answers before the final commit; reads wait
     stored = await controller.tasks.store.get(ident)
     assert stored is not None and stored.status == "failed"
     assert _as_stored(controller, "bad\x00byte") in stored.error

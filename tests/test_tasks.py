@@ -40,6 +40,27 @@ async def test_sync_and_async_tasks_return_their_results(api: AsyncController) -
     assert [v.result for v in await api.wait_many(ids, scaled(20))] == [2 * i for i in range(50)]
 
 
+async def test_a_wait_answers_before_the_final_commit_and_reads_see_it(
+    api: AsyncController,  # noqa: F811
+    controller: Controller,
+) -> None:
+    """A result is answered once the controller holds it (its lease already on disk), the
+    final commit following; the API's reads of the store wait for that commit."""
+    assert controller.tasks is not None
+    for i in range(20):
+        done = await api.run_task("add", {"a": i, "b": 1})
+        history = await api.task_history("add", per_page=1)
+        assert (done.status, done.result) == ("complete", i + 1)
+        assert history.items[0].id == done.id and history.items[0].status == "complete"
+        assert (await api.task_history_detail(done.id)).result == i + 1
+        assert (await api.list_running()).total == 0
+    # and the store has the final state itself once the commit that follows is done
+    await controller.tasks.settled()
+    assert controller.tasks.store is not None
+    stored = await controller.tasks.store.get(done.id)
+    assert stored is not None and stored.status == "complete"
+
+
 async def test_a_task_that_raises_fails_with_its_traceback(api: AsyncController) -> None:  # noqa: F811
     ident = await api.queue_task("boom", message="no fuel")
     with pytest.raises(TaskFailed, match="ValueError: no fuel") as caught:

@@ -149,3 +149,32 @@ async def test_kill_9_controller_with_1000_queued_loses_none(
     assert {d.result for d in done} == {"open"}
     # A lease held across the restart was claimed by its node, not re-run.
     assert max(d.attempts for d in done) == 1
+
+
+async def test_a_result_answered_before_its_commit_survives_kill_9_of_the_controller(
+    broker: EmbeddedBroker,
+    api_config: Config,
+    procs: Procs,
+    client: AsyncController,
+) -> None:
+    """``run_task`` answers once the result is in the controller's hands and the attempt's
+    lease is on disk, before the final commit: killed right after answering, the restarted
+    controller gets the result again from the node (it keeps it until that commit is
+    acknowledged), so what was answered is what the store keeps, not run again."""
+    start_node(procs, api_config, "k1")
+    for turn in range(3):
+        ctl = start_controller(procs, api_config)
+        await eventually(lambda: offered_by(client, 1), scaled(30), ignoring=(Disconnected,))
+        done = await client.run_task("echo", {"value": f"turn {turn}"}, timeout=scaled(20))
+        result = done.result
+        ctl.kill()  # at once: the final row's commit is a few milliseconds behind the answer
+        await asyncio.to_thread(ctl.wait)
+        assert done.status == "complete" and result["value"] == f"turn {turn}"
+        ctl = start_controller(procs, api_config)
+        await eventually(lambda: offered_by(client, 1), scaled(30), ignoring=(Disconnected,))
+        after = (await client.wait_many([done.id], scaled(30)))[0]
+        assert (after.status, after.result, after.attempts) == ("complete", result, 1)
+        history = await client.task_history("echo")
+        assert done.id in {i.id for i in history.items}
+        ctl.kill()
+        await asyncio.to_thread(ctl.wait)

@@ -284,8 +284,6 @@ class ApiCalls:
         caller: Caller | None,
         key: str | None,
         reply: Callable[[list[TaskInstance]], Any],
-        *,
-        durable: bool = True,
     ) -> Any:
         """Queue instances once per idempotency key; the key's row commits with them."""
         self._check_args(req.task_key, args, batch=function == "queue_tasks")
@@ -308,7 +306,6 @@ class ApiCalls:
                 priority=req.priority,
                 labels=req.labels,
                 max_attempts=req.max_attempts,
-                durable=durable,
                 extra=lambda insts: extra(stamp, insts),
             )
             return reply(insts)
@@ -327,11 +324,10 @@ class ApiCalls:
         self, req: m.RunTask, caller: Caller | None = None, key: str | None = None
     ) -> m.TaskView:
         """Queue one instance and wait until it has finished (one round trip)."""
-        # Its final state's commit includes it (not durable at once); with a key, a repeat
-        # waits for the instance the first call queued.
-        queued: m.QueueReply = await self._queue(
-            "run_task", req, [req.args], caller, key, _one, durable=False
-        )
+        # The task runs while its queued row commits; the answer waits for that commit and
+        # the result, not for the result's commit (see TaskService.wait). With a key, a
+        # repeat waits for the instance the first call queued.
+        queued: m.QueueReply = await self._queue("run_task", req, [req.args], caller, key, _one)
         (done,) = await self.tasks.wait([queued.instance_id], req.timeout)
         return task_view(done)
 
@@ -366,6 +362,7 @@ class ApiCalls:
 
     async def list_queue(self, req: m.PageRequest) -> m.TaskPage:
         """Queued instances, in queue order (oldest first)."""
+        await self.tasks.settled()
         page = await self.task_store.page(
             page=req.page,
             per_page=req.per_page or 25,
@@ -382,6 +379,7 @@ class ApiCalls:
             TaskStatus.RUNNING.value,
             TaskStatus.CANCEL_REQUESTED.value,
         ]
+        await self.tasks.settled()
         page = await self.task_store.page(
             page=req.page, per_page=req.per_page or 25, statuses=statuses, newest_first=False
         )
@@ -404,12 +402,13 @@ class ApiCalls:
 
     async def task_history(self, req: m.TaskHistory) -> m.TaskPage:
         """The instances of one task key, newest first, a page at a time."""
+        await self.tasks.settled()
         page = await self.task_store.page(page=req.page, per_page=req.per_page, key=req.key)
         return _page(page)
 
     async def task_history_detail(self, req: m.TaskDetail) -> m.TaskView:
         """One instance with its attempts, result or error and traceback."""
-        inst = self.tasks.core.active.get(req.task_instance_id)
+        inst = self.tasks.find(req.task_instance_id)
         if inst is None:
             inst = await self.task_store.get(req.task_instance_id)
         if inst is None:
@@ -418,7 +417,7 @@ class ApiCalls:
 
     async def task_logs(self, req: m.TaskLogs) -> m.TaskLogsView:
         """What one instance printed and ``ctx.log``-ged (bounded: the oldest text is cut)."""
-        inst = self.tasks.core.active.get(req.task_instance_id)
+        inst = self.tasks.find(req.task_instance_id)
         if inst is None:
             inst = await self.task_store.get(req.task_instance_id)
         if inst is None:

@@ -105,6 +105,13 @@ class TaskService:
         self._finished: list[TaskInstance] = []
         #: finished instances whose final state is not on disk yet
         self._settling: dict[int, TaskInstance] = {}
+        #: each unfinished instance's lease as the store has it (see :meth:`wait`)
+        self._stored_lease: dict[int, str] = {}
+        #: of ``_settling``, the instances a node's result ended, with that result's lease
+        self._reported: dict[int, str] = {}
+        #: of those, the ones whose lease the store has: their node keeps the result until
+        #: it is on disk, so they may be answered before that commit (see :meth:`wait`)
+        self._held: set[int] = set()
         self._acks: dict[str, list[str]] = {}
         #: callers waiting for instances to be on disk, with the ids they wait for
         self._durable: list[tuple[asyncio.Future[None], frozenset[int]]] = []
@@ -153,7 +160,9 @@ class TaskService:
         self.store = self._store.tasks
         self._warm_until = self.clock() + 2 * self.config.down_after
         self._next_id = await self.store.max_id() + 1
-        self.core.load(await self.store.load_active(), self.clock())
+        active = await self.store.load_active()
+        self._stored_lease = {i.id: i.lease for i in active if i.lease}
+        self.core.load(active, self.clock())
         await self._pump()
         nc = self.nc
         await nc.subscribe(
@@ -194,15 +203,14 @@ class TaskService:
         labels: Iterable[str] = (),
         max_attempts: int | None = None,
         parent: int | None = None,
-        durable: bool = True,
         extra: Callable[[list[TaskInstance]], list[IdempotencyRow | AuditEntry]] | None = None,
     ) -> list[TaskInstance]:
         """Queue one instance of task ``key`` per msgpack-encoded argument mapping.
 
-        Returns once every instance is on disk (at once with ``durable=False``, for a caller
-        that waits for the result next: the commit of a result includes its instance).
-        ``extra`` makes, from the instances, the rows written in the same transaction as
-        they are: the submission's idempotency key and its audit entry.
+        Returns once every instance is on disk. The runs go to their nodes before that
+        commit, so a task runs while its ``queued`` row is written. ``extra`` makes, from
+        the instances, the rows written in the same transaction as they are: the
+        submission's idempotency key and its audit entry.
 
         Returns:
             The instances, in the order of ``args``.
@@ -246,8 +254,7 @@ class TaskService:
         if extra is not None:
             self._extra.extend(extra(batch))
         await self._pump()
-        if durable:
-            await self._until_durable(i.id for i in batch)
+        await self._until_durable(i.id for i in batch)
         return batch
 
     def _warming(self, now: float) -> bool:
@@ -280,6 +287,7 @@ class TaskService:
                 await self.mapping.end(group, cancel=True)
         except NotFound:
             assert self.store is not None
+            await self.settled()  # it may have just finished, its final row not on disk yet
             stored = await self.store.get(ident)
             if stored is None:
                 raise NotFound(f"no task instance {ident}") from None
@@ -294,7 +302,17 @@ class TaskService:
         return inst
 
     async def wait(self, ids: Sequence[int], timeout: float) -> list[TaskInstance]:
-        """Wait until every instance in ``ids`` has finished (and is on disk).
+        """Wait until every instance in ``ids`` has finished.
+
+        A result a node reported is answered once it is in this controller's hands, if the
+        store already has the attempt's lease (the run's first commit carries it, and a
+        queue call returns after that commit): its final row is in the next commit, and the
+        node keeps the result until that commit is acknowledged, re-sending it to a
+        restarted controller, which knows the lease. So an answered result is lost only if
+        the controller and that node both die within the commit's few milliseconds, and
+        the commit's ``fsync`` is off the answer's path. Every other end (a cancel, a
+        failure decided here) is answered after its commit. Reads of the store through the
+        API wait for pending commits (:meth:`settled`).
 
         Returns:
             The instances, in the order of ``ids``.
@@ -306,14 +324,16 @@ class TaskService:
         assert self.store is not None
         loop = asyncio.get_running_loop()
         futures: dict[int, asyncio.Future[TaskInstance]] = {}
+        done: dict[int, TaskInstance] = {}
         for ident in ids:
-            if ident in self.core.active or ident in self._settling:
+            if ident in self._held:
+                done[ident] = self._settling[ident]
+            elif ident in self.core.active or ident in self._settling:
                 fut: asyncio.Future[TaskInstance] = loop.create_future()
                 self._waiters.setdefault(ident, []).append(fut)
                 futures[ident] = fut
-        done: dict[int, TaskInstance] = {}
-        rest = [i for i in ids if i not in futures]
-        for inst in await self.store.get_many(rest):
+        rest = [i for i in ids if i not in futures and i not in done]
+        for inst in await self.store.get_many(rest) if rest else ():
             done[inst.id] = inst
         missing = [i for i in rest if i not in done]
         if missing:
@@ -331,6 +351,17 @@ class TaskService:
                 f"(first: {left[0] if left else '-'})"
             ) from None
         return [done[i] for i in ids]
+
+    async def settled(self) -> None:
+        """Return once every instance finished so far is on disk (at once if none waits):
+        a read of the store after a :meth:`wait` then sees what that wait answered."""
+        if self._settling:
+            await self._until_durable(tuple(self._settling))
+
+    def find(self, ident: int) -> TaskInstance | None:
+        """Instance ``ident`` from memory (unfinished, or finished and not on disk yet);
+        None if this controller holds no newer state of it than the store."""
+        return self.core.active.get(ident) or self._settling.get(ident)
 
     def _forget(self, futures: dict[int, asyncio.Future[TaskInstance]]) -> None:
         for ident, fut in futures.items():
@@ -389,18 +420,10 @@ class TaskService:
                 self._dirty[inst.id] = inst
         for ident in sending:  # an earlier change of it waits for the send, too
             self._dirty.pop(ident, None)
-        self._finished.extend(finished)
-        for inst in finished:
-            self._settling[inst.id] = inst
         if changed or finished:
             self._wake.set()
         if finished:
-            self._urgent.set()
-            for hook in self.on_finished:
-                try:
-                    hook(finished)
-                except Exception:
-                    log.exception("a task-finished hook failed")
+            self._settle(finished)
         nc = self.nc
         undone = False
         for node, insts in runs.items():
@@ -410,6 +433,21 @@ class TaskService:
             await self._send_stops(nc, stops)
         if undone:
             await self._pump()  # write the instances put back in the queue
+
+    def _settle(self, finished: list[TaskInstance]) -> None:
+        """Queue the final states for the next commit (at once), answer who waits on a
+        result its node holds (see :meth:`wait`), and run the finished hooks."""
+        self._finished.extend(finished)
+        for inst in finished:
+            self._settling[inst.id] = inst
+            if inst.id in self._held:
+                self._answer(inst)
+        self._urgent.set()
+        for hook in self.on_finished:
+            try:
+                hook(finished)
+            except Exception:
+                log.exception("a task-finished hook failed")
 
     async def _send_stops(self, nc: Any, stops: list[Stop]) -> None:
         """Send stop requests; a forced one that cannot be sent ends its cancel at once."""
@@ -448,8 +486,9 @@ class TaskService:
         acks, self._acks = self._acks, {}
         durable, self._durable = self._durable, []
         extra, self._extra = self._extra, []
+        rows = [_asdict(i) for i in dirty.values()]
         try:
-            written = await self.store.commit([_asdict(i) for i in dirty.values()], extra)
+            written = await self.store.commit(rows, extra)
         except CommittedThenCancelled:
             raise  # on disk: nothing to keep for a retry
         except BaseException:
@@ -471,21 +510,47 @@ class TaskService:
                     fut.set_result(None)
                 else:
                     fut.set_exception(bad)
+        self._stored(rows, finished, refused)
         for inst in finished:
-            self._settling.pop(inst.id, None)
-            for waiter in self._waiters.pop(inst.id, ()):
-                if waiter.done():
-                    continue
-                if inst.id in refused:
-                    waiter.set_exception(refused[inst.id])
-                else:
-                    waiter.set_result(inst)
             if inst.parent is not None and inst.parent in self.maps:
                 await self.mapping.child_done(inst)
             elif inst.id in self.maps:  # the parent ended before its map
                 await self.mapping.end(self.maps[inst.id], cancel=True)
         for node, leases in acks.items():
             self._ack_due.setdefault(node, []).extend(leases)
+
+    def _stored(
+        self,
+        rows: list[dict[str, Any]],
+        finished: list[TaskInstance],
+        refused: dict[int, RecordRefused],
+    ) -> None:
+        """Note what a commit put on disk: the leases of the rows it wrote (a result that
+        came during the commit, under one of them, is held now: answer it), and the final
+        states it wrote (answer who still waits on them)."""
+        for row in rows:
+            ident, lease = row["id"], row["lease"]
+            if lease and ident not in refused:
+                self._stored_lease[ident] = lease
+                if self._reported.get(ident) == lease and ident not in self._held:
+                    self._held.add(ident)
+                    self._answer(self._settling[ident])
+        for inst in finished:
+            self._settling.pop(inst.id, None)
+            self._stored_lease.pop(inst.id, None)
+            self._reported.pop(inst.id, None)
+            self._held.discard(inst.id)
+            self._answer(inst, refused.get(inst.id))
+
+    def _answer(self, inst: TaskInstance, refused: RecordRefused | None = None) -> None:
+        """Answer who waits on ``inst`` (with ``refused`` if the store refused it)."""
+        for waiter in self._waiters.pop(inst.id, ()):
+            if waiter.done():
+                continue
+            if refused is None:
+                waiter.set_result(inst)
+            else:
+                waiter.set_exception(refused)
 
     def _keep(
         self,
@@ -637,6 +702,10 @@ class TaskService:
             )
             if inst is None:
                 log.debug("stale result dropped", extra={"node": node, "lease": r.lease})
+            else:
+                self._reported[inst.id] = r.lease
+                if self._stored_lease.get(inst.id) == r.lease:
+                    self._held.add(inst.id)
             acks.append(r.lease)
 
     async def _on_report(self, msg: Any) -> None:
