@@ -109,6 +109,8 @@ class TaskService:
         self._stored_lease: dict[int, str] = {}
         #: of ``_settling``, the instances a node's result ended, with that result's lease
         self._reported: dict[int, str] = {}
+        #: the leases the commit under way writes, by instance id
+        self._writing: dict[int, str] = {}
         #: of those, the ones whose lease the store has: their node keeps the result until
         #: it is on disk, so they may be answered before that commit (see :meth:`wait`)
         self._held: set[int] = set()
@@ -435,14 +437,18 @@ class TaskService:
             await self._pump()  # write the instances put back in the queue
 
     def _settle(self, finished: list[TaskInstance]) -> None:
-        """Queue the final states for the next commit (at once), answer who waits on a
-        result its node holds (see :meth:`wait`), and run the finished hooks."""
+        """Queue the final states for the next commit, answer who waits on a result its
+        node holds (see :meth:`wait`), and run the finished hooks."""
         self._finished.extend(finished)
         for inst in finished:
             self._settling[inst.id] = inst
             if inst.id in self._held:
                 self._answer(inst)
-        self._urgent.set()
+        # A held result is answered, and one whose lease the commit under way writes will be
+        # at its end: their final commit may wait ``commit_delay`` for company (the next
+        # queue call's urgent commit takes it along). Any other end is waited on.
+        if any(not self._answered_soon(inst) for inst in finished):
+            self._urgent.set()
         for hook in self.on_finished:
             try:
                 hook(finished)
@@ -487,6 +493,7 @@ class TaskService:
         durable, self._durable = self._durable, []
         extra, self._extra = self._extra, []
         rows = [_asdict(i) for i in dirty.values()]
+        self._writing = {r["id"]: r["lease"] for r in rows if r["lease"]}
         try:
             written = await self.store.commit(rows, extra)
         except CommittedThenCancelled:
@@ -494,6 +501,8 @@ class TaskService:
         except BaseException:
             self._keep(dirty, finished, acks, durable, extra)
             raise
+        finally:
+            self._writing = {}
         self.commits += 1
         log_written(log, written)
         refused = {
@@ -541,6 +550,14 @@ class TaskService:
             self._reported.pop(inst.id, None)
             self._held.discard(inst.id)
             self._answer(inst, refused.get(inst.id))
+
+    def _answered_soon(self, inst: TaskInstance) -> bool:
+        """Whether ``inst``'s waiters are answered without its final commit: its result is
+        held, or will be once the commit under way, which writes its lease, is done."""
+        if inst.id in self._held:
+            return True
+        lease = self._reported.get(inst.id)
+        return lease is not None and self._writing.get(inst.id) == lease
 
     def _answer(self, inst: TaskInstance, refused: RecordRefused | None = None) -> None:
         """Answer who waits on ``inst`` (with ``refused`` if the store refused it)."""
@@ -723,10 +740,9 @@ class TaskService:
         for p in report.progress:
             if not self._foreign(node, p.lease, "progress"):
                 self.core.progress(p.lease, p.percent, p.message, p.worker, reporter=node, now=now)
-        if report.results:
+        if report.results:  # the ends they made decide how soon to commit (see _settle)
             self._results(node, report.results, now)
             self._wake.set()
-            self._urgent.set()
         await self._pump()
 
     async def _on_hello(self, msg: Any) -> None:
