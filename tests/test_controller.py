@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 import pytest
 
-from conftest import scaled
+from conftest import eventually, scaled
 from corral import bus, subjects, wire
 from corral.app import ControllerService
 from corral.broker import EmbeddedBroker
@@ -303,3 +303,43 @@ async def test_the_shipped_controller_serves_the_api_and_the_dashboard(
         page = await http.get("/ui/login")
     assert api.status_code == 401  # the API is there, behind its token check
     assert page.status_code == 200 and "password" in page.text.lower()
+
+
+async def test_the_latest_reports_reach_a_restarted_controller_again(
+    broker: EmbeddedBroker, config: Config
+) -> None:
+    """SEER REPORT across a restart (or a takeover): the new controller has each node's latest
+    value of every topic once the node joined it, before the node reports again."""
+    first = ControllerService(config)
+    await first.start()
+    node = await start_node(config, "sensor")
+    try:
+        await asyncio.wait_for(node.joined.wait(), scaled(5))
+        await node.report("temperature", 20.5)
+        await node.report("temperature", 21.0)  # only the latest is sent again
+        await node.report("door", "open")
+
+        def held(ctl: ControllerService) -> dict[str, object]:
+            return {t: e.value for (n, t), e in ctl.reports.latest.items() if n == "sensor"}
+
+        def holds(ctl: ControllerService) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return held(ctl) == {"temperature": 21.0, "door": "open"}
+
+            return check
+
+        await eventually(holds(first), scaled(5))
+        sent_at = first.reports.latest[("sensor", "temperature")].at
+        await first.stop()
+        second = ControllerService(config)
+        await second.start()
+        try:
+            assert held(second) == {}  # reports are not stored: the nodes hold them
+            await asyncio.wait_for(node.wait_joined(second.id), scaled(5))
+            await eventually(holds(second), scaled(5))
+            # Sent again with the time it was taken, not the time of the re-join.
+            assert second.reports.latest[("sensor", "temperature")].at == sent_at
+        finally:
+            await second.stop()
+    finally:
+        await node.stop()

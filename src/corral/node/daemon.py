@@ -57,6 +57,8 @@ log = logging.getLogger("corral.node")
 #: its loop, and its joined nodes' heartbeats waited behind them for seconds: they were
 #: declared DOWN while alive (issue #14). A few at once keep the loop's turns short.
 STARTING_AT_ONCE = 8
+#: report topics whose latest value a node keeps to send again after a join (the oldest go)
+MAX_REPORT_TOPICS = 1000
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
@@ -143,6 +145,9 @@ class Node:
             max_report_bytes=config.max_command_bytes,
         )
         self.on_reports = on_reports
+        #: the latest report sent per topic, sent again after every join: a restarted or new
+        #: leader has each node's latest values before their next report (issue #13)
+        self._reports: dict[str, wire.Report] = {}
         self.streams = StreamHub(self.name)
         #: task modules its workers load (``--tasks``), the worker pool, and joins so far
         self.task_modules = tasks
@@ -333,6 +338,7 @@ class Node:
             self.joins += 1
             async with self.join_changed:
                 self.join_changed.notify_all()
+            await self._resend_reports()
             log.info("joined", extra={"node": self.name, "controller": reply.controller[:8]})
 
     async def wait_joined(self, controller: str | None = None) -> str:
@@ -403,9 +409,27 @@ class Node:
         if self.nc is None:
             raise UsageError("start the node before sending reports")
         report = wire.Report(topic=topic, value=value, at=time.time() + self.clock_offset)
+        self._reports.pop(topic, None)  # the newest last: the oldest goes past the bound
+        self._reports[topic] = report
+        if len(self._reports) > MAX_REPORT_TOPICS:
+            del self._reports[next(iter(self._reports))]
+        await self._send_report(report)
+
+    async def _send_report(self, report: wire.Report) -> None:
+        assert self.nc is not None
         await self.nc.publish(
             subjects.node_in(self.name, "report"), wire.encode(report), headers=wire.HEADERS
         )
+
+    async def _resend_reports(self) -> None:
+        """Send every topic's latest report again (after a join: the controller may be a new
+        leader, or restarted, with none of them); each keeps the time it was taken."""
+        for report in list(self._reports.values()):
+            try:
+                await self._send_report(report)
+            except Exception as exc:  # the bus closed: the next join sends them again
+                log.info("reports not sent again: %s", exc, extra={"node": self.name})
+                return
 
     def stream(self, name: str, buffer: int = 1000) -> NodeStream:
         """A data stream subscribers read with flow control (SEER STREAM).
