@@ -28,6 +28,19 @@ def test_forms_when_all_joined_with_asked_ranks_first() -> None:
     assert done.ranks == {"b": 0, "a": 1, "c": 2} and done.size == 3 and g.phase is Phase.ACTIVE
 
 
+def test_a_member_joining_again_is_the_same_member() -> None:
+    g = group(3)
+    assert g.join("a", 1, 3, now=0) == []
+    assert g.join("a", 1, 3, now=1) == []  # its join crossed a coordinator restart: no clash
+    assert len(g.members) == 1
+    g.join("b", None, 3, now=2)
+    (done,) = g.join("c", None, 3, now=3)
+    assert isinstance(done, Formed) and done.ranks["a"] == 1
+    (again,) = g.join("a", 1, 3, now=4)  # its answer was lost: told its rank again
+    assert isinstance(again, Formed) and again.ranks == {"a": 1} and again.size == 3
+    assert "already running" in _reason(g.join("d", None, 3, now=5))
+
+
 def test_bad_joins_are_refused_with_the_reason() -> None:
     g = group(3)
     g.join("a", 1, 3, now=0)

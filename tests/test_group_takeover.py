@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import child_env, scaled
+from conftest import child_env, eventually, scaled
 from corral.app import ControllerService
 from corral.broker import EmbeddedBroker
 from corral.config import Config
@@ -84,6 +84,52 @@ async def test_a_barrier_in_flight_when_the_controller_stops_completes_on_the_ne
             await leave_all(gs)
             await second.stop()
     finally:
+        if first is not None:
+            await first.stop()
+
+
+async def test_a_group_still_forming_when_the_controller_stops_forms_on_the_next(
+    broker: EmbeddedBroker, config: Config
+) -> None:
+    """Joins waiting on a coordinator that is gone are sent again to the next one (it nudges
+    the members it does not know), which forms the group with the member that comes later."""
+    started = ControllerService(config)
+    await started.start()
+    first: ControllerService | None = started
+    joining = [
+        asyncio.ensure_future(
+            Group.join("forming", 3, rank=r, startup_timeout=scaled(30), config=config)
+        )
+        for r in (0, 1)
+    ]
+
+    async def two_waiting() -> bool:
+        assert started.groups is not None
+        g = started.groups.groups.get(("forming", ""))
+        return g is not None and len(g.members) == 2
+
+    try:
+        await eventually(two_waiting, scaled(10))
+        await started.stop()  # the two joins wait on a coordinator that is gone
+        first = None
+        assert not any(j.done() for j in joining)
+        second = ControllerService(config)
+        await second.start()
+        try:
+            last = await Group.join("forming", 3, rank=2, startup_timeout=scaled(30), config=config)
+            gs = [*await asyncio.gather(*joining), last]
+            try:
+                assert sorted(g.rank for g in gs) == [0, 1, 2]
+                assert {g.id for g in gs} == {last.id}  # one instance, formed on the second
+                reached = await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
+                assert reached == [[0, 1, 2]] * 3
+            finally:
+                await leave_all(gs)
+        finally:
+            await second.stop()
+    finally:
+        for j in joining:
+            j.cancel()
         if first is not None:
             await first.stop()
 

@@ -52,6 +52,7 @@ from corral.group_p2p import (
     arrive_across_takeovers,
     coordinator_request,
     encode_value,
+    join_across_takeovers,
 )
 from corral.security import GROUP_INBOX
 
@@ -191,8 +192,8 @@ class Group(PointToPoint):
                 host=socket.gethostname(),
                 pid=os.getpid(),
             )
-            formed: wire.GroupFormed = await coordinator_request(
-                nc, subjects.group(name, "join"), request, wire.GroupFormed, startup_timeout + 10
+            formed = await join_across_takeovers(
+                nc, subjects.group(name, "join"), request, self._lost, self._poll
             )
             self.id, self.rank, self.size, self.asked = (
                 formed.group_id,
@@ -213,8 +214,9 @@ class Group(PointToPoint):
 
     async def _on_nudge(self, msg: Any) -> None:
         # The coordinator does not know this member (it is new): resume, once at a time; a
-        # collective call waiting on the old one calls again.
-        if self._in_flight:
+        # collective call (or the join of a group still forming) waiting on the old one calls
+        # again.
+        if self._in_flight or not self.id:  # a collective, or the join, waits on the old one
             self._lost.set()
         elif self.id and (self._resuming is None or self._resuming.done()):
             self._resuming = asyncio.create_task(self._resume_quietly())

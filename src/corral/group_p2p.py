@@ -36,6 +36,7 @@ __all__ = [
     "arrive_across_takeovers",
     "coordinator_request",
     "encode_value",
+    "join_across_takeovers",
 ]
 
 _ENCODER = msgspec.msgpack.Encoder()
@@ -312,6 +313,48 @@ async def coordinator_request(
     except nats.errors.TimeoutError:
         raise GroupTimeout(f"the group coordinator did not answer within {timeout}s") from None
     return wire.decode_reply(reply.data, kind, reply.headers)
+
+
+async def join_across_takeovers(
+    nc: bus.NATS, subject: str, request: wire.GroupJoin, lost: asyncio.Event, poll: float
+) -> wire.GroupFormed:
+    """Join a group, through a controller restart or takeover while it forms.
+
+    The join is sent again, with the start-up time left, when ``lost`` is set (a new
+    coordinator, which knows no forming group, nudged this member: the old one will never
+    answer) and while no coordinator answers at all (every ``poll`` seconds). The new
+    coordinator forms the group from the members' joins as the old one did.
+
+    Raises:
+        ControllerUnavailable: still no coordinator at the deadline.
+        GroupTimeout: the group did not form within the start-up time (+10 s).
+        GroupRefused: the coordinator refused the join.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + request.startup_timeout + 10
+    while True:
+        left = deadline - loop.time()
+        ask = msgspec.structs.replace(request, startup_timeout=max(0.0, left - 10))
+        lost.clear()
+        call = asyncio.ensure_future(
+            coordinator_request(nc, subject, ask, wire.GroupFormed, max(left, 0.001))
+        )
+        nudged = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({call, nudged}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            nudged.cancel()
+        if not call.done():
+            call.cancel()  # the coordinator that had this join is gone: join the new one
+            continue
+        try:
+            formed: wire.GroupFormed = call.result()
+            return formed
+        except ControllerUnavailable:
+            if loop.time() + poll >= deadline:
+                raise
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), poll)  # a nudge: a coordinator is back
 
 
 async def arrive_across_takeovers(

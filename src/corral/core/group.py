@@ -201,7 +201,18 @@ class Group:
     def join(
         self, member: str, wanted: int | None, size: int, now: float, host: str = "", pid: int = 0
     ) -> list[Decision]:
-        """A member asks to join; it is answered when the group forms (or fails)."""
+        """A member asks to join; it is answered when the group forms (or fails).
+
+        A member asking again (its join crossed a coordinator's restart, or a nudge from a
+        coordinator that had not seen it yet) is the same member: it waits on, or, once the
+        group formed, is told its rank again.
+        """
+        known = self.members.get(member)
+        if known is not None:
+            if self.phase is Phase.FORMING:
+                return []
+            if known.rank >= 0 and known.alive:
+                return [Formed({member: known.rank}, self.size, self.asked)]
         if self.phase is not Phase.FORMING:
             return [
                 Refuse(
