@@ -561,7 +561,8 @@ class NodeCommand(_Msg, frozen=True):
 
 
 class CommandReport(_Msg, frozen=True):
-    """A node says where a command stands (``corral.in.<node>.out``)."""
+    """A node says where a command stands (``corral.in.<node>.out``; sent without NATS
+    headers, its protocol version in ``proto``: see :func:`decode`)."""
 
     serial: int
     state: CommandState
@@ -570,6 +571,7 @@ class CommandReport(_Msg, frozen=True):
     exit_code: int | None = None
     stdout: str = ""
     stderr: str = ""
+    proto: str = PROTOCOL_VERSION
 
 
 class ReportAck(_Msg, frozen=True):
@@ -579,6 +581,9 @@ class ReportAck(_Msg, frozen=True):
     serial: int = 0
     #: every serial confirmed by this message (``serial`` alone when empty)
     serials: tuple[int, ...] = ()
+    #: the publishing controller's fencing epoch (0: none; or in the header)
+    epoch: int = 0
+    proto: str = PROTOCOL_VERSION
 
 
 class LiveCommand(_Msg, frozen=True):
@@ -602,6 +607,8 @@ class LiveCommand(_Msg, frozen=True):
     #: commands every target of which has a final report on disk: their targets stop
     #: re-sending them (a :class:`ReportAck` to every node, riding along)
     settled: tuple[int, ...] = ()
+    #: the protocol version: live commands go without NATS headers (see :func:`decode`)
+    proto: str = PROTOCOL_VERSION
 
 
 class CatchUp(_Msg, frozen=True):
@@ -1015,13 +1022,19 @@ def _decoder(kind: Any) -> msgspec.msgpack.Decoder[Any]:
     return decoder
 
 
-def check_version(headers: Mapping[str, str] | None) -> None:
-    """Refuse a message without the protocol header or with another major version.
+def check_version(headers: Mapping[str, str] | None, payload: str | None = None) -> None:
+    """Refuse a message without the protocol version or with another major version.
+
+    Args:
+        headers: the NATS headers (their :data:`PROTO_HEADER`).
+        payload: the version the payload carries (its ``proto`` field), for the messages
+            sent without headers on the hot paths; the header wins when both are there.
 
     Raises:
         VersionMismatch: naming both versions.
     """
     theirs = headers.get(PROTO_HEADER) if headers else None
+    theirs = theirs or payload or None
     if theirs is None:
         raise VersionMismatch(
             f"message has no {PROTO_HEADER} header (ours is {PROTOCOL_VERSION}): "
@@ -1047,7 +1060,8 @@ def decode(
     Args:
         data: the payload.
         kind: the expected message type (or a union of them).
-        headers: the message headers (carrying the protocol version).
+        headers: the message headers (carrying the protocol version, unless the payload
+            does: a message with a ``proto`` field may come without headers).
         limit: the largest payload accepted, in bytes; ``None`` for no limit.
         check_headers: verify the protocol header (off only for payloads with no NATS headers).
 
@@ -1056,7 +1070,8 @@ def decode(
 
     Raises:
         OversizedMessage: the payload is larger than ``limit``.
-        VersionMismatch: the header is missing or names another major version.
+        VersionMismatch: the version (header, else payload) is missing or names another
+            major version.
         MalformedMessage: the payload does not decode to ``kind``.
     """
     if limit is not None and len(data) > limit:
@@ -1064,13 +1079,16 @@ def decode(
             f"message of {len(data)} bytes exceeds the {limit}-byte limit for this subject: "
             "send less, or raise max_message_bytes in the controller's configuration"
         )
-    if check_headers:
+    in_header = bool(headers) and PROTO_HEADER in headers  # type: ignore[operator]
+    if check_headers and in_header:
         check_version(headers)
     try:
         result: T = _decoder(kind).decode(data)
     except msgspec.DecodeError as exc:
         name = getattr(kind, "__name__", str(kind))
         raise MalformedMessage(f"malformed {name} message: {exc}{_enum_hint(kind, exc)}") from None
+    if check_headers and not in_header:  # sent without headers: the payload says its version
+        check_version(None, getattr(result, "proto", None))
     return result
 
 

@@ -183,6 +183,8 @@ class CommandStream:
             del self.recent[next(iter(self.recent))]
 
     async def _publish_live(self, row: CommandRow, epoch: int, settled: tuple[int, ...]) -> None:
+        # Without NATS headers: the epoch and the protocol version are in the payload, and a
+        # thousand nodes do not each parse a header block per command (issue #14).
         assert self.nc is not None
         prev, self.last_live = self.last_live, row.serial
         to_all = msgspec.msgpack.decode(row.body, type=_ToAll).to_all
@@ -190,7 +192,7 @@ class CommandStream:
             live = wire.LiveCommand(
                 serial=row.serial, prev=prev, epoch=epoch, body=row.body, settled=settled
             )
-            await self.nc.publish(subjects.LIVE_COMMANDS, wire.encode(live), headers=wire.HEADERS)
+            await self.nc.publish(subjects.LIVE_COMMANDS, wire.encode(live))
             return
         mark = wire.LiveCommand(
             serial=row.serial, prev=prev, epoch=epoch, nodes=tuple(row.nodes), settled=settled
@@ -198,8 +200,8 @@ class CommandStream:
         body = wire.encode(wire.LiveCommand(serial=row.serial, epoch=epoch, body=row.body))
         for node in row.nodes:
             subject = subjects.live_commands_for(node)
-            await self.nc.publish(subject, body, headers=wire.HEADERS)
-        await self.nc.publish(subjects.LIVE_COMMANDS, wire.encode(mark), headers=wire.HEADERS)
+            await self.nc.publish(subject, body)
+        await self.nc.publish(subjects.LIVE_COMMANDS, wire.encode(mark))
 
     async def _ensure_stream(self) -> None:
         config = StreamConfig(

@@ -675,11 +675,11 @@ class CommandService:
         if self.nc is None:
             return
         if settled := self.confirmations.settled():
-            ack = wire.encode(wire.ReportAck(serials=settled))
-            await self.nc.publish(subjects.LIVE_COMMANDS, ack, headers=wire.HEADERS)
+            ack = wire.encode(wire.ReportAck(serials=settled, epoch=self.epoch))
+            await self.nc.publish(subjects.LIVE_COMMANDS, ack)
         for node, serials in self.confirmations.due().items():
-            ack = wire.encode(wire.ReportAck(serials=serials))
-            await self.nc.publish(subjects.report_acks(node), ack, headers=wire.HEADERS)
+            ack = wire.encode(wire.ReportAck(serials=serials, epoch=self.epoch))
+            await self.nc.publish(subjects.report_acks(node), ack)
 
     def _targets(self, serial: int) -> int | None:
         command = self.book.commands.get(serial)

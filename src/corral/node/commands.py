@@ -257,7 +257,7 @@ class CommandRunner:
                 _LIVE,  # type: ignore[arg-type]
                 msg.headers,
             )
-            if not self._current(max(getattr(live, "epoch", 0), wire.epoch_of(msg.headers))):
+            if not self._current(max(live.epoch, wire.epoch_of(msg.headers))):
                 return
             if isinstance(live, wire.ReportAck):  # settled commands, with no command to ride
                 self.core.acked(*live.serials)
@@ -360,8 +360,10 @@ class CommandRunner:
     async def _send(self, data: bytes) -> None:
         assert self.nc is not None
         try:
-            # While reconnecting, nats-py buffers this and sends it once back.
-            await self.nc.publish(subjects.node_in(self.name, "out"), data, headers=wire.HEADERS)
+            # While reconnecting, nats-py buffers this and sends it once back. No headers:
+            # the report carries its protocol version (issue #14: a header block per report
+            # was a measurable part of the controller's and the node's CPU).
+            await self.nc.publish(subjects.node_in(self.name, "out"), data)
         except Exception as exc:  # the connection closed for good: the node is stopping
             log.warning("command report not sent: %s", exc, extra={"node": self.name})
 
@@ -370,7 +372,7 @@ class CommandRunner:
             ack = wire.decode(msg.data, wire.ReportAck, msg.headers)
         except CorralError:
             return
-        if self._current(wire.epoch_of(msg.headers)):
+        if self._current(max(ack.epoch, wire.epoch_of(msg.headers))):
             self.core.acked(*(ack.serials or (ack.serial,)))
 
     async def _resend_loop(self) -> None:
