@@ -10,6 +10,7 @@ origin, CSRF token) before it does anything. Commands take the bus's and the API
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import math
@@ -36,8 +37,16 @@ from corral.dashboard.lockout import Lockout, SignInThrottle, Verdict
 from corral.dashboard.task_pages import TaskPages
 from corral.dashboard.trends import Sampler, Trends
 from corral.dashboard.users import check_password
-from corral.dashboard.web import flash, guarded, json_object, redirect, render, safe_next
-from corral.errors import CorralError, UsageError
+from corral.dashboard.web import (
+    flash,
+    guarded,
+    json_object,
+    redirect,
+    render,
+    safe_leader,
+    safe_next,
+)
+from corral.errors import CorralError, NotLeader, UsageError
 from corral.records import AuditEntry
 from corral.tokens import Role, TokenChecker
 
@@ -113,6 +122,7 @@ class Dashboard:
             next=safe_next(request.query_params.get("next", "")),
             nonce=nonce,
             error="",
+            **self._standby(),
         )
         response.set_cookie(
             LOGIN_COOKIE, nonce, httponly=True, samesite="strict", path="/ui", max_age=3600
@@ -134,36 +144,20 @@ class Dashboard:
                 nonce=nonce,
                 error="the sign-in form expired: reload the page and try again",
             )
-        token_text = fields.get("token", "").strip()
-        session: Session | None = None
-        error = "unknown user or wrong password"
-        if token_text:
-            try:
-                token = await self.gate.checker.check(token_text, Role.READ)
-            except CorralError as exc:
-                error = str(exc)
-            else:
-                session = await self.gate.open(
-                    f"token:{token.id}:{token.name}", Role(token.role), token_text
-                )
-        else:
-            name = fields.get("name", "").strip()
-            address = request.client.host if request.client else ""
-            async with self.password_checks:  # checked in turn: a flood is counted in full
-                verdict = self.throttle.check(name, address, self.clock())
-                if not verdict.allowed:
-                    return self._slow_down(verdict, target, nonce)
-                user = await check_password(self.gate.store, name, fields.get("password", ""))
-                if user is not None:
-                    self.throttle.succeeded(name, self.clock())
-                else:
-                    for lock in self.throttle.failed(name, address, self.clock()):
-                        self._locked(lock, address)
-            if user is not None:
-                session = await self.gate.open(user.name, Role(user.role))
-        if session is None:
-            return render("login.html", None, 401, next=target, nonce=nonce, error=error)
-        self.gate.close(request.cookies.get(COOKIE))
+        try:
+            if self.ctl.leadership is not None:
+                self.ctl.leadership.check_write("sign-ins")
+        except CorralError as exc:  # a standby, or a leader still taking over
+            return self._cannot_sign_in(exc, target, nonce)
+        who = await self._credentials(request, fields, target, nonce)
+        if isinstance(who, Response):
+            return who
+        try:
+            session = await self.gate.open(*who)
+        except NotLeader as exc:  # deposed meanwhile: the store's fence refused it
+            return self._cannot_sign_in(exc, target, nonce)
+        with contextlib.suppress(CorralError):  # the browser's previous session, if any
+            await self.gate.close(request.cookies.get(COOKIE))
         self.audit(session, "signin", session.user, role=session.role.value)
         response = redirect(target)
         secure = request.url.scheme == "https"
@@ -177,6 +171,56 @@ class Dashboard:
             max_age=int(self.gate.max_age),
         )
         response.delete_cookie(LOGIN_COOKIE, path="/ui")
+        return response
+
+    async def _credentials(
+        self, request: Request, fields: dict[str, str], target: str, nonce: str
+    ) -> tuple[str, Role, str | None] | Response:
+        """Who the form's token or name and password stand for (their name, role and token
+        id), or the page refusing them."""
+        token_text = fields.get("token", "").strip()
+        if token_text:
+            try:
+                token = await self.gate.checker.check(token_text, Role.READ)
+            except CorralError as exc:
+                return render("login.html", None, 401, next=target, nonce=nonce, error=str(exc))
+            return f"token:{token.id}:{token.name}", Role(token.role), token.id
+        name = fields.get("name", "").strip()
+        address = request.client.host if request.client else ""
+        async with self.password_checks:  # checked in turn: a flood is counted in full
+            verdict = self.throttle.check(name, address, self.clock())
+            if not verdict.allowed:
+                return self._slow_down(verdict, target, nonce)
+            user = await check_password(self.gate.store, name, fields.get("password", ""))
+            if user is not None:
+                self.throttle.succeeded(name, self.clock())
+            else:
+                for lock in self.throttle.failed(name, address, self.clock()):
+                    self._locked(lock, address)
+        if user is None:
+            error = "unknown user or wrong password"
+            return render("login.html", None, 401, next=target, nonce=nonce, error=error)
+        return user.name, Role(user.role), None
+
+    def _standby(self) -> dict[str, Any]:
+        """The login page's notice on a standby: that it is one, and the leader's address."""
+        lead = self.ctl.leadership
+        if lead is None or lead.leading:
+            return {"standby": "", "leader": ""}
+        return {"standby": "yes", "leader": safe_leader(lead.leader)}
+
+    def _cannot_sign_in(self, exc: CorralError, target: str, nonce: str) -> Response:
+        """503: this controller cannot store a session now (a standby, or taking over)."""
+        if isinstance(exc, NotLeader):
+            leader = safe_leader(exc.leader)
+            error = "this controller is a standby and cannot sign you in: sign in on the leader"
+            error += f" ({leader})" if leader else " (none leads right now: try again shortly)"
+        else:
+            error = str(exc)
+        response = render(
+            "login.html", None, 503, next=target, nonce=nonce, error=error, **self._standby()
+        )
+        response.headers["Retry-After"] = "1"
         return response
 
     def _slow_down(self, verdict: Verdict, target: str, nonce: str) -> Response:
@@ -205,7 +249,10 @@ class Dashboard:
     async def logout(self, request: Request) -> Response:
         """Sign out (a form with the CSRF token)."""
         session, _ = await self.gate.form(request, Role.READ)
-        self.gate.close(session.id)
+        try:
+            await self.gate.close(session.id)
+        except CorralError as exc:  # ended here and in this browser; the store keeps it
+            log.warning("dashboard sign-out not stored (it ends with its expiry): %s", exc)
         response = redirect("/ui/login")
         response.delete_cookie(COOKIE, path="/ui")
         return response
