@@ -324,3 +324,31 @@ async def test_the_store_refuses_a_standby_s_session_writes(store_url: str) -> N
         assert await store.auth.sessions() == [fresh]  # the expired one purged with it
         assert await store.auth.remove_session(fresh.hash)
         assert not await store.auth.remove_session(fresh.hash)
+
+
+async def test_removing_a_user_or_revoking_a_token_deletes_their_sessions(
+    controller: Controller,
+) -> None:
+    """A user added again under a removed name does not inherit the old sessions."""
+    assert controller.api is not None and controller.store is not None
+    await add_user(controller.store, "fay", Role.READ, PASSWORD)
+    ident, token = await create_token(controller.store, Role.READ, "gone")
+    async with client(controller.api.url) as web:
+        await sign_in(web, name="fay", password=PASSWORD)
+        by_user = web.cookies[COOKIE]
+    async with client(controller.api.url) as web:
+        await sign_in(web, token=token)
+        by_token = web.cookies[COOKIE]
+    assert len(await controller.store.auth.sessions()) == 2
+    assert await controller.store.auth.remove_user("fay")
+    assert await controller.store.auth.revoke_token(ident.id, time.time())
+    assert await controller.store.auth.sessions() == []
+    await add_user(controller.store, "fay", Role.ADMIN, PASSWORD)
+
+    async def both_refused() -> bool:  # at once in the store, within the cache's seconds here
+        return not await signed_in(controller.api.url, by_user) and not await signed_in(
+            controller.api.url, by_token
+        )
+
+    await eventually(both_refused, scaled(10))
+    assert await controller.store.auth.sessions() == []

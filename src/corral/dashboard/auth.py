@@ -217,7 +217,10 @@ class Gate:
             return None
         now = time.monotonic()
         session = self.sessions.get(key)
-        if session is None or now - session.loaded > self.ttl:
+        due = session is None or now - session.checked > self.recheck
+        # A re-check reads the session again too: a user removed and added again under the
+        # same name must not find their old session still cached here.
+        if session is None or due or now - session.loaded > self.ttl:
             row = await self.store.auth.session(key)
             if row is None:
                 self.sessions.pop(key, None)
@@ -229,7 +232,7 @@ class Gate:
         if self.clock() >= session.expires:
             await self._drop(key)
             return None
-        if now - session.checked > self.recheck:
+        if due:
             try:
                 await self._recheck(session)
             except StoreError:

@@ -56,7 +56,8 @@ class AuthTables:
         await self._store.write(Unit("store an API token", write))
 
     async def revoke_token(self, ident: str, at: float, audit: AuditEntry | None = None) -> bool:
-        """Revoke live token ``ident`` at ``at``; ``audit`` is written if one was revoked.
+        """Revoke live token ``ident`` at ``at`` and delete its dashboard sessions; ``audit``
+        is written if one was revoked.
 
         Returns:
             Whether a live token had that id.
@@ -73,6 +74,8 @@ class AuthTables:
         def write(conn: Connection) -> bool:
             if conn.execute(stmt).rowcount == 0:
                 return False
+            # its dashboard sessions end with it (a live one is refused within seconds anyway)
+            conn.execute(delete(dashboard_sessions).where(dashboard_sessions.c.token == ident))
             _audit(conn, audit)
             return True
 
@@ -122,7 +125,8 @@ class AuthTables:
         return await self._store.write(Unit("store a user", write))
 
     async def remove_user(self, name: str, audit: AuditEntry | None = None) -> bool:
-        """Remove user ``name``; ``audit`` is written if there was one.
+        """Remove user ``name`` and their dashboard sessions; ``audit`` is written if there
+        was one.
 
         Returns:
             Whether a user had that name.
@@ -134,6 +138,9 @@ class AuthTables:
         def write(conn: Connection) -> bool:
             if conn.execute(delete(users).where(users.c.name == name)).rowcount == 0:
                 return False
+            # Their sessions end with them: a user added again under the name gets none.
+            ended = dashboard_sessions.c.user_name == name, dashboard_sessions.c.token == ""
+            conn.execute(delete(dashboard_sessions).where(*ended))
             _audit(conn, audit)
             return True
 
