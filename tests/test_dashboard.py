@@ -362,6 +362,7 @@ async def test_sign_out_ends_the_session(controller: Controller, web: httpx.Asyn
     assert out.status_code == 303 and out.headers["location"] == "/ui/login"
     assert (await web.get("/ui/fleet")).status_code == 303
     assert len(controller.api.dashboard.gate.sessions) == 0  # type: ignore[union-attr]
+    assert controller.store is not None and await controller.store.auth.sessions() == []
 
 
 async def test_a_live_stream_ends_when_its_session_does(

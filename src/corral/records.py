@@ -12,7 +12,15 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["AuditEntry", "IdempotencyRow", "NodeRecord", "TokenRow", "Transition", "UserRow"]
+__all__ = [
+    "AuditEntry",
+    "IdempotencyRow",
+    "NodeRecord",
+    "SessionRow",
+    "TokenRow",
+    "Transition",
+    "UserRow",
+]
 
 
 class NodeRecord(msgspec.Struct, kw_only=True):
@@ -204,3 +212,24 @@ class UserRow(msgspec.Struct, frozen=True, kw_only=True):
     role: str
     hash: str
     created_at: float
+
+
+class SessionRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A dashboard sign-in session as stored: never the session id (the cookie's value),
+    only its SHA-256, so a reader of the table cannot use a session.
+
+    Attributes:
+        hash: SHA-256 of the session id, hex (primary key).
+        user_name: Who signed in (a user name, or ``token:<id>:<name>``).
+        role: Their role when they signed in (re-checked on every request).
+        token: The id of the API token signed in with (never the token), or ``""``.
+        created_at: Epoch seconds of the sign-in.
+        expires_at: Epoch seconds after which the session is refused and purged.
+    """
+
+    hash: str
+    user_name: str
+    role: str
+    token: str
+    created_at: float
+    expires_at: float

@@ -273,14 +273,7 @@ class TokenChecker:
                 401,
             )
         ident, secret = _parse(text)
-        now = time.monotonic()
-        cached = self._cache.get(ident)
-        if cached is None or now - cached[0] > self.ttl:
-            cached = (now, *await self._load(ident))
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[ident] = cached
-        _, token, stored = cached
+        token, stored = await self._cached(ident)
         # Compare even for an unknown id, so timing does not tell which ids exist.
         valid = hmac.compare_digest(_hash(secret), stored or _hash("-"))
         if token is None or not valid or token.revoked_at is not None:
@@ -290,6 +283,35 @@ class TokenChecker:
                 f"token {token.id} has role {token.role!r}; this call needs {needed.value!r}", 403
             )
         return token
+
+    async def check_id(self, ident: str, needed: Role) -> Token:
+        """Token ``ident``, if it is live and its role allows ``needed``, without its secret.
+
+        For a credential already proven once (a dashboard session opened with the token keeps
+        only its id): the same cache, so a revocation takes effect within ``ttl`` seconds.
+
+        Raises:
+            AuthenticationFailed: unknown or revoked token.
+            Forbidden: the token's role does not allow ``needed``.
+        """
+        token, _ = await self._cached(ident)
+        if token is None or token.revoked_at is not None:
+            raise AuthenticationFailed(f"API token {ident} was revoked or removed", 401)
+        if not Role(token.role).allows(needed):
+            raise Forbidden(
+                f"token {token.id} has role {token.role!r}; this call needs {needed.value!r}", 403
+            )
+        return token
+
+    async def _cached(self, ident: str) -> tuple[Token | None, str]:
+        now = time.monotonic()
+        cached = self._cache.get(ident)
+        if cached is None or now - cached[0] > self.ttl:
+            cached = (now, *await self._load(ident))
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[ident] = cached
+        return cached[1], cached[2]
 
     async def _load(self, ident: str) -> tuple[Token | None, str]:
         row = await self.store.auth.token(ident)

@@ -190,7 +190,11 @@ class Live:
                 await asyncio.sleep(INTERVAL)
                 if await request.is_disconnected():
                     return
-                if await self.gate.session(request) is None:
+                try:
+                    signed_out = await self.gate.session(request) is None
+                except CorralError:  # the store failed: the data read below says so
+                    signed_out = False
+                if signed_out:
                     yield b"event: signout\ndata: {}\n\n"
                     return
                 try:

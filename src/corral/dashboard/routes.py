@@ -9,12 +9,6 @@ origin, CSRF token) before it does anything. Commands take the bus's and the API
 
 from __future__ import annotations
 
-import asyncio
-import hmac
-import logging
-import math
-import secrets
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +21,16 @@ from corral import wire
 from corral.controller.api_calls import ApiCalls
 from corral.controller.submit import Sender, submit
 from corral.dashboard import data
-from corral.dashboard.auth import COOKIE, LOGIN_COOKIE, Gate, Session, check_origin, read_form
+from corral.dashboard.auth import Gate, Session
 from corral.dashboard.chart_pages import ChartPages
 from corral.dashboard.guardian_pages import GuardianPages
 from corral.dashboard.guardians import GuardianBoard
 from corral.dashboard.live import Live
-from corral.dashboard.lockout import Lockout, SignInThrottle, Verdict
+from corral.dashboard.lockout import SignInThrottle
+from corral.dashboard.signin_pages import SignInPages
 from corral.dashboard.task_pages import TaskPages
 from corral.dashboard.trends import Sampler, Trends
-from corral.dashboard.users import check_password
-from corral.dashboard.web import flash, guarded, json_object, redirect, render, safe_next
+from corral.dashboard.web import flash, guarded, json_object, redirect, render
 from corral.errors import CorralError, UsageError
 from corral.records import AuditEntry
 from corral.tokens import Role, TokenChecker
@@ -47,8 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["Dashboard", "mount"]
 
 _KINDS = ("command", "shell", "get", "set")
-
-log = logging.getLogger("corral.dashboard")
 
 
 class Dashboard:
@@ -73,16 +65,24 @@ class Dashboard:
         )
         self.guardian_pages = GuardianPages(gate=self.gate, board=self.board, audit=self.audit)
         self.chart_pages = ChartPages(self.gate)
-        #: scrypt takes 16 MiB and tens of milliseconds: at most two checks at a time, so a
-        #: flood of sign-ins can neither exhaust memory nor starve the controller's loop
-        self.password_checks = asyncio.Semaphore(2)
-        #: slows down, then locks out, repeated wrong passwords per name and per address
-        self.throttle = SignInThrottle()
-        #: the throttle's clock (monotonic seconds); tests replace it
-        self.clock: Callable[[], float] = time.monotonic
+        self.signin = SignInPages(ctl=self.ctl, gate=self.gate, audit=self.audit)
 
     def __repr__(self) -> str:
         return f"<Dashboard {self.gate!r}>"
+
+    @property
+    def throttle(self) -> SignInThrottle:
+        """The sign-in throttle (wrong passwords per name and per address)."""
+        return self.signin.throttle
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The throttle's clock (monotonic seconds); tests replace it."""
+        return self.signin.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.signin.clock = clock
 
     async def stop(self) -> None:
         """Stop the guardian watch and the charts' sampler."""
@@ -101,114 +101,6 @@ class Dashboard:
                 role=session.role.value,
             )
         )
-
-    # --- sign-in ------------------------------------------------------------------------
-
-    async def login_page(self, request: Request) -> Response:
-        """The sign-in form (with a one-time login CSRF cookie)."""
-        nonce = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
-        response = render(
-            "login.html",
-            None,
-            next=safe_next(request.query_params.get("next", "")),
-            nonce=nonce,
-            error="",
-        )
-        response.set_cookie(
-            LOGIN_COOKIE, nonce, httponly=True, samesite="strict", path="/ui", max_age=3600
-        )
-        return response
-
-    async def login(self, request: Request) -> Response:
-        """Sign in with an API token, or a user name and password."""
-        check_origin(request)
-        fields = await read_form(request)
-        nonce = request.cookies.get(LOGIN_COOKIE, "")
-        target = safe_next(fields.get("next", ""))
-        if not nonce or not hmac.compare_digest(fields.get("nonce", "").encode(), nonce.encode()):
-            return render(
-                "login.html",
-                None,
-                403,
-                next=target,
-                nonce=nonce,
-                error="the sign-in form expired: reload the page and try again",
-            )
-        token_text = fields.get("token", "").strip()
-        session: Session | None = None
-        error = "unknown user or wrong password"
-        if token_text:
-            try:
-                token = await self.gate.checker.check(token_text, Role.READ)
-            except CorralError as exc:
-                error = str(exc)
-            else:
-                session = await self.gate.open(
-                    f"token:{token.id}:{token.name}", Role(token.role), token_text
-                )
-        else:
-            name = fields.get("name", "").strip()
-            address = request.client.host if request.client else ""
-            async with self.password_checks:  # checked in turn: a flood is counted in full
-                verdict = self.throttle.check(name, address, self.clock())
-                if not verdict.allowed:
-                    return self._slow_down(verdict, target, nonce)
-                user = await check_password(self.gate.store, name, fields.get("password", ""))
-                if user is not None:
-                    self.throttle.succeeded(name, self.clock())
-                else:
-                    for lock in self.throttle.failed(name, address, self.clock()):
-                        self._locked(lock, address)
-            if user is not None:
-                session = await self.gate.open(user.name, Role(user.role))
-        if session is None:
-            return render("login.html", None, 401, next=target, nonce=nonce, error=error)
-        self.gate.close(request.cookies.get(COOKIE))
-        self.audit(session, "signin", session.user, role=session.role.value)
-        response = redirect(target)
-        secure = request.url.scheme == "https"
-        response.set_cookie(
-            COOKIE,
-            session.id,
-            httponly=True,
-            samesite="strict",
-            path="/ui",
-            secure=secure,
-            max_age=int(self.gate.max_age),
-        )
-        response.delete_cookie(LOGIN_COOKIE, path="/ui")
-        return response
-
-    def _slow_down(self, verdict: Verdict, target: str, nonce: str) -> Response:
-        """429 with ``Retry-After``: the password was not even looked at."""
-        response = render("login.html", None, 429, next=target, nonce=nonce, error=verdict.reason)
-        response.headers["Retry-After"] = str(max(1, math.ceil(verdict.retry_after)))
-        return response
-
-    def _locked(self, lock: Lockout, address: str) -> None:
-        """Log and audit a name or address that was just locked out."""
-        seconds = round(lock.until - self.clock())
-        log.warning(
-            "dashboard sign-in locked",
-            extra={"kind": lock.kind, "key": lock.key, "failures": lock.failures, "for": seconds},
-        )
-        self.ctl.audit(
-            AuditEntry(
-                at=self.ctl.clock(),
-                actor=f"address:{address}",
-                action="dashboard.lockout",
-                target=f"{lock.kind}:{lock.key}",
-                detail={"failures": lock.failures, "seconds": seconds},
-            )
-        )
-
-    async def logout(self, request: Request) -> Response:
-        """Sign out (a form with the CSRF token)."""
-        session, _ = await self.gate.form(request, Role.READ)
-        self.gate.close(session.id)
-        response = redirect("/ui/login")
-        response.delete_cookie(COOKIE, path="/ui")
-        return response
 
     # --- fleet --------------------------------------------------------------------------
 
@@ -362,9 +254,9 @@ def mount(app: FastAPI, controller: ControllerParts, checker: TokenChecker) -> D
         ("/", "GET", d.home),
         ("/ui", "GET", d.home),
         ("/ui/", "GET", d.home),
-        ("/ui/login", "GET", d.login_page),
-        ("/ui/login", "POST", d.login),
-        ("/ui/logout", "POST", d.logout),
+        ("/ui/login", "GET", d.signin.login_page),
+        ("/ui/login", "POST", d.signin.login),
+        ("/ui/logout", "POST", d.signin.logout),
         ("/ui/fleet", "GET", d.fleet),
         ("/ui/charts", "GET", d.chart_pages.charts),
         ("/ui/nodes/{name}", "GET", d.node),

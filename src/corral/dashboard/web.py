@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import jinja2
 from fastapi import Request
@@ -22,7 +22,16 @@ from corral.core.limits import json_depth_error
 from corral.dashboard.auth import Session
 from corral.errors import CorralError, Forbidden, NoKey, UsageError, http_error
 
-__all__ = ["HEADERS", "flash", "guarded", "json_object", "redirect", "render", "safe_next"]
+__all__ = [
+    "HEADERS",
+    "flash",
+    "guarded",
+    "json_object",
+    "redirect",
+    "render",
+    "safe_leader",
+    "safe_next",
+]
 
 HEADERS = {
     "Content-Security-Policy": (
@@ -157,3 +166,12 @@ def safe_next(target: str) -> str:
     if not target.startswith("/ui/") or target.startswith("//") or "\\" in target:
         return "/ui/fleet"
     return target
+
+
+def safe_leader(address: str) -> str:
+    """The leader's API address if it is a plain ``http(s)://`` URL, else "" (it is read from
+    the store and shown as a link: never a ``javascript:`` one)."""
+    parts = urlsplit(address.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return ""
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"

@@ -9,7 +9,7 @@ committed with every other pending write, answered after the commit. No SQL live
 - :class:`Store`: the registry (nodes, transitions), the audit log, commands and their
   outcomes, idempotency keys, ``meta``; with ``store.tasks`` and ``store.auth``.
 - :class:`TaskRecords` (``store.tasks``): task instances.
-- :class:`AuthRecords` (``store.auth``): API tokens and dashboard users.
+- :class:`AuthRecords` (``store.auth``): API tokens, dashboard users and their sessions.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from corral.records import (
     IdempotencyRow,
     NodeRecord,
     OutcomeRow,
+    SessionRow,
     TokenRow,
     Transition,
     UserRow,
@@ -98,7 +99,8 @@ class TaskRecords(Protocol):
 
 
 class AuthRecords(Protocol):
-    """API tokens and dashboard users (``store.auth``); each write takes its audit entry."""
+    """API tokens, dashboard users and sessions (``store.auth``); each write of a token or a
+    user takes its audit entry."""
 
     async def add_token(self, row: TokenRow, audit: AuditEntry | None = None) -> None:
         """Store a new token."""
@@ -123,6 +125,21 @@ class AuthRecords(Protocol):
 
     async def users(self) -> list[UserRow]:
         """Every user, by name."""
+
+    async def add_session(self, row: SessionRow, purge_before: float | None = None) -> None:
+        """Store a dashboard session, purging those expired before ``purge_before``."""
+
+    async def remove_session(self, hash: str) -> bool:
+        """End a session by its id's hash; whether there was one."""
+
+    async def purge_sessions(self, before: float) -> int:
+        """Delete the sessions expired before ``before``; how many."""
+
+    async def session(self, hash: str) -> SessionRow | None:
+        """One session by its id's hash, or ``None``."""
+
+    async def sessions(self) -> list[SessionRow]:
+        """Every stored session, oldest first."""
 
 
 class Store(Protocol):

@@ -30,6 +30,7 @@ __all__ = [
     "commands",
     "controller_lease",
     "controllers",
+    "dashboard_sessions",
     "idempotency_keys",
     "meta",
     "metadata",
@@ -191,6 +192,20 @@ users = Table(
     # scrypt$<n>$<r>$<p>$<salt hex>$<key hex>: never the password itself
     Column("hash", Text, nullable=False),
     Column("created_at", Double, nullable=False),
+)
+
+#: Dashboard sign-ins (migration 0008_dashboard_sessions): SHA-256 of the cookie's value,
+#: never the value itself; ``token`` is a token's id, never the token.
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("hash", Text, primary_key=True),
+    Column("user_name", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Index("ix_dashboard_sessions_expires_at", "expires_at"),
 )
 
 

@@ -302,15 +302,16 @@ class Writer:
             self._answer(p, result, error)
 
     def _fenced(self, group: list[_Pending], exc: NotLeader) -> None:
-        """The fence refused the group: nothing of it was written; tell its callers and the
-        controller (which steps down)."""
-        for p in group:
-            self._answer(p, None, exc)
+        """The fence refused the group: nothing of it was written; tell the controller (which
+        steps down), then its callers: the hook is queued on the loop first, so a caller that
+        sees the refusal finds the controller already told."""
         if self.on_fenced is not None:
             try:
                 self.on_fenced(exc)
             except Exception:  # the hook must not kill the writer
                 log.exception("store fence hook failed")
+        for p in group:
+            self._answer(p, None, exc)
 
     def _answer(self, p: _Pending, result: Any, error: BaseException | None) -> None:
         self.units += 1
