@@ -134,6 +134,11 @@ async def test_standby_reads_refuses_writes_and_takes_over_after_kill_9(
         # The standby answers reads from the store, and writes with the leader's address.
         detail = await on_b.task_history_detail(first)
         assert detail.id == first
+        # What only the leader knows live (who offers which task, the workers) it asks the
+        # leader for over the bus, the caller's role checked here.
+        assert await _noop_offered(on_b)
+        (n1,) = [s for s in await on_b.node_status() if s.name == "n1"]
+        assert "noop" in n1.keys and len(n1.workers) == 2  # start_node: --slots 2
         status, body = await _queue(b.url, token)
         assert status == 503 and body["kind"] == "NotLeader" and body["leader"] == a.url, body
         # `corral status` (GET /status) lists both, each with its role and epoch.

@@ -47,6 +47,7 @@ class BusTransport:
         timeout: Default seconds a call may take.
         nc: An open connection to use instead of opening one.
         wait: Seconds to keep trying while the bus is unreachable, when opening.
+        identity: The credential's name, when ``nc`` is given (default: read from ``creds``).
     """
 
     bus = True
@@ -59,6 +60,7 @@ class BusTransport:
         *,
         nc: NATS | None = None,
         wait: float = 0.0,
+        identity: str | None = None,
     ) -> None:
         self.config = config
         self.address = config.bus_url
@@ -68,11 +70,12 @@ class BusTransport:
         self._nc = nc
         self._lock = asyncio.Lock()
         #: the credential's name (``admin``, ``operator``): the subjects it may ask on
-        self.identity = "admin"
-        try:
-            self.identity = credential_name(self.creds.read_text())
-        except (OSError, ConfigError):
-            pass
+        self.identity = identity or "admin"
+        if identity is None:
+            try:
+                self.identity = credential_name(self.creds.read_text())
+            except (OSError, ConfigError):
+                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._nc is None or self._nc.is_closed else "connected"

@@ -21,15 +21,26 @@ from typing import Any
 
 from corral import api_models as m
 from corral import wire
+from corral._transport_bus import BusTransport
 from corral.controller.api_calls import ApiCalls, Caller
-from corral.errors import CorralError, Forbidden, FunctionNotFound, to_wire
+from corral.errors import CorralError, Disconnected, Forbidden, FunctionNotFound, to_wire
 from corral.tokens import Role
 
-__all__ = ["FUNCTIONS", "KEYED", "LEADER_ONLY", "WITH_CALLER", "Dispatch", "error_reply"]
+__all__ = [
+    "FUNCTIONS",
+    "KEYED",
+    "LEADER_ONLY",
+    "LIVE_READS",
+    "WITH_CALLER",
+    "Dispatch",
+    "error_reply",
+]
 
 log = logging.getLogger("corral.api")
 
 Handler = Callable[..., Awaitable[Any]]
+#: what :meth:`Dispatch._from_leader` returns when no leader answered
+_NO_ANSWER: Any = object()
 
 #: name -> (request struct or None, reply type, role needed)
 FUNCTIONS: dict[str, tuple[type[Any] | None, Any, Role]] = {
@@ -77,6 +88,12 @@ WITH_CALLER = frozenset(
 #: Functions only the leading controller answers: a standby refuses them with NotLeader
 #: (``wait`` too: the results it waits for reach the leader only).
 LEADER_ONLY = WITH_CALLER | {"wait"}
+#: Reads of what only the leader knows live (which node offers which task, the running
+#: leases, the workers' states): a standby asks the leader over the bus, and answers from
+#: what it has (the store) only when no leader answers.
+LIVE_READS = frozenset({"list_tasks", "task_statuses", "node_status"})
+#: Seconds a standby waits for the leader's answer to a live read.
+FORWARD_TIMEOUT = 5.0
 KEYED = m.KEYED  # submissions that take an idempotency key (elsewhere a key is ignored)
 
 
@@ -156,6 +173,25 @@ class Dispatch:
             extra["caller"] = caller
         if name in KEYED:
             extra["key"] = key
+        if leadership is not None and not leadership.leading and name in LIVE_READS:
+            asked = await self._from_leader(name, args)
+            if asked is not _NO_ANSWER:
+                return asked
         if FUNCTIONS[name][0] is None:
             return await handler(**extra)
         return await handler(args, **extra)
+
+    async def _from_leader(self, name: str, args: Any) -> Any:
+        """A live read asked of the leader over the bus as this controller (the caller's
+        role was checked here); :data:`_NO_ANSWER` when no leader answers."""
+        nc = self.calls.parts.nc
+        if nc is None or nc.is_closed:
+            return _NO_ANSWER
+        transport = BusTransport(self.calls.parts.config, nc=nc, identity="controller")
+        try:
+            return await transport.call(
+                name, {} if args is None else args, FUNCTIONS[name][1], FORWARD_TIMEOUT, None
+            )
+        except Disconnected as exc:  # no leader right now: what this standby has
+            log.info("live read %s answered from the store: %s", name, exc)
+            return _NO_ANSWER
