@@ -98,8 +98,8 @@ class TaskMaps:
         if not request.seq:
             return False  # a node that never asks twice
         known = self.maps.get(parent)
-        if known is not None and (known.lease, known.seq) == (request.lease, request.seq):
-            return True
+        if known is not None and known.lease == request.lease and known.seq >= request.seq:
+            return True  # (a later map in memory: this repeat of an earlier one is late)
         return (request.lease, request.seq) in self._finding
 
     async def _start(self, parent: TaskInstance, node: str, request: wire.TaskMap) -> None:
@@ -160,7 +160,13 @@ class TaskMaps:
             for child in await self.read(None, stale):
                 if child.terminal:
                     group.results[child.item or 0] = child
-        if self.maps.get(parent.id) is group:  # (a child may have failed it meanwhile)
+        if self.maps.get(parent.id) is not group:
+            return True  # (a child failed it meanwhile)
+        lost = [c for c in children if c.item not in group.results and not self.unfinished(c.id)]
+        if lost:  # (its end was refused by the store: it is in nobody's memory)
+            error = f"item {lost[0].item} of {group.key} (task {lost[0].id}) was lost"
+            await self.end(group, cancel=True, error=error)
+        else:
             await self._settle(group, sorted(group.results))
         return True
 
