@@ -167,8 +167,8 @@ async def test_a_map_asked_for_again_is_answered_from_the_same_children(
             await asyncio.sleep(0.02)
     first = controller.tasks.maps[ident]
     for _ in range(2):  # what the node does after a hello, and every MAP_REASK seconds
-        node.workers._reask()
-        asks = list(node.workers._asks)  # (each map asked for in a task of its own)
+        node.workers.maps.reask()
+        asks = list(node.workers.maps.tasks)  # (each map asked for in a task of its own)
         assert len(asks) == 1
         await asyncio.wait_for(asyncio.gather(*asks), scaled(10))
         assert controller.tasks.maps[ident] is first

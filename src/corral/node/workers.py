@@ -29,8 +29,9 @@ from typing import Any
 import msgspec
 
 from corral import bus, procs, subjects, wire
-from corral.errors import ConfigError, CorralError, RetryLater, Timeout, Unavailable
+from corral.errors import ConfigError, CorralError
 from corral.node.epochs import EpochFilter
+from corral.node.map_asks import MAP_REASK, MapAsks
 from corral.node.worker_main import frame
 from corral.states import TaskOutcome
 
@@ -47,8 +48,6 @@ log = logging.getLogger("corral.node.workers")
 _HEADER = struct.Struct(">I")
 _decode = msgspec.msgpack.Decoder().decode
 _RESEND_AFTER = 1.0
-#: Seconds between asks for a map still unanswered (its answer may have been lost)
-MAP_REASK = 5.0
 #: Most seconds between a worker taking up a run and the node saying so
 STARTED_WITHIN = 0.05
 
@@ -162,10 +161,8 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._resync = 0  # hellos the controller asked for
-        #: maps waiting for their answer, by the parent's lease: its worker and the request
-        self._maps: dict[str, tuple[_Worker, wire.TaskMap]] = {}
-        self._asking: set[str] = set()  # leases whose map is being asked for now
-        self._asks: set[asyncio.Task[None]] = set()
+        #: the maps of its tasks that wait for their answers
+        self.maps = MapAsks(name, lambda: self.nc)
 
     def __repr__(self) -> str:
         busy = sum(1 for w in self.workers if w.pending)
@@ -257,7 +254,7 @@ class WorkerPool:
                 took = float(message[7]) if len(message) > 7 else -1.0
                 worker.pending.pop(lease, None)
                 self._where.pop(lease, None)
-                self._maps.pop(lease, None)
+                self.maps.forget(lease)
                 self._result(
                     wire.TaskResult(lease, outcome, result, error, tb, worker.index, logs, took)
                 )
@@ -285,62 +282,12 @@ class WorkerPool:
                 log.error("cannot start a spare worker for a map: %s", exc)
             else:
                 self.workers.append(spare)
-        self._maps[request.lease] = (worker, request)
-        await self._ask(request.lease)
-
-    async def _ask(self, lease: str) -> None:
-        """Ask the controller for the map of the task under ``lease`` until it takes it up
-        (answers Ok) or refuses it (the map fails). Without an answer (no controller, a
-        takeover), the map is asked for again after the next hello or :data:`MAP_REASK`:
-        the controller answers a repeat from the same children, never new ones."""
-        if lease in self._asking:
-            return
-        self._asking.add(lease)
-        try:
-            while (entry := self._maps.get(lease)) is not None:
-                worker, request = entry
-                subject = subjects.node_in(self.name, subjects.TASK_MAP_VERB)
-                try:
-                    reply = await self.nc.request(
-                        subject, wire.encode(request), timeout=30.0, headers=wire.HEADERS
-                    )
-                    wire.decode_reply(reply.data, wire.Ok, reply.headers)
-                    return
-                except RetryLater as exc:
-                    await asyncio.sleep(min(max(exc.retry_after or 0.25, 0.05), MAP_REASK))
-                except (Unavailable, Timeout) as exc:
-                    log.info("map not taken up yet (%s); asking again later", exc)
-                    return
-                except CorralError as exc:  # refused: the map fails at once
-                    self._maps.pop(lease, None)
-                    error = f"map of {request.key!r} refused: {exc}"
-                    self._answer(worker, [lease, False, None, error, request.seq])
-                    return
-                except Exception as exc:  # no controller (no responders, a timeout)
-                    log.info("map not taken up yet (%s); asking again later", type(exc).__name__)
-                    return
-        finally:
-            self._asking.discard(lease)
-
-    def _reask(self) -> None:
-        """Ask again for every map still unanswered (in tasks of their own)."""
-        for lease in list(self._maps):
-            if lease not in self._asking:
-                ask = asyncio.create_task(self._ask(lease), name="tasks-map-ask")
-                self._asks.add(ask)
-                ask.add_done_callback(self._asks.discard)
+        await self.maps.ask(request, functools.partial(self._answer, worker))
 
     @staticmethod
     def _answer(worker: _Worker, mapped: list[Any]) -> None:
         worker.blocked = False
         worker.write(frame(["mapped", *mapped]))
-
-    def _mapped(self, done: wire.TaskMapped) -> None:
-        entry = self._maps.get(done.lease)
-        if entry is None or entry[1].seq != done.seq:
-            return  # the parent is gone (killed, finished), or an answer sent twice
-        del self._maps[done.lease]
-        self._answer(entry[0], [done.lease, done.ok, done.results, done.error, done.seq])
 
     def _note_start(self, worker: _Worker) -> None:
         """Report the run ``worker`` works on now, if it is new: a worker runs its pipe's
@@ -369,7 +316,7 @@ class WorkerPool:
             running = next(iter(worker.pending))
             del worker.pending[running]
             self._where.pop(running, None)
-            self._maps.pop(running, None)
+            self.maps.forget(running)
             if worker.killing == running:
                 self._result(
                     wire.TaskResult(
@@ -431,7 +378,7 @@ class WorkerPool:
         elif isinstance(body, wire.TaskStop):
             self._stop(body.lease, body.force)
         elif isinstance(body, wire.TaskMapped):
-            self._mapped(body)
+            self.maps.mapped(body)
         elif isinstance(body, wire.TaskKillWorker):
             self._kill(body.slot, body.actor)
         elif isinstance(body, wire.TaskResync):
@@ -513,7 +460,7 @@ class WorkerPool:
             now = time.monotonic()
             if now - asked >= MAP_REASK and self.joined.is_set():
                 asked = now
-                self._reask()
+                self.maps.reask()
             due = [r for at, r in self._unacked.values() if now - at >= _RESEND_AFTER]
             if due:
                 self._results.extend(due)
@@ -552,7 +499,7 @@ class WorkerPool:
                 await asyncio.sleep(0.5)
                 continue
             said = joins
-            self._reask()  # a new controller (a restart, a takeover) may not know our maps
+            self.maps.reask()  # a new controller (a restart, a takeover) may not know our maps
 
 
 def _batches(results: list[wire.TaskResult], budget: int) -> list[list[wire.TaskResult]]:
