@@ -174,6 +174,31 @@ async def test_parallel_map_returns_results_in_item_order(
     assert all(n.lent == 0 for n in controller.tasks.core.nodes.values())
 
 
+async def test_a_map_asked_for_again_is_answered_from_the_same_children(
+    api: AsyncController,  # noqa: F811
+    controller: Controller,
+    node: Node,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    gate = tmp_path / "gate"
+    ident = await api.queue_task("slow_squares", n=3, gate=str(gate))
+    assert controller.tasks is not None and node.workers is not None
+    async with asyncio.timeout(scaled(10)):  # taken up: in the map, and the first ask answered
+        while ident not in controller.tasks.maps or node.workers.maps.asking:
+            await asyncio.sleep(0.02)
+    first = controller.tasks.maps[ident]
+    for _ in range(2):  # what the node does after a hello, and every MAP_REASK seconds
+        node.workers.maps.reask()
+        asks = list(node.workers.maps.tasks)  # (each map asked for in a task of its own)
+        assert len(asks) == 1
+        await asyncio.wait_for(asyncio.gather(*asks), scaled(10))
+        assert controller.tasks.maps[ident] is first
+    gate.write_text("go")
+    assert (await api.wait(ident, scaled(20))).result == [0, 1, 4]
+    assert (await api.task_history("slow_square", per_page=100)).total == 3
+    assert all(n.lent == 0 for n in controller.tasks.core.nodes.values())
+
+
 async def test_one_failing_item_fails_the_parent_with_its_error(api: AsyncController) -> None:  # noqa: F811
     ident = await api.queue_task("squares", n=20)
     final = await api.wait(ident, scaled(30))

@@ -47,6 +47,10 @@ async def test_upserts_load_the_unfinished_and_page_in_sql(store_url: str) -> No
         top = await tasks.page(toplevel=True, per_page=100)
         assert 2 not in {i.id for i in top.items} and top.total == 24
         assert await tasks.keys() == ["j", "k"]
+        batch[6].parent, batch[6].item = 1, 1
+        await tasks.commit([row(batch[6])])
+        assert [(c.id, c.item) for c in await tasks.children(1)] == [(2, 0), (7, 1)]
+        assert await tasks.children(3) == []
 
 
 async def test_every_field_of_an_instance_comes_back_as_written(store_url: str) -> None:

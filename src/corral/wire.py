@@ -869,21 +869,28 @@ class TaskHello(_Msg, frozen=True):
 
 class TaskMap(_Msg, frozen=True):
     """Node -> controller (``corral.in.<node>.map``, request): the task under ``lease`` maps
-    subtask ``key`` over ``args`` (one msgpack mapping per item)."""
+    subtask ``key`` over ``args`` (one msgpack mapping per item).
+
+    ``seq`` numbers the maps of one run (1, 2 ...; 0 from a node that never asks twice). The
+    node asks again until the map's answer comes (after a controller restart or takeover too):
+    a repeat of the same ``lease`` and ``seq`` names the same children, never new ones."""
 
     lease: str
     key: str
     args: list[bytes]
+    seq: int = 0
 
 
 class TaskMapped(_Msg, frozen=True):
     """Controller -> node: the map of the task under ``lease`` is done: every result in item
-    order, or (``ok`` false) the first failed item's error."""
+    order, or (``ok`` false) the first failed item's error. ``seq`` is the map's (see
+    :class:`TaskMap`): an answer sent twice, or late, is recognised and dropped."""
 
     lease: str
     ok: bool
     results: list[bytes | None] = msgspec.field(default_factory=list)
     error: str = ""
+    seq: int = 0
 
 
 class TaskResync(_Msg, frozen=True):

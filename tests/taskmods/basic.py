@@ -93,6 +93,23 @@ def slow_squares(n: int, gate: str, ctx: TaskContext) -> list[int]:
     return ctx.map("slow_square", [{"x": x, "gate": gate} for x in range(n)])
 
 
+@task(key="gated_square", toplevel=False)
+def gated_square(x: int, gates: str) -> int:
+    """A subtask that leaves a mark of each run (``ran-<x>-<pid>``), then waits for the
+    file ``<gates>/<x>``."""
+    folder = Path(gates)
+    (folder / f"ran-{x}-{os.getpid()}-{time.monotonic_ns()}").touch()
+    while not (folder / str(x)).exists():
+        time.sleep(0.01)
+    return x * x
+
+
+@task(key="gated_squares")
+def gated_squares(n: int, gates: str, ctx: TaskContext) -> list[int]:
+    """Map ``gated_square`` over 0..n-1 (each item released by its own file)."""
+    return ctx.map("gated_square", [{"x": x, "gates": gates} for x in range(n)])
+
+
 @task(key="chatty")
 def chatty(lines: int, ctx: TaskContext, width: int = 10) -> int:
     """Print ``lines`` lines to stdout, one to stderr, and log each step (issue #17: logs)."""

@@ -140,7 +140,12 @@ class TaskService:
             queue=self.queue,
             next_id=lambda: self._next_id,
             pump=self._pump,
+            read=self._read_children,
+            unfinished=lambda i: i in self.core.active or i in self._settling,
         )
+        #: parents of the unfinished subtasks loaded at start: their maps may be on disk
+        #: only (not in memory) until their nodes ask again
+        self._loaded_parents: set[int] = set()
         #: nodes that ever offered tasks, and when each was last asked to say hello again
         self._task_nodes: set[str] = set()
         self._resync_asked: dict[str, float] = {}
@@ -164,6 +169,7 @@ class TaskService:
         self._next_id = await self.store.max_id() + 1
         active = await self.store.load_active()
         self._stored_lease = {i.id: i.lease for i in active if i.lease}
+        self._loaded_parents = {i.parent for i in active if i.parent is not None}
         self.core.load(active, self.clock())
         await self._pump()
         nc = self.nc
@@ -287,6 +293,8 @@ class TaskService:
             group = self.maps.get(ident)  # sees its flag set when its map returns
             if group is not None:
                 await self.mapping.end(group, cancel=True)
+            elif ident in self._loaded_parents:  # its map is on disk only (since a restart)
+                self._cancel_children(ident)
         except NotFound:
             assert self.store is not None
             await self.settled()  # it may have just finished, its final row not on disk yet
@@ -373,6 +381,19 @@ class TaskService:
             if not waiters:
                 self._waiters.pop(ident, None)
             fut.cancel()
+
+    def _cancel_children(self, parent: int) -> None:
+        """Cancel (forced) the unfinished children of ``parent`` (its map is not in memory)."""
+        now = self.clock()
+        for child in [i for i in self.core.active.values() if i.parent == parent]:
+            self.core.cancel(child.id, now, force=True)
+
+    async def _read_children(self, parent: int | None, ids: list[int]) -> list[TaskInstance]:
+        """Every stored child of ``parent``, or (``parent`` None) the instances ``ids``."""
+        assert self.store is not None
+        if parent is None:
+            return await self.store.get_many(ids)
+        return await self.store.children(parent)
 
     @property
     def maps(self) -> dict[int, MapGroup]:
@@ -521,12 +542,20 @@ class TaskService:
                     fut.set_exception(bad)
         self._stored(rows, finished, refused)
         for inst in finished:
-            if inst.parent is not None and inst.parent in self.maps:
-                await self.mapping.child_done(inst)
-            elif inst.id in self.maps:  # the parent ended before its map
-                await self.mapping.end(self.maps[inst.id], cancel=True)
+            await self._ended(inst)
         for node, leases in acks.items():
             self._ack_due.setdefault(node, []).extend(leases)
+
+    async def _ended(self, inst: TaskInstance) -> None:
+        """``inst``'s end is on disk: tell its map, or end the map it waited for."""
+        if inst.parent is not None and inst.parent in self.maps:
+            await self.mapping.child_done(inst)
+        elif inst.id in self.maps:  # the parent ended before its map
+            await self.mapping.end(self.maps[inst.id], cancel=True)
+        elif inst.id in self._loaded_parents:  # ... before its map was asked for again
+            self._loaded_parents.discard(inst.id)
+            self._cancel_children(inst.id)
+            await self._pump()
 
     def _stored(
         self,

@@ -406,13 +406,17 @@ class Scheduler:
                 del self._orphans[ident]
                 self._lose(inst, now, f"node {name} {why}")
 
-    def lend(self, name: str, slots: int) -> None:
+    def lend(self, name: str, slots: int) -> bool:
         """Lend node ``name`` extra capacity (a task there waits for its map's subtasks, so
-        its slot runs them meanwhile); a negative number takes it back."""
+        its slot runs them meanwhile); a negative number takes it back. Returns whether it
+        was done: not for a node without workers here, nor below nothing lent (a node that
+        said hello again since starts with nothing lent)."""
         node = self.nodes.get(name)
-        if node is not None:
-            node.lent += slots
-            node.capacity += slots
+        if node is None or node.lent + slots < 0:
+            return False
+        node.lent += slots
+        node.capacity += slots
+        return True
 
     def node_gone(self, name: str, now: float, reason: str) -> None:
         """Node ``name`` is DOWN, LEFT or restarted: every lease it held is lost."""

@@ -11,9 +11,10 @@ and stderr) and its ``ctx.log`` lines are also kept, the newest ``CORRAL_TASK_LO
 characters of them, and sent with its result.
 
 Frames in: ``["run", lease, id, key, args, attempt]``, ``["stop", lease]``,
-``["mapped", lease, ok, results, error]``.
+``["mapped", lease, ok, results, error, seq]``.
 Frames out: ``["ready", keys, pid, subtask keys, signatures]``,
-``["progress", lease, percent, message]``, ``["map", lease, key, args]``,
+``["progress", lease, percent, message]``, ``["map", lease, key, args, seq]`` (``seq``: the
+map's number in its run, from 1),
 ``["done", lease, outcome, result, error, traceback, logs]``, ``["error", message]``.
 """
 
@@ -187,6 +188,8 @@ class _Serve:
         self.mapped: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
         self.stopped: set[str] = set()
         self.current: TaskContext | None = None
+        #: maps the current run has made
+        self.maps = 0
 
     def reader(self) -> None:
         """Take frames off stdin (a thread of its own, so stops arrive while a task runs)."""
@@ -205,16 +208,18 @@ class _Serve:
 
     def mapper(self, ctx: TaskContext, key: str, args: list[bytes]) -> list[Any]:
         """Ask the node to run a map, and wait for its results (or a stop)."""
-        self.send(["map", ctx.lease, key, args])
+        self.maps += 1
+        seq = self.maps
+        self.send(["map", ctx.lease, key, args, seq])
         while True:
             try:
                 reply = self.mapped.get(timeout=0.05)
             except queue.Empty:
                 ctx.check_stop()  # a cancel of the parent also cancels its subtasks
                 continue
-            if reply[1] != ctx.lease:
-                continue  # a late reply for an earlier run
-            _, _, ok, results, error = reply
+            if reply[1] != ctx.lease or reply[5] != seq:
+                continue  # a late reply for an earlier run or map (or one sent twice)
+            _, _, ok, results, error, _ = reply
             if not ok:
                 ctx.check_stop()  # the parent was cancelled: stop, not fail
                 raise TaskFailed(error)
@@ -232,6 +237,7 @@ class _Serve:
                 continue
             ctx = TaskContext(run[2], run[3], run[5], self.send, lease, self.mapper)
             self.current = ctx
+            self.maps = 0
             if lease in self.stopped:  # the stop arrived between the check above and now
                 ctx.request_stop()
             out, err = sys.stdout, sys.stderr

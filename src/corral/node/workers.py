@@ -31,6 +31,7 @@ import msgspec
 from corral import bus, procs, subjects, wire
 from corral.errors import ConfigError, CorralError
 from corral.node.epochs import EpochFilter
+from corral.node.map_asks import MAP_REASK, MapAsks
 from corral.node.worker_main import frame
 from corral.states import TaskOutcome
 
@@ -160,6 +161,8 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._resync = 0  # hellos the controller asked for
+        #: the maps of its tasks that wait for their answers
+        self.maps = MapAsks(name, lambda: self.nc)
 
     def __repr__(self) -> str:
         busy = sum(1 for w in self.workers if w.pending)
@@ -251,12 +254,16 @@ class WorkerPool:
                 took = float(message[7]) if len(message) > 7 else -1.0
                 worker.pending.pop(lease, None)
                 self._where.pop(lease, None)
+                self.maps.forget(lease)
                 self._result(
                     wire.TaskResult(lease, outcome, result, error, tb, worker.index, logs, took)
                 )
                 self._note_start(worker)
             elif kind == "map":
-                await self._map(worker, message[1], message[2], message[3])
+                request = wire.TaskMap(
+                    lease=message[1], key=message[2], args=message[3], seq=message[4]
+                )
+                await self._map(worker, request)
             elif kind == "progress":
                 self._progress.append(
                     wire.TaskProgress(message[1], message[2], message[3], worker.index)
@@ -264,7 +271,7 @@ class WorkerPool:
                 self._flush.set()
         await self._worker_died(worker)
 
-    async def _map(self, worker: _Worker, lease: str, key: str, args: list[bytes]) -> None:
+    async def _map(self, worker: _Worker, request: wire.TaskMap) -> None:
         """A task maps a subtask: lend its slot (a spare worker if all are blocked), then ask
         the controller to queue the items."""
         worker.blocked = True
@@ -275,26 +282,12 @@ class WorkerPool:
                 log.error("cannot start a spare worker for a map: %s", exc)
             else:
                 self.workers.append(spare)
-        nc = self.nc
-        assert nc is not None
-        subject = subjects.node_in(self.name, subjects.TASK_MAP_VERB)
-        request = wire.TaskMap(lease=lease, key=key, args=args)
-        try:
-            reply = await nc.request(
-                subject, wire.encode(request), timeout=30.0, headers=wire.HEADERS
-            )
-            wire.decode_reply(reply.data, wire.Ok, reply.headers)
-        except Exception as exc:  # refused, or no controller: the map fails at once
-            worker.blocked = False
-            error = f"map of {key!r} refused: {exc or type(exc).__name__}"
-            worker.write(frame(["mapped", lease, False, None, error]))
+        await self.maps.ask(request, functools.partial(self._answer, worker))
 
-    def _mapped(self, done: wire.TaskMapped) -> None:
-        worker = self._where.get(done.lease)
-        if worker is None:
-            return  # the parent is gone (killed, finished)
+    @staticmethod
+    def _answer(worker: _Worker, mapped: list[Any]) -> None:
         worker.blocked = False
-        worker.write(frame(["mapped", done.lease, done.ok, done.results, done.error]))
+        worker.write(frame(["mapped", *mapped]))
 
     def _note_start(self, worker: _Worker) -> None:
         """Report the run ``worker`` works on now, if it is new: a worker runs its pipe's
@@ -323,6 +316,7 @@ class WorkerPool:
             running = next(iter(worker.pending))
             del worker.pending[running]
             self._where.pop(running, None)
+            self.maps.forget(running)
             if worker.killing == running:
                 self._result(
                     wire.TaskResult(
@@ -384,7 +378,7 @@ class WorkerPool:
         elif isinstance(body, wire.TaskStop):
             self._stop(body.lease, body.force)
         elif isinstance(body, wire.TaskMapped):
-            self._mapped(body)
+            self.maps.mapped(body)
         elif isinstance(body, wire.TaskKillWorker):
             self._kill(body.slot, body.actor)
         elif isinstance(body, wire.TaskResync):
@@ -460,9 +454,13 @@ class WorkerPool:
                     await nc.publish(subject, wire.encode(report), headers=wire.HEADERS)
 
     async def _resend_loop(self) -> None:
+        asked = time.monotonic()
         while True:
             await asyncio.sleep(_RESEND_AFTER)
             now = time.monotonic()
+            if now - asked >= MAP_REASK and self.joined.is_set():
+                asked = now
+                self.maps.reask()
             due = [r for at, r in self._unacked.values() if now - at >= _RESEND_AFTER]
             if due:
                 self._results.extend(due)
@@ -501,6 +499,7 @@ class WorkerPool:
                 await asyncio.sleep(0.5)
                 continue
             said = joins
+            self.maps.reask()  # a new controller (a restart, a takeover) may not know our maps
 
 
 def _batches(results: list[wire.TaskResult], budget: int) -> list[list[wire.TaskResult]]:

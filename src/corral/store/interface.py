@@ -79,6 +79,9 @@ class TaskRecords(Protocol):
     async def get(self, ident: int) -> TaskInstance | None:
         """One instance by id, or ``None``."""
 
+    async def children(self, parent: int) -> list[TaskInstance]:
+        """The instances ``parent``'s maps created, by id."""
+
     async def get_many(self, ids: Iterable[int]) -> list[TaskInstance]:
         """The instances with these ids that exist, by id."""
 

@@ -199,6 +199,15 @@ class TaskTables:
         query = select(*_COLUMNS).where(t.c.id.in_(wanted)).order_by(t.c.id)
         return await self._all(query, "read task instances")
 
+    async def children(self, parent: int) -> list[TaskInstance]:
+        """The instances ``parent``'s maps created (every attempt's), by id.
+
+        Raises:
+            StoreError: The query failed.
+        """
+        query = select(*_COLUMNS).where(t.c.parent == parent).order_by(t.c.id)
+        return await self._all(query, "read a task's subtasks")
+
     async def page(
         self,
         *,
