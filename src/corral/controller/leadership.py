@@ -9,9 +9,17 @@ and starts its leader's services). As the *leader* it renews the lease every thi
 
 It steps down when it learns it was deposed: a renewal finds another holder, the writer's
 fence refused a write (:meth:`deposed`), or it could not renew for a whole lease (a standby
-may have taken over meanwhile: it must assume so). ``on_deposed`` then ends the leader; the
-controller does not try to unwind its services in place (see
-:meth:`corral.controller.service.Controller.serve_forever`).
+may have taken over meanwhile: it must assume so). That last check falls due a lease after
+the last renewal that succeeded *began*, which is no later than the lease's expiry by the
+database's clock: a leader cut off from the store stops leading before a standby can take
+the lease. ``on_deposed`` then ends the leader; the controller does not try to unwind its
+services in place (see :meth:`corral.controller.service.Controller.serve_forever`).
+
+A leader must also reach the nodes. With a ``probe`` (a round trip to the bus server), a
+leader whose bus has not answered for a whole lease lets the lease go and steps down, so that
+a standby that has the bus takes over at once (a leader cut off from the bus could renew its
+lease forever while leading no node); and a standby whose bus does not answer does not take
+the lease. If the bus is gone for everyone, nobody leads until it is back.
 
 Every controller, whatever its role, records itself in the ``controllers`` table every third
 of a lease (``corral status`` lists them) and answers :meth:`check_write` for the API: a
@@ -27,7 +35,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.config import Config
 from corral.errors import CorralError, NotLeader, RetryLater
@@ -41,6 +49,8 @@ MAX_EPOCH = 2**48
 
 log = logging.getLogger("corral.controller")
 
+T = TypeVar("T")
+
 
 class Leadership:
     """This controller's role among several (see the module's documentation).
@@ -52,6 +62,8 @@ class Leadership:
         started: When it started (seconds since the epoch).
         on_lead: Starts the leader's services at ``epoch``; called once, on taking the lease.
         on_deposed: Ends the leader (with why); called at most once.
+        probe: Returns once the bus answered, within the seconds given (raises otherwise);
+            ``None``: the bus is not watched.
     """
 
     def __init__(
@@ -62,6 +74,7 @@ class Leadership:
         started: float,
         on_lead: Callable[[int], Awaitable[None]],
         on_deposed: Callable[[str], None],
+        probe: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -84,11 +97,15 @@ class Leadership:
         #: every controller recently seen, as the last beat read them (``corral status``)
         self.known: list[dict[str, Any]] = []
         self._renewed = 0.0  # monotonic time a renewal that succeeded began
+        self._probe = probe
+        self._bus_ok = time.monotonic()  # when the bus last answered (connected just now)
         self._task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._abdicating: asyncio.Task[None] | None = None
         self._claims: dict[str, int] = {}  # node -> an epoch above ours it has seen
         #: set once the leader's services are started: writes before it are "ask again"
         self.ready = False
+        self._stepped_down = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<Leadership {self.id[:8]} {self.role} epoch={self.epoch}>"
@@ -125,6 +142,41 @@ class Leadership:
             leader=self.leader,
         )
 
+    def check_serving(self, what: str = "this call") -> None:
+        """Refuse every call, reads too, once this controller stepped down: it is being torn
+        down, what it holds in memory is stale and its store may be out of reach.
+
+        Raises:
+            NotLeader: it stepped down; ``leader`` is the new leader if known (else "").
+        """
+        if self.role == "deposed":
+            raise NotLeader(
+                f"this controller stepped down and is stopping: it does not take {what}; send "
+                f"it to the leader ({self.leader or 'another controller'})",
+                leader=self.leader,
+            )
+
+    async def serving(self, call: Awaitable[T], what: str = "this call") -> T:
+        """Await a read, unless this controller steps down first (its store may never
+        answer: a cut-off leader's reads would hang until it stops).
+
+        Raises:
+            NotLeader: it stepped down before the read finished.
+        """
+        if self._sqlite:
+            return await call
+        task = asyncio.ensure_future(call)
+        stepped = asyncio.ensure_future(self._stepped_down.wait())
+        try:
+            await asyncio.wait({task, stepped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stepped.cancel()
+            if not task.done():
+                task.cancel()
+        if not task.done() or task.cancelled():
+            self.check_serving(what)
+        return task.result()
+
     async def try_lead(self) -> bool:
         """Try once to take the lease; if taken, fence the store and start leading.
 
@@ -136,6 +188,8 @@ class Leadership:
         """
         if self.role != "standby":
             return self.leading
+        if self._bus_lost():
+            return False  # it could not lead the nodes: leave the lease to one that can
         view = await self.store.lease.acquire(
             self.id, self.address, self.config.lease, force=self._sqlite
         )
@@ -170,13 +224,16 @@ class Leadership:
     def start(self) -> None:
         """Run the lease loop in the background (stop it with :meth:`stop`)."""
         self._task = asyncio.create_task(self._loop(), name="lease")
+        if self._probe is not None and not self._sqlite:
+            self._watch = asyncio.create_task(self._watch_bus(), name="bus-watch")
 
     async def stop(self, release: bool = True) -> None:
         """Stop the loop; with ``release``, a leader lets the lease go at once."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._task, self._watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._watch = None
         if release:
             await self.release()
 
@@ -197,6 +254,9 @@ class Leadership:
         was = self.role
         self.role = "deposed"
         self.store.set_fence(self.id, -1, None)  # nothing more from this process lands
+        if self.leader == self.address:  # itself, as read when it took the lease
+            self.leader_id = self.leader = ""
+        self._stepped_down.set()
         if was == "leader":
             log.error("deposed: %s", why, extra={"id": self.id[:8], "epoch": self.epoch})
             self._on_deposed(why)
@@ -254,13 +314,18 @@ class Leadership:
         beat_every = self.config.lease / 3
         last_beat = 0.0
         while self.role != "deposed":
-            period = beat_every if self.leading else self.poll
+            period = min(beat_every, self._left()) if self.leading else self.poll
             await asyncio.sleep(period)
             try:
+                if self.leading and self._bus_lost():
+                    await self._let_go()
+                    return
                 if self.leading:
                     # A store that does not answer (a black-holed connection) counts as a
-                    # failed renewal: past a whole lease, this leader steps down.
-                    await asyncio.wait_for(self._renew(), max(0.1, self.config.lease / 2))
+                    # failed renewal: a lease after the last one began, this leader steps
+                    # down (the wait ends then at the latest).
+                    timeout = max(0.05, min(self.config.lease / 2, self._left()))
+                    await asyncio.wait_for(self._renew(), timeout)
                 else:
                     await self.try_lead()
                 if time.monotonic() - last_beat >= beat_every:
@@ -283,6 +348,39 @@ class Leadership:
             self._saw(await self.store.lease.read())
         finally:
             self.deposed(f"the lease was taken by {self.leader_id[:8] or 'nobody'} ({self.leader})")
+
+    def _left(self) -> float:
+        """Seconds until this leader must assume its lease expired (if not renewed)."""
+        return max(0.0, self._renewed + self.config.lease - time.monotonic())
+
+    def _bus_lost(self) -> bool:
+        """Whether the bus has not answered for a whole lease (only when it is watched)."""
+        return self._watch is not None and time.monotonic() - self._bus_ok >= self.config.lease
+
+    async def _watch_bus(self) -> None:
+        """Ask the bus for a round trip every quarter lease; note when it answered."""
+        while self.role != "deposed":
+            try:
+                assert self._probe is not None
+                await self._probe(max(0.1, self.config.lease / 2))
+                self._bus_ok = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - nats-py raises many kinds: not answered
+                log.debug("the bus did not answer: %r", exc)
+            await asyncio.sleep(self.config.lease / 4)
+
+    async def _let_go(self) -> None:
+        """Cut off from the bus for a whole lease: give the lease up and step down."""
+        lost = time.monotonic() - self._bus_ok
+        try:
+            await asyncio.wait_for(
+                self.store.lease.release(self.id, self.epoch), max(0.1, self.config.lease / 2)
+            )
+        except (CorralError, TimeoutError) as exc:
+            log.warning("could not release the lease (it expires on its own): %s", exc)
+        self.deposed(
+            f"the bus has not answered for {lost:.1f}s: this leader reaches no node; it let "
+            "the lease go so that a controller that reaches them leads"
+        )
 
     def _check_expired(self) -> None:
         """A leader that could not renew for a whole lease must assume a standby took over."""
