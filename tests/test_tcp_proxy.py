@@ -40,7 +40,9 @@ def proxy(echo: int) -> Iterator[TcpProxy]:
         p.close()
 
 
-async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> bytes:
+async def roundtrip(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
+) -> bytes:
     writer.write(data)
     await writer.drain()
     return await reader.readexactly(len(data))

@@ -353,12 +353,23 @@ class Leadership:
         """Seconds until this leader must assume its lease expired (if not renewed)."""
         return max(0.0, self._renewed + self.config.lease - time.monotonic())
 
+    @property
+    def _probe_every(self) -> float:
+        return min(self.config.lease, self.config.down_after) / 4
+
+    def bus_deaf(self) -> bool:
+        """Whether the bus's last round trip is late (more than two probes' worth): then the
+        nodes' silence is this controller's own, and it must not declare them DOWN (it lets
+        the lease go after a whole lease of it)."""
+        return self._watch is not None and time.monotonic() - self._bus_ok > 2 * self._probe_every
+
     def _bus_lost(self) -> bool:
         """Whether the bus has not answered for a whole lease (only when it is watched)."""
         return self._watch is not None and time.monotonic() - self._bus_ok >= self.config.lease
 
     async def _watch_bus(self) -> None:
-        """Ask the bus for a round trip every quarter lease; note when it answered."""
+        """Ask the bus for a round trip every quarter lease (or of ``down_after``, if
+        shorter); note when it answered."""
         while self.role != "deposed":
             try:
                 assert self._probe is not None
@@ -366,7 +377,7 @@ class Leadership:
                 self._bus_ok = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - nats-py raises many kinds: not answered
                 log.debug("the bus did not answer: %r", exc)
-            await asyncio.sleep(self.config.lease / 4)
+            await asyncio.sleep(self._probe_every)
 
     async def _let_go(self) -> None:
         """Cut off from the bus for a whole lease: give the lease up and step down."""
