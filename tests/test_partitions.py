@@ -165,6 +165,17 @@ async def test_a_leader_cut_from_the_store_steps_down_and_a_standby_takes_over(
             serials.append(await pinged(api, scaled(20)))
             assert api.address == group.urls[1]
 
+            # The silent partition turns into refused connections (a firewall's REJECT): the
+            # old leader's teardown, which waits to learn whether its write in flight landed,
+            # ends; serving again as a standby, it cannot open the store: it waits for it
+            # and tries again, it does not exit.
+            proxy.cut("reset")
+            log = group.logs / "controller-0.log"
+
+            async def failed_to_restart() -> bool:
+                return "could not serve again as a standby" in log.read_text()
+
+            await eventually(failed_to_restart, scaled(40))
             proxy.restore()
             again = await role(group, 0, "standby", scaled(40))  # the same process, a standby
             assert again["leader"] == second["leader"], (again, second)

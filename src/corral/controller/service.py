@@ -388,7 +388,7 @@ class Controller:
         if self.api is not None:
             await self.api.stop()
         if self.tasks is not None and self._led:
-            await self.tasks.stop()
+            await self.tasks.stop(commit=not deposed)
         if self.nc is not None and not self.nc.is_closed:
             await (self.nc.close() if deposed else self.nc.drain())
         if self._led and not deposed:
@@ -421,7 +421,14 @@ class Controller:
                 landed. Start a new :class:`Controller` to serve as a standby (``corral
                 controller`` does).
         """
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            try:  # close what did start (the store, say): the caller may try again
+                await self.stop()
+            except Exception:  # noqa: BLE001 - the start's own error is the one to raise
+                log.exception("could not stop what had started")
+            raise
         try:
             await self.deposed.wait()
         finally:
