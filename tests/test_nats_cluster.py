@@ -127,5 +127,8 @@ async def test_the_leader_rides_through_the_loss_of_its_nats_server(
     finally:
         for node in nodes:
             await node.stop()
-        for controller in controllers:
+        # The standby first: it would take over while the leader stops.
+        for controller in sorted(
+            controllers, key=lambda c: bool(c.leadership and c.leadership.leading)
+        ):
             await controller.stop()

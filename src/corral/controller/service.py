@@ -374,9 +374,10 @@ class Controller:
         A deposed controller flushes nothing (its store refuses it anyway) and cuts the bus
         instead of draining it.
         """
-        deposed = self.deposed.is_set()
         if self.leadership is not None:
+            # Stopping the lease loop may end a takeover half-way: that deposes it too.
             await self.leadership.stop(release=False)
+        deposed = self.deposed.is_set()
         if self._round_trip is not None:
             self._round_trip.close()
         await self.commands.stop()

@@ -180,7 +180,7 @@ class TaskService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if not commit:
+        if not commit or self.store is None:  # nothing to write, or never started
             return
         with contextlib.suppress(CorralError):
             await self._commit()
