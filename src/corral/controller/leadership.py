@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from corral.config import Config
+from corral.controller.buswatch import BusWatch
 from corral.errors import CorralError, NotLeader, RetryLater
 from corral.store import Store
 from corral.store.lease import ControllerRow, LeaseView
@@ -97,15 +98,15 @@ class Leadership:
         #: every controller recently seen, as the last beat read them (``corral status``)
         self.known: list[dict[str, Any]] = []
         self._renewed = 0.0  # monotonic time a renewal that succeeded began
-        self._probe = probe
-        self._bus_ok = time.monotonic()  # when the bus last answered (connected just now)
+        #: the bus's round trips (PostgreSQL only: on SQLite there is no one to hand over to)
+        self.bus = None if probe is None or self._sqlite else BusWatch(config, probe)
         self._task: asyncio.Task[None] | None = None
-        self._watch: asyncio.Task[None] | None = None
         self._abdicating: asyncio.Task[None] | None = None
         self._claims: dict[str, int] = {}  # node -> an epoch above ours it has seen
         #: set once the leader's services are started: writes before it are "ask again"
         self.ready = False
-        self._stepped_down = asyncio.Event()
+        #: done once it stepped down (made by the first read that waits on it)
+        self._stepped_down: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Leadership {self.id[:8]} {self.role} epoch={self.epoch}>"
@@ -165,12 +166,13 @@ class Leadership:
         """
         if self._sqlite:
             return await call
+        if self._stepped_down is None:
+            self._stepped_down = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(call)
-        stepped = asyncio.ensure_future(self._stepped_down.wait())
         try:
-            await asyncio.wait({task, stepped}, return_when=asyncio.FIRST_COMPLETED)
+            waits: set[asyncio.Future[Any]] = {task, self._stepped_down}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stepped.cancel()
             if not task.done():
                 task.cancel()
         if not task.done() or task.cancelled():
@@ -188,7 +190,7 @@ class Leadership:
         """
         if self.role != "standby":
             return self.leading
-        if self._bus_lost():
+        if self.bus is not None and self.bus.lost():
             return False  # it could not lead the nodes: leave the lease to one that can
         view = await self.store.lease.acquire(
             self.id, self.address, self.config.lease, force=self._sqlite
@@ -224,16 +226,17 @@ class Leadership:
     def start(self) -> None:
         """Run the lease loop in the background (stop it with :meth:`stop`)."""
         self._task = asyncio.create_task(self._loop(), name="lease")
-        if self._probe is not None and not self._sqlite:
-            self._watch = asyncio.create_task(self._watch_bus(), name="bus-watch")
+        if self.bus is not None:
+            self.bus.start()
 
     async def stop(self, release: bool = True) -> None:
         """Stop the loop; with ``release``, a leader lets the lease go at once."""
-        for task in (self._task, self._watch):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._task = self._watch = None
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self.bus is not None:
+            await self.bus.stop()
         if release:
             await self.release()
 
@@ -256,7 +259,8 @@ class Leadership:
         self.store.set_fence(self.id, -1, None)  # nothing more from this process lands
         if self.leader == self.address:  # itself, as read when it took the lease
             self.leader_id = self.leader = ""
-        self._stepped_down.set()
+        if self._stepped_down is not None and not self._stepped_down.done():
+            self._stepped_down.set_result(None)
         if was == "leader":
             log.error("deposed: %s", why, extra={"id": self.id[:8], "epoch": self.epoch})
             self._on_deposed(why)
@@ -317,7 +321,7 @@ class Leadership:
             period = min(beat_every, self._left()) if self.leading else self.poll
             await asyncio.sleep(period)
             try:
-                if self.leading and self._bus_lost():
+                if self.leading and self.bus is not None and self.bus.lost():
                     await self._let_go()
                     return
                 if self.leading:
@@ -353,35 +357,10 @@ class Leadership:
         """Seconds until this leader must assume its lease expired (if not renewed)."""
         return max(0.0, self._renewed + self.config.lease - time.monotonic())
 
-    @property
-    def _probe_every(self) -> float:
-        return min(self.config.lease, self.config.down_after) / 4
-
-    def bus_deaf(self) -> bool:
-        """Whether the bus's last round trip is late (more than two probes' worth): then the
-        nodes' silence is this controller's own, and it must not declare them DOWN (it lets
-        the lease go after a whole lease of it)."""
-        return self._watch is not None and time.monotonic() - self._bus_ok > 2 * self._probe_every
-
-    def _bus_lost(self) -> bool:
-        """Whether the bus has not answered for a whole lease (only when it is watched)."""
-        return self._watch is not None and time.monotonic() - self._bus_ok >= self.config.lease
-
-    async def _watch_bus(self) -> None:
-        """Ask the bus for a round trip every quarter lease (or of ``down_after``, if
-        shorter); note when it answered."""
-        while self.role != "deposed":
-            try:
-                assert self._probe is not None
-                await self._probe(max(0.1, self.config.lease / 2))
-                self._bus_ok = time.monotonic()
-            except Exception as exc:  # noqa: BLE001 - nats-py raises many kinds: not answered
-                log.debug("the bus did not answer: %r", exc)
-            await asyncio.sleep(self._probe_every)
-
     async def _let_go(self) -> None:
         """Cut off from the bus for a whole lease: give the lease up and step down."""
-        lost = time.monotonic() - self._bus_ok
+        assert self.bus is not None
+        lost = self.bus.silence()
         try:
             await asyncio.wait_for(
                 self.store.lease.release(self.id, self.epoch), max(0.1, self.config.lease / 2)

@@ -477,7 +477,8 @@ class Controller:
         A controller that stepped down judges no silence either."""
         if self.leadership is not None and self.leadership.role == "deposed":
             return True
-        deaf = self.leadership is not None and self.leadership.bus_deaf()
+        watch = self.leadership.bus if self.leadership is not None else None
+        deaf = watch is not None and watch.deaf()
         if deaf and not self._was_deaf:
             log.warning("the bus does not answer: DOWN deferred")
         self._was_deaf = deaf
