@@ -58,6 +58,10 @@ class BusWatch:
         """Whether the bus has not answered for a whole lease."""
         return self._task is not None and self.silence() >= self.config.lease
 
+    def left(self) -> float:
+        """Seconds until :meth:`lost` (if the bus stays silent)."""
+        return max(0.0, self.config.lease - self.silence())
+
     def start(self) -> None:
         """Start the round trips."""
         self._task = asyncio.create_task(self._run(), name="bus-watch")

@@ -318,7 +318,10 @@ class Leadership:
         beat_every = self.config.lease / 3
         last_beat = 0.0
         while self.role != "deposed":
-            period = min(beat_every, self._left()) if self.leading else self.poll
+            period = self.poll
+            if self.leading:  # wake when the lease, or the bus's silence, would run out
+                bus = self.config.lease if self.bus is None else self.bus.left()
+                period = min(beat_every, self._left(), bus)
             await asyncio.sleep(period)
             try:
                 if self.leading and self.bus is not None and self.bus.lost():
