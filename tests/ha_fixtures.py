@@ -24,10 +24,14 @@ LEASE = 2.0
 
 
 class Controllers:
-    """``corral controller`` processes on one store and bus, each on its own API port."""
+    """``corral controller`` processes on one store and bus, each on its own API port.
+
+    ``stores[i]`` and ``buses[i]`` are where controller ``i`` reaches them (the same for all
+    unless a test sends one through a proxy it can cut)."""
 
     def __init__(self, config: Config, store: str, bus: str, count: int, logs: Path) -> None:
         self.config, self.store, self.bus, self.logs = config, store, bus, logs
+        self.stores, self.buses = [store] * count, [bus] * count
         self.ports = [free_port() for _ in range(count)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
 
@@ -46,7 +50,9 @@ class Controllers:
             "CORRAL_API_PORT": str(self.ports[i]),
             "CORRAL_LEASE": str(LEASE),
         }
-        argv = corral_argv(self.config, "controller", "--nats", self.bus, "--store", self.store)
+        argv = corral_argv(
+            self.config, "controller", "--nats", self.buses[i], "--store", self.stores[i]
+        )
         with open(self.logs / f"controller-{i}.log", "ab") as out:
             self.procs[i] = subprocess.Popen(
                 argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -66,6 +72,15 @@ class Controllers:
                     if health.get("role") == "leader":
                         return i
                 await asyncio.sleep(0.1)  # polling /healthz: the controllers are other processes
+
+    async def health(self, i: int) -> dict[str, object]:
+        """Controller ``i``'s /healthz ({} when it does not answer: stopped or restarting)."""
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            try:
+                found: dict[str, object] = (await http.get(f"{self.urls[i]}/healthz")).json()
+                return found
+            except (httpx.HTTPError, ValueError):
+                return {}
 
     def kill(self, i: int) -> None:
         """SIGKILL controller ``i``."""

@@ -4,12 +4,14 @@ controller's, and the nodes, the controller and the clients carry on (commands a
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from conftest import scaled
+from conftest import PG_DSN_ENV, scaled
 from corral import subjects
 from corral.app import ControllerService
 from corral.client import Client
@@ -76,3 +78,57 @@ async def test_losing_one_nats_server_loses_nothing(config: Config, cluster: Nat
         for node in nodes:
             await node.stop()
         await controller.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not os.environ.get(PG_DSN_ENV), reason=f"{PG_DSN_ENV} not set")
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+async def test_the_leader_rides_through_the_loss_of_its_nats_server(
+    config: Config, cluster: NatsCluster, store_url: str
+) -> None:
+    """Two controllers on PostgreSQL (issue #13): the leader's server goes away; the leader
+    moves to another server and keeps the lease (a reconnect is no partition: it does not
+    step down), and commands and tasks sent afterwards complete."""
+    config = msgspec.structs.replace(cluster_config(config, cluster), store=store_url, lease=2.0)
+    controllers = [ControllerService(config), ControllerService(config)]
+    nodes = []
+    try:
+        for controller in controllers:
+            await controller.start()
+        leading = [c for c in controllers if c.leadership and c.leadership.leading]
+        assert len(leading) == 1
+        leader = leading[0]
+        assert leader.leadership is not None and leader.nc is not None
+        epoch = leader.leadership.epoch
+        nodes = [await start_task_node(config, name) for name in ("c1", "c2")]
+        for node in nodes:
+            await offered(leader, node.name)
+        async with await Client.connect(config, timeout=scaled(20)) as client:
+            assert sorted(await ping_all(client)) == ["c1", "c2"]
+            assert leader.nc.connected_url is not None
+            victim = cluster.ports.index(leader.nc.connected_url.port)
+            cluster.kill(victim)
+
+            async with asyncio.timeout(scaled(30)):
+                while True:
+                    try:
+                        results = await ping_all(client)
+                        break
+                    except Exception:  # noqa: BLE001 - reconnecting; the deadline bounds it
+                        await asyncio.sleep(0.2)
+            assert sorted(results) == ["c1", "c2"]
+            ids = [await client.queue_task("add", {"a": i, "b": i}) for i in range(3)]
+            for i, task_id in enumerate(ids):
+                assert (await client.wait(task_id, timeout=scaled(30))).result == 2 * i
+            assert leader.nc.connected_url.port != cluster.ports[victim]
+            # Still the one leader, at the same epoch: no takeover for a reconnect.
+            assert leader.leadership.leading and leader.leadership.epoch == epoch
+            assert [c for c in controllers if c.leadership and c.leadership.leading] == [leader]
+    finally:
+        for node in nodes:
+            await node.stop()
+        # The standby first: it would take over while the leader stops.
+        for controller in sorted(
+            controllers, key=lambda c: bool(c.leadership and c.leadership.leading)
+        ):
+            await controller.stop()

@@ -35,7 +35,7 @@ from corral.errors import (
     Timeout,
 )
 
-__all__ = ["NATS", "StampedNATS", "connect", "gather_agents", "request"]
+__all__ = ["NATS", "RoundTrip", "StampedNATS", "connect", "gather_agents", "request"]
 
 log = logging.getLogger("corral.bus")
 
@@ -73,6 +73,45 @@ class StampedNATS(NATS):
         if headers is not None and self.stamp and wire.PROTO_HEADER in headers:
             headers = {**headers, **self.stamp}
         await super().publish(subject, payload, reply, headers)
+
+
+class RoundTrip:
+    """Whether the server answers: a PING and its PONG, within a timeout.
+
+    Not ``nc.flush(timeout)``: that cancels its PONG's future when it times out, and the late
+    PONG then fails nats-py's read loop (``InvalidStateError``), which reconnects. Here a
+    ping that outlives the timeout is left to finish (and awaited again by the next call); a
+    reconnect, which forgets the pings in flight, starts a new one.
+
+    Args:
+        nc: The connection to check.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._ping: asyncio.Task[None] | None = None
+        self._reconnects = -1
+
+    async def __call__(self, timeout: float) -> None:
+        """Return once the server answered a PING.
+
+        Raises:
+            TimeoutError: no answer within ``timeout`` seconds.
+            nats.errors.Error: the connection is closed.
+        """
+        reconnects = self.nc.stats["reconnects"]
+        if self._ping is None or self._ping.done() or reconnects != self._reconnects:
+            if self._ping is not None:
+                self._ping.cancel()  # forgotten by the reconnect: never answered
+            self._reconnects = reconnects
+            self._ping = asyncio.create_task(self.nc.flush(timeout=3600), name="bus-ping")
+        await asyncio.wait_for(asyncio.shield(self._ping), timeout)
+
+    def close(self) -> None:
+        """Forget the ping in flight (the connection is being closed)."""
+        if self._ping is not None:
+            self._ping.cancel()
+            self._ping = None
 
 
 def _is_auth_error(exc: BaseException) -> bool:

@@ -22,13 +22,16 @@ from corral.cli.supervisor import Supervised
 from corral.cli.upview import watch_up
 from corral.config import Config
 from corral.core.text import check_join_text
-from corral.errors import CorralError, NotLeader, UsageError
+from corral.errors import CorralError, NotLeader, Unavailable, UsageError
 from corral.node import Node
 from corral.node.handlers import Handlers, load_handlers
 from corral.security import Authority, write_secret
 from corral.tokens import ensure_admin_token
 
 __all__ = ["register"]
+
+#: seconds between a deposed controller's tries to serve again while the store or bus is away
+_RESTART_WAIT = 1.0
 
 
 async def until_signalled(main: asyncio.Task[Any]) -> None:
@@ -63,6 +66,7 @@ async def _controller(config: Config) -> None:
         # the event loop's included (issue #14). Per process, so tests that start many
         # controllers in one still collect the earlier ones' garbage.
         gc.freeze()
+        deposed = False
         while True:
             controller = ControllerService(config)
             try:
@@ -72,6 +76,17 @@ async def _controller(config: Config) -> None:
                 # Deposed: everything of that leader is torn down; serve again as a standby
                 # (a fresh controller, nothing carried over but the bus server).
                 err.print(f"{exc}; serving again as a standby (leader: {exc.leader or '-'})")
+                deposed = True
+            except Unavailable as exc:
+                if not deposed:
+                    raise  # a first start: say what is wrong and stop
+                # Deposed by a partition, the store or the bus may still be out of reach:
+                # a standby waits for them instead of exiting.
+                err.print(f"could not serve again as a standby: {exc}; trying again")
+                pause = asyncio.create_task(asyncio.sleep(_RESTART_WAIT))
+                await until_signalled(pause)
+                if pause.cancelled():
+                    return
     finally:
         if broker is not None:
             broker.stop()

@@ -150,7 +150,8 @@ class Dispatch:
         Raises:
             FunctionNotFound: no such function.
             Forbidden: the caller's role is below the function's.
-            NotLeader: this controller is a standby and the function is not a read.
+            NotLeader: this controller is a standby and the function is not a read, or it
+                stepped down (every function, reads too).
             CorralError: whatever the function raises (see :func:`error_reply`).
         """
         row = self._rows.get(name)
@@ -160,8 +161,10 @@ class Dispatch:
             )
         handler, role = row
         leadership = self.calls.parts.leadership
-        if leadership is not None and name in LEADER_ONLY:
-            leadership.check_write(name)
+        if leadership is not None:
+            leadership.check_serving(name)
+            if name in LEADER_ONLY:
+                leadership.check_write(name)
         if not Role(caller.role).allows(role):
             raise Forbidden(
                 f"{caller.actor} has role {caller.role!r}; {name} needs {role.value!r} or "
@@ -177,9 +180,10 @@ class Dispatch:
             asked = await self._from_leader(name, args)
             if asked is not _NO_ANSWER:
                 return asked
-        if FUNCTIONS[name][0] is None:
-            return await handler(**extra)
-        return await handler(args, **extra)
+        call = handler(**extra) if FUNCTIONS[name][0] is None else handler(args, **extra)
+        if leadership is None or name in LEADER_ONLY:
+            return await call
+        return await leadership.serving(call, name)  # a read: not past a step-down
 
     async def _from_leader(self, name: str, args: Any) -> Any:
         """A live read asked of the leader over the bus as this controller (the caller's

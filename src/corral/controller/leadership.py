@@ -9,9 +9,17 @@ and starts its leader's services). As the *leader* it renews the lease every thi
 
 It steps down when it learns it was deposed: a renewal finds another holder, the writer's
 fence refused a write (:meth:`deposed`), or it could not renew for a whole lease (a standby
-may have taken over meanwhile: it must assume so). ``on_deposed`` then ends the leader; the
-controller does not try to unwind its services in place (see
-:meth:`corral.controller.service.Controller.serve_forever`).
+may have taken over meanwhile: it must assume so). That last check falls due a lease after
+the last renewal that succeeded *began*, which is no later than the lease's expiry by the
+database's clock: a leader cut off from the store stops leading before a standby can take
+the lease. ``on_deposed`` then ends the leader; the controller does not try to unwind its
+services in place (see :meth:`corral.controller.service.Controller.serve_forever`).
+
+A leader must also reach the nodes. With a ``probe`` (a round trip to the bus server), a
+leader whose bus has not answered for a whole lease lets the lease go and steps down, so that
+a standby that has the bus takes over at once (a leader cut off from the bus could renew its
+lease forever while leading no node); and a standby whose bus does not answer does not take
+the lease. If the bus is gone for everyone, nobody leads until it is back.
 
 Every controller, whatever its role, records itself in the ``controllers`` table every third
 of a lease (``corral status`` lists them) and answers :meth:`check_write` for the API: a
@@ -27,9 +35,10 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.config import Config
+from corral.controller.buswatch import BusWatch
 from corral.errors import CorralError, NotLeader, RetryLater
 from corral.store import Store
 from corral.store.lease import ControllerRow, LeaseView
@@ -40,6 +49,8 @@ __all__ = ["MAX_EPOCH", "Leadership"]
 MAX_EPOCH = 2**48
 
 log = logging.getLogger("corral.controller")
+
+T = TypeVar("T")
 
 
 class Leadership:
@@ -52,6 +63,8 @@ class Leadership:
         started: When it started (seconds since the epoch).
         on_lead: Starts the leader's services at ``epoch``; called once, on taking the lease.
         on_deposed: Ends the leader (with why); called at most once.
+        probe: Returns once the bus answered, within the seconds given (raises otherwise);
+            ``None``: the bus is not watched.
     """
 
     def __init__(
@@ -62,6 +75,7 @@ class Leadership:
         started: float,
         on_lead: Callable[[int], Awaitable[None]],
         on_deposed: Callable[[str], None],
+        probe: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -84,11 +98,15 @@ class Leadership:
         #: every controller recently seen, as the last beat read them (``corral status``)
         self.known: list[dict[str, Any]] = []
         self._renewed = 0.0  # monotonic time a renewal that succeeded began
+        #: the bus's round trips (PostgreSQL only: on SQLite there is no one to hand over to)
+        self.bus = None if probe is None or self._sqlite else BusWatch(config, probe)
         self._task: asyncio.Task[None] | None = None
         self._abdicating: asyncio.Task[None] | None = None
         self._claims: dict[str, int] = {}  # node -> an epoch above ours it has seen
         #: set once the leader's services are started: writes before it are "ask again"
         self.ready = False
+        #: done once it stepped down (made by the first read that waits on it)
+        self._stepped_down: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Leadership {self.id[:8]} {self.role} epoch={self.epoch}>"
@@ -125,6 +143,42 @@ class Leadership:
             leader=self.leader,
         )
 
+    def check_serving(self, what: str = "this call") -> None:
+        """Refuse every call, reads too, once this controller stepped down: it is being torn
+        down, what it holds in memory is stale and its store may be out of reach.
+
+        Raises:
+            NotLeader: it stepped down; ``leader`` is the new leader if known (else "").
+        """
+        if self.role == "deposed":
+            raise NotLeader(
+                f"this controller stepped down and is stopping: it does not take {what}; send "
+                f"it to the leader ({self.leader or 'another controller'})",
+                leader=self.leader,
+            )
+
+    async def serving(self, call: Awaitable[T], what: str = "this call") -> T:
+        """Await a read, unless this controller steps down first (its store may never
+        answer: a cut-off leader's reads would hang until it stops).
+
+        Raises:
+            NotLeader: it stepped down before the read finished.
+        """
+        if self._sqlite:
+            return await call
+        if self._stepped_down is None:
+            self._stepped_down = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(call)
+        try:
+            waits: set[asyncio.Future[Any]] = {task, self._stepped_down}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+        if not task.done() or task.cancelled():
+            self.check_serving(what)
+        return task.result()
+
     async def try_lead(self) -> bool:
         """Try once to take the lease; if taken, fence the store and start leading.
 
@@ -136,6 +190,8 @@ class Leadership:
         """
         if self.role != "standby":
             return self.leading
+        if self.bus is not None and self.bus.lost():
+            return False  # it could not lead the nodes: leave the lease to one that can
         view = await self.store.lease.acquire(
             self.id, self.address, self.config.lease, force=self._sqlite
         )
@@ -170,6 +226,8 @@ class Leadership:
     def start(self) -> None:
         """Run the lease loop in the background (stop it with :meth:`stop`)."""
         self._task = asyncio.create_task(self._loop(), name="lease")
+        if self.bus is not None:
+            self.bus.start()
 
     async def stop(self, release: bool = True) -> None:
         """Stop the loop; with ``release``, a leader lets the lease go at once."""
@@ -177,6 +235,8 @@ class Leadership:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self.bus is not None:
+            await self.bus.stop()
         if release:
             await self.release()
 
@@ -197,6 +257,10 @@ class Leadership:
         was = self.role
         self.role = "deposed"
         self.store.set_fence(self.id, -1, None)  # nothing more from this process lands
+        if self.leader == self.address:  # itself, as read when it took the lease
+            self.leader_id = self.leader = ""
+        if self._stepped_down is not None and not self._stepped_down.done():
+            self._stepped_down.set_result(None)
         if was == "leader":
             log.error("deposed: %s", why, extra={"id": self.id[:8], "epoch": self.epoch})
             self._on_deposed(why)
@@ -254,13 +318,21 @@ class Leadership:
         beat_every = self.config.lease / 3
         last_beat = 0.0
         while self.role != "deposed":
-            period = beat_every if self.leading else self.poll
+            period = self.poll
+            if self.leading:  # wake when the lease, or the bus's silence, would run out
+                bus = self.config.lease if self.bus is None else self.bus.left()
+                period = min(beat_every, self._left(), bus)
             await asyncio.sleep(period)
             try:
+                if self.leading and self.bus is not None and self.bus.lost():
+                    await self._let_go()
+                    return
                 if self.leading:
                     # A store that does not answer (a black-holed connection) counts as a
-                    # failed renewal: past a whole lease, this leader steps down.
-                    await asyncio.wait_for(self._renew(), max(0.1, self.config.lease / 2))
+                    # failed renewal: a lease after the last one began, this leader steps
+                    # down (the wait ends then at the latest).
+                    timeout = max(0.05, min(self.config.lease / 2, self._left()))
+                    await asyncio.wait_for(self._renew(), timeout)
                 else:
                     await self.try_lead()
                 if time.monotonic() - last_beat >= beat_every:
@@ -283,6 +355,25 @@ class Leadership:
             self._saw(await self.store.lease.read())
         finally:
             self.deposed(f"the lease was taken by {self.leader_id[:8] or 'nobody'} ({self.leader})")
+
+    def _left(self) -> float:
+        """Seconds until this leader must assume its lease expired (if not renewed)."""
+        return max(0.0, self._renewed + self.config.lease - time.monotonic())
+
+    async def _let_go(self) -> None:
+        """Cut off from the bus for a whole lease: give the lease up and step down."""
+        assert self.bus is not None
+        lost = self.bus.silence()
+        try:
+            await asyncio.wait_for(
+                self.store.lease.release(self.id, self.epoch), max(0.1, self.config.lease / 2)
+            )
+        except (CorralError, TimeoutError) as exc:
+            log.warning("could not release the lease (it expires on its own): %s", exc)
+        self.deposed(
+            f"the bus has not answered for {lost:.1f}s: this leader reaches no node; it let "
+            "the lease go so that a controller that reaches them leads"
+        )
 
     def _check_expired(self) -> None:
         """A leader that could not renew for a whole lease must assume a standby took over."""

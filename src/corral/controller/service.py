@@ -131,10 +131,12 @@ class Controller:
         #: the heartbeats' subscription, and since when its backlog defers DOWN (if it does)
         self._beats: Any = None
         self._backlog_since: float | None = None
+        self._was_deaf = False
         #: seconds between writes of every live node's last-seen time
         self.persist_interval = 5.0
         #: which controller leads (the store's lease), once started
         self.leadership: Leadership | None = None
+        self._round_trip: bus.RoundTrip | None = None
         #: set when another controller took over while this one led
         self.deposed = asyncio.Event()
         self._led = False
@@ -237,9 +239,11 @@ class Controller:
             reject=self._reject,
             after_commit=self._after_commit,
         )
+        self._round_trip = bus.RoundTrip(nc)
         self.leadership = Leadership(
-            self.config, store, self.id, self.started, self._lead, self._deposed
-        )
+            self.config, store, self.id, self.started, self._lead, self._deposed,
+            probe=self._round_trip,
+        )  # fmt: skip
         await self.leadership.look()
         if self.config.api_port >= 0 and self._http is not None:
             self.api = self._http(self.parts())
@@ -370,9 +374,12 @@ class Controller:
         A deposed controller flushes nothing (its store refuses it anyway) and cuts the bus
         instead of draining it.
         """
-        deposed = self.deposed.is_set()
         if self.leadership is not None:
+            # Stopping the lease loop may end a takeover half-way: that deposes it too.
             await self.leadership.stop(release=False)
+        deposed = self.deposed.is_set()
+        if self._round_trip is not None:
+            self._round_trip.close()
         await self.commands.stop()
         await self._stop_loops(deposed)
         if self.endpoints is not None:  # keyed sends not yet answered end here
@@ -382,7 +389,7 @@ class Controller:
         if self.api is not None:
             await self.api.stop()
         if self.tasks is not None and self._led:
-            await self.tasks.stop()
+            await self.tasks.stop(commit=not deposed)
         if self.nc is not None and not self.nc.is_closed:
             await (self.nc.close() if deposed else self.nc.drain())
         if self._led and not deposed:
@@ -415,7 +422,14 @@ class Controller:
                 landed. Start a new :class:`Controller` to serve as a standby (``corral
                 controller`` does).
         """
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            try:  # close what did start (the store, say): the caller may try again
+                await self.stop()
+            except Exception:  # noqa: BLE001 - the start's own error is the one to raise
+                log.exception("could not stop what had started")
+            raise
         try:
             await self.deposed.wait()
         finally:
@@ -447,7 +461,7 @@ class Controller:
         while True:
             await asyncio.sleep(period)
             now = self.clock()
-            if not self._beats_waiting(now):
+            if not self._beats_waiting(now) and not self._deaf():
                 self._record(self.registry.expire(now))
             self.commands.tick()
             if self.groups is not None:
@@ -456,6 +470,19 @@ class Controller:
                 self._persist_all = True
                 last_persist = now
             self._wake.set()
+
+    def _deaf(self) -> bool:
+        """Whether this controller's own bus does not answer (a partition): the nodes'
+        silence is then its own, not theirs, and DOWN waits (it steps down after a lease).
+        A controller that stepped down judges no silence either."""
+        if self.leadership is not None and self.leadership.role == "deposed":
+            return True
+        watch = self.leadership.bus if self.leadership is not None else None
+        deaf = watch is not None and watch.deaf()
+        if deaf and not self._was_deaf:
+            log.warning("the bus does not answer: DOWN deferred")
+        self._was_deaf = deaf
+        return deaf
 
     def _beats_waiting(self, now: float) -> bool:
         """Whether a backlog of heartbeats received but not yet read waits on the loop

@@ -188,14 +188,17 @@ class TaskService:
         ]
         log.info("task scheduler started", extra={"unfinished": len(self.core.active)})
 
-    async def stop(self) -> None:
-        """Stop the loops and write what is pending."""
+    async def stop(self, commit: bool = True) -> None:
+        """Stop the loops and, with ``commit``, write what is pending (not for a deposed
+        leader: its store refuses it, and may not answer at all when it was cut off)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if not commit or self.store is None:  # nothing to write, or never started
+            return
         with contextlib.suppress(CorralError):
             await self._commit()
             await self._send_acks()

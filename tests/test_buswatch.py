@@ -1,0 +1,45 @@
+"""The bus round trip a controller watches (corral.bus.RoundTrip, issue #13), against a real
+nats-server reached through a proxy the test cuts: it answers, times out across a silent
+partition, and answers again once it heals, without the connection being reset by the late
+PONG (nats-py's own ``flush(timeout)`` cancels the PONG's future, and a late PONG then fails
+its read loop)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from conftest import scaled
+from corral import bus
+from corral.broker import EmbeddedBroker
+from corral.config import Config
+from tcp_proxy import TcpProxy
+
+
+async def test_a_round_trip_times_out_across_a_partition_and_answers_once_healed(
+    config: Config, broker: EmbeddedBroker
+) -> None:
+    host, port = broker.url.split("://", 1)[1].rsplit(":", 1)
+    proxy = TcpProxy(host, int(port)).start()
+    scheme = broker.url.split("://", 1)[0]
+    nc = await bus.connect(
+        msgspec.structs.replace(config, nats_url=f"{scheme}://127.0.0.1:{proxy.port}"),
+        "controller",
+        wait=scaled(10),
+    )
+    ping = bus.RoundTrip(nc)
+    try:
+        await ping(scaled(5))
+        proxy.cut("blackhole")
+        with pytest.raises(TimeoutError):
+            await ping(0.5)
+        with pytest.raises(TimeoutError):
+            await ping(0.3)  # the same ping, still unanswered
+        proxy.restore()
+        await ping(scaled(5))
+        await ping(scaled(5))
+        assert nc.is_connected and nc.stats["reconnects"] == 0
+    finally:
+        ping.close()
+        await nc.close()
+        proxy.close()
