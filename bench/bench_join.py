@@ -32,7 +32,6 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import psutil
 from rich.console import Console
@@ -44,23 +43,13 @@ from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise
 from corral.client import Client
 from corral.config import Config
-from corral.node import Node
 from corral.security import Authority
 
 console = Console(stderr=True)
 #: One line of the result table: metric, measured, goal, verdict.
 Row = tuple[str, str, str, str]
-
-
-async def run_worker(spec: dict[str, Any]) -> None:
-    """Host the nodes of ``spec`` (``config`` fields, ``nodes``: [name, creds]) forever."""
-    config = Config(**spec["config"])
-    started = time.time()
-    nodes = [Node(config, name, creds=Path(creds)) for name, creds in spec["nodes"]]
-    await asyncio.gather(*(node.start(wait_for_bus=60.0) for node in nodes))
-    # One line for the driver: when imports were done and when every connection was open.
-    print(json.dumps({"imported": started, "connected": time.time()}), flush=True)
-    await asyncio.Event().wait()
+#: The worker processes' script (a module of its own: it imports only the node's modules).
+WORKER = Path(__file__).with_name("_join_worker.py")
 
 
 class EventLog:
@@ -225,7 +214,7 @@ class Bench:
         base = self.snapshot()
         t0 = time.time()
         for i in range(len(self.groups)):
-            argv = [sys.executable, __file__, "--worker", str(self.root / f"worker-{i}.json")]
+            argv = [sys.executable, str(WORKER), str(self.root / f"worker-{i}.json")]
             self.workers.append(procs.spawn(argv, log=self.root / f"worker-{i}.log"))
         self.pids["workers"][:] = [w.pid for w in self.workers]
         console.log(f"started {len(self.workers)} workers; waiting for {len(self.names)} nodes UP")
@@ -375,7 +364,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--settle", type=float, default=2.0, help="seconds to wait after all UP before sampling")
     add("--timeout", type=float, default=120.0, help="give up waiting for all UP after this long")
     add("--keep", action="store_true", help="keep the temporary directory (logs, data)")
-    add("--worker", type=Path, help=argparse.SUPPRESS)  # internal: run as a worker process
     args = parser.parse_args(argv)
     if args.down_after <= args.heartbeat:
         parser.error("--down-after must exceed --heartbeat")
@@ -386,7 +374,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.worker is not None:
-        asyncio.run(run_worker(json.loads(arguments.worker.read_text())))
-        sys.exit(0)
     run_in_tempdir(main, arguments, "corral-bench-", console)
