@@ -35,12 +35,11 @@ def config(config: Config) -> Config:
 @pytest.fixture
 async def fleet(config: Config) -> AsyncIterator[list[Node]]:
     """``NODES`` nodes in this process (not started), stopped at the end."""
-    authority = Authority.load(config.data_path)
+    issued = Authority.load(config.data_path).enroll_many(f"f{i:03d}" for i in range(NODES))
     nodes = []
-    for i in range(NODES):
-        name = f"f{i:03d}"
+    for i, (name, text) in enumerate(issued.items()):
         creds = config.data_path / f"{name}.creds"
-        creds.write_text(authority.enroll(name))
+        creds.write_text(text)
         tasks = ("taskmods.basic",) if i < TASK_NODES else ()
         nodes.append(Node(config, name, creds=creds, slots=1, tasks=tasks))
     try:
