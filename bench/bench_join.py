@@ -1,10 +1,11 @@
 """Join, steady-state and failure-detection benchmark for one controller and N nodes.
 
 Theory of operation: the driver (this process) initialises a throw-away data directory,
-enrols every node name up front (one credential file each), starts the embedded nats-server
-(TLS on) and the controller as its own process (``python -m corral controller``), then starts
-worker processes that each host ``--per-process`` :class:`corral.node.Node` instances in one
-event loop, every node with its own bus connection and credential. The driver watches node
+enrols every node name up front in one batch (one credential file each), starts the embedded
+nats-server (TLS on) and the controller as its own process (``python -m corral controller``),
+then starts worker processes (``_join_worker.py``, which imports only the node's modules) that
+each host ``--per-process`` :class:`corral.node.Node` instances in one event loop, every node
+with its own bus connection and credential. The driver watches node
 transitions with :class:`corral.client.Client` (admin credential) and measures:
 
 1. the time from starting the workers until every node is UP (and until the first one is);
@@ -219,7 +220,11 @@ class Bench:
         self.pids["workers"][:] = [w.pid for w in self.workers]
         console.log(f"started {len(self.workers)} workers; waiting for {len(self.names)} nodes UP")
         timeout = max(self.args.timeout, self.nodes / 50)
-        seen = await self.events.until_all(self.names, "UP", timeout)
+        try:
+            seen = await self.events.until_all(self.names, "UP", timeout)
+        except TimeoutError:
+            self._log_progress(timeout)
+            raise
         used = {k: v - base[k] for k, v in self.snapshot().items()}
         cpu = " / ".join(f"{used[k]:.1f}" for k in self.pids)
         # Confirm against the registry itself (one read: the events say it already holds).
@@ -249,6 +254,18 @@ class Bench:
                 lag <= 0.05,
             ),
         ]
+
+    def _log_progress(self, waited: float) -> None:
+        """Say how far the join got when it was given up (a run that never has all UP)."""
+        up = sum(status == "UP" for status in self.events.status.values())
+        moves = {new: sum(e.new == new for e in self.events.seen) for new in ("UP", "DOWN")}
+        logs = (self.root / f"worker-{i}.log" for i in range(len(self.groups)))
+        opened = sum('{"imported"' in log.read_text(errors="replace") for log in logs)
+        console.log(
+            f"gave up after {waited:g}s: {up} of {len(self.names)} UP; {moves['UP']} moves to "
+            f"UP and {moves['DOWN']} to DOWN so far; {opened} of {len(self.groups)} workers "
+            "had every connection open"
+        )
 
     async def loop_lag(self) -> float:
         """The controller's worst event-loop lag so far, from its ``/metrics`` (loopback)."""
