@@ -81,7 +81,13 @@ def _until_beat(interval: float) -> float:
     phase = _phases.get(loop)
     if phase is None:
         phase = _phases[loop] = random.uniform(0.0, interval)
-    delay = interval - (loop.time() - phase) % interval
+    return beat_delay(loop.time(), phase, interval)
+
+
+def beat_delay(now: float, phase: float, interval: float) -> float:
+    """Seconds from ``now`` until the next instant ``phase + k * interval``, at least a tenth
+    of an interval away (the instant just passed or about to pass was this beat's)."""
+    delay = interval - (now - phase) % interval
     return delay + interval if delay < interval / 10 else delay
 
 
