@@ -1,10 +1,11 @@
 """Join, steady-state and failure-detection benchmark for one controller and N nodes.
 
 Theory of operation: the driver (this process) initialises a throw-away data directory,
-enrols every node name up front (one credential file each), starts the embedded nats-server
-(TLS on) and the controller as its own process (``python -m corral controller``), then starts
-worker processes that each host ``--per-process`` :class:`corral.node.Node` instances in one
-event loop, every node with its own bus connection and credential. The driver watches node
+enrols every node name up front in one batch (one credential file each), starts the embedded
+nats-server (TLS on) and the controller as its own process (``python -m corral controller``),
+then starts worker processes (``_join_worker.py``, which imports only the node's modules) that
+each host ``--per-process`` :class:`corral.node.Node` instances in one event loop, every node
+with its own bus connection and credential. The driver watches node
 transitions with :class:`corral.client.Client` (admin credential) and measures:
 
 1. the time from starting the workers until every node is UP (and until the first one is);
@@ -32,7 +33,6 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import psutil
 from rich.console import Console
@@ -44,23 +44,13 @@ from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise
 from corral.client import Client
 from corral.config import Config
-from corral.node import Node
 from corral.security import Authority
 
 console = Console(stderr=True)
 #: One line of the result table: metric, measured, goal, verdict.
 Row = tuple[str, str, str, str]
-
-
-async def run_worker(spec: dict[str, Any]) -> None:
-    """Host the nodes of ``spec`` (``config`` fields, ``nodes``: [name, creds]) forever."""
-    config = Config(**spec["config"])
-    started = time.time()
-    nodes = [Node(config, name, creds=Path(creds)) for name, creds in spec["nodes"]]
-    await asyncio.gather(*(node.start(wait_for_bus=60.0) for node in nodes))
-    # One line for the driver: when imports were done and when every connection was open.
-    print(json.dumps({"imported": started, "connected": time.time()}), flush=True)
-    await asyncio.Event().wait()
+#: The worker processes' script (a module of its own: it imports only the node's modules).
+WORKER = Path(__file__).with_name("_join_worker.py")
 
 
 class EventLog:
@@ -99,13 +89,13 @@ class EventLog:
 
 def enroll_all(data: Path, names: list[str]) -> dict[str, str]:
     """Issue a credential for every name; return name -> credentials file."""
-    authority, out = Authority.load(data), data / "bench-creds"
+    out = data / "bench-creds"
     out.mkdir(mode=0o700)
     paths = {}
-    for name in names:
+    for name, text in Authority.load(data).enroll_many(names).items():
         path = out / f"{name}.creds"
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
-            fh.write(authority.enroll(name))
+            fh.write(text)
         paths[name] = str(path)
     return paths
 
@@ -225,12 +215,16 @@ class Bench:
         base = self.snapshot()
         t0 = time.time()
         for i in range(len(self.groups)):
-            argv = [sys.executable, __file__, "--worker", str(self.root / f"worker-{i}.json")]
+            argv = [sys.executable, str(WORKER), str(self.root / f"worker-{i}.json")]
             self.workers.append(procs.spawn(argv, log=self.root / f"worker-{i}.log"))
         self.pids["workers"][:] = [w.pid for w in self.workers]
         console.log(f"started {len(self.workers)} workers; waiting for {len(self.names)} nodes UP")
         timeout = max(self.args.timeout, self.nodes / 50)
-        seen = await self.events.until_all(self.names, "UP", timeout)
+        try:
+            seen = await self.events.until_all(self.names, "UP", timeout)
+        except TimeoutError:
+            self._log_progress(timeout)
+            raise
         used = {k: v - base[k] for k, v in self.snapshot().items()}
         cpu = " / ".join(f"{used[k]:.1f}" for k in self.pids)
         # Confirm against the registry itself (one read: the events say it already holds).
@@ -260,6 +254,18 @@ class Bench:
                 lag <= 0.05,
             ),
         ]
+
+    def _log_progress(self, waited: float) -> None:
+        """Say how far the join got when it was given up (a run that never has all UP)."""
+        up = sum(status == "UP" for status in self.events.status.values())
+        moves = {new: sum(e.new == new for e in self.events.seen) for new in ("UP", "DOWN")}
+        logs = (self.root / f"worker-{i}.log" for i in range(len(self.groups)))
+        opened = sum('{"imported"' in log.read_text(errors="replace") for log in logs)
+        console.log(
+            f"gave up after {waited:g}s: {up} of {len(self.names)} UP; {moves['UP']} moves to "
+            f"UP and {moves['DOWN']} to DOWN so far; {opened} of {len(self.groups)} workers "
+            "had every connection open"
+        )
 
     async def loop_lag(self) -> float:
         """The controller's worst event-loop lag so far, from its ``/metrics`` (loopback)."""
@@ -375,7 +381,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--settle", type=float, default=2.0, help="seconds to wait after all UP before sampling")
     add("--timeout", type=float, default=120.0, help="give up waiting for all UP after this long")
     add("--keep", action="store_true", help="keep the temporary directory (logs, data)")
-    add("--worker", type=Path, help=argparse.SUPPRESS)  # internal: run as a worker process
     args = parser.parse_args(argv)
     if args.down_after <= args.heartbeat:
         parser.error("--down-after must exceed --heartbeat")
@@ -386,7 +391,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.worker is not None:
-        asyncio.run(run_worker(json.loads(arguments.worker.read_text())))
-        sys.exit(0)
     run_in_tempdir(main, arguments, "corral-bench-", console)

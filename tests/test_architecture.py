@@ -109,3 +109,41 @@ def test_the_import_contracts_hold() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
+
+
+#: What a node process must not import: the controller's store and API, the API client, the
+#: CLI's and the dashboard's libraries (each costs tens of milliseconds in every node process).
+HEAVY = ("fastapi", "sqlalchemy", "alembic", "httpx", "jinja2", "rich", "typer", "uvicorn")
+
+
+def _imported_after(code: str) -> set[str]:
+    """The top-level packages and corral modules in ``sys.modules`` after running ``code``
+    in a fresh interpreter (this process has imported everything already)."""
+    probe = f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        check=True,
+    )
+    names = done.stdout.split()
+    return {n.split(".")[0] for n in names} | {n for n in names if n.startswith("corral.")}
+
+
+def test_the_node_runtime_imports_no_controller_api_or_cli_library() -> None:
+    """``Node`` (and ``Config``) is all a process hosting nodes imports (issue #14: ten such
+    processes' imports were most of a 1,000-node join's CPU)."""
+    loaded = _imported_after("from corral import Config, Node")
+    assert loaded & set(HEAVY) == set(), sorted(loaded & set(HEAVY))
+    assert {"corral.node", "corral.config"} <= loaded  # the probe did import the node
+    not_node = {"corral.client", "corral.agent", "corral.controller", "corral.store"}
+    assert loaded & not_node == set(), sorted(loaded & not_node)
+
+
+def test_importing_corral_imports_nothing_until_a_name_is_used() -> None:
+    loaded = _imported_after("import corral")
+    assert {n for n in loaded if n.startswith("corral.")} == {"corral._version"}
+    # A name's first use imports its module, as `from corral import X` always did.
+    loaded = _imported_after("import corral\ncorral.Client\ncorral.procs")
+    assert {"corral.client", "corral.procs"} <= loaded

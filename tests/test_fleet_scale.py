@@ -20,6 +20,7 @@ from corral.broker import EmbeddedBroker
 from corral.client import Client
 from corral.config import Config
 from corral.node import Node
+from corral.node.daemon import beat_delay
 from corral.security import Authority
 
 NODES = 200
@@ -35,12 +36,11 @@ def config(config: Config) -> Config:
 @pytest.fixture
 async def fleet(config: Config) -> AsyncIterator[list[Node]]:
     """``NODES`` nodes in this process (not started), stopped at the end."""
-    authority = Authority.load(config.data_path)
+    issued = Authority.load(config.data_path).enroll_many(f"f{i:03d}" for i in range(NODES))
     nodes = []
-    for i in range(NODES):
-        name = f"f{i:03d}"
+    for i, (name, text) in enumerate(issued.items()):
         creds = config.data_path / f"{name}.creds"
-        creds.write_text(authority.enroll(name))
+        creds.write_text(text)
         tasks = ("taskmods.basic",) if i < TASK_NODES else ()
         nodes.append(Node(config, name, creds=creds, slots=1, tasks=tasks))
     try:
@@ -103,3 +103,19 @@ async def test_no_node_goes_down_while_200_join_in_one_process_and_commands_flow
     downs = [e for e in events if e.new == "DOWN"]
     assert downs == [], f"{len(downs)} false DOWN: {downs[:5]}"
     assert sum(e.new == "UP" for e in events) == NODES  # each joined once, never came back
+
+
+def test_the_nodes_of_one_process_beat_at_the_same_instants() -> None:
+    """Whenever a node of the process asks (its start, its last beat, a late wake-up), its
+    next beat falls on the process's instants ``phase + k * interval``: one wake-up per
+    interval for the whole process, and beats read together at the controller."""
+    interval, phase = 1.0, 0.3
+    asked_at = (10.25, 10.5, 10.7, 11.1, 10.31)
+    assert {round(now + beat_delay(now, phase, interval), 6) for now in asked_at} == {11.3}
+    # A timer that fires a little before the instant, or just after it, beat for it: the
+    # next is a whole interval later, not a moment later.
+    assert round(11.2995 + beat_delay(11.2995, phase, interval), 6) == 12.3
+    assert round(11.3001 + beat_delay(11.3001, phase, interval), 6) == 12.3
+    # Never sooner than a tenth of an interval, never later than 1.1 intervals.
+    delays = [beat_delay(10 + i / 997, phase, interval) for i in range(2000)]
+    assert 0.1 <= min(delays) and max(delays) <= 1.1 + 1e-9

@@ -10,7 +10,6 @@ import os
 import time
 from typing import Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -46,6 +45,8 @@ def fetch(url: str, token: str | None, timeout: float = 10.0) -> dict[str, Any]:
         ControllerUnavailable: nothing answers at ``url``.
         RemoteError: the controller refused the token, or answered something unexpected.
     """
+    import httpx  # here: every `corral` command (`corral node` too) would pay ~30 ms for it
+
     try:
         with httpx.Client(base_url=url, timeout=timeout) as http:
             ready = http.get("/readyz")
