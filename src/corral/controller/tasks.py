@@ -31,6 +31,7 @@ from nats.errors import MaxPayloadError
 from corral import bus, subjects, wire
 from corral.config import Config
 from corral.controller import task_runs
+from corral.controller.results import Results
 from corral.controller.task_maps import MapGroup, TaskMaps
 from corral.core.registry import Registry
 from corral.core.scheduler import Scheduler, Stop
@@ -103,17 +104,8 @@ class TaskService:
         self._warm_until = 0.0
         self._dirty: dict[int, TaskInstance] = {}
         self._finished: list[TaskInstance] = []
-        #: finished instances whose final state is not on disk yet
-        self._settling: dict[int, TaskInstance] = {}
-        #: each unfinished instance's lease as the store has it (see :meth:`wait`)
-        self._stored_lease: dict[int, str] = {}
-        #: of ``_settling``, the instances a node's result ended, with that result's lease
-        self._reported: dict[int, str] = {}
-        #: the leases the commit under way writes, by instance id
-        self._writing: dict[int, str] = {}
-        #: of those, the ones whose lease the store has: their node keeps the result until
-        #: it is on disk, so they may be answered before that commit (see :meth:`wait`)
-        self._held: set[int] = set()
+        #: finished instances on their way to disk, and who waits for them (see :meth:`wait`)
+        self.results = Results()
         self._acks: dict[str, list[str]] = {}
         #: callers waiting for instances to be on disk, with the ids they wait for
         self._durable: list[tuple[asyncio.Future[None], frozenset[int]]] = []
@@ -122,7 +114,6 @@ class TaskService:
         #: idempotency keys and audit entries of the calls that changed instances, written
         #: in the same commit as those instances
         self._extra: list[IdempotencyRow | AuditEntry] = []
-        self._waiters: dict[int, list[asyncio.Future[TaskInstance]]] = {}
         self._wake = asyncio.Event()
         #: someone waits on the next commit (a durable queue, a result, an ack)
         self._urgent = asyncio.Event()
@@ -141,7 +132,7 @@ class TaskService:
             next_id=lambda: self._next_id,
             pump=self._pump,
             read=self._read_children,
-            unfinished=lambda i: i in self.core.active or i in self._settling,
+            unfinished=lambda i: i in self.core.active or i in self.results.settling,
         )
         #: parents of the unfinished subtasks loaded at start: their maps may be on disk
         #: only (not in memory) until their nodes ask again
@@ -168,7 +159,7 @@ class TaskService:
         self._warm_until = self.clock() + 2 * self.config.down_after
         self._next_id = await self.store.max_id() + 1
         active = await self.store.load_active()
-        self._stored_lease = {i.id: i.lease for i in active if i.lease}
+        self.results.loaded(active)
         self._loaded_parents = {i.parent for i in active if i.parent is not None}
         self.core.load(active, self.clock())
         await self._pump()
@@ -335,22 +326,19 @@ class TaskService:
             Timeout: they did not all finish within ``timeout`` seconds.
         """
         assert self.store is not None
-        loop = asyncio.get_running_loop()
         futures: dict[int, asyncio.Future[TaskInstance]] = {}
         done: dict[int, TaskInstance] = {}
         for ident in ids:
-            if ident in self._held:
-                done[ident] = self._settling[ident]
-            elif ident in self.core.active or ident in self._settling:
-                fut: asyncio.Future[TaskInstance] = loop.create_future()
-                self._waiters.setdefault(ident, []).append(fut)
-                futures[ident] = fut
+            if (answered := self.results.answered(ident)) is not None:
+                done[ident] = answered
+            elif ident in self.core.active or ident in self.results.settling:
+                futures[ident] = self.results.wait_for(ident)
         rest = [i for i in ids if i not in futures and i not in done]
         for inst in await self.store.get_many(rest) if rest else ():
             done[inst.id] = inst
         missing = [i for i in rest if i not in done]
         if missing:
-            self._forget(futures)
+            self.results.forget(futures)
             raise NotFound(f"no task instance {missing[0]}")
         try:
             async with asyncio.timeout(timeout):
@@ -358,7 +346,7 @@ class TaskService:
                     done[ident] = await fut
         except TimeoutError:
             left = [i for i, f in futures.items() if not f.done()]
-            self._forget(futures)
+            self.results.forget(futures)
             raise Timeout(
                 f"{len(left)} task instance(s) not finished within {timeout}s "
                 f"(first: {left[0] if left else '-'})"
@@ -368,22 +356,13 @@ class TaskService:
     async def settled(self) -> None:
         """Return once every instance finished so far is on disk (at once if none waits):
         a read of the store after a :meth:`wait` then sees what that wait answered."""
-        if self._settling:
-            await self._until_durable(tuple(self._settling))
+        if self.results.settling:
+            await self._until_durable(tuple(self.results.settling))
 
     def find(self, ident: int) -> TaskInstance | None:
         """Instance ``ident`` from memory (unfinished, or finished and not on disk yet);
         None if this controller holds no newer state of it than the store."""
-        return self.core.active.get(ident) or self._settling.get(ident)
-
-    def _forget(self, futures: dict[int, asyncio.Future[TaskInstance]]) -> None:
-        for ident, fut in futures.items():
-            waiters = self._waiters.get(ident, [])
-            if fut in waiters:
-                waiters.remove(fut)
-            if not waiters:
-                self._waiters.pop(ident, None)
-            fut.cancel()
+        return self.core.active.get(ident) or self.results.settling.get(ident)
 
     def _cancel_children(self, parent: int) -> None:
         """Cancel (forced) the unfinished children of ``parent`` (its map is not in memory)."""
@@ -464,14 +443,10 @@ class TaskService:
         """Queue the final states for the next commit, answer who waits on a result its
         node holds (see :meth:`wait`), and run the finished hooks."""
         self._finished.extend(finished)
-        for inst in finished:
-            self._settling[inst.id] = inst
-            if inst.id in self._held:
-                self._answer(inst)
-        # A held result is answered, and one whose lease the commit under way writes will be
-        # at its end: their final commit may wait ``commit_delay`` for company (the next
-        # queue call's urgent commit takes it along). Any other end is waited on.
-        if any(not self._answered_soon(inst) for inst in finished):
+        # A result answered now, or when the commit under way ends, needs no commit of its
+        # own: it waits ``commit_delay`` for company (the next queue call's urgent commit
+        # takes it along). Any other end is waited on.
+        if self.results.finished(finished):
             self._urgent.set()
         for hook in self.on_finished:
             try:
@@ -517,7 +492,7 @@ class TaskService:
         durable, self._durable = self._durable, []
         extra, self._extra = self._extra, []
         rows = [_asdict(i) for i in dirty.values()]
-        self._writing = {r["id"]: r["lease"] for r in rows if r["lease"]}
+        self.results.writing(rows)
         try:
             written = await self.store.commit(rows, extra)
         except CommittedThenCancelled:
@@ -526,7 +501,7 @@ class TaskService:
             self._keep(dirty, finished, acks, durable, extra)
             raise
         finally:
-            self._writing = {}
+            self.results.written()
         self.commits += 1
         log_written(log, written)
         refused = {
@@ -543,7 +518,7 @@ class TaskService:
                     fut.set_result(None)
                 else:
                     fut.set_exception(bad)
-        self._stored(rows, finished, refused)
+        self.results.stored(rows, finished, refused)
         for inst in finished:
             await self._ended(inst)
         for node, leases in acks.items():
@@ -559,47 +534,6 @@ class TaskService:
             self._loaded_parents.discard(inst.id)
             self._cancel_children(inst.id)
             await self._pump()
-
-    def _stored(
-        self,
-        rows: list[dict[str, Any]],
-        finished: list[TaskInstance],
-        refused: dict[int, RecordRefused],
-    ) -> None:
-        """Note what a commit put on disk: the leases of the rows it wrote (a result that
-        came during the commit, under one of them, is held now: answer it), and the final
-        states it wrote (answer who still waits on them)."""
-        for row in rows:
-            ident, lease = row["id"], row["lease"]
-            if lease and ident not in refused:
-                self._stored_lease[ident] = lease
-                if self._reported.get(ident) == lease and ident not in self._held:
-                    self._held.add(ident)
-                    self._answer(self._settling[ident])
-        for inst in finished:
-            self._settling.pop(inst.id, None)
-            self._stored_lease.pop(inst.id, None)
-            self._reported.pop(inst.id, None)
-            self._held.discard(inst.id)
-            self._answer(inst, refused.get(inst.id))
-
-    def _answered_soon(self, inst: TaskInstance) -> bool:
-        """Whether ``inst``'s waiters are answered without its final commit: its result is
-        held, or will be once the commit under way, which writes its lease, is done."""
-        if inst.id in self._held:
-            return True
-        lease = self._reported.get(inst.id)
-        return lease is not None and self._writing.get(inst.id) == lease
-
-    def _answer(self, inst: TaskInstance, refused: RecordRefused | None = None) -> None:
-        """Answer who waits on ``inst`` (with ``refused`` if the store refused it)."""
-        for waiter in self._waiters.pop(inst.id, ()):
-            if waiter.done():
-                continue
-            if refused is None:
-                waiter.set_result(inst)
-            else:
-                waiter.set_exception(refused)
 
     def _keep(
         self,
@@ -752,9 +686,7 @@ class TaskService:
             if inst is None:
                 log.debug("stale result dropped", extra={"node": node, "lease": r.lease})
             else:
-                self._reported[inst.id] = r.lease
-                if self._stored_lease.get(inst.id) == r.lease:
-                    self._held.add(inst.id)
+                self.results.reported(inst.id, r.lease)
             acks.append(r.lease)
 
     async def _on_report(self, msg: Any) -> None:
