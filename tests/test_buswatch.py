@@ -43,3 +43,30 @@ async def test_a_round_trip_times_out_across_a_partition_and_answers_once_healed
         ping.close()
         await nc.close()
         proxy.close()
+
+
+async def test_closing_with_a_ping_in_flight_leaves_the_connection_working(
+    config: Config, broker: EmbeddedBroker
+) -> None:
+    """A controller's stop forgets the ping in flight; its PONG, arriving after, must not
+    break the connection the stop still flushes (cancelling the ping did: 10 s, then an error)."""
+    host, port = broker.url.split("://", 1)[1].rsplit(":", 1)
+    proxy = TcpProxy(host, int(port)).start()
+    scheme = broker.url.split("://", 1)[0]
+    nc = await bus.connect(
+        msgspec.structs.replace(config, nats_url=f"{scheme}://127.0.0.1:{proxy.port}"),
+        "controller",
+        wait=scaled(10),
+    )
+    ping = bus.RoundTrip(nc)
+    try:
+        proxy.cut("blackhole")  # the PONG is held until the test lets it through
+        with pytest.raises(TimeoutError):
+            await ping(0.2)
+        ping.close()  # the stop: the ping is still waiting for its PONG
+        proxy.restore()  # ... which now arrives
+        await nc.flush(timeout=scaled(5))  # the read loop lived through it
+        assert nc.is_connected and nc.stats["reconnects"] == 0
+    finally:
+        await nc.close()
+        proxy.close()

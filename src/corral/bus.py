@@ -108,10 +108,21 @@ class RoundTrip:
         await asyncio.wait_for(asyncio.shield(self._ping), timeout)
 
     def close(self) -> None:
-        """Forget the ping in flight (the connection is being closed)."""
+        """Forget the ping in flight (the connection is being closed).
+
+        It is left to finish, not cancelled: cancelling it cancels its PONG's future, and a
+        PONG still on its way then fails nats-py's read loop, so the flushes of the close that
+        follows time out (a controller's stop waited 10 s for one and failed).
+        """
         if self._ping is not None:
-            self._ping.cancel()
+            self._ping.add_done_callback(_retrieved)
             self._ping = None
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Read a forgotten ping's outcome (a closed connection's error is expected)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _is_auth_error(exc: BaseException) -> bool:
