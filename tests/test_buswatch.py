@@ -6,6 +6,8 @@ its read loop)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import msgspec
 import pytest
 
@@ -16,9 +18,11 @@ from corral.config import Config
 from tcp_proxy import TcpProxy
 
 
-async def test_a_round_trip_times_out_across_a_partition_and_answers_once_healed(
+@pytest.fixture
+async def proxied(
     config: Config, broker: EmbeddedBroker
-) -> None:
+) -> AsyncIterator[tuple[TcpProxy, bus.NATS]]:
+    """A controller's bus connection that reaches the nats-server through a cuttable proxy."""
     host, port = broker.url.split("://", 1)[1].rsplit(":", 1)
     proxy = TcpProxy(host, int(port)).start()
     scheme = broker.url.split("://", 1)[0]
@@ -27,6 +31,17 @@ async def test_a_round_trip_times_out_across_a_partition_and_answers_once_healed
         "controller",
         wait=scaled(10),
     )
+    try:
+        yield proxy, nc
+    finally:
+        await nc.close()
+        proxy.close()
+
+
+async def test_a_round_trip_times_out_across_a_partition_and_answers_once_healed(
+    proxied: tuple[TcpProxy, bus.NATS],
+) -> None:
+    proxy, nc = proxied
     ping = bus.RoundTrip(nc)
     try:
         await ping(scaled(5))
@@ -41,32 +56,19 @@ async def test_a_round_trip_times_out_across_a_partition_and_answers_once_healed
         assert nc.is_connected and nc.stats["reconnects"] == 0
     finally:
         ping.close()
-        await nc.close()
-        proxy.close()
 
 
 async def test_closing_with_a_ping_in_flight_leaves_the_connection_working(
-    config: Config, broker: EmbeddedBroker
+    proxied: tuple[TcpProxy, bus.NATS],
 ) -> None:
     """A controller's stop forgets the ping in flight; its PONG, arriving after, must not
     break the connection the stop still flushes (cancelling the ping did: 10 s, then an error)."""
-    host, port = broker.url.split("://", 1)[1].rsplit(":", 1)
-    proxy = TcpProxy(host, int(port)).start()
-    scheme = broker.url.split("://", 1)[0]
-    nc = await bus.connect(
-        msgspec.structs.replace(config, nats_url=f"{scheme}://127.0.0.1:{proxy.port}"),
-        "controller",
-        wait=scaled(10),
-    )
+    proxy, nc = proxied
     ping = bus.RoundTrip(nc)
-    try:
-        proxy.cut("blackhole")  # the PONG is held until the test lets it through
-        with pytest.raises(TimeoutError):
-            await ping(0.2)
-        ping.close()  # the stop: the ping is still waiting for its PONG
-        proxy.restore()  # ... which now arrives
-        await nc.flush(timeout=scaled(5))  # the read loop lived through it
-        assert nc.is_connected and nc.stats["reconnects"] == 0
-    finally:
-        await nc.close()
-        proxy.close()
+    proxy.cut("blackhole")  # the PONG is held until the test lets it through
+    with pytest.raises(TimeoutError):
+        await ping(0.2)
+    ping.close()  # the stop: the ping is still waiting for its PONG
+    proxy.restore()  # ... which now arrives
+    await nc.flush(timeout=scaled(5))  # the read loop lived through it
+    assert nc.is_connected and nc.stats["reconnects"] == 0

@@ -1086,7 +1086,7 @@ def decode(
             f"message of {len(data)} bytes exceeds the {limit}-byte limit for this subject: "
             "send less, or raise max_message_bytes in the controller's configuration"
         )
-    in_header = bool(headers) and PROTO_HEADER in headers  # type: ignore[operator]
+    in_header = headers is not None and PROTO_HEADER in headers
     if check_headers and in_header:
         check_version(headers)
     try:
