@@ -156,7 +156,10 @@ async def test_the_fleet_table_shows_each_nodes_host_stats(
     web: httpx.AsyncClient,
     node: Node,  # noqa: F811
 ) -> None:
-    # What a heartbeat brings (node/stats.py), set here so the numbers are known.
+    # What a heartbeat brings (node/stats.py), set here so the numbers are known. The node
+    # stops first: its next heartbeat (every 0.2 s here) would bring the host's real numbers.
+    # A node that left keeps its last stats on the page.
+    await node.stop()
     controller.registry.nodes["w1"].stats = {
         "cpu_percent": 12.4,
         "mem_percent": 55.6,
