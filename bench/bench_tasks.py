@@ -18,12 +18,13 @@ The table's last columns compare the corral bus row with each other row, in the 
 its round trip p50 as a fraction of theirs, its throughput as a multiple of theirs.
 
 The stacks: corral's embedded nats-server (TLS on), its controller as its own process with the
-SQLite store (every instance persisted: queued, running, complete, each write fsynced), one
-node with ``--slots 2`` (two worker processes); Celery 5 with Redis on 127.0.0.1:6379 as broker
-and result backend and a prefork worker of concurrency 2 (results in Redis memory, nothing
-fsynced); Dask's ``LocalCluster`` with 2 worker processes of one thread (nothing persisted);
-Ray 2.60 started locally (``ray.init(num_cpus=2)``: two worker processes, results in its
-in-memory object store, nothing persisted).
+SQLite store (every instance persisted: queued, running, complete; each write answered once
+the OS has it and fsynced within ``store_fsync_interval``, 0.1 s; ``--fsync-interval 0``: each
+commit fsynced before answering), one node with ``--slots 2`` (two worker processes); Celery 5
+with Redis on 127.0.0.1:6379 as broker and result backend and a prefork worker of concurrency
+2 (results in Redis memory, nothing fsynced); Dask's ``LocalCluster`` with 2 worker processes
+of one thread (nothing persisted); Ray 2.60 started locally (``ray.init(num_cpus=2)``: two
+worker processes, results in its in-memory object store, nothing persisted).
 Celery uses a Redis database (``--redis``) and a queue of its own for the run. Everything
 started is stopped, and the temporary directory removed, at the end or on Ctrl-C / SIGTERM.
 
@@ -116,6 +117,8 @@ async def start_corral(
     env = {**env_with_bench(), "CORRAL_API_PORT": str(config.api_port)}
     if args.prefetch:
         env["CORRAL_TASK_PREFETCH"] = str(args.prefetch)
+    if args.fsync_interval is not None:
+        env["CORRAL_STORE_FSYNC_INTERVAL"] = str(args.fsync_interval)
     controller = procs.spawn(
         [*base, "controller", "--nats", broker.url], env=env, log=root / "controller.log"
     )
@@ -308,10 +311,13 @@ async def main(args: argparse.Namespace, root: Path) -> None:
                 console.log(f"[red]{name} did not start: {type(exc).__name__}: {exc}")
         await measure(stacks, args)
     trips = len(next(iter(stacks.values())).trips) if stacks else 0
+    interval = 0.1 if args.fsync_interval is None else args.fsync_interval
+    fsync = "at every commit" if interval == 0 else f"within {interval:g} s"
     table = Table(
         title=f"{args.tasks:,} no-op tasks, 2 worker processes each; {trips} round trips each",
-        caption="corral persists every task (SQLite, fsync); Ray keeps results in its object "
-        "store, Celery in Redis memory; Dask persists nothing",
+        caption="corral writes every state of every task to SQLite before answering (fsynced "
+        f"{fsync}); Ray keeps results in its object store, Celery in Redis memory; Dask "
+        "persists nothing",
     )
     for column in (
         "stack",
@@ -350,6 +356,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trips", type=int, default=500, help="timed single-task round trips")
     parser.add_argument("--warmup", type=int, default=50, help="untimed round trips first")
     parser.add_argument("--rounds", type=int, default=10, help="turns the round trips take")
+    parser.add_argument(
+        "--fsync-interval",
+        type=float,
+        default=None,
+        help="corral's store_fsync_interval (default: the controller's, 0.1 s; 0 fsyncs "
+        "every commit before answering)",
+    )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/11", help="Celery's Redis")
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=list(STACKS), help="stacks to skip"

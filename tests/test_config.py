@@ -49,6 +49,7 @@ def test_explicit_file_wins_over_the_data_dir_file(tmp_path: Path) -> None:
             r"retire_after must be at least 0, got -1.0 \(from env:CORRAL_RETIRE_AFTER\)",
         ),
         ({"CORRAL_REPORT_INTERVAL": "0"}, "report_interval must be more than 0"),
+        ({"CORRAL_STORE_FSYNC_INTERVAL": "-0.1"}, "store_fsync_interval must be at least 0"),
     ],
 )
 def test_bad_values_name_the_source_and_the_fix(env: dict[str, str], match: str) -> None:

@@ -48,6 +48,10 @@ class Config(msgspec.Struct, kw_only=True):
     tls: bool = True
     #: store URL or DSN; empty means the SQLite file <data_dir>/corral.db
     store: str = ""
+    #: SQLite store: most seconds between a commit and its fsync. A write is answered once
+    #: the OS has it (it survives kill -9 of any process) and is on disk within this; a
+    #: power loss may lose the last ones. 0: fsync every commit before answering (slower)
+    store_fsync_interval: float = 0.1
     #: seconds between node heartbeats
     heartbeat_interval: float = 1.0
     #: seconds of silence after which the controller marks a node DOWN
@@ -273,6 +277,7 @@ def _check(config: Config, sources: dict[str, str]) -> None:
         ("idempotency_window", 0, True),
         ("left_expiry", 0, False),
         ("lease", 0, True),
+        ("store_fsync_interval", 0, False),
     ):
         value = getattr(config, name)
         if value < low or (strict and value == low):

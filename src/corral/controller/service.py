@@ -207,7 +207,9 @@ class Controller:
             AuthError, BusUnavailable: the bus refused or could not be reached.
             Refused: another controller holds this SQLite store.
         """
-        store = self.store = await open_store(self.config.store_url)
+        store = self.store = await open_store(
+            self.config.store_url, self.config.store_fsync_interval
+        )
         try:
             self._lock = lock_store(store.url)
         except Refused:

@@ -20,6 +20,7 @@ from corral.records import AuditEntry as AuditEntry
 from corral.records import NodeRecord as NodeRecord
 from corral.records import Transition as Transition
 
+from ._fsync import DEFAULT_FSYNC_INTERVAL
 from ._url import normalize_url as normalize_url
 from .interface import AuthRecords as AuthRecords
 from .interface import NodePage as NodePage
@@ -43,11 +44,13 @@ __all__ = [
 ]
 
 
-async def open_store(url: str) -> Store:
+async def open_store(url: str, fsync_interval: float = DEFAULT_FSYNC_INTERVAL) -> Store:
     """Open (creating and migrating as needed) the SQL store at ``url``: a SQLite file path
-    or URL, or a PostgreSQL DSN.
+    or URL, or a PostgreSQL DSN. ``fsync_interval`` is the setting ``store_fsync_interval``
+    (SQLite only): 0 fsyncs every commit before answering it; above zero a commit is
+    answered once the operating system has it and reaches the disk within that many seconds.
 
     Raises:
         StoreError: the store cannot be opened, is damaged, foreign or newer than this corral.
     """
-    return await SqlStore.open(url)
+    return await SqlStore.open(url, fsync_interval)

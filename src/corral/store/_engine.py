@@ -12,6 +12,7 @@ applies the same SQLite PRAGMAs on every new connection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,10 @@ __all__ = ["MIGRATIONS", "async_engine", "migrate"]
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 # WAL lets readers (CLI, dashboard) run beside the controller's writes; FULL makes a commit
-# durable across power loss; busy_timeout waits out a short lock instead of failing at once.
+# durable across power loss (the store's writer may ask for NORMAL instead: store/_fsync.py);
+# busy_timeout waits out a short lock instead of failing at once.
 _SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=FULL",
     "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=ON",
 )
@@ -52,13 +53,17 @@ def _json_dumps(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        for pragma in _SQLITE_PRAGMAS:
-            cursor.execute(pragma)
-    finally:
-        cursor.close()
+def _sqlite_pragmas(synchronous: str) -> Callable[[Any, Any], None]:
+    def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in _SQLITE_PRAGMAS:
+                cursor.execute(pragma)
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+        finally:
+            cursor.close()
+
+    return set_pragmas
 
 
 def engine_options(url: str) -> dict[str, Any]:
@@ -74,11 +79,11 @@ def engine_options(url: str) -> dict[str, Any]:
     return options
 
 
-def listen_connects(engine: Engine) -> None:
-    """Set SQLite's pragmas (WAL, synchronous, busy timeout, foreign keys) on each connection
-    ``engine`` opens; nothing for PostgreSQL."""
+def listen_connects(engine: Engine, synchronous: str = "FULL") -> None:
+    """Set SQLite's pragmas (WAL, busy timeout, foreign keys, ``synchronous``: ``FULL`` or
+    ``NORMAL``) on each connection ``engine`` opens; nothing for PostgreSQL."""
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _set_sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(synchronous))
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -33,6 +33,7 @@ from corral.records import (
 
 from ._engine import async_engine, migrate
 from ._errors import FOREIGN, driver_error, open_error, translate
+from ._fsync import DEFAULT_FSYNC_INTERVAL
 from ._url import mask_password, normalize_url
 from .auth import AuthTables
 from .batch import Batch
@@ -76,12 +77,13 @@ class SqlStore(CommandQueries):
     context manager, or call :meth:`close` when done.
     """
 
-    def __init__(self, engine: AsyncEngine, url: str) -> None:
+    def __init__(self, engine: AsyncEngine, url: str, fsync_interval: float = 0.0) -> None:
         """Wrap an engine whose database is already migrated (use :meth:`open` instead).
 
         Args:
             engine: The async engine (for reads).
             url: Its normalized URL.
+            fsync_interval: See :meth:`open`.
         """
         self._engine = engine
         self._url = url
@@ -90,7 +92,7 @@ class SqlStore(CommandQueries):
         dialect = engine.dialect.name
         self._upsert_nodes = upsert(dialect, nodes, "name")
         self._upsert_meta = upsert(dialect, meta, "key")
-        self._writer = Writer(url, self._masked)
+        self._writer = Writer(url, self._masked, fsync_interval)
         self._lease = LeaseTable(url, self._masked)
         #: task instances
         self.tasks = TaskTables(self)
@@ -98,7 +100,7 @@ class SqlStore(CommandQueries):
         self.auth = AuthTables(self)
 
     @classmethod
-    async def open(cls, url: str) -> SqlStore:
+    async def open(cls, url: str, fsync_interval: float = DEFAULT_FSYNC_INTERVAL) -> SqlStore:
         """Connect to a store, creating and migrating its schema as needed.
 
         Opening an already migrated database again, even while it is open, is safe; on
@@ -106,6 +108,10 @@ class SqlStore(CommandQueries):
 
         Args:
             url: A SQLite file path or URL, or a PostgreSQL DSN (see :func:`normalize_url`).
+            fsync_interval: On SQLite, most seconds between a commit and its fsync: a write
+                is answered once the operating system has it (it survives ``kill -9`` of
+                any process) and reaches the disk within this; 0 fsyncs every commit before
+                answering (it survives power loss too). See :mod:`corral.store._fsync`.
 
         Returns:
             The open store.
@@ -126,7 +132,7 @@ class SqlStore(CommandQueries):
             await asyncio.to_thread(migrate, url)
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-            return cls(engine, url)
+            return cls(engine, url, fsync_interval)
         except BaseException as exc:  # incl. cancellation: never leak the engine
             await engine.dispose()
             if isinstance(exc, FOREIGN):

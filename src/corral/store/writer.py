@@ -42,8 +42,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral.errors import NotLeader, StoreError
 
-from ._engine import engine_options, listen_connects
+from ._engine import engine_options, listen_connects, sqlite_path
 from ._errors import WRITE_FAILURES, is_transient, translate
+from ._fsync import LogSync
 from ._url import sync_url
 
 __all__ = ["CommittedThenCancelled", "Fence", "Unit", "Writer"]
@@ -122,9 +123,12 @@ class Writer:
     Args:
         url: The store's normalized URL (its blocking driver twin is used).
         masked: The URL with its password hidden, for error messages.
+        fsync_interval: On SQLite, most seconds between a commit and its fsync (commits
+            are answered once written to the OS, see :mod:`._fsync`); 0 fsyncs every
+            commit before answering. Ignored on PostgreSQL.
     """
 
-    def __init__(self, url: str, masked: str) -> None:
+    def __init__(self, url: str, masked: str, fsync_interval: float = 0.0) -> None:
         options = engine_options(url)
         # One connection, used by the writer's thread only; checked before use on PostgreSQL
         # so a restarted server costs a reconnection, not a failed group.
@@ -136,8 +140,13 @@ class Writer:
         self._engine: Engine = create_engine(
             sync_url(url), pool_size=1, max_overflow=0, pool_pre_ping=postgresql, **options
         )
-        listen_connects(self._engine)
         self._sqlite = self._engine.dialect.name == "sqlite"
+        database = sqlite_path(url) if self._sqlite else None
+        #: the log's bounded-delay fsync (None: every commit is fsynced, or PostgreSQL)
+        self.log_sync = (
+            None if database is None or fsync_interval <= 0 else LogSync(database, fsync_interval)
+        )
+        listen_connects(self._engine, "FULL" if self.log_sync is None else "NORMAL")
         self._masked = masked
         self._queue: collections.deque[_Pending] = collections.deque()
         self._cond = threading.Condition()
@@ -208,6 +217,8 @@ class Writer:
             self._closing = True
             self._cond.notify()
         await asyncio.to_thread(self._thread.join)
+        if self.log_sync is not None:
+            await asyncio.to_thread(self.log_sync.close)  # what was answered reaches the disk
         self._engine.dispose()
 
     # --- the thread ----------------------------------------------------------------------
@@ -260,7 +271,7 @@ class Writer:
                 raise  # a bug in the unit: its caller gets the error (see _run)
             self._isolate(group)
             return
-        self.commits += 1
+        self._committed()
         for p, result in zip(group, results, strict=True):
             p.committed = True
             self._answer(p, result, None)
@@ -296,10 +307,15 @@ class Writer:
             for p in group:
                 self._answer(p, None, _translated(exc, p.unit.what, self._masked))
             return
-        self.commits += 1
+        self._committed()
         for p, (result, error) in zip(group, outcomes, strict=True):
             p.committed = error is None
             self._answer(p, result, error)
+
+    def _committed(self) -> None:
+        self.commits += 1
+        if self.log_sync is not None:
+            self.log_sync.committed()
 
     def _fenced(self, group: list[_Pending], exc: NotLeader) -> None:
         """The fence refused the group: nothing of it was written; tell the controller (which
