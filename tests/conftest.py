@@ -7,6 +7,7 @@ Timeouts scale with ``CORRAL_TESTS_TIMEOUT_FACTOR`` for slow machines. Set
 from __future__ import annotations
 
 import asyncio
+import compileall
 import os
 import shutil
 import socket
@@ -37,6 +38,15 @@ BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile corral's modules to bytecode files once, as ``pip install`` does: with an
+    editable install and ``PYTHONDONTWRITEBYTECODE`` set, every controller and node process a
+    test starts would compile them again (about 0.1 s of CPU each)."""
+    import corral
+
+    compileall.compile_dir(Path(corral.__file__).parent, quiet=1)
 
 
 def scaled(seconds: float) -> float:
