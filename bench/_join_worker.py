@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from corral import loops
 from corral.config import Config
 from corral.node import Node
 
@@ -33,4 +34,5 @@ async def run_worker(spec: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run_worker(json.loads(Path(sys.argv[1]).read_text())))
+    # The loop `corral node` runs on (uvloop where installed), as a node process would.
+    loops.run(run_worker(json.loads(Path(sys.argv[1]).read_text())))
