@@ -108,7 +108,7 @@ async def test_silent_node_goes_down_then_up_and_every_transition_is_recorded(
     await client.wait_for(status_of("n1", "UP"), scaled(5))
     await node.stop()
     await client.wait_for(status_of("n1", "LEFT"), scaled(5))
-    await controller._flush()
+    await controller.commits.flush()
     assert controller.store is not None
     history = [(t.old, t.new) for t in reversed(await controller.store.transitions("n1"))]
     assert history == [("", "UP"), ("UP", "DOWN"), ("DOWN", "UP"), ("UP", "LEFT")]

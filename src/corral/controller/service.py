@@ -2,9 +2,9 @@
 
 It copies bus messages into :class:`~corral.core.registry.Registry` and the registry's
 decisions back out: replies to joins, "join again" to unknown heartbeats, status transitions
-to the store. Writes are batched — transitions are flushed every tick, the heartbeat times of
-live nodes every ``persist_interval`` — so a thousand heartbeats a second cost one transaction,
-not a thousand. It announces itself on ``corral.ctl.announce`` so that nodes started before it
+to the store. Writes are batched by :mod:`corral.controller.registry_commits` — transitions
+are flushed every tick, the heartbeat times of live nodes every ``persist_interval`` — so a
+thousand heartbeats a second cost one transaction, not a thousand. It announces itself on ``corral.ctl.announce`` so that nodes started before it
 find it (SEER's ``pingExperiment``).
 """
 
@@ -26,13 +26,14 @@ from corral.config import Config
 from corral.controller.api_bus import ApiBus
 from corral.controller.api_calls import ApiCalls
 from corral.controller.command_api import CommandEndpoints, bus_caller
-from corral.controller.commands import Batch, CommandService
+from corral.controller.commands import CommandService
 from corral.controller.functions import Dispatch
 from corral.controller.groups import GroupService
 from corral.controller.idempotency import Submissions
 from corral.controller.leadership import Leadership
 from corral.controller.node_admin import expire_left, expire_left_loop
 from corral.controller.parts import ControllerParts, HttpFactory, HttpServer
+from corral.controller.registry_commits import RegistryCommits
 from corral.controller.reports import ReportService
 from corral.controller.tasks import TaskService
 from corral.core.limits import CallLimiter
@@ -41,37 +42,19 @@ from corral.core.text import check_join_text
 from corral.errors import (
     CorralError,
     NotLeader,
-    RecordRefused,
     Refused,
-    StoreError,
     UsageError,
 )
-from corral.records import AuditEntry, NodeRecord, Transition
+from corral.records import AuditEntry, NodeRecord
 from corral.security import Authority
 from corral.states import NodeStatus
 from corral.store import Store, open_store
 from corral.store.lock import StoreLock, lock_store
-from corral.store.writer import CommittedThenCancelled
-from corral.store.writes import Backoff, Written, log_written
+from corral.store.writes import Backoff
 
 __all__ = ["Controller"]
 
 log = logging.getLogger("corral.controller")
-
-
-def _refusals(written: Written, kind: str) -> list[tuple[Any, str]]:
-    return [(r.record, r.reason) for r in written.refused if r.kind == kind]
-
-
-def _refusal(what: str, which: str, why: str) -> str:
-    return (
-        f"the store refused the {what} {which}: {why}. Nothing else was lost; check the "
-        "text you sent for NUL or other control characters and values out of range"
-    )
-
-
-def _describe(**counts: int) -> str:
-    return ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) or "nothing"
 
 
 def _view(record: NodeRecord, behind: int = 0) -> wire.NodeView:
@@ -117,17 +100,7 @@ class Controller:
         self.api_bus: ApiBus | None = None
         #: idempotency keys of submissions (set once the store is open)
         self.submissions: Submissions
-        self._pending: list[Transition] = []
-        self._audit: list[AuditEntry] = []
         self._tasks: list[asyncio.Task[None]] = []
-        #: (reply subject, payload, node whose record it waits for, or "")
-        self._replies: list[tuple[str, bytes, str]] = []
-        #: retries of transient store failures (docs/operations.md, "Poison-proof writes")
-        self.backoff = Backoff()
-        #: what the last failed flush held, for the log line that says what waits
-        self._waiting = ""
-        self._wake = asyncio.Event()
-        self._persist_all = False
         #: the heartbeats' subscription, and since when its backlog defers DOWN (if it does)
         self._beats: Any = None
         self._backlog_since: float | None = None
@@ -142,7 +115,9 @@ class Controller:
         self._led = False
         self._lock: StoreLock | None = None
         #: the command router (SEER): serials, outcomes, live delivery and the durable log
-        self.commands = CommandService(config, self.registry, clock, self._wake.set)
+        self.commands = CommandService(config, self.registry, clock, self.wake)
+        #: the registry's and the commands' group commit, and the replies waiting on it
+        self.commits = RegistryCommits(self.registry, self.commands)
         #: node reports, aggregated and pushed to sinks (SEER REPORT / doUpdates)
         self.reports = ReportService(self.registry)
 
@@ -151,12 +126,16 @@ class Controller:
 
     def audit(self, entry: AuditEntry) -> None:
         """Queue ``entry`` for the audit log: it is written with the next group commit."""
-        self._audit.append(entry)
-        self._wake.set()
+        self.commits.audit(entry)
 
     def wake(self) -> None:
         """Wake the group commit (a registry record was changed in place, say)."""
-        self._wake.set()
+        self.commits.wake()
+
+    @property
+    def backoff(self) -> Backoff:
+        """Retries of transient store failures by the registry's group commit."""
+        return self.commits.backoff
 
     def parts(self) -> ControllerParts:
         """The started controller's services, for the HTTP API and the dashboard.
@@ -207,7 +186,7 @@ class Controller:
             AuthError, BusUnavailable: the bus refused or could not be reached.
             Refused: another controller holds this SQLite store.
         """
-        store = self.store = await open_store(
+        store = self.store = self.commits.store = await open_store(
             self.config.store_url, self.config.store_fsync_interval
         )
         try:
@@ -219,7 +198,7 @@ class Controller:
         self.submissions = Submissions(store, self.config.idempotency_window, self.clock)
         await self._load_nodes()
         nc = await bus.connect(self.config, "controller", wait=30.0, client=bus.StampedNATS)
-        self.nc = nc
+        self.nc = self.commits.nc = nc
         self.groups = GroupService(
             nc, self.config.down_after, self.clock, self.config.max_message_bytes
         )
@@ -239,7 +218,7 @@ class Controller:
             submissions=self.submissions,
             reply=self._reply,
             reject=self._reject,
-            after_commit=self._after_commit,
+            after_commit=self.commits.after_commit,
         )
         self._round_trip = bus.RoundTrip(nc)
         self.leadership = Leadership(
@@ -326,7 +305,7 @@ class Controller:
         self._tasks += [
             asyncio.create_task(self._announce_loop(), name="announce"),
             asyncio.create_task(self._tick_loop(), name="tick"),
-            asyncio.create_task(self._commit_loop(), name="commit"),
+            asyncio.create_task(self.commits.run(), name="commit"),
             asyncio.create_task(self._report_loop(), name="reports"),
             asyncio.create_task(
                 expire_left_loop(self.expire_left, min(10.0, 5 * self.config.heartbeat_interval)),
@@ -368,7 +347,7 @@ class Controller:
         now = self.clock()
         for name in list(self.registry.nodes):
             if name in enrolled and not authority.is_enrolled(name):
-                self._record(self.registry.revoke(name, now))
+                self.commits.record(self.registry.revoke(name, now))
 
     async def stop(self) -> None:
         """Stop serving, flush what is pending, let the lease go, close the bus and the store.
@@ -396,7 +375,7 @@ class Controller:
             await (self.nc.close() if deposed else self.nc.drain())
         if self._led and not deposed:
             with contextlib.suppress(CorralError):
-                await self._flush(all_live=True, batch=self.commands.take_batch())
+                await self.commits.flush(all_live=True, batch=self.commands.take_batch())
             if self.leadership is not None and self.leadership.leading:
                 await self.leadership.release()
         if self.store is not None:
@@ -464,14 +443,14 @@ class Controller:
             await asyncio.sleep(period)
             now = self.clock()
             if not self._beats_waiting(now) and not self._deaf():
-                self._record(self.registry.expire(now))
+                self.commits.record(self.registry.expire(now))
             self.commands.tick()
             if self.groups is not None:
                 await self.groups.tick()
             if now - last_persist >= self.persist_interval:
-                self._persist_all = True
+                self.commits.persist_all = True
                 last_persist = now
-            self._wake.set()
+            self.commits.wake()
 
     def _deaf(self) -> bool:
         """Whether this controller's own bus does not answer (a partition): the nodes'
@@ -507,154 +486,6 @@ class Controller:
                 await self.reports.push()
             except Exception:  # a bus hiccup must not end the updates
                 log.exception("report update failed")
-
-    def _record(self, changes: list[Transition]) -> None:
-        for change in changes:
-            log.info(
-                f"node {change.new.lower()}",
-                extra={"node": change.node, "was": change.old or "-", "reason": change.reason},
-            )
-        self._pending.extend(changes)
-
-    def _after_commit(self, reply: str, payload: msgspec.Struct, node: str = "") -> None:
-        """Send ``payload`` to ``reply`` once the current state is on disk (group commit).
-
-        If ``node``'s record is refused by the store, an error is sent instead.
-        """
-        self._replies.append((reply, wire.encode(payload), node))
-        self._wake.set()
-
-    async def _commit_loop(self) -> None:
-        """Batches every change since the last commit into one unit of the store's writer.
-
-        The store's one writer commits it off the event loop, in one transaction with
-        whatever else is pending (task instances, tokens...). Handlers never wait for the disk
-        themselves (nats-py runs a subscription's handler one
-        message at a time, so waiting would serialise joins into one fsync each); they queue
-        their reply, and it is sent after the commit that made its change durable. A record
-        the store refuses for its data is isolated and its caller answered with the reason
-        (the rest commits); only transient failures are retried, with :attr:`backoff`.
-        """
-        assert self.nc is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            replies, self._replies = self._replies, []
-            changes = self._pending[:]
-            batch = self.commands.take_batch()
-            try:
-                written = await self._flush(all_live=self._persist_all, batch=batch)
-                self._persist_all = False
-            except CorralError as exc:
-                self._replies[:0] = replies
-                await self._write_failed(exc)
-                self._wake.set()
-                continue
-            self.backoff.succeeded()
-            refused_nodes = {r.name: why for r, why in _refusals(written, "nodes")}
-            await self.commands.refuse(
-                batch,
-                {
-                    row.serial: RecordRefused(_refusal("command", f"#{row.serial}", why))
-                    for row, why in _refusals(written, "commands")
-                },
-            )
-            for subject, data, node in replies:
-                if node in refused_nodes:
-                    why = _refusal("node record", repr(node), refused_nodes[node])
-                    data = wire.encode(wire.ErrorReply(code="refused", error=why))
-                await self.nc.publish(subject, data, headers=wire.HEADERS)
-            for c in changes:
-                event = wire.NodeEvent(
-                    node=c.node, old=c.old, new=NodeStatus(c.new), at=c.at, reason=c.reason
-                )
-                await self.nc.publish(
-                    subjects.node_events(c.node), wire.encode(event), headers=wire.HEADERS
-                )
-            await self.commands.committed(batch)
-
-    async def _write_failed(self, exc: CorralError) -> None:
-        """A flush failed whole (a transient failure): log what waits, back off, and once
-        :attr:`backoff` is past its bound, answer who waits with the error."""
-        now = time.monotonic()
-        delay = self.backoff.failed(now)
-        log.error(
-            "store write failed (%s); waiting: %s; retry %d in %.2fs",
-            exc,
-            self._waiting or "nothing",
-            self.backoff.failures,
-            delay,
-        )
-        if self.backoff.expired(now):
-            await self._give_up(exc)
-        await asyncio.sleep(delay)
-
-    async def _give_up(self, exc: CorralError) -> None:
-        """Answer every caller still waiting on the store: joins and leaves are told to retry,
-        commands not stored are dropped (never sent) and their senders told why."""
-        assert self.nc is not None
-        waited = self.backoff.bound
-        message = (
-            f"the controller could not write to its store for {waited:.0f}s ({exc}); "
-            "nothing was done: retry once the store is back"
-        )
-        replies, self._replies = self._replies, []
-        for subject, _, _ in replies:
-            error = wire.ErrorReply(code="retry", error=message, retry_after=5.0)
-            await self.nc.publish(subject, wire.encode(error), headers=wire.HEADERS)
-        pending = self.commands.take_batch()
-        await self.commands.refuse(
-            pending, {row.serial: StoreError(message) for row in pending.commands}
-        )
-        self.commands.restore(pending)
-
-    async def _flush(self, *, all_live: bool = False, batch: Batch | None = None) -> Written:
-        """Persist changed records, transitions and commands in one transaction.
-
-        Returns:
-            The records the store refused or stored repaired (each logged here).
-
-        Raises:
-            StoreError: The transaction failed whole; everything is kept for the next try.
-        """
-        if self.store is None:
-            return Written()
-        batch = batch or Batch()
-        records = self.registry.all() if all_live else self.registry.take_dirty()
-        if not (records or self._pending or self._audit or batch.commands or batch.outcomes):
-            if batch.prune_keys_before is None:
-                return Written()
-        changes, self._pending = self._pending, []
-        audit, self._audit = self._audit, []
-        try:
-            written = await self.store.commit(
-                nodes=records,
-                transitions=changes,
-                audit=audit + batch.audit,
-                commands=batch.commands,
-                outcomes=batch.outcome_rows,
-                idempotency=batch.keys,
-                prune_keys_before=batch.prune_keys_before,
-            )
-        except CommittedThenCancelled:
-            raise  # on disk: nothing to keep for a retry
-        except BaseException:
-            # Failed or cancelled mid-transaction: keep everything for the next attempt.
-            self._waiting = _describe(
-                nodes=len(records),
-                transitions=len(changes),
-                audit=len(audit) + len(batch.audit),
-                commands=len(batch.commands),
-                outcomes=len(batch.outcomes),
-                replies=len(self._replies) + len(batch.replies) + len(batch.waiters),
-            )
-            self._pending[:0] = changes
-            self._audit[:0] = audit
-            self.registry.mark_dirty(r.name for r in records)
-            self.commands.restore(batch)
-            raise
-        log_written(log, written)
-        return written
 
     # --- handlers -----------------------------------------------------------------------
 
@@ -721,7 +552,7 @@ class Controller:
             )
             await self._reply(msg, error)
             return
-        self._record(outcome)
+        self.commits.record(outcome)
         if msg.reply:
             # Acknowledge only once persisted: an accepted node survives kill -9.
             reply = wire.JoinReply(
@@ -733,7 +564,7 @@ class Controller:
                 last_serial=self.commands.stream.last_live,
                 epoch=self.commands.epoch,
             )
-            self._after_commit(msg.reply, reply, node=name)
+            self.commits.after_commit(msg.reply, reply, node=name)
 
     def _behind(self, node: str, seen: int) -> None:
         """``node`` has seen a higher leader epoch (a restored store): see
@@ -758,12 +589,12 @@ class Controller:
                 subjects.node_out(name, "ctl"), wire.encode(rejoin), headers=wire.HEADERS
             )
         elif outcome:
-            self._record(outcome)
+            self.commits.record(outcome)
 
     async def _on_leave(self, msg: Any, name: str, leave: wire.Leave) -> None:
-        self._record(self.registry.leave(name, leave.instance, self.clock(), leave.reason))
+        self.commits.record(self.registry.leave(name, leave.instance, self.clock(), leave.reason))
         if msg.reply:
-            self._after_commit(msg.reply, wire.Ok(), node=name)
+            self.commits.after_commit(msg.reply, wire.Ok(), node=name)
 
     async def _on_nodes(self, msg: Any, _: str, __: wire.NodesRequest) -> None:
         behind = self.commands.book.behind()
@@ -793,14 +624,14 @@ class Controller:
         _, actor, role = bus_caller(msg.subject)
         now = self.clock()
         if event.action == "revoke":
-            self._record(self.registry.revoke(event.name, now))
+            self.commits.record(self.registry.revoke(event.name, now))
         detail = {
             "keys": list(event.keys),
             "host": event.host,
             "pid": event.pid,
             "on_behalf_of": event.actor,  # what the CLI said: not verified
         }
-        self._audit.append(
+        self.commits.audit(
             AuditEntry(
                 at=now,
                 actor=actor,
@@ -811,6 +642,4 @@ class Controller:
             )
         )
         if msg.reply:
-            self._after_commit(msg.reply, wire.Ok())
-        else:
-            self._wake.set()
+            self.commits.after_commit(msg.reply, wire.Ok())
