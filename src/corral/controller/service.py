@@ -1,11 +1,13 @@
-"""The controller: the I/O shell around the registry core.
+"""The controller: the I/O shell around the registry core, and its lifecycle.
 
 It copies bus messages into :class:`~corral.core.registry.Registry` and the registry's
-decisions back out: replies to joins, "join again" to unknown heartbeats, status transitions
-to the store. Writes are batched by :mod:`corral.controller.registry_commits` — transitions
-are flushed every tick, the heartbeat times of live nodes every ``persist_interval`` — so a
-thousand heartbeats a second cost one transaction, not a thousand. It announces itself on ``corral.ctl.announce`` so that nodes started before it
-find it (SEER's ``pingExperiment``).
+decisions back out (:mod:`corral.controller.node_messages`): replies to joins, "join again"
+to unknown heartbeats, status transitions to the store. Writes are batched by
+:mod:`corral.controller.registry_commits` — transitions are flushed every tick, the heartbeat
+times of live nodes every ``persist_interval`` — so a thousand heartbeats a second cost one
+transaction, not a thousand. It announces itself on ``corral.ctl.announce`` so that nodes
+started before it find it (SEER's ``pingExperiment``), leads or stands by
+(:mod:`corral.controller.leadership`), and starts and stops every service in order.
 """
 
 from __future__ import annotations
@@ -16,38 +18,35 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
-
-import msgspec
 
 from corral import bus, subjects, wire
 from corral.config import Config
 from corral.controller.api_bus import ApiBus
 from corral.controller.api_calls import ApiCalls
-from corral.controller.command_api import CommandEndpoints, bus_caller
+from corral.controller.command_api import CommandEndpoints
 from corral.controller.commands import CommandService
 from corral.controller.functions import Dispatch
 from corral.controller.groups import GroupService
 from corral.controller.idempotency import Submissions
 from corral.controller.leadership import Leadership
 from corral.controller.node_admin import expire_left, expire_left_loop
+from corral.controller.node_messages import NodeMessages
 from corral.controller.parts import ControllerParts, HttpFactory, HttpServer
 from corral.controller.registry_commits import RegistryCommits
 from corral.controller.reports import ReportService
 from corral.controller.tasks import TaskService
 from corral.core.limits import CallLimiter
-from corral.core.registry import Refusal, Registry
-from corral.core.text import check_join_text
+from corral.core.registry import Registry
 from corral.errors import (
     CorralError,
     NotLeader,
     Refused,
     UsageError,
 )
-from corral.records import AuditEntry, NodeRecord
+from corral.records import AuditEntry
 from corral.security import Authority
-from corral.states import NodeStatus
 from corral.store import Store, open_store
 from corral.store.lock import StoreLock, lock_store
 from corral.store.writes import Backoff
@@ -55,12 +54,6 @@ from corral.store.writes import Backoff
 __all__ = ["Controller"]
 
 log = logging.getLogger("corral.controller")
-
-
-def _view(record: NodeRecord, behind: int = 0) -> wire.NodeView:
-    fields = msgspec.structs.asdict(record)
-    del fields["instance"]
-    return wire.NodeView(**fields, behind=behind)
 
 
 class Controller:
@@ -118,6 +111,17 @@ class Controller:
         self.commands = CommandService(config, self.registry, clock, self.wake)
         #: the registry's and the commands' group commit, and the replies waiting on it
         self.commits = RegistryCommits(self.registry, self.commands)
+        #: the handlers of node and control messages (joins, heartbeats, the node list...)
+        self.messages = NodeMessages(
+            config=config,
+            registry=self.registry,
+            commands=self.commands,
+            commits=self.commits,
+            counters=self.counters,
+            clock=clock,
+            identity=self.id,
+            started=self.started,
+        )
         #: node reports, aggregated and pushed to sinks (SEER REPORT / doUpdates)
         self.reports = ReportService(self.registry)
 
@@ -198,7 +202,7 @@ class Controller:
         self.submissions = Submissions(store, self.config.idempotency_window, self.clock)
         await self._load_nodes()
         nc = await bus.connect(self.config, "controller", wait=30.0, client=bus.StampedNATS)
-        self.nc = self.commits.nc = nc
+        self.nc = self.commits.nc = self.messages.nc = nc
         self.groups = GroupService(
             nc, self.config.down_after, self.clock, self.config.max_message_bytes
         )
@@ -216,8 +220,8 @@ class Controller:
             reports=self.reports,
             store=store,
             submissions=self.submissions,
-            reply=self._reply,
-            reject=self._reject,
+            reply=self.messages.reply,
+            reject=self.messages.reject,
             after_commit=self.commits.after_commit,
         )
         self._round_trip = bus.RoundTrip(nc)
@@ -225,6 +229,7 @@ class Controller:
             self.config, store, self.id, self.started, self._lead, self._deposed,
             probe=self._round_trip,
         )  # fmt: skip
+        self.messages.leadership = self.leadership
         await self.leadership.look()
         if self.config.api_port >= 0 and self._http is not None:
             self.api = self._http(self.parts())
@@ -273,25 +278,16 @@ class Controller:
         await self.groups.start()
         await self.commands.start(nc, self.store)
         await self.tasks.start()
-        handlers: dict[str, tuple[type[Any], Callable[[Any, str, Any], Awaitable[None]]]] = {
-            subjects.node_in_wildcard("join"): (wire.Join, self._on_join),
-            subjects.node_in_wildcard("hb"): (wire.Heartbeat, self._on_heartbeat),
-            subjects.node_in_wildcard("leave"): (wire.Leave, self._on_leave),
-            subjects.ctl("nodes"): (wire.NodesRequest, self._on_nodes),
-            subjects.ctl("stats"): (wire.StatsRequest, self._on_stats),
-            subjects.ctl("auth"): (wire.AuthEvent, self._on_auth),  # refused: no sender
-            subjects.ctl_as("auth", "*"): (wire.AuthEvent, self._on_auth),
-            subjects.ctl("agents"): (wire.AgentsRequest, self._on_agents),
-        }
-        for subject, (kind, handle) in handlers.items():
+        messages = self.messages
+        for subject, (kind, handle) in messages.subscriptions().items():
             sub = await nc.subscribe(
-                subject, cb=self._handler(kind, handle), pending_msgs_limit=100_000
+                subject, cb=messages.handler(kind, handle), pending_msgs_limit=100_000
             )
-            if handle == self._on_heartbeat:
+            if handle == messages.on_heartbeat:
                 self._beats = sub
         # Commands, their reports and results may be as large as max_command_bytes.
         for subject, (kind, handle) in self.endpoints.subscriptions().items():
-            handler = self._handler(kind, handle, limit=self.config.max_command_bytes)
+            handler = messages.handler(kind, handle, limit=self.config.max_command_bytes)
             await nc.subscribe(subject, cb=handler, pending_msgs_limit=100_000)
         # The API functions on the bus, beside HTTP (issue #15): one dispatch path for both.
         self.api_bus = ApiBus(
@@ -486,160 +482,3 @@ class Controller:
                 await self.reports.push()
             except Exception:  # a bus hiccup must not end the updates
                 log.exception("report update failed")
-
-    # --- handlers -----------------------------------------------------------------------
-
-    async def _reply(self, msg: Any, payload: msgspec.Struct) -> None:
-        if msg.reply:
-            assert self.nc is not None
-            await self.nc.publish(msg.reply, wire.encode(payload), headers=wire.HEADERS)
-
-    async def _reject(self, msg: Any, exc: CorralError) -> None:
-        reply = wire.error_reply(exc)
-        self.counters[f"rejected.{reply.code}"] += 1
-        log.warning("message rejected", extra={"subject": msg.subject, "error": str(exc)})
-        await self._reply(msg, reply)
-
-    def _handler(
-        self,
-        kind: type[Any],
-        handle: Callable[[Any, str, Any], Awaitable[None]],
-        limit: int | None = None,
-    ) -> Callable[[Any], Awaitable[None]]:
-        """Wrap ``handle(msg, node, body)``: parse the subject, decode and validate the body.
-
-        Anything malformed, oversized or of another protocol version is answered with an
-        error reply and counted before ``handle`` sees it. ``node`` is the sending node's
-        name for ``corral.in.<node>.<verb>`` subjects, else empty.
-        """
-
-        async def receive(msg: Any) -> None:
-            try:
-                node = ""
-                if subjects.is_node_in(msg.subject):
-                    node = subjects.parse_node_in(msg.subject)[0]
-                body = wire.decode(
-                    msg.data, kind, msg.headers, limit=limit or self.config.max_message_bytes
-                )
-            except CorralError as exc:
-                await self._reject(msg, exc)
-                return
-            try:
-                await handle(msg, node, body)
-            except CorralError as exc:
-                await self._reject(msg, exc)
-            except Exception as exc:  # a bug: answer, log it whole, keep serving
-                log.exception("handler failed", extra={"subject": msg.subject})
-                await self._reject(msg, Refused(f"internal error in the controller: {exc!r}"))
-
-        return receive
-
-    async def _on_join(self, msg: Any, name: str, join: wire.Join) -> None:
-        self.counters["join"] += 1
-        check_join_text(
-            join.labels, join.interfaces, join.attributes, join.host, join.version, join.instance
-        )
-        self.commands.applied(name, join.last_serial)  # before first_serial is computed
-        if join.epoch > self.commands.epoch:
-            self._behind(name, join.epoch)
-        known = name in self.registry.nodes
-        outcome = self.registry.join(name, join, self.clock())
-        if isinstance(outcome, Refusal):
-            self.counters[f"rejected.{outcome.code}"] += 1
-            log.warning("join refused", extra={"node": name, "reason": outcome.reason})
-            error = wire.ErrorReply(
-                code=outcome.code, error=outcome.reason, retry_after=outcome.retry_after
-            )
-            await self._reply(msg, error)
-            return
-        self.commits.record(outcome)
-        if msg.reply:
-            # Acknowledge only once persisted: an accepted node survives kill -9.
-            reply = wire.JoinReply(
-                controller=self.id,
-                heartbeat_interval=self.config.heartbeat_interval,
-                now=self.clock(),
-                # Every command numbered from here on was resolved knowing this node.
-                first_serial=0 if known else self.commands.book.last_serial + 1,
-                last_serial=self.commands.stream.last_live,
-                epoch=self.commands.epoch,
-            )
-            self.commits.after_commit(msg.reply, reply, node=name)
-
-    def _behind(self, node: str, seen: int) -> None:
-        """``node`` has seen a higher leader epoch (a restored store): see
-        :meth:`Leadership.behind`, with a majority of the nodes up as the quorum."""
-        if self.leadership is not None:
-            up = sum(r.status == NodeStatus.UP for r in self.registry.nodes.values())
-            self.leadership.behind(node, seen, up // 2 + 1)
-
-    async def _on_heartbeat(self, msg: Any, name: str, hb: wire.Heartbeat) -> None:
-        self.counters["heartbeat"] += 1
-        self.commands.applied(name, hb.last_serial)
-        if hb.epoch > self.commands.epoch:
-            self._behind(name, hb.epoch)
-        stats = msgspec.structs.asdict(hb.stats) if hb.stats is not None else None
-        outcome = self.registry.heartbeat(name, hb.instance, hb.last_serial, self.clock(), stats)
-        if outcome is None:
-            assert self.nc is not None
-            rejoin = wire.Rejoin(
-                reason="controller does not know this node instance", epoch=self.commands.epoch
-            )
-            await self.nc.publish(
-                subjects.node_out(name, "ctl"), wire.encode(rejoin), headers=wire.HEADERS
-            )
-        elif outcome:
-            self.commits.record(outcome)
-
-    async def _on_leave(self, msg: Any, name: str, leave: wire.Leave) -> None:
-        self.commits.record(self.registry.leave(name, leave.instance, self.clock(), leave.reason))
-        if msg.reply:
-            self.commits.after_commit(msg.reply, wire.Ok(), node=name)
-
-    async def _on_nodes(self, msg: Any, _: str, __: wire.NodesRequest) -> None:
-        behind = self.commands.book.behind()
-        left = NodeStatus.LEFT  # a node that left on purpose is behind on nothing
-        views = [_view(r, behind.get(r.name, 0) * (r.status != left)) for r in self.registry.all()]
-        await self._reply(msg, wire.NodesReply(nodes=views, controller=self.id))
-
-    async def _on_stats(self, msg: Any, _: str, __: wire.StatsRequest) -> None:
-        counters = dict(self.counters)
-        for key, value in self.commands.counters.items():
-            counters[f"commands.{key}"] = value
-        reply = wire.StatsReply(controller=self.id, started=self.started, counters=counters)
-        await self._reply(msg, reply)
-
-    async def _on_agents(self, msg: Any, _: str, request: wire.AgentsRequest) -> None:
-        """The live agents, for API clients (the controller gathers them from the bus)."""
-        assert self.nc is not None
-        found = await bus.gather_agents(self.nc, min(max(request.wait, 0.05), 5.0))
-        await self._reply(msg, wire.AgentsReply(agents=found))
-
-    async def _on_auth(self, msg: Any, _: str, event: wire.AuthEvent) -> None:
-        """An operator enrolled or revoked a node: audit it, and mark a revoked node.
-
-        The actor is the credential the subject names; the ``actor`` the CLI reported
-        (``$USER@host``) is kept as ``on_behalf_of``, labelled as claimed.
-        """
-        _, actor, role = bus_caller(msg.subject)
-        now = self.clock()
-        if event.action == "revoke":
-            self.commits.record(self.registry.revoke(event.name, now))
-        detail = {
-            "keys": list(event.keys),
-            "host": event.host,
-            "pid": event.pid,
-            "on_behalf_of": event.actor,  # what the CLI said: not verified
-        }
-        self.commits.audit(
-            AuditEntry(
-                at=now,
-                actor=actor,
-                action=event.action,
-                target=event.name,
-                detail=detail,
-                role=role,
-            )
-        )
-        if msg.reply:
-            self.commits.after_commit(msg.reply, wire.Ok())
