@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
@@ -32,6 +31,7 @@ from corral.store._url import sync_url
 from corral.tokens import Role, create_token
 from dashboard_fixtures import csrf_of, sign_in
 from ha_fixtures import Controllers
+from ha_fixtures import controllers as controllers  # noqa: F401 - fixture
 
 PASSWORD = "correct horse battery"
 
@@ -184,32 +184,14 @@ async def test_a_removed_user_loses_a_stored_session_after_a_restart(
 # --- a leader and a standby on PostgreSQL ---------------------------------------------------
 
 
-@pytest.fixture
-def pg_url(store_url: str) -> str:
-    """A fresh PostgreSQL database (skipped on SQLite: one controller per file)."""
-    if not store_url.startswith("postgresql"):
-        pytest.skip("a leader and a standby share a PostgreSQL store only")
-    return store_url
+#: A leader and a standby share a PostgreSQL store only (SQLite: one controller per file).
+ON_POSTGRES = pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
 
 
 @pytest.fixture
-def pair(
-    config: Config, broker: EmbeddedBroker, pg_url: str, tmp_path: Path
-) -> Iterator[Controllers]:
-    """Two ``corral controller`` processes on the test's PostgreSQL database and bus."""
-    group = Controllers(config, pg_url, broker.url, 2, tmp_path / "logs")
-    try:
-        for i in range(2):
-            group.start(i)
-        yield group
-    finally:
-        group.stop()
-
-
-@pytest.fixture
-async def user(pg_url: str) -> AsyncIterator[str]:
+async def user(store_url: str) -> AsyncIterator[str]:
     """A user in the shared store."""
-    async with await open_store(pg_url) as store:
+    async with await open_store(store_url) as store:
         await add_user(store, "dee", Role.OPERATE, PASSWORD)
     yield "dee"
 
@@ -220,12 +202,13 @@ async def answers(url: str) -> bool:
         return (await http.get(f"{url}/healthz")).status_code in (200, 503)
 
 
+@ON_POSTGRES
 async def test_a_leader_session_is_taken_by_the_standby_and_survives_a_takeover(
-    pair: Controllers, user: str, pg_url: str
+    controllers: Controllers, user: str, store_url: str
 ) -> None:
-    lead = await pair.leader(scaled(30))
+    lead = await controllers.leader(scaled(30))
     standby = 1 - lead
-    leader_url, standby_url = pair.urls[lead], pair.urls[standby]
+    leader_url, standby_url = controllers.urls[lead], controllers.urls[standby]
     await eventually(lambda: answers(standby_url), scaled(30), ignoring=(httpx.HTTPError,))
     async with client(leader_url) as web:
         await sign_in(web, name=user, password=PASSWORD)
@@ -247,31 +230,32 @@ async def test_a_leader_session_is_taken_by_the_standby_and_survives_a_takeover(
         )
         assert reply.status_code == 503 and leader_url in reply.text
         assert COOKIE not in web.cookies
-    assert len(table(pg_url)) == 1
+    assert len(table(store_url)) == 1
 
     # The leader dies: the new leader keeps the session, and signing out there ends it.
-    pair.kill(lead)
-    assert await pair.leader(scaled(30), other_than=lead) == standby
+    controllers.kill(lead)
+    assert await controllers.leader(scaled(30), other_than=lead) == standby
     assert await signed_in(standby_url, sid)
     async with client(standby_url, sid) as web:
         csrf = csrf_of((await web.get("/ui/fleet")).text)
         assert (await web.post("/ui/logout", data={"csrf": csrf})).status_code == 303
     assert not await signed_in(standby_url, sid)
-    assert table(pg_url) == []
+    assert table(store_url) == []
 
 
+@ON_POSTGRES
 async def test_a_sign_out_on_the_leader_reaches_the_standby(
-    pair: Controllers, user: str, pg_url: str
+    controllers: Controllers, user: str, store_url: str
 ) -> None:
-    lead = await pair.leader(scaled(30))
-    standby_url = pair.urls[1 - lead]
+    lead = await controllers.leader(scaled(30))
+    standby_url = controllers.urls[1 - lead]
     await eventually(lambda: answers(standby_url), scaled(30), ignoring=(httpx.HTTPError,))
-    async with client(pair.urls[lead]) as web:
+    async with client(controllers.urls[lead]) as web:
         csrf = await sign_in(web, name=user, password=PASSWORD)
         sid = web.cookies[COOKIE]
         assert await signed_in(standby_url, sid)  # now cached on the standby
         assert (await web.post("/ui/logout", data={"csrf": csrf})).status_code == 303
-    assert table(pg_url) == []
+    assert table(store_url) == []
     # The standby reads the store again within its cache's two seconds.
 
     async def refused() -> bool:
@@ -280,13 +264,14 @@ async def test_a_sign_out_on_the_leader_reaches_the_standby(
     await eventually(refused, scaled(10))
 
 
+@ON_POSTGRES
 async def test_a_sign_out_on_the_standby_ends_the_session_there_at_once(
-    pair: Controllers, user: str
+    controllers: Controllers, user: str
 ) -> None:
-    lead = await pair.leader(scaled(30))
-    standby_url = pair.urls[1 - lead]
+    lead = await controllers.leader(scaled(30))
+    standby_url = controllers.urls[1 - lead]
     await eventually(lambda: answers(standby_url), scaled(30), ignoring=(httpx.HTTPError,))
-    async with client(pair.urls[lead]) as web:
+    async with client(controllers.urls[lead]) as web:
         await sign_in(web, name=user, password=PASSWORD)
         sid = web.cookies[COOKIE]
     async with client(standby_url, sid) as web:
