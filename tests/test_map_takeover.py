@@ -53,6 +53,31 @@ async def check_children(client: AsyncController, parent: int, n: int) -> None:
         assert (child.status, child.attempts, len(child.history)) == ("complete", 1, 1), child
 
 
+async def kill_9_mid_map(
+    procs: Procs, config: Config, client: AsyncController, gates: Path, n: int, ended: int
+) -> int:
+    """Queue ``gated_squares`` of ``n`` items whose first ``ended`` end (their gates open), wait
+    until those ended and the next one runs, then ``kill -9`` the controller and start it again
+    on the same SQLite file. Returns the parent's id."""
+    controller = start_controller(procs, config)
+    start_node(procs, config, "m1", slots=2)
+    await eventually(lambda: offers(client, "gated_squares"), scaled(30), ignoring=(Disconnected,))
+    gates.mkdir()
+    for x in range(ended):
+        write_atomically(gates / str(x), "go")
+    ident = await client.queue_task("gated_squares", n=n, gates=str(gates))
+
+    async def halfway() -> bool:
+        done = await children(client, ident)
+        return all(done.get(x) == "complete" for x in range(ended)) and ended in runs(gates)
+
+    await eventually(halfway, scaled(30), ignoring=(Disconnected,))
+    controller.kill()  # SIGKILL: the map lived in its memory only
+    controller.wait()
+    start_controller(procs, config)
+    return ident
+
+
 async def test_a_map_in_flight_completes_after_kill_9_of_the_controller(
     broker: EmbeddedBroker,
     api_config: Config,  # noqa: F811
@@ -60,23 +85,8 @@ async def test_a_map_in_flight_completes_after_kill_9_of_the_controller(
     client: AsyncController,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    controller = start_controller(procs, api_config)
-    start_node(procs, api_config, "m1", slots=2)
-    await eventually(lambda: offers(client, "gated_squares"), scaled(30), ignoring=(Disconnected,))
     gates = tmp_path / "gates"
-    gates.mkdir()
-    for x in (0, 1):  # items 0 and 1 end before the kill
-        write_atomically(gates / str(x), "go")
-    ident = await client.queue_task("gated_squares", n=4, gates=str(gates))
-
-    async def halfway() -> bool:
-        done = await children(client, ident)
-        return done.get(0) == done.get(1) == "complete" and 2 in runs(gates)
-
-    await eventually(halfway, scaled(30), ignoring=(Disconnected,))
-    controller.kill()  # SIGKILL: the map lived in its memory only
-    controller.wait()
-    start_controller(procs, api_config)  # on the same SQLite file
+    ident = await kill_9_mid_map(procs, api_config, client, gates, n=4, ended=2)
     for x in (2, 3):
         write_atomically(gates / str(x), "go")
     final = await client.wait(ident, scaled(60))
@@ -93,21 +103,8 @@ async def test_cancelling_a_mapping_parent_after_kill_9_of_the_controller_cancel
     client: AsyncController,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    controller = start_controller(procs, api_config)
-    start_node(procs, api_config, "m1", slots=2)
-    await eventually(lambda: offers(client, "gated_squares"), scaled(30), ignoring=(Disconnected,))
     gates = tmp_path / "gates"
-    gates.mkdir()
-    write_atomically(gates / "0", "go")
-    ident = await client.queue_task("gated_squares", n=3, gates=str(gates))
-
-    async def started() -> bool:
-        return (await children(client, ident)).get(0) == "complete" and 1 in runs(gates)
-
-    await eventually(started, scaled(30), ignoring=(Disconnected,))
-    controller.kill()
-    controller.wait()
-    start_controller(procs, api_config)
+    ident = await kill_9_mid_map(procs, api_config, client, gates, n=3, ended=1)
     await eventually(lambda: offers(client, "gated_squares"), scaled(30), ignoring=(Disconnected,))
     await client.cancel_task(ident, force=True)
     parent = await client.wait(ident, scaled(30))
