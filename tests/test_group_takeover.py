@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import TracebackType
 
 from conftest import child_env, eventually, scaled
 from corral.app import ControllerService
@@ -32,20 +33,53 @@ MEMBER = textwrap.dedent(
 )
 
 
+class Relay:
+    """One controller at a time on the test's bus and store: :meth:`restart` stops the one
+    running (its coordinator and everything it held in memory go) and starts the next;
+    leaving the ``async with`` stops whichever runs."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.running: ControllerService | None = None
+
+    async def start(self) -> ControllerService:
+        """Start a new controller (none may be running)."""
+        assert self.running is None
+        started = ControllerService(self.config)
+        await started.start()
+        self.running = started
+        return started
+
+    async def stop(self) -> None:
+        """Stop the running controller, if any."""
+        running, self.running = self.running, None
+        if running is not None:
+            await running.stop()
+
+    async def restart(self) -> ControllerService:
+        """Stop the running controller, then start the next."""
+        await self.stop()
+        return await self.start()
+
+    async def __aenter__(self) -> Relay:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
 async def test_a_group_survives_a_controller_restart(
     broker: EmbeddedBroker, config: Config
 ) -> None:
-    started = ControllerService(config)
-    await started.start()
-    first: ControllerService | None = started
-    gs = await members(config, "ha", 3)
-    try:
-        assert await asyncio.gather(*(g.barrier(timeout=scaled(5)) for g in gs)) == [[0, 1, 2]] * 3
-        await first.stop()
-        first = None
-        second = ControllerService(config)
-        await second.start()
+    async with Relay(config) as relay:
+        gs = await members(config, "ha", 3)
         try:
+            reached = await asyncio.gather(*(g.barrier(timeout=scaled(5)) for g in gs))
+            assert reached == [[0, 1, 2]] * 3
+            await relay.restart()
             reached = await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
             assert reached == [[0, 1, 2]] * 3 and reached[0].missing == ()
             rows = await asyncio.gather(*(g.collect(g.rank * 10) for g in gs))
@@ -53,39 +87,24 @@ async def test_a_group_survives_a_controller_restart(
             assert {g.id for g in gs} == {gs[0].id}  # the same instance: data still meets
         finally:
             await leave_all(gs)
-            await second.stop()
-    finally:
-        if first is not None:
-            await first.stop()
 
 
 async def test_a_barrier_in_flight_when_the_controller_stops_completes_on_the_next(
     broker: EmbeddedBroker, config: Config
 ) -> None:
-    started = ControllerService(config)
-    await started.start()
-    first: ControllerService | None = started
-    gs = await members(config, "flight", 3)
-    try:
-        waiting = [asyncio.ensure_future(g.barrier(timeout=scaled(20))) for g in gs[:2]]
-        await started.stop()  # ranks 0 and 1 wait on a coordinator that is gone
-        first = None
-        assert not any(w.done() for w in waiting)
-        second = ControllerService(config)
-        await second.start()
+    async with Relay(config) as relay:
+        gs = await members(config, "flight", 3)
         try:
+            waiting = [asyncio.ensure_future(g.barrier(timeout=scaled(20))) for g in gs[:2]]
+            await relay.stop()  # ranks 0 and 1 wait on a coordinator that is gone
+            assert not any(w.done() for w in waiting)
+            await relay.start()
             reached = await asyncio.gather(*waiting, gs[2].barrier(timeout=scaled(20)))
             assert reached == [[0, 1, 2]] * 3
-            assert (
-                await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
-                == [[0, 1, 2]] * 3
-            )
+            again = await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
+            assert again == [[0, 1, 2]] * 3
         finally:
             await leave_all(gs)
-            await second.stop()
-    finally:
-        if first is not None:
-            await first.stop()
 
 
 async def test_a_group_still_forming_when_the_controller_stops_forms_on_the_next(
@@ -93,29 +112,26 @@ async def test_a_group_still_forming_when_the_controller_stops_forms_on_the_next
 ) -> None:
     """Joins waiting on a coordinator that is gone are sent again to the next one (it nudges
     the members it does not know), which forms the group with the member that comes later."""
-    started = ControllerService(config)
-    await started.start()
-    first: ControllerService | None = started
-    joining = [
-        asyncio.ensure_future(
-            Group.join("forming", 3, rank=r, startup_timeout=scaled(30), config=config)
-        )
-        for r in (0, 1)
-    ]
+    async with Relay(config) as relay:
+        started = relay.running
+        assert started is not None
+        joining = [
+            asyncio.ensure_future(
+                Group.join("forming", 3, rank=r, startup_timeout=scaled(30), config=config)
+            )
+            for r in (0, 1)
+        ]
 
-    async def two_waiting() -> bool:
-        assert started.groups is not None
-        g = started.groups.groups.get(("forming", ""))
-        return g is not None and len(g.members) == 2
+        async def two_waiting() -> bool:
+            assert started.groups is not None
+            g = started.groups.groups.get(("forming", ""))
+            return g is not None and len(g.members) == 2
 
-    try:
-        await eventually(two_waiting, scaled(10))
-        await started.stop()  # the two joins wait on a coordinator that is gone
-        first = None
-        assert not any(j.done() for j in joining)
-        second = ControllerService(config)
-        await second.start()
         try:
+            await eventually(two_waiting, scaled(10))
+            await relay.stop()  # the two joins wait on a coordinator that is gone
+            assert not any(j.done() for j in joining)
+            await relay.start()
             last = await Group.join("forming", 3, rank=2, startup_timeout=scaled(30), config=config)
             gs = [*await asyncio.gather(*joining), last]
             try:
@@ -126,59 +142,45 @@ async def test_a_group_still_forming_when_the_controller_stops_forms_on_the_next
             finally:
                 await leave_all(gs)
         finally:
-            await second.stop()
-    finally:
-        for j in joining:
-            j.cancel()
-        if first is not None:
-            await first.stop()
+            for j in joining:
+                j.cancel()
 
 
 async def test_a_member_killed_while_no_controller_ran_is_missing_next_round(
     broker: EmbeddedBroker, config: Config, tmp_path: Path
 ) -> None:
-    started = ControllerService(config)
-    await started.start()
-    first: ControllerService | None = started
     script = tmp_path / "member.py"
     script.write_text(MEMBER)
     env = {**child_env(config), "CORRAL_DATA_DIR": str(config.data_path)}
-    child = subprocess.Popen(
-        [sys.executable, str(script), "gap"], env=env, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        gs = sorted(
-            await asyncio.gather(
-                *(
-                    Group.join("gap", 3, rank=r, config=config, startup_timeout=scaled(20))
-                    for r in (0, 1)
-                )
-            ),
-            key=lambda g: g.rank,
+    async with Relay(config) as relay:
+        child = subprocess.Popen(
+            [sys.executable, str(script), "gap"], env=env, stdout=subprocess.PIPE, text=True
         )
-        await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
-        assert child.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), scaled(10))
-        assert line.startswith("first [0, 1, 2]")
-        await first.stop()
-        first = None
-        os.kill(child.pid, signal.SIGKILL)  # dies while no coordinator runs
-        child.wait(timeout=scaled(10))
-        second = ControllerService(config)
-        await second.start()
         try:
-            reached = await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
-            assert reached == [[0, 1], [0, 1]]
-            assert reached[0].missing == (2,) and reached[0].left_out == {2: "dead"}
-            rows = await asyncio.gather(*(g.collect(g.rank) for g in gs))
-            assert rows[0] == [0, 1, None] and rows[0] is not None and rows[0].missing == (2,)
+            joins = (
+                Group.join("gap", 3, rank=r, config=config, startup_timeout=scaled(20))
+                for r in (0, 1)
+            )
+            gs = sorted(await asyncio.gather(*joins), key=lambda g: g.rank)
+            try:
+                await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
+                assert child.stdout is not None
+                line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), scaled(10))
+                assert line.startswith("first [0, 1, 2]")
+                await relay.stop()
+                os.kill(child.pid, signal.SIGKILL)  # dies while no coordinator runs
+                child.wait(timeout=scaled(10))
+                await relay.start()
+                reached = await asyncio.gather(*(g.barrier(timeout=scaled(10)) for g in gs))
+                assert reached == [[0, 1], [0, 1]]
+                assert reached[0].missing == (2,) and reached[0].left_out == {2: "dead"}
+                rows = await asyncio.gather(*(g.collect(g.rank) for g in gs))
+                assert rows[0] == [0, 1, None] and rows[0] is not None
+                assert rows[0].missing == (2,)
+            finally:
+                await leave_all(gs)
         finally:
-            await leave_all(gs)
-            await second.stop()
-    finally:
-        child.kill()
-        child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
-        if first is not None:
-            await first.stop()
+            child.kill()
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
