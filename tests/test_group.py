@@ -7,11 +7,15 @@ from typing import Any
 
 import pytest
 
-from conftest import scaled
+from conftest import eventually, scaled
+from corral import bus, subjects, wire
+from corral.broker import EmbeddedBroker
 from corral.config import Config
 from corral.controller import Controller
 from corral.errors import GroupRefused, GroupTimeout, MalformedMessage, UsageError
 from corral.group import Group
+from corral.group_p2p import join_across_takeovers
+from corral.security import GROUP_INBOX
 
 
 async def members(config: Config, name: str, size: int, **kw: Any) -> list[Group]:
@@ -228,3 +232,42 @@ async def test_point_to_point_with_a_dead_left_or_missing_rank_fails_clearly(
         assert me["state"] == "alive" and me["rank"] == 0 and me["pid"] > 0
     finally:
         await leave_all(gs[:1])
+
+
+async def test_a_cancelled_join_leaves_no_request_waiting_on_the_coordinator(
+    broker: EmbeddedBroker, config: Config
+) -> None:
+    """A member cancelled while its join waits (through a takeover) stops asking: its request
+    does not stay behind, waiting for a reply nobody would read, until its own timeout."""
+    coordinator = await bus.connect(config, "controller")
+    member = await bus.connect(config, "group", inbox_prefix=GROUP_INBOX)
+    asked = asyncio.Event()
+
+    async def never_answer(_: Any) -> None:
+        asked.set()
+
+    try:
+        await coordinator.subscribe(subjects.group("slow", "join"), cb=never_answer)
+        await coordinator.flush()
+        join = wire.GroupJoin(member="m", size=2, startup_timeout=60)
+        joining = asyncio.ensure_future(
+            join_across_takeovers(
+                member, subjects.group("slow", "join"), join, asyncio.Event(), poll=0.5
+            )
+        )
+        await asyncio.wait_for(asked.wait(), scaled(10))
+        joining.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await joining
+
+        async def none_left() -> bool:
+            return not [
+                t
+                for t in asyncio.all_tasks()
+                if getattr(t.get_coro(), "__name__", "") == "coordinator_request"
+            ]
+
+        await eventually(none_left, scaled(5))
+    finally:
+        await member.close()
+        await coordinator.close()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 _ENCODER = msgspec.msgpack.Encoder()
+
+R = TypeVar("R")
 
 
 class Inbox:
@@ -315,6 +317,27 @@ async def coordinator_request(
     return wire.decode_reply(reply.data, kind, reply.headers)
 
 
+async def _unless_nudged(
+    request: Coroutine[Any, Any, R], lost: asyncio.Event
+) -> asyncio.Future[R] | None:
+    """Run ``request`` until it ends (its future, done) or ``lost`` is set first (None: the
+    request is cancelled). If the caller is cancelled meanwhile, so is the request: nothing
+    is left waiting for a reply nobody reads."""
+    call = asyncio.ensure_future(request)
+    nudged = asyncio.ensure_future(lost.wait())
+    try:
+        await asyncio.wait({call, nudged}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        call.cancel()
+        raise
+    finally:
+        nudged.cancel()
+    if call.done():
+        return call
+    call.cancel()
+    return None
+
+
 async def join_across_takeovers(
     nc: bus.NATS, subject: str, request: wire.GroupJoin, lost: asyncio.Event, poll: float
 ) -> wire.GroupFormed:
@@ -336,17 +359,11 @@ async def join_across_takeovers(
         left = deadline - loop.time()
         ask = msgspec.structs.replace(request, startup_timeout=max(0.0, left - 10))
         lost.clear()
-        call = asyncio.ensure_future(
-            coordinator_request(nc, subject, ask, wire.GroupFormed, max(left, 0.001))
+        call = await _unless_nudged(
+            coordinator_request(nc, subject, ask, wire.GroupFormed, max(left, 0.001)), lost
         )
-        nudged = asyncio.ensure_future(lost.wait())
-        try:
-            await asyncio.wait({call, nudged}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            nudged.cancel()
-        if not call.done():
-            call.cancel()  # the coordinator that had this join is gone: join the new one
-            continue
+        if call is None:
+            continue  # the coordinator that had this join is gone: join the new one
         try:
             formed: wire.GroupFormed = call.result()
             return formed
@@ -388,14 +405,11 @@ async def arrive_across_takeovers(
                 await resume()
                 needs_resume = False
             lost.clear()
-            call = asyncio.ensure_future(
-                coordinator_request(nc, subject, request, wire.GroupRound, max(left, 0.001))
+            call = await _unless_nudged(
+                coordinator_request(nc, subject, request, wire.GroupRound, max(left, 0.001)),
+                lost,
             )
-            nudged = asyncio.ensure_future(lost.wait())
-            await asyncio.wait({call, nudged}, return_when=asyncio.FIRST_COMPLETED)
-            nudged.cancel()
-            if not call.done():
-                call.cancel()
+            if call is None:
                 needs_resume = True  # the coordinator that had this call is gone
                 continue
             result: wire.GroupRound = call.result()
