@@ -12,7 +12,7 @@ checksummed; a torn tail is ignored on recovery). This is PostgreSQL's
 ``synchronous_commit = off`` with ``wal_writer_delay``, and Redis's ``appendfsync everysec``.
 
 With ``store_fsync_interval = 0`` every commit is fsynced before its callers are answered
-(``synchronous=FULL``), at the price of the fsync on every answer's path (about a third of a
+(``synchronous=FULL``), at the price of the fsync on every answer's path (0.1-0.3 ms of a
 ``run_task`` round trip here, docs/performance.md). PostgreSQL commits as its server is
 configured; the setting does not apply to it.
 """
