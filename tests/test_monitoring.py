@@ -90,6 +90,11 @@ async def test_metrics_follow_nodes_heartbeats_tasks_and_the_store(
         after, "corral_store_commit_units_count"
     )
     assert value(after, "corral_event_loop_lag_seconds_count") > 0  # the node's join took time
+
+    async def log_fsynced() -> bool:  # SQLite: the log reaches the disk within 0.1 s
+        return value(await scrape(web), "corral_store_log_fsyncs_total") > 0
+
+    await eventually(log_fsynced, scaled(5))
     # The worst lag since start is kept: never below the latest.
     worst = value(after, "corral_event_loop_lag_max_seconds")
     assert worst >= value(after, "corral_event_loop_lag_last_seconds") and worst >= 0

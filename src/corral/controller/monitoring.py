@@ -295,6 +295,13 @@ class Monitor(Collector):
             yield GaugeMetricFamily(
                 "corral_store_pending_units", "Writes waiting for the writer.", writer.pending
             )
+            log_sync = getattr(writer, "log_sync", None)
+            if log_sync is not None:  # SQLite with store_fsync_interval > 0
+                yield CounterMetricFamily(
+                    "corral_store_log_fsyncs",
+                    "Fsyncs of the SQLite store's log by its writer's fsync thread.",
+                    value=log_sync.syncs,
+                )
         yield GaugeMetricFamily(
             "corral_store_failures",
             "Store writes failed in a row (0 when the last one committed).",
