@@ -732,6 +732,7 @@ class Controller:
                 first_serial=0 if known else self.commands.book.last_serial + 1,
                 last_serial=self.commands.stream.last_live,
                 epoch=self.commands.epoch,
+                report_batch=wire.MAX_BATCHED_REPORTS,
             )
             self._after_commit(msg.reply, reply, node=name)
 
