@@ -235,10 +235,26 @@ async def test_a_handler_raising_cancelled_fails_its_command_not_the_runner(
 async def test_stop_cancels_a_handler_still_running(tmp_path: Path) -> None:
     r = await runner(tmp_path)
     await r._on_live(live(1, "slow", seconds=30, tag="x"))
-    assert len(r._watchers) == 2  # the handler and its watcher
+    [watcher] = [t for t in r._watchers if t.get_name() == "command"]
+    assert len(r._watchers) == 2  # the handler and its watcher, neither started yet
+    watcher.cancel()  # before either's first step: the handler still hears of it
     await r.stop()
     assert r.ran == ["cancelled x"]  # type: ignore[attr-defined]
     assert r.core.last == 0  # not applied: run again after the restart (journal, catch-up)
+
+
+async def test_a_handler_cancelled_before_its_task_started_hears_of_it_and_fails(
+    tmp_path: Path,
+) -> None:
+    r = await runner(tmp_path)
+    await r._on_live(live(1, "slow", seconds=30, tag="x"))
+    [handler] = [t for t in r._watchers if t.get_name() != "command"]
+    handler.cancel()  # its coroutine's first step ran in the callback, its task's not yet
+    await eventually(lambda: _true(bool(finals(r))), scaled(5))
+    assert r.ran == ["cancelled x"]  # type: ignore[attr-defined]
+    assert finals(r) == [(1, "CancelledError: ")]
+    await r._on_live(live(2, "quick", tag="next"))  # the runner goes on
+    assert finals(r)[-1] == (2, "next")
 
 
 @pytest.mark.parametrize("count", [1, 3])

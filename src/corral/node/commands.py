@@ -43,6 +43,7 @@ journal and the handlers, and performs the actions the core returns.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextlib
 import contextvars
 import logging
@@ -382,9 +383,7 @@ class CommandRunner:
         except (Exception, asyncio.CancelledError) as exc:
             state, fields = _failure(exc)
         else:
-            handler = asyncio.get_running_loop().create_task(
-                _resumed(_Resume(coro, waiting)), context=context
-            )
+            handler = asyncio.get_running_loop().create_task(_Rest(coro, waiting), context=context)
             watcher = asyncio.create_task(
                 self._watch(command, handler, output, started), name="command"
             )
@@ -488,37 +487,37 @@ class CommandRunner:
             await self._perform(self.core.tick())
 
 
-class _Resume:
-    """Awaiting it goes on with a coroutine whose first step ran already (yielding
-    ``waiting``), as if a task had run it from the start: what the task sends or throws in
-    (a result, a cancellation) is passed on."""
+class _Rest(collections.abc.Coroutine[Any, Any, Any]):
+    """The rest of a coroutine whose first step ran already (it yielded ``waiting``), as a
+    task's coroutine: the task's first step gets ``waiting``, as if it had run that step
+    itself; what it sends or throws in later (a result, a cancellation) goes on to the
+    coroutine, a cancellation before the task's first step included."""
 
     def __init__(self, coro: Coroutine[Any, Any, Any], waiting: Any) -> None:
-        self.coro = coro
-        self.waiting = waiting
+        self._coro = coro
+        self._waiting: Any = waiting
+        self._started = False
+
+    def send(self, value: Any) -> Any:
+        """The task's next step (the first hands over what the coroutine yielded)."""
+        if not self._started:
+            self._started = True
+            return self._waiting
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        """Throw into the coroutine (a cancellation), even before the task's first step."""
+        self._started = True
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)  # pragma: no cover - asyncio throws one value
+
+    def close(self) -> None:
+        """Close the coroutine."""
+        self._coro.close()
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        coro, waiting = self.coro, self.waiting
-        while True:
-            try:
-                sent = yield waiting
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    waiting = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    waiting = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-
-
-async def _resumed(resume: _Resume) -> Any:
-    return await resume
+        raise TypeError("_Rest is a task's coroutine, not to be awaited")  # pragma: no cover
 
 
 def _failure(exc: BaseException) -> tuple[CommandState, dict[str, Any]]:
