@@ -161,6 +161,7 @@ class Samples:
     timeline: list[tuple[float, float, float]] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind, summed
     rate: float = 0.0  # broadcasts (rounds) per second, sustained
+    burst_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of the burst
     errors: list[str] = field(default_factory=list)
 
     def add_cpu(self, used: dict[str, float]) -> None:
@@ -402,8 +403,12 @@ class Bench:
             floor.times += [await self.floor.rounds(1, a.timeout) for _ in range(n)]
             floor.add_cpu(self.since(before))
         console.log(f"{size} nodes: {a.burst} broadcasts back to back per stack")
+        before = self.snapshot()
         corral.rate = a.burst / await self.burst(size, a.burst)
+        corral.burst_cpu = self.since(before)
+        before = self.snapshot()
         floor.rate = a.burst / await self.floor.rounds(a.burst, a.timeout)
+        floor.burst_cpu = self.since(before)
         stats = await self.client.stats()
         counters = {k: v for k, v in stats.counters.items() if k.startswith("commands.")}
         console.log(f"{size} nodes: controller counters {counters}")
@@ -421,7 +426,9 @@ def _verdict(ok: bool) -> str:
     return "[green]PASS[/]" if ok else "[red]FAIL[/]"
 
 
-def rows_for(size: int, corral: Samples, floor: Samples, rounds: int) -> list[tuple[str, ...]]:
+def rows_for(
+    size: int, corral: Samples, floor: Samples, rounds: int, burst: int
+) -> list[tuple[str, ...]]:
     """The table lines of one size."""
     out = []
     for name, q in (("p50", 50.0), ("p99", 99.0)):
@@ -466,6 +473,22 @@ def rows_for(size: int, corral: Samples, floor: Samples, rounds: int) -> list[tu
             "",
         )
     )
+
+    def burst_cpu(s: Samples) -> str:
+        return " / ".join(f"{s.burst_cpu.get(k, 0.0) / burst * 1000:.1f}" for k in KINDS)
+
+    c_total = sum(corral.burst_cpu.values()) / burst
+    f_total = sum(floor.burst_cpu.values()) / burst
+    out.append(
+        (
+            f"{size} nodes: CPU ms per broadcast in the burst",
+            burst_cpu(corral),
+            burst_cpu(floor),
+            f"{c_total / f_total:.1f}x" if f_total > 0 else "-",
+            "-",
+            "",
+        )
+    )
     return out
 
 
@@ -483,7 +506,7 @@ async def main(args: argparse.Namespace, root: Path) -> None:
         for size in sorted(args.sizes):
             await bench.grow(size)
             results[size] = await bench.measure(size)
-            rows += rows_for(size, *results[size], args.rounds)
+            rows += rows_for(size, *results[size], args.rounds, args.burst)
     after = os.getloadavg()
     if args.json:
         dump = {str(n): {"corral": asdict(c), "floor": asdict(f)} for n, (c, f) in results.items()}
@@ -521,7 +544,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "'until command() returned' is the part spent before the handle exists (the "
         "controller's commit and answer, the handle's first read of the outcomes). CPU is "
         "psutil's user+system time of the driver, the controller, nats-server and all workers "
-        "during the sequential turns, divided by the broadcasts. Other jobs on the machine "
+        "during the sequential turns, divided by the broadcasts (and, on its own row, during the "
+        "burst). Other jobs on the machine "
         "slow both stacks: the caption gives the load average. To profile, run with --keep "
         "and attach py-spy (pip install py-spy) to the controller or a worker.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

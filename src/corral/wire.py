@@ -11,7 +11,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
@@ -46,6 +46,9 @@ __all__ = [
     "CommandAccepted",
     "NodeCommand",
     "CommandReport",
+    "CommandReports",
+    "MAX_BATCHED_REPORTS",
+    "encode_reports",
     "OutcomeView",
     "CommandView",
     "CommandUpdate",
@@ -237,6 +240,9 @@ class JoinReply(_Msg, frozen=True):
     last_serial: int = 0
     #: the leader's fencing epoch (a reply below the highest the node has seen is ignored)
     epoch: int = 0
+    #: the most reports the controller takes in one :class:`CommandReports` message (0: a
+    #: controller older than them: one report per message)
+    report_batch: int = 0
 
 
 class Rejoin(_Msg, frozen=True):
@@ -572,6 +578,37 @@ class CommandReport(_Msg, frozen=True):
     stdout: str = ""
     stderr: str = ""
     proto: str = PROTOCOL_VERSION
+
+
+#: The most reports one :class:`CommandReports` may carry (a controller refuses more).
+MAX_BATCHED_REPORTS = 256
+
+
+class CommandReports(_Msg, frozen=True):
+    """Several of a node's reports in one message (``corral.in.<node>.out``, beside single
+    :class:`CommandReport` ones): what it ran in a burst, in the order it ran them.
+
+    A node sends it only to a controller whose join reply allows it
+    (:attr:`JoinReply.report_batch`), with at most that many reports; like a single report,
+    it speaks only for the node the subject names (there is no node field to claim another).
+    Sent without NATS headers, its protocol version in ``proto``.
+    """
+
+    reports: list[CommandReport]
+    proto: str = PROTOCOL_VERSION
+
+
+class _RawReports(msgspec.Struct, kw_only=True, frozen=True, tag="CommandReports"):
+    """:class:`CommandReports` as a node builds it: reports it encoded already, as they are."""
+
+    reports: list[msgspec.Raw]
+    proto: str = PROTOCOL_VERSION
+
+
+def encode_reports(encoded: Sequence[bytes]) -> bytes:
+    """A :class:`CommandReports` message of reports encoded already (by :func:`encode`),
+    without decoding them again: each is embedded as it is."""
+    return _encoder.encode(_RawReports(reports=[msgspec.Raw(r) for r in encoded]))
 
 
 class ReportAck(_Msg, frozen=True):

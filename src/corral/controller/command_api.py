@@ -20,11 +20,14 @@ from corral.controller.commands import CommandService, counts
 from corral.controller.idempotency import Submissions
 from corral.controller.reports import ReportService
 from corral.controller.submit import Sender, submit
-from corral.errors import CorralError, NotFound, Refused
+from corral.errors import CorralError, NotFound, OversizedMessage, Refused
 from corral.states import CommandState
 from corral.store import Store
 
 __all__ = ["BUS_ROLES", "CommandEndpoints", "bus_caller"]
+
+#: What a node's ``corral.in.<node>.out`` carries: one report, or several at once.
+_REPORTS: Any = wire.CommandReport | wire.CommandReports
 
 #: The credentials that may send state-changing requests on the bus, and their roles.
 BUS_ROLES = {"admin": "admin", "operator": "operator", "controller": "controller"}
@@ -106,7 +109,10 @@ class CommandEndpoints:
             subjects.ctl("execute"): (wire.CommandRequest, self._on_send),
             subjects.ctl_as("send", "*"): (wire.CommandRequest, self._on_send),
             subjects.ctl_as("execute", "*"): (wire.CommandRequest, self._on_send),
-            subjects.node_in_wildcard("out"): (wire.CommandReport, self._on_command_report),
+            subjects.node_in_wildcard("out"): (
+                _REPORTS,
+                self._on_command_report,
+            ),
             subjects.node_in_wildcard(subjects.CATCHUP_VERB): (wire.CatchUp, self._on_catch_up),
             subjects.ctl("command"): (wire.CommandQuery, self._on_command),
             subjects.ctl("commands"): (wire.CommandsQuery, self._on_commands),
@@ -167,9 +173,27 @@ class CommandEndpoints:
     async def _on_reports(self, msg: Any, _: str, query: wire.ReportsQuery) -> None:
         await self._reply(msg, self.reports.snapshot(query.topic))
 
-    async def _on_command_report(self, msg: Any, node: str, report: wire.CommandReport) -> None:
-        # A final one is confirmed to the node, with others, once on disk.
-        self.commands.report(node, report)
+    async def _on_command_report(
+        self, msg: Any, node: str, report: wire.CommandReport | wire.CommandReports
+    ) -> None:
+        """A node's report, or several at once: each speaks for the node the subject names
+        (its credential), whatever serials it gives. A final one is confirmed to the node,
+        with others, once on disk.
+
+        Raises:
+            OversizedMessage: a batch of more than :data:`wire.MAX_BATCHED_REPORTS` reports
+                (none of them is applied).
+        """
+        if isinstance(report, wire.CommandReport):
+            self.commands.report(node, report)
+            return
+        if len(report.reports) > wire.MAX_BATCHED_REPORTS:
+            raise OversizedMessage(
+                f"{len(report.reports)} command reports in one message from node {node}, "
+                f"over the {wire.MAX_BATCHED_REPORTS} a controller takes: none applied"
+            )
+        for one in report.reports:
+            self.commands.report(node, one)
 
     async def _on_catch_up(self, msg: Any, node: str, ask: wire.CatchUp) -> None:
         # The node named by the subject (its credential) gets its own commands only.

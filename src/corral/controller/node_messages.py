@@ -177,6 +177,7 @@ class NodeMessages:
                 first_serial=0 if known else self.commands.book.last_serial + 1,
                 last_serial=self.commands.stream.last_live,
                 epoch=self.commands.epoch,
+                report_batch=wire.MAX_BATCHED_REPORTS,
             )
             self.commits.after_commit(msg.reply, reply, node=name)
 

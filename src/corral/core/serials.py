@@ -42,6 +42,9 @@ class Applied:
         """
         if serial <= self.last or serial in self._early:
             return []  # seen already: applied exactly once from this node's point of view
+        if expected is None and not self._early:
+            self.last = serial  # the usual case, in order: nothing waits before it
+            return [command]
         self._early[serial] = command
         ready = []
         for s in sorted(self._early):

@@ -18,12 +18,22 @@ is reported *expired*.
 
 Each command's progress goes to ``corral.in.<name>.out``: ``delivered`` when it waits behind
 another, ``running`` (with output as it comes, for processes) when it takes a while, then
-``done`` with the result or ``failed`` with the error. A final report is kept in an outbox and
+``done`` with the result or ``failed`` with the error. Reports of commands that arrived
+together (a burst: several live messages read at once) go in one message
+(:class:`~corral.wire.CommandReports`) when the controller's join reply says it takes them;
+a report waits for that only while more live messages are already here, received and not yet
+handled. A final report is kept in an outbox and
 sent again (after two seconds, the wait doubling up to eight) until the controller says it has it
 on disk (one message on ``corral.node.<name>.acks`` for every report it wrote in a short
 interval), so an outcome is not lost when the controller restarts (or is killed) in between.
 Nothing a handler does can stop the runner: errors, timeouts and unencodable results all become
 a ``failed`` report.
+
+A handler's first step runs at once, in the callback that received its command: a quick
+coroutine (one that finishes without waiting on anything, as GET, SET and most SEER handlers
+do) is done there, with no task and no queue, and the next command in order follows. One that
+waits (on I/O, a timer, a worker thread for a plain function) goes on in a task, watched for
+its timeout and reported ``running``; the commands behind it wait in the core's queue.
 
 Every one of those decisions (order, gaps, dedup, expiry, journal, re-sends) is made by
 :class:`corral.core.node_commands.NodeCommands`, without I/O; this module reads the bus, the
@@ -33,11 +43,13 @@ journal and the handlers, and performs the actions the core returns.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextlib
+import contextvars
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +85,10 @@ _TICK = 0.5
 _FLUSH_EVERY = 0.25
 #: What the shared live subject carries.
 _LIVE = wire.LiveCommand | wire.ReportAck
+#: The most bytes of reports put in one message (a larger report goes alone).
+_BATCH_BYTES = 64 * 1024
+#: Seconds a report may wait for the rest of a burst's before it is sent anyway.
+_BATCH_WAIT = 0.05
 
 
 class CommandRunner:
@@ -112,12 +128,19 @@ class CommandRunner:
         self.joined = asyncio.Event()
         self.nc: bus.NATS | None = None
         self.journal = state_file.parent / ".corral-journal"
-        #: commands the core said to run, taken one at a time by the worker
-        self._runs: asyncio.Queue[wire.NodeCommand] = asyncio.Queue()
         self._state_fd = -1
-        self._worker: asyncio.Task[None] | None = None
+        #: a handler that did not end in its first step, and its watcher (one at a time)
+        self._watchers: set[asyncio.Task[Any]] = set()
         self._resender: asyncio.Task[None] | None = None
         self._subs: list[Any] = []
+        #: the subscription to the shared live subject (its backlog delays a flush)
+        self._live_sub: Any = None
+        #: the most reports the controller takes in one message (its join reply; 0: one)
+        self.report_batch = 0
+        self._batch_bytes = max(1, min(_BATCH_BYTES, max_report_bytes) - 64)
+        #: encoded reports to publish, in order, and since when the first waits
+        self._outbound: list[bytes] = []
+        self._outbound_since = 0.0
         #: the node's filter of leader epochs (set by the node): a deposed controller's
         #: commands and confirmations are ignored (issue #13)
         self.epochs: EpochFilter | None = None
@@ -145,27 +168,49 @@ class CommandRunner:
 
     # --- performing the core's actions --------------------------------------------------
 
-    async def _perform(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Send):
-                await self._send(action.data)
-            elif isinstance(action, Fetch):
-                task = asyncio.create_task(self._fetch(action), name="catch-up")
-                self._fetches.add(task)
-                task.add_done_callback(self._fetches.discard)
-            elif isinstance(action, Ack):
-                await _ack(action.token)
-            elif isinstance(action, Run):
-                self._runs.put_nowait(action.command)
-            elif isinstance(action, Journal):
-                self._journal(action.command)
-            elif isinstance(action, Unjournal):
-                self._journal_path(action.serial).unlink(missing_ok=True)
-            elif isinstance(action, Save):
-                self._save(action.serial)
-                self.on_applied(action.serial)
-            elif isinstance(action, Skip):
-                log.debug("command #%d skipped: %s", action.serial, action.reason)
+    async def _perform(self, actions: list[Action], flush: bool = True) -> None:
+        """Perform the core's actions in order; a command to run starts after the others.
+
+        A handler that ends in its first step ends here, and the actions after it (its
+        report, the next command) are performed in this same call, in a loop: a backlog of
+        quick commands needs neither a task nor a queue hop per command.
+
+        Args:
+            actions: what the core decided.
+            flush: publish the reports now (else they wait for the next flush: more of a
+                burst's commands are already here).
+        """
+        while actions:
+            run: wire.NodeCommand | None = None
+            for action in actions:
+                if isinstance(action, Send):
+                    if not self._outbound:
+                        self._outbound_since = time.monotonic()
+                    self._outbound.append(action.data)
+                elif isinstance(action, Fetch):
+                    task = asyncio.create_task(self._fetch(action), name="catch-up")
+                    self._fetches.add(task)
+                    task.add_done_callback(self._fetches.discard)
+                elif isinstance(action, Ack):
+                    await _ack(action.token)
+                elif isinstance(action, Run):
+                    run = action.command  # the core runs one at a time: one per list
+                elif isinstance(action, Journal):
+                    self._journal(action.command)
+                elif isinstance(action, Unjournal):
+                    self._journal_path(action.serial).unlink(missing_ok=True)
+                elif isinstance(action, Save):
+                    self._save(action.serial)
+                    self.on_applied(action.serial)
+                elif isinstance(action, Skip):
+                    log.debug("command #%d skipped: %s", action.serial, action.reason)
+            actions = [] if run is None else self._start(run)
+        if self._outbound and (
+            flush
+            or len(self._outbound) >= max(1, self.report_batch)
+            or time.monotonic() - self._outbound_since >= _BATCH_WAIT
+        ):
+            await self._flush()
 
     def _save(self, serial: int) -> None:
         # One fixed-width write at offset 0: never truncated, never half old and half new.
@@ -203,7 +248,6 @@ class CommandRunner:
         self.nc = nc
         self.on_applied(self.core.last)
         await self._perform(self.core.replay(self._read_journal()))
-        self._worker = asyncio.create_task(self._work(), name="commands")
         self._resender = asyncio.create_task(self._resend_loop(), name="report-resend")
         self._subs = [await nc.subscribe(subjects.report_acks(self.name), cb=self._on_ack)]
         for subject, cb in (
@@ -217,6 +261,8 @@ class CommandRunner:
                 pending_bytes_limit=256 * 1024 * 1024,
             )
             self._subs.append(sub)
+            if cb == self._on_live:
+                self._live_sub = sub
 
     async def stop(self) -> None:
         """Stop receiving; a command being applied is cancelled (and run again at the next
@@ -224,22 +270,27 @@ class CommandRunner:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for task in (self._worker, self._resender, *self._fetches):
+        for task in (*self._watchers, self._resender, *self._fetches):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task
         if self._state_fd >= 0:
             os.close(self._state_fd)
             self._state_fd = -1
 
-    async def join(self, first_serial: int = 0, last_serial: int = 0) -> None:
+    async def join(
+        self, first_serial: int = 0, last_serial: int = 0, report_batch: int = 0
+    ) -> None:
         """The node joined (again): apply commands from now on, fetch what was missed.
 
         Args:
             first_serial: a first join reply's bound for broadcasts (0: none).
             last_serial: the last serial the controller published live.
+            report_batch: the most reports the controller takes in one message (0: it
+                takes one report per message only).
         """
+        self.report_batch = max(0, report_batch)
         self.joined.set()
         await self._perform(self.core.join(first_serial, last_serial))
 
@@ -251,6 +302,7 @@ class CommandRunner:
     # --- events -------------------------------------------------------------------------
 
     async def _on_live(self, msg: Any) -> None:
+        actions: list[Action] = []
         try:
             live: wire.LiveCommand | wire.ReportAck = wire.decode(
                 msg.data,
@@ -258,16 +310,18 @@ class CommandRunner:
                 msg.headers,
             )
             if not self._current(max(live.epoch, wire.epoch_of(msg.headers))):
-                return
-            if isinstance(live, wire.ReportAck):  # settled commands, with no command to ride
+                pass
+            elif isinstance(live, wire.ReportAck):  # settled commands, no command to ride
                 self.core.acked(*live.serials)
-                return
-            self.core.acked(*live.settled)
-            actions = self.core.live(live)
+            else:
+                if live.settled:
+                    self.core.acked(*live.settled)
+                actions = self.core.live(live)
         except (CorralError, msgspec.DecodeError) as exc:
             log.warning("bad live command ignored: %s", exc, extra={"node": self.name})
-            return
-        await self._perform(actions)
+        # More live messages already received: their reports go with these, in one message.
+        sub = self._live_sub
+        await self._perform(actions, flush=sub is None or sub.pending_msgs == 0)
 
     async def _on_direct(self, msg: Any) -> None:
         try:
@@ -308,29 +362,60 @@ class CommandRunner:
             return
         await self._perform(actions)
 
-    async def _work(self) -> None:
-        while True:
-            command = await self._runs.get()
-            await self._perform(await self._run(command))
-
-    async def _run(self, command: wire.NodeCommand) -> list[Action]:
-        """Run ``command``'s handler, reporting ``running`` while it takes a while.
+    def _start(self, command: wire.NodeCommand) -> list[Action]:
+        """Start ``command``'s handler: its first step runs now.
 
         Returns:
-            The core's actions once it ended (its final report first).
+            The core's actions if it ended in that step (its final report first); else
+            nothing: it goes on in a task (:meth:`_watch`), which performs them when it ends.
         """
         output = _Output(self.handlers.output_limit)
-        task = asyncio.create_task(
-            self.handlers.run(
-                command.kind, command.name, dict(command.args), command.data, output.add
-            )
-        )
         started = time.monotonic()
+        coro = self.handlers.run(
+            command.kind, command.name, dict(command.args), command.data, output.add
+        )
+        # As a task would: in a copy of the context, which its later steps share.
+        context = contextvars.copy_context()
+        try:
+            waiting = context.run(coro.send, None)
+        except StopIteration as stop:
+            state, fields = _outcome(stop.value)
+        except (Exception, asyncio.CancelledError) as exc:
+            state, fields = _failure(exc)
+        else:
+            handler = asyncio.get_running_loop().create_task(_Rest(coro, waiting), context=context)
+            watcher = asyncio.create_task(
+                self._watch(command, handler, output, started), name="command"
+            )
+            for task in (handler, watcher):
+                self._watchers.add(task)
+                task.add_done_callback(self._watchers.discard)
+            # A watcher cancelled before its first step takes the handler along.
+            watcher.add_done_callback(lambda _: handler.cancel())
+            return []
+        return self.core.finished(command.serial, state, **fields, **output.take())
+
+    async def _watch(
+        self,
+        command: wire.NodeCommand,
+        task: asyncio.Task[tuple[Any, int | None]],
+        output: _Output,
+        started: float,
+    ) -> None:
+        """Wait for a handler that did not end in its first step, reporting ``running``
+        while it takes a while, and cancelling it at its timeout; then perform the core's
+        actions (its final report first)."""
+        await self._perform(await self._wait(command, task, output, started))
+
+    async def _wait(
+        self,
+        command: wire.NodeCommand,
+        task: asyncio.Task[tuple[Any, int | None]],
+        output: _Output,
+        started: float,
+    ) -> list[Action]:
         reported_running = False
         try:
-            # A quick coroutine handler is done after its first step, which runs before this
-            # task resumes: then no timer and no wait() are needed.
-            await asyncio.sleep(0)
             while not task.done():
                 await asyncio.wait({task}, timeout=_FLUSH_EVERY)
                 now = time.monotonic()
@@ -354,8 +439,29 @@ class CommandRunner:
         except asyncio.CancelledError:
             task.cancel()
             raise
-        state, fields = _outcome(task)
+        try:
+            state, fields = _outcome(task.result())
+        except (Exception, asyncio.CancelledError) as exc:
+            state, fields = _failure(exc)
         return self.core.finished(command.serial, state, **fields, **output.take())
+
+    async def _flush(self) -> None:
+        """Publish the reports waiting, in order: several per message (at most
+        :attr:`report_batch`, and :data:`_BATCH_BYTES`) when the controller takes that."""
+        out, self._outbound = self._outbound, []
+        if self.report_batch < 2 or len(out) == 1:
+            for data in out:
+                await self._send(data)
+            return
+        batch: list[bytes] = []
+        size = 0
+        for data in out:
+            if batch and (len(batch) >= self.report_batch or size + len(data) > self._batch_bytes):
+                await self._send(batch[0] if len(batch) == 1 else wire.encode_reports(batch))
+                batch, size = [], 0
+            batch.append(data)
+            size += len(data)
+        await self._send(batch[0] if len(batch) == 1 else wire.encode_reports(batch))
 
     async def _send(self, data: bytes) -> None:
         assert self.nc is not None
@@ -381,15 +487,48 @@ class CommandRunner:
             await self._perform(self.core.tick())
 
 
-def _outcome(
-    task: asyncio.Task[tuple[Any, int | None]],
-) -> tuple[CommandState, dict[str, Any]]:
-    """The final state and report fields of a finished handler task."""
-    try:
-        result, code = task.result()
-    except Exception as exc:
-        error = str(exc) if isinstance(exc, CorralError) else f"{type(exc).__name__}: {exc}"
-        return CommandState.FAILED, {"error": error}
+class _Rest(collections.abc.Coroutine[Any, Any, Any]):
+    """The rest of a coroutine whose first step ran already (it yielded ``waiting``), as a
+    task's coroutine: the task's first step gets ``waiting``, as if it had run that step
+    itself; what it sends or throws in later (a result, a cancellation) goes on to the
+    coroutine, a cancellation before the task's first step included."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waiting: Any) -> None:
+        self._coro = coro
+        self._waiting: Any = waiting
+        self._started = False
+
+    def send(self, value: Any) -> Any:
+        """The task's next step (the first hands over what the coroutine yielded)."""
+        if not self._started:
+            self._started = True
+            return self._waiting
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        """Throw into the coroutine (a cancellation), even before the task's first step."""
+        self._started = True
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)  # pragma: no cover - asyncio throws one value
+
+    def close(self) -> None:
+        """Close the coroutine."""
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        raise TypeError("_Rest is a task's coroutine, not to be awaited")  # pragma: no cover
+
+
+def _failure(exc: BaseException) -> tuple[CommandState, dict[str, Any]]:
+    """The final state and report fields of a handler that raised ``exc``."""
+    error = str(exc) if isinstance(exc, CorralError) else f"{type(exc).__name__}: {exc}"
+    return CommandState.FAILED, {"error": error}
+
+
+def _outcome(returned: tuple[Any, int | None]) -> tuple[CommandState, dict[str, Any]]:
+    """The final state and report fields of a handler that returned ``(result, code)``."""
+    result, code = returned
     try:
         msgspec.msgpack.encode(result)
     except (TypeError, msgspec.EncodeError) as exc:

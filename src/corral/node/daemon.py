@@ -360,7 +360,7 @@ class Node:
             self.controller = reply.controller
             if reply.now:
                 self.clock_offset = reply.now - time.time()
-            await self.commands.join(reply.first_serial, reply.last_serial)
+            await self.commands.join(reply.first_serial, reply.last_serial, reply.report_batch)
             self.heartbeat_interval = reply.heartbeat_interval  # the controller's rhythm
             waiting_logged = False
             self.joined.set()
