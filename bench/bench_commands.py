@@ -55,7 +55,7 @@ from rich.table import Table
 from _harness import free_port, run_in_tempdir
 from bench_groups import percentile
 from bench_join import cpu_seconds, enroll_all, kill_all
-from corral import procs, subjects, wire
+from corral import loops, procs, subjects, wire
 from corral.broker import EmbeddedBroker
 from corral.cli.admin import initialise
 from corral.client import Client
@@ -576,8 +576,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _worker_main(spec_file: Path) -> None:
-    """Run as a worker process until the driver kills it."""
-    asyncio.run(Worker(json.loads(spec_file.read_text())).run())
+    """Run as a worker process until the driver kills it, on the loop ``corral node`` runs
+    (uvloop where installed), for corral's nodes and the floor's subscribers alike."""
+    loops.run(Worker(json.loads(spec_file.read_text())).run())
 
 
 if __name__ == "__main__":
