@@ -22,9 +22,10 @@ bare NATS floor
     ``controller.creds`` and TLS); each answers with one small publish on ``bench.floor.done``
     and the driver counts the answers of that round.
 
-Then the sustained rate: ``--burst`` broadcasts sent back to back without waiting for their
-outcomes (done outcomes are counted from ``corral.events.cmd.>``), and as many floor rounds
-published back to back. CPU per broadcast comes from psutil.
+Then the sustained rate: ``--burst`` broadcasts sent back to back, each in flight while the
+next goes (not waiting for their acceptance nor their outcomes; done outcomes are counted from
+``corral.events.cmd.>``), and as many floor rounds published back to back. CPU per broadcast
+comes from psutil.
 
 Run ``python bench/bench_commands.py --help`` for the options. Everything it starts is
 stopped, and the data directory removed, at the end or on Ctrl-C / SIGTERM.
@@ -372,10 +373,10 @@ class Bench:
         self.done_total, self.done_target = 0, count * size
         self.done_reached.clear()
         start = time.perf_counter()
-        serial = 0
-        for _ in range(count):
-            handle = await self.client.command("*", "command", "noop", follow=False)
-            serial = handle.serial
+        # Sent back to back, as the floor publishes its rounds: each send is in flight while
+        # the next goes (the controller accepts what arrives together in one group commit).
+        sends = [self.client.command("*", "command", "noop", follow=False) for _ in range(count)]
+        serial = max(handle.serial for handle in await asyncio.gather(*sends))
         try:
             async with asyncio.timeout(self.args.timeout):
                 await self.done_reached.wait()
