@@ -4,11 +4,9 @@ node whose subject it came on, like a single report (issue #14)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-import pytest
 
 from conftest import eventually, scaled
 from corral import bus, subjects, wire
@@ -17,19 +15,11 @@ from corral.config import Config
 from corral.controller import Controller
 from corral.states import CommandState
 from test_commands import _wait_consumers, creds_for, start_node
+from test_commands import client as client  # noqa: F401 - fixture
 
 __all__: list[str] = []
 
 _out = msgspec.msgpack.Decoder(wire.CommandReport | wire.CommandReports)
-
-
-@pytest.fixture
-async def client(controller: Controller, config: Config) -> AsyncIterator[Client]:
-    c = await Client.connect(config)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def _watch_out(controller: Controller, node: str) -> list[Any]:
